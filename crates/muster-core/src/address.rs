@@ -1,0 +1,200 @@
+//! Network addresses of nodes: `host:port`, with IPv6 hosts in brackets.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest host name accepted (the DNS limit).
+const MAX_HOST_LEN: usize = 253;
+
+/// A validated `host:port` address.
+///
+/// The host is a DNS name (`svc-1.internal`), an IPv4 address, or an IPv6 address in brackets
+/// (`[::1]:8080`). The port is 1–65535. The string form is kept exactly as given so that it
+/// round-trips through the Titan wire format unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Address {
+    /// The whole `host:port` text.
+    text: String,
+    /// Byte offset of the `:` that separates host and port.
+    colon: usize,
+}
+
+impl Address {
+    /// Parses and validates `host:port`.
+    pub fn parse(text: impl Into<String>) -> Result<Self> {
+        let text = text.into();
+        let colon = text
+            .rfind(':')
+            .ok_or_else(|| Error::invalid("address", format!("{text:?} has no port (expected host:port)")))?;
+        let (host, port) = (&text[..colon], &text[colon + 1..]);
+        validate_port(port).map_err(|reason| Error::invalid("address", format!("{text:?}: {reason}")))?;
+        validate_host(host).map_err(|reason| Error::invalid("address", format!("{text:?}: {reason}")))?;
+        Ok(Self { text, colon })
+    }
+
+    /// Builds an address from a host and a port, adding brackets around a bare IPv6 host.
+    pub fn from_parts(host: &str, port: u16) -> Result<Self> {
+        if host.parse::<Ipv6Addr>().is_ok() {
+            Self::parse(format!("[{host}]:{port}"))
+        } else {
+            Self::parse(format!("{host}:{port}"))
+        }
+    }
+
+    /// The host part, with brackets for IPv6 (`[::1]`).
+    pub fn host(&self) -> &str {
+        &self.text[..self.colon]
+    }
+
+    /// The host without IPv6 brackets, as a resolver or socket wants it.
+    pub fn host_unbracketed(&self) -> &str {
+        self.host().trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        // Validated in `parse`.
+        self.text[self.colon + 1..].parse().unwrap_or_default()
+    }
+
+    /// The whole `host:port` string.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+fn validate_port(port: &str) -> std::result::Result<(), String> {
+    if port.is_empty() {
+        return Err("missing port".into());
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+        return Err(format!("port {port:?} is not a number"));
+    }
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(()),
+        _ => Err(format!("port {port} is out of range 1-65535")),
+    }
+}
+
+fn validate_host(host: &str) -> std::result::Result<(), String> {
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("unclosed '[' in IPv6 host")?;
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{inner:?} is not an IPv6 address"));
+    }
+    if host.contains(':') {
+        return Err("IPv6 hosts must be written in brackets, like [::1]:8080".into());
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Err(format!("host is {} bytes long, the limit is {MAX_HOST_LEN}", host.len()));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{host:?} is not an IPv4 address"));
+    }
+    for label in host.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("host {host:?} has an empty or over-long label"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("host {host:?} contains a character not allowed in a host name"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("host {host:?} has a label starting or ending with '-'"));
+        }
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for Address {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self> {
+        Self::parse(value)
+    }
+}
+
+impl TryFrom<&str> for Address {
+    type Error = Error;
+    fn try_from(value: &str) -> Result<Self> {
+        Self::parse(value)
+    }
+}
+
+impl std::str::FromStr for Address {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl From<Address> for String {
+    fn from(a: Address) -> Self {
+        a.text
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: std::result::Result<(&str, u16), &str>) {
+        match (Address::parse(input), expect) {
+            (Ok(a), Ok((host, port))) => {
+                assert_eq!((a.host(), a.port()), (host, port), "{input}");
+                assert_eq!(a.as_str(), input);
+            }
+            (Err(e), Err(msg)) => {
+                assert!(e.is_invalid_input());
+                assert!(e.to_string().contains(msg), "{input}: {e}");
+            }
+            (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        check("localhost:3000", Ok(("localhost", 3000)));
+        check("10.0.0.2:8000", Ok(("10.0.0.2", 8000)));
+        check("svc-1.internal.example:65535", Ok(("svc-1.internal.example", 65535)));
+        check("[::1]:8080", Ok(("[::1]", 8080)));
+        check("[2001:db8::1]:1", Ok(("[2001:db8::1]", 1)));
+        check("localhost", Err("no port"));
+        check("localhost:", Err("missing port"));
+        check(":80", Err("missing host"));
+        check("host:0", Err("out of range"));
+        check("host:70000", Err("out of range"));
+        check("host:12a", Err("not a number"));
+        check("::1:80", Err("brackets"));
+        check("[::1:80", Err("unclosed"));
+        check("[zz]:80", Err("not an IPv6"));
+        check("300.1.1.1:80", Err("not an IPv4"));
+        check("bad host:80", Err("not allowed"));
+        check("-x.com:80", Err("starting or ending"));
+        check("a..b:80", Err("empty or over-long"));
+    }
+
+    #[test]
+    fn from_parts_brackets_ipv6() {
+        assert_eq!(Address::from_parts("::1", 80).unwrap().as_str(), "[::1]:80");
+        assert_eq!(Address::from_parts("::1", 80).unwrap().host_unbracketed(), "::1");
+        assert_eq!(Address::from_parts("h", 1).unwrap().as_str(), "h:1");
+    }
+}

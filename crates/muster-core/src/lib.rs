@@ -1,0 +1,33 @@
+//! Muster's domain: what a node, a service and an event are, the rules they follow, and the
+//! [`Registry`] contract every store implements.
+//!
+//! This crate does no I/O. Its layout:
+//!
+//! - [`name`] — node ids and the name rules for services, versions and metadata.
+//! - [`address`] — validated `host:port` addresses (IPv6 in brackets).
+//! - [`service`] — [`ServiceInfo`], and the exact and semver queries that find services.
+//! - [`node`] — [`NodeInfo`] as stored, [`Registration`] and [`NodeUpdate`] as written.
+//! - [`event`] — [`DiscoveryEvent`]s, [`Revision`]s and watch items.
+//! - [`options`] — the Titan discovery options with their defaults, and retry backoff.
+//! - [`registry`] — the [`Registry`] trait.
+//! - [`error`] — one classified [`Error`] type.
+//! - [`time`] — wall-clock milliseconds that follow tokio's (pausable) clock.
+
+pub mod address;
+pub mod error;
+pub mod event;
+pub mod name;
+pub mod node;
+pub mod options;
+pub mod registry;
+pub mod service;
+pub mod time;
+
+pub use address::Address;
+pub use error::{Error, ErrorKind, Result};
+pub use event::{DeregisterReason, DiscoveryEvent, EventKind, Revision, Snapshot, WatchEvent, WatchStart};
+pub use name::NodeId;
+pub use node::{NodeInfo, NodeStatus, NodeUpdate, Registration};
+pub use options::{DiscoveryOptions, RetryPolicy};
+pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
+pub use service::{Metadata, ServiceInfo, ServiceQuery, VersionQuery};

@@ -1,0 +1,318 @@
+//! Nodes: what a registration carries and what reads return.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::name::NodeId;
+use crate::service::{Metadata, ServiceInfo, validate_metadata, validate_services};
+
+/// Shortest heartbeat TTL a registration may carry.
+pub const MIN_TTL: Duration = Duration::from_millis(100);
+/// Longest heartbeat TTL a registration may carry (one day).
+pub const MAX_TTL: Duration = Duration::from_secs(86_400);
+
+/// A node's self-reported health (the statuses of the registry SDK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NodeStatus {
+    /// Serving traffic.
+    #[default]
+    Up,
+    /// Alive but not serving.
+    Down,
+    /// Starting, not ready yet.
+    Starting,
+    /// Shutting down, draining.
+    Stopping,
+}
+
+impl NodeStatus {
+    /// The wire name (`UP`, `DOWN`, `STARTING`, `STOPPING`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "UP",
+            Self::Down => "DOWN",
+            Self::Starting => "STARTING",
+            Self::Stopping => "STOPPING",
+        }
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NodeStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "UP" => Ok(Self::Up),
+            "DOWN" => Ok(Self::Down),
+            "STARTING" => Ok(Self::Starting),
+            "STOPPING" => Ok(Self::Stopping),
+            _ => Err(Error::invalid("status", format!("{s:?} is not one of UP, DOWN, STARTING, STOPPING"))),
+        }
+    }
+}
+
+/// A node as stored in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Unique id of the node.
+    pub node_id: NodeId,
+    /// Where the node is reached.
+    pub address: Address,
+    /// Services the node provides.
+    pub services: Vec<ServiceInfo>,
+    /// Milliseconds since the epoch of the last heartbeat or update (Titan's `timestamp`).
+    #[serde(rename = "timestamp")]
+    pub timestamp_ms: u64,
+    /// Milliseconds since the epoch when this registration began.
+    #[serde(default)]
+    pub registered_at_ms: u64,
+    /// Self-reported status.
+    #[serde(default)]
+    pub status: NodeStatus,
+    /// Node-level labels.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+    /// The heartbeat TTL the node registered with, in milliseconds.
+    #[serde(default)]
+    pub ttl_ms: u64,
+}
+
+impl NodeInfo {
+    /// True when the node provides a service satisfying `query`.
+    pub fn provides(&self, query: &crate::service::ServiceQuery) -> bool {
+        query.matches_any(&self.services)
+    }
+
+    /// True when the parts a watcher cares about (address, services, status, metadata) differ.
+    pub fn differs_from(&self, other: &NodeInfo) -> bool {
+        self.address != other.address
+            || self.services != other.services
+            || self.status != other.status
+            || self.metadata != other.metadata
+    }
+}
+
+/// A validated register-or-heartbeat request.
+///
+/// Built only through [`Registration::new`], so a backend receiving one knows every field passed
+/// validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Node to create or refresh.
+    node_id: NodeId,
+    /// Its address.
+    address: Address,
+    /// Its complete service list.
+    services: Vec<ServiceInfo>,
+    /// Its status.
+    status: NodeStatus,
+    /// Node-level labels.
+    metadata: Metadata,
+    /// How long the node stays active without another heartbeat.
+    ttl: Duration,
+}
+
+impl Registration {
+    /// Validates a registration: services (see [`validate_services`]) and TTL within
+    /// [`MIN_TTL`]..=[`MAX_TTL`].
+    pub fn new(node_id: NodeId, address: Address, services: Vec<ServiceInfo>, ttl: Duration) -> Result<Self> {
+        validate_services(&services)?;
+        validate_ttl(ttl)?;
+        Ok(Self { node_id, address, services, status: NodeStatus::Up, metadata: Metadata::new(), ttl })
+    }
+
+    /// Sets the status.
+    #[must_use]
+    pub fn with_status(mut self, status: NodeStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Sets node-level metadata (validated).
+    pub fn with_metadata(mut self, metadata: Metadata) -> Result<Self> {
+        validate_metadata(&metadata)?;
+        self.metadata = metadata;
+        Ok(self)
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+    /// The address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+    /// The services.
+    pub fn services(&self) -> &[ServiceInfo] {
+        &self.services
+    }
+    /// The status.
+    pub fn status(&self) -> NodeStatus {
+        self.status
+    }
+    /// The node-level metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    /// The heartbeat TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The node as it will be stored, given the registration start and current times.
+    pub fn to_node(&self, registered_at_ms: u64, now_ms: u64) -> NodeInfo {
+        NodeInfo {
+            node_id: self.node_id.clone(),
+            address: self.address.clone(),
+            services: self.services.clone(),
+            timestamp_ms: now_ms,
+            registered_at_ms,
+            status: self.status,
+            metadata: self.metadata.clone(),
+            ttl_ms: u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Checks a heartbeat TTL against [`MIN_TTL`] and [`MAX_TTL`].
+pub fn validate_ttl(ttl: Duration) -> Result<()> {
+    if ttl < MIN_TTL || ttl > MAX_TTL {
+        return Err(Error::invalid(
+            "heartbeat ttl",
+            format!("{} ms is outside {}..={} ms", ttl.as_millis(), MIN_TTL.as_millis(), MAX_TTL.as_millis()),
+        ));
+    }
+    Ok(())
+}
+
+/// A partial, validated change to an existing node. Fields left `None` are kept.
+///
+/// An update does not extend the node's life: only heartbeats do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeUpdate {
+    /// New address.
+    address: Option<Address>,
+    /// New complete service list.
+    services: Option<Vec<ServiceInfo>>,
+    /// New status.
+    status: Option<NodeStatus>,
+    /// New node-level metadata (replaces the old map).
+    metadata: Option<Metadata>,
+}
+
+impl NodeUpdate {
+    /// An update that changes nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Changes the address.
+    #[must_use]
+    pub fn address(mut self, address: Address) -> Self {
+        self.address = Some(address);
+        self
+    }
+    /// Replaces the services (validated).
+    pub fn services(mut self, services: Vec<ServiceInfo>) -> Result<Self> {
+        validate_services(&services)?;
+        self.services = Some(services);
+        Ok(self)
+    }
+    /// Changes the status.
+    #[must_use]
+    pub fn status(mut self, status: NodeStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+    /// Replaces the node-level metadata (validated).
+    pub fn metadata(mut self, metadata: Metadata) -> Result<Self> {
+        validate_metadata(&metadata)?;
+        self.metadata = Some(metadata);
+        Ok(self)
+    }
+
+    /// Applies the update to `node`, returning true when anything changed.
+    pub fn apply(&self, node: &mut NodeInfo) -> bool {
+        let before = node.clone();
+        if let Some(a) = &self.address {
+            node.address = a.clone();
+        }
+        if let Some(s) = &self.services {
+            node.services = s.clone();
+        }
+        if let Some(s) = self.status {
+            node.status = s;
+        }
+        if let Some(m) = &self.metadata {
+            node.metadata = m.clone();
+        }
+        node.differs_from(&before)
+    }
+
+    /// True when the update names no field.
+    pub fn is_empty(&self) -> bool {
+        self.address.is_none() && self.services.is_none() && self.status.is_none() && self.metadata.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(ttl_ms: u64) -> Result<Registration> {
+        Registration::new(
+            NodeId::new("n1")?,
+            Address::parse("h:1")?,
+            vec![ServiceInfo::parse("a@1")?],
+            Duration::from_millis(ttl_ms),
+        )
+    }
+
+    #[test]
+    fn ttl_limits() {
+        assert!(reg(100).is_ok());
+        assert!(reg(99).unwrap_err().is_invalid_input());
+        assert!(reg(86_400_001).unwrap_err().to_string().contains("heartbeat ttl"));
+    }
+
+    #[test]
+    fn node_json_is_titan_shaped() {
+        let node = reg(15_000).unwrap().to_node(5, 7);
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["nodeId"], "n1");
+        assert_eq!(json["address"], "h:1");
+        assert_eq!(json["timestamp"], 7);
+        assert_eq!(json["services"][0]["version"], "1");
+        assert_eq!(json["status"], "UP");
+        assert_eq!(serde_json::from_value::<NodeInfo>(json).unwrap(), node);
+    }
+
+    #[test]
+    fn update_applies_and_reports_change() {
+        let mut node = reg(1000).unwrap().to_node(0, 0);
+        assert!(!NodeUpdate::new().apply(&mut node));
+        assert!(!NodeUpdate::new().address(node.address.clone()).apply(&mut node));
+        let update = NodeUpdate::new().address(Address::parse("h:2").unwrap()).status(NodeStatus::Down);
+        assert!(update.apply(&mut node));
+        assert_eq!((node.address.port(), node.status), (2, NodeStatus::Down));
+        assert!(NodeUpdate::new().metadata([("bad key".into(), String::new())].into()).is_err());
+    }
+
+    #[test]
+    fn status_parsing() {
+        assert_eq!("up".parse::<NodeStatus>().unwrap(), NodeStatus::Up);
+        assert_eq!("STOPPING".parse::<NodeStatus>().unwrap(), NodeStatus::Stopping);
+        assert!("sleepy".parse::<NodeStatus>().unwrap_err().is_invalid_input());
+    }
+}

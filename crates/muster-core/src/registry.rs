@@ -1,0 +1,120 @@
+//! The `Registry` contract every backend implements.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+
+use crate::error::Result;
+use crate::event::{DeregisterReason, Revision, WatchEvent, WatchStart};
+use crate::name::NodeId;
+use crate::node::{NodeInfo, NodeUpdate, Registration};
+use crate::service::ServiceQuery;
+
+/// The stream a watch returns. It ends only when the registry shuts down; an `Err` item means the
+/// connection to the store broke and the caller should watch again from its last revision.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
+
+/// What a register-or-heartbeat did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The node was not active and now is.
+    Registered,
+    /// It was active and its address, services, status or metadata changed.
+    Updated,
+    /// It was active and nothing watchers see changed; only its deadline moved. No event.
+    Unchanged,
+}
+
+/// The result of [`Registry::heartbeat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    /// What changed.
+    pub change: Change,
+    /// The node as stored now.
+    pub node: NodeInfo,
+    /// The revision of the event this produced, or `None` when nothing changed.
+    pub revision: Option<Revision>,
+}
+
+/// The registry contract: the only way code above a store touches registry state.
+///
+/// A node is *active* from a heartbeat until its TTL runs out without another one. Every change
+/// produces exactly one event with a strictly increasing [`Revision`]; heartbeats that change nothing
+/// produce none. All methods validate their input and leave state untouched when they fail.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Registers the node or refreshes its heartbeat, atomically, with the registration's values.
+    async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome>;
+
+    /// Changes parts of an active node without extending its life. Fails with `NotFound` when the
+    /// node is not active.
+    async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo>;
+
+    /// Removes the node. Returns false when it was not there (no event then).
+    async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool>;
+
+    /// The node if it is stored, active or not.
+    async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>>;
+
+    /// True when the node is stored, active or not.
+    async fn exists(&self, node_id: &NodeId) -> Result<bool> {
+        Ok(self.get(node_id).await?.is_some())
+    }
+
+    /// True when the node is stored and its TTL has not run out.
+    async fn is_active(&self, node_id: &NodeId) -> Result<bool>;
+
+    /// Every active node, ordered by node id.
+    async fn list_active(&self) -> Result<Vec<NodeInfo>>;
+
+    /// Every stored node, including ones whose TTL ran out but that were not removed yet, ordered
+    /// by node id.
+    async fn list_all(&self) -> Result<Vec<NodeInfo>>;
+
+    /// Active nodes providing a service that satisfies `query`, ordered by node id.
+    async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>>;
+
+    /// The revision of the latest event.
+    async fn current_revision(&self) -> Result<Revision>;
+
+    /// A stream of changes from `start`; see [`WatchStart`].
+    async fn watch(&self, start: WatchStart) -> Result<WatchStream>;
+}
+
+#[async_trait::async_trait]
+impl<R: Registry + ?Sized> Registry for Arc<R> {
+    async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
+        (**self).heartbeat(registration).await
+    }
+    async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
+        (**self).update(node_id, update).await
+    }
+    async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
+        (**self).deregister(node_id, reason).await
+    }
+    async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
+        (**self).get(node_id).await
+    }
+    async fn exists(&self, node_id: &NodeId) -> Result<bool> {
+        (**self).exists(node_id).await
+    }
+    async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
+        (**self).is_active(node_id).await
+    }
+    async fn list_active(&self) -> Result<Vec<NodeInfo>> {
+        (**self).list_active().await
+    }
+    async fn list_all(&self) -> Result<Vec<NodeInfo>> {
+        (**self).list_all().await
+    }
+    async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
+        (**self).find(query).await
+    }
+    async fn current_revision(&self) -> Result<Revision> {
+        (**self).current_revision().await
+    }
+    async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
+        (**self).watch(start).await
+    }
+}
