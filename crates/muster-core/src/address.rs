@@ -99,10 +99,7 @@ fn validate_host(host: &str) -> std::result::Result<(), String> {
         return Err(format!("host is {} bytes long, the limit is {MAX_HOST_LEN}", host.len()));
     }
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return host
-            .parse::<Ipv4Addr>()
-            .map(|_| ())
-            .map_err(|_| format!("{host:?} is not an IPv4 address"));
+        return host.parse::<Ipv4Addr>().map(|_| ()).map_err(|_| format!("{host:?} is not an IPv4 address"));
     }
     for label in host.split('.') {
         if label.is_empty() || label.len() > 63 {

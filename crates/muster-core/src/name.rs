@@ -24,10 +24,7 @@ fn check_name(field: &str, value: &str, max_len: usize, allowed: impl Fn(char) -
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.len() > max_len {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long, the limit is {max_len}", value.len()),
-        ));
+        return Err(Error::invalid(field, format!("is {} bytes long, the limit is {max_len}", value.len())));
     }
     if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
         return Err(Error::invalid(field, format!("character {bad:?} is not allowed in {value:?}")));
@@ -82,9 +79,15 @@ impl NodeId {
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             .take(64)
             .collect();
-        let clean = if clean.starts_with(|c: char| c.is_ascii_alphanumeric()) { clean } else { format!("n{clean}") };
+        let clean =
+            if clean.starts_with(|c: char| c.is_ascii_alphanumeric()) { clean } else { format!("n{clean}") };
         let suffix: u64 = rand::rng().random();
-        let id = format!("{clean}-{}-{}-{:012x}", std::process::id(), crate::time::now_ms(), suffix & 0xffff_ffff_ffff);
+        let id = format!(
+            "{clean}-{}-{}-{:012x}",
+            std::process::id(),
+            crate::time::now_ms(),
+            suffix & 0xffff_ffff_ffff
+        );
         Self(id)
     }
 

@@ -90,7 +90,10 @@ impl DiscoveryOptions {
             return Err(Error::invalid("retry delay", "must not exceed the heartbeat ttl"));
         }
         for (field, value) in [("prefix", &self.prefix), ("pubsub channel", &self.pubsub_channel)] {
-            if value.is_empty() || value.len() > 128 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if value.is_empty()
+                || value.len() > 128
+                || value.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(Error::invalid(field, "must be 1-128 characters without spaces"));
             }
         }

@@ -36,7 +36,9 @@ pub fn validate_metadata(metadata: &Metadata) -> Result<()> {
         {
             return Err(Error::invalid(
                 "metadata",
-                format!("key {key:?} must be 1-{MAX_METADATA_KEY_LEN} of letters, digits, '-', '_', '.', '/'"),
+                format!(
+                    "key {key:?} must be 1-{MAX_METADATA_KEY_LEN} of letters, digits, '-', '_', '.', '/'"
+                ),
             ));
         }
         if value.len() > MAX_METADATA_VALUE_LEN {
@@ -290,8 +292,12 @@ mod tests {
         assert_eq!(json, r#"[{"name":"a","version":"1.0.0"},{"name":"b"}]"#);
         let back: Vec<ServiceInfo> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, vec![svc("a", Some("1.0.0")), svc("b", None)]);
-        let extra = svc("c", None).with_metadata([("zone".into(), "eu".into())].into()).unwrap().with_weight(5);
-        assert_eq!(serde_json::to_string(&extra).unwrap(), r#"{"name":"c","metadata":{"zone":"eu"},"weight":5}"#);
+        let extra =
+            svc("c", None).with_metadata([("zone".into(), "eu".into())].into()).unwrap().with_weight(5);
+        assert_eq!(
+            serde_json::to_string(&extra).unwrap(),
+            r#"{"name":"c","metadata":{"zone":"eu"},"weight":5}"#
+        );
     }
 
     #[test]
@@ -324,7 +330,8 @@ mod tests {
         assert!(!q.matches(&svc("user", Some("1.1.9"))));
         assert!(!q.matches(&svc("user", Some("latest"))), "non-semver versions never match");
         assert!(!q.matches(&svc("user", None)));
-        let range = ServiceQuery::new("user").unwrap().with_version(VersionQuery::semver(">=1.0, <2").unwrap());
+        let range =
+            ServiceQuery::new("user").unwrap().with_version(VersionQuery::semver(">=1.0, <2").unwrap());
         assert!(range.matches(&svc("user", Some("1.5.0"))) && !range.matches(&svc("user", Some("2.0.0"))));
         assert!(VersionQuery::semver("not a req").unwrap_err().is_invalid_input());
         let exact = ServiceQuery::parse("user@1.2").unwrap();

@@ -1,1 +1,503 @@
-//! placeholder
+//! The embedded in-memory registry, Muster's default store.
+//!
+//! One [`MemoryRegistry`] holds every node in a `HashMap` behind one mutex, with three indexes kept
+//! in step with it:
+//!
+//! - a deadline index (`BTreeSet<(Instant, NodeId)>`), read by one sweeper task that sleeps until
+//!   the earliest deadline (or until a heartbeat brings an earlier one), removes what has expired and
+//!   publishes a `Deregistered` event with reason `expired` — no per-node timers, no full scans;
+//! - a service index (service name → node ids), so find-by-service reads only the nodes that
+//!   provide that service;
+//! - an event history (a ring of the last `event_history` events), from which every watcher reads
+//!   at its own pace. A watcher that falls behind the ring is told to resync; it never slows writers.
+//!
+//! Time comes from tokio's clock, so everything here runs on paused time in tests.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use muster_core::{
+    Change, DeregisterReason, DiscoveryEvent, Error, EventKind, HeartbeatOutcome, NodeId, NodeInfo,
+    NodeUpdate, Registration, Registry, Result, Revision, ServiceQuery, Snapshot, WatchEvent, WatchStart,
+    WatchStream, time::now_ms,
+};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// Settings of the in-memory registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// How many recent events are kept for watchers to resume from (at least 1).
+    pub event_history: usize,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        Self { event_history: 10_000 }
+    }
+}
+
+/// Most events handed to a watch stream per lock acquisition, so one slow reader never holds the
+/// lock for long.
+const WATCH_BATCH: usize = 256;
+
+/// The in-memory registry. Cheap to clone; all clones share one state. The sweeper task stops when
+/// the last clone is dropped, and open watch streams then end.
+#[derive(Clone)]
+pub struct MemoryRegistry {
+    /// Shared state plus the guard whose drop shuts the sweeper down.
+    inner: Arc<DropGuard>,
+}
+
+/// Shuts the registry's background work down when the last handle goes away (the mini-redis
+/// `DbDropGuard` pattern: tasks hold `Shared`, handles hold the guard).
+struct DropGuard {
+    /// The state the handles operate on.
+    shared: Arc<Shared>,
+}
+
+/// State and signals shared by handles, the sweeper and watch streams.
+struct Shared {
+    /// Everything that changes, under one lock; never held across an await.
+    state: Mutex<State>,
+    /// Wakes the sweeper when an earlier deadline arrives or on shutdown.
+    sweeper_wake: Notify,
+    /// Carries the latest revision to watch streams (they read events from `State::history`).
+    revision_tx: watch::Sender<Revision>,
+    /// Settings.
+    options: MemoryOptions,
+}
+
+/// A stored node and when it expires.
+struct Entry {
+    /// The node as readers see it.
+    node: NodeInfo,
+    /// When its TTL runs out (tokio clock).
+    deadline: Instant,
+}
+
+/// The registry's mutable state.
+#[derive(Default)]
+struct State {
+    /// Every stored node by id.
+    nodes: HashMap<NodeId, Entry>,
+    /// `(deadline, id)` for every stored node; the first entry is the next to expire.
+    deadlines: BTreeSet<(Instant, NodeId)>,
+    /// Service name → ids of nodes that list a service of that name.
+    by_service: HashMap<String, BTreeSet<NodeId>>,
+    /// The most recent events, oldest first, revisions contiguous.
+    history: VecDeque<DiscoveryEvent>,
+    /// Revision of the latest event.
+    revision: Revision,
+    /// Set when the last handle is dropped.
+    shutdown: bool,
+}
+
+impl MemoryRegistry {
+    /// A registry with default options. Spawns the sweeper task.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn new() -> Self {
+        Self::with_options(MemoryOptions::default())
+    }
+
+    /// A registry with the given options. Spawns the sweeper task.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn with_options(options: MemoryOptions) -> Self {
+        let options = MemoryOptions { event_history: options.event_history.max(1) };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            sweeper_wake: Notify::new(),
+            revision_tx: watch::Sender::new(Revision::ZERO),
+            options,
+        });
+        tokio::spawn(sweep_expired(Arc::clone(&shared)));
+        Self { inner: Arc::new(DropGuard { shared }) }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Number of stored nodes (active or awaiting removal).
+    pub fn len(&self) -> usize {
+        self.shared().lock().nodes.len()
+    }
+
+    /// True when no node is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegistry").field("options", &self.shared().options).finish_non_exhaustive()
+    }
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.sweeper_wake.notify_one();
+        // Wake watch streams so they see the shutdown flag and end.
+        self.shared.revision_tx.send_modify(|_| {});
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated in a way that matters
+        // more than stopping the whole registry would, so keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends an event, trims the history and wakes watchers.
+    fn publish(
+        &self,
+        state: &mut State,
+        kind: EventKind,
+        reason: Option<DeregisterReason>,
+        node: NodeInfo,
+    ) -> Revision {
+        let revision = state.revision.next();
+        state.revision = revision;
+        state.history.push_back(DiscoveryEvent { revision, kind, reason, node, timestamp_ms: now_ms() });
+        while state.history.len() > self.options.event_history {
+            state.history.pop_front();
+        }
+        self.revision_tx.send_replace(revision);
+        revision
+    }
+
+    /// Removes every node whose deadline is at or before `now`, publishing an expiry for each.
+    /// Returns the next deadline.
+    fn purge_expired(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        while let Some((deadline, id)) = state.deadlines.first().cloned() {
+            if deadline > now {
+                return Some(deadline);
+            }
+            if let Some(entry) = state.remove(&id) {
+                tracing::debug!(node_id = %id, "node expired");
+                self.publish(
+                    &mut state,
+                    EventKind::Deregistered,
+                    Some(DeregisterReason::Expired),
+                    entry.node,
+                );
+            }
+        }
+        None
+    }
+
+    /// Expires one node now if its deadline has passed (so a late heartbeat re-registers it).
+    fn expire_if_due(&self, state: &mut State, id: &NodeId, now: Instant) {
+        if state.nodes.get(id).is_some_and(|e| e.deadline <= now)
+            && let Some(entry) = state.remove(id)
+        {
+            self.publish(state, EventKind::Deregistered, Some(DeregisterReason::Expired), entry.node);
+        }
+    }
+}
+
+impl State {
+    /// Removes a node from the map and every index.
+    fn remove(&mut self, id: &NodeId) -> Option<Entry> {
+        let entry = self.nodes.remove(id)?;
+        self.deadlines.remove(&(entry.deadline, id.clone()));
+        for service in &entry.node.services {
+            if let Some(ids) = self.by_service.get_mut(&service.name) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_service.remove(&service.name);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Moves a node from one service list to another in the service index.
+    fn reindex_services(
+        &mut self,
+        id: &NodeId,
+        old: &[muster_core::ServiceInfo],
+        new: &[muster_core::ServiceInfo],
+    ) {
+        for service in old {
+            if !new.iter().any(|s| s.name == service.name)
+                && let Some(ids) = self.by_service.get_mut(&service.name)
+            {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_service.remove(&service.name);
+                }
+            }
+        }
+        for service in new {
+            self.by_service.entry(service.name.clone()).or_default().insert(id.clone());
+        }
+    }
+
+    fn active_nodes(&self, now: Instant) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> =
+            self.nodes.values().filter(|e| e.deadline > now).map(|e| e.node.clone()).collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        nodes
+    }
+}
+
+/// The sweeper: sleeps until the earliest deadline, expires what is due, repeats.
+async fn sweep_expired(shared: Arc<Shared>) {
+    loop {
+        if shared.lock().shutdown {
+            return;
+        }
+        match shared.purge_expired(Instant::now()) {
+            Some(when) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(when) => {}
+                    () = shared.sweeper_wake.notified() => {}
+                }
+            }
+            None => shared.sweeper_wake.notified().await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for MemoryRegistry {
+    async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
+        let shared = self.shared();
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let deadline = now + registration.ttl();
+        let id = registration.node_id().clone();
+        let mut state = shared.lock();
+        shared.expire_if_due(&mut state, &id, now);
+        let earliest = state.deadlines.first().map(|(d, _)| *d);
+        let (change, node) = match state.nodes.remove(&id) {
+            Some(old) => {
+                state.deadlines.remove(&(old.deadline, id.clone()));
+                let node = registration.to_node(old.node.registered_at_ms, now_ms);
+                state.reindex_services(&id, &old.node.services, &node.services);
+                let change = if node.differs_from(&old.node) { Change::Updated } else { Change::Unchanged };
+                (change, node)
+            }
+            None => {
+                let node = registration.to_node(now_ms, now_ms);
+                state.reindex_services(&id, &[], &node.services);
+                (Change::Registered, node)
+            }
+        };
+        state.deadlines.insert((deadline, id.clone()));
+        state.nodes.insert(id, Entry { node: node.clone(), deadline });
+        let revision = match change {
+            Change::Registered => Some(shared.publish(&mut state, EventKind::Registered, None, node.clone())),
+            Change::Updated => Some(shared.publish(&mut state, EventKind::Updated, None, node.clone())),
+            Change::Unchanged => None,
+        };
+        drop(state);
+        if earliest.is_none_or(|e| deadline < e) {
+            shared.sweeper_wake.notify_one();
+        }
+        Ok(HeartbeatOutcome { change, node, revision })
+    }
+
+    async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
+        let shared = self.shared();
+        let now = Instant::now();
+        let mut state = shared.lock();
+        shared.expire_if_due(&mut state, node_id, now);
+        let Some(entry) = state.nodes.get(node_id) else {
+            return Err(Error::node_not_found(node_id.as_str()));
+        };
+        let mut node = entry.node.clone();
+        if !update.apply(&mut node) {
+            return Ok(node);
+        }
+        node.timestamp_ms = now_ms();
+        let old_services =
+            std::mem::take(&mut state.nodes.get_mut(node_id).expect("checked above").node.services);
+        state.reindex_services(node_id, &old_services, &node.services);
+        state.nodes.get_mut(node_id).expect("checked above").node = node.clone();
+        shared.publish(&mut state, EventKind::Updated, None, node.clone());
+        Ok(node)
+    }
+
+    async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.expire_if_due(&mut state, node_id, Instant::now());
+        match state.remove(node_id) {
+            Some(entry) => {
+                shared.publish(&mut state, EventKind::Deregistered, Some(reason), entry.node);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
+        Ok(self.shared().lock().nodes.get(node_id).map(|e| e.node.clone()))
+    }
+
+    async fn exists(&self, node_id: &NodeId) -> Result<bool> {
+        Ok(self.shared().lock().nodes.contains_key(node_id))
+    }
+
+    async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
+        let now = Instant::now();
+        Ok(self.shared().lock().nodes.get(node_id).is_some_and(|e| e.deadline > now))
+    }
+
+    async fn list_active(&self) -> Result<Vec<NodeInfo>> {
+        Ok(self.shared().lock().active_nodes(Instant::now()))
+    }
+
+    async fn list_all(&self) -> Result<Vec<NodeInfo>> {
+        let state = self.shared().lock();
+        let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|e| e.node.clone()).collect();
+        drop(state);
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
+    }
+
+    async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
+        let now = Instant::now();
+        let state = self.shared().lock();
+        let Some(ids) = state.by_service.get(query.name()) else {
+            return Ok(Vec::new());
+        };
+        // `ids` is a BTreeSet, so the result comes out ordered by node id.
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.nodes.get(id))
+            .filter(|e| e.deadline > now && e.node.provides(query))
+            .map(|e| e.node.clone())
+            .collect())
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.shared().lock().revision)
+    }
+
+    async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
+        let shared = Arc::clone(self.shared());
+        let mut receiver = shared.revision_tx.subscribe();
+        receiver.borrow_and_update();
+        let mut pending = VecDeque::new();
+        let cursor = {
+            let state = shared.lock();
+            match start {
+                WatchStart::Now => state.revision,
+                WatchStart::After(revision) => revision,
+                WatchStart::Snapshot => {
+                    pending.push_back(WatchEvent::Resync(Snapshot {
+                        revision: state.revision,
+                        nodes: state.active_nodes(Instant::now()),
+                    }));
+                    state.revision
+                }
+            }
+        };
+        let watcher = Watcher { shared, receiver, cursor, pending };
+        Ok(Box::pin(futures::stream::unfold(watcher, |mut w| async move {
+            let item = w.next().await?;
+            Some((Ok(item), w))
+        })))
+    }
+}
+
+/// One watch stream's position and buffered items.
+struct Watcher {
+    /// The registry it reads from.
+    shared: Arc<Shared>,
+    /// Signals new revisions.
+    receiver: watch::Receiver<Revision>,
+    /// Revision of the last item handed out (or the start position).
+    cursor: Revision,
+    /// Items read from the history but not yet handed out.
+    pending: VecDeque<WatchEvent>,
+}
+
+impl Watcher {
+    /// The next item, or `None` when the registry has shut down.
+    async fn next(&mut self) -> Option<WatchEvent> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            // Mark the current value seen *before* reading state, so a publish that happens after
+            // the read always wakes `changed()` below.
+            self.receiver.borrow_and_update();
+            {
+                let shared = Arc::clone(&self.shared);
+                let state = shared.lock();
+                if state.shutdown {
+                    return None;
+                }
+                if state.revision != self.cursor {
+                    self.fill(&state);
+                    continue;
+                }
+            }
+            if self.receiver.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Buffers the events after the cursor, or a resync when they are no longer all held.
+    fn fill(&mut self, state: &State) {
+        let oldest = state.history.front().map(|e| e.revision);
+        let want = self.cursor.next();
+        match oldest {
+            Some(oldest) if self.cursor < state.revision && want >= oldest => {
+                let skip = usize::try_from(want.0 - oldest.0).unwrap_or(usize::MAX);
+                for event in state.history.iter().skip(skip).take(WATCH_BATCH) {
+                    self.cursor = event.revision;
+                    self.pending.push_back(WatchEvent::Event(event.clone()));
+                }
+            }
+            _ => {
+                // Too far behind, or a revision this registry never issued: start over.
+                tracing::debug!(cursor = %self.cursor, current = %state.revision, "watcher resyncs");
+                self.cursor = state.revision;
+                self.pending.push_back(WatchEvent::Resync(Snapshot {
+                    revision: state.revision,
+                    nodes: state.active_nodes(Instant::now()),
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeper_stops_when_registry_dropped() {
+        let registry = MemoryRegistry::new();
+        let weak = Arc::downgrade(registry.shared());
+        let mut stream = registry.watch(WatchStart::Now).await.unwrap();
+        drop(registry);
+        // Let the sweeper observe the shutdown.
+        tokio::task::yield_now().await;
+        use futures::StreamExt;
+        assert!(stream.next().await.is_none(), "watch streams end on shutdown");
+        drop(stream);
+        tokio::task::yield_now().await;
+        assert_eq!(weak.strong_count(), 0, "sweeper task released the state");
+    }
+}

@@ -1,0 +1,120 @@
+//! Fault injection around a real registry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::StreamExt;
+use muster_core::{
+    DeregisterReason, Error, HeartbeatOutcome, NodeId, NodeInfo, NodeUpdate, Registration, Registry, Result,
+    Revision, ServiceQuery, WatchStart, WatchStream,
+};
+use tokio::sync::watch;
+
+/// Wraps a real registry and fails chosen calls with retryable (`Unavailable`) errors.
+///
+/// Everything not told to fail goes straight to the wrapped backend.
+pub struct FaultyRegistry<R> {
+    /// The real backend.
+    inner: R,
+    /// How many upcoming heartbeats fail.
+    heartbeat_failures: AtomicU32,
+    /// How many upcoming `watch` calls fail.
+    watch_failures: AtomicU32,
+    /// Bumped to break every open watch stream.
+    sever: watch::Sender<u64>,
+}
+
+impl<R: Registry> FaultyRegistry<R> {
+    /// Wraps `inner`; nothing fails until told to.
+    pub fn new(inner: R) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            heartbeat_failures: AtomicU32::new(0),
+            watch_failures: AtomicU32::new(0),
+            sever: watch::Sender::new(0),
+        })
+    }
+
+    /// Makes the next `n` heartbeats fail.
+    pub fn fail_heartbeats(&self, n: u32) {
+        self.heartbeat_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Heartbeats still set to fail.
+    pub fn pending_heartbeat_failures(&self) -> u32 {
+        self.heartbeat_failures.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next `n` `watch` calls fail.
+    pub fn fail_watches(&self, n: u32) {
+        self.watch_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Breaks every open watch stream: each yields one error, then ends.
+    pub fn sever_watches(&self) {
+        self.sever.send_modify(|g| *g += 1);
+    }
+
+    /// The wrapped registry.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+}
+
+/// Decrements `counter` if positive; true when this call should fail.
+fn take_failure(counter: &AtomicU32) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+#[async_trait::async_trait]
+impl<R: Registry> Registry for FaultyRegistry<R> {
+    async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
+        if take_failure(&self.heartbeat_failures) {
+            return Err(Error::unavailable("injected heartbeat failure"));
+        }
+        self.inner.heartbeat(registration).await
+    }
+    async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
+        self.inner.update(node_id, update).await
+    }
+    async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
+        self.inner.deregister(node_id, reason).await
+    }
+    async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
+        self.inner.get(node_id).await
+    }
+    async fn exists(&self, node_id: &NodeId) -> Result<bool> {
+        self.inner.exists(node_id).await
+    }
+    async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
+        self.inner.is_active(node_id).await
+    }
+    async fn list_active(&self) -> Result<Vec<NodeInfo>> {
+        self.inner.list_active().await
+    }
+    async fn list_all(&self) -> Result<Vec<NodeInfo>> {
+        self.inner.list_all().await
+    }
+    async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
+        self.inner.find(query).await
+    }
+    async fn current_revision(&self) -> Result<Revision> {
+        self.inner.current_revision().await
+    }
+    async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
+        if take_failure(&self.watch_failures) {
+            return Err(Error::unavailable("injected watch failure"));
+        }
+        let mut severed = self.sever.subscribe();
+        severed.borrow_and_update();
+        let inner = self.inner.watch(start).await?;
+        let stream = futures::stream::unfold(Some((inner, severed)), |state| async move {
+            let (mut inner, mut severed) = state?;
+            tokio::select! {
+                item = inner.next() => item.map(|item| (item, Some((inner, severed)))),
+                _ = severed.changed() => Some((Err(Error::unavailable("injected watch break")), None)),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
