@@ -767,3 +767,8 @@ mod tests {
         assert!(detect_address(env(&[("PORT", "0")])).is_err());
     }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

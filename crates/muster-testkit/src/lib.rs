@@ -10,7 +10,7 @@ pub mod faults;
 
 /// Generates one `#[tokio::test]` per conformance case.
 ///
-/// ```ignore
+/// ```text
 /// muster_testkit::conformance_tests!(
 ///     registry = muster_memory::MemoryRegistry::new(),
 ///     timing = muster_testkit::conformance::Timing::default(),
