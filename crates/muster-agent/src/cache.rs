@@ -114,6 +114,15 @@ impl DiscoveryCache {
         }
     }
 
+    /// Applies a peer event (one without a revision of its own), whatever its revision.
+    pub(crate) fn apply_peer(&self, event: &DiscoveryEvent) {
+        let mut state = self.write();
+        match event.kind {
+            EventKind::Registered | EventKind::Updated => state.insert(Arc::new(event.node.clone())),
+            EventKind::Deregistered => state.remove(&event.node.node_id),
+        }
+    }
+
     /// Replaces the contents with a snapshot and returns the changes from the old contents to the
     /// new, as events at the snapshot's revision (so handlers miss nothing across a gap).
     pub(crate) fn replace(&self, snapshot: Snapshot) -> Vec<DiscoveryEvent> {

@@ -716,6 +716,10 @@ impl Inner {
                         self.cache.apply(&event);
                         self.dispatch(&event);
                     }
+                    Some(Ok(WatchEvent::Peer(event))) => {
+                        self.cache.apply_peer(&event);
+                        self.dispatch(&event);
+                    }
                     Some(Ok(WatchEvent::Resync(snapshot))) => {
                         failures = 0;
                         start = WatchStart::After(snapshot.revision);

@@ -105,13 +105,18 @@ pub enum WatchEvent {
     /// The watcher must replace what it knows with this snapshot: either it asked for one, or the
     /// events it would have needed are gone (it resumed too far back, or fell too far behind).
     Resync(Snapshot),
+    /// A change announced by a peer that does not write the registry's event log (a Titan node
+    /// publishing on the pub/sub channel). It has no revision of its own — it carries the revision
+    /// of the log when it was received — so it cannot be resumed from, and it is delivered
+    /// best-effort.
+    Peer(DiscoveryEvent),
 }
 
 impl WatchEvent {
     /// The revision after which the stream continues.
     pub fn revision(&self) -> Revision {
         match self {
-            Self::Event(e) => e.revision,
+            Self::Event(e) | Self::Peer(e) => e.revision,
             Self::Resync(s) => s.revision,
         }
     }

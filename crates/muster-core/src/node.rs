@@ -75,7 +75,7 @@ pub struct NodeInfo {
     #[serde(rename = "timestamp")]
     pub timestamp_ms: u64,
     /// Milliseconds since the epoch when this registration began.
-    #[serde(default)]
+    #[serde(default, rename = "registeredAt")]
     pub registered_at_ms: u64,
     /// Self-reported status.
     #[serde(default)]
@@ -240,6 +240,23 @@ impl NodeUpdate {
         validate_metadata(&metadata)?;
         self.metadata = Some(metadata);
         Ok(self)
+    }
+
+    /// The new address, if the update names one.
+    pub fn new_address(&self) -> Option<&Address> {
+        self.address.as_ref()
+    }
+    /// The new service list, if the update names one.
+    pub fn new_services(&self) -> Option<&[ServiceInfo]> {
+        self.services.as_deref()
+    }
+    /// The new status, if the update names one.
+    pub fn new_status(&self) -> Option<NodeStatus> {
+        self.status
+    }
+    /// The new node-level metadata, if the update names it.
+    pub fn new_metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
     }
 
     /// Applies the update to `node`, returning true when anything changed.

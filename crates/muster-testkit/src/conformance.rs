@@ -98,6 +98,7 @@ pub async fn next_event(stream: &mut WatchStream, wait: Duration) -> DiscoveryEv
     match next_item(stream, wait).await {
         WatchEvent::Event(e) => e,
         WatchEvent::Resync(s) => panic!("expected an event, got a resync at {}", s.revision),
+        WatchEvent::Peer(e) => panic!("expected a logged event, got a peer event {e:?}"),
     }
 }
 
@@ -257,8 +258,8 @@ pub async fn heartbeats_keep_node_alive<R: Registry>(registry: R, timing: Timing
 pub async fn silent_node_expires_with_event<R: Registry>(registry: R, timing: Timing) {
     registry.heartbeat(registration("keeper", "h:2", &["a"], timing)).await.unwrap();
     let mut watch = registry.watch(WatchStart::Now).await.unwrap();
-    registry.heartbeat(registration("n1", "h:1", &["a"], timing)).await.unwrap();
     let last_heartbeat = Instant::now();
+    registry.heartbeat(registration("n1", "h:1", &["a"], timing)).await.unwrap();
     assert_eq!(next_event(&mut watch, timing.event_wait()).await.kind, EventKind::Registered);
 
     // Keep the other node alive while n1 goes silent.
@@ -521,7 +522,9 @@ pub async fn slow_watcher_resyncs<R: Registry>(registry: R, history: usize, timi
             assert_eq!(snapshot.nodes.len(), 1);
             assert_eq!(snapshot.nodes[0].address.as_str(), format!("h:{}", history * 3));
         }
-        WatchEvent::Event(e) => panic!("expected a resync after falling behind, got event {}", e.revision),
+        WatchEvent::Event(e) | WatchEvent::Peer(e) => {
+            panic!("expected a resync after falling behind, got event {}", e.revision)
+        }
     }
     registry.heartbeat(registration("later", "h:1", &["a"], timing)).await.unwrap();
     let event = next_event(&mut watch, timing.event_wait()).await;
@@ -879,9 +882,10 @@ pub async fn agent_cache_resyncs_after_broken_watch<R: Registry + Clone>(registr
     faulty.sever_watches();
     eventually(timing.event_wait(), "the cache notices the break", || async { !client.cache().is_synced() })
         .await;
-    // Changes made while the watch is down.
-    registry.heartbeat(registration("n1", "h:1", &["a"], timing)).await.unwrap();
-    registry.heartbeat(registration("n2", "h:2", &["a"], timing)).await.unwrap();
+    // Changes made while the watch is down (long-lived nodes, so none expires during the test).
+    let long = Timing { ttl: timing.ttl * 20, ..timing };
+    registry.heartbeat(registration("n1", "h:1", &["a"], long)).await.unwrap();
+    registry.heartbeat(registration("n2", "h:2", &["a"], long)).await.unwrap();
     registry.deregister(&id("n1"), DeregisterReason::Graceful).await.unwrap();
     let query = ServiceQuery::new("a").unwrap();
     assert_eq!(

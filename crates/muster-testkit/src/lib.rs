@@ -4,26 +4,51 @@
 //!   trait and the agent's behaviour on it. Backends instantiate it with [`conformance_tests!`].
 //! - [`faults`] — [`faults::FaultyRegistry`], which wraps a real backend and makes chosen calls fail,
 //!   to test retries and reconnects without mocking the store.
+//! - [`redis_server`] — real `redis-server` processes (standalone, Cluster, Sentinel) on free ports.
 
 pub mod conformance;
 pub mod faults;
+pub mod redis_server;
 
 /// Generates one `#[tokio::test]` per conformance case.
 ///
 /// ```text
 /// muster_testkit::conformance_tests!(
-///     registry = muster_memory::MemoryRegistry::new(),
+///     setup = ((), muster_memory::MemoryRegistry::new()),
 ///     timing = muster_testkit::conformance::Timing::default(),
 ///     start_paused = true
 /// );
 /// ```
 ///
-/// `registry` is evaluated inside each async test (it may `.await`); `start_paused` must be a
-/// literal (paused tokio time for in-process backends, real time for external stores).
+/// `setup` is evaluated inside each async test (it may `.await`) and yields `(guard, registry)`;
+/// the guard (a server process, say) lives until the case ends. `start_paused` must be a literal
+/// (paused tokio time for in-process backends, real time for external stores).
 #[macro_export]
 macro_rules! conformance_tests {
-    (registry = $make:expr, timing = $timing:expr, start_paused = $paused:literal $(,)?) => {
-        $crate::__conformance_cases!($make, $timing, $paused;
+    (setup = $make:expr, timing = $timing:expr, start_paused = $paused:literal $(,)?) => {
+        $crate::__with_cases!(__conformance_cases!($make, $timing, $paused));
+    };
+}
+
+/// Runs every conformance case in sequence inside the current async test, each on a registry made
+/// by `make(case_name)` (an async closure; use the name to pick a fresh key prefix), so a costly
+/// fixture (a Redis Cluster, a Sentinel group) is started once for the whole suite.
+///
+/// ```text
+/// muster_testkit::conformance_sequence!(make = |case| async move { connect(case).await }, timing = timing);
+/// ```
+#[macro_export]
+macro_rules! conformance_sequence {
+    (make = $make:expr, timing = $timing:expr $(,)?) => {
+        $crate::__with_cases!(__conformance_sequence!($make, $timing));
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_cases {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::$callback!($($args)*;
             registration_round_trip,
             unchanged_heartbeat_publishes_nothing,
             heartbeats_keep_node_alive,
@@ -61,9 +86,25 @@ macro_rules! __conformance_cases {
         $(
             #[tokio::test(start_paused = $paused)]
             async fn $case() {
-                let registry = $make;
+                let (_guard, registry) = $make;
                 $crate::conformance::$case(registry, $timing).await;
             }
         )*
     };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_sequence {
+    ($make:expr, $timing:expr; $($case:ident),* $(,)?) => {{
+        let make = $make;
+        $(
+            {
+                let started = tokio::time::Instant::now();
+                let registry = make(stringify!($case)).await;
+                $crate::conformance::$case(registry, $timing).await;
+                eprintln!("conformance case {} passed in {:?}", stringify!($case), started.elapsed());
+            }
+        )*
+    }};
 }

@@ -7,7 +7,7 @@ use muster_memory::MemoryRegistry;
 use muster_testkit::conformance::Timing;
 
 muster_testkit::conformance_tests!(
-    registry = MemoryRegistry::new(),
+    setup = ((), MemoryRegistry::new()),
     timing = Timing::default(),
     start_paused = true,
 );

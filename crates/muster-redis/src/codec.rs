@@ -1,0 +1,232 @@
+//! Turning what the scripts return into domain types, and Titan's event JSON into events.
+
+use muster_core::{
+    Address, DeregisterReason, DiscoveryEvent, EventKind, Metadata, NodeId, NodeInfo, NodeStatus, Revision,
+    ServiceInfo,
+};
+use serde::Deserialize;
+
+/// Values per node in the read script's output: id, alive, then the seven hash fields.
+pub(crate) const ROW: usize = 9;
+
+/// One node as read, before filtering.
+pub(crate) enum Row {
+    /// Readable; `alive` tells whether its heartbeat key exists.
+    Node { node: NodeInfo, alive: bool },
+    /// Its hash is gone or incomplete, or fields do not parse; `alive` as above.
+    Broken { id: String, alive: bool, reason: String },
+}
+
+/// Parses one row of the read script (`id, alive, address, services, timestamp, registeredAt,
+/// status, metadata, ttl`).
+pub(crate) fn parse_row(row: &[String]) -> Row {
+    let (id, alive) = (row[0].clone(), row[1] == "1");
+    match node_from_fields(&row[0], &row[2..ROW]) {
+        Ok(node) => Row::Node { node, alive },
+        Err(reason) => Row::Broken { id, alive, reason },
+    }
+}
+
+fn node_from_fields(id: &str, f: &[String]) -> Result<NodeInfo, String> {
+    let node_id = NodeId::new(id).map_err(|e| e.to_string())?;
+    if f[0].is_empty() || f[1].is_empty() || f[2].is_empty() {
+        return Err("missing address, services or timestamp".to_owned());
+    }
+    let address = Address::parse(f[0].as_str()).map_err(|e| e.to_string())?;
+    let services: Vec<ServiceInfo> =
+        serde_json::from_str(&f[1]).map_err(|e| format!("services are not a JSON service list: {e}"))?;
+    let timestamp_ms = parse_ms(&f[2]).ok_or_else(|| format!("timestamp {:?} is not a number", f[2]))?;
+    let registered_at_ms =
+        if f[3].is_empty() { timestamp_ms } else { parse_ms(&f[3]).unwrap_or(timestamp_ms) };
+    let status = if f[4].is_empty() {
+        NodeStatus::Up
+    } else {
+        f[4].parse().map_err(|e: muster_core::Error| e.to_string())?
+    };
+    let metadata: Metadata = if f[5].is_empty() {
+        Metadata::new()
+    } else {
+        serde_json::from_str(&f[5]).map_err(|e| format!("metadata is not a JSON map: {e}"))?
+    };
+    let ttl_ms = parse_ms(&f[6]).unwrap_or(0);
+    Ok(NodeInfo { node_id, address, services, timestamp_ms, registered_at_ms, status, metadata, ttl_ms })
+}
+
+/// Milliseconds as Titan writes them (`Date.now().toString()`), tolerating a fractional part.
+fn parse_ms(text: &str) -> Option<u64> {
+    text.parse::<u64>()
+        .ok()
+        .or_else(|| text.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64))
+}
+
+/// Parses one event-log entry (`type`, `reason`, `node`, `ts` fields).
+pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<DiscoveryEvent, String> {
+    let field = |name: &str| {
+        fields.chunks_exact(2).find(|pair| pair[0] == name).map(|pair| pair[1].as_str()).unwrap_or_default()
+    };
+    let kind = match field("type") {
+        "registered" => EventKind::Registered,
+        "updated" => EventKind::Updated,
+        "deregistered" => EventKind::Deregistered,
+        other => return Err(format!("unknown event type {other:?}")),
+    };
+    let reason = match field("reason") {
+        "" => None,
+        "graceful" => Some(DeregisterReason::Graceful),
+        "expired" => Some(DeregisterReason::Expired),
+        "evicted" => Some(DeregisterReason::Evicted),
+        other => return Err(format!("unknown reason {other:?}")),
+    };
+    let node: NodeInfo =
+        serde_json::from_str(field("node")).map_err(|e| format!("node does not parse: {e}"))?;
+    let timestamp_ms = field("ts").parse().unwrap_or(node.timestamp_ms);
+    Ok(DiscoveryEvent { revision, kind, reason, node, timestamp_ms })
+}
+
+/// True when a log entry is the first revision of a fresh counter (nothing came before it).
+pub(crate) fn is_first(fields: &[String]) -> bool {
+    fields.chunks_exact(2).any(|pair| pair[0] == "first" && pair[1] == "1")
+}
+
+/// The reason as written to the log.
+pub(crate) fn reason_name(reason: DeregisterReason) -> &'static str {
+    match reason {
+        DeregisterReason::Graceful => "graceful",
+        DeregisterReason::Expired => "expired",
+        DeregisterReason::Evicted => "evicted",
+        DeregisterReason::Unknown => "unknown",
+    }
+}
+
+/// A Titan event on the pub/sub channel.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TitanEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    node_id: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    services: Option<Vec<ServiceInfo>>,
+    #[serde(default)]
+    timestamp: Option<f64>,
+    /// Set on events Muster publishes; those reach Muster watchers through the log instead.
+    #[serde(default)]
+    muster: bool,
+}
+
+/// What a pub/sub message means to a watcher.
+pub(crate) enum ChannelMessage {
+    /// Published by Muster: already delivered through the log.
+    Own,
+    /// From a Titan peer.
+    Peer(DiscoveryEvent),
+}
+
+/// Parses a pub/sub message. `revision` is the log revision the watcher has reached.
+pub(crate) fn parse_channel_message(payload: &str, revision: Revision) -> Result<ChannelMessage, String> {
+    let event: TitanEvent =
+        serde_json::from_str(payload).map_err(|e| format!("not a discovery event: {e}"))?;
+    if event.muster {
+        return Ok(ChannelMessage::Own);
+    }
+    let kind = match event.kind.as_str() {
+        "NODE_REGISTERED" => EventKind::Registered,
+        "NODE_UPDATED" => EventKind::Updated,
+        "NODE_DEREGISTERED" => EventKind::Deregistered,
+        other => return Err(format!("unknown event type {other:?}")),
+    };
+    let node_id = NodeId::new(event.node_id).map_err(|e| e.to_string())?;
+    let address = match event.address.as_deref() {
+        Some(a) if !a.is_empty() => Address::parse(a).map_err(|e| e.to_string())?,
+        // Titan's deregistration events may carry no address.
+        _ if kind == EventKind::Deregistered => Address::parse("unknown:1").map_err(|e| e.to_string())?,
+        _ => return Err("event without address".to_owned()),
+    };
+    let timestamp_ms = event.timestamp.filter(|t| t.is_finite() && *t >= 0.0).map_or(0, |t| t as u64);
+    let node = NodeInfo {
+        node_id,
+        address,
+        services: event.services.unwrap_or_default(),
+        timestamp_ms,
+        registered_at_ms: timestamp_ms,
+        status: NodeStatus::Up,
+        metadata: Metadata::new(),
+        ttl_ms: 0,
+    };
+    let reason = (kind == EventKind::Deregistered).then_some(DeregisterReason::Unknown);
+    Ok(ChannelMessage::Peer(DiscoveryEvent { revision, kind, reason, node, timestamp_ms }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(fields: [&str; ROW]) -> Vec<String> {
+        fields.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn reads_titan_and_muster_rows() {
+        let titan = row([
+            "titan-1",
+            "1",
+            "localhost:3000",
+            r#"[{"name":"a","version":"1.0.0"}]"#,
+            "1700000000000",
+            "",
+            "",
+            "",
+            "",
+        ]);
+        match parse_row(&titan) {
+            Row::Node { node, alive } => {
+                assert!(alive);
+                assert_eq!(
+                    (node.timestamp_ms, node.registered_at_ms, node.ttl_ms),
+                    (1_700_000_000_000, 1_700_000_000_000, 0)
+                );
+                assert_eq!(node.services[0].version.as_deref(), Some("1.0.0"));
+            }
+            Row::Broken { reason, .. } => panic!("{reason}"),
+        }
+        let muster = row(["m1", "0", "[::1]:80", "[]", "5", "4", "DOWN", r#"{"zone":"eu"}"#, "15000"]);
+        let Row::Node { node, alive } = parse_row(&muster) else { panic!("should parse") };
+        assert!(!alive);
+        assert_eq!((node.status, node.ttl_ms, node.registered_at_ms), (NodeStatus::Down, 15000, 4));
+    }
+
+    #[test]
+    fn broken_rows_say_why() {
+        for (fields, why) in [
+            (["n", "1", "", "[]", "1", "", "", "", ""], "missing"),
+            (["n", "1", "h:1", "not json", "1", "", "", "", ""], "services"),
+            (["n", "1", "h:1", "[]", "yesterday", "", "", "", ""], "timestamp"),
+            (["n", "1", "nohost", "[]", "1", "", "", "", ""], "address"),
+            (["bad id", "1", "h:1", "[]", "1", "", "", "", ""], "node id"),
+            (["n", "1", "h:1", "[]", "1", "", "SLEEPY", "", ""], "status"),
+        ] {
+            match parse_row(&row(fields)) {
+                Row::Broken { reason, .. } => assert!(reason.contains(why), "{reason}"),
+                Row::Node { .. } => panic!("{fields:?} should be broken"),
+            }
+        }
+    }
+
+    #[test]
+    fn channel_messages() {
+        let titan = r#"{"type":"NODE_UPDATED","nodeId":"t1","address":"h:1","services":[{"name":"a"}],"timestamp":1700000000000}"#;
+        let ChannelMessage::Peer(event) = parse_channel_message(titan, Revision(7)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (event.kind, event.revision, event.node.services.len()),
+            (EventKind::Updated, Revision(7), 1)
+        );
+        let own = r#"{"type":"NODE_UPDATED","nodeId":"t1","address":"h:1","services":[],"timestamp":1,"muster":true}"#;
+        assert!(matches!(parse_channel_message(own, Revision(1)).unwrap(), ChannelMessage::Own));
+        assert!(parse_channel_message("hello", Revision(1)).is_err());
+        assert!(parse_channel_message(r#"{"type":"NODE_EXPLODED","nodeId":"x"}"#, Revision(1)).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! Connections: one shared multiplexed connection (re-established after failures, re-resolving the
+//! master through Sentinel), or a cluster connection; plus dedicated connections for blocking reads
+//! and pub/sub.
+
+use std::time::Duration;
+
+use muster_core::{Error, ErrorKind, Result};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::Mutex;
+
+use crate::config::{RedisConfig, Topology};
+
+/// A connection of either kind; cheap to clone (both are handles to a shared pipeline).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How new connections are made.
+enum Connector {
+    /// A fixed server.
+    Direct(Client),
+    /// Ask Sentinel for the current master each time.
+    Sentinel(Mutex<SentinelClient>),
+    /// A cluster; the client finds the slot owners.
+    Cluster(ClusterClient),
+}
+
+/// Hands out connections and replaces the shared one after failures.
+pub(crate) struct Pool {
+    connector: Connector,
+    /// The shared connection, made on first use and dropped after a connection-level failure.
+    shared: Mutex<Option<Conn>>,
+    /// Per-command timeout.
+    response_timeout: Duration,
+}
+
+impl Pool {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self> {
+        let connector = match &config.topology {
+            Topology::Standalone { url } => {
+                Connector::Direct(Client::open(url.as_str()).map_err(config_error)?)
+            }
+            Topology::Sentinel { sentinels, master_name, db, username, password } => {
+                let mut redis_info = redis::RedisConnectionInfo::default().set_db(*db);
+                if let Some(user) = username {
+                    redis_info = redis_info.set_username(user);
+                }
+                if let Some(pass) = password {
+                    redis_info = redis_info.set_password(pass);
+                }
+                let node_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+                let client = SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    master_name.clone(),
+                    Some(node_info),
+                    SentinelServerType::Master,
+                )
+                .map_err(config_error)?;
+                Connector::Sentinel(Mutex::new(client))
+            }
+            Topology::Cluster { nodes } => Connector::Cluster(
+                ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .response_timeout(config.response_timeout)
+                    .connection_timeout(config.response_timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(config_error)?,
+            ),
+        };
+        Ok(Self { connector, shared: Mutex::new(None), response_timeout: config.response_timeout })
+    }
+
+    /// A new connection with the given response timeout.
+    async fn connect(&self, response_timeout: Duration) -> Result<Conn> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(self.response_timeout));
+        let conn = match &self.connector {
+            Connector::Direct(client) => Conn::Single(
+                client.get_multiplexed_async_connection_with_config(&config).await.map_err(to_error)?,
+            ),
+            Connector::Sentinel(sentinel) => {
+                let client = sentinel.lock().await.async_get_client().await.map_err(to_error)?;
+                Conn::Single(
+                    client.get_multiplexed_async_connection_with_config(&config).await.map_err(to_error)?,
+                )
+            }
+            Connector::Cluster(client) => {
+                Conn::Cluster(client.get_async_connection().await.map_err(to_error)?)
+            }
+        };
+        Ok(conn)
+    }
+
+    /// The shared connection, connecting if there is none.
+    pub(crate) async fn get(&self) -> Result<Conn> {
+        let mut shared = self.shared.lock().await;
+        if let Some(conn) = shared.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.connect(self.response_timeout).await?;
+        *shared = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the shared connection so the next call reconnects (and, with Sentinel, looks the
+    /// master up again).
+    pub(crate) async fn invalidate(&self) {
+        self.shared.lock().await.take();
+    }
+
+    /// A connection of its own, for blocking reads that must not hold up shared traffic.
+    pub(crate) async fn dedicated(&self, response_timeout: Duration) -> Result<Conn> {
+        self.connect(response_timeout).await
+    }
+
+    /// A pub/sub connection. In a cluster, published messages reach every node, so any node will do.
+    pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        let client = match &self.connector {
+            Connector::Direct(client) => client.clone(),
+            Connector::Sentinel(sentinel) => {
+                sentinel.lock().await.async_get_client().await.map_err(to_error)?
+            }
+            Connector::Cluster(_) => return Err(Error::unavailable("cluster pub/sub is opened per node")),
+        };
+        client.get_async_pubsub().await.map_err(to_error)
+    }
+
+    /// Runs `op` on the shared connection; after a connection-level failure, reconnects and runs it
+    /// once more (every script is idempotent, so a repeat after an unknown outcome is safe).
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.get().await?;
+        match op(conn).await {
+            Ok(value) => Ok(value),
+            Err(error) if needs_reconnect(&error) => {
+                tracing::debug!(%error, "redis connection failed; reconnecting");
+                self.invalidate().await;
+                let conn = self.get().await.inspect_err(|_| ())?;
+                match op(conn).await {
+                    Ok(value) => Ok(value),
+                    Err(error) => {
+                        if needs_reconnect(&error) {
+                            self.invalidate().await;
+                        }
+                        Err(to_error(error))
+                    }
+                }
+            }
+            Err(error) => Err(to_error(error)),
+        }
+    }
+}
+
+/// True when the connection should be replaced: I/O failures, timeouts, and a master that turned
+/// replica (READONLY, after a failover).
+pub(crate) fn needs_reconnect(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown)
+        )
+}
+
+/// Classifies a Redis error.
+pub(crate) fn to_error(error: redis::RedisError) -> Error {
+    use redis::ServerErrorKind as S;
+    let kind = match error.kind() {
+        _ if needs_reconnect(&error) => ErrorKind::Unavailable,
+        redis::ErrorKind::Server(S::TryAgain | S::ClusterDown | S::BusyLoading | S::Moved | S::Ask) => {
+            ErrorKind::Unavailable
+        }
+        redis::ErrorKind::ClusterConnectionNotFound
+        | redis::ErrorKind::MasterNameNotFoundBySentinel
+        | redis::ErrorKind::Io => ErrorKind::Unavailable,
+        redis::ErrorKind::InvalidClientConfig | redis::ErrorKind::EmptySentinelList => {
+            ErrorKind::InvalidInput
+        }
+        _ => ErrorKind::Internal,
+    };
+    Error::new(kind, format!("redis: {error}")).with_source(error)
+}
+
+fn config_error(error: redis::RedisError) -> Error {
+    Error::invalid("redis connection", &error).with_source(error)
+}

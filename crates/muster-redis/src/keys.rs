@@ -1,0 +1,26 @@
+//! Key names. The Titan keys are exactly Titan's; the rest are Muster's additions, which Titan
+//! readers never look at.
+
+/// Every key the backend uses, derived from one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// The prefix as written in keys (possibly `{hash-tagged}`).
+    pub(crate) prefix: String,
+    /// Titan: set of all node ids.
+    pub(crate) index: String,
+    /// Muster: revision counter.
+    pub(crate) revision: String,
+    /// Muster: the event log (a stream whose entry ids are `<revision>-0`).
+    pub(crate) log: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: String) -> Self {
+        Self {
+            index: format!("{prefix}:index:nodes"),
+            revision: format!("{prefix}:revision"),
+            log: format!("{prefix}:log"),
+            prefix,
+        }
+    }
+}

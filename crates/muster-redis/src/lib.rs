@@ -1,0 +1,335 @@
+//! The Redis registry: the store people use when they outgrow one process. Every agent and every
+//! registry server pointed at the same Redis (and prefix) sees the same nodes.
+//!
+//! # Wire compatibility
+//!
+//! Nodes are stored exactly as the TypeScript Titan/Netron discovery modules store them — the hash
+//! `P:nodes:<id>` (`address`, `services` JSON, `timestamp`) with `EXPIRE ceil(ttl/1000)`, the
+//! heartbeat key `P:heartbeat:<id>` with `PX ttl`, the index set `P:index:nodes` — and events are
+//! published on the Titan channel in Titan's JSON when pub/sub is on. So Titan nodes and Muster nodes
+//! sharing a Redis and prefix see each other.
+//!
+//! What Muster adds is additive and ignored by Titan readers: extra hash fields (`registeredAt`,
+//! `status`, `metadata`, `ttl`), the per-service index `P:index:services:<name>`, a sorted set of
+//! deadlines `P:index:deadlines` for the sweeper, a set `P:index:foreign` of adopted Titan-written
+//! nodes, a copy of each node as last changed (`P:last:<id>`, so expiry events carry the node even
+//! after its hash expired), the revision counter `P:revision` and the event log `P:log`, a stream
+//! whose entry ids are `<revision>-0`.
+//!
+//! # Layout
+//!
+//! - `config.rs` — [`RedisConfig`], [`Topology`], URL parsing.
+//! - `keys.rs` — key names.
+//! - `scripts.rs` — the Lua scripts: every write is one atomic script call (EVALSHA, reloaded on
+//!   NOSCRIPT), deciding inside Redis whether anything changed.
+//! - `conn.rs` — connections: standalone, Sentinel (follows the master after failover), Cluster.
+//! - `codec.rs` — parsing script output, log entries and Titan channel messages.
+//! - `watch.rs` — watch streams: blocking `XREAD` on the log from a revision, resync on gaps,
+//!   Titan peers' channel events merged in.
+//! - `sweeper.rs` — observable expiry under a lease, and adoption of Titan-written nodes.
+
+mod codec;
+mod config;
+mod conn;
+mod keys;
+mod scripts;
+mod sweeper;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_core::{
+    Change, DeregisterReason, Error, ErrorKind, HeartbeatOutcome, NodeId, NodeInfo, NodeUpdate, Registration,
+    Registry, Result, Revision, ServiceQuery, Snapshot, WatchStart, WatchStream, time::now_ms,
+};
+use redis::{FromRedisValue, Script};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{RedisConfig, Topology};
+pub use scripts::TITAN_HEARTBEAT_SCRIPT;
+
+use codec::{ROW, Row};
+use conn::Pool;
+use keys::Keys;
+use scripts::Scripts;
+
+/// The Redis registry. Cheap to clone; clones share connections. Background work (the sweeper)
+/// stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    /// Shared state; background tasks hold it too.
+    inner: Arc<Inner>,
+    /// Cancels background tasks when the last handle goes away.
+    _guard: Arc<CancelOnDrop>,
+}
+
+struct CancelOnDrop(CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+pub(crate) struct Inner {
+    /// Connections.
+    pool: Pool,
+    /// Key names.
+    keys: Keys,
+    /// Compiled scripts.
+    scripts: Scripts,
+    /// Settings.
+    config: RedisConfig,
+    /// The channel argument of every script (`''` when pub/sub is off).
+    channel_arg: String,
+    /// Stops background tasks and watch streams.
+    cancel: CancellationToken,
+}
+
+impl RedisRegistry {
+    /// Connects (checking the server answers) and starts the sweeper when configured.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let pool = Pool::new(&config)?;
+        pool.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await?;
+        let cancel = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            pool,
+            keys: Keys::new(config.key_prefix()),
+            scripts: Scripts::new(),
+            channel_arg: if config.pubsub_enabled { config.pubsub_channel.clone() } else { String::new() },
+            config,
+            cancel: cancel.clone(),
+        });
+        if inner.config.sweeper {
+            tokio::spawn(sweeper::run(Arc::clone(&inner)));
+        }
+        Ok(Self { inner, _guard: Arc::new(CancelOnDrop(cancel)) })
+    }
+
+    /// Connects to a URL with default settings (see [`RedisConfig::from_url`]).
+    pub async fn connect_url(url: &str) -> Result<Self> {
+        Self::connect(RedisConfig::from_url(url)?).await
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// Runs one sweep now (expires every node whose deadline passed, adopts Titan-written nodes),
+    /// regardless of the lease. Returns how many nodes were removed.
+    pub async fn sweep_now(&self) -> Result<u64> {
+        let (removed, _, _) = self.inner.sweep_due().await?;
+        self.inner.adopt().await?;
+        Ok(removed)
+    }
+}
+
+impl Inner {
+    /// Invokes `script` with the common arguments followed by `args`.
+    async fn invoke<T: FromRedisValue + Send>(&self, script: &Script, args: &[String]) -> Result<T> {
+        let maxlen = self.config.event_history.to_string();
+        self.pool
+            .run(|mut conn| {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&self.keys.index).arg(&self.keys.prefix).arg(&self.channel_arg).arg(&maxlen);
+                for arg in args {
+                    invocation.arg(arg);
+                }
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await
+    }
+
+    /// Reads nodes through the read script. Returns the revision and the rows.
+    async fn read(&self, args: &[String]) -> Result<(Revision, Vec<Row>)> {
+        let out: Vec<String> = self.invoke(&self.scripts.read, args).await?;
+        let revision = out.first().and_then(|r| r.parse().ok()).map(Revision).unwrap_or_default();
+        let rows = out.get(1..).unwrap_or_default().chunks_exact(ROW).map(codec::parse_row).collect();
+        Ok((revision, rows))
+    }
+
+    /// Reads nodes, cleans up what is dead or broken (as Titan readers do), and returns the readable
+    /// ones with their liveness.
+    async fn read_clean(&self, args: &[String]) -> Result<(Revision, Vec<(NodeInfo, bool)>)> {
+        let (revision, rows) = self.read(args).await?;
+        let (mut nodes, mut dead, mut broken) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            match row {
+                Row::Node { node, alive } => {
+                    if !alive {
+                        dead.push(node.node_id.to_string());
+                    }
+                    nodes.push((node, alive));
+                }
+                Row::Broken { id, alive, reason } => {
+                    tracing::warn!(node_id = %id, %reason, alive, "skipping unreadable node; removing it");
+                    broken.push(id);
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.sweep_ids("reap", dead).await?;
+        }
+        if !broken.is_empty() {
+            self.sweep_ids("evict", broken).await?;
+        }
+        nodes.sort_by(|a, b| a.0.node_id.cmp(&b.0.node_id));
+        Ok((revision, nodes))
+    }
+
+    async fn sweep_ids(&self, mode: &str, ids: Vec<String>) -> Result<()> {
+        let mut args = vec![mode.to_owned(), "0".to_owned()];
+        args.extend(ids);
+        let _: (u64, String, String) = self.invoke(&self.scripts.sweep, &args).await?;
+        Ok(())
+    }
+
+    /// Expires due nodes. Returns `(removed, next deadline ms or None, server now ms)`.
+    pub(crate) async fn sweep_due(&self) -> Result<(u64, Option<u64>, u64)> {
+        const BATCH: u64 = 500;
+        let mut total = 0;
+        loop {
+            let (removed, next, now): (u64, String, String) =
+                self.invoke(&self.scripts.sweep, &["due".to_owned(), BATCH.to_string()]).await?;
+            total += removed;
+            if removed < BATCH {
+                let next = next.parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n as u64);
+                return Ok((total, next, now.parse().unwrap_or(0)));
+            }
+        }
+    }
+
+    /// Adopts Titan-written nodes. Returns how many.
+    pub(crate) async fn adopt(&self) -> Result<u64> {
+        self.invoke(&self.scripts.adopt, &[]).await
+    }
+
+    /// The whole active state and the revision it reflects, atomically.
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot> {
+        let (revision, nodes) = self.read_clean(&["all".to_owned()]).await?;
+        Ok(Snapshot {
+            revision,
+            nodes: nodes.into_iter().filter(|(_, alive)| *alive).map(|(n, _)| n).collect(),
+        })
+    }
+
+    /// The current revision.
+    pub(crate) async fn revision(&self) -> Result<Option<Revision>> {
+        let key = self.keys.revision.clone();
+        let value: Option<String> = self
+            .pool
+            .run(|mut conn| {
+                let key = key.clone();
+                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
+        Ok(value.and_then(|v| v.parse().ok()).map(Revision))
+    }
+}
+
+fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::new(ErrorKind::Internal, format!("serializing: {e}")))
+}
+
+fn parse_revision(text: &str) -> Option<Revision> {
+    text.parse::<u64>().ok().filter(|r| *r > 0).map(Revision)
+}
+
+#[async_trait::async_trait]
+impl Registry for RedisRegistry {
+    async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
+        let ttl_ms = u64::try_from(registration.ttl().as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms();
+        let args = vec![
+            registration.node_id().to_string(),
+            registration.address().to_string(),
+            json(&registration.services())?,
+            now.to_string(),
+            ttl_ms.div_ceil(1000).to_string(),
+            ttl_ms.to_string(),
+            registration.status().as_str().to_owned(),
+            json(registration.metadata())?,
+        ];
+        let (change, registered_at, revision, _expired): (String, String, String, String) =
+            self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
+        let change = match change.as_str() {
+            "registered" => Change::Registered,
+            "updated" => Change::Updated,
+            _ => Change::Unchanged,
+        };
+        let node = registration.to_node(registered_at.parse().unwrap_or(now), now);
+        Ok(HeartbeatOutcome { change, node, revision: parse_revision(&revision) })
+    }
+
+    async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
+        let args = vec![
+            node_id.to_string(),
+            update.new_address().map(ToString::to_string).unwrap_or_default(),
+            update.new_services().map(json).transpose()?.unwrap_or_default(),
+            update.new_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            update.new_metadata().map(json).transpose()?.unwrap_or_default(),
+            now_ms().to_string(),
+        ];
+        let out: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
+        if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {
+            return Err(Error::node_not_found(node_id.as_str()));
+        }
+        let mut row = vec![node_id.to_string(), "1".to_owned()];
+        row.extend(out[2..9].iter().cloned());
+        match codec::parse_row(&row) {
+            Row::Node { node, .. } => Ok(node),
+            Row::Broken { reason, .. } => Err(Error::new(ErrorKind::Internal, reason)),
+        }
+    }
+
+    async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
+        let args = vec![node_id.to_string(), codec::reason_name(reason).to_owned()];
+        let (removed, _revision): (u64, String) =
+            self.inner.invoke(&self.inner.scripts.deregister, &args).await?;
+        Ok(removed == 1)
+    }
+
+    async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
+        let (_, nodes) = self.inner.read_clean(&["ids".to_owned(), node_id.to_string()]).await?;
+        Ok(nodes.into_iter().next().map(|(node, _)| node))
+    }
+
+    async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
+        let (_, rows) = self.inner.read(&["ids".to_owned(), node_id.to_string()]).await?;
+        Ok(rows.iter().any(|row| matches!(row, Row::Node { alive: true, .. })))
+    }
+
+    async fn list_active(&self) -> Result<Vec<NodeInfo>> {
+        Ok(self.inner.snapshot().await?.nodes)
+    }
+
+    async fn list_all(&self) -> Result<Vec<NodeInfo>> {
+        let (_, nodes) = self.inner.read_clean(&["all".to_owned()]).await?;
+        Ok(nodes.into_iter().map(|(node, _)| node).collect())
+    }
+
+    async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
+        let (_, nodes) = self.inner.read_clean(&["service".to_owned(), query.name().to_owned()]).await?;
+        Ok(nodes
+            .into_iter()
+            .filter(|(node, alive)| *alive && node.provides(query))
+            .map(|(node, _)| node)
+            .collect())
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.inner.revision().await?.unwrap_or_default())
+    }
+
+    async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
+        watch::open(Arc::clone(&self.inner), start).await
+    }
+}
+
+/// How long one blocking read of the log waits before checking for resets.
+pub(crate) fn block_time(config: &RedisConfig) -> Duration {
+    (config.response_timeout / 2).min(Duration::from_secs(1))
+}

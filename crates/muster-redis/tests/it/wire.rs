@@ -1,0 +1,1 @@
+//! Titan wire compatibility.

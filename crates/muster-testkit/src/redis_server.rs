@@ -1,0 +1,305 @@
+//! Real `redis-server` processes for tests: standalone, a 3-master Cluster, and a master + replica +
+//! 3 Sentinels. Each runs on free loopback ports in its own temporary directory, is waited for until
+//! it answers, can be killed (SIGKILL) and restarted on the same port, and is killed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep};
+
+/// Longest wait for a server to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free loopback port whose cluster bus port (`port + 10000`) is free too.
+pub fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local address").port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A fresh temporary directory, removed by [`TempDir`]'s drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("muster-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temporary directory");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `PING` until the server answers `+PONG` (or `-LOADING`-free), or panics after a while.
+pub async fn wait_until_ready(port: u16) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await
+            && stream.write_all(b"PING\r\n").await.is_ok()
+        {
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await
+                && buf[..n].starts_with(b"+PONG")
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "redis on port {port} did not become ready");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns its standard output (raw format).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
+        .args(args)
+        .output()
+        .expect("run redis-cli (install redis-tools)");
+    String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    /// Its port, kept across restarts.
+    port: u16,
+    /// Extra command-line arguments, kept across restarts.
+    args: Vec<String>,
+    /// Its working directory.
+    dir: TempDir,
+    /// The process, when running.
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a standalone server without persistence.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra arguments (e.g. `["--appendonly", "yes"]`).
+    pub async fn start_with(args: &[&str]) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            dir: TempDir::new("redis"),
+            child: None,
+        };
+        server.spawn();
+        wait_until_ready(server.port).await;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.0.join("redis.log")).expect("log file");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--protected-mode", "no", "--dir"])
+            .arg(&self.dir.0)
+            .args(&self.args)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (install redis-server)");
+        self.child = Some(child);
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port (with the same data directory) and waits until it
+    /// answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        wait_until_ready(self.port).await;
+    }
+
+    /// Runs `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters, no replicas.
+pub struct RedisCluster {
+    /// The masters.
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them and waits for `cluster_state:ok`.
+    pub async fn start() -> Self {
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            servers.push(
+                RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .await,
+            );
+        }
+        let addresses: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !servers.iter().all(|s| s.cli(&["cluster", "info"]).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "cluster did not converge");
+            sleep(Duration::from_millis(50)).await;
+        }
+        Self { servers }
+    }
+
+    /// `redis+cluster://` URL listing every node.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+/// One `redis-server --sentinel` process.
+struct SentinelProcess {
+    port: u16,
+    _dir: TempDir,
+    child: Child,
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A master, one replica and three Sentinels watching them under the name `mymaster`.
+pub struct SentinelSetup {
+    /// The initial master.
+    pub master: RedisServer,
+    /// The initial replica.
+    pub replica: RedisServer,
+    /// The Sentinels.
+    sentinels: Vec<SentinelProcess>,
+}
+
+/// The master name the Sentinels monitor.
+pub const MASTER_NAME: &str = "mymaster";
+
+impl SentinelSetup {
+    /// Starts everything and waits until every Sentinel knows the master and the replica.
+    pub async fn start() -> Self {
+        let master = RedisServer::start().await;
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !master.cli(&["info", "replication"]).contains("connected_slaves:1") {
+            assert!(Instant::now() < deadline, "replica did not attach");
+            sleep(Duration::from_millis(50)).await;
+        }
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = TempDir::new("sentinel");
+            let conf = dir.0.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 4000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir.0.display(),
+                    master.port
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server --sentinel (install redis-sentinel)");
+            wait_until_ready(port).await;
+            sentinels.push(SentinelProcess { port, _dir: dir, child });
+        }
+        let setup = Self { master, replica, sentinels };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = setup.sentinels.iter().all(|s| {
+                let info = cli(s.port, &["sentinel", "master", MASTER_NAME]);
+                info.contains("num-slaves\n1") && info.contains("num-other-sentinels\n2")
+            });
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sentinels did not discover each other and the replica");
+            sleep(Duration::from_millis(100)).await;
+        }
+        setup
+    }
+
+    /// `redis+sentinel://` URL listing every Sentinel.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+    }
+
+    /// The port the Sentinels currently name as master.
+    pub fn current_master_port(&self) -> Option<u16> {
+        let answer = cli(self.sentinels[0].port, &["sentinel", "get-master-addr-by-name", MASTER_NAME]);
+        answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+}
