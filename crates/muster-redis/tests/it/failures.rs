@@ -1,1 +1,248 @@
-//! Failures.
+//! Failures: Redis killed and restarted, Sentinel failover, watchers that disconnect, trimmed
+//! history, and several sweepers competing.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use muster_agent::Agent;
+use muster_core::{DiscoveryOptions, EventKind, Registry, ServiceQuery, WatchEvent, WatchStart};
+use muster_redis::{RedisConfig, RedisRegistry};
+use muster_testkit::conformance::{addr, id, next_event, next_item, registration, svc};
+use muster_testkit::redis_server::{RedisServer, SentinelSetup};
+use tokio::time::{Instant, sleep};
+
+use crate::{TIMING, registry};
+
+fn options() -> DiscoveryOptions {
+    DiscoveryOptions {
+        heartbeat_interval: TIMING.interval,
+        heartbeat_ttl: TIMING.ttl,
+        retry_delay: Duration::from_millis(50),
+        ..DiscoveryOptions::default()
+    }
+}
+
+async fn agent(registry: &RedisRegistry, node: &str, service: &str) -> Agent {
+    let agent = Agent::builder(registry.clone())
+        .options(options())
+        .node_id(id(node))
+        .address(addr("127.0.0.1:9000"))
+        .service(svc(service))
+        .build()
+        .unwrap();
+    agent.start().await.unwrap();
+    agent
+}
+
+/// Polls `check` every 50 ms until it holds, failing after `wait`.
+async fn until<F: std::future::Future<Output = bool>>(wait: Duration, what: &str, check: impl Fn() -> F) {
+    let deadline = Instant::now() + wait;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn active_ids(registry: &RedisRegistry) -> Vec<String> {
+    match registry.list_active().await {
+        Ok(nodes) => nodes.into_iter().map(|n| n.node_id.to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Redis dies (SIGKILL, no persistence) and comes back empty: agents re-register within a
+/// heartbeat or two, caches and watchers resynchronise, and every node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_without_persistence() {
+    let mut server = RedisServer::start().await;
+    let registry = registry(&server.url(), "titan:discovery").await;
+    let a = agent(&registry, "a", "users@1.0.0").await;
+    let b = agent(&registry, "b", "orders@1.0.0").await;
+    let client = Agent::builder(registry.clone())
+        .options(DiscoveryOptions { client_mode: true, ..options() })
+        .address(addr("127.0.0.1:1"))
+        .build()
+        .unwrap();
+    client.start().await.unwrap();
+    let mut watch = registry.watch(WatchStart::Snapshot).await.unwrap();
+    let WatchEvent::Resync(before) = next_item(&mut watch, Duration::from_secs(5)).await else {
+        panic!("a snapshot watch starts with a resync");
+    };
+    assert_eq!(before.nodes.len(), 2);
+
+    server.kill();
+    sleep(TIMING.interval * 3).await;
+    assert!(registry.list_active().await.unwrap_err().is_retryable(), "a dead store is a retryable error");
+    server.restart().await;
+
+    until(Duration::from_secs(10), "both agents re-registered", || async {
+        active_ids(&registry).await == ["a", "b"]
+    })
+    .await;
+    until(Duration::from_secs(10), "the client's cache holds both again", || async {
+        client.cache().find(&ServiceQuery::new("users").unwrap()).is_ok_and(|n| n.len() == 1)
+            && client.cache().find(&ServiceQuery::new("orders").unwrap()).is_ok_and(|n| n.len() == 1)
+    })
+    .await;
+    // The watcher's stream broke with a retryable error; resumed, it is told to resync.
+    let mut last = before.revision;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("an item") {
+            Some(Ok(item)) => last = item.revision(),
+            Some(Err(error)) => {
+                assert!(error.is_retryable(), "{error}");
+                break;
+            }
+            None => break,
+        }
+    }
+    let mut resumed = registry.watch(WatchStart::After(last)).await.unwrap();
+    match next_item(&mut resumed, Duration::from_secs(5)).await {
+        WatchEvent::Resync(snapshot) => assert_eq!(snapshot.nodes.len(), 2),
+        WatchEvent::Event(e) | WatchEvent::Peer(e) => panic!("expected a resync after data loss, got {e:?}"),
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    client.stop().await.unwrap();
+}
+
+/// With persistence (AOF), a watcher resumes from its revision across a restart and receives
+/// exactly the events it missed — no resync needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_resumes_across_a_restart_with_persistence() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let url = server.url();
+    let registry = registry(&url, "titan:discovery").await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    registry.heartbeat(registration("n1", "h:1", &["a"], long)).await.unwrap();
+    let mark = registry.current_revision().await.unwrap();
+    server.restart().await;
+    for i in 2..=6 {
+        let node = format!("n{i}");
+        // The first call after the restart may meet the broken connection; the registry reconnects.
+        until(Duration::from_secs(5), "the write lands", || async {
+            registry.heartbeat(registration(&node, "h:1", &["a"], long)).await.is_ok()
+        })
+        .await;
+    }
+    let mut watch = registry.watch(WatchStart::After(mark)).await.unwrap();
+    for i in 2..=6 {
+        let event = next_event(&mut watch, Duration::from_secs(5)).await;
+        assert_eq!((event.kind, event.node.node_id.to_string()), (EventKind::Registered, format!("n{i}")));
+    }
+}
+
+/// A watcher that disconnects while events happen receives every one of them, in order, when it
+/// comes back with its last revision.
+#[tokio::test]
+async fn disconnected_watcher_receives_everything() {
+    let (_server, registry) = crate::standalone().await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    registry.heartbeat(registration("first", "h:1", &["a"], long)).await.unwrap();
+    let seen = next_event(&mut watch, Duration::from_secs(5)).await.revision;
+    drop(watch);
+    for i in 0..50 {
+        registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], long)).await.unwrap();
+    }
+    registry.deregister(&id("first"), muster_core::DeregisterReason::Graceful).await.unwrap();
+    let mut watch = registry.watch(WatchStart::After(seen)).await.unwrap();
+    let mut previous = seen;
+    for i in 0..50 {
+        let event = next_event(&mut watch, Duration::from_secs(5)).await;
+        assert_eq!(event.revision, previous.next(), "no gaps, no duplicates");
+        assert_eq!(event.node.node_id.to_string(), format!("n{i}"));
+        previous = event.revision;
+    }
+    assert_eq!(next_event(&mut watch, Duration::from_secs(5)).await.kind, EventKind::Deregistered);
+}
+
+/// A revision trimmed from the log gets the resync signal.
+#[tokio::test]
+async fn trimmed_revision_resyncs() {
+    let server = RedisServer::start().await;
+    let config = RedisConfig { event_history: 10, ..RedisConfig::from_url(&server.url()).unwrap() };
+    let registry = RedisRegistry::connect(config).await.unwrap();
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    registry.heartbeat(registration("n0", "h:1", &["a"], long)).await.unwrap();
+    let mark = registry.current_revision().await.unwrap();
+    for i in 1..=30 {
+        registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], long)).await.unwrap();
+    }
+    assert_eq!(server.cli(&["xlen", "titan:discovery:log"]), "10", "the log is trimmed to its history");
+    let mut watch = registry.watch(WatchStart::After(mark)).await.unwrap();
+    match next_item(&mut watch, Duration::from_secs(5)).await {
+        WatchEvent::Resync(snapshot) => {
+            assert_eq!(snapshot.nodes.len(), 31);
+            assert_eq!(snapshot.revision, registry.current_revision().await.unwrap());
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+}
+
+/// Several processes run sweepers; each expiry is announced exactly once, and a node whose
+/// heartbeat is still there when its recorded deadline passes is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_sweepers_expire_once_and_recheck_heartbeats() {
+    let server = RedisServer::start().await;
+    let mut registries = Vec::new();
+    for _ in 0..3 {
+        registries.push(registry(&server.url(), "titan:discovery").await);
+    }
+    let mut watch = registries[0].watch(WatchStart::Now).await.unwrap();
+    registries[1].heartbeat(registration("doomed", "h:1", &["a"], TIMING)).await.unwrap();
+    assert_eq!(next_event(&mut watch, Duration::from_secs(5)).await.kind, EventKind::Registered);
+    let expiry = next_event(&mut watch, TIMING.ttl + TIMING.expiry_slack).await;
+    assert_eq!(
+        (expiry.kind, expiry.reason),
+        (EventKind::Deregistered, Some(muster_core::DeregisterReason::Expired))
+    );
+    assert!(
+        tokio::time::timeout(TIMING.ttl, watch.next()).await.is_err(),
+        "one expiry event, not one per sweeper"
+    );
+
+    // A deadline in the past with a live heartbeat key: the sweep re-checks and keeps the node.
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    registries[2].heartbeat(registration("lively", "h:1", &["a"], long)).await.unwrap();
+    server.cli(&["zadd", "titan:discovery:index:deadlines", "1", "lively"]);
+    registries[0].sweep_now().await.unwrap();
+    assert!(registries[0].is_active(&id("lively")).await.unwrap());
+    let score: f64 = server.cli(&["zscore", "titan:discovery:index:deadlines", "lively"]).parse().unwrap();
+    assert!(score > 1_600_000_000_000.0, "the deadline was moved to the heartbeat's, got {score}");
+}
+
+/// The master dies while agents heartbeat through Sentinel: they follow the new master and no node
+/// is lost once the failover has converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_while_agents_heartbeat() {
+    let mut setup = SentinelSetup::start().await;
+    let registry = registry(&setup.url(), "titan:discovery").await;
+    let mut agents = Vec::new();
+    for (node, service) in [("s1", "users"), ("s2", "users"), ("s3", "orders")] {
+        agents.push(agent(&registry, node, service).await);
+    }
+    let old_master = setup.master.port();
+    setup.master.kill();
+    until(Duration::from_secs(30), "the sentinels promote the replica", || async {
+        setup.current_master_port().is_some_and(|port| port != old_master)
+    })
+    .await;
+    assert_eq!(setup.current_master_port(), Some(setup.replica.port()));
+    until(Duration::from_secs(15), "every agent is registered on the new master", || async {
+        active_ids(&registry).await == ["s1", "s2", "s3"]
+    })
+    .await;
+    assert_eq!(
+        setup.replica.cli(&["scard", "titan:discovery:index:nodes"]),
+        "3",
+        "written on the new master"
+    );
+    for agent in &agents {
+        assert!(agent.is_registered());
+    }
+    for agent in agents {
+        agent.stop().await.unwrap();
+    }
+    assert!(active_ids(&registry).await.is_empty());
+}
