@@ -125,7 +125,9 @@ local new = {address = ARGV[5], services = ARGV[6], timestamp = ARGV[7], status 
 local ttl_ms = tonumber(ARGV[9])
 local hb = key('heartbeat', id)
 local old = read_fields(key('nodes', id))
-local alive = redis.call('EXISTS', hb) == 1 and is_valid(old)
+-- Alive: heartbeat present and a complete hash (services equal to ours need no JSON check).
+local alive = redis.call('EXISTS', hb) == 1 and old ~= nil and old.address and old.address ~= ''
+  and old.timestamp and old.timestamp ~= '' and (old.services == new.services or valid_json(old.services))
 local change = 'registered'
 local expired_rev = '0'
 if alive then
@@ -136,10 +138,6 @@ if alive then
   else
     change = 'unchanged'
   end
-  local keep = service_names(new.services)
-  for name in pairs(service_names(old.services)) do
-    if not keep[name] then redis.call('SREM', key('index:services', name), id) end
-  end
 else
   -- Leftovers of an expired or broken node: expire it first (with an event if it was tracked).
   if old or redis.call('ZSCORE', K_DEADLINES, id) then
@@ -148,15 +146,30 @@ else
   end
   new.registeredAt = new.timestamp
 end
-redis.call('HSET', key('nodes', id), 'address', new.address, 'services', new.services,
-  'timestamp', new.timestamp, 'registeredAt', new.registeredAt, 'status', new.status,
-  'metadata', new.metadata, 'ttl', new.ttl)
+if change == 'unchanged' then
+  -- The steady state: only the timestamp (and a changed TTL) are written.
+  redis.call('HSET', key('nodes', id), 'timestamp', new.timestamp, 'ttl', new.ttl)
+else
+  redis.call('HSET', key('nodes', id), 'address', new.address, 'services', new.services,
+    'timestamp', new.timestamp, 'registeredAt', new.registeredAt, 'status', new.status,
+    'metadata', new.metadata, 'ttl', new.ttl)
+end
 redis.call('EXPIRE', key('nodes', id), ARGV[8])
 redis.call('SET', hb, '1', 'PX', ARGV[9])
 redis.call('SADD', K_INDEX, id)
-redis.call('SREM', K_FOREIGN, id)
 redis.call('ZADD', K_DEADLINES, NOW + ttl_ms, id)
-for name in pairs(service_names(new.services)) do redis.call('SADD', key('index:services', name), id) end
+if change == 'registered' then
+  redis.call('SREM', K_FOREIGN, id)
+end
+if change ~= 'unchanged' and (change == 'registered' or old.services ~= new.services) then
+  local keep = service_names(new.services)
+  if change == 'updated' then
+    for name in pairs(service_names(old.services)) do
+      if not keep[name] then redis.call('SREM', key('index:services', name), id) end
+    end
+  end
+  for name in pairs(keep) do redis.call('SADD', key('index:services', name), id) end
+end
 local rev = '0'
 if change ~= 'unchanged' then
   copy_last(id, new)
