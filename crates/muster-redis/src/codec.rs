@@ -17,6 +17,28 @@ pub(crate) enum Row {
     Broken { id: String, alive: bool, reason: String },
 }
 
+/// Parses the bulk part of the read script: a JSON array of nodes (as of their last change) and
+/// their deadlines; each node's timestamp becomes its last heartbeat (deadline minus TTL).
+pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String> {
+    let nodes: Vec<NodeInfo> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let deadlines: Vec<u64> = if deadlines.is_empty() {
+        Vec::new()
+    } else {
+        deadlines.split(',').map(|d| parse_ms(d).ok_or_else(|| format!("deadline {d:?}"))).collect::<Result<_, _>>()?
+    };
+    if nodes.len() != deadlines.len() {
+        return Err(format!("{} nodes but {} deadlines", nodes.len(), deadlines.len()));
+    }
+    Ok(nodes
+        .into_iter()
+        .zip(deadlines)
+        .map(|(mut node, deadline)| {
+            node.timestamp_ms = deadline.saturating_sub(node.ttl_ms).max(node.timestamp_ms);
+            Row::Node { node, alive: true }
+        })
+        .collect())
+}
+
 /// Parses one row of the read script (`id, alive, address, services, timestamp, registeredAt,
 /// status, metadata, ttl`).
 pub(crate) fn parse_row(row: &[String]) -> Row {

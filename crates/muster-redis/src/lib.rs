@@ -146,8 +146,11 @@ impl Inner {
     /// Reads nodes through the read script. Returns the revision and the rows.
     async fn read(&self, args: &[String]) -> Result<(Revision, Vec<Row>)> {
         let out: Vec<String> = self.invoke(&self.scripts.read, args).await?;
-        let revision = out.first().and_then(|r| r.parse().ok()).map(Revision).unwrap_or_default();
-        let rows = out.get(1..).unwrap_or_default().chunks_exact(ROW).map(codec::parse_row).collect();
+        let field = |i: usize| out.get(i).map(String::as_str).unwrap_or_default();
+        let revision = field(0).parse().ok().map(Revision).unwrap_or_default();
+        let mut rows = codec::parse_bulk(field(1), field(2))
+            .map_err(|reason| Error::new(ErrorKind::Internal, format!("unreadable node listing: {reason}")))?;
+        rows.extend(out.get(3..).unwrap_or_default().chunks_exact(ROW).map(codec::parse_row));
         Ok((revision, rows))
     }
 
@@ -253,14 +256,15 @@ impl Registry for RedisRegistry {
             registration.status().as_str().to_owned(),
             json(registration.metadata())?,
         ];
-        let (change, registered_at, revision, _expired): (String, String, String, String) =
+        let (change, registered_at, revision, _expired, timestamp): (String, String, String, String, String) =
             self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
         let change = match change.as_str() {
             "registered" => Change::Registered,
             "updated" => Change::Updated,
             _ => Change::Unchanged,
         };
-        let node = registration.to_node(registered_at.parse().unwrap_or(now), now);
+        let timestamp = timestamp.parse().unwrap_or(now);
+        let node = registration.to_node(registered_at.parse().unwrap_or(timestamp), timestamp);
         Ok(HeartbeatOutcome { change, node, revision: parse_revision(&revision) })
     }
 

@@ -8,19 +8,26 @@
 use redis::Script;
 
 /// Shared definitions, prepended to every script.
-const COMMON: &str = r#"
+const PRELUDE: &str = r#"
 local P = ARGV[1]
 local CHANNEL = ARGV[2]
 local MAXLEN = ARGV[3]
 local function key(kind, id) return P .. ':' .. kind .. ':' .. id end
-local K_INDEX = P .. ':index:nodes'
-local K_DEADLINES = P .. ':index:deadlines'
-local K_FOREIGN = P .. ':index:foreign'
-local K_REV = P .. ':revision'
-local K_LOG = P .. ':log'
 local T = redis.call('TIME')
 local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 local function fmt(n) return string.format('%.0f', n) end
+"#;
+
+/// Everything else the scripts share. Kept apart from [`PRELUDE`] so the heartbeat's steady-state
+/// path returns before any of it is evaluated.
+const COMMON: &str = r#"
+local K_INDEX = P .. ':index:nodes'
+local K_DEADLINES = P .. ':index:deadlines'
+local K_FOREIGN = P .. ':index:foreign'
+local K_TRACKED = P .. ':index:tracked'
+local K_INFO = P .. ':info'
+local K_REV = P .. ':revision'
+local K_LOG = P .. ':log'
 local FIELDS = {'address', 'services', 'timestamp', 'registeredAt', 'status', 'metadata', 'ttl'}
 local function read_fields(k)
   local v = redis.call('HMGET', k, unpack(FIELDS))
@@ -90,16 +97,21 @@ local function emit(kind, reason, id, n)
   end
   return rev
 end
+-- Keeps the node as of its last change: field by field (for expiry events after the hash expired)
+-- and as JSON in the info hash (read by listings in one command).
 local function copy_last(id, n)
   redis.call('HSET', key('last', id), 'address', n.address, 'services', n.services,
     'timestamp', n.timestamp, 'registeredAt', n.registeredAt or n.timestamp,
     'status', n.status or 'UP', 'metadata', n.metadata or '{}', 'ttl', n.ttl or '0')
+  redis.call('HSET', K_INFO, id, node_json(id, n))
 end
 -- Removes a node from every structure. Returns true when the sweeper was tracking it.
 local function remove(id, n)
   redis.call('DEL', key('nodes', id), key('heartbeat', id), key('last', id))
   redis.call('SREM', K_INDEX, id)
   redis.call('SREM', K_FOREIGN, id)
+  redis.call('SREM', K_TRACKED, id)
+  redis.call('HDEL', K_INFO, id)
   local tracked = redis.call('ZREM', K_DEADLINES, id) == 1
   if n and n.services then
     for name in pairs(service_names(n.services)) do redis.call('SREM', key('index:services', name), id) end
@@ -116,17 +128,38 @@ local function last_known(id)
 end
 "#;
 
-/// Register-or-heartbeat. `ARGV[4..]`: id, address, services JSON, timestamp ms, TTL s, TTL ms,
-/// status, metadata JSON. Returns `{change, registeredAt, revision, expiredRevision}`.
-const HEARTBEAT: &str = r#"
+/// Register-or-heartbeat, steady-state part: when the stored node equals the registration and its
+/// heartbeat key is still there, refresh and return before [`COMMON`] is evaluated. `ARGV[4..]`: id,
+/// address, services JSON, client timestamp ms (unused: timestamps are the server's, so they agree
+/// with deadlines), TTL s, TTL ms, status, metadata JSON.
+const HEARTBEAT_FAST: &str = r#"
 local id = ARGV[4]
-local new = {address = ARGV[5], services = ARGV[6], timestamp = ARGV[7], status = ARGV[10],
+local node_key = key('nodes', id)
+local hb = key('heartbeat', id)
+local hb_alive = nil
+local v = redis.call('HMGET', node_key, 'address', 'services', 'status', 'metadata', 'timestamp', 'registeredAt')
+if v[1] == ARGV[5] and v[2] == ARGV[6] and (v[3] or 'UP') == ARGV[10] and (v[4] or '{}') == ARGV[11]
+    and v[5] and v[5] ~= '' then
+  -- Refresh the heartbeat, learning whether it was still there.
+  hb_alive = redis.call('SET', hb, '1', 'PX', ARGV[9], 'GET') ~= false
+  if hb_alive then
+    redis.call('HSET', node_key, 'timestamp', fmt(NOW), 'ttl', ARGV[9])
+    redis.call('EXPIRE', node_key, ARGV[8])
+    redis.call('ZADD', P .. ':index:deadlines', NOW + tonumber(ARGV[9]), id)
+    return {'unchanged', v[6] or v[5], '0', '0', fmt(NOW)}
+  end
+end
+"#;
+
+/// Register-or-heartbeat, the rest: registrations, changes, and nodes whose heartbeat had run out.
+/// Returns `{change, registeredAt, revision, expiredRevision, timestamp}`.
+const HEARTBEAT: &str = r#"
+local new = {address = ARGV[5], services = ARGV[6], timestamp = fmt(NOW), status = ARGV[10],
              metadata = ARGV[11], ttl = ARGV[9]}
 local ttl_ms = tonumber(ARGV[9])
-local hb = key('heartbeat', id)
-local old = read_fields(key('nodes', id))
--- Alive: heartbeat present and a complete hash (services equal to ours need no JSON check).
-local alive = redis.call('EXISTS', hb) == 1 and old ~= nil and old.address and old.address ~= ''
+local old = read_fields(node_key)
+if hb_alive == nil then hb_alive = redis.call('EXISTS', hb) == 1 end
+local alive = hb_alive and old ~= nil and old.address and old.address ~= ''
   and old.timestamp and old.timestamp ~= '' and (old.services == new.services or valid_json(old.services))
 local change = 'registered'
 local expired_rev = '0'
@@ -146,17 +179,13 @@ else
   end
   new.registeredAt = new.timestamp
 end
-if change == 'unchanged' then
-  -- The steady state: only the timestamp (and a changed TTL) are written.
-  redis.call('HSET', key('nodes', id), 'timestamp', new.timestamp, 'ttl', new.ttl)
-else
-  redis.call('HSET', key('nodes', id), 'address', new.address, 'services', new.services,
-    'timestamp', new.timestamp, 'registeredAt', new.registeredAt, 'status', new.status,
-    'metadata', new.metadata, 'ttl', new.ttl)
-end
-redis.call('EXPIRE', key('nodes', id), ARGV[8])
+redis.call('HSET', node_key, 'address', new.address, 'services', new.services,
+  'timestamp', new.timestamp, 'registeredAt', new.registeredAt, 'status', new.status,
+  'metadata', new.metadata, 'ttl', new.ttl)
+redis.call('EXPIRE', node_key, ARGV[8])
 redis.call('SET', hb, '1', 'PX', ARGV[9])
 redis.call('SADD', K_INDEX, id)
+redis.call('SADD', K_TRACKED, id)
 redis.call('ZADD', K_DEADLINES, NOW + ttl_ms, id)
 if change == 'registered' then
   redis.call('SREM', K_FOREIGN, id)
@@ -175,7 +204,7 @@ if change ~= 'unchanged' then
   copy_last(id, new)
   rev = fmt(emit(change, '', id, new))
 end
-return {change, new.registeredAt, rev, expired_rev}
+return {change, new.registeredAt, rev, expired_rev, new.timestamp}
 "#;
 
 /// Partial update of an active node, without extending its life. `ARGV[4..]`: id, address,
@@ -196,7 +225,7 @@ local changed = new.address ~= old.address or new.services ~= old.services
   or new.status ~= (old.status or 'UP') or new.metadata ~= (old.metadata or '{}')
 local rev = '0'
 if changed then
-  new.timestamp = ARGV[9]
+  new.timestamp = fmt(NOW)
   redis.call('HSET', key('nodes', id), 'address', new.address, 'services', new.services,
     'timestamp', new.timestamp, 'status', new.status, 'metadata', new.metadata)
   if new.services ~= old.services then
@@ -276,6 +305,7 @@ for _, id in ipairs(redis.call('SMEMBERS', K_INDEX)) do
     if pttl > 0 and is_valid(n) then
       redis.call('ZADD', K_DEADLINES, NOW + pttl, id)
       redis.call('SADD', K_FOREIGN, id)
+      redis.call('SADD', K_TRACKED, id)
       copy_last(id, n)
       emit('registered', '', id, n)
       adopted = adopted + 1
@@ -285,22 +315,65 @@ end
 return adopted
 "#;
 
-/// Reads nodes. `ARGV[4]` = `all` (the whole index), `service` (the service index of `ARGV[5]` plus
-/// the foreign set) or `ids` (`ARGV[5..]`). Returns `{revision, id, alive, <7 fields>, id, ...}`
+/// Reads nodes. `ARGV[4]` = `active` (every live node), `service` (live nodes listing the service
+/// `ARGV[5]`), `all` (every indexed node, live or not) or `ids` (`ARGV[5..]`).
+///
+/// Live nodes written by Muster come from the info hash in bulk: one JSON array plus their
+/// deadlines. Every other node (written by Titan peers, or read by `all`/`ids`) comes as a row read
+/// from its Titan hash. Returns `{revision, jsonArray, deadlinesCsv, id, alive, <7 fields>, id, ...}`
 /// with `''` for missing fields.
 const READ: &str = r#"
 local mode = ARGV[4]
-local ids
-if mode == 'all' then
-  ids = redis.call('SMEMBERS', K_INDEX)
-elseif mode == 'service' then
-  ids = redis.call('SUNION', key('index:services', ARGV[5]), K_FOREIGN)
-else
-  ids = {}
-  for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+local bulk, rows = {}, {}
+local function chunks(list, size, f)
+  for i = 1, #list, size do
+    local part = {}
+    for j = i, math.min(i + size - 1, #list) do part[#part + 1] = list[j] end
+    f(part, i - 1)
+  end
 end
-local out = {redis.call('GET', K_REV) or '0'}
-for _, id in ipairs(ids) do
+if mode == 'active' or mode == 'service' then
+  local foreign = {}
+  for _, id in ipairs(redis.call('SMEMBERS', K_FOREIGN)) do
+    foreign[id] = true
+    rows[#rows + 1] = id
+  end
+  for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do rows[#rows + 1] = id end
+  if mode == 'active' then
+    local z = redis.call('ZRANGEBYSCORE', K_DEADLINES, '(' .. fmt(NOW), '+inf', 'WITHSCORES')
+    for i = 1, #z, 2 do
+      if not foreign[z[i]] then bulk[#bulk + 1] = {z[i], z[i + 1]} end
+    end
+  else
+    local ids = redis.call('SMEMBERS', key('index:services', ARGV[5]))
+    chunks(ids, 500, function(part)
+      local scores = redis.call('ZMSCORE', K_DEADLINES, unpack(part))
+      for j, id in ipairs(part) do
+        if scores[j] and tonumber(scores[j]) > NOW and not foreign[id] then bulk[#bulk + 1] = {id, scores[j]} end
+      end
+    end)
+  end
+elseif mode == 'all' then
+  rows = redis.call('SMEMBERS', K_INDEX)
+else
+  for i = 5, #ARGV do rows[#rows + 1] = ARGV[i] end
+end
+local jsons, deadlines = {}, {}
+chunks(bulk, 500, function(part)
+  local ids = {}
+  for j, entry in ipairs(part) do ids[j] = entry[1] end
+  local infos = redis.call('HMGET', K_INFO, unpack(ids))
+  for j, entry in ipairs(part) do
+    if infos[j] then
+      jsons[#jsons + 1] = infos[j]
+      deadlines[#deadlines + 1] = entry[2]
+    else
+      rows[#rows + 1] = entry[1]
+    end
+  end
+end)
+local out = {redis.call('GET', K_REV) or '0', '[' .. table.concat(jsons, ',') .. ']', table.concat(deadlines, ',')}
+for _, id in ipairs(rows) do
   local v = redis.call('HMGET', key('nodes', id), unpack(FIELDS))
   if v[1] or v[2] or v[3] or mode == 'all' then
     out[#out + 1] = id
@@ -341,9 +414,9 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
-        let with_common = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        let with_common = |body: &str| Script::new(&format!("{PRELUDE}\n{COMMON}\n{body}"));
         Self {
-            heartbeat: with_common(HEARTBEAT),
+            heartbeat: Script::new(&format!("{PRELUDE}\n{HEARTBEAT_FAST}\n{COMMON}\n{HEARTBEAT}")),
             update: with_common(UPDATE),
             deregister: with_common(DEREGISTER),
             sweep: with_common(SWEEP),
