@@ -24,7 +24,10 @@ pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String
     let deadlines: Vec<u64> = if deadlines.is_empty() {
         Vec::new()
     } else {
-        deadlines.split(',').map(|d| parse_ms(d).ok_or_else(|| format!("deadline {d:?}"))).collect::<Result<_, _>>()?
+        deadlines
+            .split(',')
+            .map(|d| parse_ms(d).ok_or_else(|| format!("deadline {d:?}")))
+            .collect::<Result<_, _>>()?
     };
     if nodes.len() != deadlines.len() {
         return Err(format!("{} nodes but {} deadlines", nodes.len(), deadlines.len()));
@@ -37,6 +40,19 @@ pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String
             Row::Node { node, alive: true }
         })
         .collect())
+}
+
+/// Splits a materialized view into its JSON body and deadlines, when it is for `revision` and still
+/// valid at `now_ms`.
+pub(crate) fn parse_view<'a>(view: &'a str, revision: &str, now_ms: u64) -> Option<(&'a str, &'a str)> {
+    let mut parts = view.splitn(4, '|');
+    let (view_revision, until, csv_len, rest) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if view_revision != revision || until.parse::<u64>().ok()? <= now_ms {
+        return None;
+    }
+    let csv_len: usize = csv_len.parse().ok()?;
+    let (csv, body) = (rest.get(..csv_len)?, rest.get(csv_len..)?);
+    Some((body, csv))
 }
 
 /// Parses one row of the read script (`id, alive, address, services, timestamp, registeredAt,
@@ -234,6 +250,15 @@ mod tests {
                 Row::Node { .. } => panic!("{fields:?} should be broken"),
             }
         }
+    }
+
+    #[test]
+    fn views() {
+        let view = "42|1000|7|5,6,7,8[1]";
+        assert_eq!(parse_view(view, "42", 999), Some(("[1]", "5,6,7,8")));
+        assert_eq!(parse_view(view, "42", 1000), None, "expired at its earliest deadline");
+        assert_eq!(parse_view(view, "43", 0), None, "another revision");
+        assert_eq!(parse_view("42|1000|99|x", "42", 0), None, "truncated");
     }
 
     #[test]

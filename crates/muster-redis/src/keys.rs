@@ -12,6 +12,12 @@ pub(crate) struct Keys {
     pub(crate) revision: String,
     /// Muster: the event log (a stream whose entry ids are `<revision>-0`).
     pub(crate) log: String,
+    /// Muster: the materialized listing `<revision>|<valid until ms>|<csv length>|<deadlines csv><json>`.
+    pub(crate) view: String,
+    /// Muster: ids of nodes the sweeper tracks.
+    pub(crate) tracked: String,
+    /// Muster: ids of tracked nodes written by Titan peers.
+    pub(crate) foreign: String,
 }
 
 impl Keys {
@@ -20,6 +26,9 @@ impl Keys {
             index: format!("{prefix}:index:nodes"),
             revision: format!("{prefix}:revision"),
             log: format!("{prefix}:log"),
+            view: format!("{prefix}:view"),
+            tracked: format!("{prefix}:index:tracked"),
+            foreign: format!("{prefix}:index:foreign"),
             prefix,
         }
     }

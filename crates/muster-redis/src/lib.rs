@@ -148,8 +148,9 @@ impl Inner {
         let out: Vec<String> = self.invoke(&self.scripts.read, args).await?;
         let field = |i: usize| out.get(i).map(String::as_str).unwrap_or_default();
         let revision = field(0).parse().ok().map(Revision).unwrap_or_default();
-        let mut rows = codec::parse_bulk(field(1), field(2))
-            .map_err(|reason| Error::new(ErrorKind::Internal, format!("unreadable node listing: {reason}")))?;
+        let mut rows = codec::parse_bulk(field(1), field(2)).map_err(|reason| {
+            Error::new(ErrorKind::Internal, format!("unreadable node listing: {reason}"))
+        })?;
         rows.extend(out.get(3..).unwrap_or_default().chunks_exact(ROW).map(codec::parse_row));
         Ok((revision, rows))
     }
@@ -158,6 +159,13 @@ impl Inner {
     /// ones with their liveness.
     async fn read_clean(&self, args: &[String]) -> Result<(Revision, Vec<(NodeInfo, bool)>)> {
         let (revision, rows) = self.read(args).await?;
+        let mut nodes = self.clean(rows).await?;
+        nodes.sort_by(|a, b| a.0.node_id.cmp(&b.0.node_id));
+        Ok((revision, nodes))
+    }
+
+    /// Keeps the readable rows; removes dead ones (as Titan readers do) and unreadable ones.
+    async fn clean(&self, rows: Vec<Row>) -> Result<Vec<(NodeInfo, bool)>> {
         let (mut nodes, mut dead, mut broken) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
             match row {
@@ -179,8 +187,60 @@ impl Inner {
         if !broken.is_empty() {
             self.sweep_ids("evict", broken).await?;
         }
-        nodes.sort_by(|a, b| a.0.node_id.cmp(&b.0.node_id));
-        Ok((revision, nodes))
+        Ok(nodes)
+    }
+
+    /// Every live node and the revision they reflect, in at most two round trips. The first is an
+    /// atomic `MULTI` of native commands reading the materialized view kept by the read script (see
+    /// `scripts.rs`); only when the view is stale, or nodes written by Titan peers must be read from
+    /// their hashes, does a second trip run the read script.
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot> {
+        type Reply = (Option<String>, (u64, u64), Option<String>, Vec<String>, u64, u64);
+        let keys = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GET")
+            .arg(&keys.revision)
+            .cmd("TIME")
+            .cmd("GET")
+            .arg(&keys.view)
+            .cmd("SMEMBERS")
+            .arg(&keys.foreign)
+            .cmd("SCARD")
+            .arg(&keys.index)
+            .cmd("SCARD")
+            .arg(&keys.tracked);
+        let (revision, (seconds, micros), view, foreign, indexed, tracked): Reply = self
+            .pool
+            .run(|mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let revision_text = revision.unwrap_or_else(|| "0".to_owned());
+        let fresh = view.as_deref().and_then(|view| codec::parse_view(view, &revision_text, now_ms));
+        let (revision, mut nodes) = match fresh {
+            Some((body, deadlines)) if indexed <= tracked => {
+                let revision = Revision(revision_text.parse().unwrap_or(0));
+                let rows = codec::parse_bulk(body, deadlines).map_err(|reason| {
+                    Error::new(ErrorKind::Internal, format!("unreadable node view: {reason}"))
+                })?;
+                let mut nodes = self.clean(rows).await?;
+                if !foreign.is_empty() {
+                    let mut args = vec!["ids".to_owned()];
+                    args.extend(foreign);
+                    let (_, rows) = self.read(&args).await?;
+                    nodes.extend(self.clean(rows).await?);
+                }
+                (revision, nodes)
+            }
+            _ => self.read_clean(&["active".to_owned()]).await?,
+        };
+        nodes.retain(|(_, alive)| *alive);
+        let mut nodes: Vec<NodeInfo> = nodes.into_iter().map(|(node, _)| node).collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(Snapshot { revision, nodes })
     }
 
     async fn sweep_ids(&self, mode: &str, ids: Vec<String>) -> Result<()> {
@@ -208,15 +268,6 @@ impl Inner {
     /// Adopts Titan-written nodes. Returns how many.
     pub(crate) async fn adopt(&self) -> Result<u64> {
         self.invoke(&self.scripts.adopt, &[]).await
-    }
-
-    /// The whole active state and the revision it reflects, atomically.
-    pub(crate) async fn snapshot(&self) -> Result<Snapshot> {
-        let (revision, nodes) = self.read_clean(&["all".to_owned()]).await?;
-        Ok(Snapshot {
-            revision,
-            nodes: nodes.into_iter().filter(|(_, alive)| *alive).map(|(n, _)| n).collect(),
-        })
     }
 
     /// The current revision.

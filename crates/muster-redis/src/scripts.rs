@@ -316,10 +316,14 @@ return adopted
 "#;
 
 /// Reads nodes. `ARGV[4]` = `active` (every live node), `service` (live nodes listing the service
-/// `ARGV[5]`), `all` (every indexed node, live or not) or `ids` (`ARGV[5..]`).
+/// `ARGV[5]`, plus adopted Titan nodes; Titan nodes not adopted yet are left out, which keeps the
+/// cost independent of the node count), `all` (every indexed node, live or not) or `ids` (`ARGV[5..]`).
 ///
 /// Live nodes written by Muster come from the info hash in bulk: one JSON array plus their
-/// deadlines. Every other node (written by Titan peers, or read by `all`/`ids`) comes as a row read
+/// deadlines. For `active`, that pair is kept as a materialized view (`P:view`), valid while the
+/// revision is unchanged and until the earliest deadline in it, so a steady-state listing is one
+/// `GET` rather than a read per node (its timestamps then lag the last heartbeat by at most the
+/// time until that deadline). Every other node (written by Titan peers, or read by `all`/`ids`) comes as a row read
 /// from its Titan hash. Returns `{revision, jsonArray, deadlinesCsv, id, alive, <7 fields>, id, ...}`
 /// with `''` for missing fields.
 const READ: &str = r#"
@@ -332,17 +336,36 @@ local function chunks(list, size, f)
     f(part, i - 1)
   end
 end
+local revision = redis.call('GET', K_REV) or '0'
+local K_VIEW = P .. ':view'
+local view_body, view_csv
 if mode == 'active' or mode == 'service' then
   local foreign = {}
   for _, id in ipairs(redis.call('SMEMBERS', K_FOREIGN)) do
     foreign[id] = true
     rows[#rows + 1] = id
   end
-  for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do rows[#rows + 1] = id end
   if mode == 'active' then
-    local z = redis.call('ZRANGEBYSCORE', K_DEADLINES, '(' .. fmt(NOW), '+inf', 'WITHSCORES')
-    for i = 1, #z, 2 do
-      if not foreign[z[i]] then bulk[#bulk + 1] = {z[i], z[i + 1]} end
+    -- Nodes in the index but not tracked (written by Titan peers, not adopted yet).
+    if redis.call('SCARD', K_INDEX) > redis.call('SCARD', K_TRACKED) then
+      for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do rows[#rows + 1] = id end
+    end
+    -- The materialized view: valid while the revision is unchanged and no node in it has reached
+    -- its deadline (heartbeats move deadlines without changing the revision).
+    local view = redis.call('GET', K_VIEW)
+    if view then
+      local vrev, vuntil, vlen = string.match(view, '^(%d+)|(%d+)|(%d+)|')
+      if vrev == revision and tonumber(vuntil) > NOW then
+        local header = #vrev + #vuntil + #vlen + 3
+        view_csv = string.sub(view, header + 1, header + tonumber(vlen))
+        view_body = string.sub(view, header + tonumber(vlen) + 1)
+      end
+    end
+    if not view_body then
+      local z = redis.call('ZRANGEBYSCORE', K_DEADLINES, '(' .. fmt(NOW), '+inf', 'WITHSCORES')
+      for i = 1, #z, 2 do
+        if not foreign[z[i]] then bulk[#bulk + 1] = {z[i], z[i + 1]} end
+      end
     end
   else
     local ids = redis.call('SMEMBERS', key('index:services', ARGV[5]))
@@ -372,7 +395,17 @@ chunks(bulk, 500, function(part)
     end
   end
 end)
-local out = {redis.call('GET', K_REV) or '0', '[' .. table.concat(jsons, ',') .. ']', table.concat(deadlines, ',')}
+if not view_body then
+  view_body = '[' .. table.concat(jsons, ',') .. ']'
+  view_csv = table.concat(deadlines, ',')
+  if mode == 'active' then
+    local until_ms = math.huge
+    for _, d in ipairs(deadlines) do until_ms = math.min(until_ms, tonumber(d)) end
+    if until_ms == math.huge then until_ms = NOW + 3600000 end
+    redis.call('SET', K_VIEW, revision .. '|' .. fmt(until_ms) .. '|' .. #view_csv .. '|' .. view_csv .. view_body)
+  end
+end
+local out = {revision, view_body, view_csv}
 for _, id in ipairs(rows) do
   local v = redis.call('HMGET', key('nodes', id), unpack(FIELDS))
   if v[1] or v[2] or v[3] or mode == 'all' then
