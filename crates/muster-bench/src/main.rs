@@ -105,11 +105,11 @@ async fn run(duration: Duration) -> muster_core::Result<()> {
     let registry = connect(&server, false).await?;
     populate(&registry, 10, 10).await?;
     let query = ServiceQuery::parse("target-service@^1").expect("query");
-    let alone = sequential_latency(200, || registry.find(&query)).await?;
+    let alone = sequential_latency(1000, || registry.find(&query)).await?;
     for i in 10..10_010 {
         registry.heartbeat(node_registration(i, &format!("filler-{}", i % 100))?).await?;
     }
-    let crowded = sequential_latency(200, || registry.find(&query)).await?;
+    let crowded = sequential_latency(1000, || registry.find(&query)).await?;
     println!(
         "| find 10 instances: alone vs with 10,000 other nodes (sequential) | p50 {} vs {} ({:.2}×) |",
         fmt(alone.p50),
