@@ -160,6 +160,16 @@ impl Pool {
         client.get_async_pubsub().await.map_err(to_error)
     }
 
+    /// With Sentinel, a pub/sub connection to a Sentinel, for `+switch-master` notices.
+    pub(crate) async fn sentinel_pubsub(&self) -> Option<Result<redis::aio::PubSub>> {
+        let Connector::Sentinel(sentinel) = &self.connector else { return None };
+        let client = match sentinel.lock().await.async_get_sentinel_client().await {
+            Ok(client) => client,
+            Err(error) => return Some(Err(to_error(error))),
+        };
+        Some(client.get_async_pubsub().await.map_err(to_error))
+    }
+
     /// Runs `op` on the shared connection; after a connection-level failure, reconnects and runs it
     /// once more (every script is idempotent, so a repeat after an unknown outcome is safe).
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>

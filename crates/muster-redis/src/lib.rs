@@ -91,6 +91,8 @@ impl RedisRegistry {
     /// Connects (checking the server answers) and starts the sweeper when configured.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         config.validate()?;
+        // TLS (`rediss://`) uses rustls with the ring provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let pool = Pool::new(&config)?;
         pool.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await?;
         let cancel = CancellationToken::new();
@@ -104,6 +106,9 @@ impl RedisRegistry {
         });
         if inner.config.sweeper {
             tokio::spawn(sweeper::run(Arc::clone(&inner)));
+        }
+        if matches!(inner.config.topology, Topology::Sentinel { .. }) {
+            tokio::spawn(follow_master_switches(Arc::clone(&inner)));
         }
         Ok(Self { inner, _guard: Arc::new(CancelOnDrop(cancel)) })
     }
@@ -381,6 +386,50 @@ impl Registry for RedisRegistry {
 
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         watch::open(Arc::clone(&self.inner), start).await
+    }
+}
+
+/// Listens for Sentinel's `+switch-master` and drops the shared connection at once, so the next
+/// call goes to the new master instead of first failing against the old one. (Connection errors
+/// and `READONLY` replies trigger the same lookup; this only makes it earlier.)
+async fn follow_master_switches(inner: Arc<Inner>) {
+    let mut failures: u32 = 0;
+    loop {
+        let subscribed = async {
+            let mut pubsub =
+                inner.pool.sentinel_pubsub().await.ok_or_else(|| Error::unavailable("not sentinel"))??;
+            pubsub.subscribe("+switch-master").await.map_err(conn::to_error)?;
+            Ok::<_, Error>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            pubsub = subscribed => pubsub,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                failures = 0;
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        () = inner.cancel.cancelled() => return,
+                        message = futures::StreamExt::next(&mut messages) => message,
+                    };
+                    let Some(message) = message else { break };
+                    let notice: String = message.get_payload().unwrap_or_default();
+                    tracing::info!(%notice, "sentinel switched masters; reconnecting");
+                    inner.pool.invalidate().await;
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(%error, "cannot subscribe to sentinel notices; retrying");
+            }
+        }
+        let pause = Duration::from_millis(200) * 2u32.saturating_pow(failures.min(5));
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
     }
 }
 

@@ -167,6 +167,76 @@ impl Drop for RedisServer {
     }
 }
 
+/// A standalone server speaking only TLS, with a self-signed certificate made by `openssl`.
+pub struct TlsRedisServer {
+    /// The TLS port.
+    port: u16,
+    /// Certificates and data.
+    _dir: TempDir,
+    /// The process.
+    child: Child,
+}
+
+impl TlsRedisServer {
+    /// Makes a self-signed certificate and starts a TLS-only server with it.
+    pub async fn start() -> Self {
+        let dir = TempDir::new("redis-tls");
+        let (cert, key) = (dir.0.join("server.crt"), dir.0.join("server.key"));
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl could not make a certificate");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&cert)
+            .args(["--tls-auth-clients", "no", "--dir"])
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let pong = Command::new("redis-cli")
+                .args(["--tls", "--insecure", "-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                .unwrap_or(false);
+            if pong {
+                break;
+            }
+            assert!(Instant::now() < deadline, "TLS redis on port {port} did not become ready");
+            sleep(Duration::from_millis(50)).await;
+        }
+        Self { port, _dir: dir, child }
+    }
+
+    /// `rediss://127.0.0.1:<port>/#insecure` (the certificate is self-signed).
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/#insecure", self.port)
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A Redis Cluster of three masters, no replicas.
 pub struct RedisCluster {
     /// The masters.

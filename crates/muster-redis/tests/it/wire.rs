@@ -219,3 +219,16 @@ async fn prefix_and_hash_tag_options() {
     assert_eq!(server.cli(&["exists", "{titan:discovery}:nodes:n2"]), "1");
     assert!(netron.get(&id("n2")).await.unwrap().is_none(), "prefixes do not see each other");
 }
+
+/// `rediss://` works end to end: registration, listing and a watch over TLS.
+#[tokio::test]
+async fn tls_connections() {
+    let server = muster_testkit::redis_server::TlsRedisServer::start().await;
+    let registry = RedisRegistry::connect_url(&server.url()).await.unwrap();
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    registry.heartbeat(registration("secure", "h:1", &["a@1.0.0"], titan_timing())).await.unwrap();
+    assert_eq!(next_event(&mut watch, Duration::from_secs(5)).await.node.node_id, id("secure"));
+    assert_eq!(registry.list_active().await.unwrap().len(), 1);
+    let plain = RedisRegistry::connect_url(&server.url().replace("rediss://", "redis://")).await;
+    assert!(plain.is_err(), "a plain-text client cannot talk to a TLS-only server");
+}
