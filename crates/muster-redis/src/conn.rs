@@ -55,8 +55,8 @@ enum Connector {
     Direct(Client),
     /// Ask Sentinel for the current master each time.
     Sentinel(Mutex<SentinelClient>),
-    /// A cluster; the client finds the slot owners.
-    Cluster(ClusterClient),
+    /// A cluster; the client finds the slot owners. The seed nodes serve pub/sub.
+    Cluster(ClusterClient, Vec<String>),
 }
 
 /// Hands out connections and replaces the shared one after failures.
@@ -99,6 +99,7 @@ impl Pool {
                     .retries(2)
                     .build()
                     .map_err(config_error)?,
+                nodes.clone(),
             ),
         };
         Ok(Self { connector, shared: Mutex::new(None), response_timeout: config.response_timeout })
@@ -119,7 +120,7 @@ impl Pool {
                     client.get_multiplexed_async_connection_with_config(&config).await.map_err(to_error)?,
                 )
             }
-            Connector::Cluster(client) => {
+            Connector::Cluster(client, _) => {
                 Conn::Cluster(client.get_async_connection().await.map_err(to_error)?)
             }
         };
@@ -148,14 +149,27 @@ impl Pool {
         self.connect(response_timeout).await
     }
 
-    /// A pub/sub connection. In a cluster, published messages reach every node, so any node will do.
+    /// A pub/sub connection. In a cluster, published messages reach every node, so the first seed
+    /// node that answers will do.
     pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub> {
         let client = match &self.connector {
             Connector::Direct(client) => client.clone(),
             Connector::Sentinel(sentinel) => {
                 sentinel.lock().await.async_get_client().await.map_err(to_error)?
             }
-            Connector::Cluster(_) => return Err(Error::unavailable("cluster pub/sub is opened per node")),
+            Connector::Cluster(_, nodes) => {
+                let mut last = Error::unavailable("no cluster node to subscribe on");
+                for node in nodes {
+                    match Client::open(node.as_str()).map_err(config_error) {
+                        Ok(client) => match client.get_async_pubsub().await {
+                            Ok(pubsub) => return Ok(pubsub),
+                            Err(error) => last = to_error(error),
+                        },
+                        Err(error) => last = error,
+                    }
+                }
+                return Err(last);
+            }
         };
         client.get_async_pubsub().await.map_err(to_error)
     }

@@ -41,3 +41,30 @@ async fn conformance_behind_sentinel() {
         timing = TIMING,
     );
 }
+
+/// With pub/sub on in a cluster, Titan peers' channel events reach watchers (published messages
+/// reach every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_pubsub_delivers_titan_events() {
+    use futures::StreamExt;
+    use muster_core::{WatchEvent, WatchStart};
+    let cluster = RedisCluster::start().await;
+    let config = muster_redis::RedisConfig {
+        pubsub_enabled: true,
+        ..muster_redis::RedisConfig::from_url(&cluster.url()).unwrap()
+    };
+    let registry = muster_redis::RedisRegistry::connect(config).await.unwrap();
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    // Published on another node than the one the watcher subscribed on.
+    cluster.servers[2].cli(&[
+        "publish",
+        "titan:discovery:events",
+        r#"{"type":"NODE_REGISTERED","nodeId":"titan-c","address":"h:1","services":[],"timestamp":1}"#,
+    ]);
+    let item = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(item, WatchEvent::Peer(e) if e.node.node_id.as_str() == "titan-c"));
+}
