@@ -1,0 +1,110 @@
+//! The registry server's HTTP wire contract, shared by the server and the client SDK.
+//!
+//! - [`v1`] — Muster's own API under `/v1` (camelCase JSON, unknown fields rejected).
+//! - [`compat`] — the seed-003 registry routes (`/register`, `/heartbeat`, `/resolve/{name}`, ...),
+//!   with their exact JSON shapes.
+//! - [`ErrorBody`] — the one error shape: `{"error": {"code", "message"}}`, plus `timestamp` on the
+//!   seed-003 routes.
+
+use serde::{Deserialize, Serialize};
+
+pub mod compat;
+pub mod v1;
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+    /// ISO-8601 time of the response (seed-003 routes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+}
+
+/// The machine-readable code and the human-readable message of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code: `invalid_input`, `malformed_json`, `not_found`, `limit_exceeded`, `conflict`,
+    /// `payload_too_large`, `unavailable`, `internal`.
+    pub code: String,
+    /// What to do about it, naming the offending field.
+    pub message: String,
+}
+
+/// Formats milliseconds since the epoch as ISO-8601 UTC with milliseconds
+/// (`2023-12-01T10:00:00.000Z`), as the seed-003 registry does.
+pub fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z", ms % 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_701_424_800_000), "2023-12-01T10:00:00.000Z");
+        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso8601(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody {
+            error: ErrorDetail { code: "not_found".into(), message: "node `x` not found".into() },
+            timestamp: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":{"code":"not_found","message":"node `x` not found"}}"#
+        );
+    }
+}
+
+/// Parses a duration written as a number and a unit: `250ms`, `30s`, `5m`, `1h` (a bare number is
+/// seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 30s or 5m"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    ms.map(std::time::Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 minutes").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+}

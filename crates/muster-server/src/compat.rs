@@ -1,0 +1,242 @@
+//! The seed-003 registry routes, so a client written for that registry works unchanged.
+//!
+//! An instance is a node with one service: its id is the node id, `ip:port` its address,
+//! `metadata.version` (when it is a valid version) its service version, and the other metadata
+//! its node metadata (non-string values as JSON text). Instances live `compat_ttl`
+//! (`HEARTBEAT_TIMEOUT_SECONDS`) without a heartbeat.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use muster_api::compat::{
+    CompatInstance, CompatService, HealthResponse, InstanceRequest, InstanceResponse, RemovedResponse,
+    ResolveResponse, ServicesResponse, StatsResponse,
+};
+use muster_api::iso8601;
+use muster_core::{
+    Address, DeregisterReason, Metadata, NodeId, NodeInfo, Registration, ServiceInfo, ServiceQuery,
+    time::now_ms,
+};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+fn now() -> String {
+    iso8601(now_ms())
+}
+
+/// JSON body extraction with seed-003 error bodies.
+pub(crate) struct CompatJson<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for CompatJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::from(rejection).compat()),
+        }
+    }
+}
+
+fn address_of(request: &InstanceRequest) -> Result<Address, ApiError> {
+    if request.name.is_empty() || request.ip.is_empty() {
+        return Err(ApiError::invalid("name, ip and port are required").compat());
+    }
+    Address::from_parts(&request.ip, request.port).map_err(|e| ApiError::from(e).compat())
+}
+
+/// The active node registered for `name` at `address`, if any.
+async fn find_instance(
+    state: &AppState,
+    name: &str,
+    address: &Address,
+) -> Result<Option<NodeInfo>, ApiError> {
+    let query = ServiceQuery::new(name).map_err(|e| ApiError::from(e).compat())?;
+    let nodes = state.registry().find(&query).await.map_err(|e| ApiError::from(e).compat())?;
+    Ok(nodes.into_iter().find(|n| &n.address == address))
+}
+
+fn compat_instance(node: &NodeInfo, with_name: bool) -> CompatInstance {
+    let mut metadata = serde_json::Map::new();
+    for (key, value) in &node.metadata {
+        metadata.insert(key.clone(), serde_json::Value::String(value.clone()));
+    }
+    if let Some(version) = node.services.first().and_then(|s| s.version.clone()) {
+        metadata.entry("version").or_insert(serde_json::Value::String(version));
+    }
+    CompatInstance {
+        id: node.node_id.to_string(),
+        name: if with_name { node.services.first().map(|s| s.name.clone()) } else { None },
+        ip: node.address.host_unbracketed().to_owned(),
+        port: node.address.port(),
+        status: "healthy".to_owned(),
+        registered_at: Some(iso8601(node.registered_at_ms)),
+        last_heartbeat: Some(iso8601(node.timestamp_ms)),
+        metadata: Some(metadata),
+    }
+}
+
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    CompatJson(request): CompatJson<InstanceRequest>,
+) -> Result<(StatusCode, Json<InstanceResponse>), ApiError> {
+    let address = address_of(&request)?;
+    let compat = |e: muster_core::Error| ApiError::from(e).compat();
+    let mut metadata = Metadata::new();
+    let mut version = None;
+    for (key, value) in &request.metadata {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if key == "version" && muster_core::name::validate_version(&text).is_ok() {
+            version = Some(text.clone());
+        }
+        metadata.insert(key.clone(), text);
+    }
+    let service = ServiceInfo::new(request.name.clone(), version.as_deref()).map_err(compat)?;
+    let id = match find_instance(&state, &request.name, &address).await? {
+        Some(existing) => existing.node_id,
+        None => NodeId::generate("instance"),
+    };
+    let registration = Registration::new(id, address, vec![service], state.config().compat_ttl)
+        .and_then(|r| r.with_metadata(metadata))
+        .map_err(compat)?;
+    crate::v1::check_instance_limit(&state, &registration).await.map_err(ApiError::compat)?;
+    let outcome = state.registry().heartbeat(registration).await.map_err(compat)?;
+    state.count_registration();
+    let mut instance = compat_instance(&outcome.node, true);
+    instance.last_heartbeat = None;
+    instance.metadata = None;
+    Ok((
+        StatusCode::CREATED,
+        Json(InstanceResponse {
+            message: "Service registered successfully".into(),
+            instance,
+            timestamp: now(),
+        }),
+    ))
+}
+
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    CompatJson(request): CompatJson<InstanceRequest>,
+) -> Result<Json<InstanceResponse>, ApiError> {
+    let address = address_of(&request)?;
+    let Some(node) = find_instance(&state, &request.name, &address).await? else {
+        return Err(ApiError::not_found(format!(
+            "no instance of `{}` at {address} is registered; register it again",
+            request.name
+        ))
+        .compat());
+    };
+    let node = crate::v1::refresh(&state, &node.node_id, None).await.map_err(ApiError::compat)?;
+    let mut instance = compat_instance(&node, true);
+    instance.registered_at = None;
+    instance.metadata = None;
+    Ok(Json(InstanceResponse { message: "Heartbeat updated".into(), instance, timestamp: now() }))
+}
+
+pub(crate) async fn resolve(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ResolveResponse>, ApiError> {
+    let query = ServiceQuery::new(&name).map_err(|e| ApiError::from(e).compat())?;
+    let nodes = state.registry().find(&query).await.map_err(|e| ApiError::from(e).compat())?;
+    if nodes.is_empty() {
+        return Err(ApiError::not_found(format!("no healthy instances of `{name}`")).compat());
+    }
+    let instances: Vec<CompatInstance> = nodes.iter().map(|n| compat_instance(n, false)).collect();
+    Ok(Json(ResolveResponse {
+        service_name: name,
+        instance_count: instances.len(),
+        instances,
+        timestamp: now(),
+    }))
+}
+
+pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<ServicesResponse>, ApiError> {
+    let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
+    let mut services: BTreeMap<String, CompatService> = BTreeMap::new();
+    for node in &nodes {
+        for service in &node.services {
+            let entry = services.entry(service.name.clone()).or_insert_with(|| CompatService {
+                instance_count: 0,
+                healthy_count: 0,
+                instances: Vec::new(),
+            });
+            entry.instance_count += 1;
+            entry.healthy_count += 1;
+            entry.instances.push(compat_instance(node, true));
+        }
+    }
+    let total_instances = services.values().map(|s| s.instance_count).sum();
+    Ok(Json(ServicesResponse {
+        total_services: services.len(),
+        total_instances,
+        total_healthy_instances: total_instances,
+        services,
+        timestamp: now(),
+    }))
+}
+
+pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
+    let names: std::collections::BTreeSet<String> =
+        nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.clone())).collect();
+    let stats = &state.inner.stats;
+    Ok(Json(StatsResponse {
+        total_registrations: stats.registrations.load(Relaxed),
+        total_heartbeats: stats.heartbeats.load(Relaxed),
+        total_cleanups: stats.expiries.load(Relaxed),
+        active_services: names.len(),
+        active_instances: nodes.len(),
+        services: names.into_iter().collect(),
+        uptime: state.uptime_secs(),
+        heartbeat_timeout: format!("{}s", state.config().compat_ttl.as_secs()),
+        cleanup_interval: format!("{}s", state.config().cleanup_interval.as_secs()),
+        timestamp: now(),
+    }))
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "healthy".into(),
+        timestamp: now(),
+        service: "service-registry".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime: state.uptime_secs(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct InstanceAddress {
+    ip: String,
+    port: u16,
+}
+
+pub(crate) async fn remove_instance(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<InstanceAddress>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RemovedResponse>, ApiError> {
+    let axum::extract::Query(at) = query.map_err(|e| ApiError::from(e).compat())?;
+    let address = Address::from_parts(&at.ip, at.port).map_err(|e| ApiError::from(e).compat())?;
+    let Some(node) = find_instance(&state, &name, &address).await? else {
+        return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
+    };
+    state
+        .registry()
+        .deregister(&node.node_id, DeregisterReason::Evicted)
+        .await
+        .map_err(|e| ApiError::from(e).compat())?;
+    Ok(Json(RemovedResponse {
+        message: "Service instance removed".into(),
+        id: node.node_id.to_string(),
+        timestamp: now(),
+    }))
+}

@@ -1,0 +1,234 @@
+//! The registry server as a library: [`router`] builds the HTTP API over any
+//! [`Registry`](muster_core::Registry), [`run`] serves it on a bound listener until a shutdown
+//! future completes. The `muster` binary only parses configuration and calls these.
+//!
+//! Layout: `v1.rs` — Muster's API under `/v1` (nodes, services, instances with blocking queries);
+//! `watch.rs` — `GET /v1/watch` as server-sent events; `compat.rs` — the seed-003 routes;
+//! `error.rs` — the JSON error type and extractors.
+
+mod compat;
+mod error;
+mod v1;
+mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use futures::StreamExt;
+use muster_core::{DeregisterReason, EventKind, Registry, WatchEvent, WatchStart};
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+
+/// Server settings (validated by the binary before they get here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// TTL of nodes registered through `/v1` without one.
+    pub default_ttl: Duration,
+    /// TTL of instances registered through the seed-003 routes (`HEARTBEAT_TIMEOUT_SECONDS`).
+    pub compat_ttl: Duration,
+    /// Reported by `/stats` (`CLEANUP_INTERVAL_SECONDS`); expiry itself is event-driven.
+    pub cleanup_interval: Duration,
+    /// Most active instances of one service (`MAX_INSTANCES_PER_SERVICE`); more answer 409.
+    pub max_instances_per_service: usize,
+    /// Largest accepted request body, in bytes; larger answer 413.
+    pub body_limit: usize,
+    /// Origins allowed by CORS (`ALLOWED_ORIGINS`); empty allows none.
+    pub allowed_origins: Vec<String>,
+    /// Interval of SSE keep-alive comments.
+    pub keep_alive: Duration,
+    /// Longest `wait` of a blocking query.
+    pub max_wait: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(15),
+            compat_ttl: Duration::from_secs(10),
+            cleanup_interval: Duration::from_secs(5),
+            max_instances_per_service: 1000,
+            body_limit: 64 * 1024,
+            allowed_origins: vec!["http://localhost:3000".into(), "http://localhost:8080".into()],
+            keep_alive: Duration::from_secs(15),
+            max_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters reported by `/stats`.
+#[derive(Debug, Default)]
+struct Stats {
+    registrations: AtomicU64,
+    heartbeats: AtomicU64,
+    expiries: AtomicU64,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    /// The store.
+    registry: Arc<dyn Registry>,
+    /// Settings.
+    config: ServerConfig,
+    /// When the server started (for `uptime`).
+    started: tokio::time::Instant,
+    /// Counters.
+    stats: Stats,
+    /// Cancelled at shutdown: ends watch streams and the expiry counter.
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State over `registry`. Spawns the task that counts expiries for `/stats`.
+    pub fn new(registry: Arc<dyn Registry>, config: ServerConfig) -> Self {
+        let state = Self {
+            inner: Arc::new(StateInner {
+                registry,
+                config,
+                started: tokio::time::Instant::now(),
+                stats: Stats::default(),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        tokio::spawn(count_expiries(state.clone()));
+        state
+    }
+
+    fn registry(&self) -> &dyn Registry {
+        &*self.inner.registry
+    }
+
+    fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    fn uptime_secs(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+
+    fn count_registration(&self) {
+        self.inner.stats.registrations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_heartbeat(&self) {
+        self.inner.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends watch streams and background work (called when shutdown begins).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// Counts expiry events for `/stats`, following the registry's watch.
+async fn count_expiries(state: AppState) {
+    let token = state.inner.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            () = token.cancelled() => return,
+            stream = state.registry().watch(WatchStart::Now) => stream,
+        };
+        if let Ok(mut stream) = stream {
+            loop {
+                let item = tokio::select! {
+                    () = token.cancelled() => return,
+                    item = stream.next() => item,
+                };
+                match item {
+                    Some(Ok(WatchEvent::Event(e)))
+                        if e.kind == EventKind::Deregistered
+                            && e.reason == Some(DeregisterReason::Expired) =>
+                    {
+                        state.inner.stats.expiries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let origins: Vec<HeaderValue> =
+        state.config().allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("last-event-id"),
+        ]);
+    Router::new()
+        .route("/v1/nodes", post(v1::register_generated).get(v1::list_nodes))
+        .route(
+            "/v1/nodes/{id}",
+            put(v1::register_with_id).get(v1::get_node).patch(v1::update_node).delete(v1::deregister_node),
+        )
+        .route("/v1/nodes/{id}/heartbeat", put(v1::heartbeat))
+        .route("/v1/services", get(v1::list_services))
+        .route("/v1/services/{name}/instances", get(v1::instances))
+        .route("/v1/watch", get(watch::watch))
+        .route("/register", post(compat::register))
+        .route("/heartbeat", post(compat::heartbeat))
+        .route("/resolve/{name}", get(compat::resolve))
+        .route("/services", get(compat::services))
+        .route("/services/{name}/instances", delete(compat::remove_instance))
+        .route("/stats", get(compat::stats))
+        .route("/health", get(compat::health))
+        .route("/ready", get(ready))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config().body_limit))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// `GET /ready`: 200 when the store answers, 503 otherwise.
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    match state.registry().current_revision().await {
+        Ok(revision) => {
+            (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready", "revision": revision})))
+        }
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "error": error.message()})),
+        ),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; the API is under /v1 (see the README)")
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, then stops accepting, ends
+/// watch streams and finishes in-flight requests.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            state.shutdown();
+        })
+        .await
+}

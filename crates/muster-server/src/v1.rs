@@ -1,0 +1,297 @@
+//! Muster's API under `/v1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use muster_api::v1::{
+    HeartbeatRequest, InstanceList, NodeList, RegisterRequest, RegisterResponse, ServiceList, ServiceSummary,
+    UpdateRequest, instances_of,
+};
+use muster_core::{
+    Address, Change, DeregisterReason, NodeId, NodeInfo, NodeStatus, NodeUpdate, Registration, Revision,
+    ServiceQuery, VersionQuery, WatchEvent, WatchStart,
+};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+
+/// Header carrying the registry revision an answer reflects (for blocking queries).
+pub(crate) const INDEX_HEADER: &str = "x-muster-index";
+
+pub(crate) async fn register_generated(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    register(&state, NodeId::generate("node"), request).await
+}
+
+pub(crate) async fn register_with_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    register(&state, NodeId::new(id)?, request).await
+}
+
+async fn register(
+    state: &AppState,
+    id: NodeId,
+    request: RegisterRequest,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let ttl = request.ttl_ms.map_or(state.config().default_ttl, Duration::from_millis);
+    let registration =
+        Registration::new(id.clone(), Address::parse(request.address)?, request.services, ttl)?
+            .with_status(request.status.unwrap_or_default())
+            .with_metadata(request.metadata)?;
+    check_instance_limit(state, &registration).await?;
+    let outcome = state.registry().heartbeat(registration).await?;
+    state.count_registration();
+    let created = outcome.change == Change::Registered;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(RegisterResponse { id: id.to_string(), node: outcome.node, created })))
+}
+
+/// Refuses a registration that would push a service past `max_instances_per_service`.
+pub(crate) async fn check_instance_limit(
+    state: &AppState,
+    registration: &Registration,
+) -> Result<(), ApiError> {
+    let max = state.config().max_instances_per_service;
+    let names: BTreeSet<&str> = registration.services().iter().map(|s| s.name.as_str()).collect();
+    for name in names {
+        let nodes = state.registry().find(&ServiceQuery::new(name)?).await?;
+        let others = nodes.iter().filter(|n| n.node_id != *registration.node_id()).count();
+        if others >= max {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "limit_exceeded",
+                format!(
+                    "service `{name}` already has {others} instances; the limit (max instances per service) is {max}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id = NodeId::new(id)?;
+    let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HeartbeatRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?
+    };
+    let node = refresh(&state, &id, request.status).await?;
+    Ok(Json(node))
+}
+
+/// Heartbeats a stored node with its stored values (and a new status); 404 when it is gone, so the
+/// client registers again.
+pub(crate) async fn refresh(
+    state: &AppState,
+    id: &NodeId,
+    status: Option<NodeStatus>,
+) -> Result<NodeInfo, ApiError> {
+    let Some(node) = state.registry().get(id).await? else {
+        return Err(ApiError::not_found(format!(
+            "node `{id}` is not registered (it expired or was removed); register it again"
+        )));
+    };
+    let ttl = if node.ttl_ms > 0 { Duration::from_millis(node.ttl_ms) } else { state.config().default_ttl };
+    let registration = Registration::new(node.node_id, node.address, node.services, ttl)?
+        .with_status(status.unwrap_or(node.status))
+        .with_metadata(node.metadata)?;
+    let outcome = state.registry().heartbeat(registration).await?;
+    state.count_heartbeat();
+    Ok(outcome.node)
+}
+
+pub(crate) async fn get_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id = NodeId::new(id)?;
+    match state.registry().get(&id).await? {
+        Some(node) => Ok(Json(node)),
+        None => Err(ApiError::not_found(format!("node `{id}` is not registered"))),
+    }
+}
+
+pub(crate) async fn update_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<UpdateRequest>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id = NodeId::new(id)?;
+    let mut update = NodeUpdate::new();
+    if let Some(address) = request.address {
+        update = update.address(Address::parse(address)?);
+    }
+    if let Some(services) = request.services {
+        update = update.services(services)?;
+    }
+    if let Some(metadata) = request.metadata {
+        update = update.metadata(metadata)?;
+    }
+    if let Some(status) = request.status {
+        update = update.status(status);
+    }
+    if update.is_empty() {
+        return Err(ApiError::invalid("name at least one of address, services, metadata, status"));
+    }
+    Ok(Json(state.registry().update(&id, update).await?))
+}
+
+pub(crate) async fn deregister_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = NodeId::new(id)?;
+    if state.registry().deregister(&id, DeregisterReason::Graceful).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("node `{id}` is not registered")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    /// Include nodes whose TTL ran out but that were not removed yet.
+    #[serde(default)]
+    all: bool,
+}
+
+pub(crate) async fn list_nodes(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<NodeList>, ApiError> {
+    let revision = state.registry().current_revision().await?;
+    let nodes =
+        if params.all { state.registry().list_all().await? } else { state.registry().list_active().await? };
+    Ok(Json(NodeList { revision, nodes }))
+}
+
+pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<ServiceList>, ApiError> {
+    let revision = state.registry().current_revision().await?;
+    let mut services: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
+    for node in state.registry().list_active().await? {
+        for service in &node.services {
+            let entry = services.entry(service.name.clone()).or_default();
+            entry.1 += 1;
+            if let Some(version) = &service.version {
+                entry.0.insert(version.clone());
+            }
+        }
+    }
+    let services = services
+        .into_iter()
+        .map(|(name, (versions, instances))| ServiceSummary {
+            name,
+            versions: versions.into_iter().collect(),
+            instances,
+        })
+        .collect();
+    Ok(Json(ServiceList { revision, services }))
+}
+
+/// `GET /v1/services/{name}/instances?version=1.2.0|versionReq=^1.2&status=UP&meta.zone=eu&index=N&wait=30s`.
+pub(crate) async fn instances(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(params): ApiQuery<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let mut query = ServiceQuery::new(&name)?;
+    let (mut status, mut metadata, mut index, mut wait) = (None, Vec::new(), None, None);
+    for (key, value) in params {
+        match key.as_str() {
+            "version" => query = query.with_version(VersionQuery::exact(&value)?),
+            "versionReq" => query = query.with_version(VersionQuery::semver(&value)?),
+            "status" => status = Some(value.parse::<NodeStatus>()?),
+            "index" => {
+                index = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| ApiError::invalid(format!("index {value:?} is not a revision")))?,
+                );
+            }
+            "wait" => wait = Some(muster_api::parse_duration(&value).map_err(ApiError::invalid)?),
+            _ => match key.strip_prefix("meta.") {
+                Some(meta_key) if !meta_key.is_empty() => metadata.push((meta_key.to_owned(), value)),
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown parameter `{key}`; use version, versionReq, status, meta.<key>, index, wait"
+                    )));
+                }
+            },
+        }
+    }
+    if let Some(index) = index {
+        let wait = wait.unwrap_or(Duration::from_secs(60)).min(state.config().max_wait);
+        wait_for_change(&state, &name, Revision(index), wait).await?;
+    }
+    let revision = state.registry().current_revision().await?;
+    let nodes = state.registry().find(&query).await?;
+    let instances = nodes
+        .iter()
+        .filter(|node| status.is_none_or(|s| node.status == s))
+        .flat_map(|node| instances_of(node, |s| query.matches(s)))
+        .filter(|instance| metadata.iter().all(|(k, v)| instance.metadata.get(k) == Some(v)))
+        .collect();
+    let mut response = Json(InstanceList { service: name, revision, instances }).into_response();
+    insert_index(response.headers_mut(), revision);
+    Ok(response)
+}
+
+pub(crate) fn insert_index(headers: &mut HeaderMap, revision: Revision) {
+    if let Ok(value) = HeaderValue::from_str(&revision.to_string()) {
+        headers.insert(INDEX_HEADER, value);
+    }
+}
+
+/// Blocks until the registry moves past `index` with a change that may concern `service`, or `wait`
+/// passes, or the server shuts down.
+async fn wait_for_change(
+    state: &AppState,
+    service: &str,
+    index: Revision,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    if state.registry().current_revision().await? > index {
+        return Ok(());
+    }
+    let mut stream = state.registry().watch(WatchStart::After(index)).await?;
+    let shutdown = state.inner.shutdown.clone();
+    let change = async {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(WatchEvent::Event(e) | WatchEvent::Peer(e)) => {
+                    if e.node.services.iter().any(|s| s.name == service)
+                        || e.kind != muster_core::EventKind::Registered
+                    {
+                        return;
+                    }
+                }
+                Ok(WatchEvent::Resync(_)) | Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = change => {}
+        () = tokio::time::sleep(wait) => {}
+        () = shutdown.cancelled() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `GET /v1/watch`: registry changes as server-sent events.
+//!
+//! Each event carries its revision as the SSE `id`, so a client that reconnects with
+//! `Last-Event-ID` (or `?after=`) resumes exactly after it. Event names: `registered`, `updated`,
+//! `deregistered` (data: the event JSON), `resync` (data: `{revision, nodes}` — replace what you
+//! know; sent first for `?snapshot=true`, and whenever the events needed are gone or the watcher fell
+//! behind), `peer` (a Titan peer's channel event; no id). With `?service=name` only events about nodes
+//! that provide the service — or just stopped providing it — are sent. A slow client is never
+//! waited for: it falls behind the registry's history and is told to resync.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+use muster_api::v1::ResyncData;
+use muster_core::{DiscoveryEvent, EventKind, NodeId, Revision, WatchEvent, WatchStart};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiQuery};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WatchParams {
+    /// Resume after this revision (`Last-Event-ID` takes precedence).
+    #[serde(default)]
+    after: Option<u64>,
+    /// Only events about this service.
+    #[serde(default)]
+    service: Option<String>,
+    /// Start with a `resync` carrying the full current state.
+    #[serde(default)]
+    snapshot: bool,
+}
+
+pub(crate) async fn watch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<WatchParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a revision number"))?,
+        ),
+        None => None,
+    };
+    if let Some(service) = &params.service {
+        muster_core::name::validate_service_name(service)?;
+    }
+    let start = match last_event_id.or(params.after) {
+        Some(revision) => WatchStart::After(Revision(revision)),
+        None if params.snapshot => WatchStart::Snapshot,
+        None => WatchStart::Now,
+    };
+    let stream = state.registry().watch(start).await?;
+    let filter = ServiceFilter { service: params.service, members: HashSet::new() };
+    let events = futures::stream::unfold(Some((stream, filter)), |state| async move {
+        let (mut stream, mut filter) = state?;
+        loop {
+            let event = match stream.next().await? {
+                Ok(WatchEvent::Event(e)) => filter.pass(&e).then(|| sse_event(&e, true)),
+                Ok(WatchEvent::Peer(e)) => filter.pass(&e).then(|| sse_event(&e, false)),
+                Ok(WatchEvent::Resync(snapshot)) => {
+                    let nodes = filter.reset(snapshot.nodes);
+                    let data = ResyncData { revision: snapshot.revision, nodes };
+                    Some(Event::default().event("resync").id(snapshot.revision.to_string()).json_data(data))
+                }
+                Err(error) => {
+                    // The store connection broke: say so and end; the client reconnects with
+                    // Last-Event-ID and misses nothing.
+                    let data = serde_json::json!({"code": "unavailable", "message": error.message()});
+                    let event = Event::default().event("error").json_data(data).unwrap_or_default();
+                    return Some((Ok(event), None));
+                }
+            };
+            if let Some(event) = event {
+                let event = event.unwrap_or_else(|_| Event::default().event("error"));
+                return Some((Ok(event), Some((stream, filter))));
+            }
+        }
+    });
+    let shutdown = state.inner.shutdown.clone().cancelled_owned();
+    Ok(Sse::new(events.take_until(shutdown)).keep_alive(KeepAlive::new().interval(state.config().keep_alive)))
+}
+
+fn sse_event(event: &DiscoveryEvent, with_id: bool) -> Result<Event, axum::Error> {
+    let name = match event.kind {
+        EventKind::Registered => "registered",
+        EventKind::Updated => "updated",
+        EventKind::Deregistered => "deregistered",
+    };
+    let name = if with_id { name } else { "peer" };
+    let sse = Event::default().event(name);
+    let sse = if with_id { sse.id(event.revision.to_string()) } else { sse };
+    sse.json_data(event)
+}
+
+/// Keeps a service-filtered watch coherent: a node that stops providing the service still gets
+/// its last event through.
+struct ServiceFilter {
+    /// The service, or `None` for everything.
+    service: Option<String>,
+    /// Nodes currently known to provide it.
+    members: HashSet<NodeId>,
+}
+
+impl ServiceFilter {
+    fn pass(&mut self, event: &DiscoveryEvent) -> bool {
+        let Some(service) = &self.service else { return true };
+        let provides = event.node.services.iter().any(|s| &s.name == service);
+        let was_member = self.members.contains(&event.node.node_id);
+        if provides && event.kind != EventKind::Deregistered {
+            self.members.insert(event.node.node_id.clone());
+        } else {
+            self.members.remove(&event.node.node_id);
+        }
+        provides || was_member
+    }
+
+    fn reset(&mut self, nodes: Vec<muster_core::NodeInfo>) -> Vec<muster_core::NodeInfo> {
+        let Some(service) = &self.service else { return nodes };
+        let nodes: Vec<_> =
+            nodes.into_iter().filter(|n| n.services.iter().any(|s| &s.name == service)).collect();
+        self.members = nodes.iter().map(|n| n.node_id.clone()).collect();
+        nodes
+    }
+}

@@ -1,0 +1,323 @@
+//! `/v1` routes.
+
+use std::time::Duration;
+
+use muster_core::Registry;
+use muster_server::ServerConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{TestServer, client};
+
+async fn put(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = client().put(server.url(path)).json(&body).send().await.unwrap();
+    (response.status(), response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(server: &TestServer, path: &str) -> (StatusCode, Value) {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    (response.status(), response.json().await.unwrap_or(Value::Null))
+}
+
+fn node(address: &str, services: Value) -> Value {
+    json!({"address": address, "services": services})
+}
+
+#[tokio::test]
+async fn register_read_update_deregister() {
+    let server = TestServer::memory().await;
+    let (status, body) =
+        put(&server, "/v1/nodes/n1", node("10.0.0.1:8080", json!([{"name": "users", "version": "1.2.0"}])))
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["id"], "n1");
+    assert_eq!(body["created"], true);
+    assert_eq!(body["node"]["address"], "10.0.0.1:8080");
+    // Idempotent: the same PUT again refreshes.
+    let (status, body) =
+        put(&server, "/v1/nodes/n1", node("10.0.0.1:8080", json!([{"name": "users", "version": "1.2.0"}])))
+            .await;
+    assert_eq!((status, body["created"].clone()), (StatusCode::OK, json!(false)));
+
+    // Generated id.
+    let response = client()
+        .post(server.url("/v1/nodes"))
+        .json(&json!({"address": "10.0.0.2:8080", "services": [{"name": "users", "version": "2.0.0"}], "status": "STARTING", "metadata": {"zone": "eu"}, "ttlMs": 60000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let generated: Value = response.json().await.unwrap();
+    let id = generated["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("node-"));
+    assert_eq!(generated["node"]["ttlMs"], 60000);
+
+    let (status, body) = get(&server, &format!("/v1/nodes/{id}")).await;
+    assert_eq!(
+        (status, body["status"].clone(), body["metadata"]["zone"].clone()),
+        (StatusCode::OK, json!("STARTING"), json!("eu"))
+    );
+    let (_, list) = get(&server, "/v1/nodes").await;
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 2);
+    assert!(list["revision"].as_u64().unwrap() >= 2);
+    let (_, all) = get(&server, "/v1/nodes?all=true").await;
+    assert_eq!(all["nodes"].as_array().unwrap().len(), 2);
+
+    let (_, services) = get(&server, "/v1/services").await;
+    assert_eq!(
+        services["services"],
+        json!([{"name": "users", "versions": ["1.2.0", "2.0.0"], "instances": 2}])
+    );
+
+    // Update.
+    let response = client()
+        .patch(server.url("/v1/nodes/n1"))
+        .json(&json!({"address": "10.0.0.9:9000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["address"], "10.0.0.9:9000");
+    let response = client().patch(server.url("/v1/nodes/n1")).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response =
+        client().patch(server.url("/v1/nodes/ghost")).json(&json!({"status": "DOWN"})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Deregister.
+    let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let (status, body) = get(&server, "/v1/nodes/n1").await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+}
+
+#[tokio::test]
+async fn heartbeat_with_status_and_404_for_unknown() {
+    let server = TestServer::memory().await;
+    put(&server, "/v1/nodes/n1", node("h:1", json!([{"name": "a"}]))).await;
+    let response = client()
+        .put(server.url("/v1/nodes/n1/heartbeat"))
+        .json(&json!({"status": "DOWN"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
+    // An empty body keeps the status.
+    let response = client().put(server.url("/v1/nodes/n1/heartbeat")).send().await.unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
+    let response = client().put(server.url("/v1/nodes/ghost/heartbeat")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND, "unknown ids answer 404 so clients re-register");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("register it again"));
+    let response = client()
+        .put(server.url("/v1/nodes/n1/heartbeat"))
+        .body("{\"status\":\"SLEEPY\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn instances_filters() {
+    let server = TestServer::memory().await;
+    put(&server, "/v1/nodes/a", json!({"address": "10.0.0.1:1", "services": [{"name": "api", "version": "1.2.0", "weight": 5}], "metadata": {"zone": "eu"}})).await;
+    put(&server, "/v1/nodes/b", json!({"address": "[::1]:2", "services": [{"name": "api", "version": "2.0.0", "metadata": {"health": "/healthz"}}], "status": "DOWN"})).await;
+    put(&server, "/v1/nodes/c", json!({"address": "h:3", "services": [{"name": "api"}]})).await;
+    let ids = |body: &Value| {
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (_, body) = get(&server, "/v1/services/api/instances").await;
+    assert_eq!(ids(&body), ["a", "b", "c"]);
+    let first = &body["instances"][0];
+    assert_eq!(first["url"], "http://10.0.0.1:1");
+    assert_eq!(first["health"], "http://10.0.0.1:1/health");
+    assert_eq!(
+        (first["host"].clone(), first["port"].clone(), first["weight"].clone()),
+        (json!("10.0.0.1"), json!(1), json!(5))
+    );
+    assert_eq!(body["instances"][1]["host"], "::1");
+    assert_eq!(body["instances"][1]["health"], "http://[::1]:2/healthz");
+    assert_eq!(ids(&get(&server, "/v1/services/api/instances?version=1.2.0").await.1), ["a"]);
+    assert_eq!(ids(&get(&server, "/v1/services/api/instances?versionReq=%3E%3D1.0").await.1), ["a", "b"]);
+    assert_eq!(ids(&get(&server, "/v1/services/api/instances?status=UP").await.1), ["a", "c"]);
+    assert_eq!(ids(&get(&server, "/v1/services/api/instances?meta.zone=eu").await.1), ["a"]);
+    let (status, body) = get(&server, "/v1/services/api/instances?colour=red").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown parameter"));
+    assert_eq!(get(&server, "/v1/services/api/instances?versionReq=banana").await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let server = TestServer::start(
+        std::sync::Arc::new(muster_memory::MemoryRegistry::new()),
+        ServerConfig { max_instances_per_service: 2, body_limit: 4096, ..ServerConfig::default() },
+    )
+    .await;
+    let cases = [
+        ("/v1/nodes/bad%20id", node("h:1", json!([])), "invalid_input", "node id"),
+        ("/v1/nodes/n1", node("nohost", json!([])), "invalid_input", "no port"),
+        ("/v1/nodes/n1", node("h:1", json!([{"name": ""}])), "invalid_input", "service name"),
+        ("/v1/nodes/n1", node("h:1", json!([{"name": "a"}, {"name": "a"}])), "invalid_input", "listed twice"),
+        (
+            "/v1/nodes/n1",
+            json!({"address": "h:1", "services": [], "ttlMs": 5}),
+            "invalid_input",
+            "heartbeat ttl",
+        ),
+        (
+            "/v1/nodes/n1",
+            json!({"address": "h:1", "services": [], "extra": true}),
+            "invalid_input",
+            "unknown field",
+        ),
+        (
+            "/v1/nodes/n1",
+            json!({"address": "h:1", "services": [], "metadata": {"bad key": "v"}}),
+            "invalid_input",
+            "metadata",
+        ),
+    ];
+    for (path, body, code, message) in cases {
+        let (status, answer) = put(&server, path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], code);
+        assert!(answer["error"]["message"].as_str().unwrap().contains(message), "{answer}");
+    }
+    let response = client()
+        .put(server.url("/v1/nodes/n1"))
+        .header("content-type", "application/json")
+        .body("{\"address\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "malformed_json");
+    let response = client().put(server.url("/v1/nodes/n1")).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = json!({"address": "h:1", "services": [], "metadata": {"k": "v".repeat(10_000)}});
+    let response = client().put(server.url("/v1/nodes/n1")).json(&huge).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
+    let (_, list) = get(&server, "/v1/nodes?all=true").await;
+    assert_eq!(list["nodes"], json!([]), "rejected requests changed state");
+    assert_eq!(list["revision"], 0);
+
+    // The per-service instance limit.
+    for i in 0..2 {
+        assert_eq!(
+            put(&server, &format!("/v1/nodes/n{i}"), node("h:1", json!([{"name": "a"}]))).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let (status, body) = put(&server, "/v1/nodes/n9", node("h:1", json!([{"name": "a"}]))).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("limit_exceeded")));
+    assert_eq!(
+        put(&server, "/v1/nodes/n0", node("h:2", json!([{"name": "a"}]))).await.0,
+        StatusCode::OK,
+        "re-registering an instance is not a new one"
+    );
+    assert_eq!(get(&server, "/nowhere").await.0, StatusCode::NOT_FOUND);
+}
+
+/// A blocking query answers at once when the index is old, and otherwise waits for a change.
+#[tokio::test]
+async fn blocking_query() {
+    let server = TestServer::memory().await;
+    put(&server, "/v1/nodes/a", node("h:1", json!([{"name": "api"}]))).await;
+    let response = client().get(server.url("/v1/services/api/instances")).send().await.unwrap();
+    let index: u64 = response.headers()["x-muster-index"].to_str().unwrap().parse().unwrap();
+    // Old index: immediate.
+    let response = client()
+        .get(server.url(&format!("/v1/services/api/instances?index={}&wait=10s", index - 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["instances"].as_array().unwrap().len(), 1);
+    // Current index: waits until the next change.
+    let url = server.url(&format!("/v1/services/api/instances?index={index}&wait=10s"));
+    let waiting = tokio::spawn(async move { client().get(url).send().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "answered before anything changed");
+    put(&server, "/v1/nodes/b", node("h:2", json!([{"name": "api"}]))).await;
+    let response = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    let new_index: u64 = response.headers()["x-muster-index"].to_str().unwrap().parse().unwrap();
+    assert!(new_index > index);
+    assert_eq!(response.json::<Value>().await.unwrap()["instances"].as_array().unwrap().len(), 2);
+    // Nothing changes: answers after `wait`.
+    let response = client()
+        .get(server.url(&format!("/v1/services/api/instances?index={new_index}&wait=300ms")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-muster-index"].to_str().unwrap(), new_index.to_string());
+    assert_eq!(
+        get(&server, "/v1/services/api/instances?index=1&wait=forever").await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn ready_and_health() {
+    let server = TestServer::memory().await;
+    let (status, body) = get(&server, "/ready").await;
+    assert_eq!((status, body["status"].clone()), (StatusCode::OK, json!("ready")));
+    let (status, body) = get(&server, "/health").await;
+    assert_eq!(
+        (status, body["status"].clone(), body["service"].clone()),
+        (StatusCode::OK, json!("healthy"), json!("service-registry"))
+    );
+}
+
+/// `/ready` says 503 when the store is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_reports_an_unreachable_store() {
+    let mut redis = muster_testkit::redis_server::RedisServer::start().await;
+    let registry = muster_redis::RedisRegistry::connect_url(&redis.url()).await.unwrap();
+    let server = TestServer::start(std::sync::Arc::new(registry), ServerConfig::default()).await;
+    assert_eq!(get(&server, "/ready").await.0, StatusCode::OK);
+    redis.kill();
+    let (status, body) = get(&server, "/ready").await;
+    assert_eq!((status, body["status"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable")));
+}
+
+/// Two servers sharing one Redis behave as one registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_redis() {
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let one = TestServer::start(
+        std::sync::Arc::new(muster_redis::RedisRegistry::connect_url(&redis.url()).await.unwrap()),
+        ServerConfig::default(),
+    )
+    .await;
+    let two = TestServer::start(
+        std::sync::Arc::new(muster_redis::RedisRegistry::connect_url(&redis.url()).await.unwrap()),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut events = crate::sse::SseClient::open(&two.url("/v1/watch")).await;
+    put(&one, "/v1/nodes/n1", node("h:1", json!([{"name": "api", "version": "1.0.0"}]))).await;
+    let (_, body) = get(&two, "/v1/services/api/instances").await;
+    assert_eq!(body["instances"][0]["id"], "n1");
+    let event = events.next().await;
+    assert_eq!((event.name.as_str(), event.data["node"]["nodeId"].clone()), ("registered", json!("n1")));
+    let response = client().put(two.url("/v1/nodes/n1/heartbeat")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "a heartbeat through the other server");
+    assert!(
+        muster_redis::RedisRegistry::connect_url(&redis.url())
+            .await
+            .unwrap()
+            .is_active(&muster_core::NodeId::new("n1").unwrap())
+            .await
+            .unwrap()
+    );
+}

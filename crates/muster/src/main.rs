@@ -1,0 +1,250 @@
+//! The `muster` command. `muster serve` runs the registry server: configuration is read once, here,
+//! from flags, `MUSTER_*` environment variables and the seed-003 variables (`PORT`,
+//! `HEARTBEAT_TIMEOUT_SECONDS`, `CLEANUP_INTERVAL_SECONDS`, `MAX_INSTANCES_PER_SERVICE`,
+//! `ALLOWED_ORIGINS`) as aliases, validated, and handed to `muster_server::run`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use muster_core::Registry;
+use muster_server::{AppState, ServerConfig};
+
+/// Service discovery and registration.
+#[derive(Debug, Parser)]
+#[command(name = "muster", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the registry server (REST API, watch, health) on the embedded store or on Redis.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on. Alias: `PORT` (listens on 127.0.0.1:PORT).
+    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:3100")]
+    listen: SocketAddr,
+    /// Store the registry in Redis instead of in memory: `redis://host:6379/0`, `rediss://...`,
+    /// `redis+sentinel://h1:26379,h2:26379/mymaster`, `redis+cluster://h1:7000,h2:7001`.
+    #[arg(long, env = "MUSTER_REDIS")]
+    redis: Option<String>,
+    /// Redis key prefix (Titan's `redisPrefix`).
+    #[arg(long, env = "MUSTER_PREFIX", default_value = "titan:discovery")]
+    prefix: String,
+    /// Publish and receive events on the Titan pub/sub channel (Redis only).
+    #[arg(long, env = "MUSTER_PUBSUB", default_value_t = false)]
+    pubsub: bool,
+    /// TTL of nodes registered through /v1 without one (e.g. 15s, 500ms).
+    #[arg(long, env = "MUSTER_DEFAULT_TTL", default_value = "15s", value_parser = duration)]
+    default_ttl: Duration,
+    /// TTL of instances registered through the seed-003 routes. Alias: `HEARTBEAT_TIMEOUT_SECONDS`.
+    #[arg(long, env = "MUSTER_COMPAT_TTL", default_value = "10s", value_parser = duration)]
+    compat_ttl: Duration,
+    /// Reported by /stats as the cleanup interval (expiry itself is immediate). Alias:
+    /// `CLEANUP_INTERVAL_SECONDS`.
+    #[arg(long, env = "MUSTER_CLEANUP_INTERVAL", default_value = "5s", value_parser = duration)]
+    cleanup_interval: Duration,
+    /// Most active instances of one service; more registrations answer 409. Alias:
+    /// `MAX_INSTANCES_PER_SERVICE`.
+    #[arg(long, env = "MUSTER_MAX_INSTANCES_PER_SERVICE", default_value_t = 1000)]
+    max_instances_per_service: usize,
+    /// Comma-separated origins allowed by CORS. Alias: `ALLOWED_ORIGINS`.
+    #[arg(
+        long,
+        env = "MUSTER_ALLOWED_ORIGINS",
+        default_value = "http://localhost:3000,http://localhost:8080"
+    )]
+    allowed_origins: String,
+    /// Largest accepted request body in bytes; larger requests answer 413.
+    #[arg(long, env = "MUSTER_BODY_LIMIT", default_value_t = 65536)]
+    body_limit: usize,
+    /// Log format.
+    #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    muster_api::parse_duration(text)
+}
+
+/// Seed-003 environment variables honoured when the Muster setting was left at its default.
+const ALIASES: &[(&str, &str)] = &[
+    ("listen", "PORT"),
+    ("compat_ttl", "HEARTBEAT_TIMEOUT_SECONDS"),
+    ("cleanup_interval", "CLEANUP_INTERVAL_SECONDS"),
+    ("max_instances_per_service", "MAX_INSTANCES_PER_SERVICE"),
+    ("allowed_origins", "ALLOWED_ORIGINS"),
+];
+
+fn main() -> std::process::ExitCode {
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let Command::Serve(args) = &mut cli.command;
+    if let Some(("serve", serve)) = matches.subcommand()
+        && let Err(message) = apply_aliases(args, serve, |key| std::env::var(key).ok())
+    {
+        eprintln!("error: {message}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fills settings left at their default from the seed-003 variables.
+fn apply_aliases(
+    args: &mut ServeArgs,
+    matches: &clap::ArgMatches,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    for (id, variable) in ALIASES {
+        if matches.value_source(id) != Some(ValueSource::DefaultValue) {
+            continue;
+        }
+        let Some(value) = env(variable) else { continue };
+        let bad = |why: &str| format!("{variable}={value:?}: {why}");
+        match *id {
+            "listen" => {
+                let port: u16 = value.parse().map_err(|_| bad("not a port number"))?;
+                args.listen.set_port(port);
+            }
+            "compat_ttl" => {
+                args.compat_ttl =
+                    Duration::from_secs(value.parse().map_err(|_| bad("not a number of seconds"))?);
+            }
+            "cleanup_interval" => {
+                args.cleanup_interval =
+                    Duration::from_secs(value.parse().map_err(|_| bad("not a number of seconds"))?);
+            }
+            "max_instances_per_service" => {
+                args.max_instances_per_service = value.parse().map_err(|_| bad("not a number"))?;
+            }
+            _ => args.allowed_origins = value,
+        }
+    }
+    validate(args)
+}
+
+fn validate(args: &ServeArgs) -> Result<(), String> {
+    for (name, ttl) in [("--default-ttl", args.default_ttl), ("--compat-ttl", args.compat_ttl)] {
+        muster_core::node::validate_ttl(ttl).map_err(|e| format!("{name}: {}", e.message()))?;
+    }
+    if args.max_instances_per_service == 0 {
+        return Err("--max-instances-per-service must be at least 1".into());
+    }
+    if args.body_limit < 1024 {
+        return Err("--body-limit must be at least 1024 bytes".into());
+    }
+    Ok(())
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let Command::Serve(args) = cli.command;
+    init_logging(&args.log_format);
+    let (registry, store): (Arc<dyn Registry>, String) = match &args.redis {
+        None => (Arc::new(muster_memory::MemoryRegistry::new()), "embedded memory".to_owned()),
+        Some(url) => {
+            let config = muster_redis::RedisConfig {
+                prefix: args.prefix.clone(),
+                pubsub_enabled: args.pubsub,
+                ..muster_redis::RedisConfig::from_url(url).context("--redis")?
+            };
+            let registry = muster_redis::RedisRegistry::connect(config)
+                .await
+                .with_context(|| format!("cannot use Redis at {url}"))?;
+            (Arc::new(registry), format!("redis ({url})"))
+        }
+    };
+    let config = ServerConfig {
+        default_ttl: args.default_ttl,
+        compat_ttl: args.compat_ttl,
+        cleanup_interval: args.cleanup_interval,
+        max_instances_per_service: args.max_instances_per_service,
+        body_limit: args.body_limit,
+        allowed_origins: args
+            .allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect(),
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another server running there?)", args.listen))?;
+    let address = listener.local_addr()?;
+    let base = format!("http://{address}");
+    {
+        // Written, not printed: a closed stdout must not take the server down.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "muster {} serving on {base} (store: {store})", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "  API:     {base}/v1/nodes  {base}/v1/services");
+        let _ = writeln!(out, "  watch:   {base}/v1/watch (server-sent events)");
+        let _ = writeln!(out, "  health:  {base}/health  {base}/ready");
+        let _ =
+            writeln!(out, "  seed-003 routes: {base}/register /heartbeat /resolve/{{name}} /services /stats");
+        let _ = out.flush();
+    }
+    let state = AppState::new(registry, config);
+    muster_server::run(listener, state, shutdown_signal()).await.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

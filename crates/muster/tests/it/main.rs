@@ -1,0 +1,113 @@
+//! The `muster` binary as a user runs it: start `muster serve`, talk to it, stop it with SIGTERM;
+//! bad settings exit with a message and the usage exit code.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn muster() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_muster"));
+    for alias in [
+        "PORT",
+        "HEARTBEAT_TIMEOUT_SECONDS",
+        "CLEANUP_INTERVAL_SECONDS",
+        "MAX_INSTANCES_PER_SERVICE",
+        "ALLOWED_ORIGINS",
+    ] {
+        command.env_remove(alias);
+    }
+    command
+}
+
+#[tokio::test]
+async fn serve_answers_and_stops_on_sigterm() {
+    let mut child = muster()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HEARTBEAT_TIMEOUT_SECONDS", "30")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("store: embedded memory"), "{first}");
+    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+
+    // Also a closed stdout must not stop the server.
+    drop(stdout);
+    let client = reqwest::Client::new();
+    let health: serde_json::Value =
+        client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    let stats: serde_json::Value =
+        client.get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["heartbeatTimeout"], "30s", "HEARTBEAT_TIMEOUT_SECONDS is honoured");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_setting() {
+    for (args, env, expect) in [
+        (vec!["serve", "--default-ttl", "5 minutes"], None, "--default-ttl"),
+        (vec!["serve", "--default-ttl", "1ms"], None, "--default-ttl"),
+        (vec!["serve", "--listen", "nowhere"], None, "--listen"),
+        (vec!["serve", "--max-instances-per-service", "0"], None, "--max-instances-per-service"),
+        (vec!["serve"], Some(("PORT", "http")), "PORT"),
+        (vec!["serve"], Some(("MAX_INSTANCES_PER_SERVICE", "many")), "MAX_INSTANCES_PER_SERVICE"),
+        (vec!["frobnicate"], None, "unrecognized subcommand"),
+    ] {
+        let mut command = muster();
+        command.args(&args);
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_documents_every_setting_with_its_default() {
+    let output = muster().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for setting in [
+        "--listen",
+        "--redis",
+        "--default-ttl",
+        "--compat-ttl",
+        "--max-instances-per-service",
+        "--allowed-origins",
+        "--body-limit",
+        "MUSTER_LISTEN",
+        "127.0.0.1:3100",
+        "[default: 15s]",
+    ] {
+        assert!(help.contains(setting), "missing {setting} in:\n{help}");
+    }
+}
+
+#[test]
+fn unreachable_redis_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = muster()
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis", &format!("redis://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("cannot use Redis at"), "{stderr}");
+}
