@@ -184,15 +184,14 @@ pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<Servi
 }
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
-    use std::sync::atomic::Ordering::Relaxed;
     let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
     let names: std::collections::BTreeSet<String> =
         nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.clone())).collect();
-    let stats = &state.inner.stats;
+    let stats = &state.inner.metrics;
     Ok(Json(StatsResponse {
-        total_registrations: stats.registrations.load(Relaxed),
-        total_heartbeats: stats.heartbeats.load(Relaxed),
-        total_cleanups: stats.expiries.load(Relaxed),
+        total_registrations: stats.registrations.get(),
+        total_heartbeats: stats.heartbeats.get(),
+        total_cleanups: stats.expiries.get(),
         active_services: names.len(),
         active_instances: nodes.len(),
         services: names.into_iter().collect(),

@@ -8,11 +8,11 @@
 
 mod compat;
 mod error;
+mod metrics;
 mod v1;
 mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -63,29 +63,21 @@ impl Default for ServerConfig {
     }
 }
 
-/// Counters reported by `/stats`.
-#[derive(Debug, Default)]
-struct Stats {
-    registrations: AtomicU64,
-    heartbeats: AtomicU64,
-    expiries: AtomicU64,
-}
-
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<StateInner>,
 }
 
-struct StateInner {
+pub(crate) struct StateInner {
     /// The store.
     registry: Arc<dyn Registry>,
     /// Settings.
     config: ServerConfig,
     /// When the server started (for `uptime`).
     started: tokio::time::Instant,
-    /// Counters.
-    stats: Stats,
+    /// Counters and histograms (also behind `/stats`).
+    metrics: metrics::Metrics,
     /// Cancelled at shutdown: ends watch streams and the expiry counter.
     shutdown: CancellationToken,
 }
@@ -98,7 +90,7 @@ impl AppState {
                 registry,
                 config,
                 started: tokio::time::Instant::now(),
-                stats: Stats::default(),
+                metrics: metrics::Metrics::new(),
                 shutdown: CancellationToken::new(),
             }),
         };
@@ -119,11 +111,11 @@ impl AppState {
     }
 
     fn count_registration(&self) {
-        self.inner.stats.registrations.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.registrations.inc();
     }
 
     fn count_heartbeat(&self) {
-        self.inner.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.heartbeats.inc();
     }
 
     /// Ends watch streams and background work (called when shutdown begins).
@@ -151,7 +143,7 @@ async fn count_expiries(state: AppState) {
                         if e.kind == EventKind::Deregistered
                             && e.reason == Some(DeregisterReason::Expired) =>
                     {
-                        state.inner.stats.expiries.fetch_add(1, Ordering::Relaxed);
+                        state.inner.metrics.expiries.inc();
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => break,
@@ -194,9 +186,15 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(compat::stats))
         .route("/health", get(compat::health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config().body_limit))
         .layer(cors)
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .with_state(state)
 }
 

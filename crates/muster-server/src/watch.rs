@@ -60,9 +60,11 @@ pub(crate) async fn watch(
         None => WatchStart::Now,
     };
     let stream = state.registry().watch(start).await?;
+    state.inner.metrics.watchers.inc();
+    let guard = crate::metrics::WatcherGuard(std::sync::Arc::clone(&state.inner));
     let filter = ServiceFilter { service: params.service, members: HashSet::new() };
-    let events = futures::stream::unfold(Some((stream, filter)), |state| async move {
-        let (mut stream, mut filter) = state?;
+    let events = futures::stream::unfold(Some((stream, filter, guard)), |state| async move {
+        let (mut stream, mut filter, guard) = state?;
         loop {
             let event = match stream.next().await? {
                 Ok(WatchEvent::Event(e)) => filter.pass(&e).then(|| sse_event(&e, true)),
@@ -82,7 +84,7 @@ pub(crate) async fn watch(
             };
             if let Some(event) = event {
                 let event = event.unwrap_or_else(|_| Event::default().event("error"));
-                return Some((Ok(event), Some((stream, filter))));
+                return Some((Ok(event), Some((stream, filter, guard))));
             }
         }
     });

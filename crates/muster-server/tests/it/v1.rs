@@ -321,3 +321,34 @@ async fn two_servers_share_one_redis() {
             .unwrap()
     );
 }
+
+/// `/metrics` speaks Prometheus text: counters, the watcher gauge, latency by route pattern.
+#[tokio::test]
+async fn metrics_and_request_ids() {
+    let server = TestServer::memory().await;
+    put(&server, "/v1/nodes/n1", node("h:1", json!([{"name": "api"}]))).await;
+    client().put(server.url("/v1/nodes/n1/heartbeat")).send().await.unwrap();
+    get(&server, "/v1/nodes/ghost").await;
+    let watch = crate::sse::SseClient::open(&server.url("/v1/watch")).await;
+    let response = client().get(server.url("/metrics")).send().await.unwrap();
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for line in [
+        "muster_registrations_total 1",
+        "muster_heartbeats_total 1",
+        "muster_watchers 1",
+        "muster_active_nodes 1",
+        "muster_active_services 1",
+        r#"muster_http_request_duration_seconds_count{route="/v1/nodes/{id}",method="PUT",status="201"} 1"#,
+        r#"muster_http_request_duration_seconds_count{route="/v1/nodes/{id}",method="GET",status="404"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    drop(watch);
+    // Every response carries a request id; a given one is echoed back.
+    let response = client().get(server.url("/health")).send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 36);
+    let response =
+        client().get(server.url("/health")).header("x-request-id", "trace-me").send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me");
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as MetricRegistry;
+
+use crate::AppState;
+
+/// Labels of the request histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// The route pattern (`/v1/nodes/{id}`), not the raw path, so cardinality stays bounded.
+    route: String,
+    method: String,
+    status: u16,
+}
+
+/// Every metric the server exports.
+pub(crate) struct Metrics {
+    registry: MetricRegistry,
+    pub(crate) registrations: Counter,
+    pub(crate) heartbeats: Counter,
+    pub(crate) expiries: Counter,
+    pub(crate) store_errors: Counter,
+    pub(crate) watchers: Gauge,
+    active_nodes: Gauge,
+    active_services: Gauge,
+    requests: Family<RequestLabels, Histogram>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = MetricRegistry::with_prefix("muster");
+        let metrics = Self {
+            registrations: Counter::default(),
+            heartbeats: Counter::default(),
+            expiries: Counter::default(),
+            store_errors: Counter::default(),
+            watchers: Gauge::default(),
+            active_nodes: Gauge::default(),
+            active_services: Gauge::default(),
+            requests: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))),
+            registry: MetricRegistry::default(),
+        };
+        registry.register("registrations", "Registrations accepted", metrics.registrations.clone());
+        registry.register("heartbeats", "Heartbeats accepted", metrics.heartbeats.clone());
+        registry.register("expiries", "Nodes removed because their TTL ran out", metrics.expiries.clone());
+        registry.register(
+            "store_errors",
+            "Requests that failed because the store did",
+            metrics.store_errors.clone(),
+        );
+        registry.register("watchers", "Open watch streams", metrics.watchers.clone());
+        registry.register("active_nodes", "Active nodes", metrics.active_nodes.clone());
+        registry.register("active_services", "Services with active nodes", metrics.active_services.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route, method and status",
+            metrics.requests.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+}
+
+/// Records the latency and status of every request.
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        state.inner.metrics.store_errors.inc();
+    }
+    state
+        .inner
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels { route, method, status: status.as_u16() })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = &state.inner.metrics;
+    if let Ok(nodes) = state.registry().list_active().await {
+        let services: std::collections::BTreeSet<&str> =
+            nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.as_str())).collect();
+        metrics.active_nodes.set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+        metrics.active_services.set(i64::try_from(services.len()).unwrap_or(i64::MAX));
+    }
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &metrics.registry) {
+        Ok(()) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Decrements the watcher gauge when a watch stream ends.
+pub(crate) struct WatcherGuard(pub(crate) Arc<crate::StateInner>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.metrics.watchers.dec();
+    }
+}
