@@ -75,6 +75,13 @@ pub trait Registry: Send + Sync + 'static {
     /// Active nodes providing a service that satisfies `query`, ordered by node id.
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>>;
 
+    /// How many nodes list a service named `name` (any version). Backends answer from their service
+    /// index without reading the nodes, so a node whose TTL ran out a moment ago may still count
+    /// until it is removed: an upper bound, exact again once expiries are swept.
+    async fn count_service(&self, name: &str) -> Result<usize> {
+        Ok(self.find(&ServiceQuery::new(name)?).await?.len())
+    }
+
     /// The revision of the latest event.
     async fn current_revision(&self) -> Result<Revision>;
 
@@ -110,6 +117,9 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
         (**self).find(query).await
+    }
+    async fn count_service(&self, name: &str) -> Result<usize> {
+        (**self).count_service(name).await
     }
     async fn current_revision(&self) -> Result<Revision> {
         (**self).current_revision().await

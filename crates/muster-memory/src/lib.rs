@@ -387,6 +387,13 @@ impl Registry for MemoryRegistry {
             .collect())
     }
 
+    /// The size of the service index entry: O(1). Nodes whose deadline passed count until the
+    /// sweeper (which wakes at that deadline) has removed them.
+    async fn count_service(&self, name: &str) -> Result<usize> {
+        muster_core::name::validate_service_name(name)?;
+        Ok(self.shared().lock().by_service.get(name).map_or(0, BTreeSet::len))
+    }
+
     async fn current_revision(&self) -> Result<Revision> {
         Ok(self.shared().lock().revision)
     }
@@ -464,7 +471,7 @@ impl Watcher {
         match oldest {
             Some(oldest) if self.cursor < state.revision && want >= oldest => {
                 let skip = usize::try_from(want.0 - oldest.0).unwrap_or(usize::MAX);
-                for event in state.history.iter().skip(skip).take(WATCH_BATCH) {
+                for event in state.history.range(skip.min(state.history.len())..).take(WATCH_BATCH) {
                     self.cursor = event.revision;
                     self.pending.push_back(WatchEvent::Event(event.clone()));
                 }

@@ -380,6 +380,20 @@ impl Registry for RedisRegistry {
             .collect())
     }
 
+    /// Answered from the service index (`SCARD`): nodes whose TTL just ran out count until the
+    /// sweeper removes them, so this is an upper bound for a few milliseconds after an expiry.
+    async fn count_service(&self, name: &str) -> Result<usize> {
+        muster_core::name::validate_service_name(name)?;
+        let key = format!("{}:index:services:{name}", self.inner.keys.prefix);
+        self.inner
+            .pool
+            .run(|mut conn| {
+                let key = key.clone();
+                async move { redis::cmd("SCARD").arg(key).query_async(&mut conn).await }
+            })
+            .await
+    }
+
     async fn current_revision(&self) -> Result<Revision> {
         Ok(self.inner.revision().await?.unwrap_or_default())
     }

@@ -66,6 +66,10 @@ pub(crate) async fn check_instance_limit(
     let max = state.config().max_instances_per_service;
     let names: BTreeSet<&str> = registration.services().iter().map(|s| s.name.as_str()).collect();
     for name in names {
+        if state.registry().count_service(name).await? < max {
+            continue;
+        }
+        // At the limit: re-registering one of the existing instances is still allowed.
         let nodes = state.registry().find(&ServiceQuery::new(name)?).await?;
         let others = nodes.iter().filter(|n| n.node_id != *registration.node_id()).count();
         if others >= max {

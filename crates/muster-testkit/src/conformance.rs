@@ -363,6 +363,10 @@ pub async fn find_follows_service_changes<R: Registry>(registry: R, timing: Timi
     assert_eq!(ids(&find("a").await), ["n2"]);
     assert_eq!(ids(&find("b").await), ["n1"]);
     assert_eq!(ids(&find("c").await), ["n1"]);
+    assert_eq!(registry.count_service("a").await.unwrap(), 1);
+    assert_eq!(registry.count_service("c").await.unwrap(), 1);
+    assert_eq!(registry.count_service("none").await.unwrap(), 0);
+    assert!(registry.count_service("bad name").await.unwrap_err().is_invalid_input());
     registry.update(&id("n2"), NodeUpdate::new().services(vec![svc("c")]).unwrap()).await.unwrap();
     assert!(find("a").await.is_empty());
     assert_eq!(ids(&find("c").await), ["n1", "n2"]);
