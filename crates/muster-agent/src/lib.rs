@@ -159,7 +159,7 @@ impl AgentBuilder {
             handlers: Arc::new(Handlers::default()),
             cache: Arc::new(DiscoveryCache::default()),
         });
-        Ok(Agent { inner, _guard: Arc::new(CancelOnDrop(cancel)) })
+        Ok(Agent { inner, _guard: Arc::new(cancel.drop_guard()) })
     }
 }
 
@@ -172,16 +172,7 @@ pub struct Agent {
     /// Shared state; background tasks hold it too.
     inner: Arc<Inner>,
     /// Cancels the background tasks when the last handle is dropped.
-    _guard: Arc<CancelOnDrop>,
-}
-
-/// Cancels a token on drop.
-struct CancelOnDrop(CancellationToken);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
+    _guard: Arc<tokio_util::sync::DropGuard>,
 }
 
 /// Where the agent is in its life.

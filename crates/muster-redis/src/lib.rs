@@ -61,15 +61,7 @@ pub struct RedisRegistry {
     /// Shared state; background tasks hold it too.
     inner: Arc<Inner>,
     /// Cancels background tasks when the last handle goes away.
-    _guard: Arc<CancelOnDrop>,
-}
-
-struct CancelOnDrop(CancellationToken);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
+    _guard: Arc<tokio_util::sync::DropGuard>,
 }
 
 pub(crate) struct Inner {
@@ -110,7 +102,7 @@ impl RedisRegistry {
         if matches!(inner.config.topology, Topology::Sentinel { .. }) {
             tokio::spawn(follow_master_switches(Arc::clone(&inner)));
         }
-        Ok(Self { inner, _guard: Arc::new(CancelOnDrop(cancel)) })
+        Ok(Self { inner, _guard: Arc::new(cancel.drop_guard()) })
     }
 
     /// Connects to a URL with default settings (see [`RedisConfig::from_url`]).
