@@ -12,6 +12,14 @@
 //!   at its own pace. A watcher that falls behind the ring is told to resync; it never slows writers.
 //!
 //! Time comes from tokio's clock, so everything here runs on paused time in tests.
+//!
+//! With [`MemoryRegistry::open`] the registry persists to a directory (`persist.rs`): a snapshot of
+//! the nodes and the revision, written atomically (temporary file, fsync, rename) at most once per
+//! `snapshot_interval` after a change, and restored on start with one full TTL of grace.
+
+mod persist;
+
+pub use persist::PersistOptions;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +62,16 @@ pub struct MemoryRegistry {
 struct DropGuard {
     /// The state the handles operate on.
     shared: Arc<Shared>,
+    /// The persistence directory, set by [`MemoryRegistry::open`].
+    persist_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// Tells the snapshot writer to stop.
+    persist_done: Arc<Notify>,
+}
+
+impl DropGuard {
+    fn persist_dir(&self) -> Option<std::path::PathBuf> {
+        self.persist_dir.get().cloned()
+    }
 }
 
 /// State and signals shared by handles, the sweeper and watch streams.
@@ -115,11 +133,61 @@ impl MemoryRegistry {
             options,
         });
         tokio::spawn(sweep_expired(Arc::clone(&shared)));
-        Self { inner: Arc::new(DropGuard { shared }) }
+        Self {
+            inner: Arc::new(DropGuard {
+                shared,
+                persist_dir: std::sync::OnceLock::new(),
+                persist_done: Arc::new(Notify::new()),
+            }),
+        }
     }
 
     fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
+    }
+
+    /// A registry persisted in `options.dir`: restores the snapshot found there (every restored
+    /// node gets one full TTL from now to heartbeat again, so a restart neither empties the
+    /// registry nor expires it at once) and keeps writing it after changes.
+    ///
+    /// Fails when the directory cannot be created or the snapshot cannot be read; a corrupt
+    /// snapshot is never overwritten silently.
+    pub async fn open(memory: MemoryOptions, options: PersistOptions) -> Result<Self> {
+        let snapshot = persist::load(&options.dir).await?;
+        let registry = Self::with_options(memory);
+        if let Some(snapshot) = snapshot {
+            let restored = snapshot.nodes.len();
+            registry.restore(snapshot);
+            tracing::info!(restored, dir = %options.dir.display(), "registry restored");
+        }
+        let _ = registry.inner.persist_dir.set(options.dir.clone());
+        let writer = persist::Writer::new(options, registry.shared());
+        tokio::spawn(writer.run(Arc::clone(registry.shared()), registry.inner.persist_done.clone()));
+        Ok(registry)
+    }
+
+    /// Writes the snapshot now (call at shutdown). Does nothing without persistence.
+    pub async fn flush(&self) -> Result<()> {
+        let Some(dir) = self.inner.persist_dir() else { return Ok(()) };
+        persist::write(&dir, &persist::snapshot_of(self.shared())).await
+    }
+
+    fn restore(&self, snapshot: persist::Snapshot) {
+        let shared = self.shared();
+        let now = Instant::now();
+        let mut state = shared.lock();
+        for node in snapshot.nodes {
+            let ttl = std::time::Duration::from_millis(node.ttl_ms.max(1000));
+            let id = node.node_id.clone();
+            let deadline = now + ttl;
+            state.reindex_services(&id, &[], &node.services);
+            state.deadlines.insert((deadline, id.clone()));
+            state.nodes.insert(id, Entry { node, deadline });
+        }
+        state.revision = snapshot.revision;
+        drop(state);
+        shared.revision_tx.send_replace(snapshot.revision);
+        shared.sweeper_wake.notify_one();
     }
 
     /// Number of stored nodes (active or awaiting removal).
@@ -149,6 +217,7 @@ impl Drop for DropGuard {
     fn drop(&mut self) {
         self.shared.lock().shutdown = true;
         self.shared.sweeper_wake.notify_one();
+        self.persist_done.notify_one();
         // Wake watch streams so they see the shutdown flag and end.
         self.shared.revision_tx.send_modify(|_| {});
     }

@@ -26,17 +26,25 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A fresh temporary directory, removed by [`TempDir`]'s drop.
-struct TempDir(PathBuf);
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Self {
+    /// Creates `<tmp>/muster-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("muster-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temporary directory");
         Self(path)
+    }
+}
+
+impl TempDir {
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
 }
 

@@ -36,6 +36,10 @@ struct ServeArgs {
     /// `redis+sentinel://h1:26379,h2:26379/mymaster`, `redis+cluster://h1:7000,h2:7001`.
     #[arg(long, env = "MUSTER_REDIS")]
     redis: Option<String>,
+    /// Keep the embedded store's registrations across restarts in this directory (a snapshot
+    /// written at most once a second after changes, and at shutdown).
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
     /// Redis key prefix (Titan's `redisPrefix`).
     #[arg(long, env = "MUSTER_PREFIX", default_value = "titan:discovery")]
     prefix: String,
@@ -148,6 +152,9 @@ fn apply_aliases(
 }
 
 fn validate(args: &ServeArgs) -> Result<(), String> {
+    if args.data_dir.is_some() && args.redis.is_some() {
+        return Err("--data-dir applies to the embedded store only; Redis keeps its own data".into());
+    }
     for (name, ttl) in [("--default-ttl", args.default_ttl), ("--compat-ttl", args.compat_ttl)] {
         muster_core::node::validate_ttl(ttl).map_err(|e| format!("{name}: {}", e.message()))?;
     }
@@ -163,8 +170,21 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let Command::Serve(args) = cli.command;
     init_logging(&args.log_format);
+    let mut persisted: Option<muster_memory::MemoryRegistry> = None;
     let (registry, store): (Arc<dyn Registry>, String) = match &args.redis {
-        None => (Arc::new(muster_memory::MemoryRegistry::new()), "embedded memory".to_owned()),
+        None => match &args.data_dir {
+            None => (Arc::new(muster_memory::MemoryRegistry::new()), "embedded memory".to_owned()),
+            Some(dir) => {
+                let registry = muster_memory::MemoryRegistry::open(
+                    muster_memory::MemoryOptions::default(),
+                    muster_memory::PersistOptions::new(dir),
+                )
+                .await
+                .context("--data-dir")?;
+                persisted = Some(registry.clone());
+                (Arc::new(registry), format!("embedded memory, persisted in {}", dir.display()))
+            }
+        },
         Some(url) => {
             let config = muster_redis::RedisConfig {
                 prefix: args.prefix.clone(),
@@ -211,6 +231,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     let state = AppState::new(registry, config);
     muster_server::run(listener, state, shutdown_signal()).await.context("server failed")?;
+    if let Some(registry) = persisted {
+        registry.flush().await.context("writing the final snapshot")?;
+    }
     tracing::info!("stopped");
     Ok(())
 }

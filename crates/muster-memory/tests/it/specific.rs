@@ -93,3 +93,78 @@ async fn many_watchers_see_every_event() {
     }
     sleep(Duration::from_millis(1)).await;
 }
+
+mod persistence {
+    use std::time::Duration;
+
+    use muster_core::{EventKind, Registry, WatchEvent, WatchStart};
+    use muster_memory::{MemoryOptions, MemoryRegistry, PersistOptions};
+    use muster_testkit::conformance::{Timing, id, next_event, next_item, registration};
+    use muster_testkit::redis_server::TempDir;
+
+    fn options(dir: &TempDir) -> PersistOptions {
+        PersistOptions { dir: dir.path().to_owned(), snapshot_interval: Duration::from_millis(20) }
+    }
+
+    /// A restart keeps every registration, gives each a full TTL to heartbeat again, and watchers
+    /// resume from their revision.
+    #[tokio::test(start_paused = true)]
+    async fn restart_keeps_registrations_with_grace() {
+        let dir = TempDir::new("persist");
+        let timing = Timing::default();
+        let registry = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        registry.heartbeat(registration("n1", "h:1", &["a@1.0.0"], timing)).await.unwrap();
+        registry.heartbeat(registration("n2", "h:2", &["b"], timing)).await.unwrap();
+        let revision = registry.current_revision().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        registry.flush().await.unwrap();
+        drop(registry);
+
+        let restored = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        assert_eq!(restored.list_active().await.unwrap().len(), 2);
+        assert_eq!(restored.current_revision().await.unwrap(), revision);
+        assert_eq!(
+            restored.find(&muster_core::ServiceQuery::parse("a@1.0.0").unwrap()).await.unwrap()[0].node_id,
+            id("n1")
+        );
+        let mut watch = restored.watch(WatchStart::After(revision)).await.unwrap();
+        // Grace: a full TTL from the restart, not from the last heartbeat before it.
+        tokio::time::sleep(timing.ttl - Duration::from_secs(1)).await;
+        assert!(restored.is_active(&id("n1")).await.unwrap());
+        restored.heartbeat(registration("n1", "h:1", &["a@1.0.0"], timing)).await.unwrap();
+        let expired = next_event(&mut watch, Duration::from_secs(5)).await;
+        assert_eq!((expired.kind, expired.node.node_id.as_str()), (EventKind::Deregistered, "n2"));
+        assert_eq!(expired.revision, revision.next(), "revisions continue across the restart");
+        assert!(restored.is_active(&id("n1")).await.unwrap());
+    }
+
+    /// Changes are written without an explicit flush, within the snapshot interval.
+    #[tokio::test]
+    async fn changes_are_written_in_the_background() {
+        let dir = TempDir::new("persist");
+        let registry = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        registry.heartbeat(registration("n1", "h:1", &["a"], Timing::default())).await.unwrap();
+        let file = dir.path().join("registry.json");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&file).is_ok_and(|s| s.contains("\"n1\"")) {
+            assert!(tokio::time::Instant::now() < deadline, "snapshot not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(registry);
+        let again = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        let mut watch = again.watch(WatchStart::Snapshot).await.unwrap();
+        assert!(
+            matches!(next_item(&mut watch, Duration::from_secs(1)).await, WatchEvent::Resync(s) if s.nodes.len() == 1)
+        );
+    }
+
+    /// A corrupt snapshot stops the start with a message naming the file, and is left in place.
+    #[tokio::test]
+    async fn corrupt_snapshot_is_refused() {
+        let dir = TempDir::new("persist");
+        std::fs::write(dir.path().join("registry.json"), "{ not json").unwrap();
+        let error = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap_err();
+        assert!(error.is_invalid_input() && error.to_string().contains("registry.json"), "{error}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("registry.json")).unwrap(), "{ not json");
+    }
+}

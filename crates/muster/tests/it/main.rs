@@ -111,3 +111,47 @@ fn unreachable_redis_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr.contains("cannot use Redis at"), "{stderr}");
 }
+
+/// With `--data-dir`, a restart keeps every live registration.
+#[tokio::test]
+async fn data_dir_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("muster-cli-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = || {
+        let mut child = muster()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.contains("persisted in"), "{first}");
+        let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+        (child, base)
+    };
+    let stop = |mut child: std::process::Child| {
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    let client = reqwest::Client::new();
+    let (child, base) = start();
+    let response = client
+        .put(format!("{base}/v1/nodes/kept"))
+        .json(&serde_json::json!({"address": "h:1", "services": [{"name": "api"}], "ttlMs": 60000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    stop(child);
+    let (child, base) = start();
+    let response = client.get(format!("{base}/v1/nodes/kept")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the registration survived the restart");
+    stop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+    let output =
+        muster().args(["serve", "--data-dir", "/tmp/x", "--redis", "redis://127.0.0.1:1"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--data-dir"));
+}

@@ -1,0 +1,124 @@
+//! Persistence of the in-memory registry: one JSON snapshot per directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_core::{Error, ErrorKind, NodeInfo, Result, Revision};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::Shared;
+
+/// The snapshot file inside the data directory.
+const FILE: &str = "registry.json";
+
+/// Where and how often the registry is persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistOptions {
+    /// Directory holding `registry.json` (created if missing).
+    pub dir: PathBuf,
+    /// Least time between two snapshot writes; changes in between are written together.
+    pub snapshot_interval: Duration,
+}
+
+impl PersistOptions {
+    /// Persistence in `dir`, writing at most once a second.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), snapshot_interval: Duration::from_secs(1) }
+    }
+}
+
+/// What is written: every stored node and the revision.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    pub(crate) revision: Revision,
+    pub(crate) nodes: Vec<NodeInfo>,
+}
+
+pub(crate) fn snapshot_of(shared: &Shared) -> Snapshot {
+    let state = shared.lock();
+    Snapshot { revision: state.revision, nodes: state.nodes.values().map(|e| e.node.clone()).collect() }
+}
+
+fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {
+    Error::new(ErrorKind::Unavailable, format!("{what} {}: {error}", path.display())).with_source(error)
+}
+
+/// Reads the snapshot in `dir`, if there is one.
+pub(crate) async fn load(dir: &Path) -> Result<Option<Snapshot>> {
+    tokio::fs::create_dir_all(dir).await.map_err(|e| io_error("cannot create data directory", dir, e))?;
+    let path = dir.join(FILE);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("cannot read", &path, error)),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Error::invalid(
+            "snapshot",
+            format!("{} is not a registry snapshot ({e}); move it away to start empty", path.display()),
+        )
+    })
+}
+
+/// Writes the snapshot atomically: a temporary file, fsync, rename.
+pub(crate) async fn write(dir: &Path, snapshot: &Snapshot) -> Result<()> {
+    let bytes = serde_json::to_vec(snapshot).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let (path, temporary) = (dir.join(FILE), dir.join(format!("{FILE}.tmp")));
+    let write = async {
+        let mut file = tokio::fs::File::create(&temporary).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &bytes).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&temporary, &path).await
+    };
+    write.await.map_err(|e| io_error("cannot write", &path, e))
+}
+
+/// Writes a snapshot after changes, at most once per interval, until told to stop.
+pub(crate) struct Writer {
+    options: PersistOptions,
+    /// Subscribed when the registry is opened, so no change made before the task runs is missed.
+    changes: tokio::sync::watch::Receiver<Revision>,
+    /// The revision on disk when the registry was opened (restored, or zero).
+    written: Revision,
+}
+
+impl Writer {
+    pub(crate) fn new(options: PersistOptions, shared: &Shared) -> Self {
+        let mut changes = shared.revision_tx.subscribe();
+        let written = *changes.borrow_and_update();
+        Self { options, changes, written }
+    }
+
+    pub(crate) async fn run(self, shared: Arc<Shared>, done: Arc<Notify>) {
+        let Self { options, mut changes, mut written } = self;
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = done.notified() => break,
+            }
+            // Let further changes gather for one interval, then write them together.
+            tokio::select! {
+                () = tokio::time::sleep(options.snapshot_interval) => {}
+                () = done.notified() => break,
+            }
+            let snapshot = snapshot_of(&shared);
+            if snapshot.revision != written {
+                match write(&options.dir, &snapshot).await {
+                    Ok(()) => written = snapshot.revision,
+                    Err(error) => {
+                        tracing::error!(%error, "snapshot not written; will retry after the next change")
+                    }
+                }
+            }
+        }
+        // Shutting down: write what changed since the last snapshot.
+        let snapshot = snapshot_of(&shared);
+        if snapshot.revision != written
+            && let Err(error) = write(&options.dir, &snapshot).await
+        {
+            tracing::error!(%error, "final snapshot not written");
+        }
+    }
+}
