@@ -117,6 +117,9 @@ pub struct StatsResponse {
     pub heartbeat_timeout: String,
     /// The cleanup interval, e.g. `5s`.
     pub cleanup_interval: String,
+    /// True while expiry is paused by self-preservation (an addition to the seed-003 shape).
+    #[serde(default)]
+    pub self_preservation: bool,
     /// ISO-8601 time of the response.
     pub timestamp: String,
 }

@@ -85,6 +85,11 @@ pub trait Registry: Send + Sync + 'static {
     /// The revision of the latest event.
     async fn current_revision(&self) -> Result<Revision>;
 
+    /// True while the backend has paused expiry to protect the registry (self-preservation).
+    fn is_preserving(&self) -> bool {
+        false
+    }
+
     /// A stream of changes from `start`; see [`WatchStart`].
     async fn watch(&self, start: WatchStart) -> Result<WatchStream>;
 }
@@ -126,5 +131,8 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         (**self).watch(start).await
+    }
+    fn is_preserving(&self) -> bool {
+        (**self).is_preserving()
     }
 }

@@ -23,6 +23,7 @@ pub use persist::PersistOptions;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use muster_core::{
     Change, DeregisterReason, DiscoveryEvent, Error, EventKind, HeartbeatOutcome, NodeId, NodeInfo,
@@ -33,15 +34,45 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// Settings of the in-memory registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryOptions {
     /// How many recent events are kept for watchers to resume from (at least 1).
     pub event_history: usize,
+    /// Pause expiry when too many nodes would expire at once (off by default).
+    pub self_preservation: Option<SelfPreservation>,
 }
 
 impl Default for MemoryOptions {
     fn default() -> Self {
-        Self { event_history: 10_000 }
+        Self { event_history: 10_000, self_preservation: None }
+    }
+}
+
+/// Self-preservation (Eureka's idea, bounded): when more than `threshold` of the nodes would expire
+/// within one `window` — more likely a network cut between them and the registry than that many
+/// crashes — expiry pauses. Overdue nodes stay listed and may heartbeat again without being
+/// announced as gone. Expiry resumes when enough overdue nodes are back below the threshold, or
+/// after `max_pause` at the latest (so a real mass failure is still announced).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelfPreservation {
+    /// Share of the nodes (0–1) whose expiry within one window triggers the pause.
+    pub threshold: f64,
+    /// Below this many nodes, never pause (a handful of nodes can all fail for real).
+    pub min_nodes: usize,
+    /// The window expiries are counted in (about one TTL).
+    pub window: Duration,
+    /// The longest pause.
+    pub max_pause: Duration,
+}
+
+impl Default for SelfPreservation {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            min_nodes: 10,
+            window: Duration::from_secs(15),
+            max_pause: Duration::from_secs(300),
+        }
     }
 }
 
@@ -109,6 +140,10 @@ struct State {
     revision: Revision,
     /// Set when the last handle is dropped.
     shutdown: bool,
+    /// When recent expiries happened (for self-preservation), oldest first.
+    recent_expiries: VecDeque<Instant>,
+    /// Since when expiry is paused by self-preservation.
+    preserving_since: Option<Instant>,
 }
 
 impl MemoryRegistry {
@@ -125,7 +160,7 @@ impl MemoryRegistry {
     /// # Panics
     /// When called outside a tokio runtime.
     pub fn with_options(options: MemoryOptions) -> Self {
-        let options = MemoryOptions { event_history: options.event_history.max(1) };
+        let options = MemoryOptions { event_history: options.event_history.max(1), ..options };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             sweeper_wake: Notify::new(),
@@ -190,6 +225,11 @@ impl MemoryRegistry {
         shared.sweeper_wake.notify_one();
     }
 
+    /// True while self-preservation pauses expiry.
+    pub fn is_preserving(&self) -> bool {
+        self.shared().lock().preserving_since.is_some()
+    }
+
     /// Number of stored nodes (active or awaiting removal).
     pub fn len(&self) -> usize {
         self.shared().lock().nodes.len()
@@ -248,16 +288,23 @@ impl Shared {
         revision
     }
 
-    /// Removes every node whose deadline is at or before `now`, publishing an expiry for each.
-    /// Returns the next deadline.
+    /// Removes every node whose deadline is at or before `now`, publishing an expiry for each —
+    /// unless self-preservation pauses expiry. Returns when to look again.
     fn purge_expired(&self, now: Instant) -> Option<Instant> {
         let mut state = self.lock();
+        if let Some(config) = self.options.self_preservation
+            && self.preserve(&mut state, &config, now)
+        {
+            // Look again soon: heartbeats may end the pause, and so will `max_pause`.
+            return Some(now + Duration::from_millis(500).min(config.max_pause));
+        }
         while let Some((deadline, id)) = state.deadlines.first().cloned() {
             if deadline > now {
                 return Some(deadline);
             }
             if let Some(entry) = state.remove(&id) {
                 tracing::debug!(node_id = %id, "node expired");
+                state.recent_expiries.push_back(now);
                 self.publish(
                     &mut state,
                     EventKind::Deregistered,
@@ -269,9 +316,57 @@ impl Shared {
         None
     }
 
+    /// Decides whether expiry pauses now; updates the pause state.
+    fn preserve(&self, state: &mut State, config: &SelfPreservation, now: Instant) -> bool {
+        while state
+            .recent_expiries
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) > config.window)
+        {
+            state.recent_expiries.pop_front();
+        }
+        let overdue = state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).count();
+        let population = state.nodes.len() + state.recent_expiries.len();
+        let losing = overdue + state.recent_expiries.len();
+        let too_many = population >= config.min_nodes && losing as f64 > config.threshold * population as f64;
+        match state.preserving_since {
+            Some(since) if now.saturating_duration_since(since) >= config.max_pause => {
+                tracing::warn!(
+                    overdue,
+                    "self-preservation ends after its longest pause; expiring overdue nodes"
+                );
+                state.preserving_since = None;
+                // Do not pause again for the same loss.
+                state.recent_expiries.clear();
+                false
+            }
+            Some(_) if !too_many => {
+                tracing::info!(overdue, "heartbeats are back; self-preservation ends");
+                state.preserving_since = None;
+                false
+            }
+            Some(_) => true,
+            None if too_many && overdue > 0 => {
+                tracing::warn!(
+                    overdue,
+                    population,
+                    "too many nodes would expire at once; pausing expiry (self-preservation)"
+                );
+                state.preserving_since = Some(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn preserving(&self, state: &State) -> bool {
+        state.preserving_since.is_some()
+    }
+
     /// Expires one node now if its deadline has passed (so a late heartbeat re-registers it).
     fn expire_if_due(&self, state: &mut State, id: &NodeId, now: Instant) {
-        if state.nodes.get(id).is_some_and(|e| e.deadline <= now)
+        if !self.preserving(state)
+            && state.nodes.get(id).is_some_and(|e| e.deadline <= now)
             && let Some(entry) = state.remove(id)
         {
             self.publish(state, EventKind::Deregistered, Some(DeregisterReason::Expired), entry.node);
@@ -317,9 +412,14 @@ impl State {
         }
     }
 
+    /// True when the entry counts as active: before its deadline, or kept by self-preservation.
+    fn live(&self, entry: &Entry, now: Instant) -> bool {
+        entry.deadline > now || self.preserving_since.is_some()
+    }
+
     fn active_nodes(&self, now: Instant) -> Vec<NodeInfo> {
         let mut nodes: Vec<NodeInfo> =
-            self.nodes.values().filter(|e| e.deadline > now).map(|e| e.node.clone()).collect();
+            self.nodes.values().filter(|e| self.live(e, now)).map(|e| e.node.clone()).collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         nodes
     }
@@ -426,7 +526,8 @@ impl Registry for MemoryRegistry {
 
     async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
         let now = Instant::now();
-        Ok(self.shared().lock().nodes.get(node_id).is_some_and(|e| e.deadline > now))
+        let state = self.shared().lock();
+        Ok(state.nodes.get(node_id).is_some_and(|e| state.live(e, now)))
     }
 
     async fn list_active(&self) -> Result<Vec<NodeInfo>> {
@@ -451,7 +552,7 @@ impl Registry for MemoryRegistry {
         Ok(ids
             .iter()
             .filter_map(|id| state.nodes.get(id))
-            .filter(|e| e.deadline > now && e.node.provides(query))
+            .filter(|e| state.live(e, now) && e.node.provides(query))
             .map(|e| e.node.clone())
             .collect())
     }
@@ -465,6 +566,10 @@ impl Registry for MemoryRegistry {
 
     async fn current_revision(&self) -> Result<Revision> {
         Ok(self.shared().lock().revision)
+    }
+
+    fn is_preserving(&self) -> bool {
+        MemoryRegistry::is_preserving(self)
     }
 
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {

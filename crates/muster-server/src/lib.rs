@@ -201,9 +201,14 @@ pub fn router(state: AppState) -> Router {
 /// `GET /ready`: 200 when the store answers, 503 otherwise.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     match state.registry().current_revision().await {
-        Ok(revision) => {
-            (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready", "revision": revision})))
-        }
+        Ok(revision) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({
+                "status": "ready",
+                "revision": revision,
+                "selfPreservation": state.registry().is_preserving(),
+            })),
+        ),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "unavailable", "error": error.message()})),

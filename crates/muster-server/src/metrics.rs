@@ -32,6 +32,7 @@ pub(crate) struct Metrics {
     pub(crate) expiries: Counter,
     pub(crate) store_errors: Counter,
     pub(crate) watchers: Gauge,
+    self_preservation: Gauge,
     active_nodes: Gauge,
     active_services: Gauge,
     requests: Family<RequestLabels, Histogram>,
@@ -46,6 +47,7 @@ impl Metrics {
             expiries: Counter::default(),
             store_errors: Counter::default(),
             watchers: Gauge::default(),
+            self_preservation: Gauge::default(),
             active_nodes: Gauge::default(),
             active_services: Gauge::default(),
             requests: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))),
@@ -60,6 +62,11 @@ impl Metrics {
             metrics.store_errors.clone(),
         );
         registry.register("watchers", "Open watch streams", metrics.watchers.clone());
+        registry.register(
+            "self_preservation",
+            "1 while expiry is paused because too many nodes would expire at once",
+            metrics.self_preservation.clone(),
+        );
         registry.register("active_nodes", "Active nodes", metrics.active_nodes.clone());
         registry.register("active_services", "Services with active nodes", metrics.active_services.clone());
         registry.register(
@@ -93,6 +100,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = &state.inner.metrics;
+    metrics.self_preservation.set(i64::from(state.registry().is_preserving()));
     if let Ok(nodes) = state.registry().list_active().await {
         let services: std::collections::BTreeSet<&str> =
             nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.as_str())).collect();

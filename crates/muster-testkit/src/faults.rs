@@ -98,6 +98,9 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
         self.inner.find(query).await
     }
+    fn is_preserving(&self) -> bool {
+        self.inner.is_preserving()
+    }
     async fn count_service(&self, name: &str) -> Result<usize> {
         self.inner.count_service(name).await
     }

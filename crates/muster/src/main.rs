@@ -40,6 +40,11 @@ struct ServeArgs {
     /// written at most once a second after changes, and at shutdown).
     #[arg(long, env = "MUSTER_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
+    /// Self-preservation of the embedded store: when more than this share of the nodes (at least
+    /// 10 of them) would expire within one default TTL, expiry pauses (for at most 5 minutes) —
+    /// a network cut is likelier than that many crashes. 0 turns it off.
+    #[arg(long, env = "MUSTER_SELF_PRESERVATION", default_value_t = 0.5)]
+    self_preservation: f64,
     /// Redis key prefix (Titan's `redisPrefix`).
     #[arg(long, env = "MUSTER_PREFIX", default_value = "titan:discovery")]
     prefix: String,
@@ -158,6 +163,9 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
     for (name, ttl) in [("--default-ttl", args.default_ttl), ("--compat-ttl", args.compat_ttl)] {
         muster_core::node::validate_ttl(ttl).map_err(|e| format!("{name}: {}", e.message()))?;
     }
+    if !(0.0..=1.0).contains(&args.self_preservation) {
+        return Err("--self-preservation must be a share between 0 and 1 (0 turns it off)".into());
+    }
     if args.max_instances_per_service == 0 {
         return Err("--max-instances-per-service must be at least 1".into());
     }
@@ -171,12 +179,23 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let Command::Serve(args) = cli.command;
     init_logging(&args.log_format);
     let mut persisted: Option<muster_memory::MemoryRegistry> = None;
+    let memory_options = muster_memory::MemoryOptions {
+        self_preservation: (args.self_preservation > 0.0).then(|| muster_memory::SelfPreservation {
+            threshold: args.self_preservation,
+            window: args.default_ttl,
+            ..muster_memory::SelfPreservation::default()
+        }),
+        ..muster_memory::MemoryOptions::default()
+    };
     let (registry, store): (Arc<dyn Registry>, String) = match &args.redis {
         None => match &args.data_dir {
-            None => (Arc::new(muster_memory::MemoryRegistry::new()), "embedded memory".to_owned()),
+            None => (
+                Arc::new(muster_memory::MemoryRegistry::with_options(memory_options)),
+                "embedded memory".to_owned(),
+            ),
             Some(dir) => {
                 let registry = muster_memory::MemoryRegistry::open(
-                    muster_memory::MemoryOptions::default(),
+                    memory_options,
                     muster_memory::PersistOptions::new(dir),
                 )
                 .await

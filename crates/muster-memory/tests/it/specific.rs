@@ -10,7 +10,8 @@ use tokio::time::{Instant, sleep};
 
 #[tokio::test(start_paused = true)]
 async fn slow_watcher_resyncs() {
-    let registry = MemoryRegistry::with_options(MemoryOptions { event_history: 8 });
+    let registry =
+        MemoryRegistry::with_options(MemoryOptions { event_history: 8, ..MemoryOptions::default() });
     conformance::slow_watcher_resyncs(registry, 8, Timing::default()).await;
 }
 
@@ -166,5 +167,88 @@ mod persistence {
         let error = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap_err();
         assert!(error.is_invalid_input() && error.to_string().contains("registry.json"), "{error}");
         assert_eq!(std::fs::read_to_string(dir.path().join("registry.json")).unwrap(), "{ not json");
+    }
+}
+
+mod self_preservation {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use muster_core::{EventKind, Registry, WatchEvent, WatchStart};
+    use muster_memory::{MemoryOptions, MemoryRegistry, SelfPreservation};
+    use muster_testkit::conformance::{Timing, registration};
+
+    const PRESERVE: SelfPreservation = SelfPreservation {
+        threshold: 0.5,
+        min_nodes: 10,
+        window: Duration::from_secs(15),
+        max_pause: Duration::from_secs(120),
+    };
+
+    fn registry(self_preservation: Option<SelfPreservation>) -> MemoryRegistry {
+        MemoryRegistry::with_options(MemoryOptions { self_preservation, ..MemoryOptions::default() })
+    }
+
+    /// Registers `total` nodes, keeps the first `alive` heartbeating for `duration`, and returns
+    /// the expiry events seen meanwhile.
+    async fn run(registry: &MemoryRegistry, total: usize, alive: usize, duration: Duration) -> usize {
+        let timing = Timing::default();
+        let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+        for i in 0..total {
+            registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], timing)).await.unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < duration {
+            tokio::time::sleep(timing.interval).await;
+            for i in 0..alive {
+                registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], timing)).await.unwrap();
+            }
+        }
+        let mut expiries = 0;
+        while let Ok(Some(Ok(item))) = tokio::time::timeout(Duration::from_millis(1), watch.next()).await {
+            if matches!(item, WatchEvent::Event(e) if e.kind == EventKind::Deregistered) {
+                expiries += 1;
+            }
+        }
+        expiries
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn off_by_default_mass_expiry_is_announced() {
+        let registry = registry(None);
+        assert_eq!(run(&registry, 20, 5, Duration::from_secs(30)).await, 15);
+        assert!(!registry.is_preserving());
+        assert_eq!(registry.list_active().await.unwrap().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_then_resumes_when_heartbeats_return() {
+        let registry = registry(Some(PRESERVE));
+        assert_eq!(run(&registry, 20, 5, Duration::from_secs(30)).await, 0, "no expiry while preserving");
+        assert!(registry.is_preserving());
+        assert_eq!(registry.list_active().await.unwrap().len(), 20, "overdue nodes stay listed");
+        // The cut heals: everyone heartbeats again; nobody was announced as gone.
+        assert_eq!(run(&registry, 20, 20, Duration::from_secs(5)).await, 0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!registry.is_preserving(), "the pause ends once heartbeats are back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_is_bounded() {
+        let registry = registry(Some(PRESERVE));
+        run(&registry, 20, 5, Duration::from_secs(30)).await;
+        assert!(registry.is_preserving());
+        // Keep the survivors alive past the longest pause: the dead are then announced.
+        let expired = run(&registry, 5, 5, PRESERVE.max_pause).await;
+        assert!(!registry.is_preserving());
+        assert_eq!(expired, 15, "a real mass failure is still announced after max_pause");
+        assert_eq!(registry.list_active().await.unwrap().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_registries_never_pause() {
+        let registry = registry(Some(PRESERVE));
+        assert_eq!(run(&registry, 6, 1, Duration::from_secs(30)).await, 5);
+        assert!(!registry.is_preserving());
     }
 }

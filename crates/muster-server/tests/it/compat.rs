@@ -81,6 +81,7 @@ async fn register_heartbeat_resolve_services_stats_health_delete() {
             "activeServices",
             "cleanupInterval",
             "heartbeatTimeout",
+            "selfPreservation",
             "services",
             "timestamp",
             "totalCleanups",

@@ -271,6 +271,7 @@ async fn ready_and_health() {
     let server = TestServer::memory().await;
     let (status, body) = get(&server, "/ready").await;
     assert_eq!((status, body["status"].clone()), (StatusCode::OK, json!("ready")));
+    assert_eq!(body["selfPreservation"], false);
     let (status, body) = get(&server, "/health").await;
     assert_eq!(
         (status, body["status"].clone(), body["service"].clone()),

@@ -67,6 +67,7 @@ fn bad_settings_exit_2_naming_the_setting() {
         (vec!["serve"], Some(("PORT", "http")), "PORT"),
         (vec!["serve"], Some(("MAX_INSTANCES_PER_SERVICE", "many")), "MAX_INSTANCES_PER_SERVICE"),
         (vec!["frobnicate"], None, "unrecognized subcommand"),
+        (vec!["serve", "--self-preservation", "2"], None, "--self-preservation"),
     ] {
         let mut command = muster();
         command.args(&args);
