@@ -29,6 +29,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings, named as the flags without dashes (`listen = "0.0.0.0:3100"`,
+    /// `default-ttl = "20s"`). Flags and environment variables take precedence.
+    #[arg(long, env = "MUSTER_CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// Address to listen on. Alias: `PORT` (listens on 127.0.0.1:PORT).
     #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:3100")]
     listen: SocketAddr,
@@ -100,11 +104,13 @@ fn main() -> std::process::ExitCode {
         Err(error) => error.exit(),
     };
     let Command::Serve(args) = &mut cli.command;
-    if let Some(("serve", serve)) = matches.subcommand()
-        && let Err(message) = apply_aliases(args, serve, |key| std::env::var(key).ok())
-    {
-        eprintln!("error: {message}");
-        return std::process::ExitCode::from(2);
+    if let Some(("serve", serve)) = matches.subcommand() {
+        let settled = apply_config_file(args, serve)
+            .and_then(|()| apply_aliases(args, serve, |key| std::env::var(key).ok()));
+        if let Err(message) = settled {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::from(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -120,6 +126,67 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Fills settings left at their default from the `--config` TOML file: each key is re-parsed
+/// through the same command-line parser, so a file value is validated exactly like a flag.
+fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result<(), String> {
+    let Some(path) = args.config.clone() else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let mut argv = vec!["muster".to_owned(), "serve".to_owned()];
+    let mut applied = Vec::new();
+    for (key, value) in &table {
+        let id = key.replace('-', "_");
+        let known = Cli::command()
+            .find_subcommand("serve")
+            .is_some_and(|serve| serve.get_arguments().any(|a| a.get_id() == id.as_str() && id != "config"));
+        if !known {
+            return Err(format!("--config {}: unknown setting `{key}`", path.display()));
+        }
+        if matches.value_source(&id).is_some_and(|source| source != ValueSource::DefaultValue) {
+            continue; // a flag or an environment variable wins
+        }
+        match value {
+            toml::Value::Boolean(true) => argv.push(format!("--{key}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => argv.push(format!("--{key}={s}")),
+            toml::Value::Integer(n) => argv.push(format!("--{key}={n}")),
+            toml::Value::Float(f) => argv.push(format!("--{key}={f}")),
+            _ => {
+                return Err(format!(
+                    "--config {}: `{key}` must be a string, number or boolean",
+                    path.display()
+                ));
+            }
+        }
+        applied.push(id);
+    }
+    let parsed = Cli::try_parse_from(&argv).map_err(|e| {
+        format!("--config {}: {}", path.display(), e.to_string().lines().next().unwrap_or_default())
+    })?;
+    let Command::Serve(from_file) = parsed.command;
+    for id in applied {
+        match id.as_str() {
+            "listen" => args.listen = from_file.listen,
+            "redis" => args.redis = from_file.redis.clone(),
+            "data_dir" => args.data_dir = from_file.data_dir.clone(),
+            "self_preservation" => args.self_preservation = from_file.self_preservation,
+            "prefix" => args.prefix = from_file.prefix.clone(),
+            "pubsub" => args.pubsub = from_file.pubsub,
+            "default_ttl" => args.default_ttl = from_file.default_ttl,
+            "compat_ttl" => args.compat_ttl = from_file.compat_ttl,
+            "cleanup_interval" => args.cleanup_interval = from_file.cleanup_interval,
+            "max_instances_per_service" => {
+                args.max_instances_per_service = from_file.max_instances_per_service
+            }
+            "allowed_origins" => args.allowed_origins = from_file.allowed_origins.clone(),
+            "body_limit" => args.body_limit = from_file.body_limit,
+            "log_format" => args.log_format = from_file.log_format.clone(),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Fills settings left at their default from the seed-003 variables.

@@ -156,3 +156,42 @@ async fn data_dir_survives_a_restart() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--data-dir"));
 }
+
+/// `--config` reads a TOML file; flags win over it; bad files name the problem.
+#[tokio::test]
+async fn config_file() {
+    let dir = std::env::temp_dir().join(format!("muster-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("muster.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\ncompat-ttl = \"42s\"\ncleanup-interval = \"7s\"\n")
+        .unwrap();
+    let mut child = muster()
+        .args(["serve", "--cleanup-interval", "9s", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let stats: serde_json::Value = reqwest::get(format!("{base}/stats")).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["heartbeatTimeout"], "42s", "taken from the file");
+    assert_eq!(stats["cleanupInterval"], "9s", "the flag wins over the file");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+
+    for (content, expect) in [
+        ("colour = \"blue\"", "unknown setting `colour`"),
+        ("default-ttl = \"soon\"", "default-ttl"),
+        ("listen = [1, 2]", "must be a string"),
+        ("this is not toml", "muster.toml"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let output = muster().args(["serve", "--config"]).arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{content}: {stderr}");
+        assert!(stderr.contains(expect), "{content}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
