@@ -2,6 +2,8 @@
 //! loopback port, and prints a Markdown report.
 //!
 //! `cargo run --release -p muster-bench -- redis [--seconds N]`
+//! `cargo run --release -p muster-bench -- fanout [--watchers N]` — N server-sent-event watchers on
+//! an in-process server; the time until every one has seen a registration.
 
 #![allow(clippy::print_stdout)]
 
@@ -24,8 +26,17 @@ const CONCURRENCY: usize = 50;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok());
+    if args.first().map(String::as_str) == Some("fanout") {
+        let watchers = flag("--watchers").unwrap_or(1000u64);
+        if let Err(error) = fanout(usize::try_from(watchers).unwrap_or(1000)).await {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) != Some("redis") {
-        eprintln!("usage: muster-bench redis [--seconds N]");
+        eprintln!("usage: muster-bench redis [--seconds N] | muster-bench fanout [--watchers N]");
         std::process::exit(2);
     }
     let seconds = args
@@ -352,4 +363,55 @@ async fn failure_detection(
         }
     }
     Ok(percentiles(samples))
+}
+
+/// Opens `watchers` SSE streams on an in-process server, registers one node, and measures how long
+/// until each stream has delivered the event.
+async fn fanout(watchers: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    let state = muster_server::AppState::new(registry, muster_server::ServerConfig::default());
+    tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(watchers).build()?;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<Instant>(watchers);
+    for _ in 0..watchers {
+        let response = client.get(format!("{base}/v1/watch?snapshot=true")).send().await?;
+        let (ready_tx, seen_tx) = (ready_tx.clone(), seen_tx.clone());
+        tokio::spawn(async move {
+            let mut stream = response.bytes_stream();
+            let mut text = String::new();
+            let mut ready = false;
+            while let Some(Ok(chunk)) = stream.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if !ready && text.contains("event: resync") {
+                    ready = true;
+                    let _ = ready_tx.send(()).await;
+                }
+                if text.contains("event: registered") {
+                    let _ = seen_tx.send(Instant::now()).await;
+                    return;
+                }
+            }
+        });
+    }
+    for _ in 0..watchers {
+        ready_rx.recv().await.ok_or("a watcher failed to connect")?;
+    }
+    let begun = Instant::now();
+    let response = client
+        .put(format!("{base}/v1/nodes/fanout-1"))
+        .json(&serde_json::json!({"address": "10.0.0.1:80", "services": [{"name": "fanout"}]}))
+        .send()
+        .await?;
+    assert!(response.status().is_success());
+    let mut samples = Vec::with_capacity(watchers);
+    for _ in 0..watchers {
+        let at = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.ok_or("a watcher ended")?;
+        samples.push(at.saturating_duration_since(begun));
+    }
+    let p = percentiles(samples);
+    println!("| {watchers} SSE watchers: time from the register call until each has the event | p50 {}, p99 {}, all {} |", fmt(p.p50), fmt(p.p99), fmt(p.max));
+    Ok(())
 }
