@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /register` and `POST /heartbeat` bodies (`metadata` only on registration).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceRequest {
     /// Service name.
     pub name: String,
@@ -17,7 +17,7 @@ pub struct InstanceRequest {
 }
 
 /// An instance as the seed-003 routes show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompatInstance {
     /// Instance id.
@@ -43,7 +43,7 @@ pub struct CompatInstance {
 }
 
 /// Answer to `POST /register` and `POST /heartbeat`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceResponse {
     /// `Service registered successfully` or `Heartbeat updated`.
     pub message: String,
@@ -54,7 +54,7 @@ pub struct InstanceResponse {
 }
 
 /// Answer to `GET /resolve/{name}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolveResponse {
     /// The service.
@@ -68,7 +68,7 @@ pub struct ResolveResponse {
 }
 
 /// One service in `GET /services`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompatService {
     /// Instances.
@@ -80,7 +80,7 @@ pub struct CompatService {
 }
 
 /// Answer to `GET /services`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicesResponse {
     /// Number of services.
@@ -96,7 +96,7 @@ pub struct ServicesResponse {
 }
 
 /// Answer to `GET /stats`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsResponse {
     /// Registrations since start.
@@ -125,7 +125,7 @@ pub struct StatsResponse {
 }
 
 /// Answer to `GET /health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthResponse {
     /// `healthy`.
     pub status: String,
@@ -140,7 +140,7 @@ pub struct HealthResponse {
 }
 
 /// Answer to `DELETE /services/{name}/instances?ip=&port=`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemovedResponse {
     /// `Service instance removed`.
     pub message: String,

@@ -12,7 +12,7 @@ pub mod compat;
 pub mod v1;
 
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
@@ -22,7 +22,7 @@ pub struct ErrorBody {
 }
 
 /// The machine-readable code and the human-readable message of an error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: `invalid_input`, `malformed_json`, `not_found`, `limit_exceeded`, `conflict`,
     /// `payload_too_large`, `unavailable`, `internal`.

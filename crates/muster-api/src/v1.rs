@@ -4,7 +4,7 @@ use muster_core::{Metadata, NodeInfo, NodeStatus, Revision, ServiceInfo};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/nodes` (generated id) or `PUT /v1/nodes/{id}` (chosen id, idempotent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
     /// `host:port` (IPv6 in brackets).
@@ -23,7 +23,7 @@ pub struct RegisterRequest {
 }
 
 /// Answer to a registration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterResponse {
     /// The node id to heartbeat with.
@@ -35,7 +35,7 @@ pub struct RegisterResponse {
 }
 
 /// `PUT /v1/nodes/{id}/heartbeat`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The node's current status (kept when absent).
@@ -44,7 +44,7 @@ pub struct HeartbeatRequest {
 }
 
 /// `PATCH /v1/nodes/{id}`: the fields to change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateRequest {
     /// New `host:port`.
@@ -62,7 +62,7 @@ pub struct UpdateRequest {
 }
 
 /// `GET /v1/nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeList {
     /// Revision of the registry when read.
@@ -72,7 +72,7 @@ pub struct NodeList {
 }
 
 /// One service in `GET /v1/services`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSummary {
     /// Service name.
@@ -84,7 +84,7 @@ pub struct ServiceSummary {
 }
 
 /// `GET /v1/services`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceList {
     /// Revision of the registry when read.
@@ -94,7 +94,7 @@ pub struct ServiceList {
 }
 
 /// One instance of a service: what a caller needs to reach it (the registry SDK's discovery fields).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
     /// Node id.
@@ -126,7 +126,7 @@ pub struct Instance {
 }
 
 /// `GET /v1/services/{name}/instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceList {
     /// The service.
@@ -167,7 +167,7 @@ pub fn instances_of(node: &NodeInfo, matches: impl Fn(&ServiceInfo) -> bool) -> 
 }
 
 /// Data of the `resync` server-sent event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResyncData {
     /// The revision the nodes reflect; later events follow it.

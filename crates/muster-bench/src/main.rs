@@ -26,7 +26,9 @@ const CONCURRENCY: usize = 50;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok());
+    let flag = |name: &str| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok())
+    };
     if args.first().map(String::as_str) == Some("fanout") {
         let watchers = flag("--watchers").unwrap_or(1000u64);
         if let Err(error) = fanout(usize::try_from(watchers).unwrap_or(1000)).await {
@@ -408,10 +410,16 @@ async fn fanout(watchers: usize) -> Result<(), Box<dyn std::error::Error>> {
     assert!(response.status().is_success());
     let mut samples = Vec::with_capacity(watchers);
     for _ in 0..watchers {
-        let at = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.ok_or("a watcher ended")?;
+        let at =
+            tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.ok_or("a watcher ended")?;
         samples.push(at.saturating_duration_since(begun));
     }
     let p = percentiles(samples);
-    println!("| {watchers} SSE watchers: time from the register call until each has the event | p50 {}, p99 {}, all {} |", fmt(p.p50), fmt(p.p99), fmt(p.max));
+    println!(
+        "| {watchers} SSE watchers: time from the register call until each has the event | p50 {}, p99 {}, all {} |",
+        fmt(p.p50),
+        fmt(p.p99),
+        fmt(p.max)
+    );
     Ok(())
 }

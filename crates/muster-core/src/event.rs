@@ -8,6 +8,7 @@ use crate::node::NodeInfo;
 
 /// A position in a registry's event history. Strictly increasing per registry; `Revision(0)` is
 /// "before the first event".
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Revision(pub u64);
@@ -30,6 +31,7 @@ impl fmt::Display for Revision {
 }
 
 /// What happened to a node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     /// The node appeared (first heartbeat, or first after it had gone).
@@ -44,6 +46,7 @@ pub enum EventKind {
 }
 
 /// Why a node was deregistered.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeregisterReason {
@@ -58,6 +61,7 @@ pub enum DeregisterReason {
 }
 
 /// One change to the registry, at one revision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DiscoveryEvent {

@@ -55,6 +55,7 @@ pub fn validate_version(version: &str) -> Result<()> {
 /// The unique id of a node: 1–128 of `A-Z a-z 0-9 - _ . :`, starting with a letter or digit.
 ///
 /// Braces, spaces and slashes are refused because ids become parts of store keys and URLs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "users-1"))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct NodeId(String);

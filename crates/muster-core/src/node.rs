@@ -16,6 +16,7 @@ pub const MIN_TTL: Duration = Duration::from_millis(100);
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
 
 /// A node's self-reported health (the statuses of the registry SDK).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum NodeStatus {
@@ -62,12 +63,14 @@ impl std::str::FromStr for NodeStatus {
 }
 
 /// A node as stored in the registry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     /// Unique id of the node.
     pub node_id: NodeId,
     /// Where the node is reached.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "10.0.0.7:8080"))]
     pub address: Address,
     /// Services the node provides.
     pub services: Vec<ServiceInfo>,

@@ -55,6 +55,7 @@ pub fn validate_metadata(metadata: &Metadata) -> Result<()> {
 ///
 /// Serializes as the Titan JSON `{"name":..,"version":..}`; `version` is left out when absent and
 /// the additive fields (`metadata`, `weight`) when empty, so Titan readers see what they expect.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceInfo {
     /// Service name, e.g. `user-service`.

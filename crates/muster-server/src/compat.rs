@@ -79,6 +79,10 @@ fn compat_instance(node: &NodeInfo, with_name: bool) -> CompatInstance {
     }
 }
 
+#[utoipa::path(post, path = "/register", tag = "seed-003", request_body = muster_api::compat::InstanceRequest,
+    responses((status = 201, description = "Registered", body = muster_api::compat::InstanceResponse),
+        (status = 400, description = "Invalid input", body = muster_api::ErrorBody),
+        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody)))]
 pub(crate) async fn register(
     State(state): State<AppState>,
     CompatJson(request): CompatJson<InstanceRequest>,
@@ -121,6 +125,10 @@ pub(crate) async fn register(
     ))
 }
 
+#[utoipa::path(post, path = "/heartbeat", tag = "seed-003", request_body = muster_api::compat::InstanceRequest,
+    responses((status = 200, description = "Heartbeat updated", body = muster_api::compat::InstanceResponse),
+        (status = 400, description = "Invalid input", body = muster_api::ErrorBody),
+        (status = 404, description = "No such instance: register again", body = muster_api::ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     CompatJson(request): CompatJson<InstanceRequest>,
@@ -140,6 +148,9 @@ pub(crate) async fn heartbeat(
     Ok(Json(InstanceResponse { message: "Heartbeat updated".into(), instance, timestamp: now() }))
 }
 
+#[utoipa::path(get, path = "/resolve/{name}", tag = "seed-003", params(("name" = String, Path, description = "Service name")),
+    responses((status = 200, description = "Healthy instances", body = muster_api::compat::ResolveResponse),
+        (status = 404, description = "No healthy instance", body = muster_api::ErrorBody)))]
 pub(crate) async fn resolve(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -158,6 +169,8 @@ pub(crate) async fn resolve(
     }))
 }
 
+#[utoipa::path(get, path = "/services", tag = "seed-003",
+    responses((status = 200, description = "Services and their instances", body = muster_api::compat::ServicesResponse)))]
 pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<ServicesResponse>, ApiError> {
     let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
     let mut services: BTreeMap<String, CompatService> = BTreeMap::new();
@@ -183,6 +196,8 @@ pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<Servi
     }))
 }
 
+#[utoipa::path(get, path = "/stats", tag = "seed-003",
+    responses((status = 200, description = "Registry statistics", body = muster_api::compat::StatsResponse)))]
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
     let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
     let names: std::collections::BTreeSet<String> =
@@ -203,6 +218,8 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<StatsRes
     }))
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Liveness (seed-003 shape)", body = muster_api::compat::HealthResponse)))]
 pub(crate) async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "healthy".into(),
@@ -219,6 +236,11 @@ pub(crate) struct InstanceAddress {
     port: u16,
 }
 
+#[utoipa::path(delete, path = "/services/{name}/instances", tag = "seed-003",
+    params(("name" = String, Path, description = "Service name"), ("ip" = String, Query, description = "Instance IP"), ("port" = u16, Query, description = "Instance port")),
+    responses((status = 200, description = "Removed", body = muster_api::compat::RemovedResponse),
+        (status = 400, description = "Invalid input", body = muster_api::ErrorBody),
+        (status = 404, description = "No such instance", body = muster_api::ErrorBody)))]
 pub(crate) async fn remove_instance(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -187,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(compat::health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config().body_limit))
@@ -199,6 +200,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /ready`: 200 when the store answers, 503 otherwise.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "The store answers"), (status = 503, description = "The store is unreachable")))]
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     match state.registry().current_revision().await {
         Ok(revision) => (
@@ -214,6 +217,43 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             axum::Json(serde_json::json!({"status": "unavailable", "error": error.message()})),
         ),
     }
+}
+
+/// The OpenAPI description of every route, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Muster registry API", description = "Service discovery and registration."),
+    paths(
+        v1::register_generated,
+        v1::register_with_id,
+        v1::heartbeat,
+        v1::get_node,
+        v1::update_node,
+        v1::deregister_node,
+        v1::list_nodes,
+        v1::list_services,
+        v1::instances,
+        watch::watch,
+        compat::register,
+        compat::heartbeat,
+        compat::resolve,
+        compat::services,
+        compat::stats,
+        compat::health,
+        compat::remove_instance,
+        ready,
+        metrics::metrics,
+        openapi,
+    ),
+    components(schemas(muster_api::v1::ResyncData, muster_core::EventKind, muster_core::DeregisterReason))
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document")))]
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 async fn not_found() -> ApiError {

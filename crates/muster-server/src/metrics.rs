@@ -98,6 +98,8 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = &state.inner.metrics;
     metrics.self_preservation.set(i64::from(state.registry().is_preserving()));

@@ -25,6 +25,11 @@ use crate::error::{ApiError, ApiJson, ApiQuery};
 /// Header carrying the registry revision an answer reflects (for blocking queries).
 pub(crate) const INDEX_HEADER: &str = "x-muster-index";
 
+#[utoipa::path(post, path = "/v1/nodes", tag = "v1", request_body = muster_api::v1::RegisterRequest,
+    responses((status = 201, description = "Registered with a generated id", body = muster_api::v1::RegisterResponse),
+        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody),
+        (status = 413, description = "Body too large", body = muster_api::ErrorBody),
+        (status = 415, description = "Not JSON", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn register_generated(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
@@ -32,6 +37,13 @@ pub(crate) async fn register_generated(
     register(&state, NodeId::generate("node"), request).await
 }
 
+#[utoipa::path(put, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
+    request_body = muster_api::v1::RegisterRequest,
+    responses((status = 201, description = "Registered", body = muster_api::v1::RegisterResponse),
+        (status = 200, description = "Already registered: refreshed", body = muster_api::v1::RegisterResponse),
+        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody),
+        (status = 413, description = "Body too large", body = muster_api::ErrorBody),
+        (status = 415, description = "Not JSON", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn register_with_id(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -85,6 +97,10 @@ pub(crate) async fn check_instance_limit(
     Ok(())
 }
 
+#[utoipa::path(put, path = "/v1/nodes/{id}/heartbeat", tag = "v1", params(("id" = String, Path, description = "Node id")),
+    request_body(content = muster_api::v1::HeartbeatRequest, description = "Optional: the current status"),
+    responses((status = 200, description = "Heartbeat recorded", body = muster_core::NodeInfo),
+        (status = 404, description = "Unknown id: register again", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -122,6 +138,9 @@ pub(crate) async fn refresh(
     Ok(outcome.node)
 }
 
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
+    responses((status = 200, description = "The node", body = muster_core::NodeInfo),
+        (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn get_node(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -133,6 +152,10 @@ pub(crate) async fn get_node(
     }
 }
 
+#[utoipa::path(patch, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
+    request_body = muster_api::v1::UpdateRequest,
+    responses((status = 200, description = "The updated node", body = muster_core::NodeInfo),
+        (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn update_node(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -158,6 +181,9 @@ pub(crate) async fn update_node(
     Ok(Json(state.registry().update(&id, update).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
+    responses((status = 204, description = "Deregistered"),
+        (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn deregister_node(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -178,6 +204,9 @@ pub(crate) struct ListParams {
     all: bool,
 }
 
+#[utoipa::path(get, path = "/v1/nodes", tag = "v1",
+    params(("all" = Option<bool>, Query, description = "Include nodes whose TTL ran out but that were not removed yet")),
+    responses((status = 200, description = "Nodes ordered by id", body = muster_api::v1::NodeList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn list_nodes(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -188,6 +217,8 @@ pub(crate) async fn list_nodes(
     Ok(Json(NodeList { revision, nodes }))
 }
 
+#[utoipa::path(get, path = "/v1/services", tag = "v1",
+    responses((status = 200, description = "Services with versions and instance counts", body = muster_api::v1::ServiceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<ServiceList>, ApiError> {
     let revision = state.registry().current_revision().await?;
     let mut services: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
@@ -212,6 +243,15 @@ pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<
 }
 
 /// `GET /v1/services/{name}/instances?version=1.2.0|versionReq=^1.2&status=UP&meta.zone=eu&index=N&wait=30s`.
+#[utoipa::path(get, path = "/v1/services/{name}/instances", tag = "v1",
+    params(("name" = String, Path, description = "Service name"),
+        ("version" = Option<String>, Query, description = "Exact version"),
+        ("versionReq" = Option<String>, Query, description = "Semver requirement, e.g. ^1.2"),
+        ("status" = Option<String>, Query, description = "UP, DOWN, STARTING or STOPPING"),
+        ("meta.<key>" = Option<String>, Query, description = "Metadata equality, e.g. meta.zone=eu"),
+        ("index" = Option<u64>, Query, description = "Blocking query: wait for a revision after this one"),
+        ("wait" = Option<String>, Query, description = "Longest wait of a blocking query, e.g. 30s")),
+    responses((status = 200, description = "Matching instances; header X-Muster-Index carries the revision", body = muster_api::v1::InstanceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn instances(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -310,6 +310,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let _ = writeln!(out, "muster {} serving on {base} (store: {store})", env!("CARGO_PKG_VERSION"));
         let _ = writeln!(out, "  API:     {base}/v1/nodes  {base}/v1/services");
         let _ = writeln!(out, "  watch:   {base}/v1/watch (server-sent events)");
+        let _ = writeln!(out, "  openapi: {base}/openapi.json");
         let _ = writeln!(out, "  health:  {base}/health  {base}/ready  metrics: {base}/metrics");
         let _ =
             writeln!(out, "  seed-003 routes: {base}/register /heartbeat /resolve/{{name}} /services /stats");

@@ -353,3 +353,44 @@ async fn metrics_and_request_ids() {
         client().get(server.url("/health")).header("x-request-id", "trace-me").send().await.unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-me");
 }
+
+/// `/openapi.json` describes every route with its error responses.
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let server = TestServer::memory().await;
+    let (status, spec) = get(&server, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/v1/nodes", "post"),
+        ("/v1/nodes", "get"),
+        ("/v1/nodes/{id}", "put"),
+        ("/v1/nodes/{id}", "get"),
+        ("/v1/nodes/{id}", "patch"),
+        ("/v1/nodes/{id}", "delete"),
+        ("/v1/nodes/{id}/heartbeat", "put"),
+        ("/v1/services", "get"),
+        ("/v1/services/{name}/instances", "get"),
+        ("/v1/watch", "get"),
+        ("/register", "post"),
+        ("/heartbeat", "post"),
+        ("/resolve/{name}", "get"),
+        ("/services", "get"),
+        ("/services/{name}/instances", "delete"),
+        ("/stats", "get"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(spec["paths"][path][method].is_object(), "{method} {path} missing from the spec");
+    }
+    let register = &spec["paths"]["/v1/nodes/{id}"]["put"]["responses"];
+    for code in ["200", "201", "400", "409", "413", "415", "503"] {
+        assert!(register[code].is_object(), "PUT /v1/nodes/{{id}} lacks {code}");
+    }
+    for schema in ["NodeInfo", "ErrorBody", "RegisterRequest", "Instance", "DiscoveryEvent", "ResyncData"] {
+        assert!(spec["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    }
+    assert_eq!(spec["components"]["schemas"]["NodeInfo"]["properties"]["address"]["type"], "string");
+}
