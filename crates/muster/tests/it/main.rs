@@ -145,10 +145,43 @@ async fn data_dir_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    let revision = client
+        .get(format!("{base}/v1/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["revision"]
+        .as_u64()
+        .unwrap();
     stop(child);
     let (child, base) = start();
     let response = client.get(format!("{base}/v1/nodes/kept")).send().await.unwrap();
     assert_eq!(response.status(), 200, "the registration survived the restart");
+    // A watcher resumes across the restart from its Last-Event-ID: the next event follows it.
+    let watch = client
+        .get(format!("{base}/v1/watch"))
+        .header("last-event-id", revision.to_string())
+        .send()
+        .await
+        .unwrap();
+    client.delete(format!("{base}/v1/nodes/kept")).send().await.unwrap();
+    let mut stream = watch.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), futures_next(&mut stream))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.starts_with("event: deregistered"),
+        "no resync needed after a restart with --data-dir: {text}"
+    );
+    assert!(text.contains(&format!("id: {}", revision + 1)), "{text}");
     stop(child);
     let _ = std::fs::remove_dir_all(&dir);
     let output =
@@ -194,4 +227,9 @@ async fn config_file() {
         assert!(stderr.contains(expect), "{content}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn futures_next<S: futures::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    use futures::StreamExt;
+    stream.next().await
 }
