@@ -19,23 +19,30 @@ fn muster() -> Command {
     command
 }
 
+/// Starts `muster serve` with `args`; returns the process, its base URL and its first output line.
+fn spawn_serve<I, S>(args: I, env: &[(&str, &str)]) -> (std::process::Child, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = muster();
+    command.arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    (child, base, first)
+}
+
 #[tokio::test]
 async fn serve_answers_and_stops_on_sigterm() {
-    let mut child = muster()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("HEARTBEAT_TIMEOUT_SECONDS", "30")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut first).unwrap();
+    // spawn_serve closes the server's stdout after the first line: that must not stop it.
+    let (mut child, base, first) =
+        spawn_serve(["--listen", "127.0.0.1:0"], &[("HEARTBEAT_TIMEOUT_SECONDS", "30")]);
     assert!(first.contains("store: embedded memory"), "{first}");
-    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-
-    // Also a closed stdout must not stop the server.
-    drop(stdout);
     let client = reqwest::Client::new();
     let health: serde_json::Value =
         client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
@@ -119,17 +126,14 @@ async fn data_dir_survives_a_restart() {
     let dir = std::env::temp_dir().join(format!("muster-cli-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let start = || {
-        let mut child = muster()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let args = [
+            std::ffi::OsStr::new("--listen"),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ];
+        let (child, base, first) = spawn_serve(args, &[]);
         assert!(first.contains("persisted in"), "{first}");
-        let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
         (child, base)
     };
     let stop = |mut child: std::process::Child| {
@@ -198,16 +202,9 @@ async fn config_file() {
     let file = dir.join("muster.toml");
     std::fs::write(&file, "listen = \"127.0.0.1:0\"\ncompat-ttl = \"42s\"\ncleanup-interval = \"7s\"\n")
         .unwrap();
-    let mut child = muster()
-        .args(["serve", "--cleanup-interval", "9s", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let args =
+        [std::ffi::OsStr::new("--cleanup-interval"), "9s".as_ref(), "--config".as_ref(), file.as_os_str()];
+    let (mut child, base, _) = spawn_serve(args, &[]);
     let stats: serde_json::Value = reqwest::get(format!("{base}/stats")).await.unwrap().json().await.unwrap();
     assert_eq!(stats["heartbeatTimeout"], "42s", "taken from the file");
     assert_eq!(stats["cleanupInterval"], "9s", "the flag wins over the file");
