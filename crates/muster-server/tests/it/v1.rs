@@ -394,3 +394,29 @@ async fn openapi_describes_every_route() {
     }
     assert_eq!(spec["components"]["schemas"]["NodeInfo"]["properties"]["address"]["type"], "string");
 }
+
+/// CORS allows the configured origins only.
+#[tokio::test]
+async fn cors_allows_configured_origins() {
+    let server = TestServer::start(
+        std::sync::Arc::new(muster_memory::MemoryRegistry::new()),
+        ServerConfig { allowed_origins: vec!["http://dash.example".into()], ..ServerConfig::default() },
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, server.url("/v1/nodes/n1"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("http://dash.example").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://dash.example");
+    assert!(allowed.headers()["access-control-allow-methods"].to_str().unwrap().contains("PUT"));
+    let refused = preflight("http://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    let simple =
+        client().get(server.url("/health")).header("origin", "http://dash.example").send().await.unwrap();
+    assert_eq!(simple.headers()["access-control-allow-origin"], "http://dash.example");
+}
