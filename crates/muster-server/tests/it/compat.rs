@@ -14,133 +14,133 @@ fn keys(value: &Value) -> Vec<&str> {
     keys
 }
 
-#[tokio::test]
-async fn register_heartbeat_resolve_services_stats_health_delete() {
-    let server = TestServer::memory().await;
-    let body = json!({"name": "user-service", "ip": "127.0.0.1", "port": 3001, "metadata": {"version": "1.0.0", "environment": "development"}});
-    let response = client().post(server.url("/register")).json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 201);
-    let registered: Value = response.json().await.unwrap();
-    assert_eq!(keys(&registered), ["instance", "message", "timestamp"]);
-    assert_eq!(registered["message"], "Service registered successfully");
-    assert_eq!(keys(&registered["instance"]), ["id", "ip", "name", "port", "registeredAt", "status"]);
-    assert_eq!(registered["instance"]["status"], "healthy");
-    assert!(is_iso(&registered["instance"]["registeredAt"]) && is_iso(&registered["timestamp"]));
-    let id = registered["instance"]["id"].clone();
-    // Registering the same instance again keeps its id.
-    let again: Value =
-        client().post(server.url("/register")).json(&body).send().await.unwrap().json().await.unwrap();
-    assert_eq!(again["instance"]["id"], id);
+crate::on_both_stores! {
+    async fn register_heartbeat_resolve_services_stats_health_delete(server: TestServer) {
+        let body = json!({"name": "user-service", "ip": "127.0.0.1", "port": 3001, "metadata": {"version": "1.0.0", "environment": "development"}});
+        let response = client().post(server.url("/register")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        let registered: Value = response.json().await.unwrap();
+        assert_eq!(keys(&registered), ["instance", "message", "timestamp"]);
+        assert_eq!(registered["message"], "Service registered successfully");
+        assert_eq!(keys(&registered["instance"]), ["id", "ip", "name", "port", "registeredAt", "status"]);
+        assert_eq!(registered["instance"]["status"], "healthy");
+        assert!(is_iso(&registered["instance"]["registeredAt"]) && is_iso(&registered["timestamp"]));
+        let id = registered["instance"]["id"].clone();
+        // Registering the same instance again keeps its id.
+        let again: Value =
+            client().post(server.url("/register")).json(&body).send().await.unwrap().json().await.unwrap();
+        assert_eq!(again["instance"]["id"], id);
 
-    let response = client()
-        .post(server.url("/heartbeat"))
-        .json(&json!({"name": "user-service", "ip": "127.0.0.1", "port": 3001}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let beat: Value = response.json().await.unwrap();
-    assert_eq!(beat["message"], "Heartbeat updated");
-    assert_eq!(keys(&beat["instance"]), ["id", "ip", "lastHeartbeat", "name", "port", "status"]);
-    let response = client()
-        .post(server.url("/heartbeat"))
-        .json(&json!({"name": "user-service", "ip": "127.0.0.1", "port": 9999}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    let missing: Value = response.json().await.unwrap();
-    assert_eq!(missing["error"]["code"], "not_found");
-    assert!(is_iso(&missing["timestamp"]), "seed-003 errors carry a timestamp");
+        let response = client()
+            .post(server.url("/heartbeat"))
+            .json(&json!({"name": "user-service", "ip": "127.0.0.1", "port": 3001}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let beat: Value = response.json().await.unwrap();
+        assert_eq!(beat["message"], "Heartbeat updated");
+        assert_eq!(keys(&beat["instance"]), ["id", "ip", "lastHeartbeat", "name", "port", "status"]);
+        let response = client()
+            .post(server.url("/heartbeat"))
+            .json(&json!({"name": "user-service", "ip": "127.0.0.1", "port": 9999}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+        let missing: Value = response.json().await.unwrap();
+        assert_eq!(missing["error"]["code"], "not_found");
+        assert!(is_iso(&missing["timestamp"]), "seed-003 errors carry a timestamp");
 
-    let resolved: Value =
-        client().get(server.url("/resolve/user-service")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(keys(&resolved), ["instanceCount", "instances", "serviceName", "timestamp"]);
-    assert_eq!(
-        (resolved["serviceName"].clone(), resolved["instanceCount"].clone()),
-        (json!("user-service"), json!(1))
-    );
-    let instance = &resolved["instances"][0];
-    assert_eq!(keys(instance), ["id", "ip", "lastHeartbeat", "metadata", "port", "registeredAt", "status"]);
-    assert_eq!(instance["metadata"], json!({"environment": "development", "version": "1.0.0"}));
-    assert_eq!(client().get(server.url("/resolve/nobody")).send().await.unwrap().status(), 404);
+        let resolved: Value =
+            client().get(server.url("/resolve/user-service")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(keys(&resolved), ["instanceCount", "instances", "serviceName", "timestamp"]);
+        assert_eq!(
+            (resolved["serviceName"].clone(), resolved["instanceCount"].clone()),
+            (json!("user-service"), json!(1))
+        );
+        let instance = &resolved["instances"][0];
+        assert_eq!(keys(instance), ["id", "ip", "lastHeartbeat", "metadata", "port", "registeredAt", "status"]);
+        assert_eq!(instance["metadata"], json!({"environment": "development", "version": "1.0.0"}));
+        assert_eq!(client().get(server.url("/resolve/nobody")).send().await.unwrap().status(), 404);
 
-    let services: Value = client().get(server.url("/services")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(
-        keys(&services),
-        ["services", "timestamp", "totalHealthyInstances", "totalInstances", "totalServices"]
-    );
-    assert_eq!(services["services"]["user-service"]["instanceCount"], 1);
-    assert_eq!(services["services"]["user-service"]["healthyCount"], 1);
+        let services: Value = client().get(server.url("/services")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            keys(&services),
+            ["services", "timestamp", "totalHealthyInstances", "totalInstances", "totalServices"]
+        );
+        assert_eq!(services["services"]["user-service"]["instanceCount"], 1);
+        assert_eq!(services["services"]["user-service"]["healthyCount"], 1);
 
-    let stats: Value = client().get(server.url("/stats")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(
-        keys(&stats),
-        [
-            "activeInstances",
-            "activeServices",
-            "cleanupInterval",
-            "heartbeatTimeout",
-            "selfPreservation",
-            "services",
-            "timestamp",
-            "totalCleanups",
-            "totalHeartbeats",
-            "totalRegistrations",
-            "uptime"
-        ]
-    );
-    assert_eq!((stats["totalRegistrations"].clone(), stats["totalHeartbeats"].clone()), (json!(2), json!(1)));
-    assert_eq!(
-        (stats["heartbeatTimeout"].clone(), stats["cleanupInterval"].clone()),
-        (json!("10s"), json!("5s"))
-    );
+        let stats: Value = client().get(server.url("/stats")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            keys(&stats),
+            [
+                "activeInstances",
+                "activeServices",
+                "cleanupInterval",
+                "heartbeatTimeout",
+                "selfPreservation",
+                "services",
+                "timestamp",
+                "totalCleanups",
+                "totalHeartbeats",
+                "totalRegistrations",
+                "uptime"
+            ]
+        );
+        assert_eq!((stats["totalRegistrations"].clone(), stats["totalHeartbeats"].clone()), (json!(2), json!(1)));
+        assert_eq!(
+            (stats["heartbeatTimeout"].clone(), stats["cleanupInterval"].clone()),
+            (json!("10s"), json!("5s"))
+        );
 
-    let health: Value = client().get(server.url("/health")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(keys(&health), ["service", "status", "timestamp", "uptime", "version"]);
+        let health: Value = client().get(server.url("/health")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(keys(&health), ["service", "status", "timestamp", "uptime", "version"]);
 
-    let response = client()
-        .delete(server.url("/services/user-service/instances?ip=127.0.0.1&port=3001"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.json::<Value>().await.unwrap()["id"], id);
-    assert_eq!(client().get(server.url("/resolve/user-service")).send().await.unwrap().status(), 404);
-    assert_eq!(
-        client()
+        let response = client()
             .delete(server.url("/services/user-service/instances?ip=127.0.0.1&port=3001"))
             .send()
             .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        client()
-            .delete(server.url("/services/user-service/instances?ip=127.0.0.1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.json::<Value>().await.unwrap()["id"], id);
+        assert_eq!(client().get(server.url("/resolve/user-service")).send().await.unwrap().status(), 404);
+        assert_eq!(
+            client()
+                .delete(server.url("/services/user-service/instances?ip=127.0.0.1&port=3001"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            client()
+                .delete(server.url("/services/user-service/instances?ip=127.0.0.1"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+}
 }
 
-#[tokio::test]
-async fn bad_requests_get_400_with_timestamp() {
-    let server = TestServer::memory().await;
-    for body in [
-        json!({"name": "svc", "ip": "127.0.0.1"}),
-        json!({"name": "", "ip": "127.0.0.1", "port": 1}),
-        json!({"name": "svc", "ip": "not a host", "port": 1}),
-        json!({"name": "svc", "ip": "127.0.0.1", "port": 0}),
-    ] {
-        let response = client().post(server.url("/register")).json(&body).send().await.unwrap();
-        assert_eq!(response.status(), 400, "{body}");
-        let answer: Value = response.json().await.unwrap();
-        assert!(is_iso(&answer["timestamp"]), "{answer}");
-    }
-    let stats: Value = client().get(server.url("/stats")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(stats["activeInstances"], 0);
+crate::on_both_stores! {
+    async fn bad_requests_get_400_with_timestamp(server: TestServer) {
+        for body in [
+            json!({"name": "svc", "ip": "127.0.0.1"}),
+            json!({"name": "", "ip": "127.0.0.1", "port": 1}),
+            json!({"name": "svc", "ip": "not a host", "port": 1}),
+            json!({"name": "svc", "ip": "127.0.0.1", "port": 0}),
+        ] {
+            let response = client().post(server.url("/register")).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 400, "{body}");
+            let answer: Value = response.json().await.unwrap();
+            assert!(is_iso(&answer["timestamp"]), "{answer}");
+        }
+        let stats: Value = client().get(server.url("/stats")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(stats["activeInstances"], 0);
+}
 }

@@ -19,6 +19,8 @@ pub(crate) struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     /// The server task.
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The Redis server behind it, if any (killed on drop).
+    _redis: Option<muster_testkit::redis_server::RedisServer>,
 }
 
 impl TestServer {
@@ -30,11 +32,20 @@ impl TestServer {
         let task = tokio::spawn(muster_server::run(listener, state, async move {
             let _ = stopped.await;
         }));
-        Self { base, stop: Some(stop), task: Some(task) }
+        Self { base, stop: Some(stop), task: Some(task), _redis: None }
     }
 
     pub(crate) async fn memory() -> Self {
         Self::start(Arc::new(muster_memory::MemoryRegistry::new()), ServerConfig::default()).await
+    }
+
+    /// A server on a fresh redis-server of its own.
+    pub(crate) async fn redis() -> Self {
+        let redis = muster_testkit::redis_server::RedisServer::start().await;
+        let registry = muster_redis::RedisRegistry::connect_url(&redis.url()).await.unwrap();
+        let mut server = Self::start(Arc::new(registry), ServerConfig::default()).await;
+        server._redis = Some(redis);
+        server
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -54,6 +65,28 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// Runs an async test body once on the embedded store and once on Redis, as two tests.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($(async fn $name:ident($server:ident: TestServer) $body:block)*) => {
+        $(
+            async fn $name($server: $crate::TestServer) $body
+
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    super::$name($crate::TestServer::memory().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis() {
+                    super::$name($crate::TestServer::redis().await).await;
+                }
+            }
+        )*
+    };
 }
 
 pub(crate) fn client() -> reqwest::Client {

@@ -78,64 +78,64 @@ async fn register(server: &TestServer, id: &str, service: &str) {
     assert!(response.status().is_success());
 }
 
-#[tokio::test]
-async fn events_with_revisions_and_resume_from_last_event_id() {
-    let server = TestServer::memory().await;
-    let mut watch = SseClient::open(&server.url("/v1/watch")).await;
-    register(&server, "n1", "api").await;
-    let first = watch.next().await;
-    assert_eq!(first.name, "registered");
-    assert_eq!(first.data["type"], "NODE_REGISTERED");
-    assert_eq!(first.data["node"]["nodeId"], "n1");
-    let first_id = first.id.clone().unwrap();
-    assert_eq!(first.data["revision"].to_string(), first_id);
-    drop(watch);
+crate::on_both_stores! {
+    async fn events_with_revisions_and_resume_from_last_event_id(server: TestServer) {
+        let mut watch = SseClient::open(&server.url("/v1/watch")).await;
+        register(&server, "n1", "api").await;
+        let first = watch.next().await;
+        assert_eq!(first.name, "registered");
+        assert_eq!(first.data["type"], "NODE_REGISTERED");
+        assert_eq!(first.data["node"]["nodeId"], "n1");
+        let first_id = first.id.clone().unwrap();
+        assert_eq!(first.data["revision"].to_string(), first_id);
+        drop(watch);
 
-    // Changes while disconnected, then resume with Last-Event-ID.
-    register(&server, "n2", "api").await;
-    client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
-    let mut resumed = SseClient::open_with(&server.url("/v1/watch"), Some(&first_id)).await;
-    let a = resumed.next().await;
-    let b = resumed.next().await;
-    assert_eq!((a.name.as_str(), a.data["node"]["nodeId"].clone()), ("registered", json!("n2")));
-    assert_eq!((b.name.as_str(), b.data["reason"].clone()), ("deregistered", json!("graceful")));
-    // A revision the registry never issued: resync.
-    let mut future = SseClient::open(&server.url("/v1/watch?after=999999")).await;
-    let resync = future.next().await;
-    assert_eq!(resync.name, "resync");
-    assert_eq!(resync.data["nodes"].as_array().unwrap().len(), 1);
+        // Changes while disconnected, then resume with Last-Event-ID.
+        register(&server, "n2", "api").await;
+        client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
+        let mut resumed = SseClient::open_with(&server.url("/v1/watch"), Some(&first_id)).await;
+        let a = resumed.next().await;
+        let b = resumed.next().await;
+        assert_eq!((a.name.as_str(), a.data["node"]["nodeId"].clone()), ("registered", json!("n2")));
+        assert_eq!((b.name.as_str(), b.data["reason"].clone()), ("deregistered", json!("graceful")));
+        // A revision the registry never issued: resync.
+        let mut future = SseClient::open(&server.url("/v1/watch?after=999999")).await;
+        let resync = future.next().await;
+        assert_eq!(resync.name, "resync");
+        assert_eq!(resync.data["nodes"].as_array().unwrap().len(), 1);
+}
 }
 
-#[tokio::test]
-async fn snapshot_and_service_filter() {
-    let server = TestServer::memory().await;
-    register(&server, "a1", "alpha").await;
-    register(&server, "b1", "beta").await;
-    let mut watch = SseClient::open(&server.url("/v1/watch?snapshot=true&service=alpha")).await;
-    let resync = watch.next().await;
-    assert_eq!(resync.name, "resync");
-    assert_eq!(
-        resync.data["nodes"].as_array().unwrap().iter().map(|n| n["nodeId"].clone()).collect::<Vec<_>>(),
-        [json!("a1")]
-    );
-    register(&server, "b2", "beta").await;
-    register(&server, "a2", "alpha").await;
-    assert_eq!(watch.next().await.data["node"]["nodeId"], "a2", "beta events are filtered out");
-    // a1 stops providing alpha: its update still reaches alpha's watchers, then nothing more.
-    client()
-        .patch(server.url("/v1/nodes/a1"))
-        .json(&json!({"services": [{"name": "beta"}]}))
-        .send()
-        .await
-        .unwrap();
-    let update = watch.next().await;
-    assert_eq!((update.name.as_str(), update.data["node"]["nodeId"].clone()), ("updated", json!("a1")));
-    client().patch(server.url("/v1/nodes/a1")).json(&json!({"address": "h:9"})).send().await.unwrap();
-    assert!(watch.try_next(Duration::from_millis(300)).await.is_none());
-    let response = client().get(server.url("/v1/watch?service=bad%20name")).send().await.unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
-    let response = client().get(server.url("/v1/watch")).header("last-event-id", "abc").send().await.unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+crate::on_both_stores! {
+    async fn snapshot_and_service_filter(server: TestServer) {
+        register(&server, "a1", "alpha").await;
+        register(&server, "b1", "beta").await;
+        let mut watch = SseClient::open(&server.url("/v1/watch?snapshot=true&service=alpha")).await;
+        let resync = watch.next().await;
+        assert_eq!(resync.name, "resync");
+        assert_eq!(
+            resync.data["nodes"].as_array().unwrap().iter().map(|n| n["nodeId"].clone()).collect::<Vec<_>>(),
+            [json!("a1")]
+        );
+        register(&server, "b2", "beta").await;
+        register(&server, "a2", "alpha").await;
+        assert_eq!(watch.next().await.data["node"]["nodeId"], "a2", "beta events are filtered out");
+        // a1 stops providing alpha: its update still reaches alpha's watchers, then nothing more.
+        client()
+            .patch(server.url("/v1/nodes/a1"))
+            .json(&json!({"services": [{"name": "beta"}]}))
+            .send()
+            .await
+            .unwrap();
+        let update = watch.next().await;
+        assert_eq!((update.name.as_str(), update.data["node"]["nodeId"].clone()), ("updated", json!("a1")));
+        client().patch(server.url("/v1/nodes/a1")).json(&json!({"address": "h:9"})).send().await.unwrap();
+        assert!(watch.try_next(Duration::from_millis(300)).await.is_none());
+        let response = client().get(server.url("/v1/watch?service=bad%20name")).send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+        let response = client().get(server.url("/v1/watch")).header("last-event-id", "abc").send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+}
 }
 
 /// Shutdown ends open watch streams and the server stops.

@@ -23,137 +23,137 @@ fn node(address: &str, services: Value) -> Value {
     json!({"address": address, "services": services})
 }
 
-#[tokio::test]
-async fn register_read_update_deregister() {
-    let server = TestServer::memory().await;
-    let (status, body) =
-        put(&server, "/v1/nodes/n1", node("10.0.0.1:8080", json!([{"name": "users", "version": "1.2.0"}])))
-            .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["id"], "n1");
-    assert_eq!(body["created"], true);
-    assert_eq!(body["node"]["address"], "10.0.0.1:8080");
-    // Idempotent: the same PUT again refreshes.
-    let (status, body) =
-        put(&server, "/v1/nodes/n1", node("10.0.0.1:8080", json!([{"name": "users", "version": "1.2.0"}])))
-            .await;
-    assert_eq!((status, body["created"].clone()), (StatusCode::OK, json!(false)));
+crate::on_both_stores! {
+    async fn register_read_update_deregister(server: TestServer) {
+        let (status, body) =
+            put(&server, "/v1/nodes/n1", node("10.0.0.1:8080", json!([{"name": "users", "version": "1.2.0"}])))
+                .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["id"], "n1");
+        assert_eq!(body["created"], true);
+        assert_eq!(body["node"]["address"], "10.0.0.1:8080");
+        // Idempotent: the same PUT again refreshes.
+        let (status, body) =
+            put(&server, "/v1/nodes/n1", node("10.0.0.1:8080", json!([{"name": "users", "version": "1.2.0"}])))
+                .await;
+        assert_eq!((status, body["created"].clone()), (StatusCode::OK, json!(false)));
 
-    // Generated id.
-    let response = client()
-        .post(server.url("/v1/nodes"))
-        .json(&json!({"address": "10.0.0.2:8080", "services": [{"name": "users", "version": "2.0.0"}], "status": "STARTING", "metadata": {"zone": "eu"}, "ttlMs": 60000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let generated: Value = response.json().await.unwrap();
-    let id = generated["id"].as_str().unwrap().to_owned();
-    assert!(id.starts_with("node-"));
-    assert_eq!(generated["node"]["ttlMs"], 60000);
+        // Generated id.
+        let response = client()
+            .post(server.url("/v1/nodes"))
+            .json(&json!({"address": "10.0.0.2:8080", "services": [{"name": "users", "version": "2.0.0"}], "status": "STARTING", "metadata": {"zone": "eu"}, "ttlMs": 60000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let generated: Value = response.json().await.unwrap();
+        let id = generated["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("node-"));
+        assert_eq!(generated["node"]["ttlMs"], 60000);
 
-    let (status, body) = get(&server, &format!("/v1/nodes/{id}")).await;
-    assert_eq!(
-        (status, body["status"].clone(), body["metadata"]["zone"].clone()),
-        (StatusCode::OK, json!("STARTING"), json!("eu"))
-    );
-    let (_, list) = get(&server, "/v1/nodes").await;
-    assert_eq!(list["nodes"].as_array().unwrap().len(), 2);
-    assert!(list["revision"].as_u64().unwrap() >= 2);
-    let (_, all) = get(&server, "/v1/nodes?all=true").await;
-    assert_eq!(all["nodes"].as_array().unwrap().len(), 2);
+        let (status, body) = get(&server, &format!("/v1/nodes/{id}")).await;
+        assert_eq!(
+            (status, body["status"].clone(), body["metadata"]["zone"].clone()),
+            (StatusCode::OK, json!("STARTING"), json!("eu"))
+        );
+        let (_, list) = get(&server, "/v1/nodes").await;
+        assert_eq!(list["nodes"].as_array().unwrap().len(), 2);
+        assert!(list["revision"].as_u64().unwrap() >= 2);
+        let (_, all) = get(&server, "/v1/nodes?all=true").await;
+        assert_eq!(all["nodes"].as_array().unwrap().len(), 2);
 
-    let (_, services) = get(&server, "/v1/services").await;
-    assert_eq!(
-        services["services"],
-        json!([{"name": "users", "versions": ["1.2.0", "2.0.0"], "instances": 2}])
-    );
+        let (_, services) = get(&server, "/v1/services").await;
+        assert_eq!(
+            services["services"],
+            json!([{"name": "users", "versions": ["1.2.0", "2.0.0"], "instances": 2}])
+        );
 
-    // Update.
-    let response = client()
-        .patch(server.url("/v1/nodes/n1"))
-        .json(&json!({"address": "10.0.0.9:9000"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.unwrap()["address"], "10.0.0.9:9000");
-    let response = client().patch(server.url("/v1/nodes/n1")).json(&json!({})).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response =
-        client().patch(server.url("/v1/nodes/ghost")).json(&json!({"status": "DOWN"})).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        // Update.
+        let response = client()
+            .patch(server.url("/v1/nodes/n1"))
+            .json(&json!({"address": "10.0.0.9:9000"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.json::<Value>().await.unwrap()["address"], "10.0.0.9:9000");
+        let response = client().patch(server.url("/v1/nodes/n1")).json(&json!({})).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let response =
+            client().patch(server.url("/v1/nodes/ghost")).json(&json!({"status": "DOWN"})).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
-    // Deregister.
-    let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let (status, body) = get(&server, "/v1/nodes/n1").await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+        // Deregister.
+        let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let (status, body) = get(&server, "/v1/nodes/n1").await;
+        assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+}
 }
 
-#[tokio::test]
-async fn heartbeat_with_status_and_404_for_unknown() {
-    let server = TestServer::memory().await;
-    put(&server, "/v1/nodes/n1", node("h:1", json!([{"name": "a"}]))).await;
-    let response = client()
-        .put(server.url("/v1/nodes/n1/heartbeat"))
-        .json(&json!({"status": "DOWN"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
-    // An empty body keeps the status.
-    let response = client().put(server.url("/v1/nodes/n1/heartbeat")).send().await.unwrap();
-    assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
-    let response = client().put(server.url("/v1/nodes/ghost/heartbeat")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND, "unknown ids answer 404 so clients re-register");
-    let body: Value = response.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("register it again"));
-    let response = client()
-        .put(server.url("/v1/nodes/n1/heartbeat"))
-        .body("{\"status\":\"SLEEPY\"}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+crate::on_both_stores! {
+    async fn heartbeat_with_status_and_404_for_unknown(server: TestServer) {
+        put(&server, "/v1/nodes/n1", node("h:1", json!([{"name": "a"}]))).await;
+        let response = client()
+            .put(server.url("/v1/nodes/n1/heartbeat"))
+            .json(&json!({"status": "DOWN"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
+        // An empty body keeps the status.
+        let response = client().put(server.url("/v1/nodes/n1/heartbeat")).send().await.unwrap();
+        assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
+        let response = client().put(server.url("/v1/nodes/ghost/heartbeat")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "unknown ids answer 404 so clients re-register");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("register it again"));
+        let response = client()
+            .put(server.url("/v1/nodes/n1/heartbeat"))
+            .body("{\"status\":\"SLEEPY\"}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
 }
 
-#[tokio::test]
-async fn instances_filters() {
-    let server = TestServer::memory().await;
-    put(&server, "/v1/nodes/a", json!({"address": "10.0.0.1:1", "services": [{"name": "api", "version": "1.2.0", "weight": 5}], "metadata": {"zone": "eu"}})).await;
-    put(&server, "/v1/nodes/b", json!({"address": "[::1]:2", "services": [{"name": "api", "version": "2.0.0", "metadata": {"health": "/healthz"}}], "status": "DOWN"})).await;
-    put(&server, "/v1/nodes/c", json!({"address": "h:3", "services": [{"name": "api"}]})).await;
-    let ids = |body: &Value| {
-        body["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
-    let (_, body) = get(&server, "/v1/services/api/instances").await;
-    assert_eq!(ids(&body), ["a", "b", "c"]);
-    let first = &body["instances"][0];
-    assert_eq!(first["url"], "http://10.0.0.1:1");
-    assert_eq!(first["health"], "http://10.0.0.1:1/health");
-    assert_eq!(
-        (first["host"].clone(), first["port"].clone(), first["weight"].clone()),
-        (json!("10.0.0.1"), json!(1), json!(5))
-    );
-    assert_eq!(body["instances"][1]["host"], "::1");
-    assert_eq!(body["instances"][1]["health"], "http://[::1]:2/healthz");
-    assert_eq!(ids(&get(&server, "/v1/services/api/instances?version=1.2.0").await.1), ["a"]);
-    assert_eq!(ids(&get(&server, "/v1/services/api/instances?versionReq=%3E%3D1.0").await.1), ["a", "b"]);
-    assert_eq!(ids(&get(&server, "/v1/services/api/instances?status=UP").await.1), ["a", "c"]);
-    assert_eq!(ids(&get(&server, "/v1/services/api/instances?meta.zone=eu").await.1), ["a"]);
-    let (status, body) = get(&server, "/v1/services/api/instances?colour=red").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"]["message"].as_str().unwrap().contains("unknown parameter"));
-    assert_eq!(get(&server, "/v1/services/api/instances?versionReq=banana").await.0, StatusCode::BAD_REQUEST);
+crate::on_both_stores! {
+    async fn instances_filters(server: TestServer) {
+        put(&server, "/v1/nodes/a", json!({"address": "10.0.0.1:1", "services": [{"name": "api", "version": "1.2.0", "weight": 5}], "metadata": {"zone": "eu"}})).await;
+        put(&server, "/v1/nodes/b", json!({"address": "[::1]:2", "services": [{"name": "api", "version": "2.0.0", "metadata": {"health": "/healthz"}}], "status": "DOWN"})).await;
+        put(&server, "/v1/nodes/c", json!({"address": "h:3", "services": [{"name": "api"}]})).await;
+        let ids = |body: &Value| {
+            body["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let (_, body) = get(&server, "/v1/services/api/instances").await;
+        assert_eq!(ids(&body), ["a", "b", "c"]);
+        let first = &body["instances"][0];
+        assert_eq!(first["url"], "http://10.0.0.1:1");
+        assert_eq!(first["health"], "http://10.0.0.1:1/health");
+        assert_eq!(
+            (first["host"].clone(), first["port"].clone(), first["weight"].clone()),
+            (json!("10.0.0.1"), json!(1), json!(5))
+        );
+        assert_eq!(body["instances"][1]["host"], "::1");
+        assert_eq!(body["instances"][1]["health"], "http://[::1]:2/healthz");
+        assert_eq!(ids(&get(&server, "/v1/services/api/instances?version=1.2.0").await.1), ["a"]);
+        assert_eq!(ids(&get(&server, "/v1/services/api/instances?versionReq=%3E%3D1.0").await.1), ["a", "b"]);
+        assert_eq!(ids(&get(&server, "/v1/services/api/instances?status=UP").await.1), ["a", "c"]);
+        assert_eq!(ids(&get(&server, "/v1/services/api/instances?meta.zone=eu").await.1), ["a"]);
+        let (status, body) = get(&server, "/v1/services/api/instances?colour=red").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"]["message"].as_str().unwrap().contains("unknown parameter"));
+        assert_eq!(get(&server, "/v1/services/api/instances?versionReq=banana").await.0, StatusCode::BAD_REQUEST);
+}
 }
 
 #[tokio::test]
@@ -230,40 +230,40 @@ async fn bad_input_is_refused_and_changes_nothing() {
 }
 
 /// A blocking query answers at once when the index is old, and otherwise waits for a change.
-#[tokio::test]
-async fn blocking_query() {
-    let server = TestServer::memory().await;
-    put(&server, "/v1/nodes/a", node("h:1", json!([{"name": "api"}]))).await;
-    let response = client().get(server.url("/v1/services/api/instances")).send().await.unwrap();
-    let index: u64 = response.headers()["x-muster-index"].to_str().unwrap().parse().unwrap();
-    // Old index: immediate.
-    let response = client()
-        .get(server.url(&format!("/v1/services/api/instances?index={}&wait=10s", index - 1)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.json::<Value>().await.unwrap()["instances"].as_array().unwrap().len(), 1);
-    // Current index: waits until the next change.
-    let url = server.url(&format!("/v1/services/api/instances?index={index}&wait=10s"));
-    let waiting = tokio::spawn(async move { client().get(url).send().await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "answered before anything changed");
-    put(&server, "/v1/nodes/b", node("h:2", json!([{"name": "api"}]))).await;
-    let response = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
-    let new_index: u64 = response.headers()["x-muster-index"].to_str().unwrap().parse().unwrap();
-    assert!(new_index > index);
-    assert_eq!(response.json::<Value>().await.unwrap()["instances"].as_array().unwrap().len(), 2);
-    // Nothing changes: answers after `wait`.
-    let response = client()
-        .get(server.url(&format!("/v1/services/api/instances?index={new_index}&wait=300ms")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-muster-index"].to_str().unwrap(), new_index.to_string());
-    assert_eq!(
-        get(&server, "/v1/services/api/instances?index=1&wait=forever").await.0,
-        StatusCode::BAD_REQUEST
-    );
+crate::on_both_stores! {
+    async fn blocking_query(server: TestServer) {
+        put(&server, "/v1/nodes/a", node("h:1", json!([{"name": "api"}]))).await;
+        let response = client().get(server.url("/v1/services/api/instances")).send().await.unwrap();
+        let index: u64 = response.headers()["x-muster-index"].to_str().unwrap().parse().unwrap();
+        // Old index: immediate.
+        let response = client()
+            .get(server.url(&format!("/v1/services/api/instances?index={}&wait=10s", index - 1)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.json::<Value>().await.unwrap()["instances"].as_array().unwrap().len(), 1);
+        // Current index: waits until the next change.
+        let url = server.url(&format!("/v1/services/api/instances?index={index}&wait=10s"));
+        let waiting = tokio::spawn(async move { client().get(url).send().await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "answered before anything changed");
+        put(&server, "/v1/nodes/b", node("h:2", json!([{"name": "api"}]))).await;
+        let response = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        let new_index: u64 = response.headers()["x-muster-index"].to_str().unwrap().parse().unwrap();
+        assert!(new_index > index);
+        assert_eq!(response.json::<Value>().await.unwrap()["instances"].as_array().unwrap().len(), 2);
+        // Nothing changes: answers after `wait`.
+        let response = client()
+            .get(server.url(&format!("/v1/services/api/instances?index={new_index}&wait=300ms")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-muster-index"].to_str().unwrap(), new_index.to_string());
+        assert_eq!(
+            get(&server, "/v1/services/api/instances?index=1&wait=forever").await.0,
+            StatusCode::BAD_REQUEST
+        );
+}
 }
 
 #[tokio::test]
