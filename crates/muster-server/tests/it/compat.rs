@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{TestServer, client};
+use crate::client;
 
 fn is_iso(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T')

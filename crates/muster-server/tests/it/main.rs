@@ -70,8 +70,9 @@ impl Drop for TestServer {
 /// Runs an async test body once on the embedded store and once on Redis, as two tests.
 #[macro_export]
 macro_rules! on_both_stores {
-    ($(async fn $name:ident($server:ident: TestServer) $body:block)*) => {
+    ($($(#[$meta:meta])* async fn $name:ident($server:ident: TestServer) $body:block)*) => {
         $(
+            $(#[$meta])*
             async fn $name($server: $crate::TestServer) $body
 
             mod $name {

@@ -229,8 +229,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(get(&server, "/nowhere").await.0, StatusCode::NOT_FOUND);
 }
 
-/// A blocking query answers at once when the index is old, and otherwise waits for a change.
 crate::on_both_stores! {
+    /// A blocking query answers at once when the index is old, and otherwise waits for a change.
     async fn blocking_query(server: TestServer) {
         put(&server, "/v1/nodes/a", node("h:1", json!([{"name": "api"}]))).await;
         let response = client().get(server.url("/v1/services/api/instances")).send().await.unwrap();
