@@ -47,6 +47,11 @@ pub trait Registry: Send + Sync + 'static {
     /// Registers the node or refreshes its heartbeat, atomically, with the registration's values.
     async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome>;
 
+    /// Heartbeats an active node with its stored values, optionally changing its status, atomically:
+    /// fails with `NotFound` when the node is not active, so a node removed a moment earlier is never
+    /// brought back. A status change is an `Updated` event; otherwise there is none.
+    async fn refresh(&self, node_id: &NodeId, status: Option<crate::NodeStatus>) -> Result<HeartbeatOutcome>;
+
     /// Changes parts of an active node without extending its life. Fails with `NotFound` when the
     /// node is not active.
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo>;
@@ -98,6 +103,9 @@ pub trait Registry: Send + Sync + 'static {
 impl<R: Registry + ?Sized> Registry for Arc<R> {
     async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
         (**self).heartbeat(registration).await
+    }
+    async fn refresh(&self, node_id: &NodeId, status: Option<crate::NodeStatus>) -> Result<HeartbeatOutcome> {
+        (**self).refresh(node_id, status).await
     }
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         (**self).update(node_id, update).await

@@ -482,6 +482,35 @@ impl Registry for MemoryRegistry {
         Ok(HeartbeatOutcome { change, node, revision })
     }
 
+    async fn refresh(
+        &self,
+        node_id: &NodeId,
+        status: Option<muster_core::NodeStatus>,
+    ) -> Result<HeartbeatOutcome> {
+        let shared = self.shared();
+        let now = Instant::now();
+        let mut state = shared.lock();
+        shared.expire_if_due(&mut state, node_id, now);
+        let Some(entry) = state.nodes.get(node_id) else {
+            return Err(Error::node_not_found(node_id.as_str()));
+        };
+        let old_deadline = entry.deadline;
+        let mut node = entry.node.clone();
+        let ttl = Duration::from_millis(node.ttl_ms.max(1));
+        let deadline = now + ttl;
+        let changed = status.is_some_and(|s| s != node.status);
+        if let Some(status) = status {
+            node.status = status;
+        }
+        node.timestamp_ms = now_ms();
+        state.deadlines.remove(&(old_deadline, node_id.clone()));
+        state.deadlines.insert((deadline, node_id.clone()));
+        state.nodes.insert(node_id.clone(), Entry { node: node.clone(), deadline });
+        let revision = changed.then(|| shared.publish(&mut state, EventKind::Updated, None, node.clone()));
+        let change = if changed { Change::Updated } else { Change::Unchanged };
+        Ok(HeartbeatOutcome { change, node, revision })
+    }
+
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         let shared = self.shared();
         let now = Instant::now();

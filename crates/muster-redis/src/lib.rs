@@ -316,6 +316,27 @@ impl Registry for RedisRegistry {
         Ok(HeartbeatOutcome { change, node, revision: parse_revision(&revision) })
     }
 
+    async fn refresh(
+        &self,
+        node_id: &NodeId,
+        status: Option<muster_core::NodeStatus>,
+    ) -> Result<HeartbeatOutcome> {
+        let args = vec![node_id.to_string(), status.map(|s| s.as_str().to_owned()).unwrap_or_default()];
+        let out: Vec<String> = self.inner.invoke(&self.inner.scripts.refresh, &args).await?;
+        if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {
+            return Err(Error::node_not_found(node_id.as_str()));
+        }
+        let change = if out[0] == "updated" { Change::Updated } else { Change::Unchanged };
+        let mut row = vec![node_id.to_string(), "1".to_owned()];
+        row.extend(out[2..9].iter().cloned());
+        match codec::parse_row(&row) {
+            Row::Node { node, .. } => {
+                Ok(HeartbeatOutcome { change, node, revision: parse_revision(&out[1]) })
+            }
+            Row::Broken { reason, .. } => Err(Error::new(ErrorKind::Internal, reason)),
+        }
+    }
+
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         let args = vec![
             node_id.to_string(),

@@ -207,6 +207,37 @@ end
 return {change, new.registeredAt, rev, expired_rev, new.timestamp}
 "#;
 
+/// Heartbeat of an active node with its stored values, optionally a new status. `ARGV[4..]`: id,
+/// status (`''` to keep). Returns `{'notfound'}` or `{change, revision, <7 node fields>}`.
+const REFRESH: &str = r#"
+local id = ARGV[4]
+local node_key = key('nodes', id)
+local hb = key('heartbeat', id)
+local n = read_fields(node_key)
+if redis.call('EXISTS', hb) == 0 or not is_valid(n) then return {'notfound'} end
+local ttl = digits(n.ttl, '15000')
+if ttl == '0' then ttl = '15000' end
+local ttl_ms = tonumber(ttl)
+n.timestamp = fmt(NOW)
+n.registeredAt = n.registeredAt or n.timestamp
+n.ttl = ttl
+local change = 'unchanged'
+local rev = '0'
+if ARGV[5] ~= '' and ARGV[5] ~= (n.status or 'UP') then
+  n.status = ARGV[5]
+  change = 'updated'
+end
+redis.call('HSET', node_key, 'timestamp', n.timestamp, 'status', n.status or 'UP')
+redis.call('EXPIRE', node_key, math.ceil(ttl_ms / 1000))
+redis.call('SET', hb, '1', 'PX', ttl)
+redis.call('ZADD', K_DEADLINES, NOW + ttl_ms, id)
+if change == 'updated' then
+  copy_last(id, n)
+  rev = fmt(emit('updated', '', id, n))
+end
+return {change, rev, n.address, n.services, n.timestamp, n.registeredAt, n.status or 'UP', n.metadata or '{}', n.ttl}
+"#;
+
 /// Partial update of an active node, without extending its life. `ARGV[4..]`: id, address,
 /// services JSON, status, metadata JSON (each `''` to keep), timestamp ms.
 /// Returns `{'notfound'}` or `{change, revision, <node fields...>}`.
@@ -437,6 +468,7 @@ return 0
 pub(crate) struct Scripts {
     pub(crate) heartbeat: Script,
     pub(crate) update: Script,
+    pub(crate) refresh: Script,
     pub(crate) deregister: Script,
     pub(crate) sweep: Script,
     pub(crate) adopt: Script,
@@ -451,6 +483,7 @@ impl Scripts {
         Self {
             heartbeat: Script::new(&format!("{PRELUDE}\n{HEARTBEAT_FAST}\n{COMMON}\n{HEARTBEAT}")),
             update: with_common(UPDATE),
+            refresh: with_common(REFRESH),
             deregister: with_common(DEREGISTER),
             sweep: with_common(SWEEP),
             adopt: with_common(ADOPT),

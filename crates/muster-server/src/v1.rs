@@ -117,25 +117,23 @@ pub(crate) async fn heartbeat(
     Ok(Json(node))
 }
 
-/// Heartbeats a stored node with its stored values (and a new status); 404 when it is gone, so the
-/// client registers again.
+/// Heartbeats a stored node with its stored values (and a new status), atomically; 404 when it is
+/// gone, so the client registers again.
 pub(crate) async fn refresh(
     state: &AppState,
     id: &NodeId,
     status: Option<NodeStatus>,
 ) -> Result<NodeInfo, ApiError> {
-    let Some(node) = state.registry().get(id).await? else {
-        return Err(ApiError::not_found(format!(
+    match state.registry().refresh(id, status).await {
+        Ok(outcome) => {
+            state.count_heartbeat();
+            Ok(outcome.node)
+        }
+        Err(error) if error.is_not_found() => Err(ApiError::not_found(format!(
             "node `{id}` is not registered (it expired or was removed); register it again"
-        )));
-    };
-    let ttl = if node.ttl_ms > 0 { Duration::from_millis(node.ttl_ms) } else { state.config().default_ttl };
-    let registration = Registration::new(node.node_id, node.address, node.services, ttl)?
-        .with_status(status.unwrap_or(node.status))
-        .with_metadata(node.metadata)?;
-    let outcome = state.registry().heartbeat(registration).await?;
-    state.count_heartbeat();
-    Ok(outcome.node)
+        ))),
+        Err(error) => Err(error.into()),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),

@@ -415,6 +415,33 @@ pub async fn concurrent_updates_all_land<R: Registry>(registry: R, timing: Timin
     );
 }
 
+/// `refresh` heartbeats an active node with its stored values, changes its status with one event,
+/// and never brings back a node that is gone.
+pub async fn refresh_never_resurrects<R: Registry>(registry: R, timing: Timing) {
+    assert!(registry.refresh(&id("ghost"), None).await.unwrap_err().is_not_found());
+    registry.heartbeat(registration("n1", "h:1", &["a@1"], timing)).await.unwrap();
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    sleep(timing.ttl / 2).await;
+    let refreshed = registry.refresh(&id("n1"), None).await.unwrap();
+    assert_eq!((refreshed.change, refreshed.revision), (Change::Unchanged, None));
+    assert_eq!((refreshed.node.address.as_str(), &refreshed.node.services), ("h:1", &vec![svc("a@1")]));
+    // 1.25 TTL after registering, 0.75 TTL after the refresh.
+    sleep(timing.ttl * 3 / 4).await;
+    assert!(registry.is_active(&id("n1")).await.unwrap(), "refresh extends the node's life");
+    let down = registry.refresh(&id("n1"), Some(NodeStatus::Down)).await.unwrap();
+    assert_eq!(down.change, Change::Updated);
+    let event = next_event(&mut watch, timing.event_wait()).await;
+    assert_eq!((event.kind, event.node.status), (EventKind::Updated, NodeStatus::Down));
+    assert_eq!(registry.refresh(&id("n1"), Some(NodeStatus::Down)).await.unwrap().change, Change::Unchanged);
+    assert_eq!(registry.get(&id("n1")).await.unwrap().unwrap().status, NodeStatus::Down);
+    registry.deregister(&id("n1"), DeregisterReason::Graceful).await.unwrap();
+    assert!(registry.refresh(&id("n1"), None).await.unwrap_err().is_not_found());
+    assert!(!registry.exists(&id("n1")).await.unwrap(), "a refresh never resurrects a removed node");
+    registry.heartbeat(registration("n2", "h:2", &["a"], timing)).await.unwrap();
+    sleep(timing.ttl + timing.expiry_slack + Duration::from_millis(1)).await;
+    assert!(registry.refresh(&id("n2"), None).await.unwrap_err().is_not_found(), "nor an expired one");
+}
+
 /// A watch from a revision yields exactly the later events, in order.
 pub async fn watch_resumes_after_revision<R: Registry>(registry: R, timing: Timing) {
     registry.heartbeat(registration("n1", "h:1", &["a"], timing)).await.unwrap();

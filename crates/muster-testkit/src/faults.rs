@@ -74,6 +74,16 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
         }
         self.inner.heartbeat(registration).await
     }
+    async fn refresh(
+        &self,
+        node_id: &NodeId,
+        status: Option<muster_core::NodeStatus>,
+    ) -> Result<HeartbeatOutcome> {
+        if take_failure(&self.heartbeat_failures) {
+            return Err(Error::unavailable("injected heartbeat failure"));
+        }
+        self.inner.refresh(node_id, status).await
+    }
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         self.inner.update(node_id, update).await
     }

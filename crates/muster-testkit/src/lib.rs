@@ -59,6 +59,7 @@ macro_rules! __with_cases {
             find_follows_service_changes,
             update_changes_without_extending_life,
             concurrent_updates_all_land,
+            refresh_never_resurrects,
             watch_resumes_after_revision,
             watch_snapshot_then_live,
             watch_from_unknown_revision_resyncs,
