@@ -193,10 +193,37 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config().body_limit))
         .layer(cors)
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
-        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
-            tower_http::request_id::MakeRequestUuid,
-        ))
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
         .with_state(state)
+}
+
+/// Request ids `<random prefix>-<counter>`: unique per server run, without a random-number syscall
+/// per request.
+#[derive(Clone)]
+struct SequentialRequestId {
+    /// Random per process start, so ids of two runs do not collide.
+    prefix: Arc<str>,
+    /// Next sequence number.
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SequentialRequestId {
+    fn new() -> Self {
+        let prefix = format!("{:08x}", muster_core::time::now_ms() ^ u64::from(std::process::id()) << 20);
+        Self { prefix: prefix.into(), next: Arc::new(std::sync::atomic::AtomicU64::new(1)) }
+    }
+}
+
+impl tower_http::request_id::MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(
+        &mut self,
+        _: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
 
 /// `GET /ready`: 200 when the store answers, 503 otherwise.

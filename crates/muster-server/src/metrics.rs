@@ -19,9 +19,39 @@ use crate::AppState;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     /// The route pattern (`/v1/nodes/{id}`), not the raw path, so cardinality stays bounded.
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
+}
+
+/// The route patterns seen so far, as `&'static str` so labels need no allocation per request.
+/// Bounded by the router's routes.
+fn intern(route: &str) -> &'static str {
+    static ROUTES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+    if let Some(found) = ROUTES.read().unwrap_or_else(|p| p.into_inner()).iter().find(|r| **r == route) {
+        return found;
+    }
+    let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = routes.iter().find(|r| **r == route) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    routes.push(leaked);
+    leaked
+}
+
+fn method_name(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
 }
 
 /// Every metric the server exports.
@@ -80,8 +110,8 @@ impl Metrics {
 
 /// Records the latency and status of every request.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| intern(m.as_str()));
+    let method = method_name(request.method());
     let started = tokio::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status();
