@@ -363,6 +363,20 @@ impl Shared {
         state.preserving_since.is_some()
     }
 
+    /// Locks the state and returns a copy of the node's entry, expiring it first if its deadline
+    /// passed; `NotFound` when it is not (or no longer) stored.
+    fn lock_active(&self, node_id: &NodeId, now: Instant) -> Result<(MutexGuard<'_, State>, Entry)> {
+        let mut state = self.lock();
+        self.expire_if_due(&mut state, node_id, now);
+        match state.nodes.get(node_id) {
+            Some(entry) => {
+                let entry = Entry { node: entry.node.clone(), deadline: entry.deadline };
+                Ok((state, entry))
+            }
+            None => Err(Error::node_not_found(node_id.as_str())),
+        }
+    }
+
     /// Expires one node now if its deadline has passed (so a late heartbeat re-registers it).
     fn expire_if_due(&self, state: &mut State, id: &NodeId, now: Instant) {
         if !self.preserving(state)
@@ -489,13 +503,9 @@ impl Registry for MemoryRegistry {
     ) -> Result<HeartbeatOutcome> {
         let shared = self.shared();
         let now = Instant::now();
-        let mut state = shared.lock();
-        shared.expire_if_due(&mut state, node_id, now);
-        let Some(entry) = state.nodes.get(node_id) else {
-            return Err(Error::node_not_found(node_id.as_str()));
-        };
+        let (mut state, entry) = shared.lock_active(node_id, now)?;
         let old_deadline = entry.deadline;
-        let mut node = entry.node.clone();
+        let mut node = entry.node;
         let ttl = Duration::from_millis(node.ttl_ms.max(1));
         let deadline = now + ttl;
         let changed = status.is_some_and(|s| s != node.status);
@@ -513,13 +523,8 @@ impl Registry for MemoryRegistry {
 
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         let shared = self.shared();
-        let now = Instant::now();
-        let mut state = shared.lock();
-        shared.expire_if_due(&mut state, node_id, now);
-        let Some(entry) = state.nodes.get(node_id) else {
-            return Err(Error::node_not_found(node_id.as_str()));
-        };
-        let mut node = entry.node.clone();
+        let (mut state, entry) = shared.lock_active(node_id, Instant::now())?;
+        let mut node = entry.node;
         if !update.apply(&mut node) {
             return Ok(node);
         }
