@@ -5,7 +5,8 @@
 //! again with the same id and spec when the server answers 404 (it forgot the node: restarted
 //! without a data directory, or the node expired), retries failures with exponential backoff and
 //! jitter without ever giving up while the handle lives, and deregisters on
-//! [`Registration::deregister`]. Dropping the handle stops its task.
+//! [`Registration::deregister`]. Dropping the handle stops its task. [`select`] orders instances
+//! for load balancing and failover (round-robin, random, smooth weighted, least outstanding).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), muster_client::ClientError> {
@@ -18,6 +19,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod select;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

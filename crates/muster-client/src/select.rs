@@ -1,0 +1,182 @@
+//! Load-balancing selectors. Each returns the candidates *in order*: the first is the choice, the
+//! rest are the failover sequence.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use muster_api::v1::Instance;
+
+/// Orders instances for one call.
+pub trait Selector: Send + Sync {
+    /// The instances in the order to try them.
+    fn order(&self, instances: &[Instance]) -> Vec<Instance>;
+}
+
+/// Rotates through the instances.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl Selector for RoundRobin {
+    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+        if instances.is_empty() {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
+        instances[start..].iter().chain(&instances[..start]).cloned().collect()
+    }
+}
+
+/// A uniformly random order.
+#[derive(Debug, Default)]
+pub struct Random;
+
+impl Selector for Random {
+    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+        use rand::seq::SliceRandom;
+        let mut order = instances.to_vec();
+        order.shuffle(&mut rand::rng());
+        order
+    }
+}
+
+/// Smooth weighted round-robin (nginx's): over any window, instance `i` is chosen in proportion
+/// to its weight (absent weights count as 1), spread out rather than in bursts.
+#[derive(Debug, Default)]
+pub struct SmoothWeighted {
+    /// Current weight per instance id.
+    current: Mutex<HashMap<String, i64>>,
+}
+
+impl Selector for SmoothWeighted {
+    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+        if instances.is_empty() {
+            return Vec::new();
+        }
+        let weight = |i: &Instance| i64::from(i.weight.unwrap_or(1));
+        let total: i64 = instances.iter().map(weight).sum();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.retain(|id, _| instances.iter().any(|i| &i.id == id));
+        for instance in instances {
+            *current.entry(instance.id.clone()).or_insert(0) += weight(instance);
+        }
+        let mut order: Vec<&Instance> = instances.iter().collect();
+        order.sort_by_key(|i| std::cmp::Reverse(current.get(&i.id).copied().unwrap_or(0)));
+        if let Some(best) = order.first() {
+            *current.entry(best.id.clone()).or_insert(0) -= total;
+        }
+        order.into_iter().cloned().collect()
+    }
+}
+
+/// Fewest requests in flight first; callers report with [`LeastOutstanding::start`].
+#[derive(Debug, Default)]
+pub struct LeastOutstanding {
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    owner: &'a LeastOutstanding,
+    id: String,
+}
+
+impl LeastOutstanding {
+    /// Marks a request to `instance` as started; it ends when the guard drops.
+    pub fn start(&self, instance: &Instance) -> InFlight<'_> {
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(instance.id.clone()).or_insert(0) +=
+            1;
+        InFlight { owner: self, id: instance.id.clone() }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.owner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Selector for LeastOutstanding {
+    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order = instances.to_vec();
+        order.sort_by_key(|i| in_flight.get(&i.id).copied().unwrap_or(0));
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_core::NodeStatus;
+
+    fn instance(id: &str, weight: Option<u32>) -> Instance {
+        Instance {
+            id: id.into(),
+            service: "s".into(),
+            host: "h".into(),
+            port: 1,
+            url: "http://h:1".into(),
+            health: "http://h:1/health".into(),
+            version: None,
+            status: NodeStatus::Up,
+            metadata: Default::default(),
+            weight,
+            registered_at: 0,
+            last_heartbeat: 0,
+        }
+    }
+
+    fn ids(order: &[Instance]) -> Vec<&str> {
+        order.iter().map(|i| i.id.as_str()).collect()
+    }
+
+    #[test]
+    fn round_robin_rotates_and_lists_the_rest_for_failover() {
+        let all = [instance("a", None), instance("b", None), instance("c", None)];
+        let rr = RoundRobin::default();
+        assert_eq!(ids(&rr.order(&all)), ["a", "b", "c"]);
+        assert_eq!(ids(&rr.order(&all)), ["b", "c", "a"]);
+        assert_eq!(ids(&rr.order(&all)), ["c", "a", "b"]);
+        assert!(rr.order(&[]).is_empty());
+    }
+
+    #[test]
+    fn random_is_a_permutation() {
+        let all = [instance("a", None), instance("b", None), instance("c", None)];
+        let mut order = ids(&Random.order(&all)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        order.sort();
+        assert_eq!(order, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn smooth_weighted_follows_weights_and_spreads() {
+        let all = [instance("a", Some(5)), instance("b", Some(1)), instance("c", Some(1))];
+        let sw = SmoothWeighted::default();
+        let picks: Vec<String> = (0..7).map(|_| sw.order(&all)[0].id.clone()).collect();
+        // nginx's sequence for 5/1/1: a a b a c a a.
+        assert_eq!(picks, ["a", "a", "b", "a", "c", "a", "a"]);
+        let mut counts = HashMap::new();
+        for _ in 0..700 {
+            *counts.entry(sw.order(&all)[0].id.clone()).or_insert(0) += 1;
+        }
+        assert_eq!((counts["a"], counts["b"], counts["c"]), (500, 100, 100));
+    }
+
+    #[test]
+    fn least_outstanding_prefers_idle_instances() {
+        let all = [instance("a", None), instance("b", None)];
+        let lo = LeastOutstanding::default();
+        let busy = lo.start(&all[0]);
+        assert_eq!(ids(&lo.order(&all)), ["b", "a"]);
+        drop(busy);
+        let _b = lo.start(&all[1]);
+        assert_eq!(ids(&lo.order(&all)), ["a", "b"]);
+    }
+}
