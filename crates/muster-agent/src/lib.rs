@@ -602,44 +602,51 @@ impl Inner {
             Registration::new(own.node_id, own.address, own.services, self.options.heartbeat_ttl)?
                 .with_status(own.status)
                 .with_metadata(own.metadata)?;
-        let mut attempt = 1;
-        loop {
-            match self.registry.heartbeat(registration.clone()).await {
-                Ok(outcome) => {
-                    if attempt > 1 {
-                        tracing::info!(attempt, "heartbeat succeeded after retrying");
-                    }
-                    self.registered.store(true, Ordering::SeqCst);
-                    return Ok(outcome);
-                }
-                Err(error) if !error.is_retryable() || attempt >= self.retry.max_attempts => {
-                    tracing::error!(%error, attempt, "heartbeat failed");
-                    return Err(error);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, attempt, "heartbeat attempt failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(self.retry.delay(attempt)) => {}
-                        () = self.cancel.cancelled() => return Err(Error::unavailable("agent stopping")),
-                    }
-                    attempt += 1;
-                }
-            }
-        }
+        let outcome =
+            self.with_retries("heartbeat", true, || self.registry.heartbeat(registration.clone())).await?;
+        self.registered.store(true, Ordering::SeqCst);
+        Ok(outcome)
     }
 
     async fn deregister_with_retries(&self, node_id: &NodeId) -> Result<bool> {
+        // Not cancellable: it runs during `stop`, after the token has fired.
+        self.with_retries("deregistration", false, || {
+            self.registry.deregister(node_id, DeregisterReason::Graceful)
+        })
+        .await
+    }
+
+    /// Runs `op` up to `max_attempts` times while it fails with retryable errors, waiting the
+    /// backoff between attempts (and giving up early on `stop` when `cancellable`).
+    async fn with_retries<T, F, Fut>(&self, what: &str, cancellable: bool, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut attempt = 1;
         loop {
-            match self.registry.deregister(node_id, DeregisterReason::Graceful).await {
-                Ok(removed) => return Ok(removed),
+            match op().await {
+                Ok(value) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, "{what} succeeded after retrying");
+                    }
+                    return Ok(value);
+                }
                 Err(error) if !error.is_retryable() || attempt >= self.retry.max_attempts => {
-                    tracing::error!(%error, "deregistration failed; the node will expire after its TTL");
+                    tracing::error!(%error, attempt, "{what} failed");
                     return Err(error);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, attempt, "deregistration attempt failed; retrying");
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    tracing::warn!(%error, attempt, "{what} attempt failed; retrying");
+                    let pause = tokio::time::sleep(self.retry.delay(attempt));
+                    if cancellable {
+                        tokio::select! {
+                            () = pause => {}
+                            () = self.cancel.cancelled() => return Err(Error::unavailable("agent stopping")),
+                        }
+                    } else {
+                        pause.await;
+                    }
                     attempt += 1;
                 }
             }

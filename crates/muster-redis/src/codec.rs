@@ -113,6 +113,7 @@ pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<D
         "graceful" => Some(DeregisterReason::Graceful),
         "expired" => Some(DeregisterReason::Expired),
         "evicted" => Some(DeregisterReason::Evicted),
+        "unknown" => Some(DeregisterReason::Unknown),
         other => return Err(format!("unknown reason {other:?}")),
     };
     let node: NodeInfo =
@@ -249,6 +250,25 @@ mod tests {
                 Row::Broken { reason, .. } => assert!(reason.contains(why), "{reason}"),
                 Row::Node { .. } => panic!("{fields:?} should be broken"),
             }
+        }
+    }
+
+    #[test]
+    fn every_reason_written_is_read_back() {
+        let node = r#"{"nodeId":"n","address":"h:1","services":[],"timestamp":1}"#;
+        for reason in [
+            DeregisterReason::Graceful,
+            DeregisterReason::Expired,
+            DeregisterReason::Evicted,
+            DeregisterReason::Unknown,
+        ] {
+            let fields: Vec<String> =
+                ["type", "deregistered", "reason", reason_name(reason), "node", node, "ts", "2"]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect();
+            let event = parse_log_entry(Revision(3), &fields).unwrap();
+            assert_eq!((event.reason, event.timestamp_ms), (Some(reason), 2));
         }
     }
 

@@ -344,7 +344,6 @@ impl Registry for RedisRegistry {
             update.new_services().map(json).transpose()?.unwrap_or_default(),
             update.new_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
             update.new_metadata().map(json).transpose()?.unwrap_or_default(),
-            now_ms().to_string(),
         ];
         let out: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
         if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {

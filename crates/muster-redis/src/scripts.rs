@@ -239,7 +239,7 @@ return {change, rev, n.address, n.services, n.timestamp, n.registeredAt, n.statu
 "#;
 
 /// Partial update of an active node, without extending its life. `ARGV[4..]`: id, address,
-/// services JSON, status, metadata JSON (each `''` to keep), timestamp ms.
+/// services JSON, status, metadata JSON (each `''` to keep). The timestamp is the server's.
 /// Returns `{'notfound'}` or `{change, revision, <node fields...>}`.
 const UPDATE: &str = r#"
 local id = ARGV[4]

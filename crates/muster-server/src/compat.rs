@@ -41,11 +41,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// A store or validation error, answered with the seed-003 `timestamp`.
+fn compat_error(error: muster_core::Error) -> ApiError {
+    ApiError::from(error).compat()
+}
+
 fn address_of(request: &InstanceRequest) -> Result<Address, ApiError> {
     if request.name.is_empty() || request.ip.is_empty() {
         return Err(ApiError::invalid("name, ip and port are required").compat());
     }
-    Address::from_parts(&request.ip, request.port).map_err(|e| ApiError::from(e).compat())
+    Address::from_parts(&request.ip, request.port).map_err(compat_error)
 }
 
 /// The active node registered for `name` at `address`, if any.
@@ -54,8 +59,8 @@ async fn find_instance(
     name: &str,
     address: &Address,
 ) -> Result<Option<NodeInfo>, ApiError> {
-    let query = ServiceQuery::new(name).map_err(|e| ApiError::from(e).compat())?;
-    let nodes = state.registry().find(&query).await.map_err(|e| ApiError::from(e).compat())?;
+    let query = ServiceQuery::new(name).map_err(compat_error)?;
+    let nodes = state.registry().find(&query).await.map_err(compat_error)?;
     Ok(nodes.into_iter().find(|n| &n.address == address))
 }
 
@@ -88,7 +93,6 @@ pub(crate) async fn register(
     CompatJson(request): CompatJson<InstanceRequest>,
 ) -> Result<(StatusCode, Json<InstanceResponse>), ApiError> {
     let address = address_of(&request)?;
-    let compat = |e: muster_core::Error| ApiError::from(e).compat();
     let mut metadata = Metadata::new();
     let mut version = None;
     for (key, value) in &request.metadata {
@@ -101,16 +105,16 @@ pub(crate) async fn register(
         }
         metadata.insert(key.clone(), text);
     }
-    let service = ServiceInfo::new(request.name.clone(), version.as_deref()).map_err(compat)?;
+    let service = ServiceInfo::new(request.name.clone(), version.as_deref()).map_err(compat_error)?;
     let id = match find_instance(&state, &request.name, &address).await? {
         Some(existing) => existing.node_id,
         None => NodeId::generate("instance"),
     };
     let registration = Registration::new(id, address, vec![service], state.config().compat_ttl)
         .and_then(|r| r.with_metadata(metadata))
-        .map_err(compat)?;
+        .map_err(compat_error)?;
     crate::v1::check_instance_limit(&state, &registration).await.map_err(ApiError::compat)?;
-    let outcome = state.registry().heartbeat(registration).await.map_err(compat)?;
+    let outcome = state.registry().heartbeat(registration).await.map_err(compat_error)?;
     state.count_registration();
     let mut instance = compat_instance(&outcome.node, true);
     instance.last_heartbeat = None;
@@ -155,8 +159,8 @@ pub(crate) async fn resolve(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ResolveResponse>, ApiError> {
-    let query = ServiceQuery::new(&name).map_err(|e| ApiError::from(e).compat())?;
-    let nodes = state.registry().find(&query).await.map_err(|e| ApiError::from(e).compat())?;
+    let query = ServiceQuery::new(&name).map_err(compat_error)?;
+    let nodes = state.registry().find(&query).await.map_err(compat_error)?;
     if nodes.is_empty() {
         return Err(ApiError::not_found(format!("no healthy instances of `{name}`")).compat());
     }
@@ -172,7 +176,7 @@ pub(crate) async fn resolve(
 #[utoipa::path(get, path = "/services", tag = "seed-003",
     responses((status = 200, description = "Services and their instances", body = muster_api::compat::ServicesResponse)))]
 pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<ServicesResponse>, ApiError> {
-    let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
+    let nodes = state.registry().list_active().await.map_err(compat_error)?;
     let mut services: BTreeMap<String, CompatService> = BTreeMap::new();
     for node in &nodes {
         for service in &node.services {
@@ -199,7 +203,7 @@ pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<Servi
 #[utoipa::path(get, path = "/stats", tag = "seed-003",
     responses((status = 200, description = "Registry statistics", body = muster_api::compat::StatsResponse)))]
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
-    let nodes = state.registry().list_active().await.map_err(|e| ApiError::from(e).compat())?;
+    let nodes = state.registry().list_active().await.map_err(compat_error)?;
     let names: std::collections::BTreeSet<String> =
         nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.clone())).collect();
     let stats = &state.inner.metrics;
@@ -247,15 +251,11 @@ pub(crate) async fn remove_instance(
     query: Result<axum::extract::Query<InstanceAddress>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RemovedResponse>, ApiError> {
     let axum::extract::Query(at) = query.map_err(|e| ApiError::from(e).compat())?;
-    let address = Address::from_parts(&at.ip, at.port).map_err(|e| ApiError::from(e).compat())?;
+    let address = Address::from_parts(&at.ip, at.port).map_err(compat_error)?;
     let Some(node) = find_instance(&state, &name, &address).await? else {
         return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
     };
-    state
-        .registry()
-        .deregister(&node.node_id, DeregisterReason::Evicted)
-        .await
-        .map_err(|e| ApiError::from(e).compat())?;
+    state.registry().deregister(&node.node_id, DeregisterReason::Evicted).await.map_err(compat_error)?;
     Ok(Json(RemovedResponse {
         message: "Service instance removed".into(),
         id: node.node_id.to_string(),
