@@ -1,38 +1,67 @@
-//! The HTTP client SDK of the registry server (first slice: registration and discovery).
+//! The HTTP client SDK of the registry server.
 //!
-//! [`Client`] speaks the `/v1` API. [`Client::register`] returns a [`Registration`] handle that
-//! heartbeats on an interval with the current status (changeable through the handle), registers
-//! again with the same id and spec when the server answers 404 (it forgot the node: restarted
-//! without a data directory, or the node expired), retries failures with exponential backoff and
-//! jitter without ever giving up while the handle lives, and deregisters on
-//! [`Registration::deregister`]. Dropping the handle stops its task. [`select`] orders instances
-//! for load balancing and failover (round-robin, random, smooth weighted, least outstanding).
+//! - [`Client::register`] returns a [`Registration`] handle: an immediate heartbeat, then one every
+//!   interval with the current status (changeable through the handle); registers again with the same
+//!   id and spec when the server answers 404; retries failures with exponential backoff and jitter
+//!   and never gives up while the handle lives; [`Registration::deregister`] (or
+//!   [`Registration::deregister_on`] a shutdown signal) removes it; dropping the handle stops it.
+//! - [`Client::instances`] answers from a local cache that one watch stream per client keeps
+//!   current; when the registry is unreachable it serves the last known instances marked stale, and
+//!   a failure never empties a non-empty list (see [`resolve`]).
+//! - [`Client::call_with_failover`] tries the instances of a service in the order of a
+//!   [`select::Selector`], skipping instances whose circuit breaker is open (see [`failover`]).
+//! - [`ClientConfig::from_env`] reads the `SERVICE_REGISTRY_*`, `HOST` and `PORT` variables.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), muster_client::ClientError> {
-//! use muster_client::{Client, RegistrationSpec};
-//! let client = Client::new("http://127.0.0.1:3100")?;
-//! let spec = RegistrationSpec::new("10.0.0.7:8080").service("users", Some("1.2.0"));
+//! use muster_client::{Client, ClientConfig, RegistrationSpec};
+//! use muster_core::VersionQuery;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ClientConfig::from_env()?;
+//! let client = Client::with_config(config.clone())?;
+//!
+//! // Register this process; heartbeats run in the background until deregistration.
+//! let spec = RegistrationSpec::from_config(&config).service("users", Some("1.2.0"));
 //! let registration = client.register(spec).await?;
-//! let users = client.instances("users").await?;
-//! registration.deregister().await?;
+//!
+//! // Discover another service from the watch-fed cache.
+//! let auth = client.instances("auth", &VersionQuery::semver("^1")?).await?;
+//! println!("{} auth instances (stale: {})", auth.instances.len(), auth.stale);
+//!
+//! // Call it with load balancing, failover and circuit breakers.
+//! let body = client
+//!     .call_with_failover("auth", |instance| async move {
+//!         let response = reqwest::get(format!("{}/token", instance.url)).await?;
+//!         response.error_for_status()?.text().await
+//!     })
+//!     .await?;
+//! println!("{body}");
+//!
+//! // Deregister on Ctrl-C or SIGTERM.
+//! registration.deregister_on(muster_client::shutdown_signal()).await?;
 //! # Ok(())
 //! # }
 //! ```
 
+pub mod failover;
+mod registration;
+pub mod resolve;
 pub mod select;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_api::ErrorBody;
-use muster_api::v1::{HeartbeatRequest, Instance, InstanceList, RegisterRequest, RegisterResponse};
-use muster_core::{Metadata, NodeStatus, RetryPolicy, ServiceInfo};
+use muster_api::v1::{HeartbeatRequest, Instance, InstanceList, NodeList, RegisterResponse, ServiceList};
+use muster_core::{NodeInfo, NodeStatus};
 use reqwest::StatusCode;
-use tokio_util::sync::CancellationToken;
+
+pub use failover::{BreakerConfig, CircuitState, FailoverError, Retryable};
+pub use registration::{Registration, RegistrationSpec};
+pub use resolve::Resolved;
 
 /// What went wrong talking to the registry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The registry could not be reached (connection refused, timeout); retrying may succeed.
@@ -46,7 +75,7 @@ pub enum ClientError {
         /// The error body's message.
         message: String,
     },
-    /// The client was given something invalid (a bad base URL).
+    /// The client was given something invalid (a bad base URL, a bad environment variable).
     InvalidInput(String),
 }
 
@@ -78,118 +107,194 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// What to register: an address, services, metadata, and the heartbeat settings.
+/// Client settings. [`ClientConfig::default`] has the defaults of the registry SDK's documentation;
+/// [`ClientConfig::from_env`] reads its environment variables.
 #[derive(Debug, Clone)]
-pub struct RegistrationSpec {
-    /// Node id; generated by the server when absent.
-    pub id: Option<String>,
-    /// `host:port`.
-    pub address: String,
-    /// Services.
-    pub services: Vec<ServiceInfo>,
-    /// Node metadata.
-    pub metadata: Metadata,
-    /// Heartbeat TTL (the server's default when absent).
-    pub ttl: Option<Duration>,
-    /// Time between heartbeats.
+pub struct ClientConfig {
+    /// `SERVICE_REGISTRY_URL` (default `http://localhost:3011`).
+    pub registry_url: String,
+    /// `SERVICE_REGISTRY_HEARTBEAT_INTERVAL` in milliseconds (default 30,000).
     pub heartbeat_interval: Duration,
-    /// Backoff for failed calls: doubles up to `max_retry_delay`, then stays there.
+    /// `SERVICE_REGISTRY_RETRY_DELAY` in milliseconds: the first retry delay (default 10,000).
     pub retry_delay: Duration,
-    /// Longest pause between retries.
-    pub max_retry_delay: Duration,
+    /// `SERVICE_REGISTRY_MAX_RETRIES` (default 5): how many times the delay doubles, and how many
+    /// times a first registration is retried before [`Client::register`] gives up.
+    pub max_retries: u32,
+    /// `HOST`: this service's host name (default `localhost`).
+    pub host: String,
+    /// `PORT`: this service's port (default 3000).
+    pub port: u16,
+    /// Timeout of one HTTP request to the registry (default 10 s).
+    pub request_timeout: Duration,
+    /// How long a service's last non-empty instance list outlives a resync that would empty it
+    /// (default 90 s, the default TTL). See [`resolve`].
+    pub empty_protection: Duration,
+    /// Circuit breakers of [`Client::call_with_failover`].
+    pub breaker: BreakerConfig,
 }
 
-impl RegistrationSpec {
-    /// A spec for `address` with the seed-002 defaults (heartbeat every 30 s, TTL 90 s, 1 s first
-    /// retry delay).
-    pub fn new(address: impl Into<String>) -> Self {
+impl Default for ClientConfig {
+    fn default() -> Self {
         Self {
-            id: None,
-            address: address.into(),
-            services: Vec::new(),
-            metadata: Metadata::new(),
-            ttl: Some(Duration::from_secs(90)),
+            registry_url: "http://localhost:3011".to_owned(),
             heartbeat_interval: Duration::from_secs(30),
-            retry_delay: Duration::from_secs(1),
-            max_retry_delay: Duration::from_secs(30),
-        }
-    }
-
-    /// Adds a service (its name and version are validated by the server).
-    #[must_use]
-    pub fn service(mut self, name: &str, version: Option<&str>) -> Self {
-        self.services.push(ServiceInfo {
-            name: name.to_owned(),
-            version: version.map(str::to_owned),
-            metadata: Metadata::new(),
-            weight: None,
-        });
-        self
-    }
-
-    /// Uses this node id.
-    #[must_use]
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
-        self
-    }
-
-    fn request(&self, status: NodeStatus) -> RegisterRequest {
-        RegisterRequest {
-            address: self.address.clone(),
-            services: self.services.clone(),
-            metadata: self.metadata.clone(),
-            status: Some(status),
-            ttl_ms: self.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            retry_delay: Duration::from_secs(10),
+            max_retries: 5,
+            host: "localhost".to_owned(),
+            port: 3000,
+            request_timeout: Duration::from_secs(10),
+            empty_protection: Duration::from_secs(90),
+            breaker: BreakerConfig::default(),
         }
     }
 }
 
-/// A client of one registry server.
+impl ClientConfig {
+    /// The defaults overridden by the process environment.
+    pub fn from_env() -> Result<Self, ClientError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// The defaults overridden by `lookup` (a variable name to its value); every value is checked.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ClientError> {
+        fn parse<T: std::str::FromStr>(name: &str, value: &str, what: &str) -> Result<T, ClientError> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ClientError::InvalidInput(format!("{name}={value:?} is not {what}")))
+        }
+        let millis = |name: &str, value: &str| -> Result<Duration, ClientError> {
+            let ms: u64 = parse(name, value, "a number of milliseconds")?;
+            if ms == 0 {
+                return Err(ClientError::InvalidInput(format!("{name} must be above 0")));
+            }
+            Ok(Duration::from_millis(ms))
+        };
+        let mut config = Self::default();
+        if let Some(url) = lookup("SERVICE_REGISTRY_URL") {
+            check_url(&url).map_err(|m| ClientError::InvalidInput(format!("SERVICE_REGISTRY_URL: {m}")))?;
+            config.registry_url = url;
+        }
+        if let Some(v) = lookup("SERVICE_REGISTRY_HEARTBEAT_INTERVAL") {
+            config.heartbeat_interval = millis("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", &v)?;
+        }
+        if let Some(v) = lookup("SERVICE_REGISTRY_RETRY_DELAY") {
+            config.retry_delay = millis("SERVICE_REGISTRY_RETRY_DELAY", &v)?;
+        }
+        if let Some(v) = lookup("SERVICE_REGISTRY_MAX_RETRIES") {
+            config.max_retries = parse("SERVICE_REGISTRY_MAX_RETRIES", &v, "a whole number")?;
+        }
+        if let Some(v) = lookup("HOST") {
+            if v.trim().is_empty() {
+                return Err(ClientError::InvalidInput("HOST is empty".to_owned()));
+            }
+            config.host = v.trim().to_owned();
+        }
+        if let Some(v) = lookup("PORT") {
+            config.port = parse("PORT", &v, "a port (1-65535)")?;
+            if config.port == 0 {
+                return Err(ClientError::InvalidInput("PORT must be 1-65535".to_owned()));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{url:?} is not an http:// or https:// URL"))
+    }
+}
+
+/// A client of one registry server. Cheap to clone: clones share the connection pool, the resolver
+/// cache with its one watch stream, and the circuit breakers.
 #[derive(Debug, Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     /// `http://host:port`, without a trailing slash.
     base: String,
     /// The HTTP connection pool.
     http: reqwest::Client,
+    config: ClientConfig,
+    /// Started on first use of [`Client::instances`].
+    resolver: tokio::sync::OnceCell<resolve::Resolver>,
+    failover: failover::Failover,
 }
 
 impl Client {
-    /// A client of the registry at `base_url` (e.g. `http://127.0.0.1:3100`).
+    /// A client of the registry at `base_url` (e.g. `http://127.0.0.1:3100`), otherwise with the
+    /// default settings.
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::InvalidInput(format!("{base_url:?} is not an http:// URL")));
-        }
+        Self::with_config(ClientConfig { registry_url: base_url.to_owned(), ..ClientConfig::default() })
+    }
+
+    /// A client with these settings.
+    pub fn with_config(config: ClientConfig) -> Result<Self, ClientError> {
+        Self::with_selector(config, Box::new(select::RoundRobin::default()))
+    }
+
+    /// A client whose [`Client::call_with_failover`] orders instances with `selector`.
+    pub fn with_selector(
+        config: ClientConfig,
+        selector: Box<dyn select::Selector>,
+    ) -> Result<Self, ClientError> {
+        check_url(&config.registry_url).map_err(ClientError::InvalidInput)?;
+        let base = config.registry_url.trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(config.request_timeout)
             .build()
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        Ok(Self { base, http })
+        let failover = failover::Failover::new(selector, config.breaker.clone());
+        Ok(Self {
+            inner: Arc::new(Inner { base, http, config, resolver: tokio::sync::OnceCell::new(), failover }),
+        })
+    }
+
+    /// The registry's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.inner.base)
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable(format!("no registry at {} ({error})", self.inner.base))
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let response =
-            request.send().await.map_err(|e| ClientError::Unreachable(format!("{} ({e})", self.base)))?;
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|e| ClientError::Unreachable(e.to_string()));
+            return response.json().await.map_err(|e| self.unreachable(&e));
         }
         Err(api_error(status, response).await)
     }
 
-    /// Registers `spec` once (no heartbeats); returns the server's answer.
+    /// Registers `spec` once (no heartbeats, no retries); returns the server's answer.
     pub async fn register_once(
         &self,
         spec: &RegistrationSpec,
         status: NodeStatus,
     ) -> Result<RegisterResponse, ClientError> {
         let request = match &spec.id {
-            Some(id) => self.http.put(format!("{}/v1/nodes/{id}", self.base)),
-            None => self.http.post(format!("{}/v1/nodes", self.base)),
+            Some(id) => self.inner.http.put(self.url(&format!("/v1/nodes/{id}"))),
+            None => self.inner.http.post(self.url("/v1/nodes")),
         };
         self.send(request.json(&spec.request(status))).await
     }
@@ -197,43 +302,65 @@ impl Client {
     /// Sends one heartbeat.
     pub async fn heartbeat(&self, id: &str, status: NodeStatus) -> Result<(), ClientError> {
         let request = self
+            .inner
             .http
-            .put(format!("{}/v1/nodes/{id}/heartbeat", self.base))
+            .put(self.url(&format!("/v1/nodes/{id}/heartbeat")))
             .json(&HeartbeatRequest { status: Some(status) });
         let _: serde_json::Value = self.send(request).await?;
         Ok(())
     }
 
-    /// Removes a node.
+    /// Removes a node (an unknown id is not an error: it is gone either way).
     pub async fn deregister(&self, id: &str) -> Result<(), ClientError> {
         let response = self
+            .inner
             .http
-            .delete(format!("{}/v1/nodes/{id}", self.base))
+            .delete(self.url(&format!("/v1/nodes/{id}")))
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            .map_err(|e| self.unreachable(&e))?;
         match response.status() {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
             s => Err(api_error(s, response).await),
         }
     }
 
-    /// Active instances of `service`.
-    pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, ClientError> {
-        let list: InstanceList =
-            self.send(self.http.get(format!("{}/v1/services/{service}/instances", self.base))).await?;
-        Ok(list.instances)
+    /// One node, or `None` when the registry does not know it.
+    pub async fn node(&self, id: &str) -> Result<Option<NodeInfo>, ClientError> {
+        match self.send(self.inner.http.get(self.url(&format!("/v1/nodes/{id}")))).await {
+            Ok(node) => Ok(Some(node)),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
-    /// Registers `spec` (retrying with backoff until the registry answers) and keeps it alive from
-    /// a background task; see [`Registration`].
-    pub async fn register(&self, spec: RegistrationSpec) -> Result<Registration, ClientError> {
-        let answer = self.register_once(&spec, NodeStatus::Up).await?;
-        let spec = RegistrationSpec { id: Some(answer.id.clone()), ..spec };
-        let shared = Arc::new(Shared { status: Mutex::new(NodeStatus::Up), registrations: Mutex::new(1) });
-        let cancel = CancellationToken::new();
-        tokio::spawn(keep_alive(self.clone(), spec, Arc::clone(&shared), cancel.clone()));
-        Ok(Registration { client: self.clone(), id: answer.id, shared, cancel: cancel.drop_guard() })
+    /// The active nodes (`all`: expired-but-still-stored ones too).
+    pub async fn nodes(&self, all: bool) -> Result<NodeList, ClientError> {
+        self.send(self.inner.http.get(self.url("/v1/nodes")).query(&[("all", all)])).await
+    }
+
+    /// The services with their versions and instance counts.
+    pub async fn services(&self) -> Result<ServiceList, ClientError> {
+        self.send(self.inner.http.get(self.url("/v1/services"))).await
+    }
+
+    /// The registry's readiness answer (`/ready`): `Ok` with its JSON when ready.
+    pub async fn ready(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.inner.http.get(self.url("/ready"))).await
+    }
+
+    /// Asks the registry for the instances of `service` (no cache); `params` are the query
+    /// parameters of `GET /v1/services/{name}/instances` (`version`, `versionReq`, `status`,
+    /// `meta.<key>`).
+    pub async fn fetch_instances(
+        &self,
+        service: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<Instance>, ClientError> {
+        let request =
+            self.inner.http.get(self.url(&format!("/v1/services/{service}/instances"))).query(params);
+        let list: InstanceList = self.send(request).await?;
+        Ok(list.instances)
     }
 }
 
@@ -244,83 +371,75 @@ async fn api_error(status: StatusCode, response: reqwest::Response) -> ClientErr
     ClientError::Api { status: status.as_u16(), code, message }
 }
 
-/// State shared by a registration handle and its task.
-#[derive(Debug)]
-struct Shared {
-    /// The status sent with heartbeats.
-    status: Mutex<NodeStatus>,
-    /// How many times the node was (re-)registered.
-    registrations: Mutex<u64>,
-}
-
-/// A live registration. Heartbeats run until [`Registration::deregister`] or drop.
-#[derive(Debug)]
-pub struct Registration {
-    client: Client,
-    id: String,
-    shared: Arc<Shared>,
-    /// Stops the heartbeat task when the handle is dropped.
-    cancel: tokio_util::sync::DropGuard,
-}
-
-impl Registration {
-    /// The node id the registry knows this registration by.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Changes the status sent with the next heartbeats.
-    pub fn set_status(&self, status: NodeStatus) {
-        *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
-    }
-
-    /// How many times the node was registered (1 + re-registrations after a 404).
-    pub fn registrations(&self) -> u64 {
-        *self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stops heartbeating and removes the node from the registry.
-    pub async fn deregister(self) -> Result<(), ClientError> {
-        let Self { client, id, cancel, .. } = self;
-        drop(cancel);
-        client.deregister(&id).await
-    }
-}
-
-/// Heartbeats every interval; re-registers on 404; retries failures with backoff and jitter, never
-/// giving up.
-async fn keep_alive(client: Client, spec: RegistrationSpec, shared: Arc<Shared>, cancel: CancellationToken) {
-    let id = spec.id.clone().unwrap_or_default();
-    let backoff = RetryPolicy { max_attempts: u32::MAX, base_delay: spec.retry_delay, jitter: 0.5 };
-    let mut failures: u32 = 0;
-    loop {
-        let pause = if failures == 0 {
-            spec.heartbeat_interval
-        } else {
-            backoff.delay(failures).min(spec.max_retry_delay)
-        };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+/// Resolves on Ctrl-C or (on Unix) SIGTERM: the usual moment to deregister.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
-        let status = *shared.status.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = match client.heartbeat(&id, status).await {
-            Err(error) if error.is_not_found() => {
-                tracing::info!(node_id = %id, "the registry forgot this node; registering again");
-                let again = client.register_once(&spec, status).await.map(drop);
-                if again.is_ok() {
-                    *shared.registrations.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                }
-                again
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
             }
-            other => other,
-        };
-        match outcome {
-            Ok(()) => failures = 0,
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(node_id = %id, %error, failures, "heartbeat failed; retrying");
-            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn environment_defaults_are_the_documented_ones() {
+        let config = ClientConfig::from_vars(|_| None).unwrap();
+        assert_eq!(config.registry_url, "http://localhost:3011");
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(30_000));
+        assert_eq!(config.retry_delay, Duration::from_millis(10_000));
+        assert_eq!(config.max_retries, 5);
+        assert_eq!((config.host.as_str(), config.port), ("localhost", 3000));
+    }
+
+    #[test]
+    fn environment_overrides_and_is_checked() {
+        let config = ClientConfig::from_vars(vars(&[
+            ("SERVICE_REGISTRY_URL", "http://10.0.0.1:3100"),
+            ("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", "5000"),
+            ("SERVICE_REGISTRY_RETRY_DELAY", "250"),
+            ("SERVICE_REGISTRY_MAX_RETRIES", "3"),
+            ("HOST", "users-1.internal"),
+            ("PORT", "8080"),
+        ]))
+        .unwrap();
+        assert_eq!(config.registry_url, "http://10.0.0.1:3100");
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(config.retry_delay, Duration::from_millis(250));
+        assert_eq!(config.max_retries, 3);
+        assert_eq!(RegistrationSpec::from_config(&config).address, "users-1.internal:8080");
+        for (name, value) in [
+            ("SERVICE_REGISTRY_URL", "localhost:3011"),
+            ("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", "30s"),
+            ("SERVICE_REGISTRY_RETRY_DELAY", "0"),
+            ("SERVICE_REGISTRY_MAX_RETRIES", "-1"),
+            ("PORT", "70000"),
+            ("PORT", "0"),
+            ("HOST", " "),
+        ] {
+            let error = ClientConfig::from_vars(vars(&[(name, value)])).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
         }
     }
 }

@@ -11,6 +11,16 @@ use muster_api::v1::Instance;
 pub trait Selector: Send + Sync {
     /// The instances in the order to try them.
     fn order(&self, instances: &[Instance]) -> Vec<Instance>;
+
+    /// A call to `instance` starts ([`crate::Client::call_with_failover`] reports its calls).
+    fn started(&self, instance: &Instance) {
+        let _ = instance;
+    }
+
+    /// A call to `instance` ended, however it ended.
+    fn finished(&self, instance: &Instance) {
+        let _ = instance;
+    }
 }
 
 /// Rotates through the instances.
@@ -71,7 +81,8 @@ impl Selector for SmoothWeighted {
     }
 }
 
-/// Fewest requests in flight first; callers report with [`LeastOutstanding::start`].
+/// Fewest requests in flight first. [`crate::Client::call_with_failover`] reports its calls; other
+/// callers report with [`LeastOutstanding::start`].
 #[derive(Debug, Default)]
 pub struct LeastOutstanding {
     in_flight: Mutex<HashMap<String, usize>>,
@@ -87,18 +98,24 @@ pub struct InFlight<'a> {
 impl LeastOutstanding {
     /// Marks a request to `instance` as started; it ends when the guard drops.
     pub fn start(&self, instance: &Instance) -> InFlight<'_> {
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(instance.id.clone()).or_insert(0) +=
-            1;
+        self.started(instance);
         InFlight { owner: self, id: instance.id.clone() }
+    }
+
+    fn end(&self, id: &str) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                in_flight.remove(id);
+            }
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self.owner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = in_flight.get_mut(&self.id) {
-            *n = n.saturating_sub(1);
-        }
+        self.owner.end(&self.id);
     }
 }
 
@@ -108,6 +125,15 @@ impl Selector for LeastOutstanding {
         let mut order = instances.to_vec();
         order.sort_by_key(|i| in_flight.get(&i.id).copied().unwrap_or(0));
         order
+    }
+
+    fn started(&self, instance: &Instance) {
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(instance.id.clone()).or_insert(0) +=
+            1;
+    }
+
+    fn finished(&self, instance: &Instance) {
+        self.end(&instance.id);
     }
 }
 
@@ -167,6 +193,33 @@ mod tests {
             *counts.entry(sw.order(&all)[0].id.clone()).or_insert(0) += 1;
         }
         assert_eq!((counts["a"], counts["b"], counts["c"]), (500, 100, 100));
+    }
+
+    proptest::proptest! {
+        /// Over whole cycles, smooth weighted picks every instance exactly in proportion to its
+        /// weight, and every answer is a permutation (the failover sequence holds each once).
+        #[test]
+        fn smooth_weighted_distribution_matches_weights(
+            weights in proptest::collection::vec(1u32..=20, 1..8),
+            cycles in 1u32..4,
+        ) {
+            let all: Vec<Instance> =
+                weights.iter().enumerate().map(|(n, w)| instance(&format!("i{n}"), Some(*w))).collect();
+            let sw = SmoothWeighted::default();
+            let total: u32 = weights.iter().sum();
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            for _ in 0..total * cycles {
+                let order = sw.order(&all);
+                let mut seen = ids(&order);
+                seen.sort_unstable();
+                seen.dedup();
+                proptest::prop_assert_eq!(seen.len(), all.len());
+                *counts.entry(order[0].id.clone()).or_insert(0) += 1;
+            }
+            for (n, w) in weights.iter().enumerate() {
+                proptest::prop_assert_eq!(counts.get(&format!("i{n}")).copied().unwrap_or(0), w * cycles);
+            }
+        }
     }
 
     #[test]

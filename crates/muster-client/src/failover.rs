@@ -1,0 +1,316 @@
+//! Failover with per-instance circuit breakers.
+//!
+//! [`Client::call_with_failover`] takes the `UP` instances of a service from the resolver, orders
+//! them with the client's [`Selector`], and calls them one after the other until one succeeds. A
+//! retryable error ([`Retryable`]: refused connection, timeout, 5xx) moves on to the next candidate;
+//! any other error is the answer. Each instance has a circuit breaker: after
+//! [`BreakerConfig::failures`] retryable failures in a row it opens and the instance is skipped;
+//! after [`BreakerConfig::cool_down`] it half-opens and lets one trial call through, which closes it
+//! on success or opens it again on failure.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use muster_api::v1::Instance;
+use muster_core::{NodeStatus, VersionQuery};
+use tokio::time::Instant;
+
+use crate::select::Selector;
+use crate::{Client, ClientError};
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Retryable failures in a row that open the circuit (default 5).
+    pub failures: u32,
+    /// How long an open circuit stays open before one trial call (default 30 s).
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { failures: 5, cool_down: Duration::from_secs(30) }
+    }
+}
+
+/// The state of one instance's circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls are skipped until the cool-down ends.
+    Open,
+    /// The cool-down ended: the next call is a trial.
+    HalfOpen,
+}
+
+/// Errors that say whether another instance may succeed where this one failed.
+pub trait Retryable {
+    /// True when the failure is the instance's (unreachable, timed out, overloaded), so another
+    /// instance may succeed.
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for ClientError {
+    fn is_retryable(&self) -> bool {
+        ClientError::is_retryable(self)
+    }
+}
+
+impl Retryable for std::io::Error {
+    fn is_retryable(&self) -> bool {
+        use std::io::ErrorKind::{
+            BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, NotConnected, TimedOut,
+            UnexpectedEof,
+        };
+        matches!(
+            self.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | BrokenPipe
+                | TimedOut
+                | UnexpectedEof
+        )
+    }
+}
+
+impl Retryable for reqwest::Error {
+    fn is_retryable(&self) -> bool {
+        self.is_connect()
+            || self.is_timeout()
+            || self.status().is_some_and(|s| matches!(s.as_u16(), 502..=504))
+    }
+}
+
+/// Why [`Client::call_with_failover`] did not succeed.
+#[derive(Debug)]
+pub enum FailoverError<E> {
+    /// The resolver could not answer (the registry was never reachable).
+    Registry(ClientError),
+    /// The service has no `UP` instance.
+    NoInstances(String),
+    /// Every `UP` instance's circuit is open.
+    AllCircuitsOpen(String),
+    /// A call failed with an error that is not retryable.
+    Failed(E),
+    /// Every candidate failed with a retryable error; the last one.
+    Exhausted {
+        /// Instances tried.
+        attempts: usize,
+        /// The last error.
+        last: E,
+    },
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for FailoverError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Registry(e) => write!(f, "{e}"),
+            Self::NoInstances(s) => write!(f, "no UP instance of {s}"),
+            Self::AllCircuitsOpen(s) => write!(f, "every instance of {s} has an open circuit"),
+            Self::Failed(e) => write!(f, "{e}"),
+            Self::Exhausted { attempts, last } => write!(f, "all {attempts} instances failed; last: {last}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for FailoverError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Registry(e) => Some(e),
+            Self::Failed(e) | Self::Exhausted { last: e, .. } => Some(e),
+            Self::NoInstances(_) | Self::AllCircuitsOpen(_) => None,
+        }
+    }
+}
+
+/// One instance's breaker.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// A half-open trial is in flight.
+    trial: bool,
+}
+
+impl Breaker {
+    pub(crate) fn state(&self, now: Instant) -> CircuitState {
+        match self.open_until {
+            None => CircuitState::Closed,
+            Some(until) if now < until || self.trial => CircuitState::Open,
+            Some(_) => CircuitState::HalfOpen,
+        }
+    }
+
+    /// True when a call may go through now (taking the half-open trial if it is one).
+    pub(crate) fn try_acquire(&mut self, now: Instant) -> bool {
+        match self.state(now) {
+            CircuitState::Closed => true,
+            CircuitState::Open => false,
+            CircuitState::HalfOpen => {
+                self.trial = true;
+                true
+            }
+        }
+    }
+
+    pub(crate) fn success(&mut self) {
+        *self = Self::default();
+    }
+
+    pub(crate) fn failure(&mut self, now: Instant, config: &BreakerConfig) {
+        self.failures = self.failures.saturating_add(1);
+        if self.open_until.is_some() || self.failures >= config.failures.max(1) {
+            self.open_until = Some(now + config.cool_down);
+        }
+        self.trial = false;
+    }
+
+    /// A call that neither succeeded nor failed retryably: a trial gives its slot back.
+    pub(crate) fn neutral(&mut self) {
+        self.trial = false;
+    }
+}
+
+/// The client's selector and breakers.
+pub(crate) struct Failover {
+    selector: Box<dyn Selector>,
+    config: BreakerConfig,
+    /// `service/instance id` → breaker.
+    breakers: Mutex<HashMap<(String, String), Breaker>>,
+}
+
+impl std::fmt::Debug for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Failover {
+    pub(crate) fn new(selector: Box<dyn Selector>, config: BreakerConfig) -> Self {
+        Self { selector, config, breakers: Mutex::new(HashMap::new()) }
+    }
+
+    fn with_breaker<T>(&self, instance: &Instance, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        f(breakers.entry((instance.service.clone(), instance.id.clone())).or_default())
+    }
+}
+
+impl Client {
+    /// Calls `call` on the `UP` instances of `service` in the selector's order until one succeeds,
+    /// skipping instances whose circuit is open; see [the module](crate::failover).
+    pub async fn call_with_failover<T, E, F, Fut>(
+        &self,
+        service: &str,
+        mut call: F,
+    ) -> Result<T, FailoverError<E>>
+    where
+        F: FnMut(Instance) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Retryable,
+    {
+        let resolved = self.instances(service, &VersionQuery::Any).await.map_err(FailoverError::Registry)?;
+        let up: Vec<Instance> =
+            resolved.instances.iter().filter(|i| i.status == NodeStatus::Up).cloned().collect();
+        if up.is_empty() {
+            return Err(FailoverError::NoInstances(service.to_owned()));
+        }
+        let failover = &self.inner.failover;
+        let mut attempts = 0;
+        let mut last = None;
+        for instance in failover.selector.order(&up) {
+            if !failover.with_breaker(&instance, |b| b.try_acquire(Instant::now())) {
+                continue;
+            }
+            attempts += 1;
+            let key = instance.clone();
+            failover.selector.started(&key);
+            let outcome = call(instance).await;
+            failover.selector.finished(&key);
+            match outcome {
+                Ok(value) => {
+                    failover.with_breaker(&key, Breaker::success);
+                    return Ok(value);
+                }
+                Err(error) if error.is_retryable() => {
+                    failover.with_breaker(&key, |b| b.failure(Instant::now(), &failover.config));
+                    tracing::debug!(service, instance = %key.id, "call failed; trying the next instance");
+                    last = Some(error);
+                }
+                Err(error) => {
+                    failover.with_breaker(&key, Breaker::neutral);
+                    return Err(FailoverError::Failed(error));
+                }
+            }
+        }
+        match last {
+            Some(last) => Err(FailoverError::Exhausted { attempts, last }),
+            None => Err(FailoverError::AllCircuitsOpen(service.to_owned())),
+        }
+    }
+
+    /// The circuit state of one instance of `service` (closed when never called).
+    pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
+        let breakers = self.inner.failover.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        breakers
+            .get(&(service.to_owned(), instance_id.to_owned()))
+            .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_half_opens_and_closes() {
+        let config = BreakerConfig { failures: 3, cool_down: Duration::from_secs(10) };
+        let mut breaker = Breaker::default();
+        for _ in 0..2 {
+            assert!(breaker.try_acquire(Instant::now()));
+            breaker.failure(Instant::now(), &config);
+        }
+        assert_eq!(breaker.state(Instant::now()), CircuitState::Closed, "two failures of three");
+        breaker.failure(Instant::now(), &config);
+        assert_eq!(breaker.state(Instant::now()), CircuitState::Open);
+        assert!(!breaker.try_acquire(Instant::now()));
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(breaker.state(Instant::now()), CircuitState::HalfOpen);
+        assert!(breaker.try_acquire(Instant::now()), "one trial");
+        assert!(!breaker.try_acquire(Instant::now()), "only one trial at a time");
+        breaker.failure(Instant::now(), &config);
+        assert_eq!(breaker.state(Instant::now()), CircuitState::Open, "a failed trial opens it again");
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(breaker.try_acquire(Instant::now()));
+        breaker.success();
+        assert_eq!(breaker.state(Instant::now()), CircuitState::Closed);
+        breaker.failure(Instant::now(), &config);
+        assert_eq!(breaker.state(Instant::now()), CircuitState::Closed, "the count starts again");
+
+        // A non-retryable answer to a trial gives the trial back.
+        let mut breaker = Breaker::default();
+        for _ in 0..3 {
+            breaker.failure(Instant::now(), &config);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(breaker.try_acquire(Instant::now()));
+        breaker.neutral();
+        assert!(breaker.try_acquire(Instant::now()));
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        use std::io::{Error, ErrorKind};
+        assert!(Error::from(ErrorKind::ConnectionRefused).is_retryable());
+        assert!(Error::from(ErrorKind::TimedOut).is_retryable());
+        assert!(!Error::from(ErrorKind::InvalidData).is_retryable());
+        assert!(!Error::from(ErrorKind::PermissionDenied).is_retryable());
+    }
+}

@@ -1,0 +1,317 @@
+//! The resolver: instances from a local cache that one watch stream per client keeps current.
+//!
+//! The first [`Client::instances`] call starts one `GET /v1/watch?snapshot=true` stream for the
+//! whole client and waits for its first `resync`; from then on every lookup is a read of an
+//! immutable view (an atomic pointer load and a hash lookup), and every event replaces the view
+//! with one where only the services the event touches are rebuilt.
+//!
+//! - **Reconnect**: when the stream ends or fails, the task reconnects with `Last-Event-ID` (the
+//!   last revision it applied), backing off with jitter; the server answers with the missed events
+//!   or, when they are gone or the client fell behind, a `resync` that replaces the cache.
+//! - **Stale-if-error**: while disconnected the cache keeps serving what it knows, with
+//!   [`Resolved::stale`] set. Only a client that never reached the registry gets an error.
+//! - **Push-empty protection**: a `resync` (a reconnect, a registry restart, a lagging watch) never
+//!   turns a service's non-empty list into an empty one; the old list is kept, marked stale, until
+//!   an event about the service arrives or [`ClientConfig::empty_protection`] passes. Explicit
+//!   deregistration and expiry events do empty a list: those are news, not failures.
+//!
+//! [`ClientConfig::empty_protection`]: crate::ClientConfig::empty_protection
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use muster_api::v1::{Instance, ResyncData, instances_of};
+use muster_core::{DiscoveryEvent, EventKind, NodeInfo, RetryPolicy, Revision, VersionQuery};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::{Client, ClientError};
+
+/// The answer of [`Client::instances`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The matching instances, ordered by node id.
+    pub instances: Arc<[Instance]>,
+    /// True when the list may be out of date: the watch is disconnected, or the list is held by
+    /// the push-empty protection.
+    pub stale: bool,
+    /// The registry revision the cache reflects.
+    pub revision: Revision,
+}
+
+/// One service's instances in a view.
+#[derive(Debug, Clone)]
+struct Entry {
+    instances: Arc<[Instance]>,
+    /// Set when a resync would have emptied the list: the old list is served (stale) until then.
+    protected_until: Option<Instant>,
+}
+
+/// What lookups read.
+#[derive(Debug, Default)]
+struct View {
+    revision: Revision,
+    /// True while the watch stream is up.
+    connected: bool,
+    services: HashMap<String, Entry>,
+}
+
+/// The state of the watch, for first use.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// No answer yet.
+    Starting,
+    /// The first resync arrived.
+    Loaded,
+    /// The registry could not be reached before anything was loaded.
+    Failed(ClientError),
+}
+
+/// One client's resolver: the published view and its watch task.
+#[derive(Debug)]
+pub(crate) struct Resolver {
+    view: Arc<ArcSwap<View>>,
+    phase: watch::Receiver<Phase>,
+    /// Ends the watch task when the last client clone is dropped.
+    _task: DropGuard,
+}
+
+impl Resolver {
+    fn start(client: &Client) -> Self {
+        let view = Arc::new(ArcSwap::from_pointee(View::default()));
+        let (phase_tx, phase) = watch::channel(Phase::Starting);
+        let cancel = CancellationToken::new();
+        // The watch has no overall timeout; a connection silent for three of the server's
+        // keep-alive periods (15 s) is taken for dead.
+        let http = reqwest::Client::builder()
+            .connect_timeout(client.inner.config.request_timeout)
+            .read_timeout(Duration::from_secs(45))
+            .build()
+            .unwrap_or_else(|_| client.inner.http.clone());
+        let task = WatchTask {
+            http,
+            base: client.inner.base.clone(),
+            protection: client.inner.config.empty_protection,
+            view: Arc::clone(&view),
+            phase: phase_tx,
+            nodes: HashMap::new(),
+            members: HashMap::new(),
+            revision: None,
+        };
+        tokio::spawn(task.run(cancel.clone()));
+        Self { view, phase, _task: cancel.drop_guard() }
+    }
+
+    fn lookup(&self, service: &str, version: &VersionQuery) -> Resolved {
+        let view = self.view.load();
+        let (instances, protected) = match view.services.get(service) {
+            Some(entry) => match entry.protected_until {
+                Some(until) if Instant::now() >= until => (Arc::from(Vec::new()), false),
+                Some(_) => (Arc::clone(&entry.instances), true),
+                None => (Arc::clone(&entry.instances), false),
+            },
+            None => (Arc::from(Vec::new()), false),
+        };
+        let instances = match version {
+            VersionQuery::Any => instances,
+            query => instances.iter().filter(|i| query.matches(i.version.as_deref())).cloned().collect(),
+        };
+        Resolved { instances, stale: protected || !view.connected, revision: view.revision }
+    }
+}
+
+impl Client {
+    /// The active instances of `service` matching `version`, from the local cache.
+    ///
+    /// The first call starts the client's watch stream and waits for its first answer; it fails
+    /// only when the registry cannot be reached at all. Later calls never wait on the network.
+    pub async fn instances(&self, service: &str, version: &VersionQuery) -> Result<Resolved, ClientError> {
+        let resolver = self.inner.resolver.get_or_init(|| async { Resolver::start(self) }).await;
+        let mut phase = resolver.phase.clone();
+        let ready = phase.wait_for(|p| !matches!(p, Phase::Starting)).await.map(|p| p.clone());
+        match ready {
+            Ok(Phase::Failed(error)) => Err(error),
+            Ok(_) => Ok(resolver.lookup(service, version)),
+            Err(_) => Err(ClientError::Unreachable("the resolver stopped".to_owned())),
+        }
+    }
+}
+
+/// The background task that owns the node map and publishes views.
+struct WatchTask {
+    http: reqwest::Client,
+    base: String,
+    protection: Duration,
+    view: Arc<ArcSwap<View>>,
+    phase: watch::Sender<Phase>,
+    /// Every active node by id.
+    nodes: HashMap<String, NodeInfo>,
+    /// Service name → ids of the nodes providing it.
+    members: HashMap<String, BTreeSet<String>>,
+    /// The last revision applied.
+    revision: Option<Revision>,
+}
+
+/// Why a stream ended.
+enum Ended {
+    Cancelled,
+    Broken(ClientError),
+}
+
+impl WatchTask {
+    async fn run(mut self, cancel: CancellationToken) {
+        let backoff =
+            RetryPolicy { max_attempts: u32::MAX, base_delay: Duration::from_millis(100), jitter: 0.5 };
+        let mut failures = 0u32;
+        loop {
+            let ended = tokio::select! {
+                () = cancel.cancelled() => Ended::Cancelled,
+                ended = self.stream(&mut failures) => ended,
+            };
+            let Ended::Broken(error) = ended else { return };
+            self.set_connected(false);
+            if self.revision.is_none() {
+                self.phase.send_replace(Phase::Failed(error.clone()));
+            }
+            failures = failures.saturating_add(1);
+            let pause = backoff.delay(failures.min(6));
+            tracing::debug!(%error, ?pause, "registry watch broken; reconnecting");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Connects and applies events until the stream breaks.
+    async fn stream(&mut self, failures: &mut u32) -> Ended {
+        let mut request = self.http.get(format!("{}/v1/watch", self.base));
+        request = match self.revision {
+            Some(revision) => request.header("last-event-id", revision.to_string()),
+            None => request.query(&[("snapshot", "true")]),
+        };
+        let response = match request.send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => return Ended::Broken(crate::api_error(response.status(), response).await),
+            Err(error) => {
+                return Ended::Broken(ClientError::Unreachable(format!(
+                    "no registry at {} ({error})",
+                    self.base
+                )));
+            }
+        };
+        self.set_connected(true);
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => return Ended::Broken(ClientError::Unreachable(error.to_string())),
+            };
+            let applied = match event.event.as_str() {
+                "resync" => serde_json::from_str::<ResyncData>(&event.data).map(|data| self.resync(data)),
+                "registered" | "updated" | "deregistered" => {
+                    serde_json::from_str::<DiscoveryEvent>(&event.data).map(|e| self.apply(e))
+                }
+                "error" => {
+                    return Ended::Broken(ClientError::Unreachable(format!("watch error: {}", event.data)));
+                }
+                // Titan peers' channel events are announced again with revisions once adopted.
+                _ => continue,
+            };
+            if let Err(error) = applied {
+                return Ended::Broken(ClientError::Unreachable(format!("unreadable watch event: {error}")));
+            }
+            *failures = 0;
+        }
+        Ended::Broken(ClientError::Unreachable("the registry closed the watch".to_owned()))
+    }
+
+    fn resync(&mut self, data: ResyncData) {
+        self.nodes = data.nodes.into_iter().map(|n| (n.node_id.to_string(), n)).collect();
+        self.members.clear();
+        for (id, node) in &self.nodes {
+            for service in &node.services {
+                self.members.entry(service.name.clone()).or_default().insert(id.clone());
+            }
+        }
+        let old = self.view.load_full();
+        let now = Instant::now();
+        let mut services = HashMap::with_capacity(self.members.len());
+        for name in self.members.keys() {
+            services.insert(name.clone(), Entry { instances: self.build(name), protected_until: None });
+        }
+        for (name, entry) in &old.services {
+            let still_protected = entry.protected_until.is_none_or(|until| now < until);
+            if !services.contains_key(name) && !entry.instances.is_empty() && still_protected {
+                let until = entry.protected_until.unwrap_or(now + self.protection);
+                tracing::info!(service = %name, "a resync would empty the service; keeping its last instances");
+                services.insert(
+                    name.clone(),
+                    Entry { instances: Arc::clone(&entry.instances), protected_until: Some(until) },
+                );
+            }
+        }
+        self.revision = Some(data.revision);
+        self.view.store(Arc::new(View { revision: data.revision, connected: true, services }));
+        self.phase.send_if_modified(|p| {
+            let first = !matches!(p, Phase::Loaded);
+            *p = Phase::Loaded;
+            first
+        });
+    }
+
+    fn apply(&mut self, event: DiscoveryEvent) {
+        let id = event.node.node_id.to_string();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        if let Some(old) = self.nodes.remove(&id) {
+            for service in &old.services {
+                touched.insert(service.name.clone());
+                if let Some(set) = self.members.get_mut(&service.name) {
+                    set.remove(&id);
+                }
+            }
+        }
+        if event.kind != EventKind::Deregistered {
+            for service in &event.node.services {
+                touched.insert(service.name.clone());
+                self.members.entry(service.name.clone()).or_default().insert(id.clone());
+            }
+            self.nodes.insert(id, event.node);
+        }
+        let old = self.view.load_full();
+        let mut services = old.services.clone();
+        for name in touched {
+            if self.members.get(&name).is_some_and(BTreeSet::is_empty) {
+                self.members.remove(&name);
+            }
+            services.insert(name.clone(), Entry { instances: self.build(&name), protected_until: None });
+        }
+        self.revision = Some(event.revision);
+        self.view.store(Arc::new(View { revision: event.revision, connected: true, services }));
+    }
+
+    /// The instances of `service`, ordered by node id.
+    fn build(&self, service: &str) -> Arc<[Instance]> {
+        let Some(ids) = self.members.get(service) else { return Arc::from(Vec::new()) };
+        ids.iter()
+            .filter_map(|id| self.nodes.get(id))
+            .flat_map(|node| instances_of(node, |s| s.name == service))
+            .collect()
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let old = self.view.load_full();
+        if old.connected != connected {
+            self.view.store(Arc::new(View {
+                revision: old.revision,
+                connected,
+                services: old.services.clone(),
+            }));
+        }
+    }
+}
