@@ -58,7 +58,7 @@ use reqwest::StatusCode;
 
 pub use failover::{BreakerConfig, CircuitState, FailoverError, Retryable};
 pub use registration::{Registration, RegistrationSpec};
-pub use resolve::Resolved;
+pub use resolve::{Resolved, WatchOptions};
 
 /// What went wrong talking to the registry.
 #[derive(Debug, Clone)]
@@ -221,6 +221,9 @@ struct Inner {
     base: String,
     /// The HTTP connection pool.
     http: reqwest::Client,
+    /// For watches: no overall timeout; a connection silent for three of the server's keep-alive
+    /// periods (15 s) is taken for dead.
+    watch_http: reqwest::Client,
     config: ClientConfig,
     /// Started on first use of [`Client::instances`].
     resolver: tokio::sync::OnceCell<resolve::Resolver>,
@@ -250,10 +253,14 @@ impl Client {
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let watch_http = reqwest::Client::builder()
+            .connect_timeout(config.request_timeout)
+            .read_timeout(Duration::from_secs(45))
+            .build()
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         let failover = failover::Failover::new(selector, config.breaker.clone());
-        Ok(Self {
-            inner: Arc::new(Inner { base, http, config, resolver: tokio::sync::OnceCell::new(), failover }),
-        })
+        let resolver = tokio::sync::OnceCell::new();
+        Ok(Self { inner: Arc::new(Inner { base, http, watch_http, config, resolver, failover }) })
     }
 
     /// The registry's base URL.
@@ -271,7 +278,7 @@ impl Client {
     }
 
     fn unreachable(&self, error: &reqwest::Error) -> ClientError {
-        ClientError::Unreachable(format!("no registry at {} ({error})", self.inner.base))
+        unreachable(&self.inner.base, error)
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
@@ -310,8 +317,8 @@ impl Client {
         Ok(())
     }
 
-    /// Removes a node (an unknown id is not an error: it is gone either way).
-    pub async fn deregister(&self, id: &str) -> Result<(), ClientError> {
+    /// Removes a node; `false` when the registry did not know it (gone either way).
+    pub async fn deregister(&self, id: &str) -> Result<bool, ClientError> {
         let response = self
             .inner
             .http
@@ -320,7 +327,8 @@ impl Client {
             .await
             .map_err(|e| self.unreachable(&e))?;
         match response.status() {
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
             s => Err(api_error(s, response).await),
         }
     }
@@ -344,9 +352,18 @@ impl Client {
         self.send(self.inner.http.get(self.url("/v1/services"))).await
     }
 
-    /// The registry's readiness answer (`/ready`): `Ok` with its JSON when ready.
+    /// The registry's readiness answer (`/ready`): `Ok` with its JSON when ready; a 503 `Api`
+    /// error whose message says why when its store is unreachable.
     pub async fn ready(&self) -> Result<serde_json::Value, ClientError> {
-        self.send(self.inner.http.get(self.url("/ready"))).await
+        let response =
+            self.inner.http.get(self.url("/ready")).send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(&e))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body.get("error").and_then(|e| e.as_str()).unwrap_or("not ready").to_owned();
+        Err(ClientError::Api { status: status.as_u16(), code: "unavailable".to_owned(), message })
     }
 
     /// Asks the registry for the instances of `service` (no cache); `params` are the query
@@ -362,6 +379,16 @@ impl Client {
         let list: InstanceList = self.send(request).await?;
         Ok(list.instances)
     }
+}
+
+/// "no registry at {base} ({the innermost cause})".
+pub(crate) fn unreachable(base: &str, error: &reqwest::Error) -> ClientError {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let detail = if error.is_timeout() { "timed out".to_owned() } else { cause.to_string() };
+    ClientError::Unreachable(format!("no registry at {base} ({detail})"))
 }
 
 async fn api_error(status: StatusCode, response: reqwest::Response) -> ClientError {

@@ -170,7 +170,7 @@ impl Registration {
     pub async fn deregister(self) -> Result<(), ClientError> {
         let Self { client, id, cancel, .. } = self;
         drop(cancel);
-        client.deregister(&id).await
+        client.deregister(&id).await.map(drop)
     }
 
     /// Keeps heartbeating until `signal` resolves (e.g. [`crate::shutdown_signal`]), then

@@ -24,8 +24,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use muster_api::v1::{Instance, ResyncData, instances_of};
-use muster_core::{DiscoveryEvent, EventKind, NodeInfo, RetryPolicy, Revision, VersionQuery};
+use muster_core::{
+    DiscoveryEvent, EventKind, NodeInfo, RetryPolicy, Revision, Snapshot, VersionQuery, WatchEvent,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -86,15 +89,8 @@ impl Resolver {
         let view = Arc::new(ArcSwap::from_pointee(View::default()));
         let (phase_tx, phase) = watch::channel(Phase::Starting);
         let cancel = CancellationToken::new();
-        // The watch has no overall timeout; a connection silent for three of the server's
-        // keep-alive periods (15 s) is taken for dead.
-        let http = reqwest::Client::builder()
-            .connect_timeout(client.inner.config.request_timeout)
-            .read_timeout(Duration::from_secs(45))
-            .build()
-            .unwrap_or_else(|_| client.inner.http.clone());
         let task = WatchTask {
-            http,
+            http: client.inner.watch_http.clone(),
             base: client.inner.base.clone(),
             protection: client.inner.config.empty_protection,
             view: Arc::clone(&view),
@@ -125,7 +121,83 @@ impl Resolver {
     }
 }
 
+/// What [`Client::watch`] asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Only events about this service (and nodes that just stopped providing it).
+    pub service: Option<String>,
+    /// Resume after this revision (the server answers with a resync when it is too old).
+    pub after: Option<Revision>,
+    /// Start with a resync carrying the current state.
+    pub snapshot: bool,
+}
+
+/// Opens `GET /v1/watch` and decodes its server-sent events. One connection: the stream ends when
+/// it breaks (reconnect with [`WatchOptions::after`] set to the last revision seen).
+pub(crate) async fn open_watch(
+    http: &reqwest::Client,
+    base: &str,
+    options: &WatchOptions,
+) -> Result<BoxStream<'static, Result<WatchEvent, ClientError>>, ClientError> {
+    let mut request = http.get(format!("{base}/v1/watch"));
+    if let Some(service) = &options.service {
+        request = request.query(&[("service", service)]);
+    }
+    if let Some(after) = options.after {
+        request = request.header("last-event-id", after.to_string());
+    } else if options.snapshot {
+        request = request.query(&[("snapshot", "true")]);
+    }
+    let response = request.send().await.map_err(|e| crate::unreachable(base, &e))?;
+    if !response.status().is_success() {
+        return Err(crate::api_error(response.status(), response).await);
+    }
+    let base = base.to_owned();
+    let events = response.bytes_stream().eventsource().filter_map(move |event| {
+        let base = base.clone();
+        async move { decode(&base, event) }
+    });
+    Ok(events.boxed())
+}
+
+/// One server-sent event as a watch item (`None`: not one of ours).
+fn decode<E: std::fmt::Display>(
+    base: &str,
+    event: Result<eventsource_stream::Event, eventsource_stream::EventStreamError<E>>,
+) -> Option<Result<WatchEvent, ClientError>> {
+    let event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            let message = format!("the watch connection to {base} broke ({error})");
+            return Some(Err(ClientError::Unreachable(message)));
+        }
+    };
+    let unreadable = |e: serde_json::Error| ClientError::Unreachable(format!("unreadable watch event: {e}"));
+    let item = match event.event.as_str() {
+        "resync" => serde_json::from_str::<ResyncData>(&event.data)
+            .map(|d| WatchEvent::Resync(Snapshot { revision: d.revision, nodes: d.nodes }))
+            .map_err(unreadable),
+        "registered" | "updated" | "deregistered" => {
+            serde_json::from_str::<DiscoveryEvent>(&event.data).map(WatchEvent::Event).map_err(unreadable)
+        }
+        "peer" => {
+            serde_json::from_str::<DiscoveryEvent>(&event.data).map(WatchEvent::Peer).map_err(unreadable)
+        }
+        "error" => Err(ClientError::Unreachable(format!("the registry's store failed: {}", event.data))),
+        _ => return None,
+    };
+    Some(item)
+}
+
 impl Client {
+    /// Registry changes as they happen (`GET /v1/watch`), over one connection.
+    pub async fn watch(
+        &self,
+        options: &WatchOptions,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, ClientError>>, ClientError> {
+        open_watch(&self.inner.watch_http, &self.inner.base, options).await
+    }
+
     /// The active instances of `service` matching `version`, from the local cache.
     ///
     /// The first call starts the client's watch stream and waits for its first answer; it fails
@@ -190,48 +262,29 @@ impl WatchTask {
 
     /// Connects and applies events until the stream breaks.
     async fn stream(&mut self, failures: &mut u32) -> Ended {
-        let mut request = self.http.get(format!("{}/v1/watch", self.base));
-        request = match self.revision {
-            Some(revision) => request.header("last-event-id", revision.to_string()),
-            None => request.query(&[("snapshot", "true")]),
+        let options = match self.revision {
+            Some(revision) => WatchOptions { after: Some(revision), ..WatchOptions::default() },
+            None => WatchOptions { snapshot: true, ..WatchOptions::default() },
         };
-        let response = match request.send().await {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => return Ended::Broken(crate::api_error(response.status(), response).await),
-            Err(error) => {
-                return Ended::Broken(ClientError::Unreachable(format!(
-                    "no registry at {} ({error})",
-                    self.base
-                )));
-            }
+        let mut events = match open_watch(&self.http, &self.base, &options).await {
+            Ok(events) => events,
+            Err(error) => return Ended::Broken(error),
         };
         self.set_connected(true);
-        let mut events = response.bytes_stream().eventsource();
         while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => return Ended::Broken(ClientError::Unreachable(error.to_string())),
-            };
-            let applied = match event.event.as_str() {
-                "resync" => serde_json::from_str::<ResyncData>(&event.data).map(|data| self.resync(data)),
-                "registered" | "updated" | "deregistered" => {
-                    serde_json::from_str::<DiscoveryEvent>(&event.data).map(|e| self.apply(e))
-                }
-                "error" => {
-                    return Ended::Broken(ClientError::Unreachable(format!("watch error: {}", event.data)));
-                }
+            match event {
+                Ok(WatchEvent::Resync(snapshot)) => self.resync(snapshot),
+                Ok(WatchEvent::Event(event)) => self.apply(event),
                 // Titan peers' channel events are announced again with revisions once adopted.
-                _ => continue,
-            };
-            if let Err(error) = applied {
-                return Ended::Broken(ClientError::Unreachable(format!("unreadable watch event: {error}")));
+                Ok(WatchEvent::Peer(_)) => continue,
+                Err(error) => return Ended::Broken(error),
             }
             *failures = 0;
         }
         Ended::Broken(ClientError::Unreachable("the registry closed the watch".to_owned()))
     }
 
-    fn resync(&mut self, data: ResyncData) {
+    fn resync(&mut self, data: Snapshot) {
         self.nodes = data.nodes.into_iter().map(|n| (n.node_id.to_string(), n)).collect();
         self.members.clear();
         for (id, node) in &self.nodes {

@@ -1,4 +1,5 @@
-//! The `muster` command. `muster serve` runs the registry server: configuration is read once, here,
+//! The `muster` command. The everyday commands (`register`, `deregister`, `nodes`, `services`,
+//! `find`, `watch`, `health`) live in [`cmd`]. `muster serve` runs the registry server: configuration is read once, here,
 //! from flags, `MUSTER_*` environment variables and the seed-003 variables (`PORT`,
 //! `HEARTBEAT_TIMEOUT_SECONDS`, `CLEANUP_INTERVAL_SECONDS`, `MAX_INSTANCES_PER_SERVICE`,
 //! `ALLOWED_ORIGINS`) as aliases, validated, and handed to `muster_server::run`.
@@ -13,9 +14,12 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use muster_core::Registry;
 use muster_server::{AppState, ServerConfig};
 
-/// Service discovery and registration.
+mod cmd;
+
+/// Service discovery and registration: `muster serve` runs the registry; the other commands talk
+/// to it (and `nodes`, `find`, `watch` can read a Redis registry directly with `--redis`).
 #[derive(Debug, Parser)]
-#[command(name = "muster", version, about)]
+#[command(name = "muster", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the registry server (REST API, watch, health) on the embedded store or on Redis.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cmd::ClientCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,19 +105,10 @@ const ALIASES: &[(&str, &str)] = &[
 
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
-    let mut cli = match Cli::from_arg_matches(&matches) {
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    let Command::Serve(args) = &mut cli.command;
-    if let Some(("serve", serve)) = matches.subcommand() {
-        let settled = apply_config_file(args, serve)
-            .and_then(|()| apply_aliases(args, serve, |key| std::env::var(key).ok()));
-        if let Err(message) = settled {
-            eprintln!("error: {message}");
-            return std::process::ExitCode::from(2);
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -119,7 +116,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli)) {
+    let mut args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Client(command) => return runtime.block_on(cmd::run(command)),
+    };
+    if let Some(("serve", serve)) = matches.subcommand() {
+        let settled = apply_config_file(&mut args, serve)
+            .and_then(|()| apply_aliases(&mut args, serve, |key| std::env::var(key).ok()));
+        if let Err(message) = settled {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    match runtime.block_on(serve(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -165,7 +174,7 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
     let parsed = Cli::try_parse_from(&argv).map_err(|e| {
         format!("--config {}: {}", path.display(), e.to_string().lines().next().unwrap_or_default())
     })?;
-    let Command::Serve(from_file) = parsed.command;
+    let Command::Serve(from_file) = parsed.command else { return Ok(()) };
     for id in applied {
         match id.as_str() {
             "listen" => args.listen = from_file.listen,
@@ -242,8 +251,7 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve(args) = cli.command;
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let mut persisted: Option<muster_memory::MemoryRegistry> = None;
     let memory_options = muster_memory::MemoryOptions {

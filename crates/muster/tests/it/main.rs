@@ -1,6 +1,8 @@
 //! The `muster` binary as a user runs it: start `muster serve`, talk to it, stop it with SIGTERM;
 //! bad settings exit with a message and the usage exit code.
 
+mod cli;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,6 +15,8 @@ fn muster() -> Command {
         "CLEANUP_INTERVAL_SECONDS",
         "MAX_INSTANCES_PER_SERVICE",
         "ALLOWED_ORIGINS",
+        "MUSTER_REGISTRY",
+        "MUSTER_REDIS",
     ] {
         command.env_remove(alias);
     }

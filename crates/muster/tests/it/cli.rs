@@ -1,0 +1,194 @@
+//! The everyday commands as a user runs them: spawn the binary, read its output and exit code.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use muster_core::{Address, NodeId, Registration, Registry, ServiceInfo};
+
+use super::{muster, spawn_serve};
+
+fn run(args: &[&str]) -> Output {
+    muster().args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn interrupt(child: &Child) {
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Spawns a long-running command; returns it with a reader of its stdout lines.
+fn spawn(args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = muster().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(lines: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    lines.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no line: {what}"))
+}
+
+async fn wait_exit(child: &mut Child) -> i32 {
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the command did not exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyday_commands_against_a_server() {
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0"], &[]);
+    let registry = ["--registry", base.as_str()];
+    let with = |args: &[&str]| -> Output { run(&[args, &registry[..]].concat()) };
+
+    // Nothing yet: find exits 1 and says so.
+    let output = with(&["find", "users"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("no instances of users"), "{}", text(&output.stderr));
+
+    // `watch --json` prints one JSON object per event.
+    let (mut watch, events) = spawn(&[&["watch", "--json", "--service", "users"], &registry[..]].concat());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // `register` keeps the node alive until Ctrl-C.
+    let (mut node, node_out) = spawn(
+        &[
+            &["register", "--address", "10.0.0.5:8080", "--service", "users@1.2.0", "--service", "auth"],
+            &["--id", "cli-node", "--ttl", "2s", "--meta", "zone=eu"][..],
+            &registry[..],
+        ]
+        .concat(),
+    );
+    let said = next_line(&node_out, "register's first line");
+    assert!(said.contains("registered cli-node at 10.0.0.5:8080"), "{said}");
+    let event: serde_json::Value =
+        serde_json::from_str(&next_line(&events, "the registration event")).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["node"]["nodeId"].as_str()),
+        (Some("NODE_REGISTERED"), Some("cli-node"))
+    );
+
+    // Still there after more than its TTL: it heartbeats.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let output = with(&["find", "users", "--version", "1.2.0"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let table = text(&output.stdout);
+    assert!(
+        table.starts_with("ID ") && table.contains("cli-node") && table.contains("10.0.0.5:8080"),
+        "{table}"
+    );
+    assert_eq!(with(&["find", "users", "--version-req", "^2"]).status.code(), Some(1));
+    let found: serde_json::Value =
+        serde_json::from_slice(&with(&["find", "users@^1", "--json"]).stdout).unwrap();
+    assert_eq!(found[0]["metadata"]["zone"], "eu");
+
+    let nodes: serde_json::Value = serde_json::from_slice(&with(&["nodes", "--json"]).stdout).unwrap();
+    assert_eq!(nodes["nodes"][0]["nodeId"], "cli-node");
+    assert!(text(&with(&["nodes"]).stdout).contains("users@1.2.0,auth"));
+    let services = text(&with(&["services"]).stdout);
+    assert!(services.lines().any(|l| l.starts_with("users") && l.contains("1.2.0")), "{services}");
+    let health = with(&["health"]);
+    assert_eq!(health.status.code(), Some(0));
+    assert!(text(&health.stdout).contains("is ready"));
+
+    // Ctrl-C deregisters.
+    interrupt(&node);
+    assert_eq!(wait_exit(&mut node).await, 0);
+    let event: serde_json::Value =
+        serde_json::from_str(&next_line(&events, "the deregistration event")).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("NODE_DEREGISTERED"), Some("graceful"))
+    );
+    assert_eq!(with(&["find", "users"]).status.code(), Some(1));
+
+    // Deregistering an unknown node is an error; a bad id is a usage error.
+    let output = with(&["deregister", "ghost"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("no node ghost"));
+    assert_eq!(with(&["deregister", "bad id!"]).status.code(), Some(2));
+
+    // A server that goes away ends the watch with an error.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(wait_exit(&mut watch).await, 1);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("watch"), "{stderr}");
+}
+
+#[test]
+fn errors_say_what_to_do_and_exit_codes_hold() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    for args in [vec!["nodes"], vec!["services"], vec!["find", "users"], vec!["health"], vec!["watch"]] {
+        let output = muster().args(&args).env("MUSTER_REGISTRY", &nowhere).output().unwrap();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&format!("no registry at {nowhere}")), "{args:?}: {stderr}");
+        assert!(stderr.contains("is `muster serve` running?"), "{args:?}: {stderr}");
+    }
+    for args in [
+        vec!["find", "bad name"],
+        vec!["find", "users", "--version", "1", "--version-req", "^1"],
+        vec!["register", "--address", "10.0.0.1:80"],
+        vec!["register", "--address", "10.0.0.1:80", "--service", "users", "--meta", "novalue"],
+        vec!["nodes", "--registry", "localhost:3100"],
+        vec!["watch", "--service", "no spaces"],
+    ] {
+        let output = muster().args(&args).env("MUSTER_REGISTRY", &nowhere).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output.stderr));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_find_and_watch_read_redis_directly() {
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let store = muster_redis::RedisRegistry::connect_url(&url).await.unwrap();
+    let registration = |id: &str, version: &str| {
+        Registration::new(
+            NodeId::new(id).unwrap(),
+            Address::parse("10.1.0.1:9000").unwrap(),
+            vec![ServiceInfo::new("orders", Some(version)).unwrap()],
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    store.heartbeat(registration("r-1", "3.1.0")).await.unwrap();
+
+    let nodes = muster().args(["nodes", "--redis", &url]).output().unwrap();
+    assert_eq!(nodes.status.code(), Some(0), "{}", text(&nodes.stderr));
+    assert!(text(&nodes.stdout).contains("r-1") && text(&nodes.stdout).contains("orders@3.1.0"));
+    let found = muster().args(["find", "orders@^3", "--redis", &url, "--json"]).output().unwrap();
+    let found: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(found[0]["id"], "r-1");
+    assert_eq!(
+        muster().args(["find", "orders@^4", "--redis", &url]).output().unwrap().status.code(),
+        Some(1)
+    );
+
+    let (mut watch, lines) = spawn(&["watch", "--redis", &url]);
+    assert!(next_line(&lines, "the watch banner").contains("watching"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.heartbeat(registration("r-2", "3.2.0")).await.unwrap();
+    let line = next_line(&lines, "the registration");
+    assert!(line.contains("registered") && line.contains("r-2") && line.contains("orders@3.2.0"), "{line}");
+    interrupt(&watch);
+    assert_eq!(wait_exit(&mut watch).await, 0);
+}
