@@ -80,6 +80,8 @@ enum Phase {
 pub(crate) struct Resolver {
     view: Arc<ArcSwap<View>>,
     phase: watch::Receiver<Phase>,
+    /// The revision of the published view.
+    revision: watch::Receiver<Revision>,
     /// Ends the watch task when the last client clone is dropped.
     _task: DropGuard,
 }
@@ -88,6 +90,7 @@ impl Resolver {
     fn start(client: &Client) -> Self {
         let view = Arc::new(ArcSwap::from_pointee(View::default()));
         let (phase_tx, phase) = watch::channel(Phase::Starting);
+        let (revision_tx, revision) = watch::channel(Revision(0));
         let cancel = CancellationToken::new();
         let task = WatchTask {
             http: client.inner.watch_http.clone(),
@@ -95,12 +98,13 @@ impl Resolver {
             protection: client.inner.config.empty_protection,
             view: Arc::clone(&view),
             phase: phase_tx,
+            published: revision_tx,
             nodes: HashMap::new(),
             members: HashMap::new(),
             revision: None,
         };
         tokio::spawn(task.run(cancel.clone()));
-        Self { view, phase, _task: cancel.drop_guard() }
+        Self { view, phase, revision, _task: cancel.drop_guard() }
     }
 
     fn lookup(&self, service: &str, version: &VersionQuery) -> Resolved {
@@ -198,17 +202,31 @@ impl Client {
         open_watch(&self.inner.watch_http, &self.inner.base, options).await
     }
 
+    /// A receiver that changes whenever the resolver cache applies a change (its value: the
+    /// revision the cache now reflects). Starts the resolver like [`Client::instances`].
+    pub async fn cache_changes(&self) -> Result<watch::Receiver<Revision>, ClientError> {
+        Ok(self.resolver().await?.revision.clone())
+    }
+
     /// The active instances of `service` matching `version`, from the local cache.
     ///
     /// The first call starts the client's watch stream and waits for its first answer; it fails
     /// only when the registry cannot be reached at all. Later calls never wait on the network.
     pub async fn instances(&self, service: &str, version: &VersionQuery) -> Result<Resolved, ClientError> {
+        Ok(self.resolver().await?.lookup(service, version))
+    }
+
+    /// The resolver, started on first use and loaded (or failed) once.
+    async fn resolver(&self) -> Result<&Resolver, ClientError> {
         let resolver = self.inner.resolver.get_or_init(|| async { Resolver::start(self) }).await;
+        if matches!(*resolver.phase.borrow(), Phase::Loaded) {
+            return Ok(resolver);
+        }
         let mut phase = resolver.phase.clone();
         let ready = phase.wait_for(|p| !matches!(p, Phase::Starting)).await.map(|p| p.clone());
         match ready {
             Ok(Phase::Failed(error)) => Err(error),
-            Ok(_) => Ok(resolver.lookup(service, version)),
+            Ok(_) => Ok(resolver),
             Err(_) => Err(ClientError::Unreachable("the resolver stopped".to_owned())),
         }
     }
@@ -221,6 +239,8 @@ struct WatchTask {
     protection: Duration,
     view: Arc<ArcSwap<View>>,
     phase: watch::Sender<Phase>,
+    /// Told the revision of every view published.
+    published: watch::Sender<Revision>,
     /// Every active node by id.
     nodes: HashMap<String, NodeInfo>,
     /// Service name → ids of the nodes providing it.
@@ -311,6 +331,7 @@ impl WatchTask {
         }
         self.revision = Some(data.revision);
         self.view.store(Arc::new(View { revision: data.revision, connected: true, services }));
+        self.published.send_replace(data.revision);
         self.phase.send_if_modified(|p| {
             let first = !matches!(p, Phase::Loaded);
             *p = Phase::Loaded;
@@ -346,6 +367,7 @@ impl WatchTask {
         }
         self.revision = Some(event.revision);
         self.view.store(Arc::new(View { revision: event.revision, connected: true, services }));
+        self.published.send_replace(event.revision);
     }
 
     /// The instances of `service`, ordered by node id.

@@ -182,12 +182,14 @@ async fn resolver_cache_follows_the_watch() {
     let first = client.instances("users", &VersionQuery::Any).await.unwrap();
     assert_eq!((first.instances.len(), first.stale), (1, false));
 
-    // A registration, a version filter, an update, a deregistration: each reaches the cache.
+    // A registration, a version filter, an update, a deregistration: each reaches the cache, and
+    // `cache_changes` says when.
+    let mut changes = client.cache_changes().await.unwrap();
+    let before = *changes.borrow_and_update();
     server.add("b", "10.0.0.2:80", "users", "2.0.0").await;
-    until("b is in the cache", async || {
-        client.instances("users", &VersionQuery::Any).await.unwrap().instances.len() == 2
-    })
-    .await;
+    tokio::time::timeout(Duration::from_secs(10), changes.changed()).await.unwrap().unwrap();
+    assert!(*changes.borrow() > before);
+    assert_eq!(client.instances("users", &VersionQuery::Any).await.unwrap().instances.len(), 2);
     let v1 = client.instances("users", &VersionQuery::semver("^1").unwrap()).await.unwrap();
     assert_eq!(v1.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a"]);
     let exact = client.instances("users", &VersionQuery::exact("2.0.0").unwrap()).await.unwrap();
