@@ -4,6 +4,8 @@
 //! `cargo run --release -p muster-bench -- redis [--seconds N]`
 //! `cargo run --release -p muster-bench -- fanout [--watchers N]` — N server-sent-event watchers on
 //! an in-process server; the time until every one has seen a registration.
+//! `cargo run --release -p muster-bench -- memory [--nodes N]` — resident memory per node of an
+//! in-process server on the embedded store after N registrations over HTTP.
 //! `cargo run --release -p muster-bench -- resolver [--lookups N]` — the SDK's resolver: cached
 //! lookups per second on one core, and the time from a registration to the cache reflecting it.
 
@@ -39,6 +41,14 @@ async fn main() {
         }
         return;
     }
+    if args.first().map(String::as_str) == Some("memory") {
+        let nodes = flag("--nodes").unwrap_or(100_000u64);
+        if let Err(error) = memory(usize::try_from(nodes).unwrap_or(100_000)).await {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) == Some("resolver") {
         let lookups = flag("--lookups").unwrap_or(5_000_000u64);
         if let Err(error) = resolver(lookups).await {
@@ -49,7 +59,7 @@ async fn main() {
     }
     if args.first().map(String::as_str) != Some("redis") {
         eprintln!(
-            "usage: muster-bench redis [--seconds N] | muster-bench fanout [--watchers N] | muster-bench resolver [--lookups N]"
+            "usage: muster-bench redis [--seconds N] | fanout [--watchers N] | memory [--nodes N] | resolver [--lookups N]"
         );
         std::process::exit(2);
     }
@@ -517,6 +527,55 @@ async fn resolver(lookups: u64) -> Result<(), Box<dyn std::error::Error>> {
         fmt(p.p50),
         fmt(p.p99),
         fmt(p.max)
+    );
+    Ok(())
+}
+
+/// Resident set size of this process in KiB.
+fn rss_kib() -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS in /proc/self/status")?;
+    Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS line")?.parse()?)
+}
+
+/// Resident memory per node: an in-process server on the embedded store, `nodes` registrations
+/// over HTTP (one service each over 100 service names, like a fleet), RSS before and after.
+async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    let config = muster_server::ServerConfig { max_instances_per_service: usize::MAX, ..Default::default() };
+    let state = muster_server::AppState::new(registry, config);
+    tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+    let http = reqwest::Client::new();
+    http.get(format!("{base}/health")).send().await?;
+    let before = rss_kib()?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (http, base, next) = (http.clone(), base.clone(), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= nodes {
+                    return Ok::<_, reqwest::Error>(());
+                }
+                let body = serde_json::json!({
+                    "address": format!("10.{}.{}.{}:8080", n / 65536 % 256, n / 256 % 256, n % 256),
+                    "services": [{"name": format!("svc-{}", n % 100), "version": format!("1.{}.0", n % 3)}],
+                    "ttlMs": 3_600_000,
+                });
+                http.put(format!("{base}/v1/nodes/node-{n:06}")).json(&body).send().await?.error_for_status()?;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let after = rss_kib()?;
+    let per_node = (after.saturating_sub(before) * 1024) as f64 / nodes as f64;
+    println!(
+        "| Resident memory, {nodes} nodes (ids `node-NNNNNN`, one service each), event history included | {before} KiB → {after} KiB: {per_node:.0} B per node |"
     );
     Ok(())
 }

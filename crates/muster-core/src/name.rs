@@ -55,10 +55,13 @@ pub fn validate_version(version: &str) -> Result<()> {
 /// The unique id of a node: 1–128 of `A-Z a-z 0-9 - _ . :`, starting with a letter or digit.
 ///
 /// Braces, spaces and slashes are refused because ids become parts of store keys and URLs.
+///
+/// Clones share one allocation (`Arc<str>`): a store keeps an id in several indexes at the cost of
+/// one string.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "users-1"))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct NodeId(String);
+pub struct NodeId(std::sync::Arc<str>);
 
 impl NodeId {
     /// Validates and wraps a node id.
@@ -67,7 +70,7 @@ impl NodeId {
         check_name("node id", &id, MAX_NODE_ID_LEN, |c| {
             c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
         })?;
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     /// Generates a fresh id of the form `<prefix>-<pid>-<ms>-<random>`, unique per call.
@@ -89,7 +92,7 @@ impl NodeId {
             crate::time::now_ms(),
             suffix & 0xffff_ffff_ffff
         );
-        Self(id)
+        Self(id.into())
     }
 
     /// The id as a string slice.
@@ -121,7 +124,7 @@ impl std::str::FromStr for NodeId {
 
 impl From<NodeId> for String {
     fn from(id: NodeId) -> Self {
-        id.0
+        id.0.to_string()
     }
 }
 
