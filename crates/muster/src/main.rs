@@ -229,6 +229,12 @@ fn apply_aliases(
             _ => args.allowed_origins = value,
         }
     }
+    let explicit = |id: &str| matches.value_source(id).is_some_and(|s| s != ValueSource::DefaultValue);
+    if args.redis.is_some() && explicit("self_preservation") && args.self_preservation > 0.0 {
+        return Err("--self-preservation applies to the embedded store only: on Redis, nodes expire \
+                    by Redis key TTLs (the Titan wire format), which a server cannot pause"
+            .into());
+    }
     validate(args)
 }
 

@@ -79,6 +79,11 @@ fn bad_settings_exit_2_naming_the_setting() {
         (vec!["serve"], Some(("MAX_INSTANCES_PER_SERVICE", "many")), "MAX_INSTANCES_PER_SERVICE"),
         (vec!["frobnicate"], None, "unrecognized subcommand"),
         (vec!["serve", "--self-preservation", "2"], None, "--self-preservation"),
+        (
+            vec!["serve", "--redis", "redis://127.0.0.1:1", "--self-preservation", "0.6"],
+            None,
+            "--self-preservation applies to the embedded store only",
+        ),
     ] {
         let mut command = muster();
         command.args(&args);
