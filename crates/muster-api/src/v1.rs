@@ -137,33 +137,129 @@ pub struct InstanceList {
     pub instances: Vec<Instance>,
 }
 
-/// Builds the instance views of `node` for service `name` (one per matching service entry).
+/// Builds the instances of `node` for its services that `matches` accepts.
 pub fn instances_of(node: &NodeInfo, matches: impl Fn(&ServiceInfo) -> bool) -> Vec<Instance> {
     node.services
         .iter()
         .filter(|s| matches(s))
-        .map(|service| {
-            let host = node.address.host_unbracketed().to_owned();
-            let url = format!("http://{}", node.address);
-            let mut metadata = node.metadata.clone();
-            metadata.extend(service.metadata.clone());
-            let health_path = metadata.get("health").cloned().unwrap_or_else(|| "/health".to_owned());
-            Instance {
-                id: node.node_id.to_string(),
-                service: service.name.clone(),
-                host,
-                port: node.address.port(),
-                health: format!("{url}{health_path}"),
-                url,
-                version: service.version.clone(),
-                status: node.status,
-                metadata,
-                weight: service.weight,
-                registered_at: node.registered_at_ms,
-                last_heartbeat: node.timestamp_ms,
-            }
-        })
+        .map(|service| InstanceView { node, service }.to_instance())
         .collect()
+}
+
+/// An [`Instance`] borrowed from a node and one of its services: serializes to exactly the same
+/// JSON without building one (the resolve route's hot path).
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceView<'a> {
+    /// The node.
+    pub node: &'a NodeInfo,
+    /// One of its services.
+    pub service: &'a ServiceInfo,
+}
+
+impl InstanceView<'_> {
+    /// A metadata value of the instance (the service's own, else the node's).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.service.metadata.get(key).or_else(|| self.node.metadata.get(key)).map(String::as_str)
+    }
+
+    fn health_path(&self) -> &str {
+        self.metadata("health").unwrap_or("/health")
+    }
+
+    /// The owned instance.
+    pub fn to_instance(&self) -> Instance {
+        let mut metadata = self.node.metadata.clone();
+        metadata.extend(self.service.metadata.clone());
+        Instance {
+            id: self.node.node_id.to_string(),
+            service: self.service.name.clone(),
+            host: self.node.address.host_unbracketed().to_owned(),
+            port: self.node.address.port(),
+            url: format!("http://{}", self.node.address),
+            health: format!("http://{}{}", self.node.address, self.health_path()),
+            version: self.service.version.clone(),
+            status: self.node.status,
+            metadata,
+            weight: self.service.weight,
+            registered_at: self.node.registered_at_ms,
+            last_heartbeat: self.node.timestamp_ms,
+        }
+    }
+}
+
+/// Serializes a `Display` value as a string without allocating it.
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Node metadata merged with the service's (the service's value wins), in key order.
+struct MergedMetadata<'a>(&'a Metadata, &'a Metadata);
+
+impl Serialize for MergedMetadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (node, service) = (self.0, self.1);
+        let mut map = serializer.serialize_map(None)?;
+        let mut ours = node.iter().peekable();
+        let mut theirs = service.iter().peekable();
+        loop {
+            let order = match (ours.peek(), theirs.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+            };
+            if order == std::cmp::Ordering::Equal {
+                ours.next(); // the service's value replaces the node's
+            }
+            let next = if order == std::cmp::Ordering::Less { ours.next() } else { theirs.next() };
+            if let Some((key, value)) = next {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl Serialize for InstanceView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (node, service) = (self.node, self.service);
+        let mut out = serializer.serialize_struct("Instance", 12)?;
+        out.serialize_field("id", node.node_id.as_str())?;
+        out.serialize_field("service", &service.name)?;
+        out.serialize_field("host", node.address.host_unbracketed())?;
+        out.serialize_field("port", &node.address.port())?;
+        out.serialize_field("url", &Text(format_args!("http://{}", node.address)))?;
+        out.serialize_field("health", &Text(format_args!("http://{}{}", node.address, self.health_path())))?;
+        if let Some(version) = &service.version {
+            out.serialize_field("version", version)?;
+        }
+        out.serialize_field("status", &node.status)?;
+        out.serialize_field("metadata", &MergedMetadata(&node.metadata, &service.metadata))?;
+        if let Some(weight) = service.weight {
+            out.serialize_field("weight", &weight)?;
+        }
+        out.serialize_field("registeredAt", &node.registered_at_ms)?;
+        out.serialize_field("lastHeartbeat", &node.timestamp_ms)?;
+        out.end()
+    }
+}
+
+/// [`InstanceList`] over borrowed instances: the same JSON.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceListView<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// Revision of the registry when read.
+    pub revision: Revision,
+    /// Matching instances, ordered by node id.
+    pub instances: Vec<InstanceView<'a>>,
 }
 
 /// Data of the `resync` server-sent event.
@@ -174,4 +270,53 @@ pub struct ResyncData {
     pub revision: Revision,
     /// Every active node (filtered by service when the watch is).
     pub nodes: Vec<NodeInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_core::{Address, NodeId};
+
+    fn node(address: &str, node_meta: &[(&str, &str)], services: Vec<ServiceInfo>) -> NodeInfo {
+        NodeInfo {
+            node_id: NodeId::new("n-1").unwrap(),
+            address: Address::parse(address).unwrap(),
+            services,
+            timestamp_ms: 20,
+            registered_at_ms: 10,
+            status: NodeStatus::Down,
+            metadata: node_meta.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ttl_ms: 15_000,
+        }
+    }
+
+    fn meta(pairs: &[(&str, &str)]) -> Metadata {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn views_serialize_exactly_like_instances() {
+        let plain = ServiceInfo::new("users", None).unwrap();
+        let rich = ServiceInfo::new("users", Some("1.2.0"))
+            .unwrap()
+            .with_metadata(meta(&[("zone", "eu-west"), ("health", "/ready"), ("a", "1")]))
+            .unwrap()
+            .with_weight(7);
+        for node in [
+            node("10.0.0.1:80", &[], vec![plain.clone()]),
+            node("[::1]:8080", &[("zone", "eu"), ("rack", "r1"), ("b", "2")], vec![rich.clone(), plain]),
+            node("host.example:9000", &[("zone", "x\"quoted\"")], vec![rich]),
+        ] {
+            for service in &node.services {
+                let view = InstanceView { node: &node, service };
+                let owned = view.to_instance();
+                assert_eq!(serde_json::to_string(&view).unwrap(), serde_json::to_string(&owned).unwrap());
+                let back: Instance = serde_json::from_str(&serde_json::to_string(&view).unwrap()).unwrap();
+                assert_eq!(back, owned);
+                for key in ["zone", "health", "rack", "a", "b", "none"] {
+                    assert_eq!(view.metadata(key), owned.metadata.get(key).map(String::as_str), "{key}");
+                }
+            }
+        }
+    }
 }

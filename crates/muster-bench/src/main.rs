@@ -565,7 +565,11 @@ async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
                     "services": [{"name": format!("svc-{}", n % 100), "version": format!("1.{}.0", n % 3)}],
                     "ttlMs": 3_600_000,
                 });
-                http.put(format!("{base}/v1/nodes/node-{n:06}")).json(&body).send().await?.error_for_status()?;
+                http.put(format!("{base}/v1/nodes/node-{n:06}"))
+                    .json(&body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
             }
         }));
     }

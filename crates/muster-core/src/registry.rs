@@ -80,6 +80,14 @@ pub trait Registry: Send + Sync + 'static {
     /// Active nodes providing a service that satisfies `query`, ordered by node id.
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>>;
 
+    /// [`Registry::find`] with the revision the answer reflects (at least: the data may be a
+    /// little newer when a backend cannot read both at once). Backends that can read both in one
+    /// step override it.
+    async fn find_at(&self, query: &ServiceQuery) -> Result<(Revision, Vec<NodeInfo>)> {
+        let revision = self.current_revision().await?;
+        Ok((revision, self.find(query).await?))
+    }
+
     /// How many nodes list a service named `name` (any version). Backends answer from their service
     /// index without reading the nodes, so a node whose TTL ran out a moment ago may still count
     /// until it is removed: an upper bound, exact again once expiries are swept.
@@ -130,6 +138,9 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
         (**self).find(query).await
+    }
+    async fn find_at(&self, query: &ServiceQuery) -> Result<(Revision, Vec<NodeInfo>)> {
+        (**self).find_at(query).await
     }
     async fn count_service(&self, name: &str) -> Result<usize> {
         (**self).count_service(name).await

@@ -577,18 +577,24 @@ impl Registry for MemoryRegistry {
     }
 
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
+        Ok(self.find_at(query).await?.1)
+    }
+
+    /// One lock: the nodes and the revision are read together.
+    async fn find_at(&self, query: &ServiceQuery) -> Result<(Revision, Vec<NodeInfo>)> {
         let now = Instant::now();
         let state = self.shared().lock();
         let Some(ids) = state.by_service.get(query.name()) else {
-            return Ok(Vec::new());
+            return Ok((state.revision, Vec::new()));
         };
         // `ids` is a BTreeSet, so the result comes out ordered by node id.
-        Ok(ids
+        let nodes = ids
             .iter()
             .filter_map(|id| state.nodes.get(id))
             .filter(|e| state.live(e, now) && e.node.provides(query))
             .map(|e| e.node.clone())
-            .collect())
+            .collect();
+        Ok((state.revision, nodes))
     }
 
     /// The size of the service index entry: O(1). Nodes whose deadline passed count until the

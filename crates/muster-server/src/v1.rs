@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use muster_api::v1::{
-    HeartbeatRequest, InstanceList, NodeList, RegisterRequest, RegisterResponse, ServiceList, ServiceSummary,
-    UpdateRequest, instances_of,
+    HeartbeatRequest, InstanceListView, InstanceView, NodeList, RegisterRequest, RegisterResponse,
+    ServiceList, ServiceSummary, UpdateRequest,
 };
 use muster_core::{
     Address, Change, DeregisterReason, NodeId, NodeInfo, NodeStatus, NodeUpdate, Registration, Revision,
@@ -284,15 +284,19 @@ pub(crate) async fn instances(
         let wait = wait.unwrap_or(Duration::from_secs(60)).min(state.config().max_wait);
         wait_for_change(&state, &name, Revision(index), wait).await?;
     }
-    let revision = state.registry().current_revision().await?;
-    let nodes = state.registry().find(&query).await?;
+    let (revision, nodes) = state.registry().find_at(&query).await?;
     let instances = nodes
         .iter()
         .filter(|node| status.is_none_or(|s| node.status == s))
-        .flat_map(|node| instances_of(node, |s| query.matches(s)))
-        .filter(|instance| metadata.iter().all(|(k, v)| instance.metadata.get(k) == Some(v)))
+        .flat_map(|node| {
+            node.services
+                .iter()
+                .filter(|s| query.matches(s))
+                .map(move |service| InstanceView { node, service })
+        })
+        .filter(|instance| metadata.iter().all(|(k, v)| instance.metadata(k) == Some(v.as_str())))
         .collect();
-    let mut response = Json(InstanceList { service: name, revision, instances }).into_response();
+    let mut response = Json(InstanceListView { service: &name, revision, instances }).into_response();
     insert_index(response.headers_mut(), revision);
     Ok(response)
 }

@@ -373,6 +373,13 @@ pub async fn find_follows_service_changes<R: Registry>(registry: R, timing: Timi
     registry.deregister(&id("n1"), DeregisterReason::Graceful).await.unwrap();
     assert!(find("b").await.is_empty());
     assert_eq!(ids(&find("c").await), ["n2"]);
+    // `find_at` answers the same nodes with the revision they reflect.
+    let (revision, nodes) = registry.find_at(&ServiceQuery::new("c").unwrap()).await.unwrap();
+    assert_eq!(ids(&nodes), ["n2"]);
+    assert_eq!(revision, registry.current_revision().await.unwrap());
+    let (revision, nodes) = registry.find_at(&ServiceQuery::new("none").unwrap()).await.unwrap();
+    assert!(nodes.is_empty());
+    assert_eq!(revision, registry.current_revision().await.unwrap());
 }
 
 /// `update` changes an active node, emits one event, and does not extend its life.
