@@ -2,8 +2,8 @@
 //! loopback port, and prints a Markdown report.
 //!
 //! `cargo run --release -p muster-bench -- redis [--seconds N]`
-//! `cargo run --release -p muster-bench -- fanout [--watchers N]` — N server-sent-event watchers on
-//! an in-process server; the time until every one has seen a registration.
+//! `cargo run --release -p muster-bench -- fanout [--watchers N] [--rounds R]` — N server-sent-event watchers on
+//! an in-process server; for each of R registrations, the time until every one has seen it.
 //! `cargo run --release -p muster-bench -- memory [--nodes N]` — resident memory per node of an
 //! in-process server on the embedded store after N registrations over HTTP.
 //! `cargo run --release -p muster-bench -- resolver [--lookups N]` — the SDK's resolver: cached
@@ -35,7 +35,10 @@ async fn main() {
     };
     if args.first().map(String::as_str) == Some("fanout") {
         let watchers = flag("--watchers").unwrap_or(1000u64);
-        if let Err(error) = fanout(usize::try_from(watchers).unwrap_or(1000)).await {
+        let rounds = flag("--rounds").unwrap_or(20u64);
+        let (watchers, rounds) =
+            (usize::try_from(watchers).unwrap_or(1000), usize::try_from(rounds).unwrap_or(20));
+        if let Err(error) = fanout(watchers, rounds).await {
             eprintln!("error: {error:#}");
             std::process::exit(1);
         }
@@ -59,7 +62,7 @@ async fn main() {
     }
     if args.first().map(String::as_str) != Some("redis") {
         eprintln!(
-            "usage: muster-bench redis [--seconds N] | fanout [--watchers N] | memory [--nodes N] | resolver [--lookups N]"
+            "usage: muster-bench redis [--seconds N] | fanout [--watchers N] [--rounds R] | memory [--nodes N] | resolver [--lookups N]"
         );
         std::process::exit(2);
     }
@@ -391,7 +394,7 @@ async fn failure_detection(
 
 /// Opens `watchers` SSE streams on an in-process server, registers one node, and measures how long
 /// until each stream has delivered the event.
-async fn fanout(watchers: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn fanout(watchers: usize, rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
@@ -399,7 +402,7 @@ async fn fanout(watchers: usize) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(muster_server::run(listener, state, std::future::pending()));
     let client = reqwest::Client::builder().pool_max_idle_per_host(watchers).build()?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<Instant>(watchers);
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(watchers * 2);
     for _ in 0..watchers {
         let response = client.get(format!("{base}/v1/watch?snapshot=true")).send().await?;
         let (ready_tx, seen_tx) = (ready_tx.clone(), seen_tx.clone());
@@ -407,15 +410,18 @@ async fn fanout(watchers: usize) -> Result<(), Box<dyn std::error::Error>> {
             let mut stream = response.bytes_stream();
             let mut text = String::new();
             let mut ready = false;
+            let mut round = 0;
             while let Some(Ok(chunk)) = stream.next().await {
                 text.push_str(&String::from_utf8_lossy(&chunk));
                 if !ready && text.contains("event: resync") {
                     ready = true;
+                    text.clear();
                     let _ = ready_tx.send(()).await;
                 }
-                if text.contains("event: registered") {
-                    let _ = seen_tx.send(Instant::now()).await;
-                    return;
+                while let Some(at) = text.find("event: registered") {
+                    text.drain(..at + 1);
+                    let _ = seen_tx.send((round, Instant::now())).await;
+                    round += 1;
                 }
             }
         });
@@ -423,25 +429,39 @@ async fn fanout(watchers: usize) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..watchers {
         ready_rx.recv().await.ok_or("a watcher failed to connect")?;
     }
-    let begun = Instant::now();
-    let response = client
-        .put(format!("{base}/v1/nodes/fanout-1"))
-        .json(&serde_json::json!({"address": "10.0.0.1:80", "services": [{"name": "fanout"}]}))
-        .send()
-        .await?;
-    assert!(response.status().is_success());
-    let mut samples = Vec::with_capacity(watchers);
-    for _ in 0..watchers {
-        let at =
-            tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.ok_or("a watcher ended")?;
-        samples.push(at.saturating_duration_since(begun));
+    let (mut lasts, mut medians) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let begun = Instant::now();
+        let response = client
+            .put(format!("{base}/v1/nodes/fanout-{round}"))
+            .json(&serde_json::json!({"address": "10.0.0.1:80", "services": [{"name": "fanout"}]}))
+            .send()
+            .await?;
+        assert!(response.status().is_success());
+        let mut samples = Vec::with_capacity(watchers);
+        while samples.len() < watchers {
+            let (seen_round, at) = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
+                .await?
+                .ok_or("a watcher ended")?;
+            if seen_round == round {
+                samples.push(at.saturating_duration_since(begun));
+            }
+        }
+        let p = percentiles(samples.clone());
+        medians.push(p.p50);
+        lasts.push(p.max);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let p = percentiles(samples);
+    let first = lasts.first().copied().unwrap_or_default();
+    let lasts = percentiles(lasts);
+    let medians = percentiles(medians);
     println!(
-        "| {watchers} SSE watchers: time from the register call until each has the event | p50 {}, p99 {}, all {} |",
-        fmt(p.p50),
-        fmt(p.p99),
-        fmt(p.max)
+        "| {watchers} SSE watchers, {rounds} registrations: time until every watcher has the event | first registration {}; median watcher p50 {}; last watcher p50 {}, p99 {}, worst {} |",
+        fmt(first),
+        fmt(medians.p50),
+        fmt(lasts.p50),
+        fmt(lasts.p99),
+        fmt(lasts.max)
     );
     Ok(())
 }
