@@ -229,7 +229,7 @@ async fn stale_if_error_and_push_empty_protection() {
     server.add("b", "10.0.0.2:80", "orders", "1.0.0").await;
     let config = ClientConfig {
         registry_url: server.base.clone(),
-        empty_protection: Duration::from_millis(1500),
+        empty_protection: Duration::from_secs(3),
         ..ClientConfig::default()
     };
     let client = Client::with_config(config).unwrap();
@@ -301,8 +301,11 @@ async fn failover_skips_refusing_instances_and_their_circuits_open() {
             let attempts = Arc::clone(&attempts);
             async move {
                 attempts.lock().unwrap().push(instance.id.clone());
-                let stream = tokio::net::TcpStream::connect((instance.host.as_str(), instance.port)).await?;
-                drop(stream);
+                // A whole exchange: the instance has accepted (and counted) the call when it ends.
+                let mut stream = tokio::net::TcpStream::connect((instance.host.as_str(), instance.port)).await?;
+                let mut answer = String::new();
+                tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await?;
+                assert_eq!(answer, "ok\n");
                 Ok::<_, std::io::Error>(instance.id)
             }
         }
@@ -341,7 +344,7 @@ async fn circuit_half_opens_after_the_cool_down_and_closes_on_success() {
     server.add("flaky", &format!("127.0.0.1:{port}"), "api", "1.0.0").await;
     let config = ClientConfig {
         registry_url: server.base.clone(),
-        breaker: BreakerConfig { failures: 1, cool_down: Duration::from_millis(300) },
+        breaker: BreakerConfig { failures: 1, cool_down: Duration::from_secs(1) },
         ..ClientConfig::default()
     };
     let client = Client::with_config(config).unwrap();
@@ -357,7 +360,7 @@ async fn circuit_half_opens_after_the_cool_down_and_closes_on_success() {
     // The instance comes up; after the cool-down one trial call goes through and closes it.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move { while listener.accept().await.is_ok() {} });
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(client.circuit_state("api", "flaky"), CircuitState::HalfOpen);
     client.call_with_failover("api", connect).await.unwrap();
     assert_eq!(client.circuit_state("api", "flaky"), CircuitState::Closed);
