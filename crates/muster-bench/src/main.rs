@@ -4,8 +4,9 @@
 //! `cargo run --release -p muster-bench -- redis [--seconds N]`
 //! `cargo run --release -p muster-bench -- fanout [--watchers N] [--rounds R]` — N server-sent-event watchers on
 //! an in-process server; for each of R registrations, the time until every one has seen it.
-//! `cargo run --release -p muster-bench -- memory [--nodes N]` — resident memory per node of an
-//! in-process server on the embedded store after N registrations over HTTP.
+//! `cargo run --release -p muster-bench -- memory [--nodes N] [--store-only]` — resident memory per
+//! node of an in-process server on the embedded store after N registrations over HTTP (or of the
+//! embedded store alone, with registrations straight into it).
 //! `cargo run --release -p muster-bench -- resolver [--lookups N]` — the SDK's resolver: cached
 //! lookups per second on one core, and the time from a registration to the cache reflecting it.
 
@@ -45,8 +46,13 @@ async fn main() {
         return;
     }
     if args.first().map(String::as_str) == Some("memory") {
-        let nodes = flag("--nodes").unwrap_or(100_000u64);
-        if let Err(error) = memory(usize::try_from(nodes).unwrap_or(100_000)).await {
+        let nodes = usize::try_from(flag("--nodes").unwrap_or(100_000u64)).unwrap_or(100_000);
+        let outcome = if args.iter().any(|a| a == "--store-only") {
+            store_memory(nodes).await
+        } else {
+            memory(nodes).await
+        };
+        if let Err(error) = outcome {
             eprintln!("error: {error:#}");
             std::process::exit(1);
         }
@@ -62,7 +68,7 @@ async fn main() {
     }
     if args.first().map(String::as_str) != Some("redis") {
         eprintln!(
-            "usage: muster-bench redis [--seconds N] | fanout [--watchers N] [--rounds R] | memory [--nodes N] | resolver [--lookups N]"
+            "usage: muster-bench redis [--seconds N] | fanout [--watchers N] [--rounds R] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
         );
         std::process::exit(2);
     }
@@ -556,6 +562,39 @@ fn rss_kib() -> Result<u64, Box<dyn std::error::Error>> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS in /proc/self/status")?;
     Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS line")?.parse()?)
+}
+
+/// The address, id and service of fleet node `n` (one service each over 100 names).
+fn fleet_node(n: usize) -> (String, String, String, String) {
+    (
+        format!("node-{n:06}"),
+        format!("10.{}.{}.{}:8080", n / 65536 % 256, n / 256 % 256, n % 256),
+        format!("svc-{}", n % 100),
+        format!("1.{}.0", n % 3),
+    )
+}
+
+/// Resident memory per node of the embedded store alone (default options, event history included).
+async fn store_memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use muster_core::{NodeId, Registration, ServiceInfo};
+    let registry = muster_memory::MemoryRegistry::new();
+    let before = rss_kib()?;
+    for n in 0..nodes {
+        let (id, address, service, version) = fleet_node(n);
+        let registration = Registration::new(
+            NodeId::new(id)?,
+            Address::parse(address)?,
+            vec![ServiceInfo::new(service, Some(&version))?],
+            Duration::from_secs(3600),
+        )?;
+        registry.heartbeat(registration).await?;
+    }
+    let after = rss_kib()?;
+    let per_node = (after.saturating_sub(before) * 1024) as f64 / nodes as f64;
+    println!(
+        "| Resident memory of the embedded store alone, {nodes} nodes, event history included | {before} KiB → {after} KiB: {per_node:.0} B per node |"
+    );
+    Ok(())
 }
 
 /// Resident memory per node: an in-process server on the embedded store, `nodes` registrations

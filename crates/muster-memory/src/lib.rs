@@ -17,6 +17,7 @@
 //! the nodes and the revision, written atomically (temporary file, fsync, rename) at most once per
 //! `snapshot_interval` after a change, and restored on start with one full TTL of grace.
 
+mod compact;
 mod persist;
 
 pub use persist::PersistOptions;
@@ -32,6 +33,8 @@ use muster_core::{
 };
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+
+use crate::compact::{StoredNode, Strings};
 
 /// Settings of the in-memory registry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,8 +122,8 @@ struct Shared {
 
 /// A stored node and when it expires.
 struct Entry {
-    /// The node as readers see it.
-    node: NodeInfo,
+    /// The node, compact (readers get a `NodeInfo` built from it).
+    node: StoredNode,
     /// When its TTL runs out (tokio clock).
     deadline: Instant,
 }
@@ -144,6 +147,8 @@ struct State {
     recent_expiries: VecDeque<Instant>,
     /// Since when expiry is paused by self-preservation.
     preserving_since: Option<Instant>,
+    /// Service names and versions, shared by the nodes that use them.
+    strings: Strings,
 }
 
 impl MemoryRegistry {
@@ -215,8 +220,9 @@ impl MemoryRegistry {
             let ttl = std::time::Duration::from_millis(node.ttl_ms.max(1000));
             let id = node.node_id.clone();
             let deadline = now + ttl;
-            state.reindex_services(&id, &[], &node.services);
+            state.reindex_services(&id, std::iter::empty(), &node.services);
             state.deadlines.insert((deadline, id.clone()));
+            let node = StoredNode::new(&node, &mut state.strings);
             state.nodes.insert(id, Entry { node, deadline });
         }
         state.revision = snapshot.revision;
@@ -305,12 +311,8 @@ impl Shared {
             if let Some(entry) = state.remove(&id) {
                 tracing::debug!(node_id = %id, "node expired");
                 state.recent_expiries.push_back(now);
-                self.publish(
-                    &mut state,
-                    EventKind::Deregistered,
-                    Some(DeregisterReason::Expired),
-                    entry.node,
-                );
+                let node = entry.node.to_node(&id);
+                self.publish(&mut state, EventKind::Deregistered, Some(DeregisterReason::Expired), node);
             }
         }
         None
@@ -363,15 +365,15 @@ impl Shared {
         state.preserving_since.is_some()
     }
 
-    /// Locks the state and returns a copy of the node's entry, expiring it first if its deadline
-    /// passed; `NotFound` when it is not (or no longer) stored.
-    fn lock_active(&self, node_id: &NodeId, now: Instant) -> Result<(MutexGuard<'_, State>, Entry)> {
+    /// Locks the state and returns the node, expiring it first if its deadline passed;
+    /// `NotFound` when it is not (or no longer) stored.
+    fn lock_active(&self, node_id: &NodeId, now: Instant) -> Result<(MutexGuard<'_, State>, NodeInfo)> {
         let mut state = self.lock();
         self.expire_if_due(&mut state, node_id, now);
         match state.nodes.get(node_id) {
             Some(entry) => {
-                let entry = Entry { node: entry.node.clone(), deadline: entry.deadline };
-                Ok((state, entry))
+                let node = entry.node.to_node(node_id);
+                Ok((state, node))
             }
             None => Err(Error::node_not_found(node_id.as_str())),
         }
@@ -383,7 +385,12 @@ impl Shared {
             && state.nodes.get(id).is_some_and(|e| e.deadline <= now)
             && let Some(entry) = state.remove(id)
         {
-            self.publish(state, EventKind::Deregistered, Some(DeregisterReason::Expired), entry.node);
+            self.publish(
+                state,
+                EventKind::Deregistered,
+                Some(DeregisterReason::Expired),
+                entry.node.to_node(id),
+            );
         }
     }
 }
@@ -393,11 +400,11 @@ impl State {
     fn remove(&mut self, id: &NodeId) -> Option<Entry> {
         let entry = self.nodes.remove(id)?;
         self.deadlines.remove(&(entry.deadline, id.clone()));
-        for service in &entry.node.services {
-            if let Some(ids) = self.by_service.get_mut(&service.name) {
+        for name in entry.node.service_names() {
+            if let Some(ids) = self.by_service.get_mut(name) {
                 ids.remove(id);
                 if ids.is_empty() {
-                    self.by_service.remove(&service.name);
+                    self.by_service.remove(name);
                 }
             }
         }
@@ -405,19 +412,19 @@ impl State {
     }
 
     /// Moves a node from one service list to another in the service index.
-    fn reindex_services(
+    fn reindex_services<'a>(
         &mut self,
         id: &NodeId,
-        old: &[muster_core::ServiceInfo],
+        old: impl Iterator<Item = &'a str>,
         new: &[muster_core::ServiceInfo],
     ) {
-        for service in old {
-            if !new.iter().any(|s| s.name == service.name)
-                && let Some(ids) = self.by_service.get_mut(&service.name)
+        for name in old {
+            if !new.iter().any(|s| s.name == name)
+                && let Some(ids) = self.by_service.get_mut(name)
             {
                 ids.remove(id);
                 if ids.is_empty() {
-                    self.by_service.remove(&service.name);
+                    self.by_service.remove(name);
                 }
             }
         }
@@ -433,7 +440,7 @@ impl State {
 
     fn active_nodes(&self, now: Instant) -> Vec<NodeInfo> {
         let mut nodes: Vec<NodeInfo> =
-            self.nodes.values().filter(|e| self.live(e, now)).map(|e| e.node.clone()).collect();
+            self.nodes.iter().filter(|(_, e)| self.live(e, now)).map(|(id, e)| e.node.to_node(id)).collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         nodes
     }
@@ -472,18 +479,19 @@ impl Registry for MemoryRegistry {
             Some(old) => {
                 state.deadlines.remove(&(old.deadline, id.clone()));
                 let node = registration.to_node(old.node.registered_at_ms, now_ms);
-                state.reindex_services(&id, &old.node.services, &node.services);
-                let change = if node.differs_from(&old.node) { Change::Updated } else { Change::Unchanged };
+                state.reindex_services(&id, old.node.service_names(), &node.services);
+                let change = if old.node.differs_from(&node) { Change::Updated } else { Change::Unchanged };
                 (change, node)
             }
             None => {
                 let node = registration.to_node(now_ms, now_ms);
-                state.reindex_services(&id, &[], &node.services);
+                state.reindex_services(&id, std::iter::empty(), &node.services);
                 (Change::Registered, node)
             }
         };
         state.deadlines.insert((deadline, id.clone()));
-        state.nodes.insert(id, Entry { node: node.clone(), deadline });
+        let stored = StoredNode::new(&node, &mut state.strings);
+        state.nodes.insert(id, Entry { node: stored, deadline });
         let revision = match change {
             Change::Registered => Some(shared.publish(&mut state, EventKind::Registered, None, node.clone())),
             Change::Updated => Some(shared.publish(&mut state, EventKind::Updated, None, node.clone())),
@@ -503,9 +511,7 @@ impl Registry for MemoryRegistry {
     ) -> Result<HeartbeatOutcome> {
         let shared = self.shared();
         let now = Instant::now();
-        let (mut state, entry) = shared.lock_active(node_id, now)?;
-        let old_deadline = entry.deadline;
-        let mut node = entry.node;
+        let (mut state, mut node) = shared.lock_active(node_id, now)?;
         let ttl = Duration::from_millis(node.ttl_ms.max(1));
         let deadline = now + ttl;
         let changed = status.is_some_and(|s| s != node.status);
@@ -513,9 +519,12 @@ impl Registry for MemoryRegistry {
             node.status = status;
         }
         node.timestamp_ms = now_ms();
+        let entry = state.nodes.get_mut(node_id).expect("checked above");
+        let old_deadline = std::mem::replace(&mut entry.deadline, deadline);
+        entry.node.status = node.status;
+        entry.node.timestamp_ms = node.timestamp_ms;
         state.deadlines.remove(&(old_deadline, node_id.clone()));
         state.deadlines.insert((deadline, node_id.clone()));
-        state.nodes.insert(node_id.clone(), Entry { node: node.clone(), deadline });
         let revision = changed.then(|| shared.publish(&mut state, EventKind::Updated, None, node.clone()));
         let change = if changed { Change::Updated } else { Change::Unchanged };
         Ok(HeartbeatOutcome { change, node, revision })
@@ -523,16 +532,15 @@ impl Registry for MemoryRegistry {
 
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         let shared = self.shared();
-        let (mut state, entry) = shared.lock_active(node_id, Instant::now())?;
-        let mut node = entry.node;
+        let (mut state, mut node) = shared.lock_active(node_id, Instant::now())?;
         if !update.apply(&mut node) {
             return Ok(node);
         }
         node.timestamp_ms = now_ms();
-        let old_services =
-            std::mem::take(&mut state.nodes.get_mut(node_id).expect("checked above").node.services);
-        state.reindex_services(node_id, &old_services, &node.services);
-        state.nodes.get_mut(node_id).expect("checked above").node = node.clone();
+        let old = state.nodes.remove(node_id).expect("checked above");
+        state.reindex_services(node_id, old.node.service_names(), &node.services);
+        let stored = StoredNode::new(&node, &mut state.strings);
+        state.nodes.insert(node_id.clone(), Entry { node: stored, deadline: old.deadline });
         shared.publish(&mut state, EventKind::Updated, None, node.clone());
         Ok(node)
     }
@@ -543,7 +551,12 @@ impl Registry for MemoryRegistry {
         shared.expire_if_due(&mut state, node_id, Instant::now());
         match state.remove(node_id) {
             Some(entry) => {
-                shared.publish(&mut state, EventKind::Deregistered, Some(reason), entry.node);
+                shared.publish(
+                    &mut state,
+                    EventKind::Deregistered,
+                    Some(reason),
+                    entry.node.to_node(node_id),
+                );
                 Ok(true)
             }
             None => Ok(false),
@@ -551,7 +564,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
-        Ok(self.shared().lock().nodes.get(node_id).map(|e| e.node.clone()))
+        Ok(self.shared().lock().nodes.get(node_id).map(|e| e.node.to_node(node_id)))
     }
 
     async fn exists(&self, node_id: &NodeId) -> Result<bool> {
@@ -570,7 +583,7 @@ impl Registry for MemoryRegistry {
 
     async fn list_all(&self) -> Result<Vec<NodeInfo>> {
         let state = self.shared().lock();
-        let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|e| e.node.clone()).collect();
+        let mut nodes: Vec<NodeInfo> = state.nodes.iter().map(|(id, e)| e.node.to_node(id)).collect();
         drop(state);
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(nodes)
@@ -590,9 +603,9 @@ impl Registry for MemoryRegistry {
         // `ids` is a BTreeSet, so the result comes out ordered by node id.
         let nodes = ids
             .iter()
-            .filter_map(|id| state.nodes.get(id))
-            .filter(|e| state.live(e, now) && e.node.provides(query))
-            .map(|e| e.node.clone())
+            .filter_map(|id| state.nodes.get(id).map(|e| (id, e)))
+            .filter(|(_, e)| state.live(e, now) && e.node.provides(query))
+            .map(|(id, e)| e.node.to_node(id))
             .collect();
         Ok((state.revision, nodes))
     }

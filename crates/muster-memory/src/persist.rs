@@ -38,7 +38,10 @@ pub(crate) struct Snapshot {
 
 pub(crate) fn snapshot_of(shared: &Shared) -> Snapshot {
     let state = shared.lock();
-    Snapshot { revision: state.revision, nodes: state.nodes.values().map(|e| e.node.clone()).collect() }
+    Snapshot {
+        revision: state.revision,
+        nodes: state.nodes.iter().map(|(id, e)| e.node.to_node(id)).collect(),
+    }
 }
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {

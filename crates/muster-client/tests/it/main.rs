@@ -302,7 +302,8 @@ async fn failover_skips_refusing_instances_and_their_circuits_open() {
             async move {
                 attempts.lock().unwrap().push(instance.id.clone());
                 // A whole exchange: the instance has accepted (and counted) the call when it ends.
-                let mut stream = tokio::net::TcpStream::connect((instance.host.as_str(), instance.port)).await?;
+                let mut stream =
+                    tokio::net::TcpStream::connect((instance.host.as_str(), instance.port)).await?;
                 let mut answer = String::new();
                 tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await?;
                 assert_eq!(answer, "ok\n");
