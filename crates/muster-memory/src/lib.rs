@@ -1,7 +1,8 @@
 //! The embedded in-memory registry, Muster's default store.
 //!
-//! One [`MemoryRegistry`] holds every node in a `HashMap` behind one mutex, with three indexes kept
-//! in step with it:
+//! One [`MemoryRegistry`] holds every node in a `HashMap` behind one read-write lock (readers —
+//! finds, lists, watchers — do not wait for each other), in a compact form (`compact.rs`: the id
+//! only as the key, interned service names and versions), with three indexes kept in step with it:
 //!
 //! - a deadline index (`BTreeSet<(Instant, NodeId)>`), read by one sweeper task that sleeps until
 //!   the earliest deadline (or until a heartbeat brings an earlier one), removes what has expired and
@@ -23,7 +24,7 @@ mod persist;
 pub use persist::PersistOptions;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use muster_core::{
@@ -111,7 +112,7 @@ impl DropGuard {
 /// State and signals shared by handles, the sweeper and watch streams.
 struct Shared {
     /// Everything that changes, under one lock; never held across an await.
-    state: Mutex<State>,
+    state: RwLock<State>,
     /// Wakes the sweeper when an earlier deadline arrives or on shutdown.
     sweeper_wake: Notify,
     /// Carries the latest revision to watch streams (they read events from `State::history`).
@@ -167,7 +168,7 @@ impl MemoryRegistry {
     pub fn with_options(options: MemoryOptions) -> Self {
         let options = MemoryOptions { event_history: options.event_history.max(1), ..options };
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: RwLock::new(State::default()),
             sweeper_wake: Notify::new(),
             revision_tx: watch::Sender::new(Revision::ZERO),
             options,
@@ -233,12 +234,12 @@ impl MemoryRegistry {
 
     /// True while self-preservation pauses expiry.
     pub fn is_preserving(&self) -> bool {
-        self.shared().lock().preserving_since.is_some()
+        self.shared().read().preserving_since.is_some()
     }
 
     /// Number of stored nodes (active or awaiting removal).
     pub fn len(&self) -> usize {
-        self.shared().lock().nodes.len()
+        self.shared().read().nodes.len()
     }
 
     /// True when no node is stored.
@@ -270,10 +271,16 @@ impl Drop for DropGuard {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Locks the state for a change.
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
         // A panic while holding the lock cannot leave `State` half-updated in a way that matters
         // more than stopping the whole registry would, so keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks the state for reading: readers (finds, lists, watchers) do not wait for each other.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends an event, trims the history and wakes watchers.
@@ -367,7 +374,7 @@ impl Shared {
 
     /// Locks the state and returns the node, expiring it first if its deadline passed;
     /// `NotFound` when it is not (or no longer) stored.
-    fn lock_active(&self, node_id: &NodeId, now: Instant) -> Result<(MutexGuard<'_, State>, NodeInfo)> {
+    fn lock_active(&self, node_id: &NodeId, now: Instant) -> Result<(RwLockWriteGuard<'_, State>, NodeInfo)> {
         let mut state = self.lock();
         self.expire_if_due(&mut state, node_id, now);
         match state.nodes.get(node_id) {
@@ -449,7 +456,7 @@ impl State {
 /// The sweeper: sleeps until the earliest deadline, expires what is due, repeats.
 async fn sweep_expired(shared: Arc<Shared>) {
     loop {
-        if shared.lock().shutdown {
+        if shared.read().shutdown {
             return;
         }
         match shared.purge_expired(Instant::now()) {
@@ -564,25 +571,25 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
-        Ok(self.shared().lock().nodes.get(node_id).map(|e| e.node.to_node(node_id)))
+        Ok(self.shared().read().nodes.get(node_id).map(|e| e.node.to_node(node_id)))
     }
 
     async fn exists(&self, node_id: &NodeId) -> Result<bool> {
-        Ok(self.shared().lock().nodes.contains_key(node_id))
+        Ok(self.shared().read().nodes.contains_key(node_id))
     }
 
     async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
         let now = Instant::now();
-        let state = self.shared().lock();
+        let state = self.shared().read();
         Ok(state.nodes.get(node_id).is_some_and(|e| state.live(e, now)))
     }
 
     async fn list_active(&self) -> Result<Vec<NodeInfo>> {
-        Ok(self.shared().lock().active_nodes(Instant::now()))
+        Ok(self.shared().read().active_nodes(Instant::now()))
     }
 
     async fn list_all(&self) -> Result<Vec<NodeInfo>> {
-        let state = self.shared().lock();
+        let state = self.shared().read();
         let mut nodes: Vec<NodeInfo> = state.nodes.iter().map(|(id, e)| e.node.to_node(id)).collect();
         drop(state);
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -596,7 +603,7 @@ impl Registry for MemoryRegistry {
     /// One lock: the nodes and the revision are read together.
     async fn find_at(&self, query: &ServiceQuery) -> Result<(Revision, Vec<NodeInfo>)> {
         let now = Instant::now();
-        let state = self.shared().lock();
+        let state = self.shared().read();
         let Some(ids) = state.by_service.get(query.name()) else {
             return Ok((state.revision, Vec::new()));
         };
@@ -614,11 +621,11 @@ impl Registry for MemoryRegistry {
     /// sweeper (which wakes at that deadline) has removed them.
     async fn count_service(&self, name: &str) -> Result<usize> {
         muster_core::name::validate_service_name(name)?;
-        Ok(self.shared().lock().by_service.get(name).map_or(0, BTreeSet::len))
+        Ok(self.shared().read().by_service.get(name).map_or(0, BTreeSet::len))
     }
 
     async fn current_revision(&self) -> Result<Revision> {
-        Ok(self.shared().lock().revision)
+        Ok(self.shared().read().revision)
     }
 
     fn is_preserving(&self) -> bool {
@@ -631,7 +638,7 @@ impl Registry for MemoryRegistry {
         receiver.borrow_and_update();
         let mut pending = VecDeque::new();
         let cursor = {
-            let state = shared.lock();
+            let state = shared.read();
             match start {
                 WatchStart::Now => state.revision,
                 WatchStart::After(revision) => revision,
@@ -676,7 +683,7 @@ impl Watcher {
             self.receiver.borrow_and_update();
             {
                 let shared = Arc::clone(&self.shared);
-                let state = shared.lock();
+                let state = shared.read();
                 if state.shutdown {
                     return None;
                 }

@@ -37,7 +37,7 @@ pub(crate) struct Snapshot {
 }
 
 pub(crate) fn snapshot_of(shared: &Shared) -> Snapshot {
-    let state = shared.lock();
+    let state = shared.read();
     Snapshot {
         revision: state.revision,
         nodes: state.nodes.iter().map(|(id, e)| e.node.to_node(id)).collect(),
