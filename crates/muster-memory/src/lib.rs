@@ -17,6 +17,11 @@
 //! With [`MemoryRegistry::open`] the registry persists to a directory (`persist.rs`): a snapshot of
 //! the nodes and the revision, written atomically (temporary file, fsync, rename) at most once per
 //! `snapshot_interval` after a change, and restored on start with one full TTL of grace.
+//!
+//! Revisions increase across restarts: the first event of a registry that starts empty, or from a
+//! snapshot not written at a clean shutdown (it may lag the events watchers saw), takes the wall
+//! clock in microseconds as its revision, so watchers of an earlier instance resync instead of
+//! resuming on a different history; after a clean shutdown revisions continue exactly.
 
 mod compact;
 mod persist;
@@ -142,6 +147,15 @@ struct State {
     history: VecDeque<DiscoveryEvent>,
     /// Revision of the latest event.
     revision: Revision,
+    /// The revision this instance started from: zero, or the restored snapshot's.
+    origin: Revision,
+    /// Revision of this instance's first event, once issued. It follows `origin` directly only
+    /// after a clean restore; otherwise it jumps to the wall clock in microseconds (at least
+    /// `origin + 1`), so revisions keep increasing across restarts that lost events and watchers
+    /// of an earlier instance are told to resync rather than resume on different history.
+    first: Option<Revision>,
+    /// The snapshot restored was written at a clean shutdown: revisions continue from it.
+    continues: bool,
     /// Set when the last handle is dropped.
     shutdown: bool,
     /// When recent expiries happened (for self-preservation), oldest first.
@@ -210,7 +224,7 @@ impl MemoryRegistry {
     /// Writes the snapshot now (call at shutdown). Does nothing without persistence.
     pub async fn flush(&self) -> Result<()> {
         let Some(dir) = self.inner.persist_dir() else { return Ok(()) };
-        persist::write(&dir, &persist::snapshot_of(self.shared())).await
+        persist::write(&dir, &persist::snapshot_of(self.shared(), true)).await
     }
 
     fn restore(&self, snapshot: persist::Snapshot) {
@@ -227,6 +241,8 @@ impl MemoryRegistry {
             state.nodes.insert(id, Entry { node, deadline });
         }
         state.revision = snapshot.revision;
+        state.origin = snapshot.revision;
+        state.continues = snapshot.clean;
         drop(state);
         shared.revision_tx.send_replace(snapshot.revision);
         shared.sweeper_wake.notify_one();
@@ -291,7 +307,12 @@ impl Shared {
         reason: Option<DeregisterReason>,
         node: NodeInfo,
     ) -> Revision {
-        let revision = state.revision.next();
+        let revision = match state.first {
+            Some(_) => state.revision.next(),
+            None if state.continues => state.origin.next(),
+            None => Revision((now_ms().saturating_mul(1000)).max(state.origin.0 + 1)),
+        };
+        state.first.get_or_insert(revision);
         state.revision = revision;
         state.history.push_back(DiscoveryEvent { revision, kind, reason, node, timestamp_ms: now_ms() });
         while state.history.len() > self.options.event_history {
@@ -701,7 +722,11 @@ impl Watcher {
     /// Buffers the events after the cursor, or a resync when they are no longer all held.
     fn fill(&mut self, state: &State) {
         let oldest = state.history.front().map(|e| e.revision);
-        let want = self.cursor.next();
+        // From the instance's start, the next event is its first (which may have jumped).
+        let want = match state.first {
+            Some(first) if self.cursor == state.origin => first,
+            _ => self.cursor.next(),
+        };
         match oldest {
             Some(oldest) if self.cursor < state.revision && want >= oldest => {
                 let skip = usize::try_from(want.0 - oldest.0).unwrap_or(usize::MAX);

@@ -34,13 +34,18 @@ impl PersistOptions {
 pub(crate) struct Snapshot {
     pub(crate) revision: Revision,
     pub(crate) nodes: Vec<NodeInfo>,
+    /// Written at shutdown, with every event up to `revision`: revisions may continue from it.
+    /// A snapshot written while running may lag the events a watcher has already seen.
+    #[serde(default)]
+    pub(crate) clean: bool,
 }
 
-pub(crate) fn snapshot_of(shared: &Shared) -> Snapshot {
+pub(crate) fn snapshot_of(shared: &Shared, clean: bool) -> Snapshot {
     let state = shared.read();
     Snapshot {
         revision: state.revision,
         nodes: state.nodes.iter().map(|(id, e)| e.node.to_node(id)).collect(),
+        clean,
     }
 }
 
@@ -106,7 +111,7 @@ impl Writer {
                 () = tokio::time::sleep(options.snapshot_interval) => {}
                 () = done.notified() => break,
             }
-            let snapshot = snapshot_of(&shared);
+            let snapshot = snapshot_of(&shared, false);
             if snapshot.revision != written {
                 match write(&options.dir, &snapshot).await {
                     Ok(()) => written = snapshot.revision,
@@ -116,11 +121,9 @@ impl Writer {
                 }
             }
         }
-        // Shutting down: write what changed since the last snapshot.
-        let snapshot = snapshot_of(&shared);
-        if snapshot.revision != written
-            && let Err(error) = write(&options.dir, &snapshot).await
-        {
+        // Shutting down: write the final, clean snapshot.
+        let snapshot = snapshot_of(&shared, true);
+        if let Err(error) = write(&options.dir, &snapshot).await {
             tracing::error!(%error, "final snapshot not written");
         }
     }

@@ -84,8 +84,9 @@ async fn many_watchers_see_every_event() {
     for i in 0..300 {
         registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], timing)).await.unwrap();
     }
+    let last = registry.current_revision().await.unwrap().0;
     for (w, watch) in watchers.iter_mut().enumerate() {
-        for i in 1..=300u64 {
+        for i in (last - 299)..=last {
             match watch.next().await {
                 Some(Ok(WatchEvent::Event(e))) => assert_eq!(e.revision.0, i, "watcher {w}"),
                 other => panic!("watcher {w}: {other:?}"),
@@ -137,6 +138,51 @@ mod persistence {
         assert_eq!((expired.kind, expired.node.node_id.as_str()), (EventKind::Deregistered, "n2"));
         assert_eq!(expired.revision, revision.next(), "revisions continue across the restart");
         assert!(restored.is_active(&id("n1")).await.unwrap());
+    }
+
+    /// After a crash the snapshot may lag the events watchers saw: the restored registry's
+    /// revisions jump past the wall clock, so a watcher of the lost events resyncs while one that
+    /// saw exactly the snapshot resumes.
+    #[tokio::test]
+    async fn revisions_jump_after_a_crash() {
+        let dir = TempDir::new("persist");
+        let timing = Timing::default();
+        let file = dir.path().join("registry.json");
+        let registry = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        registry.heartbeat(registration("n1", "h:1", &["a"], timing)).await.unwrap();
+        let snapshot_revision = registry.current_revision().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let written = loop {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && text.contains("\"n1\"")
+            {
+                break text;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "snapshot not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(written.contains("\"clean\":false"), "{written}");
+        // Events the snapshot will not hold, then the crash: the last file is the one above.
+        registry.heartbeat(registration("n2", "h:2", &["a"], timing)).await.unwrap();
+        let seen = registry.current_revision().await.unwrap();
+        drop(registry);
+        // Let the final (clean) write land first, then put the crash's file back.
+        while !std::fs::read_to_string(&file).is_ok_and(|t| t.contains("\"n2\"")) {
+            assert!(tokio::time::Instant::now() < deadline, "final snapshot not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::write(&file, written).unwrap();
+
+        let restored = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        assert_eq!(restored.current_revision().await.unwrap(), snapshot_revision);
+        let mut behind = restored.watch(WatchStart::After(seen)).await.unwrap();
+        let mut exact = restored.watch(WatchStart::After(snapshot_revision)).await.unwrap();
+        let outcome = restored.heartbeat(registration("n3", "h:3", &["a"], timing)).await.unwrap();
+        let first = outcome.revision.unwrap();
+        assert!(first > seen, "{first} jumps past {seen}");
+        assert!(matches!(next_item(&mut behind, Duration::from_secs(1)).await, WatchEvent::Resync(_)));
+        let event = next_event(&mut exact, Duration::from_secs(1)).await;
+        assert_eq!((event.revision, event.node.node_id.as_str()), (first, "n3"));
     }
 
     /// Changes are written without an explicit flush, within the snapshot interval.
