@@ -286,9 +286,9 @@ async fn register(
         out(&(serde_json::json!({"registered": id, "address": address}).to_string() + "\n"));
     } else {
         out(&format!(
-            "registered {id} at {address} ({}); heartbeating every {:?} — Ctrl-C to deregister\n",
+            "registered {id} at {address} ({}); heartbeating every {} ms — Ctrl-C to deregister\n",
             service_list(&spec.services),
-            spec.heartbeat_interval
+            spec.heartbeat_interval.as_millis()
         ));
     }
     registration.deregister_on(muster_client::shutdown_signal()).await.map_err(from_client)?;
