@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::name::NodeId;
 use crate::node::NodeInfo;
 
 /// A position in a registry's event history. Strictly increasing per registry; `Revision(0)` is
@@ -123,5 +124,89 @@ impl WatchEvent {
             Self::Event(e) | Self::Peer(e) => e.revision,
             Self::Resync(s) => s.revision,
         }
+    }
+}
+
+/// Narrows a watch to one service and keeps it coherent: a node that stops providing the service
+/// (an update that drops it, a deregistration) still gets its last event through, so a watcher
+/// learns that it left.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFilter {
+    /// The service, or `None` for everything.
+    service: Option<String>,
+    /// Nodes currently known to provide it.
+    members: std::collections::HashSet<NodeId>,
+}
+
+impl ServiceFilter {
+    /// A filter for `service` (`None`: every event passes).
+    pub fn new(service: Option<String>) -> Self {
+        Self { service, members: std::collections::HashSet::new() }
+    }
+
+    /// True when `event` concerns the service, now or until just now.
+    pub fn pass(&mut self, event: &DiscoveryEvent) -> bool {
+        let Some(service) = &self.service else { return true };
+        let provides = event.node.services.iter().any(|s| &s.name == service);
+        let was_member = self.members.contains(&event.node.node_id);
+        if provides && event.kind != EventKind::Deregistered {
+            self.members.insert(event.node.node_id.clone());
+        } else {
+            self.members.remove(&event.node.node_id);
+        }
+        provides || was_member
+    }
+
+    /// Starts over from a snapshot: returns the nodes that provide the service.
+    pub fn reset(&mut self, nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
+        let Some(service) = &self.service else { return nodes };
+        let nodes: Vec<_> =
+            nodes.into_iter().filter(|n| n.services.iter().any(|s| &s.name == service)).collect();
+        self.members = nodes.iter().map(|n| n.node_id.clone()).collect();
+        nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Address, ServiceInfo};
+
+    fn event(kind: EventKind, id: &str, services: &[&str]) -> DiscoveryEvent {
+        DiscoveryEvent {
+            revision: Revision(1),
+            kind,
+            reason: None,
+            node: NodeInfo {
+                node_id: NodeId::new(id).unwrap(),
+                address: Address::parse("h:1").unwrap(),
+                services: services.iter().map(|s| ServiceInfo::new(*s, None).unwrap()).collect(),
+                timestamp_ms: 0,
+                registered_at_ms: 0,
+                status: crate::NodeStatus::Up,
+                metadata: Default::default(),
+                ttl_ms: 1000,
+            },
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn service_filter_lets_a_leaving_node_through_once() {
+        let mut filter = ServiceFilter::new(Some("users".into()));
+        assert!(filter.pass(&event(EventKind::Registered, "a", &["users"])));
+        assert!(!filter.pass(&event(EventKind::Registered, "b", &["orders"])));
+        assert!(filter.pass(&event(EventKind::Updated, "a", &["orders"])), "a stopped providing users");
+        assert!(!filter.pass(&event(EventKind::Updated, "a", &["orders"])), "and is no longer news");
+        assert!(filter.pass(&event(EventKind::Registered, "c", &["users"])));
+        assert!(filter.pass(&event(EventKind::Deregistered, "c", &["users"])));
+        let kept = filter.reset(vec![
+            event(EventKind::Registered, "d", &["users"]).node,
+            event(EventKind::Registered, "e", &["x"]).node,
+        ]);
+        assert_eq!(kept.len(), 1);
+        assert!(filter.pass(&event(EventKind::Deregistered, "d", &[])), "members come from the snapshot");
+        let mut all = ServiceFilter::new(None);
+        assert!(all.pass(&event(EventKind::Registered, "b", &["orders"])));
     }
 }

@@ -25,7 +25,9 @@ pub mod time;
 
 pub use address::Address;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{DeregisterReason, DiscoveryEvent, EventKind, Revision, Snapshot, WatchEvent, WatchStart};
+pub use event::{
+    DeregisterReason, DiscoveryEvent, EventKind, Revision, ServiceFilter, Snapshot, WatchEvent, WatchStart,
+};
 pub use name::NodeId;
 pub use node::{NodeInfo, NodeStatus, NodeUpdate, Registration};
 pub use options::{DiscoveryOptions, RetryPolicy};

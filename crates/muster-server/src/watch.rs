@@ -8,7 +8,6 @@
 //! that provide the service — or just stopped providing it — are sent. A slow client is never
 //! waited for: it falls behind the registry's history and is told to resync.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 
 use axum::extract::State;
@@ -16,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use muster_api::v1::ResyncData;
-use muster_core::{DiscoveryEvent, EventKind, NodeId, Revision, WatchEvent, WatchStart};
+use muster_core::{DiscoveryEvent, EventKind, Revision, ServiceFilter, WatchEvent, WatchStart};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -68,7 +67,7 @@ pub(crate) async fn watch(
     let stream = state.registry().watch(start).await?;
     state.inner.metrics.watchers.inc();
     let guard = crate::metrics::WatcherGuard(std::sync::Arc::clone(&state.inner));
-    let filter = ServiceFilter { service: params.service, members: HashSet::new() };
+    let filter = ServiceFilter::new(params.service);
     let events = futures::stream::unfold(Some((stream, filter, guard)), |state| async move {
         let (mut stream, mut filter, guard) = state?;
         loop {
@@ -108,35 +107,4 @@ fn sse_event(event: &DiscoveryEvent, with_id: bool) -> Result<Event, axum::Error
     let sse = Event::default().event(name);
     let sse = if with_id { sse.id(event.revision.to_string()) } else { sse };
     sse.json_data(event)
-}
-
-/// Keeps a service-filtered watch coherent: a node that stops providing the service still gets
-/// its last event through.
-struct ServiceFilter {
-    /// The service, or `None` for everything.
-    service: Option<String>,
-    /// Nodes currently known to provide it.
-    members: HashSet<NodeId>,
-}
-
-impl ServiceFilter {
-    fn pass(&mut self, event: &DiscoveryEvent) -> bool {
-        let Some(service) = &self.service else { return true };
-        let provides = event.node.services.iter().any(|s| &s.name == service);
-        let was_member = self.members.contains(&event.node.node_id);
-        if provides && event.kind != EventKind::Deregistered {
-            self.members.insert(event.node.node_id.clone());
-        } else {
-            self.members.remove(&event.node.node_id);
-        }
-        provides || was_member
-    }
-
-    fn reset(&mut self, nodes: Vec<muster_core::NodeInfo>) -> Vec<muster_core::NodeInfo> {
-        let Some(service) = &self.service else { return nodes };
-        let nodes: Vec<_> =
-            nodes.into_iter().filter(|n| n.services.iter().any(|s| &s.name == service)).collect();
-        self.members = nodes.iter().map(|n| n.node_id.clone()).collect();
-        nodes
-    }
 }

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use muster_api::v1::{Instance, InstanceList, NodeList, instances_of};
 use muster_client::{Client, ClientConfig, ClientError, RegistrationSpec, WatchOptions};
 use muster_core::{
-    DiscoveryEvent, EventKind, Metadata, NodeInfo, Registry, ServiceInfo, ServiceQuery, VersionQuery,
-    WatchEvent, WatchStart,
+    DiscoveryEvent, EventKind, Metadata, NodeInfo, Registry, ServiceFilter, ServiceInfo, ServiceQuery,
+    VersionQuery, WatchEvent, WatchStart,
 };
 use serde::Serialize;
 
@@ -501,16 +501,19 @@ async fn watch(source: &Source, service: Option<String>) -> Result<(), Failure> 
             let registry = Arc::new(redis(source, url).await?);
             let stream = registry.watch(WatchStart::Now).await.map_err(|e| from_store(&e, url))?;
             let url = url.clone();
-            let wanted = service.clone();
+            let mut filter = ServiceFilter::new(service.clone());
             stream
-                .filter(move |item| {
-                    let keep = match (item, &wanted) {
-                        (Ok(WatchEvent::Event(e) | WatchEvent::Peer(e)), Some(s)) => {
-                            e.node.services.iter().any(|x| &x.name == s)
+                .filter_map(move |item| {
+                    let item = match item {
+                        Ok(WatchEvent::Event(e)) => filter.pass(&e).then_some(Ok(WatchEvent::Event(e))),
+                        Ok(WatchEvent::Peer(e)) => filter.pass(&e).then_some(Ok(WatchEvent::Peer(e))),
+                        Ok(WatchEvent::Resync(mut snapshot)) => {
+                            snapshot.nodes = filter.reset(snapshot.nodes);
+                            Some(Ok(WatchEvent::Resync(snapshot)))
                         }
-                        _ => true,
+                        Err(error) => Some(Err(error)),
                     };
-                    futures::future::ready(keep)
+                    futures::future::ready(item)
                 })
                 .map(move |item| {
                     // Keep the registry alive as long as the stream.

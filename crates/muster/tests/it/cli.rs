@@ -184,11 +184,27 @@ async fn nodes_find_and_watch_read_redis_directly() {
     );
 
     let (mut watch, lines) = spawn(&["watch", "--redis", &url]);
+    let (mut billing, billing_lines) = spawn(&["watch", "--redis", &url, "--service", "billing"]);
     assert!(next_line(&lines, "the watch banner").contains("watching"));
+    assert!(next_line(&billing_lines, "the watch banner").contains("watching"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     store.heartbeat(registration("r-2", "3.2.0")).await.unwrap();
     let line = next_line(&lines, "the registration");
     assert!(line.contains("registered") && line.contains("r-2") && line.contains("orders@3.2.0"), "{line}");
-    interrupt(&watch);
+    // The service filter passes billing's nodes only.
+    let invoice = Registration::new(
+        NodeId::new("b-1").unwrap(),
+        Address::parse("10.1.0.2:9000").unwrap(),
+        vec![ServiceInfo::new("billing", None).unwrap()],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    store.heartbeat(invoice).await.unwrap();
+    let line = next_line(&billing_lines, "billing's registration");
+    assert!(line.contains("b-1") && !line.contains("r-2"), "{line}");
+    for child in [&watch, &billing] {
+        interrupt(child);
+    }
     assert_eq!(wait_exit(&mut watch).await, 0);
+    assert_eq!(wait_exit(&mut billing).await, 0);
 }
