@@ -1,5 +1,5 @@
 //! The registry server as a library: [`router`] builds the HTTP API over any
-//! [`Registry`](muster_core::Registry), [`run`] serves it on a bound listener until a shutdown
+//! [`Registry`], [`run`] serves it on a bound listener until a shutdown
 //! future completes. The `muster` binary only parses configuration and calls these.
 //!
 //! Layout: `v1.rs` — Muster's API under `/v1` (nodes, services, instances with blocking queries);
