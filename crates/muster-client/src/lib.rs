@@ -281,6 +281,14 @@ impl Client {
         unreachable(&self.inner.base, error)
     }
 
+    /// An answer that is not the registry's JSON (another server on that port, a cut connection).
+    fn unreadable(&self, error: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable(format!(
+            "unreadable answer from {} ({error}); is it a Muster registry?",
+            self.inner.base
+        ))
+    }
+
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
@@ -288,7 +296,7 @@ impl Client {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|e| self.unreachable(&e));
+            return response.json().await.map_err(|e| self.unreadable(&e));
         }
         Err(api_error(status, response).await)
     }
@@ -358,7 +366,7 @@ impl Client {
         let response =
             self.inner.http.get(self.url("/ready")).send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(&e))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| self.unreadable(&e))?;
         if status.is_success() {
             return Ok(body);
         }

@@ -28,7 +28,8 @@ impl Strings {
         // Amortized: prune once the additions since the last prune are half the set (so unused
         // strings never outnumber used ones for long), and at least 256.
         if self.added >= 256 && self.added * 2 >= self.set.len() {
-            self.set.retain(|s| Arc::strong_count(s) > 1 || **s == *text);
+            // `shared` is held here, so the new string survives.
+            self.set.retain(|s| Arc::strong_count(s) > 1);
             self.added = 0;
         }
         shared

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use muster_api::v1::{Instance, InstanceList, NodeList, instances_of};
+use muster_api::v1::{Instance, NodeList, instances_of};
 use muster_client::{Client, ClientConfig, ClientError, RegistrationSpec, WatchOptions};
 use muster_core::{
     DiscoveryEvent, EventKind, Metadata, NodeInfo, Registry, ServiceFilter, ServiceInfo, ServiceQuery,
@@ -179,14 +179,15 @@ fn client(server: &Server) -> Result<Client, Failure> {
     Client::with_config(config).map_err(|e| Failure::usage(format!("--registry: {e}")))
 }
 
-async fn redis(source: &Source, url: &str) -> Result<muster_redis::RedisRegistry, Failure> {
+/// The Redis registry at `url`, for inspection: no sweeper; `channel` also receives Titan peers'
+/// channel events (for `watch`).
+async fn redis(source: &Source, url: &str, channel: bool) -> Result<muster_redis::RedisRegistry, Failure> {
     let config = muster_redis::RedisConfig::from_url(url)
         .map_err(|e| Failure::usage(format!("--redis: {}", e.message())))?;
-    // An inspection: no sweeper, and Titan peers' channel events are shown.
     let config = muster_redis::RedisConfig {
         prefix: source.prefix.clone(),
         sweeper: false,
-        pubsub_enabled: true,
+        pubsub_enabled: channel,
         ..config
     };
     muster_redis::RedisRegistry::connect(config).await.map_err(|e| from_store(&e, url))
@@ -322,7 +323,7 @@ async fn nodes(source: &Source, all: bool) -> Result<(), Failure> {
                     "--all needs a server (Redis forgets nodes when their TTL runs out)",
                 ));
             }
-            let registry = redis(source, url).await?;
+            let registry = redis(source, url, false).await?;
             let revision = registry.current_revision().await.map_err(|e| from_store(&e, url))?;
             let nodes = registry.list_active().await.map_err(|e| from_store(&e, url))?;
             NodeList { revision, nodes }
@@ -384,36 +385,28 @@ async fn find(
     version_req: Option<&str>,
 ) -> Result<(), Failure> {
     let query = query(service, version, version_req)?;
-    let list = match &source.redis {
+    let instances: Vec<Instance> = match &source.redis {
         Some(url) => {
-            let registry = redis(source, url).await?;
-            let revision = registry.current_revision().await.map_err(|e| from_store(&e, url))?;
+            let registry = redis(source, url, false).await?;
             let nodes = registry.find(&query).await.map_err(|e| from_store(&e, url))?;
-            let instances = nodes.iter().flat_map(|n| instances_of(n, |s| query.matches(s))).collect();
-            InstanceList { service: query.name().to_owned(), revision, instances }
+            nodes.iter().flat_map(|n| instances_of(n, |s| query.matches(s))).collect()
         }
         None => {
-            let mut params: Vec<(&str, String)> = Vec::new();
-            match query.version() {
-                VersionQuery::Any => {}
-                VersionQuery::Exact(v) => params.push(("version", v.clone())),
-                VersionQuery::Semver(req) => params.push(("versionReq", req.to_string())),
-            }
-            let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let client = client(&source.server)?;
-            let instances = client.fetch_instances(query.name(), &params).await.map_err(from_client)?;
-            InstanceList { service: query.name().to_owned(), revision: muster_core::Revision(0), instances }
+            let version = match query.version() {
+                VersionQuery::Any => None,
+                VersionQuery::Exact(v) => Some(("version", v.clone())),
+                VersionQuery::Semver(req) => Some(("versionReq", req.to_string())),
+            };
+            let params: Vec<(&str, &str)> = version.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client(&source.server)?.fetch_instances(query.name(), &params).await.map_err(from_client)?
         }
     };
     if source.server.json {
-        out(&json(&list.instances));
-    } else if !list.instances.is_empty() {
-        out(&table(
-            &["ID", "ADDRESS", "VERSION", "STATUS", "WEIGHT", "URL"],
-            &instance_rows(&list.instances),
-        ));
+        out(&json(&instances));
+    } else if !instances.is_empty() {
+        out(&table(&["ID", "ADDRESS", "VERSION", "STATUS", "WEIGHT", "URL"], &instance_rows(&instances)));
     }
-    if list.instances.is_empty() {
+    if instances.is_empty() {
         return Err(Failure::error(format!("no instances of {query}")));
     }
     Ok(())
@@ -498,7 +491,7 @@ async fn watch(source: &Source, service: Option<String>) -> Result<(), Failure> 
     let as_json = source.server.json;
     let mut stream = match &source.redis {
         Some(url) => {
-            let registry = Arc::new(redis(source, url).await?);
+            let registry = Arc::new(redis(source, url, true).await?);
             let stream = registry.watch(WatchStart::Now).await.map_err(|e| from_store(&e, url))?;
             let url = url.clone();
             let mut filter = ServiceFilter::new(service.clone());

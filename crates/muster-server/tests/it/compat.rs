@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::client;
+use crate::{client, send};
+use reqwest::Method;
 
 fn is_iso(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T')
@@ -31,24 +32,15 @@ crate::on_both_stores! {
             client().post(server.url("/register")).json(&body).send().await.unwrap().json().await.unwrap();
         assert_eq!(again["instance"]["id"], id);
 
-        let response = client()
-            .post(server.url("/heartbeat"))
-            .json(&json!({"name": "user-service", "ip": "127.0.0.1", "port": 3001}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let beat: Value = response.json().await.unwrap();
+        let heartbeat = |port: u16| {
+            send(&server, Method::POST, "/heartbeat", json!({"name": "user-service", "ip": "127.0.0.1", "port": port}))
+        };
+        let (status, beat) = heartbeat(3001).await;
+        assert_eq!(status, 200);
         assert_eq!(beat["message"], "Heartbeat updated");
         assert_eq!(keys(&beat["instance"]), ["id", "ip", "lastHeartbeat", "name", "port", "status"]);
-        let response = client()
-            .post(server.url("/heartbeat"))
-            .json(&json!({"name": "user-service", "ip": "127.0.0.1", "port": 9999}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 404);
-        let missing: Value = response.json().await.unwrap();
+        let (status, missing) = heartbeat(9999).await;
+        assert_eq!(status, 404);
         assert_eq!(missing["error"]["code"], "not_found");
         assert!(is_iso(&missing["timestamp"]), "seed-003 errors carry a timestamp");
 
@@ -106,24 +98,11 @@ crate::on_both_stores! {
         assert_eq!(response.status(), 200);
         assert_eq!(response.json::<Value>().await.unwrap()["id"], id);
         assert_eq!(client().get(server.url("/resolve/user-service")).send().await.unwrap().status(), 404);
-        assert_eq!(
-            client()
-                .delete(server.url("/services/user-service/instances?ip=127.0.0.1&port=3001"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            404
-        );
-        assert_eq!(
-            client()
-                .delete(server.url("/services/user-service/instances?ip=127.0.0.1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            400
-        );
+        let instances = "/services/user-service/instances";
+        let (status, _) = send(&server, Method::DELETE, &format!("{instances}?ip=127.0.0.1&port=3001"), Value::Null).await;
+        assert_eq!(status, 404);
+        let (status, _) = send(&server, Method::DELETE, &format!("{instances}?ip=127.0.0.1"), Value::Null).await;
+        assert_eq!(status, 400);
 }
 }
 

@@ -93,3 +93,19 @@ macro_rules! on_both_stores {
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+/// Sends `method path` with `body` as JSON (none when `Null`); returns the status and the JSON
+/// answer (`Null` when there is none).
+pub(crate) async fn send(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut request = client().request(method, server.url(path));
+    if !body.is_null() {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.json().await.unwrap_or(serde_json::Value::Null))
+}

@@ -4,19 +4,17 @@ use std::time::Duration;
 
 use muster_core::Registry;
 use muster_server::ServerConfig;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{TestServer, client};
+use crate::{TestServer, client, send};
 
 async fn put(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = client().put(server.url(path)).json(&body).send().await.unwrap();
-    (response.status(), response.json().await.unwrap_or(Value::Null))
+    send(server, Method::PUT, path, body).await
 }
 
 async fn get(server: &TestServer, path: &str) -> (StatusCode, Value) {
-    let response = client().get(server.url(path)).send().await.unwrap();
-    (response.status(), response.json().await.unwrap_or(Value::Null))
+    send(server, Method::GET, path, Value::Null).await
 }
 
 fn node(address: &str, services: Value) -> Value {
@@ -69,19 +67,12 @@ crate::on_both_stores! {
         );
 
         // Update.
-        let response = client()
-            .patch(server.url("/v1/nodes/n1"))
-            .json(&json!({"address": "10.0.0.9:9000"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.json::<Value>().await.unwrap()["address"], "10.0.0.9:9000");
-        let response = client().patch(server.url("/v1/nodes/n1")).json(&json!({})).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        let response =
-            client().patch(server.url("/v1/nodes/ghost")).json(&json!({"status": "DOWN"})).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let (status, body) = send(&server, Method::PATCH, "/v1/nodes/n1", json!({"address": "10.0.0.9:9000"})).await;
+        assert_eq!((status, &body["address"]), (StatusCode::OK, &json!("10.0.0.9:9000")));
+        let (status, _) = send(&server, Method::PATCH, "/v1/nodes/n1", json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = send(&server, Method::PATCH, "/v1/nodes/ghost", json!({"status": "DOWN"})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
 
         // Deregister.
         let response = client().delete(server.url("/v1/nodes/n1")).send().await.unwrap();
@@ -96,14 +87,8 @@ crate::on_both_stores! {
 crate::on_both_stores! {
     async fn heartbeat_with_status_and_404_for_unknown(server: TestServer) {
         put(&server, "/v1/nodes/n1", node("h:1", json!([{"name": "a"}]))).await;
-        let response = client()
-            .put(server.url("/v1/nodes/n1/heartbeat"))
-            .json(&json!({"status": "DOWN"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");
+        let (status, body) = put(&server, "/v1/nodes/n1/heartbeat", json!({"status": "DOWN"})).await;
+        assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("DOWN")));
         // An empty body keeps the status.
         let response = client().put(server.url("/v1/nodes/n1/heartbeat")).send().await.unwrap();
         assert_eq!(response.json::<Value>().await.unwrap()["status"], "DOWN");

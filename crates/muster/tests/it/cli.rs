@@ -143,6 +143,25 @@ fn errors_say_what_to_do_and_exit_codes_hold() {
         assert!(stderr.contains(&format!("no registry at {nowhere}")), "{args:?}: {stderr}");
         assert!(stderr.contains("is `muster serve` running?"), "{args:?}: {stderr}");
     }
+    // Something else answers on the port: the error says so instead of blaming a missing server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    let output = muster().args(["nodes", "--registry", &other]).output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unreadable answer from") && !stderr.contains("no registry at"), "{stderr}");
+
     for args in [
         vec!["find", "bad name"],
         vec!["find", "users", "--version", "1", "--version-req", "^1"],
