@@ -10,18 +10,29 @@ use crate::error::{Error, Result};
 /// Longest host name accepted (the DNS limit).
 const MAX_HOST_LEN: usize = 253;
 
-/// A validated `host:port` address.
+/// A node's address: a validated `host:port`, or the text another writer stored.
 ///
-/// The host is a DNS name (`svc-1.internal`), an IPv4 address, or an IPv6 address in brackets
-/// (`[::1]:8080`). The port is 1–65535. The string form is kept exactly as given so that it
-/// round-trips through the Titan wire format unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// [`Address::parse`] (every address Muster accepts from its users) takes a DNS name
+/// (`svc-1.internal`), an IPv4 address, or an IPv6 address in brackets (`[::1]:8080`), and a port
+/// 1–65535. [`Address::from_wire`] keeps whatever a Titan or Netron peer wrote (`ws://10.8.8.9:9000`,
+/// an unbracketed IPv6 address, ...) and finds host and port in it where it can. Either way the
+/// string form is kept exactly as given, so it round-trips through the Titan wire format unchanged.
+/// Deserialization is the wire form: a reader shows what was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct Address {
-    /// The whole `host:port` text.
+    /// The whole text, as given.
     text: String,
-    /// Byte offset of the `:` that separates host and port.
-    colon: usize,
+    /// Byte range of the host in `text` (brackets included for a bracketed IPv6 host).
+    host: (u16, u16),
+    /// The port; 0 when the text has none that could be found.
+    port: u16,
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from_wire)
+    }
 }
 
 impl Address {
@@ -34,7 +45,30 @@ impl Address {
         let (host, port) = (&text[..colon], &text[colon + 1..]);
         validate_port(port).map_err(|reason| Error::invalid("address", format!("{text:?}: {reason}")))?;
         validate_host(host).map_err(|reason| Error::invalid("address", format!("{text:?}: {reason}")))?;
-        Ok(Self { text, colon })
+        let port = port.parse().unwrap_or_default();
+        // Validated hosts are at most 255 bytes, so the offsets fit.
+        Ok(Self { host: (0, u16::try_from(colon).unwrap_or(u16::MAX)), port, text })
+    }
+
+    /// Keeps an address exactly as another writer stored it (Titan accepts any string), finding
+    /// host and port where possible: a `scheme://` prefix and a path are skipped, and an
+    /// unbracketed IPv6 address takes its last `:` group as the port. When nothing can be found,
+    /// the host is the whole text and the port 0.
+    pub fn from_wire(text: impl Into<String>) -> Self {
+        let text = text.into();
+        if let Ok(address) = Self::parse(text.as_str()) {
+            return address;
+        }
+        let (start, end, port) = wire_parts(&text).unwrap_or((0, text.len(), 0));
+        match (u16::try_from(start), u16::try_from(end)) {
+            (Ok(start), Ok(end)) => Self { host: (start, end), port, text },
+            _ => Self { host: (0, 0), port: 0, text },
+        }
+    }
+
+    /// True when the address passed [`Address::parse`]'s rules (a `host:port` Muster would accept).
+    pub fn is_valid(&self) -> bool {
+        Self::parse(self.text.as_str()).is_ok()
     }
 
     /// Builds an address from a host and a port, adding brackets around a bare IPv6 host.
@@ -46,9 +80,9 @@ impl Address {
         }
     }
 
-    /// The host part, with brackets for IPv6 (`[::1]`).
+    /// The host part, with brackets for IPv6 written with them (`[::1]`).
     pub fn host(&self) -> &str {
-        &self.text[..self.colon]
+        self.text.get(usize::from(self.host.0)..usize::from(self.host.1)).unwrap_or_default()
     }
 
     /// The host without IPv6 brackets, as a resolver or socket wants it.
@@ -56,16 +90,30 @@ impl Address {
         self.host().trim_start_matches('[').trim_end_matches(']')
     }
 
-    /// The port.
+    /// The port (0 for a wire address in which none could be found).
     pub fn port(&self) -> u16 {
-        // Validated in `parse`.
-        self.text[self.colon + 1..].parse().unwrap_or_default()
+        self.port
     }
 
     /// The whole `host:port` string.
     pub fn as_str(&self) -> &str {
         &self.text
     }
+}
+
+/// Finds `(host start, host end, port)` in a wire address; `None` when there is no usable port.
+fn wire_parts(text: &str) -> Option<(usize, usize, u16)> {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let rest = &text[start..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let colon = authority.rfind(':')?;
+    let port: u16 = authority[colon + 1..].parse().ok().filter(|p| *p > 0)?;
+    let host = &authority[..colon];
+    let ok = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').is_some_and(|inner| inner.parse::<Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && (validate_host(host).is_ok() || host.parse::<Ipv6Addr>().is_ok()),
+    };
+    ok.then_some((start, start + colon, port))
 }
 
 fn validate_port(port: &str) -> std::result::Result<(), String> {
@@ -186,6 +234,27 @@ mod tests {
         check("bad host:80", Err("not allowed"));
         check("-x.com:80", Err("starting or ending"));
         check("a..b:80", Err("empty or over-long"));
+    }
+
+    #[test]
+    fn wire_addresses_are_kept_as_written() {
+        for (text, host, port) in [
+            ("ws://10.8.8.9:9000", "10.8.8.9", 9000),
+            ("http://svc.local:8080/rpc", "svc.local", 8080),
+            ("fe80::1:9000", "fe80::1", 9000),
+            ("[::1]:80", "[::1]", 80),
+            ("localhost", "localhost", 0),
+            ("not an address", "not an address", 0),
+            ("", "", 0),
+        ] {
+            let a = Address::from_wire(text);
+            assert_eq!((a.as_str(), a.host(), a.port()), (text, host, port), "{text}");
+            assert_eq!(a.is_valid(), text == "[::1]:80", "{text}");
+        }
+        assert_eq!(Address::from_wire("fe80::1:9000").host_unbracketed(), "fe80::1");
+        let json: Address = serde_json::from_str("\"ws://h:1\"").unwrap();
+        assert_eq!((json.as_str(), json.port()), ("ws://h:1", 1), "deserialization keeps the wire text");
+        assert_eq!(Address::from_wire("h:1"), Address::parse("h:1").unwrap());
     }
 
     #[test]

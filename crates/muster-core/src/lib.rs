@@ -30,6 +30,6 @@ pub use event::{
 };
 pub use name::NodeId;
 pub use node::{NodeInfo, NodeStatus, NodeUpdate, Registration};
-pub use options::{DiscoveryOptions, RetryPolicy};
+pub use options::{DiscoveryOptions, Preset, RetryPolicy};
 pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
 pub use service::{Metadata, ServiceInfo, ServiceQuery, VersionQuery};

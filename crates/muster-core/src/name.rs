@@ -59,9 +59,18 @@ pub fn validate_version(version: &str) -> Result<()> {
 /// Clones share one allocation (`Arc<str>`): a store keeps an id in several indexes at the cost of
 /// one string.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "users-1"))]
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+///
+/// Deserialization is the wire form ([`NodeId::from_wire`]): a reader shows the id another writer
+/// stored; Muster's own writes go through [`NodeId::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
 pub struct NodeId(std::sync::Arc<str>);
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from_wire)
+    }
+}
 
 impl NodeId {
     /// Validates and wraps a node id.
@@ -71,6 +80,17 @@ impl NodeId {
             c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
         })?;
         Ok(Self(id.into()))
+    }
+
+    /// Keeps an id exactly as another writer stored it: a Titan or Netron peer may use any string
+    /// (`worker@host-1`), and a reader must show it as it is.
+    pub fn from_wire(id: impl Into<String>) -> Self {
+        Self(id.into().into())
+    }
+
+    /// True when the id passes [`NodeId::new`]'s rules (what Muster accepts for its own writes).
+    pub fn is_valid(&self) -> bool {
+        Self::new(self.as_str()).is_ok()
     }
 
     /// Generates a fresh id of the form `<prefix>-<pid>-<ms>-<random>`, unique per call.
@@ -196,9 +216,11 @@ mod tests {
     }
 
     #[test]
-    fn node_id_deserialization_validates() {
-        assert!(serde_json::from_str::<NodeId>("\"ok-1\"").is_ok());
-        let err = serde_json::from_str::<NodeId>("\"bad id\"").unwrap_err();
-        assert!(err.to_string().contains("node id"));
+    fn node_id_deserialization_keeps_the_wire_form() {
+        assert!(serde_json::from_str::<NodeId>("\"ok-1\"").unwrap().is_valid());
+        let wire = serde_json::from_str::<NodeId>("\"worker@host-1\"").unwrap();
+        assert_eq!(wire.as_str(), "worker@host-1");
+        assert!(!wire.is_valid());
+        assert!("worker@host-1".parse::<NodeId>().is_err(), "parsing is Muster's own rule");
     }
 }

@@ -127,9 +127,12 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Validates a registration: services (see [`validate_services`]) and TTL within
+    /// Validates a registration: id and address by Muster's rules (also when they were read in
+    /// their wire form), services (see [`validate_services`]) and TTL within
     /// [`MIN_TTL`]..=[`MAX_TTL`].
     pub fn new(node_id: NodeId, address: Address, services: Vec<ServiceInfo>, ttl: Duration) -> Result<Self> {
+        NodeId::new(node_id.as_str())?;
+        Address::parse(address.as_str())?;
         validate_services(&services)?;
         validate_ttl(ttl)?;
         Ok(Self { node_id, address, services, status: NodeStatus::Up, metadata: Metadata::new(), ttl })

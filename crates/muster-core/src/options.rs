@@ -55,6 +55,47 @@ impl Default for DiscoveryOptions {
     }
 }
 
+/// Netron's key prefix (seeds 000 and 004).
+pub const NETRON_PREFIX: &str = "netron:discovery";
+/// Netron's pub/sub channel.
+pub const NETRON_PUBSUB_CHANNEL: &str = "netron:discovery:events";
+
+/// The store settings of a kind of fleet, in one word: prefix, channel and pub/sub switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preset {
+    /// Titan's discovery module: `titan:discovery`, its channel, pub/sub off.
+    #[default]
+    Titan,
+    /// Netron's: `netron:discovery`, `netron:discovery:events`, pub/sub on.
+    Netron,
+}
+
+impl Preset {
+    /// The default options with this preset's prefix, channel and pub/sub switch.
+    pub fn options(self) -> DiscoveryOptions {
+        match self {
+            Self::Titan => DiscoveryOptions::default(),
+            Self::Netron => DiscoveryOptions {
+                prefix: NETRON_PREFIX.to_owned(),
+                pubsub_channel: NETRON_PUBSUB_CHANNEL.to_owned(),
+                pubsub_enabled: true,
+                ..DiscoveryOptions::default()
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "titan" => Ok(Self::Titan),
+            "netron" => Ok(Self::Netron),
+            other => Err(Error::invalid("preset", format!("{other:?} is not one of titan, netron"))),
+        }
+    }
+}
+
 /// Something legal but risky in a set of options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionsWarning(pub String);

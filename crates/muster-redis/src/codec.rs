@@ -5,6 +5,7 @@ use muster_core::{
     ServiceInfo,
 };
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Values per node in the read script's output: id, alive, then the seven hash fields.
 pub(crate) const ROW: usize = 9;
@@ -13,14 +14,14 @@ pub(crate) const ROW: usize = 9;
 pub(crate) enum Row {
     /// Readable; `alive` tells whether its heartbeat key exists.
     Node { node: NodeInfo, alive: bool },
-    /// Its hash is gone or incomplete, or fields do not parse; `alive` as above.
-    Broken { id: String, alive: bool, reason: String },
+    /// Its hash breaks the validity rule ([`check_hash`]).
+    Broken { id: String, reason: String },
 }
 
 /// Parses the bulk part of the read script: a JSON array of nodes (as of their last change) and
 /// their deadlines; each node's timestamp becomes its last heartbeat (deadline minus TTL).
 pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String> {
-    let nodes: Vec<NodeInfo> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let nodes: Vec<WireNode<'_>> = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let deadlines: Vec<u64> = if deadlines.is_empty() {
         Vec::new()
     } else {
@@ -35,9 +36,12 @@ pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String
     Ok(nodes
         .into_iter()
         .zip(deadlines)
-        .map(|(mut node, deadline)| {
-            node.timestamp_ms = deadline.saturating_sub(node.ttl_ms).max(node.timestamp_ms);
-            Row::Node { node, alive: true }
+        .map(|(node, deadline)| match node.into_node() {
+            Ok(mut node) => {
+                node.timestamp_ms = deadline.saturating_sub(node.ttl_ms).max(node.timestamp_ms);
+                Row::Node { node, alive: true }
+            }
+            Err((id, reason)) => Row::Broken { id, reason },
         })
         .collect())
 }
@@ -58,36 +62,108 @@ pub(crate) fn parse_view<'a>(view: &'a str, revision: &str, now_ms: u64) -> Opti
 /// Parses one row of the read script (`id, alive, address, services, timestamp, registeredAt,
 /// status, metadata, ttl`).
 pub(crate) fn parse_row(row: &[String]) -> Row {
-    let (id, alive) = (row[0].clone(), row[1] == "1");
     match node_from_fields(&row[0], &row[2..ROW]) {
-        Ok(node) => Row::Node { node, alive },
-        Err(reason) => Row::Broken { id, alive, reason },
+        Ok(node) => Row::Node { node, alive: row[1] == "1" },
+        Err(reason) => Row::Broken { id: row[0].clone(), reason },
     }
 }
 
-fn node_from_fields(id: &str, f: &[String]) -> Result<NodeInfo, String> {
-    let node_id = NodeId::new(id).map_err(|e| e.to_string())?;
-    if f[0].is_empty() || f[1].is_empty() || f[2].is_empty() {
+/// The validity rule of a node hash, Titan's reader's own and the Lua scripts' (`is_valid` in
+/// `scripts.rs`; both are tested on one table of inputs): a non-empty address, services that parse
+/// as a JSON list, a non-empty timestamp. Everything else about a node is read leniently.
+pub(crate) fn check_hash(address: &str, services: &str, timestamp: &str) -> Result<(), String> {
+    if address.is_empty() || services.is_empty() || timestamp.is_empty() {
         return Err("missing address, services or timestamp".to_owned());
     }
-    let address = Address::parse(f[0].as_str()).map_err(|e| e.to_string())?;
-    let services: Vec<ServiceInfo> =
-        serde_json::from_str(&f[1]).map_err(|e| format!("services are not a JSON service list: {e}"))?;
-    let timestamp_ms = parse_ms(&f[2]).ok_or_else(|| format!("timestamp {:?} is not a number", f[2]))?;
-    let registered_at_ms =
-        if f[3].is_empty() { timestamp_ms } else { parse_ms(&f[3]).unwrap_or(timestamp_ms) };
-    let status = if f[4].is_empty() {
-        NodeStatus::Up
-    } else {
-        f[4].parse().map_err(|e: muster_core::Error| e.to_string())?
-    };
-    let metadata: Metadata = if f[5].is_empty() {
-        Metadata::new()
-    } else {
-        serde_json::from_str(&f[5]).map_err(|e| format!("metadata is not a JSON map: {e}"))?
-    };
-    let ttl_ms = parse_ms(&f[6]).unwrap_or(0);
-    Ok(NodeInfo { node_id, address, services, timestamp_ms, registered_at_ms, status, metadata, ttl_ms })
+    if !services.trim_start_matches([' ', '\t', '\r', '\n']).starts_with('[') {
+        return Err("services are not a JSON list".to_owned());
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(services)
+        .map_err(|e| format!("services are not a JSON list: {e}"))?;
+    Ok(())
+}
+
+/// A node from its hash fields (`address, services, timestamp, registeredAt, status, metadata,
+/// ttl`), as a Titan reader would accept it: the id and address exactly as written, the services
+/// that can be understood, and defaults for Muster's own fields when they are missing or unreadable.
+fn node_from_fields(id: &str, f: &[String]) -> Result<NodeInfo, String> {
+    check_hash(&f[0], &f[1], &f[2])?;
+    let timestamp_ms = parse_ms(&f[2]).unwrap_or(0);
+    Ok(NodeInfo {
+        node_id: NodeId::from_wire(id),
+        address: Address::from_wire(f[0].as_str()),
+        services: services_from_wire(&f[1]),
+        timestamp_ms,
+        registered_at_ms: parse_ms(&f[3]).unwrap_or(timestamp_ms),
+        status: f[4].parse().unwrap_or(NodeStatus::Up),
+        metadata: serde_json::from_str(&f[5]).unwrap_or_default(),
+        ttl_ms: parse_ms(&f[6]).unwrap_or(0),
+    })
+}
+
+/// The services of a JSON list that can be understood: objects with a string `name`; a `version`
+/// that is not a string counts as none (so, as with Titan, no versioned query matches it), and
+/// metadata or a weight of the wrong type are dropped. Other entries are skipped.
+pub(crate) fn services_from_wire(json: &str) -> Vec<ServiceInfo> {
+    if let Ok(services) = serde_json::from_str::<Vec<ServiceInfo>>(json) {
+        return services;
+    }
+    let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(json) else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let name = entry.get("name")?.as_str()?.to_owned();
+            Some(ServiceInfo {
+                name,
+                version: entry.get("version").and_then(|v| v.as_str()).map(str::to_owned),
+                metadata: entry
+                    .get("metadata")
+                    .and_then(|m| serde_json::from_value(m.clone()).ok())
+                    .unwrap_or_default(),
+                weight: entry.get("weight").and_then(|w| w.as_u64()).and_then(|w| u32::try_from(w).ok()),
+            })
+        })
+        .collect()
+}
+
+/// A node as the scripts write it in JSON (`node_json`), read leniently: the services are whatever
+/// list the hash held.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireNode<'a> {
+    node_id: String,
+    address: String,
+    #[serde(borrow)]
+    services: &'a RawValue,
+    #[serde(default)]
+    timestamp: u64,
+    #[serde(default)]
+    registered_at: u64,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+    #[serde(default)]
+    ttl_ms: u64,
+}
+
+impl WireNode<'_> {
+    /// The node, or its id and why it cannot be read.
+    fn into_node(self) -> Result<NodeInfo, (String, String)> {
+        if let Err(reason) = check_hash(&self.address, self.services.get(), "-") {
+            return Err((self.node_id, reason));
+        }
+        Ok(NodeInfo {
+            services: services_from_wire(self.services.get()),
+            address: Address::from_wire(self.address),
+            node_id: NodeId::from_wire(self.node_id),
+            timestamp_ms: self.timestamp,
+            registered_at_ms: self.registered_at,
+            status: self.status.and_then(|s| s.parse().ok()).unwrap_or(NodeStatus::Up),
+            metadata: self.metadata.and_then(|m| serde_json::from_str(m.get()).ok()).unwrap_or_default(),
+            ttl_ms: self.ttl_ms,
+        })
+    }
 }
 
 /// Milliseconds as Titan writes them (`Date.now().toString()`), tolerating a fractional part.
@@ -116,8 +192,10 @@ pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<D
         "unknown" => Some(DeregisterReason::Unknown),
         other => return Err(format!("unknown reason {other:?}")),
     };
-    let node: NodeInfo =
-        serde_json::from_str(field("node")).map_err(|e| format!("node does not parse: {e}"))?;
+    let node = serde_json::from_str::<WireNode<'_>>(field("node"))
+        .map_err(|e| format!("node does not parse: {e}"))?
+        .into_node()
+        .map_err(|(_, reason)| reason)?;
     let timestamp_ms = field("ts").parse().unwrap_or(node.timestamp_ms);
     Ok(DiscoveryEvent { revision, kind, reason, node, timestamp_ms })
 }
@@ -147,7 +225,7 @@ struct TitanEvent {
     #[serde(default)]
     address: Option<String>,
     #[serde(default)]
-    services: Option<Vec<ServiceInfo>>,
+    services: Option<Box<RawValue>>,
     #[serde(default)]
     timestamp: Option<f64>,
     /// Set on events Muster publishes; those reach Muster watchers through the log instead.
@@ -176,18 +254,18 @@ pub(crate) fn parse_channel_message(payload: &str, revision: Revision) -> Result
         "NODE_DEREGISTERED" => EventKind::Deregistered,
         other => return Err(format!("unknown event type {other:?}")),
     };
-    let node_id = NodeId::new(event.node_id).map_err(|e| e.to_string())?;
-    let address = match event.address.as_deref() {
-        Some(a) if !a.is_empty() => Address::parse(a).map_err(|e| e.to_string())?,
+    let node_id = NodeId::from_wire(event.node_id);
+    let address = match event.address {
+        Some(a) if !a.is_empty() => Address::from_wire(a),
         // Titan's deregistration events may carry no address.
-        _ if kind == EventKind::Deregistered => Address::parse("unknown:1").map_err(|e| e.to_string())?,
+        _ if kind == EventKind::Deregistered => Address::from_wire(""),
         _ => return Err("event without address".to_owned()),
     };
     let timestamp_ms = event.timestamp.filter(|t| t.is_finite() && *t >= 0.0).map_or(0, |t| t as u64);
     let node = NodeInfo {
         node_id,
         address,
-        services: event.services.unwrap_or_default(),
+        services: event.services.map(|raw| services_from_wire(raw.get())).unwrap_or_default(),
         timestamp_ms,
         registered_at_ms: timestamp_ms,
         status: NodeStatus::Up,
@@ -240,17 +318,37 @@ mod tests {
     fn broken_rows_say_why() {
         for (fields, why) in [
             (["n", "1", "", "[]", "1", "", "", "", ""], "missing"),
+            (["n", "1", "h:1", "[]", "", "", "", "", ""], "missing"),
             (["n", "1", "h:1", "not json", "1", "", "", "", ""], "services"),
-            (["n", "1", "h:1", "[]", "yesterday", "", "", "", ""], "timestamp"),
-            (["n", "1", "nohost", "[]", "1", "", "", "", ""], "address"),
-            (["bad id", "1", "h:1", "[]", "1", "", "", "", ""], "node id"),
-            (["n", "1", "h:1", "[]", "1", "", "SLEEPY", "", ""], "status"),
+            (["n", "1", "h:1", r#"{"name":"auth"}"#, "1", "", "", "", ""], "not a JSON list"),
         ] {
             match parse_row(&row(fields)) {
                 Row::Broken { reason, .. } => assert!(reason.contains(why), "{reason}"),
                 Row::Node { .. } => panic!("{fields:?} should be broken"),
             }
         }
+    }
+
+    #[test]
+    fn what_titan_accepts_is_read_as_written() {
+        let odd = row([
+            "worker@host-1",
+            "1",
+            "ws://10.8.8.9:9000",
+            r#"[{"name":"a","version":1},"junk",{"name":"b","version":"2","weight":"x"}]"#,
+            "soon",
+            "",
+            "SLEEPY",
+            "[1]",
+            "",
+        ]);
+        let Row::Node { node, .. } = parse_row(&odd) else { panic!("Titan accepts it") };
+        assert_eq!((node.node_id.as_str(), node.address.as_str()), ("worker@host-1", "ws://10.8.8.9:9000"));
+        assert_eq!((node.address.host(), node.address.port()), ("10.8.8.9", 9000));
+        assert_eq!(node.services.len(), 2);
+        assert_eq!((node.services[0].name.as_str(), node.services[0].version.as_deref()), ("a", None));
+        assert_eq!(node.services[1].version.as_deref(), Some("2"));
+        assert_eq!((node.timestamp_ms, node.status), (0, NodeStatus::Up));
     }
 
     #[test]

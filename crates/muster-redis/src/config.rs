@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use muster_core::options::{DEFAULT_PREFIX, DEFAULT_PUBSUB_CHANNEL};
+pub use muster_core::options::Preset;
 use muster_core::{DiscoveryOptions, Error, Result};
 
 /// How Redis is deployed.
@@ -43,14 +44,25 @@ pub struct RedisConfig {
     /// Wrap the prefix in a hash tag (`{prefix}`) so every key lands in one cluster slot. `None`
     /// means: on for Cluster, off otherwise (keeping Titan's exact key names).
     pub hash_tag: Option<bool>,
-    /// Publish events on the Titan pub/sub channel and deliver Titan peers' events to watchers.
+    /// Publish events on the Titan pub/sub channel (as Titan nodes do when their pub/sub is on).
+    /// Titan peers' changes reach watchers either way, through reconciliation.
     pub pubsub_enabled: bool,
+    /// With pub/sub on, publish Titan's `NODE_UPDATED` for every heartbeat of a Muster node, as a
+    /// Titan node does (some Titan consumers take it as a sign of life). Off: only changes.
+    pub heartbeat_events: bool,
     /// The Titan pub/sub channel.
     pub pubsub_channel: String,
     /// Events kept in the log for watchers to resume from (Redis `MAXLEN`, exact).
     pub event_history: usize,
-    /// Run the expiry sweeper in this process (one process at a time does the work, by lease).
+    /// Run the expiry sweeper and the reconciliation with Titan peers in this process (one process
+    /// at a time does the work, by lease).
     pub sweeper: bool,
+    /// Inspection only: never write (no sweeper, no listing cache, no cleanup), so reads work
+    /// against a read-only replica and leave the key space unchanged. Writes fail.
+    pub read_only: bool,
+    /// How often the sweeper compares what Titan peers wrote with what it saw last (adoptions,
+    /// changes, removals). Detection takes at most this long.
+    pub reconcile_interval: Duration,
     /// Longest pause between sweeps; the sweeper also wakes at the earliest deadline.
     pub sweep_interval: Duration,
     /// How long a sweeper's lease lasts without renewal.
@@ -60,17 +72,21 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Defaults for a topology: Titan prefix and channel, pub/sub off, 10,000 events of history,
-    /// sweeper on (250 ms, 2 s lease), 2 s response timeout.
+    /// Defaults for a topology: Titan prefix and channel, pub/sub off (per-heartbeat messages on
+    /// when it is switched on), 10,000 events of history, sweeper on (250 ms, 2 s lease),
+    /// reconciliation every 500 ms, 2 s response timeout.
     pub fn new(topology: Topology) -> Self {
         Self {
             topology,
             prefix: DEFAULT_PREFIX.to_owned(),
             hash_tag: None,
             pubsub_enabled: false,
+            heartbeat_events: true,
             pubsub_channel: DEFAULT_PUBSUB_CHANNEL.to_owned(),
             event_history: 10_000,
             sweeper: true,
+            read_only: false,
+            reconcile_interval: Duration::from_millis(500),
             sweep_interval: Duration::from_millis(250),
             sweeper_lease: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
@@ -133,6 +149,12 @@ impl RedisConfig {
         Ok(Self::new(topology))
     }
 
+    /// Applies a preset: the prefix, channel and pub/sub switch a Titan or Netron fleet uses.
+    #[must_use]
+    pub fn with_preset(self, preset: Preset) -> Self {
+        self.with_discovery_options(&preset.options())
+    }
+
     /// Takes the Titan options that concern the store: prefix, pub/sub switch and channel.
     #[must_use]
     pub fn with_discovery_options(mut self, options: &DiscoveryOptions) -> Self {
@@ -167,6 +189,9 @@ impl RedisConfig {
                 "sweeper",
                 "the lease must be longer than the (non-zero) sweep interval",
             ));
+        }
+        if self.reconcile_interval < Duration::from_millis(10) {
+            return Err(Error::invalid("reconcile interval", "must be at least 10 ms"));
         }
         if self.response_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("response timeout", "must be at least 100 ms"));
@@ -226,7 +251,13 @@ mod tests {
         assert!(RedisConfig { prefix: "{x}".into(), ..ok.clone() }.validate().is_err());
         assert!(RedisConfig { event_history: 0, ..ok.clone() }.validate().is_err());
         assert!(RedisConfig { sweeper_lease: ok.sweep_interval, ..ok.clone() }.validate().is_err());
-        let tagged = RedisConfig { hash_tag: Some(true), ..ok };
+        assert!(RedisConfig { reconcile_interval: Duration::ZERO, ..ok.clone() }.validate().is_err());
+        let tagged = RedisConfig { hash_tag: Some(true), ..ok.clone() };
         assert_eq!(tagged.key_prefix(), "{titan:discovery}");
+        let netron = ok.with_preset(Preset::Netron);
+        assert_eq!(
+            (netron.prefix.as_str(), netron.pubsub_channel.as_str(), netron.pubsub_enabled),
+            ("netron:discovery", "netron:discovery:events", true)
+        );
     }
 }

@@ -46,8 +46,17 @@ use muster_core::{
 use redis::{FromRedisValue, Script};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{RedisConfig, Topology};
+pub use config::{Preset, RedisConfig, Topology};
 pub use scripts::TITAN_HEARTBEAT_SCRIPT;
+
+/// The validity rule of a node hash, shared by Titan's reader, the Lua scripts and Muster's reader:
+/// a non-empty `address`, `services` that parse as a JSON list and a non-empty `timestamp` (the
+/// heartbeat key's existence is the other half of liveness). A node breaking it is skipped by every
+/// read and removed by the sweeper, as Titan's reader removes it; everything else about a node is
+/// shown as written. Returns why a hash breaks the rule.
+pub fn check_node_hash(address: &str, services: &str, timestamp: &str) -> std::result::Result<(), String> {
+    codec::check_hash(address, services, timestamp)
+}
 
 use codec::{ROW, Row};
 use conn::Pool;
@@ -96,7 +105,7 @@ impl RedisRegistry {
             config,
             cancel: cancel.clone(),
         });
-        if inner.config.sweeper {
+        if inner.config.sweeper && !inner.config.read_only {
             tokio::spawn(sweeper::run(Arc::clone(&inner)));
         }
         if matches!(inner.config.topology, Topology::Sentinel { .. }) {
@@ -115,12 +124,17 @@ impl RedisRegistry {
         &self.inner.config
     }
 
-    /// Runs one sweep now (expires every node whose deadline passed, adopts Titan-written nodes),
-    /// regardless of the lease. Returns how many nodes were removed.
+    /// Runs one sweep now (expires every node whose deadline passed) and one reconciliation with
+    /// what Titan peers wrote, regardless of the lease. Returns how many nodes the sweep expired.
     pub async fn sweep_now(&self) -> Result<u64> {
         let (removed, _, _) = self.inner.sweep_due().await?;
-        self.inner.adopt().await?;
+        self.inner.reconcile(None).await?;
         Ok(removed)
+    }
+
+    /// Runs one reconciliation pass now (see [`RedisConfig::reconcile_interval`]).
+    pub async fn reconcile_now(&self) -> Result<Reconciled> {
+        self.inner.reconcile(None).await
     }
 }
 
@@ -140,9 +154,12 @@ impl Inner {
             .await
     }
 
-    /// Reads nodes through the read script. Returns the revision and the rows.
-    async fn read(&self, args: &[String]) -> Result<(Revision, Vec<Row>)> {
-        let out: Vec<String> = self.invoke(&self.scripts.read, args).await?;
+    /// Reads nodes through the read script (`mode` and its arguments, see `scripts.rs`). Returns
+    /// the revision and the rows.
+    async fn read(&self, mode: &str, args: &[String]) -> Result<(Revision, Vec<Row>)> {
+        let mut all = vec![mode.to_owned(), if self.config.read_only { "ro" } else { "rw" }.to_owned()];
+        all.extend_from_slice(args);
+        let out: Vec<String> = self.invoke(&self.scripts.read, &all).await?;
         let field = |i: usize| out.get(i).map(String::as_str).unwrap_or_default();
         let revision = field(0).parse().ok().map(Revision).unwrap_or_default();
         let mut rows = codec::parse_bulk(field(1), field(2)).map_err(|reason| {
@@ -152,39 +169,13 @@ impl Inner {
         Ok((revision, rows))
     }
 
-    /// Reads nodes, cleans up what is dead or broken (as Titan readers do), and returns the readable
-    /// ones with their liveness.
-    async fn read_clean(&self, args: &[String]) -> Result<(Revision, Vec<(NodeInfo, bool)>)> {
-        let (revision, rows) = self.read(args).await?;
-        let mut nodes = self.clean(rows).await?;
+    /// Reads nodes and returns the readable ones with their liveness, sorted by id. A read changes
+    /// nothing: what Titan's reader would delete is skipped here and removed by the sweeper.
+    async fn read_nodes(&self, mode: &str, args: &[String]) -> Result<(Revision, Vec<(NodeInfo, bool)>)> {
+        let (revision, rows) = self.read(mode, args).await?;
+        let mut nodes = readable(rows);
         nodes.sort_by(|a, b| a.0.node_id.cmp(&b.0.node_id));
         Ok((revision, nodes))
-    }
-
-    /// Keeps the readable rows; removes dead ones (as Titan readers do) and unreadable ones.
-    async fn clean(&self, rows: Vec<Row>) -> Result<Vec<(NodeInfo, bool)>> {
-        let (mut nodes, mut dead, mut broken) = (Vec::new(), Vec::new(), Vec::new());
-        for row in rows {
-            match row {
-                Row::Node { node, alive } => {
-                    if !alive {
-                        dead.push(node.node_id.to_string());
-                    }
-                    nodes.push((node, alive));
-                }
-                Row::Broken { id, alive, reason } => {
-                    tracing::warn!(node_id = %id, %reason, alive, "skipping unreadable node; removing it");
-                    broken.push(id);
-                }
-            }
-        }
-        if !dead.is_empty() {
-            self.sweep_ids("reap", dead).await?;
-        }
-        if !broken.is_empty() {
-            self.sweep_ids("evict", broken).await?;
-        }
-        Ok(nodes)
     }
 
     /// Every live node and the revision they reflect, in at most two round trips. The first is an
@@ -218,33 +209,24 @@ impl Inner {
         let revision_text = revision.unwrap_or_else(|| "0".to_owned());
         let fresh = view.as_deref().and_then(|view| codec::parse_view(view, &revision_text, now_ms));
         let (revision, mut nodes) = match fresh {
-            Some((body, deadlines)) if indexed <= tracked => {
+            Some((body, deadlines)) if indexed == tracked => {
                 let revision = Revision(revision_text.parse().unwrap_or(0));
                 let rows = codec::parse_bulk(body, deadlines).map_err(|reason| {
                     Error::new(ErrorKind::Internal, format!("unreadable node view: {reason}"))
                 })?;
-                let mut nodes = self.clean(rows).await?;
+                let mut nodes = readable(rows);
                 if !foreign.is_empty() {
-                    let mut args = vec!["ids".to_owned()];
-                    args.extend(foreign);
-                    let (_, rows) = self.read(&args).await?;
-                    nodes.extend(self.clean(rows).await?);
+                    let (_, rows) = self.read("ids", &foreign).await?;
+                    nodes.extend(readable(rows));
                 }
                 (revision, nodes)
             }
-            _ => self.read_clean(&["active".to_owned()]).await?,
+            _ => self.read_nodes("active", &[]).await?,
         };
         nodes.retain(|(_, alive)| *alive);
         let mut nodes: Vec<NodeInfo> = nodes.into_iter().map(|(node, _)| node).collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(Snapshot { revision, nodes })
-    }
-
-    async fn sweep_ids(&self, mode: &str, ids: Vec<String>) -> Result<()> {
-        let mut args = vec![mode.to_owned(), "0".to_owned()];
-        args.extend(ids);
-        let _: (u64, String, String) = self.invoke(&self.scripts.sweep, &args).await?;
-        Ok(())
     }
 
     /// Expires due nodes. Returns `(removed, next deadline ms or None, server now ms)`.
@@ -253,7 +235,7 @@ impl Inner {
         let mut total = 0;
         loop {
             let (removed, next, now): (u64, String, String) =
-                self.invoke(&self.scripts.sweep, &["due".to_owned(), BATCH.to_string()]).await?;
+                self.invoke(&self.scripts.sweep, &[BATCH.to_string()]).await?;
             total += removed;
             if removed < BATCH {
                 let next = next.parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n as u64);
@@ -262,9 +244,37 @@ impl Inner {
         }
     }
 
-    /// Adopts Titan-written nodes. Returns how many.
-    pub(crate) async fn adopt(&self) -> Result<u64> {
-        self.invoke(&self.scripts.adopt, &[]).await
+    /// Reconciles with what Titan peers wrote (every node, or the `ids` a channel message named):
+    /// adoptions, updates and removals become events. Returns the counts.
+    pub(crate) async fn reconcile(&self, ids: Option<&[String]>) -> Result<Reconciled> {
+        let mut args = vec![if ids.is_some() { "ids" } else { "all" }.to_owned()];
+        args.extend_from_slice(ids.unwrap_or_default());
+        let (adopted, updated, removed) = self.invoke(&self.scripts.reconcile, &args).await?;
+        Ok(Reconciled { adopted, updated, removed })
+    }
+
+    /// Refuses a write on a read-only registry.
+    fn writable(&self) -> Result<()> {
+        if self.config.read_only {
+            return Err(Error::new(ErrorKind::InvalidInput, "this Redis registry is read-only (inspection)"));
+        }
+        Ok(())
+    }
+
+    /// The flag the heartbeat scripts take: publish Titan's `NODE_UPDATED` on every heartbeat.
+    fn heartbeat_events_arg(&self) -> String {
+        if self.config.pubsub_enabled && self.config.heartbeat_events { "1" } else { "0" }.to_owned()
+    }
+
+    /// True when some process holds the sweeper lease of this prefix (and so reconciles).
+    pub(crate) async fn sweeper_present(&self) -> Result<bool> {
+        let key = format!("{}:sweeper", self.keys.prefix);
+        self.pool
+            .run(|mut conn| {
+                let key = key.clone();
+                async move { redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut conn).await }
+            })
+            .await
     }
 
     /// The current revision.
@@ -281,6 +291,32 @@ impl Inner {
     }
 }
 
+/// What one reconciliation pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Nodes written by Titan peers, newly tracked (each announced as registered).
+    pub adopted: u64,
+    /// Titan peers' nodes whose address or services changed (each announced as updated).
+    pub updated: u64,
+    /// Nodes removed: gone from the index (announced as deregistered), broken, or dead and
+    /// untracked (removed as Titan's reader removes them).
+    pub removed: u64,
+}
+
+/// The readable nodes of `rows`, with their liveness; unreadable ones are skipped (the sweeper
+/// removes what Titan's reader would).
+fn readable(rows: Vec<Row>) -> Vec<(NodeInfo, bool)> {
+    rows.into_iter()
+        .filter_map(|row| match row {
+            Row::Node { node, alive } => Some((node, alive)),
+            Row::Broken { id, reason, .. } => {
+                tracing::debug!(node_id = %id, %reason, "skipping a node hash that breaks the rule");
+                None
+            }
+        })
+        .collect()
+}
+
 fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::new(ErrorKind::Internal, format!("serializing: {e}")))
 }
@@ -292,6 +328,7 @@ fn parse_revision(text: &str) -> Option<Revision> {
 #[async_trait::async_trait]
 impl Registry for RedisRegistry {
     async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
+        self.inner.writable()?;
         let ttl_ms = u64::try_from(registration.ttl().as_millis()).unwrap_or(u64::MAX);
         let now = now_ms();
         let args = vec![
@@ -303,6 +340,7 @@ impl Registry for RedisRegistry {
             ttl_ms.to_string(),
             registration.status().as_str().to_owned(),
             json(registration.metadata())?,
+            self.inner.heartbeat_events_arg(),
         ];
         let (change, registered_at, revision, _expired, timestamp): (String, String, String, String, String) =
             self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
@@ -321,7 +359,12 @@ impl Registry for RedisRegistry {
         node_id: &NodeId,
         status: Option<muster_core::NodeStatus>,
     ) -> Result<HeartbeatOutcome> {
-        let args = vec![node_id.to_string(), status.map(|s| s.as_str().to_owned()).unwrap_or_default()];
+        self.inner.writable()?;
+        let args = vec![
+            node_id.to_string(),
+            status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            self.inner.heartbeat_events_arg(),
+        ];
         let out: Vec<String> = self.inner.invoke(&self.inner.scripts.refresh, &args).await?;
         if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {
             return Err(Error::node_not_found(node_id.as_str()));
@@ -338,6 +381,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
+        self.inner.writable()?;
         let args = vec![
             node_id.to_string(),
             update.new_address().map(ToString::to_string).unwrap_or_default(),
@@ -358,6 +402,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
+        self.inner.writable()?;
         let args = vec![node_id.to_string(), codec::reason_name(reason).to_owned()];
         let (removed, _revision): (u64, String) =
             self.inner.invoke(&self.inner.scripts.deregister, &args).await?;
@@ -365,12 +410,12 @@ impl Registry for RedisRegistry {
     }
 
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
-        let (_, nodes) = self.inner.read_clean(&["ids".to_owned(), node_id.to_string()]).await?;
+        let (_, nodes) = self.inner.read_nodes("ids", &[node_id.to_string()]).await?;
         Ok(nodes.into_iter().next().map(|(node, _)| node))
     }
 
     async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
-        let (_, rows) = self.inner.read(&["ids".to_owned(), node_id.to_string()]).await?;
+        let (_, rows) = self.inner.read("ids", &[node_id.to_string()]).await?;
         Ok(rows.iter().any(|row| matches!(row, Row::Node { alive: true, .. })))
     }
 
@@ -379,12 +424,12 @@ impl Registry for RedisRegistry {
     }
 
     async fn list_all(&self) -> Result<Vec<NodeInfo>> {
-        let (_, nodes) = self.inner.read_clean(&["all".to_owned()]).await?;
+        let (_, nodes) = self.inner.read_nodes("all", &[]).await?;
         Ok(nodes.into_iter().map(|(node, _)| node).collect())
     }
 
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
-        let (_, nodes) = self.inner.read_clean(&["service".to_owned(), query.name().to_owned()]).await?;
+        let (_, nodes) = self.inner.read_nodes("service", &[query.name().to_owned()]).await?;
         Ok(nodes
             .into_iter()
             .filter(|(node, alive)| *alive && node.provides(query))

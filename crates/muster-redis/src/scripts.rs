@@ -16,6 +16,15 @@ local function key(kind, id) return P .. ':' .. kind .. ':' .. id end
 local T = redis.call('TIME')
 local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 local function fmt(n) return string.format('%.0f', n) end
+-- Publishes a Titan channel message (when pub/sub is on). `extra` is appended inside the object;
+-- `"muster":true` tells Muster watchers the change reaches them through the log instead.
+local function publish(kind, id, address, services, extra)
+  if CHANNEL ~= '' then
+    redis.call('PUBLISH', CHANNEL, '{"type":"' .. kind .. '","nodeId":' .. cjson.encode(id) ..
+      ',"address":' .. cjson.encode(address) .. ',"services":' .. services ..
+      ',"timestamp":' .. fmt(NOW) .. extra .. ',"muster":true}')
+  end
+end
 "#;
 
 /// Everything else the scripts share. Kept apart from [`PRELUDE`] so the heartbeat's steady-state
@@ -40,8 +49,15 @@ local function valid_json(s)
   local ok = pcall(cjson.decode, s)
   return ok
 end
+-- The validity rule of a node hash, Titan's reader's own (and `codec::check_hash`'s): a non-empty
+-- address, services that parse as a JSON list, a non-empty timestamp. (Liveness is the heartbeat
+-- key's, checked apart.)
+local function is_list(s)
+  return s and string.match(s, '^[ \t\r\n]*%[') ~= nil and valid_json(s)
+end
 local function is_valid(n)
-  return n ~= nil and n.address and n.address ~= '' and valid_json(n.services) and n.timestamp and n.timestamp ~= ''
+  return n ~= nil and n.address and n.address ~= '' and is_list(n.services) and n.timestamp and n.timestamp ~= ''
+    and true or false
 end
 local function digits(v, default)
   if v and string.match(v, '^%d+$') then return v end
@@ -90,13 +106,12 @@ local function emit(kind, reason, id, n)
   local rev, first = next_revision()
   redis.call('XADD', K_LOG, 'MAXLEN', MAXLEN, fmt(rev) .. '-0',
     'type', kind, 'reason', reason, 'node', node_json(id, n), 'ts', fmt(NOW), 'first', first)
-  if CHANNEL ~= '' then
-    redis.call('PUBLISH', CHANNEL, '{"type":"' .. TITAN[kind] .. '","nodeId":' .. cjson.encode(id) ..
-      ',"address":' .. cjson.encode(n.address) .. ',"services":' .. n.services ..
-      ',"timestamp":' .. fmt(NOW) .. ',"revision":' .. fmt(rev) .. ',"muster":true}')
-  end
+  publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev))
   return rev
 end
+-- What a Titan peer's node looked like when last seen: `address \n services` (foreign nodes only).
+local K_SEEN = P .. ':index:seen'
+local function fingerprint(n) return n.address .. '\n' .. n.services end
 -- Keeps the node as of its last change: field by field (for expiry events after the hash expired)
 -- and as JSON in the info hash (read by listings in one command).
 local function copy_last(id, n)
@@ -105,6 +120,25 @@ local function copy_last(id, n)
     'status', n.status or 'UP', 'metadata', n.metadata or '{}', 'ttl', n.ttl or '0')
   redis.call('HSET', K_INFO, id, node_json(id, n))
 end
+-- Why a tracked node is gone before anyone expired it: removed before its deadline by someone
+-- else (a Titan peer's shutdown or `deregisterNode`: 'graceful'; its hash broken: 'evicted'), or
+-- its heartbeat ran out ('expired').
+local function vanish_reason(id, hash_present)
+  local deadline = redis.call('ZSCORE', K_DEADLINES, id)
+  if deadline and tonumber(deadline) > NOW then
+    if hash_present then return 'evicted' end
+    return 'graceful'
+  end
+  return 'expired'
+end
+-- Milliseconds a heartbeat key has left, or nil when it is gone. A key without a TTL is alive (a
+-- reader only tests that it exists); it is looked at again in 15 s.
+local function heartbeat_left(id)
+  local pttl = redis.call('PTTL', key('heartbeat', id))
+  if pttl == -2 then return nil end
+  if pttl < 0 then return 15000 end
+  return math.max(pttl, 1)
+end
 -- Removes a node from every structure. Returns true when the sweeper was tracking it.
 local function remove(id, n)
   redis.call('DEL', key('nodes', id), key('heartbeat', id), key('last', id))
@@ -112,6 +146,7 @@ local function remove(id, n)
   redis.call('SREM', K_FOREIGN, id)
   redis.call('SREM', K_TRACKED, id)
   redis.call('HDEL', K_INFO, id)
+  redis.call('HDEL', K_SEEN, id)
   local tracked = redis.call('ZREM', K_DEADLINES, id) == 1
   if n and n.services then
     for name in pairs(service_names(n.services)) do redis.call('SREM', key('index:services', name), id) end
@@ -131,7 +166,8 @@ end
 /// Register-or-heartbeat, steady-state part: when the stored node equals the registration and its
 /// heartbeat key is still there, refresh and return before [`COMMON`] is evaluated. `ARGV[4..]`: id,
 /// address, services JSON, client timestamp ms (unused: timestamps are the server's, so they agree
-/// with deadlines), TTL s, TTL ms, status, metadata JSON.
+/// with deadlines), TTL s, TTL ms, status, metadata JSON, and `'1'` to publish Titan's
+/// `NODE_UPDATED` for every heartbeat (as a Titan node does when pub/sub is on).
 const HEARTBEAT_FAST: &str = r#"
 local id = ARGV[4]
 local node_key = key('nodes', id)
@@ -146,6 +182,7 @@ if v[1] == ARGV[5] and v[2] == ARGV[6] and (v[3] or 'UP') == ARGV[10] and (v[4] 
     redis.call('HSET', node_key, 'timestamp', fmt(NOW), 'ttl', ARGV[9])
     redis.call('EXPIRE', node_key, ARGV[8])
     redis.call('ZADD', P .. ':index:deadlines', NOW + tonumber(ARGV[9]), id)
+    if ARGV[12] == '1' then publish('NODE_UPDATED', id, ARGV[5], ARGV[6], '') end
     return {'unchanged', v[6] or v[5], '0', '0', fmt(NOW)}
   end
 end
@@ -172,10 +209,11 @@ if alive then
     change = 'unchanged'
   end
 else
-  -- Leftovers of an expired or broken node: expire it first (with an event if it was tracked).
+  -- Leftovers of an expired, removed or broken node: end it first (with an event if it was tracked).
   if old or redis.call('ZSCORE', K_DEADLINES, id) then
     local prev = last_known(id)
-    if remove(id, prev) and is_valid(prev) then expired_rev = fmt(emit('deregistered', 'expired', id, prev)) end
+    local reason = vanish_reason(id, old ~= nil)
+    if remove(id, prev) and is_valid(prev) then expired_rev = fmt(emit('deregistered', reason, id, prev)) end
   end
   new.registeredAt = new.timestamp
 end
@@ -203,12 +241,14 @@ local rev = '0'
 if change ~= 'unchanged' then
   copy_last(id, new)
   rev = fmt(emit(change, '', id, new))
+elseif ARGV[12] == '1' then
+  publish('NODE_UPDATED', id, new.address, new.services, '')
 end
 return {change, new.registeredAt, rev, expired_rev, new.timestamp}
 "#;
 
 /// Heartbeat of an active node with its stored values, optionally a new status. `ARGV[4..]`: id,
-/// status (`''` to keep). Returns `{'notfound'}` or `{change, revision, <7 node fields>}`.
+/// status (`''` to keep), `'1'` to publish Titan's `NODE_UPDATED` for an unchanged heartbeat. Returns `{'notfound'}` or `{change, revision, <7 node fields>}`.
 const REFRESH: &str = r#"
 local id = ARGV[4]
 local node_key = key('nodes', id)
@@ -234,6 +274,8 @@ redis.call('ZADD', K_DEADLINES, NOW + ttl_ms, id)
 if change == 'updated' then
   copy_last(id, n)
   rev = fmt(emit('updated', '', id, n))
+elseif ARGV[6] == '1' then
+  publish('NODE_UPDATED', id, n.address, n.services, '')
 end
 return {change, rev, n.address, n.services, n.timestamp, n.registeredAt, n.status or 'UP', n.metadata or '{}', n.ttl}
 "#;
@@ -282,39 +324,34 @@ local present = redis.call('EXISTS', key('nodes', id)) == 1 or redis.call('SISME
 if not present then return {0, '0'} end
 local alive = redis.call('EXISTS', key('heartbeat', id)) == 1
 local prev = last_known(id)
+local reason = vanish_reason(id, redis.call('EXISTS', key('nodes', id)) == 1)
 local tracked = remove(id, prev)
 local rev = '0'
 if alive then
   if is_valid(prev) then rev = fmt(emit('deregistered', ARGV[5], id, prev)) end
   return {1, rev}
 end
-if tracked and is_valid(prev) then rev = fmt(emit('deregistered', 'expired', id, prev)) end
+if tracked and is_valid(prev) then rev = fmt(emit('deregistered', reason, id, prev)) end
 return {0, rev}
 "#;
 
-/// Expiry. `ARGV[4]` = `due` (nodes whose deadline passed, at most `ARGV[5]`) or `reap` (the ids
-/// in `ARGV[6..]`, found without heartbeat by a reader) or `evict` (ids found unreadable).
-/// Re-checks each heartbeat: a node that heartbeated in time gets its deadline moved instead.
-/// Returns `{removed, nextDeadline or -1, now}`.
+/// Expiry of nodes whose deadline passed, at most `ARGV[4]` of them. Re-checks each heartbeat: a
+/// node that heartbeated in time (a Titan peer's heartbeats do not move deadlines) gets its deadline
+/// moved instead. A node whose heartbeat is alive but whose hash broke is evicted, as Titan's reader
+/// would remove it. Returns `{removed, nextDeadline or -1, now}`.
 const SWEEP: &str = r#"
-local mode = ARGV[4]
-local ids
-if mode == 'due' then
-  ids = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[5]))
-else
-  ids = {}
-  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
-end
+local ids = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[4]))
 local removed = 0
 for _, id in ipairs(ids) do
-  local pttl = redis.call('PTTL', key('heartbeat', id))
+  local left = heartbeat_left(id)
   local n = read_fields(key('nodes', id))
-  if pttl > 0 and mode ~= 'evict' and is_valid(n) then
-    -- Heartbeated in time (or a Titan node, whose heartbeats do not move deadlines): keep it.
-    if redis.call('ZSCORE', K_DEADLINES, id) then redis.call('ZADD', K_DEADLINES, NOW + pttl, id) end
+  if left and is_valid(n) then
+    redis.call('ZADD', K_DEADLINES, NOW + left, id)
   else
     local prev = last_known(id)
-    if remove(id, prev) and is_valid(prev) then emit('deregistered', 'expired', id, prev) end
+    local reason = 'expired'
+    if left then reason = 'evicted' end
+    if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev) end
     removed = removed + 1
   end
 end
@@ -324,41 +361,122 @@ if first[2] then next_deadline = first[2] end
 return {removed, next_deadline, fmt(NOW)}
 "#;
 
-/// Adoption of nodes written by Titan peers (in the index, not tracked by the sweeper): they get
-/// a deadline from their heartbeat's remaining TTL, join the foreign set that finds consult, and are
-/// announced with a registration event. Returns the number adopted.
-const ADOPT: &str = r#"
-local adopted = 0
-for _, id in ipairs(redis.call('SMEMBERS', K_INDEX)) do
-  if not redis.call('ZSCORE', K_DEADLINES, id) then
-    local pttl = redis.call('PTTL', key('heartbeat', id))
-    local n = read_fields(key('nodes', id))
-    if pttl > 0 and is_valid(n) then
-      redis.call('ZADD', K_DEADLINES, NOW + pttl, id)
-      redis.call('SADD', K_FOREIGN, id)
-      redis.call('SADD', K_TRACKED, id)
-      copy_last(id, n)
-      emit('registered', '', id, n)
-      adopted = adopted + 1
+/// Reconciliation with what Titan peers wrote, so that every change they make becomes exactly one
+/// event whatever their pub/sub setting. `ARGV[4]` = `all`, or `ids` with the ids in `ARGV[5..]`
+/// (nodes a channel message named). For each node:
+///
+/// - in the Titan index but not tracked: adopted when live and valid (deadline from its heartbeat's
+///   remaining TTL, announced as registered); removed, as Titan's reader removes it, when its
+///   heartbeat is gone or its hash breaks the validity rule;
+/// - tracked but gone from the index (Titan's shutdown, `deregisterNode`, or its reader's cleanup):
+///   removed, announced as deregistered — 'graceful' before its deadline, 'expired' after;
+/// - written by a Titan peer and tracked: compared with what was last seen (address and services);
+///   a difference is announced as updated with the new values; a live node whose hash broke is
+///   evicted.
+///
+/// Returns `{adopted, updated, removed}`.
+const RECONCILE: &str = r#"
+local counts = {0, 0, 0}
+local function adopt_or_clean(id)
+  local n = read_fields(key('nodes', id))
+  local left = heartbeat_left(id)
+  if left and is_valid(n) then
+    n.registeredAt = n.timestamp
+    redis.call('ZADD', K_DEADLINES, NOW + left, id)
+    redis.call('SADD', K_FOREIGN, id)
+    redis.call('SADD', K_TRACKED, id)
+    redis.call('HSET', K_SEEN, id, fingerprint(n))
+    for name in pairs(service_names(n.services)) do redis.call('SADD', key('index:services', name), id) end
+    copy_last(id, n)
+    emit('registered', '', id, n)
+    counts[1] = counts[1] + 1
+  else
+    -- Dead, or broken by the rule: what Titan's reader deletes.
+    redis.call('DEL', key('nodes', id), key('heartbeat', id))
+    redis.call('SREM', K_INDEX, id)
+    counts[3] = counts[3] + 1
+  end
+end
+local function gone(id)
+  local prev = last_known(id)
+  local reason = vanish_reason(id, false)
+  if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev) end
+  counts[3] = counts[3] + 1
+end
+local function compare(id, seen)
+  local v = redis.call('HMGET', key('nodes', id), 'address', 'services', 'timestamp')
+  local n = {address = v[1], services = v[2], timestamp = v[3]}
+  if not is_valid(n) then
+    -- Broken while its heartbeat lives: evicted now. (Expired nodes are the sweep's.)
+    if (v[1] or v[2] or v[3]) and heartbeat_left(id) then
+      local prev = last_known(id)
+      if remove(id, prev) and is_valid(prev) then emit('deregistered', 'evicted', id, prev) end
+      counts[3] = counts[3] + 1
+    end
+    return
+  end
+  if fingerprint(n) == seen then return end
+  local last = read_fields(key('last', id)) or {}
+  local old_services = last.services
+  n.registeredAt = last.registeredAt or n.timestamp
+  n.ttl = last.ttl
+  redis.call('HSET', K_SEEN, id, fingerprint(n))
+  if old_services ~= n.services then
+    local keep = service_names(n.services)
+    for name in pairs(service_names(old_services)) do
+      if not keep[name] then redis.call('SREM', key('index:services', name), id) end
+    end
+    for name in pairs(keep) do redis.call('SADD', key('index:services', name), id) end
+  end
+  copy_last(id, n)
+  emit('updated', '', id, n)
+  counts[2] = counts[2] + 1
+end
+if ARGV[4] == 'all' then
+  for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do adopt_or_clean(id) end
+  for _, id in ipairs(redis.call('SDIFF', K_TRACKED, K_INDEX)) do gone(id) end
+  local foreign = redis.call('SMEMBERS', K_FOREIGN)
+  for i = 1, #foreign, 500 do
+    local part = {}
+    for j = i, math.min(i + 499, #foreign) do part[#part + 1] = foreign[j] end
+    local seen = redis.call('HMGET', K_SEEN, unpack(part))
+    for j, id in ipairs(part) do compare(id, seen[j] or '') end
+  end
+else
+  for i = 5, #ARGV do
+    local id = ARGV[i]
+    local indexed = redis.call('SISMEMBER', K_INDEX, id) == 1
+    local tracked = redis.call('SISMEMBER', K_TRACKED, id) == 1
+    if indexed and not tracked then
+      adopt_or_clean(id)
+    elseif tracked and not indexed then
+      gone(id)
+    elseif tracked and redis.call('SISMEMBER', K_FOREIGN, id) == 1 then
+      compare(id, redis.call('HGET', K_SEEN, id) or '')
     end
   end
 end
-return adopted
+return counts
 "#;
 
-/// Reads nodes. `ARGV[4]` = `active` (every live node), `service` (live nodes listing the service
-/// `ARGV[5]`, plus adopted Titan nodes; Titan nodes not adopted yet are left out, which keeps the
-/// cost independent of the node count), `all` (every indexed node, live or not) or `ids` (`ARGV[5..]`).
+/// Reads nodes; never writes anything but the listing cache below, and that only with `ARGV[5]` =
+/// `rw` (`ro`: a read-only inspection, or a replica). `ARGV[4]` = `active` (every live node),
+/// `service` (live nodes listing the service `ARGV[6]`), `all` (every indexed node, live or not)
+/// or `ids` (`ARGV[6..]`).
 ///
-/// Live nodes written by Muster come from the info hash in bulk: one JSON array plus their
-/// deadlines. For `active`, that pair is kept as a materialized view (`P:view`), valid while the
-/// revision is unchanged and until the earliest deadline in it, so a steady-state listing is one
-/// `GET` rather than a read per node (its timestamps then lag the last heartbeat by at most the
-/// time until that deadline). Every other node (written by Titan peers, or read by `all`/`ids`) comes as a row read
-/// from its Titan hash. Returns `{revision, jsonArray, deadlinesCsv, id, alive, <7 fields>, id, ...}`
-/// with `''` for missing fields.
+/// Live nodes written by Muster or adopted come from the info hash in bulk: one JSON array plus
+/// their deadlines. Nodes in the Titan index that no sweeper tracks yet (written by Titan peers, not
+/// adopted) are read from their hashes, so every reader sees them at once; tracked nodes that left
+/// the index (removed by a Titan peer) are left out at once. For `active`, the bulk pair is kept as
+/// a materialized view (`P:view`, with a TTL), valid while the revision is unchanged, the index
+/// agrees with the tracked set, and until the earliest deadline in it, so a steady-state listing is
+/// one `GET` rather than a read per node (its timestamps then lag the last heartbeat by at most the
+/// time until that deadline). Adopted Titan nodes are always read from their hashes: their
+/// heartbeats do not go through Muster. Returns `{revision, jsonArray, deadlinesCsv, id, alive,
+/// <7 fields>, id, ...}` with `''` for missing fields.
 const READ: &str = r#"
 local mode = ARGV[4]
+local writable = ARGV[5] == 'rw'
 local bulk, rows = {}, {}
 local function chunks(list, size, f)
   for i = 1, #list, size do
@@ -372,18 +490,18 @@ local K_VIEW = P .. ':view'
 local view_body, view_csv
 if mode == 'active' or mode == 'service' then
   local foreign = {}
-  for _, id in ipairs(redis.call('SMEMBERS', K_FOREIGN)) do
-    foreign[id] = true
-    rows[#rows + 1] = id
+  for _, id in ipairs(redis.call('SMEMBERS', K_FOREIGN)) do foreign[id] = true end
+  -- The index and the tracked set disagree while Titan peers' changes wait for reconciliation.
+  local agree = redis.call('SCARD', K_INDEX) == redis.call('SCARD', K_TRACKED)
+  local untracked = {}
+  if not agree then
+    for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do untracked[#untracked + 1] = id end
   end
+  local candidates = {}
   if mode == 'active' then
-    -- Nodes in the index but not tracked (written by Titan peers, not adopted yet).
-    if redis.call('SCARD', K_INDEX) > redis.call('SCARD', K_TRACKED) then
-      for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do rows[#rows + 1] = id end
-    end
-    -- The materialized view: valid while the revision is unchanged and no node in it has reached
-    -- its deadline (heartbeats move deadlines without changing the revision).
-    local view = redis.call('GET', K_VIEW)
+    for id in pairs(foreign) do rows[#rows + 1] = id end
+    for _, id in ipairs(untracked) do rows[#rows + 1] = id end
+    local view = agree and redis.call('GET', K_VIEW)
     if view then
       local vrev, vuntil, vlen = string.match(view, '^(%d+)|(%d+)|(%d+)|')
       if vrev == revision and tonumber(vuntil) > NOW then
@@ -395,22 +513,43 @@ if mode == 'active' or mode == 'service' then
     if not view_body then
       local z = redis.call('ZRANGEBYSCORE', K_DEADLINES, '(' .. fmt(NOW), '+inf', 'WITHSCORES')
       for i = 1, #z, 2 do
-        if not foreign[z[i]] then bulk[#bulk + 1] = {z[i], z[i + 1]} end
+        if not foreign[z[i]] then candidates[#candidates + 1] = {z[i], z[i + 1]} end
       end
     end
   else
-    local ids = redis.call('SMEMBERS', key('index:services', ARGV[5]))
+    local name = ARGV[6]
+    for id in pairs(foreign) do
+      if redis.call('SISMEMBER', key('index:services', name), id) == 1 then rows[#rows + 1] = id end
+    end
+    -- Not adopted yet: read, and filtered by the reader.
+    for _, id in ipairs(untracked) do rows[#rows + 1] = id end
+    local ids = redis.call('SMEMBERS', key('index:services', name))
     chunks(ids, 500, function(part)
       local scores = redis.call('ZMSCORE', K_DEADLINES, unpack(part))
       for j, id in ipairs(part) do
-        if scores[j] and tonumber(scores[j]) > NOW and not foreign[id] then bulk[#bulk + 1] = {id, scores[j]} end
+        if scores[j] and tonumber(scores[j]) > NOW and not foreign[id] then candidates[#candidates + 1] = {id, scores[j]} end
       end
     end)
   end
+  if agree then
+    bulk = candidates
+  else
+    chunks(candidates, 500, function(part)
+      local ids = {}
+      for j, entry in ipairs(part) do ids[j] = entry[1] end
+      local member = redis.call('SMISMEMBER', K_INDEX, unpack(ids))
+      for j, entry in ipairs(part) do
+        if member[j] == 1 then bulk[#bulk + 1] = entry end
+      end
+    end)
+  end
+  if not agree then writable = false end
 elseif mode == 'all' then
   rows = redis.call('SMEMBERS', K_INDEX)
+  writable = false
 else
-  for i = 5, #ARGV do rows[#rows + 1] = ARGV[i] end
+  for i = 6, #ARGV do rows[#rows + 1] = ARGV[i] end
+  writable = false
 end
 local jsons, deadlines = {}, {}
 chunks(bulk, 500, function(part)
@@ -429,11 +568,12 @@ end)
 if not view_body then
   view_body = '[' .. table.concat(jsons, ',') .. ']'
   view_csv = table.concat(deadlines, ',')
-  if mode == 'active' then
+  if mode == 'active' and writable then
     local until_ms = math.huge
     for _, d in ipairs(deadlines) do until_ms = math.min(until_ms, tonumber(d)) end
-    if until_ms == math.huge then until_ms = NOW + 3600000 end
-    redis.call('SET', K_VIEW, revision .. '|' .. fmt(until_ms) .. '|' .. #view_csv .. '|' .. view_csv .. view_body)
+    if until_ms == math.huge then until_ms = NOW + 60000 end
+    redis.call('SET', K_VIEW, revision .. '|' .. fmt(until_ms) .. '|' .. #view_csv .. '|' .. view_csv .. view_body,
+      'PX', math.max(1, until_ms - NOW))
   end
 end
 local out = {revision, view_body, view_csv}
@@ -471,7 +611,7 @@ pub(crate) struct Scripts {
     pub(crate) refresh: Script,
     pub(crate) deregister: Script,
     pub(crate) sweep: Script,
-    pub(crate) adopt: Script,
+    pub(crate) reconcile: Script,
     pub(crate) read: Script,
     pub(crate) lease: Script,
     pub(crate) release: Script,
@@ -486,7 +626,7 @@ impl Scripts {
             refresh: with_common(REFRESH),
             deregister: with_common(DEREGISTER),
             sweep: with_common(SWEEP),
-            adopt: with_common(ADOPT),
+            reconcile: with_common(RECONCILE),
             read: with_common(READ),
             lease: with_common(LEASE),
             release: with_common(RELEASE),

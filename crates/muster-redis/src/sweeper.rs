@@ -1,9 +1,11 @@
-//! Observable expiry. Any number of processes may run a sweeper; a short lease (`SET NX PX`,
-//! renewed on every pass) makes one of them do the work at a time. The lease holder sleeps until
-//! the earliest deadline (at most `sweep_interval`), expires what is due — the script re-checks each
-//! heartbeat key, so a node that heartbeated just in time is kept — and once a second adopts nodes
-//! written by Titan peers. Keyspace notifications are not used (they are node-local in Cluster and
-//! off by default).
+//! Observable expiry and reconciliation with Titan peers. Any number of processes may run a
+//! sweeper; a short lease (`SET NX PX`, renewed on every pass) makes one of them do the work at a
+//! time. The lease holder sleeps until the earliest deadline (at most `sweep_interval`), expires
+//! what is due — the script re-checks each heartbeat key, so a node that heartbeated just in time is
+//! kept — and every `reconcile_interval` compares what Titan peers wrote with what it saw last
+//! (`RECONCILE` in `scripts.rs`), so their registrations, changes and departures become events
+//! whatever their pub/sub setting. Keyspace notifications are not used (they are node-local in
+//! Cluster and off by default); the pass's cost is measured in docs/BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +15,6 @@ use tokio::time::Instant;
 
 use crate::Inner;
 
-/// How often the lease holder looks for Titan-written nodes to adopt.
-const ADOPT_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest pause between passes.
 const MIN_PAUSE: Duration = Duration::from_millis(5);
 /// Longest pause after failures.
@@ -23,10 +23,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) async fn run(inner: Arc<Inner>) {
     use rand::Rng;
     let token = format!("{:016x}", rand::rng().random::<u64>());
-    let mut last_adopt: Option<Instant> = None;
+    let mut last_reconcile: Option<Instant> = None;
     let mut failures: u32 = 0;
     loop {
-        let pause = match pass(&inner, &token, &mut last_adopt).await {
+        let pause = match pass(&inner, &token, &mut last_reconcile).await {
             Ok(pause) => {
                 failures = 0;
                 pause
@@ -48,7 +48,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 /// One pass. Returns how long to pause before the next.
-async fn pass(inner: &Inner, token: &str, last_adopt: &mut Option<Instant>) -> Result<Duration> {
+async fn pass(inner: &Inner, token: &str, last_reconcile: &mut Option<Instant>) -> Result<Duration> {
     let lease_ms = inner.config.sweeper_lease.as_millis().to_string();
     let held: i64 = inner.invoke(&inner.scripts.lease, &[token.to_owned(), lease_ms]).await?;
     if held != 1 {
@@ -58,14 +58,19 @@ async fn pass(inner: &Inner, token: &str, last_adopt: &mut Option<Instant>) -> R
     if removed > 0 {
         tracing::debug!(removed, "expired nodes");
     }
-    if last_adopt.is_none_or(|at| at.elapsed() >= ADOPT_INTERVAL) {
-        let adopted = inner.adopt().await?;
-        if adopted > 0 {
-            tracing::info!(adopted, "adopted nodes written by Titan peers");
+    let interval = inner.config.reconcile_interval;
+    let until_reconcile = match *last_reconcile {
+        Some(at) if at.elapsed() < interval => interval - at.elapsed(),
+        _ => {
+            *last_reconcile = Some(Instant::now());
+            let done = inner.reconcile(None).await?;
+            if done != crate::Reconciled::default() {
+                tracing::debug!(?done, "reconciled with Titan peers");
+            }
+            interval
         }
-        *last_adopt = Some(Instant::now());
-    }
+    };
     let until_next =
         next.map_or(inner.config.sweep_interval, |next| Duration::from_millis(next.saturating_sub(now) + 1));
-    Ok(until_next.clamp(MIN_PAUSE, inner.config.sweep_interval))
+    Ok(until_next.min(until_reconcile).clamp(MIN_PAUSE, inner.config.sweep_interval))
 }

@@ -4,9 +4,13 @@
 //! revision, so a watcher that reconnects from its last revision misses nothing. Revisions in the
 //! log are contiguous, so a gap (entries trimmed by `MAXLEN`, or a counter that restarted after
 //! Redis lost its data) is noticed and answered with a resync snapshot. During quiet periods the
-//! watcher checks the counter, so a wiped Redis is noticed even without new events. With pub/sub
-//! on, Titan peers' channel events are merged in as [`WatchEvent::Peer`]; Muster's own channel
-//! events are skipped there, since they arrive through the log.
+//! watcher checks the counter, so a wiped Redis is noticed even without new events.
+//!
+//! Titan peers' changes reach the log through the sweeper's reconciliation, so a watch carries
+//! exactly one event per change whatever Titan's pub/sub setting. The one exception is a read-only
+//! inspection (`RedisConfig::read_only`) of a prefix no sweeper holds: nothing writes the log for
+//! Titan peers there, so with pub/sub on their channel messages are passed on as
+//! [`WatchEvent::Peer`] (Muster's own are skipped: they arrive through the log).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +44,7 @@ pub(crate) async fn open(inner: Arc<Inner>, start: WatchStart) -> Result<WatchSt
         WatchStart::Snapshot => send_resync(&inner, &tx).await?,
     };
     let cursor = Arc::new(AtomicU64::new(cursor.0));
-    if inner.config.pubsub_enabled {
+    if inner.config.pubsub_enabled && inner.config.read_only && !inner.sweeper_present().await? {
         let mut pubsub = inner.pool.pubsub().await?;
         pubsub.subscribe(&inner.config.pubsub_channel).await.map_err(to_error)?;
         tokio::spawn(read_channel(Arc::clone(&inner), pubsub, Arc::clone(&cursor), tx.clone()));

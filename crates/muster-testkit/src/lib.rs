@@ -5,10 +5,12 @@
 //! - [`faults`] — [`faults::FaultyRegistry`], which wraps a real backend and makes chosen calls fail,
 //!   to test retries and reconnects without mocking the store.
 //! - [`redis_server`] — real `redis-server` processes (standalone, Cluster, Sentinel) on free ports.
+//! - [`titan`] — a Titan discovery peer emulated from seed 001's wire operations, for mixed fleets.
 
 pub mod conformance;
 pub mod faults;
 pub mod redis_server;
+pub mod titan;
 
 /// Generates one `#[tokio::test]` per conformance case.
 ///

@@ -83,6 +83,13 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
 }
 
+/// Lines sorted (a dump of a hash or set, whose order Redis does not fix).
+fn sorted(text: String) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
 /// One `redis-server` process.
 pub struct RedisServer {
     /// Its port, kept across restarts.
@@ -135,6 +142,44 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server (install redis-server)");
         self.child = Some(child);
+    }
+
+    /// Starts a read-only replica of `primary` and waits until it has synchronised.
+    pub async fn replica_of(primary: &RedisServer) -> Self {
+        let port = primary.port.to_string();
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !replica.cli(&["info", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "replica did not synchronise");
+            sleep(Duration::from_millis(50)).await;
+        }
+        replica
+    }
+
+    /// Every key with its type, value and whether it has a TTL, sorted: two dumps are equal when
+    /// nothing was written in between (TTLs are left out as numbers since they tick down).
+    pub fn keyspace(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.cli(&["--scan"]).lines().map(str::to_owned).collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|key| {
+                let kind = self.cli(&["type", &key]);
+                let value = match kind.as_str() {
+                    "string" => self.cli(&["get", &key]),
+                    "hash" => {
+                        let dump = self.cli(&["hgetall", &key]);
+                        let lines: Vec<&str> = dump.lines().collect();
+                        sorted(lines.chunks(2).map(|pair| pair.join("=")).collect::<Vec<_>>().join("\n"))
+                    }
+                    "set" => sorted(self.cli(&["smembers", &key])),
+                    "zset" => self.cli(&["zrange", &key, "0", "-1", "withscores"]),
+                    "stream" => self.cli(&["xrange", &key, "-", "+"]),
+                    other => other.to_owned(),
+                };
+                let expires = self.cli(&["pttl", &key]) != "-1";
+                format!("{key} {kind} expires={expires} {value}")
+            })
+            .collect()
     }
 
     /// The port.

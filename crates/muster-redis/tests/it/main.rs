@@ -3,6 +3,7 @@
 //! compatibility; failures (SIGKILL and restart, failover, disconnected watchers).
 
 mod failures;
+mod mixed;
 mod topologies;
 mod wire;
 

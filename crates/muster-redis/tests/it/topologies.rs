@@ -42,8 +42,8 @@ async fn conformance_behind_sentinel() {
     );
 }
 
-/// With pub/sub on in a cluster, Titan peers' channel events reach watchers (published messages
-/// reach every node).
+/// With pub/sub on in a cluster, Titan peers' channel events reach a read-only inspection of a
+/// prefix no sweeper holds (published messages reach every node).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_pubsub_delivers_titan_events() {
     use futures::StreamExt;
@@ -51,6 +51,7 @@ async fn cluster_pubsub_delivers_titan_events() {
     let cluster = RedisCluster::start().await;
     let config = muster_redis::RedisConfig {
         pubsub_enabled: true,
+        read_only: true,
         ..muster_redis::RedisConfig::from_url(&cluster.url()).unwrap()
     };
     let registry = muster_redis::RedisRegistry::connect(config).await.unwrap();

@@ -115,17 +115,19 @@ async fn titan_nodes_are_read_adopted_and_expired() {
     assert_eq!(server.cli(&["sismember", &format!("{P}:index:nodes"), "titan-1"]), "0");
 }
 
-/// Hashes with a missing or empty field or unparsable services are skipped, never returned, and
-/// removed; valid neighbours are untouched.
+/// Hashes with a missing or empty field or unparsable services are skipped by reads, which remove
+/// nothing; the sweeper removes them as Titan's reader would; valid neighbours are untouched.
 #[tokio::test]
 async fn corrupted_hashes_are_skipped_and_cleaned() {
-    let (server, registry) = standalone().await;
+    let server = RedisServer::start().await;
+    let config = RedisConfig { sweeper: false, ..RedisConfig::from_url(&server.url()).unwrap() };
+    let registry = RedisRegistry::connect(config).await.unwrap();
     registry.heartbeat(registration("good", "h:1", &["a"], titan_timing())).await.unwrap();
     let broken: [(&str, &[&str]); 4] = [
         ("no-address", &["services", "[]", "timestamp", "1"]),
         ("empty-address", &["address", "", "services", "[]", "timestamp", "1"]),
         ("bad-json", &["address", "h:1", "services", "{not json", "timestamp", "1"]),
-        ("bad-time", &["address", "h:1", "services", "[]", "timestamp", "soon"]),
+        ("no-time", &["address", "h:1", "services", "[]", "timestamp", ""]),
     ];
     for (node, fields) in broken {
         let key = format!("{P}:nodes:{node}");
@@ -137,6 +139,8 @@ async fn corrupted_hashes_are_skipped_and_cleaned() {
     }
     let active = registry.list_active().await.unwrap();
     assert_eq!(active.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["good"]);
+    assert_eq!(server.cli(&["scard", &format!("{P}:index:nodes")]), "5", "a read removes nothing");
+    registry.sweep_now().await.unwrap();
     assert_eq!(server.cli(&["smembers", &format!("{P}:index:nodes")]), "good", "broken nodes are cleaned up");
     for (node, _) in broken {
         assert_eq!(
@@ -147,37 +151,52 @@ async fn corrupted_hashes_are_skipped_and_cleaned() {
     assert_eq!(registry.list_all().await.unwrap().len(), 1);
 }
 
-/// Events go out on the Titan channel in Titan's JSON; Muster publishes updates only on change;
-/// Titan peers' events reach Muster watchers once, Muster's own once, and garbage is ignored.
+/// Events go out on the Titan channel in Titan's JSON, in Titan's sequence: `NODE_REGISTERED`
+/// first, then `NODE_UPDATED` for every heartbeat (unless turned off: then only for changes). A
+/// Muster watcher gets Muster's changes once, through the log, and neither channel garbage nor a
+/// Titan peer's message about a node that is not in Redis.
 #[tokio::test]
 async fn channel_events_both_ways() {
     let server = RedisServer::start().await;
     let config = RedisConfig { pubsub_enabled: true, ..RedisConfig::from_url(&server.url()).unwrap() };
-    let registry = RedisRegistry::connect(config).await.unwrap();
+    let registry = RedisRegistry::connect(config.clone()).await.unwrap();
 
     let client = redis::Client::open(server.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe("titan:discovery:events").await.unwrap();
     let mut messages = pubsub.into_on_message();
+    let mut next_message = async || -> serde_json::Value {
+        let message = tokio::time::timeout(Duration::from_secs(5), messages.next()).await.unwrap().unwrap();
+        serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap()
+    };
     let mut watch = registry.watch(WatchStart::Now).await.unwrap();
 
     registry.heartbeat(registration("m1", "h:1", &["a@1"], titan_timing())).await.unwrap();
-    registry.heartbeat(registration("m1", "h:1", &["a@1"], titan_timing())).await.unwrap(); // unchanged: silent
-    let message = tokio::time::timeout(Duration::from_secs(5), messages.next()).await.unwrap().unwrap();
-    let json: serde_json::Value = serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+    registry.heartbeat(registration("m1", "h:1", &["a@1"], titan_timing())).await.unwrap(); // unchanged
+    let json = next_message().await;
     assert_eq!(json["type"], "NODE_REGISTERED");
     assert_eq!(json["nodeId"], "m1");
     assert_eq!(json["address"], "h:1");
     assert_eq!(json["services"], serde_json::json!([{"name": "a", "version": "1"}]));
     assert!(json["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), messages.next()).await.is_err(),
-        "no event for an unchanged heartbeat"
-    );
+    let json = next_message().await;
+    assert_eq!((json["type"].as_str(), json["nodeId"].as_str()), (Some("NODE_UPDATED"), Some("m1")));
+    assert_eq!(json["services"], serde_json::json!([{"name": "a", "version": "1"}]));
+    // A heartbeat through `refresh` (the server's) too.
+    registry.refresh(&id("m1"), None).await.unwrap();
+    assert_eq!(next_message().await["type"], "NODE_UPDATED");
 
-    // Muster's own event arrives once, through the log.
-    assert!(matches!(next_item(&mut watch).await, WatchEvent::Event(e) if e.node.node_id == id("m1")));
-    // A Titan peer's events, and garbage on the channel.
+    // Without per-heartbeat messages, an unchanged heartbeat is silent and a change is not.
+    let quiet = RedisRegistry::connect(RedisConfig { heartbeat_events: false, sweeper: false, ..config }).await.unwrap();
+    quiet.heartbeat(registration("m1", "h:1", &["a@1"], titan_timing())).await.unwrap();
+    quiet.refresh(&id("m1"), None).await.unwrap();
+    quiet.heartbeat(registration("m1", "h:2", &["a@1"], titan_timing())).await.unwrap();
+    let json = next_message().await;
+    assert_eq!((json["type"].as_str(), json["address"].as_str()), (Some("NODE_UPDATED"), Some("h:2")));
+
+    // Muster's own events arrive once each, through the log.
+    assert!(matches!(next_item(&mut watch).await, WatchEvent::Event(e) if e.kind == EventKind::Registered));
+    assert!(matches!(next_item(&mut watch).await, WatchEvent::Event(e) if e.kind == EventKind::Updated));
     server.cli(&["publish", "titan:discovery:events", "this is not json"]);
     server.cli(&["publish", "titan:discovery:events", r#"{"type":"NODE_EXPLODED","nodeId":"x"}"#]);
     server.cli(&[
@@ -185,15 +204,8 @@ async fn channel_events_both_ways() {
         "titan:discovery:events",
         r#"{"type":"NODE_UPDATED","nodeId":"titan-9","address":"h:9","services":[{"name":"b"}],"timestamp":1700000000000}"#,
     ]);
-    match next_item(&mut watch).await {
-        WatchEvent::Peer(event) => {
-            assert_eq!((event.kind, event.node.node_id.as_str()), (EventKind::Updated, "titan-9"));
-            assert_eq!(event.node.services[0].name, "b");
-        }
-        other => panic!("expected the Titan peer's event, got {other:?}"),
-    }
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), watch.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(700), watch.next()).await.is_err(),
         "nothing else arrives"
     );
 }

@@ -1,0 +1,309 @@
+//! Mixed fleets: Muster and Titan peers (the emulator of `muster_testkit::titan`, seed 001's wire
+//! operations) on one Redis. Every case runs with Titan's pub/sub off and on, on a standalone server
+//! and on a Cluster.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use muster_core::{DeregisterReason, DiscoveryEvent, EventKind, NodeId, Registry, ServiceQuery, WatchEvent, WatchStart};
+use muster_redis::{RedisConfig, RedisRegistry};
+use muster_testkit::conformance::{Timing, registration};
+use muster_testkit::redis_server::{RedisCluster, RedisServer};
+use muster_testkit::titan::{Titan, TitanOptions};
+use serde_json::json;
+
+/// Where the fleet runs.
+enum Store {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+/// A Redis, a Titan process on it, and what Muster needs to connect.
+struct Fleet {
+    store: Store,
+    titan: Titan,
+    pubsub: bool,
+}
+
+impl Fleet {
+    async fn start(cluster: bool, pubsub: bool) -> Self {
+        let store = if cluster {
+            Store::Cluster(RedisCluster::start().await)
+        } else {
+            Store::Standalone(RedisServer::start().await)
+        };
+        let mut options = TitanOptions::titan(pubsub);
+        let urls = match &store {
+            Store::Standalone(server) => vec![server.url()],
+            Store::Cluster(cluster) => {
+                // Titan's three-key script needs one slot: a hash-tagged prefix, as Muster uses.
+                options.prefix = "{titan:discovery}".to_owned();
+                cluster.servers.iter().map(RedisServer::url).collect()
+            }
+        };
+        let titan = Titan::connect(&urls, options).await;
+        Self { store, titan, pubsub }
+    }
+
+    fn url(&self) -> String {
+        match &self.store {
+            Store::Standalone(server) => server.url(),
+            Store::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    fn config(&self) -> RedisConfig {
+        RedisConfig {
+            pubsub_enabled: self.pubsub,
+            reconcile_interval: Duration::from_millis(100),
+            ..RedisConfig::from_url(&self.url()).unwrap()
+        }
+    }
+
+    /// A Muster process with a sweeper (as `muster serve --redis` or an agent runs it).
+    async fn muster(&self) -> RedisRegistry {
+        RedisRegistry::connect(self.config()).await.unwrap()
+    }
+
+    /// A read-only inspection (as `muster nodes --redis` runs it).
+    async fn inspector(&self) -> RedisRegistry {
+        RedisRegistry::connect(RedisConfig { read_only: true, ..self.config() }).await.unwrap()
+    }
+
+    /// A Muster process that never sweeps: the test reconciles by hand.
+    async fn manual(&self) -> RedisRegistry {
+        RedisRegistry::connect(RedisConfig { sweeper: false, ..self.config() }).await.unwrap()
+    }
+}
+
+/// Generates `standalone_pubsub_off`, `standalone_pubsub_on`, `cluster_pubsub_off`,
+/// `cluster_pubsub_on` tests of one case.
+macro_rules! fleet_cases {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone_pubsub_off() { super::$case(super::Fleet::start(false, false).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone_pubsub_on() { super::$case(super::Fleet::start(false, true).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster_pubsub_off() { super::$case(super::Fleet::start(true, false).await).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster_pubsub_on() { super::$case(super::Fleet::start(true, true).await).await }
+        }
+    )*};
+}
+
+fleet_cases!(
+    reads_keep_what_titan_accepts,
+    titan_changes_are_one_event_each,
+    titan_removals_of_muster_nodes,
+    find_sees_titan_nodes_at_once,
+    one_validity_rule,
+);
+
+/// Nodes that outlive every case unless removed.
+const TIMING_LONG_TTL: Timing = Timing {
+    interval: Duration::from_secs(5),
+    ttl: Duration::from_secs(60),
+    expiry_slack: Duration::from_secs(1),
+};
+
+fn ids(nodes: &[muster_core::NodeInfo]) -> Vec<&str> {
+    nodes.iter().map(|n| n.node_id.as_str()).collect()
+}
+
+/// Items of a watch until nothing arrives for `quiet`.
+async fn drain(watch: &mut muster_core::WatchStream, quiet: Duration) -> Vec<DiscoveryEvent> {
+    let mut events = Vec::new();
+    while let Ok(Some(item)) = tokio::time::timeout(quiet, watch.next()).await {
+        match item.expect("watch item") {
+            WatchEvent::Event(event) | WatchEvent::Peer(event) => events.push(event),
+            WatchEvent::Resync(snapshot) => panic!("unexpected resync {snapshot:?}"),
+        }
+    }
+    events
+}
+
+/// The next event, waiting up to 5 s (detection takes at most the reconcile interval).
+async fn next(watch: &mut muster_core::WatchStream) -> DiscoveryEvent {
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(Ok(WatchEvent::Event(event)))) => event,
+        other => panic!("expected a logged event, got {other:?}"),
+    }
+}
+
+/// Ids and addresses Titan accepts but Muster's own rules refuse are read as written, and no read
+/// (nor the sweeper) deletes such nodes from under Titan.
+async fn reads_keep_what_titan_accepts(fleet: Fleet) {
+    let odd = [("worker@host-1", "10.0.0.1:1"), ("ws-node", "ws://10.8.8.9:9000"), ("v6-node", "fe80::1:9000")];
+    for (id, address) in odd {
+        fleet.titan.node(id, address, json!([{"name": "users", "version": "1.0.0"}])).heartbeat().await;
+    }
+    let inspector = fleet.inspector().await;
+    let listed = inspector.list_active().await.unwrap();
+    assert_eq!(ids(&listed), ["v6-node", "worker@host-1", "ws-node"]);
+    let ws = listed.iter().find(|n| n.node_id.as_str() == "ws-node").unwrap();
+    assert_eq!((ws.address.as_str(), ws.address.host(), ws.address.port()), ("ws://10.8.8.9:9000", "10.8.8.9", 9000));
+    let v6 = inspector.get(&NodeId::from_wire("v6-node")).await.unwrap().unwrap();
+    assert_eq!((v6.address.as_str(), v6.address.host_unbracketed()), ("fe80::1:9000", "fe80::1"));
+
+    // A process with a sweeper adopts them; still nothing is removed from under Titan.
+    let muster = fleet.manual().await;
+    let mut watch = muster.watch(WatchStart::Now).await.unwrap();
+    muster.sweep_now().await.unwrap();
+    let mut adopted: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let event = next(&mut watch).await;
+        assert_eq!(event.kind, EventKind::Registered);
+        adopted.push(event.node.node_id.to_string());
+    }
+    adopted.sort();
+    assert_eq!(adopted, ["v6-node", "worker@host-1", "ws-node"]);
+    let found = muster.find(&ServiceQuery::parse("users@1.0.0").unwrap()).await.unwrap();
+    assert_eq!(ids(&found), ["v6-node", "worker@host-1", "ws-node"]);
+    let titan_view: Vec<String> = fleet.titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
+    assert_eq!(titan_view, ["v6-node", "worker@host-1", "ws-node"], "Titan still lists them");
+}
+
+/// Every change a Titan peer makes becomes exactly one event, with the new values, whatever its
+/// pub/sub setting; an unchanged heartbeat is none.
+async fn titan_changes_are_one_event_each(fleet: Fleet) {
+    let muster = fleet.muster().await;
+    let mut watch = muster.watch(WatchStart::Now).await.unwrap();
+    let mut node = fleet.titan.node("titan-1", "10.0.0.1:3000", json!([{"name": "auth", "version": "1.0.0"}]));
+
+    node.heartbeat().await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.node.node_id.as_str()), (EventKind::Registered, "titan-1"));
+    node.heartbeat().await; // unchanged
+    node.update_services(json!([{"name": "auth", "version": "2.0.0"}])).await;
+    let event = next(&mut watch).await;
+    assert_eq!(event.kind, EventKind::Updated);
+    assert_eq!(event.node.services[0].version.as_deref(), Some("2.0.0"));
+    assert_eq!(muster.find(&ServiceQuery::parse("auth@2.0.0").unwrap()).await.unwrap().len(), 1);
+    assert!(muster.find(&ServiceQuery::parse("auth@1.0.0").unwrap()).await.unwrap().is_empty());
+
+    node.update_address("10.0.0.2:3000").await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.node.address.as_str()), (EventKind::Updated, "10.0.0.2:3000"));
+    fleet.titan.update_node_address("titan-1", "10.0.0.3:3000").await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.node.address.as_str()), (EventKind::Updated, "10.0.0.3:3000"));
+    fleet.titan.update_node_services("titan-1", &json!([{"name": "billing"}])).await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.node.services[0].name.as_str()), (EventKind::Updated, "billing"));
+    assert!(muster.find(&ServiceQuery::new("auth").unwrap()).await.unwrap().is_empty(), "left the service index");
+    assert_eq!(muster.find(&ServiceQuery::new("billing").unwrap()).await.unwrap().len(), 1);
+
+    node.stop().await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.reason), (EventKind::Deregistered, Some(DeregisterReason::Graceful)));
+    assert_eq!(event.node.address.as_str(), "10.0.0.3:3000", "the node as last seen");
+    assert!(muster.list_active().await.unwrap().is_empty());
+
+    // A node that stops heartbeating expires (its key had a 700 ms TTL).
+    let short = TitanOptions { heartbeat_ttl_ms: 700, ..fleet.titan.options.clone() };
+    let mut quiet = fleet.titan.with_options(short).node("titan-2", "10.0.0.9:1", json!([]));
+    quiet.heartbeat().await;
+    assert_eq!(next(&mut watch).await.kind, EventKind::Registered);
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.reason), (EventKind::Deregistered, Some(DeregisterReason::Expired)));
+
+    let rest = drain(&mut watch, Duration::from_millis(600)).await;
+    assert!(rest.is_empty(), "one event per change, nothing more: {rest:?}");
+}
+
+/// A Titan peer removing a Muster node (`deregisterNode`, or its reader cleaning up a dead one)
+/// ends it for every Muster reader at once, with one event carrying the right reason.
+async fn titan_removals_of_muster_nodes(fleet: Fleet) {
+    let muster = fleet.manual().await;
+    let mut watch = muster.watch(WatchStart::Now).await.unwrap();
+    muster.heartbeat(registration("m1", "10.0.0.1:1", &["users@1.0.0"], TIMING_LONG_TTL)).await.unwrap();
+    assert_eq!(next(&mut watch).await.kind, EventKind::Registered);
+
+    fleet.titan.deregister_node("m1").await;
+    let query = ServiceQuery::new("users").unwrap();
+    assert!(muster.find(&query).await.unwrap().is_empty(), "find agrees with get at once");
+    assert!(muster.list_active().await.unwrap().is_empty());
+    assert!(muster.get(&NodeId::new("m1").unwrap()).await.unwrap().is_none());
+    muster.reconcile_now().await.unwrap();
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.reason), (EventKind::Deregistered, Some(DeregisterReason::Graceful)));
+    assert_eq!(muster.count_service("users").await.unwrap(), 0);
+
+    // A dead Muster node cleaned up by Titan's reader before any sweep: it expired.
+    let short = Timing { ttl: Duration::from_millis(600), ..TIMING_LONG_TTL };
+    muster.heartbeat(registration("m2", "10.0.0.2:1", &["users"], short)).await.unwrap();
+    assert_eq!(next(&mut watch).await.kind, EventKind::Registered);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(fleet.titan.get_active_nodes().await.is_empty());
+    muster.reconcile_now().await.unwrap();
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.reason), (EventKind::Deregistered, Some(DeregisterReason::Expired)));
+    assert!(drain(&mut watch, Duration::from_millis(300)).await.is_empty());
+}
+
+/// A Titan node is found by service the moment it heartbeats, with or without a sweeper.
+async fn find_sees_titan_nodes_at_once(fleet: Fleet) {
+    let inspector = fleet.inspector().await;
+    let muster = fleet.muster().await;
+    fleet.titan.node("t1", "10.0.0.1:1", json!([{"name": "users", "version": "1.0.0"}])).heartbeat().await;
+    for registry in [&inspector, &muster] {
+        let found = registry.find(&ServiceQuery::parse("users@1.0.0").unwrap()).await.unwrap();
+        assert_eq!(ids(&found), ["t1"]);
+        assert!(registry.find(&ServiceQuery::parse("users@2.0.0").unwrap()).await.unwrap().is_empty());
+    }
+}
+
+/// One validity rule: Titan's reader, Muster's reader and the Lua scripts agree on each input.
+async fn one_validity_rule(fleet: Fleet) {
+    let cases: [(&str, Option<&str>, Option<&str>, Option<&str>, bool); 10] = [
+        ("ok", Some("h:1"), Some(r#"[{"name":"a"}]"#), Some("1"), true),
+        ("odd-values", Some("anything at all"), Some(r#"[1, "x", {"name": 5}]"#), Some("soon"), true),
+        ("spaced-list", Some("h:1"), Some(" [ ]"), Some("1"), true),
+        ("no-address", None, Some("[]"), Some("1"), false),
+        ("empty-address", Some(""), Some("[]"), Some("1"), false),
+        ("object-services", Some("h:1"), Some(r#"{"name":"auth"}"#), Some("1"), false),
+        ("bad-json", Some("h:1"), Some("[not json"), Some("1"), false),
+        ("string-services", Some("h:1"), Some(r#""[]""#), Some("1"), false),
+        ("no-timestamp", Some("h:1"), Some("[]"), None, false),
+        ("empty-timestamp", Some("h:1"), Some("[]"), Some(""), false),
+    ];
+    let prefix = fleet.titan.options.prefix.clone();
+    let titan = &fleet.titan;
+    for (id, address, services, timestamp, _) in cases {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("{prefix}:nodes:{id}")).arg("other").arg("x");
+        for (field, value) in [("address", address), ("services", services), ("timestamp", timestamp)] {
+            if let Some(value) = value {
+                hset.arg(field).arg(value);
+            }
+        }
+        titan.query::<()>(&hset).await;
+        titan.query::<()>(redis::cmd("SET").arg(format!("{prefix}:heartbeat:{id}")).arg("1").arg("PX").arg(60_000)).await;
+        titan.query::<()>(redis::cmd("SADD").arg(format!("{prefix}:index:nodes")).arg(id)).await;
+    }
+    let valid: Vec<&str> = cases.iter().filter(|c| c.4).map(|c| c.0).collect();
+    // Muster's rule in Rust.
+    for (id, address, services, timestamp, expected) in cases {
+        let rust = muster_redis::check_node_hash(address.unwrap_or(""), services.unwrap_or(""), timestamp.unwrap_or(""));
+        assert_eq!(rust.is_ok(), expected, "Rust rule on {id}: {rust:?}");
+    }
+    // Muster's reader (read-only: removes nothing).
+    let inspector = fleet.inspector().await;
+    let mut listed: Vec<String> = inspector.list_active().await.unwrap().into_iter().map(|n| n.node_id.to_string()).collect();
+    listed.sort();
+    let mut want: Vec<String> = valid.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    assert_eq!(listed, want, "Muster's reader");
+    // The Lua rule: reconciliation adopts the valid ones and removes the rest, as Titan's reader would.
+    let muster = fleet.manual().await;
+    let done = muster.reconcile_now().await.unwrap();
+    assert_eq!((done.adopted, done.removed), (valid.len() as u64, (cases.len() - valid.len()) as u64));
+    let mut indexed: Vec<String> = titan.query(redis::cmd("SMEMBERS").arg(format!("{prefix}:index:nodes"))).await;
+    indexed.sort();
+    assert_eq!(indexed, want, "the Lua rule");
+    // Titan's reader agrees (and has nothing left to clean).
+    let seen: Vec<String> = titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
+    assert_eq!(seen, want, "Titan's reader");
+}
