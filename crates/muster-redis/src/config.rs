@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use muster_core::options::{DEFAULT_PREFIX, DEFAULT_PUBSUB_CHANNEL};
 pub use muster_core::options::Preset;
+use muster_core::options::{DEFAULT_PREFIX, DEFAULT_PUBSUB_CHANNEL};
 use muster_core::{DiscoveryOptions, Error, Result};
 
 /// How Redis is deployed.

@@ -230,7 +230,11 @@ impl Titan {
     }
 
     async fn read_hash(&self, node_id: &str) -> HashMap<String, String> {
-        redis::cmd("HGETALL").arg(self.key("nodes", node_id)).query_async(&mut self.conn.clone()).await.expect("HGETALL")
+        redis::cmd("HGETALL")
+            .arg(self.key("nodes", node_id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("HGETALL")
     }
 
     /// `getActiveNodes()`: every active node; every other indexed node is cleaned up.
@@ -241,8 +245,11 @@ impl Titan {
         let (mut active, mut inactive) = (Vec::new(), Vec::new());
         for id in ids {
             let hash = self.read_hash(&id).await;
-            let alive: bool =
-                redis::cmd("EXISTS").arg(self.key("heartbeat", &id)).query_async(&mut conn).await.expect("EXISTS");
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(self.key("heartbeat", &id))
+                .query_async(&mut conn)
+                .await
+                .expect("EXISTS");
             let field = |name: &str| hash.get(name).filter(|v| !v.is_empty()).cloned();
             let services = field("services")
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
@@ -271,9 +278,11 @@ impl Titan {
             .await
             .into_iter()
             .filter(|node| {
-                node.services.as_array().into_iter().flatten().any(|s| {
-                    s["name"] == name && version.is_none_or(|v| s["version"].as_str() == Some(v))
-                })
+                node.services
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["name"] == name && version.is_none_or(|v| s["version"].as_str() == Some(v)))
             })
             .collect()
     }

@@ -38,9 +38,12 @@ pub(crate) struct Source {
     /// (`redis://host:6379`, `redis+sentinel://...`, `redis+cluster://...`).
     #[arg(long)]
     redis: Option<String>,
-    /// Key prefix of the Redis registry.
-    #[arg(long, default_value = "titan:discovery")]
-    prefix: String,
+    /// The kind of fleet: `titan` or `netron` (its prefix, channel and pub/sub switch).
+    #[arg(long, default_value = "titan", value_parser = crate::preset)]
+    preset: muster_core::Preset,
+    /// Key prefix of the Redis registry (default: the preset's).
+    #[arg(long)]
+    prefix: Option<String>,
 }
 
 /// The commands other than `serve`.
@@ -179,14 +182,16 @@ fn client(server: &Server) -> Result<Client, Failure> {
     Client::with_config(config).map_err(|e| Failure::usage(format!("--registry: {e}")))
 }
 
-/// The Redis registry at `url`, for inspection: no sweeper; `channel` also receives Titan peers'
-/// channel events (for `watch`).
+/// The Redis registry at `url`, for inspection: read-only (no sweeper, no cleanup, no cache
+/// write, so it works against a replica and leaves the key space as it was); `channel` also
+/// receives Titan peers' channel messages (for `watch`) when no Muster sweeper reconciles the prefix.
 async fn redis(source: &Source, url: &str, channel: bool) -> Result<muster_redis::RedisRegistry, Failure> {
     let config = muster_redis::RedisConfig::from_url(url)
-        .map_err(|e| Failure::usage(format!("--redis: {}", e.message())))?;
+        .map_err(|e| Failure::usage(format!("--redis: {}", e.message())))?
+        .with_preset(source.preset);
     let config = muster_redis::RedisConfig {
-        prefix: source.prefix.clone(),
-        sweeper: false,
+        prefix: source.prefix.clone().unwrap_or(config.prefix),
+        read_only: true,
         pubsub_enabled: channel,
         ..config
     };

@@ -55,12 +55,24 @@ struct ServeArgs {
     /// a network cut is likelier than that many crashes. 0 turns it off.
     #[arg(long, env = "MUSTER_SELF_PRESERVATION", default_value_t = 0.5)]
     self_preservation: f64,
-    /// Redis key prefix (Titan's `redisPrefix`).
-    #[arg(long, env = "MUSTER_PREFIX", default_value = "titan:discovery")]
-    prefix: String,
-    /// Publish and receive events on the Titan pub/sub channel (Redis only).
+    /// The kind of fleet sharing the Redis: `titan` (prefix `titan:discovery`, pub/sub off) or
+    /// `netron` (prefix `netron:discovery`, channel `netron:discovery:events`, pub/sub on).
+    #[arg(long, env = "MUSTER_PRESET", default_value = "titan", value_parser = preset)]
+    preset: muster_core::Preset,
+    /// Redis key prefix (Titan's `redisPrefix`; default: the preset's).
+    #[arg(long, env = "MUSTER_PREFIX")]
+    prefix: Option<String>,
+    /// Publish events on the Titan pub/sub channel, as Titan nodes do (Redis only; on with the
+    /// netron preset).
     #[arg(long, env = "MUSTER_PUBSUB", default_value_t = false)]
     pubsub: bool,
+    /// The pub/sub channel (Titan's `pubSubChannel`; default: the preset's).
+    #[arg(long, env = "MUSTER_PUBSUB_CHANNEL")]
+    pubsub_channel: Option<String>,
+    /// With pub/sub on, publish `NODE_UPDATED` for every heartbeat of a node, as Titan does
+    /// (`false`: only for changes).
+    #[arg(long, env = "MUSTER_HEARTBEAT_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    heartbeat_events: bool,
     /// TTL of nodes registered through /v1 without one (e.g. 15s, 500ms).
     #[arg(long, env = "MUSTER_DEFAULT_TTL", default_value = "15s", value_parser = duration)]
     default_ttl: Duration,
@@ -181,8 +193,11 @@ fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result
             "redis" => args.redis = from_file.redis.clone(),
             "data_dir" => args.data_dir = from_file.data_dir.clone(),
             "self_preservation" => args.self_preservation = from_file.self_preservation,
+            "preset" => args.preset = from_file.preset,
             "prefix" => args.prefix = from_file.prefix.clone(),
             "pubsub" => args.pubsub = from_file.pubsub,
+            "pubsub_channel" => args.pubsub_channel = from_file.pubsub_channel.clone(),
+            "heartbeat_events" => args.heartbeat_events = from_file.heartbeat_events,
             "default_ttl" => args.default_ttl = from_file.default_ttl,
             "compat_ttl" => args.compat_ttl = from_file.compat_ttl,
             "cleanup_interval" => args.cleanup_interval = from_file.cleanup_interval,
@@ -238,6 +253,11 @@ fn apply_aliases(
     validate(args)
 }
 
+/// Parses `--preset`.
+pub(crate) fn preset(text: &str) -> Result<muster_core::Preset, String> {
+    text.parse().map_err(|e: muster_core::Error| e.message().to_owned())
+}
+
 fn validate(args: &ServeArgs) -> Result<(), String> {
     if args.data_dir.is_some() && args.redis.is_some() {
         return Err("--data-dir applies to the embedded store only; Redis keeps its own data".into());
@@ -286,10 +306,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         },
         Some(url) => {
+            let config =
+                muster_redis::RedisConfig::from_url(url).context("--redis")?.with_preset(args.preset);
             let config = muster_redis::RedisConfig {
-                prefix: args.prefix.clone(),
-                pubsub_enabled: args.pubsub,
-                ..muster_redis::RedisConfig::from_url(url).context("--redis")?
+                prefix: args.prefix.clone().unwrap_or(config.prefix),
+                pubsub_channel: args.pubsub_channel.clone().unwrap_or(config.pubsub_channel),
+                pubsub_enabled: args.pubsub || config.pubsub_enabled,
+                heartbeat_events: args.heartbeat_events,
+                ..config
             };
             let registry = muster_redis::RedisRegistry::connect(config)
                 .await

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use muster_core::{DeregisterReason, DiscoveryEvent, EventKind, NodeId, Registry, ServiceQuery, WatchEvent, WatchStart};
+use muster_core::{
+    DeregisterReason, DiscoveryEvent, EventKind, NodeId, Registry, ServiceQuery, WatchEvent, WatchStart,
+};
 use muster_redis::{RedisConfig, RedisRegistry};
 use muster_testkit::conformance::{Timing, registration};
 use muster_testkit::redis_server::{RedisCluster, RedisServer};
@@ -135,7 +137,8 @@ async fn next(watch: &mut muster_core::WatchStream) -> DiscoveryEvent {
 /// Ids and addresses Titan accepts but Muster's own rules refuse are read as written, and no read
 /// (nor the sweeper) deletes such nodes from under Titan.
 async fn reads_keep_what_titan_accepts(fleet: Fleet) {
-    let odd = [("worker@host-1", "10.0.0.1:1"), ("ws-node", "ws://10.8.8.9:9000"), ("v6-node", "fe80::1:9000")];
+    let odd =
+        [("worker@host-1", "10.0.0.1:1"), ("ws-node", "ws://10.8.8.9:9000"), ("v6-node", "fe80::1:9000")];
     for (id, address) in odd {
         fleet.titan.node(id, address, json!([{"name": "users", "version": "1.0.0"}])).heartbeat().await;
     }
@@ -143,7 +146,10 @@ async fn reads_keep_what_titan_accepts(fleet: Fleet) {
     let listed = inspector.list_active().await.unwrap();
     assert_eq!(ids(&listed), ["v6-node", "worker@host-1", "ws-node"]);
     let ws = listed.iter().find(|n| n.node_id.as_str() == "ws-node").unwrap();
-    assert_eq!((ws.address.as_str(), ws.address.host(), ws.address.port()), ("ws://10.8.8.9:9000", "10.8.8.9", 9000));
+    assert_eq!(
+        (ws.address.as_str(), ws.address.host(), ws.address.port()),
+        ("ws://10.8.8.9:9000", "10.8.8.9", 9000)
+    );
     let v6 = inspector.get(&NodeId::from_wire("v6-node")).await.unwrap().unwrap();
     assert_eq!((v6.address.as_str(), v6.address.host_unbracketed()), ("fe80::1:9000", "fe80::1"));
 
@@ -161,7 +167,8 @@ async fn reads_keep_what_titan_accepts(fleet: Fleet) {
     assert_eq!(adopted, ["v6-node", "worker@host-1", "ws-node"]);
     let found = muster.find(&ServiceQuery::parse("users@1.0.0").unwrap()).await.unwrap();
     assert_eq!(ids(&found), ["v6-node", "worker@host-1", "ws-node"]);
-    let titan_view: Vec<String> = fleet.titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
+    let titan_view: Vec<String> =
+        fleet.titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
     assert_eq!(titan_view, ["v6-node", "worker@host-1", "ws-node"], "Titan still lists them");
 }
 
@@ -170,7 +177,8 @@ async fn reads_keep_what_titan_accepts(fleet: Fleet) {
 async fn titan_changes_are_one_event_each(fleet: Fleet) {
     let muster = fleet.muster().await;
     let mut watch = muster.watch(WatchStart::Now).await.unwrap();
-    let mut node = fleet.titan.node("titan-1", "10.0.0.1:3000", json!([{"name": "auth", "version": "1.0.0"}]));
+    let mut node =
+        fleet.titan.node("titan-1", "10.0.0.1:3000", json!([{"name": "auth", "version": "1.0.0"}]));
 
     node.heartbeat().await;
     let event = next(&mut watch).await;
@@ -192,7 +200,10 @@ async fn titan_changes_are_one_event_each(fleet: Fleet) {
     fleet.titan.update_node_services("titan-1", &json!([{"name": "billing"}])).await;
     let event = next(&mut watch).await;
     assert_eq!((event.kind, event.node.services[0].name.as_str()), (EventKind::Updated, "billing"));
-    assert!(muster.find(&ServiceQuery::new("auth").unwrap()).await.unwrap().is_empty(), "left the service index");
+    assert!(
+        muster.find(&ServiceQuery::new("auth").unwrap()).await.unwrap().is_empty(),
+        "left the service index"
+    );
     assert_eq!(muster.find(&ServiceQuery::new("billing").unwrap()).await.unwrap().len(), 1);
 
     node.stop().await;
@@ -280,18 +291,27 @@ async fn one_validity_rule(fleet: Fleet) {
             }
         }
         titan.query::<()>(&hset).await;
-        titan.query::<()>(redis::cmd("SET").arg(format!("{prefix}:heartbeat:{id}")).arg("1").arg("PX").arg(60_000)).await;
+        titan
+            .query::<()>(
+                redis::cmd("SET").arg(format!("{prefix}:heartbeat:{id}")).arg("1").arg("PX").arg(60_000),
+            )
+            .await;
         titan.query::<()>(redis::cmd("SADD").arg(format!("{prefix}:index:nodes")).arg(id)).await;
     }
     let valid: Vec<&str> = cases.iter().filter(|c| c.4).map(|c| c.0).collect();
     // Muster's rule in Rust.
     for (id, address, services, timestamp, expected) in cases {
-        let rust = muster_redis::check_node_hash(address.unwrap_or(""), services.unwrap_or(""), timestamp.unwrap_or(""));
+        let rust = muster_redis::check_node_hash(
+            address.unwrap_or(""),
+            services.unwrap_or(""),
+            timestamp.unwrap_or(""),
+        );
         assert_eq!(rust.is_ok(), expected, "Rust rule on {id}: {rust:?}");
     }
     // Muster's reader (read-only: removes nothing).
     let inspector = fleet.inspector().await;
-    let mut listed: Vec<String> = inspector.list_active().await.unwrap().into_iter().map(|n| n.node_id.to_string()).collect();
+    let mut listed: Vec<String> =
+        inspector.list_active().await.unwrap().into_iter().map(|n| n.node_id.to_string()).collect();
     listed.sort();
     let mut want: Vec<String> = valid.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
@@ -300,7 +320,8 @@ async fn one_validity_rule(fleet: Fleet) {
     let muster = fleet.manual().await;
     let done = muster.reconcile_now().await.unwrap();
     assert_eq!((done.adopted, done.removed), (valid.len() as u64, (cases.len() - valid.len()) as u64));
-    let mut indexed: Vec<String> = titan.query(redis::cmd("SMEMBERS").arg(format!("{prefix}:index:nodes"))).await;
+    let mut indexed: Vec<String> =
+        titan.query(redis::cmd("SMEMBERS").arg(format!("{prefix}:index:nodes"))).await;
     indexed.sort();
     assert_eq!(indexed, want, "the Lua rule");
     // Titan's reader agrees (and has nothing left to clean).

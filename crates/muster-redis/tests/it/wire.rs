@@ -187,7 +187,9 @@ async fn channel_events_both_ways() {
     assert_eq!(next_message().await["type"], "NODE_UPDATED");
 
     // Without per-heartbeat messages, an unchanged heartbeat is silent and a change is not.
-    let quiet = RedisRegistry::connect(RedisConfig { heartbeat_events: false, sweeper: false, ..config }).await.unwrap();
+    let quiet = RedisRegistry::connect(RedisConfig { heartbeat_events: false, sweeper: false, ..config })
+        .await
+        .unwrap();
     quiet.heartbeat(registration("m1", "h:1", &["a@1"], titan_timing())).await.unwrap();
     quiet.refresh(&id("m1"), None).await.unwrap();
     quiet.heartbeat(registration("m1", "h:2", &["a@1"], titan_timing())).await.unwrap();

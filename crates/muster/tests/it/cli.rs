@@ -227,3 +227,85 @@ async fn nodes_find_and_watch_read_redis_directly() {
     assert_eq!(wait_exit(&mut watch).await, 0);
     assert_eq!(wait_exit(&mut billing).await, 0);
 }
+
+/// `nodes`, `find` and `watch` with `--redis` write nothing: the key space is byte-for-byte the same
+/// afterwards, with live, dead and broken nodes of Muster and of Titan peers (ids and addresses
+/// Muster itself refuses among them), on a foreign prefix too, and they work against a read-only
+/// replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_writes_nothing() {
+    use muster_testkit::redis_server::RedisServer;
+    use muster_testkit::titan::{Titan, TitanOptions};
+    let primary = RedisServer::start().await;
+    let url = primary.url();
+    let store = muster_redis::RedisRegistry::connect(muster_redis::RedisConfig {
+        sweeper: false,
+        ..muster_redis::RedisConfig::from_url(&url).unwrap()
+    })
+    .await
+    .unwrap();
+    let registration = Registration::new(
+        NodeId::new("m-1").unwrap(),
+        Address::parse("10.1.0.1:9000").unwrap(),
+        vec![ServiceInfo::new("users", Some("1.0.0")).unwrap()],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    store.heartbeat(registration).await.unwrap();
+    let titan = Titan::connect(&[url.clone()], TitanOptions::titan(false)).await;
+    for (id, address) in [("worker@host-1", "ws://10.8.8.9:9000"), ("v6", "fe80::1:9000")] {
+        titan.node(id, address, serde_json::json!([{"name": "users", "version": "1.0.0"}])).heartbeat().await;
+    }
+    // Dead (heartbeat gone) and broken (services not a list) nodes, which Titan's reader would delete.
+    primary.cli(&[
+        "hset",
+        "titan:discovery:nodes:dead",
+        "address",
+        "h:1",
+        "services",
+        "[]",
+        "timestamp",
+        "1",
+    ]);
+    primary.cli(&[
+        "hset",
+        "titan:discovery:nodes:broken",
+        "address",
+        "h:1",
+        "services",
+        "{}",
+        "timestamp",
+        "1",
+    ]);
+    primary.cli(&["set", "titan:discovery:heartbeat:broken", "1"]);
+    primary.cli(&["sadd", "titan:discovery:index:nodes", "dead", "broken"]);
+    let replica = RedisServer::replica_of(&primary).await;
+    let before = primary.keyspace();
+
+    for target in [&url, &replica.url()] {
+        let nodes = muster().args(["nodes", "--redis", target]).output().unwrap();
+        assert_eq!(nodes.status.code(), Some(0), "{}", text(&nodes.stderr));
+        let listed = text(&nodes.stdout);
+        for id in ["m-1", "worker@host-1", "v6", "ws://10.8.8.9:9000"] {
+            assert!(listed.contains(id), "{id} missing from {listed}");
+        }
+        assert!(!listed.contains("dead") && !listed.contains("broken"), "{listed}");
+        let found = muster().args(["find", "users@1.0.0", "--redis", target, "--json"]).output().unwrap();
+        assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+        let found: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+        assert_eq!(found.as_array().unwrap().len(), 3, "{found}");
+        let foreign = muster().args(["nodes", "--redis", target, "--prefix", "elsewhere"]).output().unwrap();
+        assert_eq!(foreign.status.code(), Some(0), "{}", text(&foreign.stderr));
+        let netron =
+            muster().args(["find", "users", "--redis", target, "--preset", "netron"]).output().unwrap();
+        assert_eq!(netron.status.code(), Some(1), "nothing on the netron prefix");
+        let (mut watch, lines) = spawn(&["watch", "--redis", target]);
+        assert!(next_line(&lines, "the watch banner").contains("watching"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        interrupt(&watch);
+        assert_eq!(wait_exit(&mut watch).await, 0);
+    }
+    assert_eq!(primary.keyspace(), before, "inspection wrote to Redis");
+    let titan_view: Vec<String> = titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
+    assert_eq!(titan_view, ["m-1", "v6", "worker@host-1"], "Titan still sees its nodes");
+}
