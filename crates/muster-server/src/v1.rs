@@ -143,7 +143,8 @@ pub(crate) async fn get_node(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
-    let id = NodeId::new(id)?;
+    // Any id a node was stored with (a Titan peer's `worker@host-1`, say) reads back.
+    let id = NodeId::from_wire(id);
     match state.registry().get(&id).await? {
         Some(node) => Ok(Json(node)),
         None => Err(ApiError::not_found(format!("node `{id}` is not registered"))),
@@ -186,7 +187,8 @@ pub(crate) async fn deregister_node(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = NodeId::new(id)?;
+    // Any stored node can be removed by its id, also one a Titan peer wrote.
+    let id = NodeId::from_wire(id);
     if state.registry().deregister(&id, DeregisterReason::Graceful).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -328,3 +328,60 @@ async fn one_validity_rule(fleet: Fleet) {
     let seen: Vec<String> = titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
     assert_eq!(seen, want, "Titan's reader");
 }
+
+/// An agent's handlers and cache follow a Titan peer: one event per change, the new version served
+/// from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_follows_titan_peers() {
+    use std::sync::{Arc, Mutex};
+    let fleet = Fleet::start(false, false).await;
+    let agent = muster_agent::Agent::builder(fleet.muster().await)
+        .options(muster_core::DiscoveryOptions {
+            client_mode: true,
+            ..muster_core::DiscoveryOptions::default()
+        })
+        .address(muster_core::Address::parse("127.0.0.1:1").unwrap())
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let _subscription =
+        agent.on_event(move |event| sink.lock().unwrap().push((event.kind, event.node.services.clone())));
+    agent.start().await.unwrap();
+
+    let mut node = fleet.titan.node("titan-1", "10.0.0.1:1", json!([{"name": "users", "version": "1.0.0"}]));
+    node.heartbeat().await;
+    let seen_count = |n: usize| {
+        let seen = Arc::clone(&seen);
+        async move {
+            for _ in 0..100 {
+                if seen.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("fewer than {n} events");
+        }
+    };
+    seen_count(1).await;
+    node.heartbeat().await;
+    node.update_services(json!([{"name": "users", "version": "2.0.0"}])).await;
+    let query = ServiceQuery::parse("users@2.0.0").unwrap();
+    let mut served = Vec::new();
+    for _ in 0..100 {
+        served = agent.cache().find(&query).unwrap_or_default();
+        if !served.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.len(), 1, "the cache serves the new version");
+    assert!(agent.cache().find(&ServiceQuery::parse("users@1.0.0").unwrap()).unwrap().is_empty());
+    node.stop().await;
+    seen_count(3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let kinds: Vec<EventKind> = seen.lock().unwrap().iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(kinds, [EventKind::Registered, EventKind::Updated, EventKind::Deregistered]);
+    assert_eq!(seen.lock().unwrap()[1].1[0].version.as_deref(), Some("2.0.0"));
+    agent.stop().await.unwrap();
+}

@@ -239,3 +239,55 @@ async fn futures_next<S: futures::Stream + Unpin>(stream: &mut S) -> Option<S::I
     use futures::StreamExt;
     stream.next().await
 }
+
+/// `muster serve --redis` in a mixed fleet: a Titan peer's node (with an id Muster itself would
+/// refuse) reaches the SDK's resolver at once, its service change and its shutdown follow through
+/// the server's watch, with Titan's pub/sub off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_follows_titan_peers() {
+    use muster_core::VersionQuery;
+    use muster_testkit::titan::{Titan, TitanOptions};
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0", "--redis", &url], &[]);
+    let titan = Titan::connect(&[url.clone()], TitanOptions::titan(false)).await;
+    let mut node = titan.node(
+        "worker@host-1",
+        "ws://10.8.8.9:9000",
+        serde_json::json!([{"name": "users", "version": "1.0.0"}]),
+    );
+    node.heartbeat().await;
+
+    let client = muster_client::Client::with_config(muster_client::ClientConfig {
+        registry_url: base.clone(),
+        ..muster_client::ClientConfig::default()
+    })
+    .unwrap();
+    let until = async |version: &str, count: usize| {
+        let query = VersionQuery::exact(version).unwrap();
+        for _ in 0..100 {
+            let resolved = client.instances("users", &query).await.unwrap();
+            if resolved.instances.len() == count {
+                return resolved;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("users@{version} never had {count} instances");
+    };
+    let resolved = until("1.0.0", 1).await;
+    let instance = &resolved.instances[0];
+    assert_eq!(
+        (instance.id.as_str(), instance.host.as_str(), instance.port),
+        ("worker@host-1", "10.8.8.9", 9000)
+    );
+    let get = reqwest::get(format!("{base}/v1/nodes/worker@host-1")).await.unwrap();
+    assert_eq!(get.status(), 200, "a node is read by the id it was written with");
+
+    node.update_services(serde_json::json!([{"name": "users", "version": "2.0.0"}])).await;
+    until("2.0.0", 1).await;
+    until("1.0.0", 0).await;
+    node.stop().await;
+    until("2.0.0", 0).await;
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    server.wait().unwrap();
+}
