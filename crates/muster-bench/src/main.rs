@@ -9,6 +9,9 @@
 //! embedded store alone, with registrations straight into it).
 //! `cargo run --release -p muster-bench -- resolver [--lookups N]` — the SDK's resolver: cached
 //! lookups per second on one core, and the time from a registration to the cache reflecting it.
+//! `cargo run --release -p muster-bench -- titan [--nodes N] [--changes C] [--interval-ms M]` — a mixed fleet: N nodes
+//! written by Titan peers; the Redis CPU time the reconciliation costs per second, and the time from
+//! a Titan-side change (pub/sub off) to the Muster event.
 
 #![allow(clippy::print_stdout)]
 
@@ -66,9 +69,19 @@ async fn main() {
         }
         return;
     }
+    if args.first().map(String::as_str) == Some("titan") {
+        let nodes = usize::try_from(flag("--nodes").unwrap_or(10_000u64)).unwrap_or(10_000);
+        let changes = usize::try_from(flag("--changes").unwrap_or(100u64)).unwrap_or(100);
+        let interval = Duration::from_millis(flag("--interval-ms").unwrap_or(500u64));
+        if let Err(error) = titan(nodes, changes, interval).await {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) != Some("redis") {
         eprintln!(
-            "usage: muster-bench redis [--seconds N] | fanout [--watchers N] [--rounds R] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
+            "usage: muster-bench redis [--seconds N] | titan [--nodes N] [--changes C] [--interval-ms M] | fanout [--watchers N] [--rounds R] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
         );
         std::process::exit(2);
     }
@@ -266,6 +279,133 @@ struct Percentiles {
     p50: Duration,
     p99: Duration,
     max: Duration,
+}
+
+/// Redis's own CPU time (user + system) so far, from `INFO cpu`.
+fn redis_cpu(server: &RedisServer) -> Duration {
+    let info = server.cli(&["info", "cpu"]);
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Duration::from_secs_f64(field("used_cpu_user") + field("used_cpu_sys"))
+}
+
+/// A mixed fleet: `nodes` Titan-written nodes (written with Titan's own heartbeat script, TTL 10
+/// minutes so none expires), one Muster process reconciling with the default interval.
+async fn titan(nodes: usize, changes: usize, interval: Duration) -> muster_core::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(10);
+    let server = RedisServer::start().await;
+    let client =
+        redis::Client::open(server.url()).map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
+    let titan_heartbeat = redis::Script::new(TITAN_HEARTBEAT_SCRIPT);
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(TITAN_HEARTBEAT_SCRIPT)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
+    let services =
+        |version: usize| format!(r#"[{{"name":"svc-{}","version":"1.0.{version}"}}]"#, version % 50);
+    for chunk in (0..nodes).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let id = format!("titan-{i}");
+            pipe.invoke_script(
+                titan_heartbeat
+                    .key(format!("titan:discovery:nodes:{id}"))
+                    .key(format!("titan:discovery:heartbeat:{id}"))
+                    .key("titan:discovery:index:nodes")
+                    .arg(&id)
+                    .arg(format!("10.0.{}.{}:8080", i / 250, i % 250))
+                    .arg(services(*i))
+                    .arg(muster_core::time::now_ms())
+                    .arg(600)
+                    .arg(600_000),
+            );
+        }
+        let _: () =
+            pipe.query_async(&mut conn).await.map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
+    }
+    let idle_start = redis_cpu(&server);
+    tokio::time::sleep(WINDOW).await;
+    let idle = redis_cpu(&server).saturating_sub(idle_start);
+
+    let config = RedisConfig { reconcile_interval: interval, ..RedisConfig::from_url(&server.url())? };
+    let registry = RedisRegistry::connect(config).await?;
+    let reconcile_interval = registry.config().reconcile_interval;
+    let mut watch = registry.watch(WatchStart::Now).await?;
+    let mut adopted = 0;
+    while adopted < nodes {
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+            Ok(Some(Ok(WatchEvent::Event(e)))) if e.kind == EventKind::Registered => adopted += 1,
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e),
+            _ => return Err(muster_core::Error::unavailable("adoption did not finish")),
+        }
+    }
+    let busy_start = redis_cpu(&server);
+    tokio::time::sleep(WINDOW).await;
+    let busy = redis_cpu(&server).saturating_sub(busy_start);
+
+    // Titan-side changes (`HSET` of the services, as Titan's `updateNodeServices`; pub/sub off).
+    let mut latencies = Vec::with_capacity(changes);
+    for round in 0..changes {
+        let id = format!("titan-{}", (round * 7919) % nodes);
+        let at = Instant::now();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("titan:discovery:nodes:{id}"))
+            .arg("services")
+            .arg(services(nodes + round))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+                Ok(Some(Ok(WatchEvent::Event(e))))
+                    if e.kind == EventKind::Updated && e.node.node_id.as_str() == id =>
+                {
+                    latencies.push(at.elapsed());
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e),
+                _ => return Err(muster_core::Error::unavailable("a change was not detected")),
+            }
+        }
+        // Spread the changes over the reconciliation phase.
+        let phase = u64::try_from(interval.as_millis()).unwrap_or(500);
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..phase))).await;
+    }
+    let detection = percentiles(latencies);
+    let share = |cpu: Duration| 100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64();
+    println!(
+        "# Mixed fleet: {nodes} Titan-written nodes, reconciliation every {} ms
+",
+        reconcile_interval.as_millis()
+    );
+    println!(
+        "| measurement | result |
+|---|---|"
+    );
+    println!("| Redis CPU, Titan nodes only (no Muster process) | {:.2}% of one core |", share(idle));
+    println!(
+        "| Redis CPU with one Muster process reconciling | {:.2}% of one core (detection: {:.2}%) |",
+        share(busy),
+        share(busy.saturating_sub(idle))
+    );
+    println!(
+        "| Titan-side change (HSET, pub/sub off) → Muster event, {changes} changes | p50 {}, p99 {}, max {} |",
+        fmt(detection.p50),
+        fmt(detection.p99),
+        fmt(detection.max)
+    );
+    Ok(())
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> Percentiles {

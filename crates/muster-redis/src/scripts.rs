@@ -109,9 +109,13 @@ local function emit(kind, reason, id, n)
   publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev))
   return rev
 end
--- What a Titan peer's node looked like when last seen: `address \n services` (foreign nodes only).
-local K_SEEN = P .. ':index:seen'
-local function fingerprint(n) return n.address .. '\n' .. n.services end
+-- What a Titan peer's node looked like when last seen (foreign nodes only).
+local K_SEEN_ADDRESS = P .. ':seen:address'
+local K_SEEN_SERVICES = P .. ':seen:services'
+local function remember(id, n)
+  redis.call('HSET', K_SEEN_ADDRESS, id, n.address)
+  redis.call('HSET', K_SEEN_SERVICES, id, n.services)
+end
 -- Keeps the node as of its last change: field by field (for expiry events after the hash expired)
 -- and as JSON in the info hash (read by listings in one command).
 local function copy_last(id, n)
@@ -146,7 +150,8 @@ local function remove(id, n)
   redis.call('SREM', K_FOREIGN, id)
   redis.call('SREM', K_TRACKED, id)
   redis.call('HDEL', K_INFO, id)
-  redis.call('HDEL', K_SEEN, id)
+  redis.call('HDEL', K_SEEN_ADDRESS, id)
+  redis.call('HDEL', K_SEEN_SERVICES, id)
   local tracked = redis.call('ZREM', K_DEADLINES, id) == 1
   if n and n.services then
     for name in pairs(service_names(n.services)) do redis.call('SREM', key('index:services', name), id) end
@@ -385,7 +390,7 @@ local function adopt_or_clean(id)
     redis.call('ZADD', K_DEADLINES, NOW + left, id)
     redis.call('SADD', K_FOREIGN, id)
     redis.call('SADD', K_TRACKED, id)
-    redis.call('HSET', K_SEEN, id, fingerprint(n))
+    remember(id, n)
     for name in pairs(service_names(n.services)) do redis.call('SADD', key('index:services', name), id) end
     copy_last(id, n)
     emit('registered', '', id, n)
@@ -403,24 +408,26 @@ local function gone(id)
   if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev) end
   counts[3] = counts[3] + 1
 end
-local function compare(id, seen)
-  local v = redis.call('HMGET', key('nodes', id), 'address', 'services', 'timestamp')
-  local n = {address = v[1], services = v[2], timestamp = v[3]}
+local function compare(id, seen_address, seen_services)
+  local v = redis.call('HMGET', key('nodes', id), 'address', 'services')
+  -- The common case, unchanged since last seen (and valid then), costs one command and two
+  -- comparisons of interned strings.
+  if v[1] == seen_address and v[2] == seen_services then return end
+  local n = {address = v[1], services = v[2], timestamp = redis.call('HGET', key('nodes', id), 'timestamp')}
   if not is_valid(n) then
     -- Broken while its heartbeat lives: evicted now. (Expired nodes are the sweep's.)
-    if (v[1] or v[2] or v[3]) and heartbeat_left(id) then
+    if (n.address or n.services or n.timestamp) and heartbeat_left(id) then
       local prev = last_known(id)
       if remove(id, prev) and is_valid(prev) then emit('deregistered', 'evicted', id, prev) end
       counts[3] = counts[3] + 1
     end
     return
   end
-  if fingerprint(n) == seen then return end
   local last = read_fields(key('last', id)) or {}
   local old_services = last.services
   n.registeredAt = last.registeredAt or n.timestamp
   n.ttl = last.ttl
-  redis.call('HSET', K_SEEN, id, fingerprint(n))
+  remember(id, n)
   if old_services ~= n.services then
     local keep = service_names(n.services)
     for name in pairs(service_names(old_services)) do
@@ -439,8 +446,9 @@ if ARGV[4] == 'all' then
   for i = 1, #foreign, 500 do
     local part = {}
     for j = i, math.min(i + 499, #foreign) do part[#part + 1] = foreign[j] end
-    local seen = redis.call('HMGET', K_SEEN, unpack(part))
-    for j, id in ipairs(part) do compare(id, seen[j] or '') end
+    local addresses = redis.call('HMGET', K_SEEN_ADDRESS, unpack(part))
+    local services = redis.call('HMGET', K_SEEN_SERVICES, unpack(part))
+    for j, id in ipairs(part) do compare(id, addresses[j], services[j]) end
   end
 else
   for i = 5, #ARGV do
@@ -452,7 +460,7 @@ else
     elseif tracked and not indexed then
       gone(id)
     elseif tracked and redis.call('SISMEMBER', K_FOREIGN, id) == 1 then
-      compare(id, redis.call('HGET', K_SEEN, id) or '')
+      compare(id, redis.call('HGET', K_SEEN_ADDRESS, id), redis.call('HGET', K_SEEN_SERVICES, id))
     end
   end
 end
