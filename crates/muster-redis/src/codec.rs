@@ -21,7 +21,6 @@ pub(crate) enum Row {
 /// Parses the bulk part of the read script: a JSON array of nodes (as of their last change) and
 /// their deadlines; each node's timestamp becomes its last heartbeat (deadline minus TTL).
 pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String> {
-    let nodes: Vec<WireNode<'_>> = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let deadlines: Vec<u64> = if deadlines.is_empty() {
         Vec::new()
     } else {
@@ -30,13 +29,23 @@ pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String
             .map(|d| parse_ms(d).ok_or_else(|| format!("deadline {d:?}")))
             .collect::<Result<_, _>>()?
     };
+    // The common case, every node in Muster's own form, decodes in one pass; anything odd (a Titan
+    // peer's services, say) falls back to the lenient reader.
+    let nodes: Vec<Result<NodeInfo, (String, String)>> = match serde_json::from_str::<Vec<NodeInfo>>(json) {
+        Ok(nodes) => nodes.into_iter().map(Ok).collect(),
+        Err(_) => serde_json::from_str::<Vec<WireNode<'_>>>(json)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(WireNode::into_node)
+            .collect(),
+    };
     if nodes.len() != deadlines.len() {
         return Err(format!("{} nodes but {} deadlines", nodes.len(), deadlines.len()));
     }
     Ok(nodes
         .into_iter()
         .zip(deadlines)
-        .map(|(node, deadline)| match node.into_node() {
+        .map(|(node, deadline)| match node {
             Ok(mut node) => {
                 node.timestamp_ms = deadline.saturating_sub(node.ttl_ms).max(node.timestamp_ms);
                 Row::Node { node, alive: true }
