@@ -9,9 +9,10 @@
 //! embedded store alone, with registrations straight into it).
 //! `cargo run --release -p muster-bench -- resolver [--lookups N]` — the SDK's resolver: cached
 //! lookups per second on one core, and the time from a registration to the cache reflecting it.
-//! `cargo run --release -p muster-bench -- titan [--nodes N] [--changes C] [--interval-ms M]` — a mixed fleet: N nodes
-//! written by Titan peers; the Redis CPU time the reconciliation costs per second, and the time from
-//! a Titan-side change (pub/sub off) to the Muster event.
+//! `cargo run --release -p muster-bench -- titan [--nodes N] [--changes C] [--interval-ms M] [--keyspace]`
+//! — a mixed fleet: N nodes written by Titan peers, heartbeating every 5 s; the Redis CPU time the
+//! detection costs per second, and the time from a Titan-side change (pub/sub off) to the Muster
+//! event; `--keyspace` enables keyspace notifications on the server.
 
 #![allow(clippy::print_stdout)]
 
@@ -73,7 +74,8 @@ async fn main() {
         let nodes = usize::try_from(flag("--nodes").unwrap_or(10_000u64)).unwrap_or(10_000);
         let changes = usize::try_from(flag("--changes").unwrap_or(100u64)).unwrap_or(100);
         let interval = Duration::from_millis(flag("--interval-ms").unwrap_or(500u64));
-        if let Err(error) = titan(nodes, changes, interval).await {
+        let keyspace = args.iter().any(|a| a == "--keyspace");
+        if let Err(error) = titan(nodes, changes, interval, keyspace).await {
             eprintln!("error: {error:#}");
             std::process::exit(1);
         }
@@ -81,7 +83,7 @@ async fn main() {
     }
     if args.first().map(String::as_str) != Some("redis") {
         eprintln!(
-            "usage: muster-bench redis [--seconds N] | titan [--nodes N] [--changes C] [--interval-ms M] | fanout [--watchers N] [--rounds R] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
+            "usage: muster-bench redis [--seconds N] | titan [--nodes N] [--changes C] [--interval-ms M] [--keyspace] | fanout [--watchers N] [--rounds R] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
         );
         std::process::exit(2);
     }
@@ -293,10 +295,15 @@ fn redis_cpu(server: &RedisServer) -> Duration {
 }
 
 /// A mixed fleet: `nodes` Titan-written nodes (written with Titan's own heartbeat script, TTL 10
-/// minutes so none expires), one Muster process reconciling with the default interval.
-async fn titan(nodes: usize, changes: usize, interval: Duration) -> muster_core::Result<()> {
+/// minutes so none expires; all but the last `changes` heartbeat every 5 s, unchanged), one Muster
+/// process reconciling every `interval`. The last `changes` nodes are the ones changed.
+async fn titan(nodes: usize, changes: usize, interval: Duration, keyspace: bool) -> muster_core::Result<()> {
     const WINDOW: Duration = Duration::from_secs(10);
-    let server = RedisServer::start().await;
+    let server = if keyspace {
+        RedisServer::start_with(&["--notify-keyspace-events", "Kgh"]).await
+    } else {
+        RedisServer::start().await
+    };
     let client =
         redis::Client::open(server.url()).map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
     let mut conn = client
@@ -312,26 +319,49 @@ async fn titan(nodes: usize, changes: usize, interval: Duration) -> muster_core:
         .map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
     let services =
         |version: usize| format!(r#"[{{"name":"svc-{}","version":"1.0.{version}"}}]"#, version % 50);
-    for chunk in (0..nodes).collect::<Vec<_>>().chunks(1000) {
-        let mut pipe = redis::pipe();
-        for i in chunk {
-            let id = format!("titan-{i}");
-            pipe.invoke_script(
-                titan_heartbeat
-                    .key(format!("titan:discovery:nodes:{id}"))
-                    .key(format!("titan:discovery:heartbeat:{id}"))
-                    .key("titan:discovery:index:nodes")
-                    .arg(&id)
-                    .arg(format!("10.0.{}.{}:8080", i / 250, i % 250))
-                    .arg(services(*i))
-                    .arg(muster_core::time::now_ms())
-                    .arg(600)
-                    .arg(600_000),
-            );
+    let heartbeat = move |mut conn: redis::aio::MultiplexedConnection, ids: std::ops::Range<usize>| {
+        let titan_heartbeat = titan_heartbeat.clone();
+        async move {
+            let mut pipe = redis::pipe();
+            for i in ids {
+                let id = format!("titan-{i}");
+                pipe.invoke_script(
+                    titan_heartbeat
+                        .key(format!("titan:discovery:nodes:{id}"))
+                        .key(format!("titan:discovery:heartbeat:{id}"))
+                        .key("titan:discovery:index:nodes")
+                        .arg(&id)
+                        .arg(format!("10.0.{}.{}:8080", i / 250, i % 250))
+                        .arg(services(i))
+                        .arg(muster_core::time::now_ms())
+                        .arg(600)
+                        .arg(600_000),
+                );
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| muster_core::Error::unavailable(e.to_string()))
         }
-        let _: () =
-            pipe.query_async(&mut conn).await.map_err(|e| muster_core::Error::unavailable(e.to_string()))?;
+    };
+    for start in (0..nodes).step_by(1000) {
+        heartbeat(conn.clone(), start..(start + 1000).min(nodes)).await?;
     }
+    // Titan's heartbeats: every node but the changed ones, every 5 s, in ten slices.
+    let steady = nodes.saturating_sub(changes);
+    let load = {
+        let (conn, heartbeat) = (conn.clone(), heartbeat.clone());
+        tokio::spawn(async move {
+            let slice = steady.div_ceil(10).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            for round in 0usize.. {
+                tick.tick().await;
+                let start = (round % 10) * slice;
+                if start < steady {
+                    let _ = heartbeat(conn.clone(), start..(start + slice).min(steady)).await;
+                }
+            }
+        })
+    };
     let idle_start = redis_cpu(&server);
     tokio::time::sleep(WINDOW).await;
     let idle = redis_cpu(&server).saturating_sub(idle_start);
@@ -356,7 +386,7 @@ async fn titan(nodes: usize, changes: usize, interval: Duration) -> muster_core:
     // Titan-side changes (`HSET` of the services, as Titan's `updateNodeServices`; pub/sub off).
     let mut latencies = Vec::with_capacity(changes);
     for round in 0..changes {
-        let id = format!("titan-{}", (round * 7919) % nodes);
+        let id = format!("titan-{}", steady + round % changes.max(1));
         let at = Instant::now();
         let _: () = redis::cmd("HSET")
             .arg(format!("titan:discovery:nodes:{id}"))
@@ -382,6 +412,7 @@ async fn titan(nodes: usize, changes: usize, interval: Duration) -> muster_core:
         let phase = u64::try_from(interval.as_millis()).unwrap_or(500);
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..phase))).await;
     }
+    load.abort();
     let detection = percentiles(latencies);
     let share = |cpu: Duration| 100.0 * cpu.as_secs_f64() / WINDOW.as_secs_f64();
     println!(

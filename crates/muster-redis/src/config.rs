@@ -61,8 +61,15 @@ pub struct RedisConfig {
     /// against a read-only replica and leave the key space unchanged. Writes fail.
     pub read_only: bool,
     /// How often the sweeper compares what Titan peers wrote with what it saw last (adoptions,
-    /// changes, removals). Detection takes at most this long.
+    /// changes, removals). Detection takes at most this long without change hints.
     pub reconcile_interval: Duration,
+    /// Use Redis keyspace notifications as change hints when the server has them enabled for hash
+    /// and generic commands (`notify-keyspace-events` containing `K` and `gh`, or `KA`); not in a
+    /// Cluster. While they are subscribed, detection is immediate and the full pass only runs every
+    /// `safety_interval`.
+    pub keyspace_notifications: bool,
+    /// The full pass's interval while keyspace notifications are the change hints.
+    pub safety_interval: Duration,
     /// Longest pause between sweeps; the sweeper also wakes at the earliest deadline.
     pub sweep_interval: Duration,
     /// How long a sweeper's lease lasts without renewal.
@@ -74,7 +81,8 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Defaults for a topology: Titan prefix and channel, pub/sub off (per-heartbeat messages on
     /// when it is switched on), 10,000 events of history, sweeper on (250 ms, 2 s lease),
-    /// reconciliation every 500 ms, 2 s response timeout.
+    /// reconciliation every 500 ms (every 10 s while keyspace notifications are the hints), 2 s
+    /// response timeout.
     pub fn new(topology: Topology) -> Self {
         Self {
             topology,
@@ -87,6 +95,8 @@ impl RedisConfig {
             sweeper: true,
             read_only: false,
             reconcile_interval: Duration::from_millis(500),
+            keyspace_notifications: true,
+            safety_interval: Duration::from_secs(10),
             sweep_interval: Duration::from_millis(250),
             sweeper_lease: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
@@ -164,6 +174,17 @@ impl RedisConfig {
         self
     }
 
+    /// The database number (keyspace notifications name it).
+    pub fn database(&self) -> i64 {
+        match &self.topology {
+            Topology::Standalone { url } => redis::Client::open(url.as_str())
+                .map(|c| c.get_connection_info().redis_settings().db())
+                .unwrap_or(0),
+            Topology::Sentinel { db, .. } => *db,
+            Topology::Cluster { .. } => 0,
+        }
+    }
+
     /// The prefix as used in keys (hash-tagged when configured or in Cluster).
     pub fn key_prefix(&self) -> String {
         let tagged = self.hash_tag.unwrap_or(matches!(self.topology, Topology::Cluster { .. }));
@@ -190,8 +211,13 @@ impl RedisConfig {
                 "the lease must be longer than the (non-zero) sweep interval",
             ));
         }
-        if self.reconcile_interval < Duration::from_millis(10) {
-            return Err(Error::invalid("reconcile interval", "must be at least 10 ms"));
+        if self.reconcile_interval < Duration::from_millis(10)
+            || self.safety_interval < self.reconcile_interval
+        {
+            return Err(Error::invalid(
+                "reconcile interval",
+                "must be at least 10 ms, and the safety interval at least as long",
+            ));
         }
         if self.response_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("response timeout", "must be at least 100 ms"));

@@ -31,6 +31,7 @@
 mod codec;
 mod config;
 mod conn;
+mod hints;
 mod keys;
 mod scripts;
 mod sweeper;

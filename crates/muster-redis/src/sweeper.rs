@@ -4,16 +4,24 @@
 //! what is due — the script re-checks each heartbeat key, so a node that heartbeated just in time is
 //! kept — and every `reconcile_interval` compares what Titan peers wrote with what it saw last
 //! (`RECONCILE` in `scripts.rs`), so their registrations, changes and departures become events
-//! whatever their pub/sub setting. Keyspace notifications are not used (they are node-local in
-//! Cluster and off by default); the pass's cost is measured in docs/BENCHMARKS.md.
+//! whatever their pub/sub setting. Change hints (`hints.rs`: keyspace notifications where the
+//! server has them enabled, Titan's channel messages when pub/sub is on) make the holder reconcile
+//! the named nodes at once, in batches; with keyspace notifications up, the full pass becomes a
+//! safety net. Costs are measured in docs/BENCHMARKS.md.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use muster_core::Result;
 use tokio::time::Instant;
 
-use crate::Inner;
+use crate::{Inner, hints};
+
+/// How long hinted ids are collected into one reconciliation call.
+const HINT_WINDOW: Duration = Duration::from_millis(20);
+/// Most ids in one hinted reconciliation.
+const HINT_BATCH: usize = 500;
 
 /// Shortest pause between passes.
 const MIN_PAUSE: Duration = Duration::from_millis(5);
@@ -23,10 +31,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) async fn run(inner: Arc<Inner>) {
     use rand::Rng;
     let token = format!("{:016x}", rand::rng().random::<u64>());
-    let mut last_reconcile: Option<Instant> = None;
+    let mut hints = hints::spawn(&inner);
+    let mut state = PassState { last_reconcile: None, holding: false };
     let mut failures: u32 = 0;
     loop {
-        let pause = match pass(&inner, &token, &mut last_reconcile).await {
+        let keyspace = hints.keyspace.load(Ordering::SeqCst);
+        let pause = match pass(&inner, &token, &mut state, keyspace).await {
             Ok(pause) => {
                 failures = 0;
                 pause
@@ -37,20 +47,63 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 (inner.config.sweep_interval * 2u32.saturating_pow(failures.min(8))).min(MAX_BACKOFF)
             }
         };
-        tokio::select! {
-            () = inner.cancel.cancelled() => break,
-            () = tokio::time::sleep(pause) => {}
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = inner.cancel.cancelled() => return release(&inner, &token).await,
+                () = &mut sleep => break,
+                Some(id) = hints.ids.recv() => {
+                    let ids = gather(&mut hints, id).await;
+                    if state.holding {
+                        if let Err(error) = inner.reconcile(Some(&ids)).await {
+                            tracing::debug!(%error, "reconciling hinted nodes failed; the pass will");
+                        }
+                    }
+                }
+            }
         }
     }
-    // Hand the lease over at once instead of letting it run out.
-    let release = inner.invoke::<i64>(&inner.scripts.release, std::slice::from_ref(&token));
+}
+
+/// Hands the lease over at once instead of letting it run out.
+async fn release(inner: &Inner, token: &str) {
+    let args = [token.to_owned()];
+    let release = inner.invoke::<i64>(&inner.scripts.release, &args);
     let _ = tokio::time::timeout(inner.config.response_timeout, release).await;
 }
 
+/// Collects hinted ids arriving within a short window after `first` (many heartbeats, one script
+/// call), without repeats.
+async fn gather(hints: &mut hints::Hints, first: String) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::from([first]);
+    let window = tokio::time::sleep(HINT_WINDOW);
+    tokio::pin!(window);
+    while ids.len() < HINT_BATCH {
+        tokio::select! {
+            () = &mut window => break,
+            id = hints.ids.recv() => match id {
+                Some(id) => { ids.insert(id); }
+                None => break,
+            },
+        }
+    }
+    ids.into_iter().collect()
+}
+
+/// What passes remember between them.
+struct PassState {
+    /// When the last full reconciliation ran.
+    last_reconcile: Option<Instant>,
+    /// Whether this process held the lease at its last pass (only the holder acts on hints).
+    holding: bool,
+}
+
 /// One pass. Returns how long to pause before the next.
-async fn pass(inner: &Inner, token: &str, last_reconcile: &mut Option<Instant>) -> Result<Duration> {
+async fn pass(inner: &Inner, token: &str, state: &mut PassState, keyspace: bool) -> Result<Duration> {
     let lease_ms = inner.config.sweeper_lease.as_millis().to_string();
     let held: i64 = inner.invoke(&inner.scripts.lease, &[token.to_owned(), lease_ms]).await?;
+    state.holding = held == 1;
     if held != 1 {
         return Ok(inner.config.sweep_interval);
     }
@@ -58,11 +111,11 @@ async fn pass(inner: &Inner, token: &str, last_reconcile: &mut Option<Instant>) 
     if removed > 0 {
         tracing::debug!(removed, "expired nodes");
     }
-    let interval = inner.config.reconcile_interval;
-    let until_reconcile = match *last_reconcile {
+    let interval = if keyspace { inner.config.safety_interval } else { inner.config.reconcile_interval };
+    let until_reconcile = match state.last_reconcile {
         Some(at) if at.elapsed() < interval => interval - at.elapsed(),
         _ => {
-            *last_reconcile = Some(Instant::now());
+            state.last_reconcile = Some(Instant::now());
             let done = inner.reconcile(None).await?;
             if done != crate::Reconciled::default() {
                 tracing::debug!(?done, "reconciled with Titan peers");

@@ -385,3 +385,46 @@ async fn agent_follows_titan_peers() {
     assert_eq!(seen.lock().unwrap()[1].1[0].version.as_deref(), Some("2.0.0"));
     agent.stop().await.unwrap();
 }
+
+/// With change hints, a Titan peer's changes are found at once, not at the next full pass (here a
+/// minute away): through keyspace notifications where the server has them on (any Titan pub/sub
+/// setting), or through Titan's channel messages when its pub/sub is on. Still one event each.
+async fn hinted(fleet: Fleet) {
+    let config = RedisConfig {
+        reconcile_interval: Duration::from_secs(60),
+        safety_interval: Duration::from_secs(60),
+        ..fleet.config()
+    };
+    let muster = RedisRegistry::connect(config).await.unwrap();
+    let mut watch = muster.watch(WatchStart::Now).await.unwrap();
+    // Let the first full pass (at start) go by.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut node = fleet.titan.node("titan-h", "10.0.0.1:1", json!([{"name": "users", "version": "1.0.0"}]));
+    node.heartbeat().await;
+    assert_eq!(next(&mut watch).await.kind, EventKind::Registered);
+    node.heartbeat().await;
+    node.update_services(json!([{"name": "users", "version": "2.0.0"}])).await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.node.services[0].version.as_deref()), (EventKind::Updated, Some("2.0.0")));
+    node.stop().await;
+    let event = next(&mut watch).await;
+    assert_eq!((event.kind, event.reason), (EventKind::Deregistered, Some(DeregisterReason::Graceful)));
+    assert!(drain(&mut watch, Duration::from_millis(500)).await.is_empty(), "one event per change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_are_hints() {
+    let server = RedisServer::start_with(&["--notify-keyspace-events", "Kgh"]).await;
+    let titan = Titan::connect(&[server.url()], TitanOptions::titan(false)).await;
+    hinted(Fleet { store: Store::Standalone(server), titan, pubsub: false }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titan_channel_messages_are_hints() {
+    hinted(Fleet::start(false, true).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titan_channel_messages_are_hints_in_a_cluster() {
+    hinted(Fleet::start(true, true).await).await;
+}
