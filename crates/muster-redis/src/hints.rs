@@ -131,6 +131,9 @@ async fn subscribe_and_forward(
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
         let id = match message.get_channel_name().strip_prefix(&keyspace_prefix) {
+            // A TTL refresh (every heartbeat's `EXPIRE`) changes nothing a reader sees; the `hset`
+            // beside it is the hint.
+            Some(_) if message.get_payload::<String>().is_ok_and(|event| event == "expire") => None,
             Some(id) => Some(id.to_owned()),
             None => message.get_payload::<String>().ok().and_then(|payload| titan_node_id(&payload)),
         };

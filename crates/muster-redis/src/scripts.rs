@@ -109,12 +109,11 @@ local function emit(kind, reason, id, n)
   publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev))
   return rev
 end
--- What a Titan peer's node looked like when last seen (foreign nodes only).
-local K_SEEN_ADDRESS = P .. ':seen:address'
-local K_SEEN_SERVICES = P .. ':seen:services'
+-- What a Titan peer's node looked like when last seen (foreign nodes only): fields `a:<id>` (its
+-- address) and `s:<id>` (its services), so one HMGET answers for many nodes.
+local K_SEEN = P .. ':index:seen'
 local function remember(id, n)
-  redis.call('HSET', K_SEEN_ADDRESS, id, n.address)
-  redis.call('HSET', K_SEEN_SERVICES, id, n.services)
+  redis.call('HSET', K_SEEN, 'a:' .. id, n.address, 's:' .. id, n.services)
 end
 -- Keeps the node as of its last change: field by field (for expiry events after the hash expired)
 -- and as JSON in the info hash (read by listings in one command).
@@ -150,8 +149,7 @@ local function remove(id, n)
   redis.call('SREM', K_FOREIGN, id)
   redis.call('SREM', K_TRACKED, id)
   redis.call('HDEL', K_INFO, id)
-  redis.call('HDEL', K_SEEN_ADDRESS, id)
-  redis.call('HDEL', K_SEEN_SERVICES, id)
+  redis.call('HDEL', K_SEEN, 'a:' .. id, 's:' .. id)
   local tracked = redis.call('ZREM', K_DEADLINES, id) == 1
   if n and n.services then
     for name in pairs(service_names(n.services)) do redis.call('SREM', key('index:services', name), id) end
@@ -446,21 +444,36 @@ if ARGV[4] == 'all' then
   for i = 1, #foreign, 500 do
     local part = {}
     for j = i, math.min(i + 499, #foreign) do part[#part + 1] = foreign[j] end
-    local addresses = redis.call('HMGET', K_SEEN_ADDRESS, unpack(part))
-    local services = redis.call('HMGET', K_SEEN_SERVICES, unpack(part))
-    for j, id in ipairs(part) do compare(id, addresses[j], services[j]) end
+    local fields = {}
+    for _, id in ipairs(part) do
+      fields[#fields + 1] = 'a:' .. id
+      fields[#fields + 1] = 's:' .. id
+    end
+    local seen = redis.call('HMGET', K_SEEN, unpack(fields))
+    for j, id in ipairs(part) do compare(id, seen[2 * j - 1], seen[2 * j]) end
   end
 else
+  -- Hinted nodes. The common hint, a Titan peer's unchanged heartbeat, costs two commands.
   for i = 5, #ARGV do
     local id = ARGV[i]
-    local indexed = redis.call('SISMEMBER', K_INDEX, id) == 1
-    local tracked = redis.call('SISMEMBER', K_TRACKED, id) == 1
-    if indexed and not tracked then
-      adopt_or_clean(id)
-    elseif tracked and not indexed then
-      gone(id)
-    elseif tracked and redis.call('SISMEMBER', K_FOREIGN, id) == 1 then
-      compare(id, redis.call('HGET', K_SEEN_ADDRESS, id), redis.call('HGET', K_SEEN_SERVICES, id))
+    local seen = redis.call('HMGET', K_SEEN, 'a:' .. id, 's:' .. id)
+    if seen[1] then
+      local v = redis.call('HMGET', key('nodes', id), 'address', 'services')
+      if v[1] == seen[1] and v[2] == seen[2] then
+        -- unchanged
+      elseif redis.call('SISMEMBER', K_INDEX, id) == 0 then
+        gone(id)
+      else
+        compare(id, seen[1], seen[2])
+      end
+    else
+      local tracked = redis.call('SISMEMBER', K_TRACKED, id) == 1
+      local indexed = redis.call('SISMEMBER', K_INDEX, id) == 1
+      if indexed and not tracked then
+        adopt_or_clean(id)
+      elseif tracked and not indexed then
+        gone(id)
+      end
     end
   end
 end

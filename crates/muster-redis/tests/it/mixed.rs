@@ -47,6 +47,14 @@ impl Fleet {
         Self { store, titan, pubsub }
     }
 
+    /// Every key of every server, with type, value and whether it has a TTL.
+    fn keyspace(&self) -> Vec<String> {
+        match &self.store {
+            Store::Standalone(server) => server.keyspace(),
+            Store::Cluster(cluster) => cluster.servers.iter().flat_map(RedisServer::keyspace).collect(),
+        }
+    }
+
     fn url(&self) -> String {
         match &self.store {
             Store::Standalone(server) => server.url(),
@@ -101,6 +109,8 @@ fleet_cases!(
     titan_removals_of_muster_nodes,
     find_sees_titan_nodes_at_once,
     one_validity_rule,
+    store_reads_write_nothing,
+    muster_nodes_speak_titan_on_the_channel,
 );
 
 /// Nodes that outlive every case unless removed.
@@ -427,4 +437,95 @@ async fn titan_channel_messages_are_hints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn titan_channel_messages_are_hints_in_a_cluster() {
     hinted(Fleet::start(true, true).await).await;
+}
+
+/// Every read of a read-only registry (lists, finds, gets, counts, watches and their snapshots)
+/// leaves the key space as it was, with live, odd, dead and broken nodes of Muster and Titan peers.
+async fn store_reads_write_nothing(fleet: Fleet) {
+    let writer = fleet.manual().await;
+    writer.heartbeat(registration("m1", "10.0.0.1:1", &["users@1.0.0"], TIMING_LONG_TTL)).await.unwrap();
+    fleet
+        .titan
+        .node("worker@host-1", "ws://10.0.0.2:1", json!([{"name": "users", "version": "1.0.0"}]))
+        .heartbeat()
+        .await;
+    let prefix = fleet.titan.options.prefix.clone();
+    let titan = &fleet.titan;
+    titan
+        .query::<()>(
+            redis::cmd("HSET")
+                .arg(format!("{prefix}:nodes:dead"))
+                .arg("address")
+                .arg("h:1")
+                .arg("services")
+                .arg("[]")
+                .arg("timestamp")
+                .arg("1"),
+        )
+        .await;
+    titan
+        .query::<()>(
+            redis::cmd("HSET")
+                .arg(format!("{prefix}:nodes:broken"))
+                .arg("address")
+                .arg("h:1")
+                .arg("services")
+                .arg("{}")
+                .arg("timestamp")
+                .arg("1"),
+        )
+        .await;
+    titan.query::<()>(redis::cmd("SET").arg(format!("{prefix}:heartbeat:broken")).arg("1")).await;
+    titan
+        .query::<()>(redis::cmd("SADD").arg(format!("{prefix}:index:nodes")).arg("dead").arg("broken"))
+        .await;
+    let before = fleet.keyspace();
+
+    let inspector = fleet.inspector().await;
+    assert_eq!(ids(&inspector.list_active().await.unwrap()), ["m1", "worker@host-1"]);
+    assert_eq!(inspector.list_all().await.unwrap().len(), 3, "the dead node is stored, not active");
+    assert_eq!(inspector.find(&ServiceQuery::new("users").unwrap()).await.unwrap().len(), 2);
+    assert!(inspector.get(&NodeId::from_wire("worker@host-1")).await.unwrap().is_some());
+    assert!(!inspector.is_active(&NodeId::from_wire("dead")).await.unwrap());
+    inspector.count_service("users").await.unwrap();
+    let mut watch = inspector.watch(WatchStart::Snapshot).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(Ok(WatchEvent::Resync(snapshot)))) => assert_eq!(snapshot.nodes.len(), 2),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    drop(watch);
+    let refused = inspector.heartbeat(registration("m2", "10.0.0.3:1", &["users"], TIMING_LONG_TTL)).await;
+    assert!(refused.unwrap_err().is_invalid_input(), "a read-only registry refuses writes");
+    assert_eq!(fleet.keyspace(), before, "a read wrote to Redis");
+}
+
+/// With pub/sub on, a Muster node publishes what a Titan node does: `NODE_REGISTERED`, then
+/// `NODE_UPDATED` for every heartbeat, then `NODE_DEREGISTERED`; with it off, nothing.
+async fn muster_nodes_speak_titan_on_the_channel(fleet: Fleet) {
+    let url = match &fleet.store {
+        Store::Standalone(server) => server.url(),
+        Store::Cluster(cluster) => cluster.servers[1].url(),
+    };
+    let client = redis::Client::open(url).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("titan:discovery:events").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    let muster = fleet.manual().await;
+    let timing = TIMING_LONG_TTL;
+    muster.heartbeat(registration("m1", "10.0.0.1:1", &["users@1.0.0"], timing)).await.unwrap();
+    muster.heartbeat(registration("m1", "10.0.0.1:1", &["users@1.0.0"], timing)).await.unwrap();
+    muster.heartbeat(registration("m1", "10.0.0.1:1", &["users@1.0.0"], timing)).await.unwrap();
+    muster.deregister(&NodeId::new("m1").unwrap(), DeregisterReason::Graceful).await.unwrap();
+    let mut kinds = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+        let json: serde_json::Value =
+            serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+        assert_eq!(json["nodeId"], "m1");
+        kinds.push(json["type"].as_str().unwrap().to_owned());
+    }
+    if fleet.pubsub {
+        assert_eq!(kinds, ["NODE_REGISTERED", "NODE_UPDATED", "NODE_UPDATED", "NODE_DEREGISTERED"]);
+    } else {
+        assert!(kinds.is_empty(), "pub/sub off publishes nothing: {kinds:?}");
+    }
 }
