@@ -68,7 +68,8 @@ pub struct RedisConfig {
     /// Cluster. While they are subscribed, detection is immediate and the full pass only runs every
     /// `safety_interval`.
     pub keyspace_notifications: bool,
-    /// The full pass's interval while keyspace notifications are the change hints.
+    /// The full pass's interval while keyspace notifications are the change hints (a safety net:
+    /// a full pass also runs whenever the subscription comes up).
     pub safety_interval: Duration,
     /// Longest pause between sweeps; the sweeper also wakes at the earliest deadline.
     pub sweep_interval: Duration,
@@ -81,7 +82,7 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Defaults for a topology: Titan prefix and channel, pub/sub off (per-heartbeat messages on
     /// when it is switched on), 10,000 events of history, sweeper on (250 ms, 2 s lease),
-    /// reconciliation every 500 ms (every 10 s while keyspace notifications are the hints), 2 s
+    /// reconciliation every 500 ms (every 30 s while keyspace notifications are the hints), 2 s
     /// response timeout.
     pub fn new(topology: Topology) -> Self {
         Self {
@@ -96,7 +97,7 @@ impl RedisConfig {
             read_only: false,
             reconcile_interval: Duration::from_millis(500),
             keyspace_notifications: true,
-            safety_interval: Duration::from_secs(10),
+            safety_interval: Duration::from_secs(30),
             sweep_interval: Duration::from_millis(250),
             sweeper_lease: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),

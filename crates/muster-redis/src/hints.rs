@@ -7,7 +7,8 @@
 //!   commands (`notify-keyspace-events` with `K` and `h`/`g`, or `A`): every `HSET`, `DEL`, ... of a
 //!   `P:nodes:<id>` hash names the node. Titan peers' writes leave no other trace when their pub/sub
 //!   is off, so while this subscription is up the full pass only runs as a slow safety net
-//!   (`RedisConfig::safety_interval`). Not used in a Cluster (notifications are node-local there).
+//!   (`RedisConfig::safety_interval`, and whenever the subscription comes up, since notifications
+//!   sent while it was down are lost). Not used in a Cluster (notifications are node-local there).
 //! - **Titan's channel messages**, when pub/sub is on: a message from a Titan peer names its node
 //!   (Muster's own, marked `"muster":true`, are skipped). These only make detection faster; they
 //!   cannot replace the pass, since a peer's pub/sub may be off.

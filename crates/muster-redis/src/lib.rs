@@ -254,6 +254,49 @@ impl Inner {
         Ok(Reconciled { adopted, updated, removed })
     }
 
+    /// The hinted ids worth a reconciliation: one pipeline of native reads per batch, so the common
+    /// hint — a heartbeat that changed nothing, of a Titan peer or of a Muster node — costs no script
+    /// call. An id is skipped when it is a Titan peer's node whose address and services equal what
+    /// was seen last, or a node Muster tracks that is still indexed and not a Titan peer's.
+    pub(crate) async fn needing_reconcile(&self, ids: &[String]) -> Result<Vec<String>> {
+        type Probe = ((Option<String>, Option<String>), (Option<String>, Option<String>), bool, bool);
+        let keys = &self.keys;
+        let seen = format!("{}:index:seen", keys.prefix);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(format!("{}:nodes:{id}", keys.prefix))
+                .arg("address")
+                .arg("services")
+                .cmd("HMGET")
+                .arg(&seen)
+                .arg(format!("a:{id}"))
+                .arg(format!("s:{id}"))
+                .cmd("SISMEMBER")
+                .arg(&keys.tracked)
+                .arg(id)
+                .cmd("SISMEMBER")
+                .arg(&keys.index)
+                .arg(id);
+        }
+        let probes: Vec<Probe> = self
+            .pool
+            .run(|mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(probes)
+            .filter(|(_, (node, seen, tracked, indexed))| match seen.0 {
+                Some(_) => !(*indexed && node == seen),
+                None => tracked != indexed,
+            })
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     /// Refuses a write on a read-only registry.
     fn writable(&self) -> Result<()> {
         if self.config.read_only {

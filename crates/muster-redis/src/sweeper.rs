@@ -34,8 +34,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let mut hints = hints::spawn(&inner);
     let mut state = PassState { last_reconcile: None, holding: false };
     let mut failures: u32 = 0;
+    let mut keyspace_before = false;
     loop {
         let keyspace = hints.keyspace.load(Ordering::SeqCst);
+        if keyspace && !keyspace_before {
+            // Notifications sent before the subscription was up are lost: look at everything now.
+            state.last_reconcile = None;
+        }
+        keyspace_before = keyspace;
         let pause = match pass(&inner, &token, &mut state, keyspace).await {
             Ok(pause) => {
                 failures = 0;
@@ -56,7 +62,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 Some(id) = hints.ids.recv() => {
                     let ids = gather(&mut hints, id).await;
                     if state.holding {
-                        if let Err(error) = inner.reconcile(Some(&ids)).await {
+                        if let Err(error) = reconcile_hinted(&inner, &ids).await {
                             tracing::debug!(%error, "reconciling hinted nodes failed; the pass will");
                         }
                     }
@@ -64,6 +70,15 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// Reconciles the hinted nodes that may have changed.
+async fn reconcile_hinted(inner: &Inner, ids: &[String]) -> Result<()> {
+    let changed = inner.needing_reconcile(ids).await?;
+    if !changed.is_empty() {
+        inner.reconcile(Some(&changed)).await?;
+    }
+    Ok(())
 }
 
 /// Hands the lease over at once instead of letting it run out.
