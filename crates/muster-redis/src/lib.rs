@@ -133,7 +133,7 @@ impl RedisRegistry {
         Ok(removed)
     }
 
-    /// Runs one reconciliation pass now (see [`RedisConfig::reconcile_interval`]).
+    /// Runs one full reconciliation pass now (see [`RedisConfig::reconcile_interval`]).
     pub async fn reconcile_now(&self) -> Result<Reconciled> {
         self.inner.reconcile(None).await
     }
@@ -245,13 +245,71 @@ impl Inner {
         }
     }
 
-    /// Reconciles with what Titan peers wrote (every node, or the `ids` a channel message named):
-    /// adoptions, updates and removals become events. Returns the counts.
+    /// Reconciles with what Titan peers wrote — every node (`None`: the full pass), or the `ids`
+    /// a hint named: adoptions, updates and removals become events. Returns the counts.
+    ///
+    /// The full pass finds its candidates with native commands (the two set differences between
+    /// the Titan index and the tracked set, and each Titan peer's address and services next to what
+    /// was seen last, pipelined); only candidates reach the script, which decides from the hash.
     pub(crate) async fn reconcile(&self, ids: Option<&[String]>) -> Result<Reconciled> {
-        let mut args = vec![if ids.is_some() { "ids" } else { "all" }.to_owned()];
-        args.extend_from_slice(ids.unwrap_or_default());
-        let (adopted, updated, removed) = self.invoke(&self.scripts.reconcile, &args).await?;
-        Ok(Reconciled { adopted, updated, removed })
+        let candidates = match ids {
+            Some(ids) => ids.to_vec(),
+            None => self.reconcile_candidates().await?,
+        };
+        let mut total = Reconciled::default();
+        for chunk in candidates.chunks(RECONCILE_BATCH) {
+            let mut args = vec!["ids".to_owned()];
+            args.extend_from_slice(chunk);
+            let (adopted, updated, removed): (u64, u64, u64) =
+                self.invoke(&self.scripts.reconcile, &args).await?;
+            total.adopted += adopted;
+            total.updated += updated;
+            total.removed += removed;
+        }
+        Ok(total)
+    }
+
+    /// The nodes a full pass must look at: in the index but not tracked, tracked but not in the
+    /// index, and Titan peers' nodes whose address or services differ from what was seen last.
+    async fn reconcile_candidates(&self) -> Result<Vec<String>> {
+        let keys = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SDIFF").arg(&keys.index).arg(&keys.tracked);
+        pipe.cmd("SDIFF").arg(&keys.tracked).arg(&keys.index);
+        pipe.cmd("SMEMBERS").arg(&keys.foreign);
+        let (new, gone, foreign): (Vec<String>, Vec<String>, Vec<String>) = self
+            .pool
+            .run(|mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        let mut candidates = new;
+        candidates.extend(gone);
+        let seen = format!("{}:index:seen", keys.prefix);
+        for chunk in foreign.chunks(PROBE_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET").arg(format!("{}:nodes:{id}", keys.prefix)).arg("address").arg("services");
+                pipe.cmd("HMGET").arg(&seen).arg(format!("a:{id}")).arg(format!("s:{id}"));
+            }
+            let replies: Vec<Vec<Option<String>>> = self
+                .pool
+                .run(|mut conn| {
+                    let pipe = pipe.clone();
+                    async move { pipe.query_async(&mut conn).await }
+                })
+                .await?;
+            // Replies alternate: the node's address and services, then what was seen last.
+            candidates.extend(
+                chunk
+                    .iter()
+                    .zip(replies.chunks_exact(2))
+                    .filter(|(_, pair)| pair[0] != pair[1])
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        Ok(candidates)
     }
 
     /// The hinted ids worth a reconciliation: one pipeline of native reads per batch, so the common
@@ -334,6 +392,11 @@ impl Inner {
         Ok(value.and_then(|v| v.parse().ok()).map(Revision))
     }
 }
+
+/// Nodes per reconciliation script call.
+const RECONCILE_BATCH: usize = 500;
+/// Nodes per pipeline of the full pass's probes.
+const PROBE_BATCH: usize = 1000;
 
 /// What one reconciliation pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

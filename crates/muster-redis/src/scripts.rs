@@ -365,8 +365,9 @@ return {removed, next_deadline, fmt(NOW)}
 "#;
 
 /// Reconciliation with what Titan peers wrote, so that every change they make becomes exactly one
-/// event whatever their pub/sub setting. `ARGV[4]` = `all`, or `ids` with the ids in `ARGV[5..]`
-/// (nodes a channel message named). For each node:
+/// event whatever their pub/sub setting. `ARGV[4]` = `ids`, the nodes in `ARGV[5..]` (a full
+/// pass's candidates, found with native commands by `Inner::reconcile`, or hinted ones). For each
+/// node:
 ///
 /// - in the Titan index but not tracked: adopted when live and valid (deadline from its heartbeat's
 ///   remaining TTL, announced as registered); removed, as Titan's reader removes it, when its
@@ -437,43 +438,27 @@ local function compare(id, seen_address, seen_services)
   emit('updated', '', id, n)
   counts[2] = counts[2] + 1
 end
-if ARGV[4] == 'all' then
-  for _, id in ipairs(redis.call('SDIFF', K_INDEX, K_TRACKED)) do adopt_or_clean(id) end
-  for _, id in ipairs(redis.call('SDIFF', K_TRACKED, K_INDEX)) do gone(id) end
-  local foreign = redis.call('SMEMBERS', K_FOREIGN)
-  for i = 1, #foreign, 500 do
-    local part = {}
-    for j = i, math.min(i + 499, #foreign) do part[#part + 1] = foreign[j] end
-    local fields = {}
-    for _, id in ipairs(part) do
-      fields[#fields + 1] = 'a:' .. id
-      fields[#fields + 1] = 's:' .. id
-    end
-    local seen = redis.call('HMGET', K_SEEN, unpack(fields))
-    for j, id in ipairs(part) do compare(id, seen[2 * j - 1], seen[2 * j]) end
-  end
-else
-  -- Hinted nodes. The common hint, a Titan peer's unchanged heartbeat, costs two commands.
-  for i = 5, #ARGV do
-    local id = ARGV[i]
-    local seen = redis.call('HMGET', K_SEEN, 'a:' .. id, 's:' .. id)
-    if seen[1] then
-      local v = redis.call('HMGET', key('nodes', id), 'address', 'services')
-      if v[1] == seen[1] and v[2] == seen[2] then
-        -- unchanged
-      elseif redis.call('SISMEMBER', K_INDEX, id) == 0 then
-        gone(id)
-      else
-        compare(id, seen[1], seen[2])
-      end
+-- The nodes to look at (candidates of a full pass, or hinted). A Titan peer's unchanged
+-- heartbeat costs two commands.
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local seen = redis.call('HMGET', K_SEEN, 'a:' .. id, 's:' .. id)
+  if seen[1] then
+    local v = redis.call('HMGET', key('nodes', id), 'address', 'services')
+    if v[1] == seen[1] and v[2] == seen[2] then
+      -- unchanged
+    elseif redis.call('SISMEMBER', K_INDEX, id) == 0 then
+      gone(id)
     else
-      local tracked = redis.call('SISMEMBER', K_TRACKED, id) == 1
-      local indexed = redis.call('SISMEMBER', K_INDEX, id) == 1
-      if indexed and not tracked then
-        adopt_or_clean(id)
-      elseif tracked and not indexed then
-        gone(id)
-      end
+      compare(id, seen[1], seen[2])
+    end
+  else
+    local tracked = redis.call('SISMEMBER', K_TRACKED, id) == 1
+    local indexed = redis.call('SISMEMBER', K_INDEX, id) == 1
+    if indexed and not tracked then
+      adopt_or_clean(id)
+    elseif tracked and not indexed then
+      gone(id)
     end
   end
 end
