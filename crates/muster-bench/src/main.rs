@@ -351,7 +351,7 @@ async fn titan(nodes: usize, changes: usize, interval: Duration, keyspace: bool)
     // Titan's heartbeats: every node but the changed ones, every 5 s, in ten slices.
     let steady = nodes.saturating_sub(changes);
     let load = {
-        let (conn, heartbeat) = (conn.clone(), heartbeat.clone());
+        let (conn, heartbeat) = (conn.clone(), heartbeat);
         tokio::spawn(async move {
             let slice = steady.div_ceil(10).max(1);
             let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -61,10 +61,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 () = &mut sleep => break,
                 Some(id) = hints.ids.recv() => {
                     let ids = gather(&mut hints, id).await;
-                    if state.holding {
-                        if let Err(error) = reconcile_hinted(&inner, &ids).await {
-                            tracing::debug!(%error, "reconciling hinted nodes failed; the pass will");
-                        }
+                    if state.holding
+                        && let Err(error) = reconcile_hinted(&inner, &ids).await
+                    {
+                        tracing::debug!(%error, "reconciling hinted nodes failed; the pass will");
                     }
                 }
             }

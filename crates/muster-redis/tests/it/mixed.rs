@@ -276,9 +276,13 @@ async fn find_sees_titan_nodes_at_once(fleet: Fleet) {
     }
 }
 
+/// A node hash as a test writes it: id, address, services, timestamp (each absent when `None`), and
+/// whether Titan's reader accepts it.
+type HashCase = (&'static str, Option<&'static str>, Option<&'static str>, Option<&'static str>, bool);
+
 /// One validity rule: Titan's reader, Muster's reader and the Lua scripts agree on each input.
 async fn one_validity_rule(fleet: Fleet) {
-    let cases: [(&str, Option<&str>, Option<&str>, Option<&str>, bool); 10] = [
+    let cases: [HashCase; 10] = [
         ("ok", Some("h:1"), Some(r#"[{"name":"a"}]"#), Some("1"), true),
         ("odd-values", Some("anything at all"), Some(r#"[1, "x", {"name": 5}]"#), Some("soon"), true),
         ("spaced-list", Some("h:1"), Some(" [ ]"), Some("1"), true),

@@ -252,7 +252,7 @@ async fn inspection_writes_nothing() {
     )
     .unwrap();
     store.heartbeat(registration).await.unwrap();
-    let titan = Titan::connect(&[url.clone()], TitanOptions::titan(false)).await;
+    let titan = Titan::connect(std::slice::from_ref(&url), TitanOptions::titan(false)).await;
     for (id, address) in [("worker@host-1", "ws://10.8.8.9:9000"), ("v6", "fe80::1:9000")] {
         titan.node(id, address, serde_json::json!([{"name": "users", "version": "1.0.0"}])).heartbeat().await;
     }

@@ -250,7 +250,7 @@ async fn serve_follows_titan_peers() {
     let redis = muster_testkit::redis_server::RedisServer::start().await;
     let url = redis.url();
     let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0", "--redis", &url], &[]);
-    let titan = Titan::connect(&[url.clone()], TitanOptions::titan(false)).await;
+    let titan = Titan::connect(std::slice::from_ref(&url), TitanOptions::titan(false)).await;
     let mut node = titan.node(
         "worker@host-1",
         "ws://10.8.8.9:9000",
