@@ -26,9 +26,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use muster_api::v1::{Instance, ResyncData, instances_of};
-use muster_core::{
-    DiscoveryEvent, EventKind, NodeInfo, RetryPolicy, Revision, Snapshot, VersionQuery, WatchEvent,
-};
+use muster_core::{DiscoveryEvent, Mirror, RetryPolicy, Revision, Snapshot, VersionQuery, WatchEvent};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -99,8 +97,7 @@ impl Resolver {
             view: Arc::clone(&view),
             phase: phase_tx,
             published: revision_tx,
-            nodes: HashMap::new(),
-            members: HashMap::new(),
+            mirror: Mirror::default(),
             revision: None,
         };
         tokio::spawn(task.run(cancel.clone()));
@@ -241,10 +238,8 @@ struct WatchTask {
     phase: watch::Sender<Phase>,
     /// Told the revision of every view published.
     published: watch::Sender<Revision>,
-    /// Every active node by id.
-    nodes: HashMap<String, NodeInfo>,
-    /// Service name → ids of the nodes providing it.
-    members: HashMap<String, BTreeSet<String>>,
+    /// Every active node, indexed by service (the watch component's mirror).
+    mirror: Mirror,
     /// The last revision applied.
     revision: Option<Revision>,
 }
@@ -305,18 +300,12 @@ impl WatchTask {
     }
 
     fn resync(&mut self, data: Snapshot) {
-        self.nodes = data.nodes.into_iter().map(|n| (n.node_id.to_string(), n)).collect();
-        self.members.clear();
-        for (id, node) in &self.nodes {
-            for service in &node.services {
-                self.members.entry(service.name.clone()).or_default().insert(id.clone());
-            }
-        }
+        self.mirror.replace(data);
         let old = self.view.load_full();
         let now = Instant::now();
-        let mut services = HashMap::with_capacity(self.members.len());
-        for name in self.members.keys() {
-            services.insert(name.clone(), Entry { instances: self.build(name), protected_until: None });
+        let mut services = HashMap::new();
+        for name in self.mirror.service_names() {
+            services.insert(name.to_owned(), Entry { instances: self.build(name), protected_until: None });
         }
         for (name, entry) in &old.services {
             let still_protected = entry.protected_until.is_none_or(|until| now < until);
@@ -329,9 +318,10 @@ impl WatchTask {
                 );
             }
         }
-        self.revision = Some(data.revision);
-        self.view.store(Arc::new(View { revision: data.revision, connected: true, services }));
-        self.published.send_replace(data.revision);
+        let revision = self.mirror.revision();
+        self.revision = Some(revision);
+        self.view.store(Arc::new(View { revision, connected: true, services }));
+        self.published.send_replace(revision);
         self.phase.send_if_modified(|p| {
             let first = !matches!(p, Phase::Loaded);
             *p = Phase::Loaded;
@@ -340,30 +330,22 @@ impl WatchTask {
     }
 
     fn apply(&mut self, event: DiscoveryEvent) {
-        let id = event.node.node_id.to_string();
-        let mut touched: BTreeSet<String> = BTreeSet::new();
-        if let Some(old) = self.nodes.remove(&id) {
-            for service in &old.services {
-                touched.insert(service.name.clone());
-                if let Some(set) = self.members.get_mut(&service.name) {
-                    set.remove(&id);
-                }
-            }
+        let mut touched: BTreeSet<String> = event.node.services.iter().map(|s| s.name.clone()).collect();
+        if let Some(old) = self.mirror.get(&event.node.node_id) {
+            touched.extend(old.services.iter().map(|s| s.name.clone()));
         }
-        if event.kind != EventKind::Deregistered {
-            for service in &event.node.services {
-                touched.insert(service.name.clone());
-                self.members.entry(service.name.clone()).or_default().insert(id.clone());
-            }
-            self.nodes.insert(id, event.node);
+        if !self.mirror.apply(&event) {
+            return;
         }
         let old = self.view.load_full();
         let mut services = old.services.clone();
         for name in touched {
-            if self.members.get(&name).is_some_and(BTreeSet::is_empty) {
-                self.members.remove(&name);
+            let instances = self.build(&name);
+            if instances.is_empty() {
+                services.remove(&name);
+            } else {
+                services.insert(name, Entry { instances, protected_until: None });
             }
-            services.insert(name.clone(), Entry { instances: self.build(&name), protected_until: None });
         }
         self.revision = Some(event.revision);
         self.view.store(Arc::new(View { revision: event.revision, connected: true, services }));
@@ -372,11 +354,7 @@ impl WatchTask {
 
     /// The instances of `service`, ordered by node id.
     fn build(&self, service: &str) -> Arc<[Instance]> {
-        let Some(ids) = self.members.get(service) else { return Arc::from(Vec::new()) };
-        ids.iter()
-            .filter_map(|id| self.nodes.get(id))
-            .flat_map(|node| instances_of(node, |s| s.name == service))
-            .collect()
+        self.mirror.service(service).flat_map(|node| instances_of(node, |s| s.name == service)).collect()
     }
 
     fn set_connected(&self, connected: bool) {

@@ -16,6 +16,7 @@
 pub mod address;
 pub mod error;
 pub mod event;
+pub mod log;
 pub mod name;
 pub mod node;
 pub mod options;
@@ -28,6 +29,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use event::{
     DeregisterReason, DiscoveryEvent, EventKind, Revision, ServiceFilter, Snapshot, WatchEvent, WatchStart,
 };
+pub use log::{EventLog, LogSource, Mirror};
 pub use name::NodeId;
 pub use node::{NodeInfo, NodeStatus, NodeUpdate, Registration};
 pub use options::{DiscoveryOptions, Preset, RetryPolicy};

@@ -33,9 +33,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use muster_core::{
-    Change, DeregisterReason, DiscoveryEvent, Error, EventKind, HeartbeatOutcome, NodeId, NodeInfo,
-    NodeUpdate, Registration, Registry, Result, Revision, ServiceQuery, Snapshot, WatchEvent, WatchStart,
-    WatchStream, time::now_ms,
+    Change, DeregisterReason, DiscoveryEvent, Error, EventKind, EventLog, HeartbeatOutcome, LogSource,
+    NodeId, NodeInfo, NodeUpdate, Registration, Registry, Result, Revision, ServiceQuery, Snapshot,
+    WatchEvent, WatchStart, WatchStream, time::now_ms,
 };
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -84,10 +84,6 @@ impl Default for SelfPreservation {
         }
     }
 }
-
-/// Most events handed to a watch stream per lock acquisition, so one slow reader never holds the
-/// lock for long.
-const WATCH_BATCH: usize = 256;
 
 /// The in-memory registry. Cheap to clone; all clones share one state. The sweeper task stops when
 /// the last clone is dropped, and open watch streams then end.
@@ -143,10 +139,8 @@ struct State {
     deadlines: BTreeSet<(Instant, NodeId)>,
     /// Service name → ids of nodes that list a service of that name.
     by_service: HashMap<String, BTreeSet<NodeId>>,
-    /// The most recent events, oldest first, revisions contiguous.
-    history: VecDeque<DiscoveryEvent>,
-    /// Revision of the latest event.
-    revision: Revision,
+    /// The most recent events (the watch component's log; its revision is the registry's).
+    log: EventLog,
     /// The revision this instance started from: zero, or the restored snapshot's.
     origin: Revision,
     /// Revision of this instance's first event, once issued. It follows `origin` directly only
@@ -181,8 +175,9 @@ impl MemoryRegistry {
     /// When called outside a tokio runtime.
     pub fn with_options(options: MemoryOptions) -> Self {
         let options = MemoryOptions { event_history: options.event_history.max(1), ..options };
+        let state = State { log: EventLog::new(options.event_history, Revision::ZERO), ..State::default() };
         let shared = Arc::new(Shared {
-            state: RwLock::new(State::default()),
+            state: RwLock::new(state),
             sweeper_wake: Notify::new(),
             revision_tx: watch::Sender::new(Revision::ZERO),
             options,
@@ -240,7 +235,7 @@ impl MemoryRegistry {
             let node = StoredNode::new(&node, &mut state.strings);
             state.nodes.insert(id, Entry { node, deadline });
         }
-        state.revision = snapshot.revision;
+        state.log.reset(snapshot.revision);
         state.origin = snapshot.revision;
         state.continues = snapshot.clean;
         drop(state);
@@ -308,16 +303,12 @@ impl Shared {
         node: NodeInfo,
     ) -> Revision {
         let revision = match state.first {
-            Some(_) => state.revision.next(),
+            Some(_) => state.log.revision().next(),
             None if state.continues => state.origin.next(),
             None => Revision((now_ms().saturating_mul(1000)).max(state.origin.0 + 1)),
         };
         state.first.get_or_insert(revision);
-        state.revision = revision;
-        state.history.push_back(DiscoveryEvent { revision, kind, reason, node, timestamp_ms: now_ms() });
-        while state.history.len() > self.options.event_history {
-            state.history.pop_front();
-        }
+        state.log.push(DiscoveryEvent { revision, kind, reason, node, timestamp_ms: now_ms() });
         self.revision_tx.send_replace(revision);
         revision
     }
@@ -626,7 +617,7 @@ impl Registry for MemoryRegistry {
         let now = Instant::now();
         let state = self.shared().read();
         let Some(ids) = state.by_service.get(query.name()) else {
-            return Ok((state.revision, Vec::new()));
+            return Ok((state.log.revision(), Vec::new()));
         };
         // `ids` is a BTreeSet, so the result comes out ordered by node id.
         let nodes = ids
@@ -635,7 +626,7 @@ impl Registry for MemoryRegistry {
             .filter(|(_, e)| state.live(e, now) && e.node.provides(query))
             .map(|(id, e)| e.node.to_node(id))
             .collect();
-        Ok((state.revision, nodes))
+        Ok((state.log.revision(), nodes))
     }
 
     /// The size of the service index entry: O(1). Nodes whose deadline passed count until the
@@ -646,7 +637,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn current_revision(&self) -> Result<Revision> {
-        Ok(self.shared().read().revision)
+        Ok(self.shared().read().log.revision())
     }
 
     fn is_preserving(&self) -> bool {
@@ -655,96 +646,30 @@ impl Registry for MemoryRegistry {
 
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         let shared = Arc::clone(self.shared());
-        let mut receiver = shared.revision_tx.subscribe();
-        receiver.borrow_and_update();
-        let mut pending = VecDeque::new();
-        let cursor = {
-            let state = shared.read();
-            match start {
-                WatchStart::Now => state.revision,
-                WatchStart::After(revision) => revision,
-                WatchStart::Snapshot => {
-                    pending.push_back(WatchEvent::Resync(Snapshot {
-                        revision: state.revision,
-                        nodes: state.active_nodes(Instant::now()),
-                    }));
-                    state.revision
-                }
-            }
-        };
-        let watcher = Watcher { shared, receiver, cursor, pending };
-        Ok(Box::pin(futures::stream::unfold(watcher, |mut w| async move {
-            let item = w.next().await?;
-            Some((Ok(item), w))
-        })))
+        muster_core::log::stream(shared, &self.shared().revision_tx, start)
+            .ok_or_else(|| Error::unavailable("the registry has shut down"))
     }
 }
 
-/// One watch stream's position and buffered items.
-struct Watcher {
-    /// The registry it reads from.
-    shared: Arc<Shared>,
-    /// Signals new revisions.
-    receiver: watch::Receiver<Revision>,
-    /// Revision of the last item handed out (or the start position).
-    cursor: Revision,
-    /// Items read from the history but not yet handed out.
-    pending: VecDeque<WatchEvent>,
-}
-
-impl Watcher {
-    /// The next item, or `None` when the registry has shut down.
-    async fn next(&mut self) -> Option<WatchEvent> {
-        loop {
-            if let Some(item) = self.pending.pop_front() {
-                return Some(item);
-            }
-            // Mark the current value seen *before* reading state, so a publish that happens after
-            // the read always wakes `changed()` below.
-            self.receiver.borrow_and_update();
-            {
-                let shared = Arc::clone(&self.shared);
-                let state = shared.read();
-                if state.shutdown {
-                    return None;
-                }
-                if state.revision != self.cursor {
-                    self.fill(&state);
-                    continue;
-                }
-            }
-            if self.receiver.changed().await.is_err() {
-                return None;
-            }
+/// Watch streams read the store's log and, when behind, a snapshot of its nodes — under one lock.
+impl LogSource for Shared {
+    fn read_after(&self, cursor: Revision, max: usize) -> Option<Vec<WatchEvent>> {
+        let state = self.read();
+        if state.shutdown {
+            return None;
         }
+        Some(muster_core::log::read_log(&state.log, cursor, max, || {
+            tracing::debug!(%cursor, current = %state.log.revision(), "watcher resyncs");
+            Snapshot { revision: state.log.revision(), nodes: state.active_nodes(Instant::now()) }
+        }))
     }
 
-    /// Buffers the events after the cursor, or a resync when they are no longer all held.
-    fn fill(&mut self, state: &State) {
-        let oldest = state.history.front().map(|e| e.revision);
-        // From the instance's start, the next event is its first (which may have jumped).
-        let want = match state.first {
-            Some(first) if self.cursor == state.origin => first,
-            _ => self.cursor.next(),
-        };
-        match oldest {
-            Some(oldest) if self.cursor < state.revision && want >= oldest => {
-                let skip = usize::try_from(want.0 - oldest.0).unwrap_or(usize::MAX);
-                for event in state.history.range(skip.min(state.history.len())..).take(WATCH_BATCH) {
-                    self.cursor = event.revision;
-                    self.pending.push_back(WatchEvent::Event(event.clone()));
-                }
-            }
-            _ => {
-                // Too far behind, or a revision this registry never issued: start over.
-                tracing::debug!(cursor = %self.cursor, current = %state.revision, "watcher resyncs");
-                self.cursor = state.revision;
-                self.pending.push_back(WatchEvent::Resync(Snapshot {
-                    revision: state.revision,
-                    nodes: state.active_nodes(Instant::now()),
-                }));
-            }
-        }
+    fn position(&self, with_snapshot: bool) -> Option<(Revision, Option<Snapshot>)> {
+        let state = self.read();
+        let revision = state.log.revision();
+        let snapshot =
+            with_snapshot.then(|| Snapshot { revision, nodes: state.active_nodes(Instant::now()) });
+        Some((revision, snapshot))
     }
 }
 

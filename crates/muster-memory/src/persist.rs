@@ -43,7 +43,7 @@ pub(crate) struct Snapshot {
 pub(crate) fn snapshot_of(shared: &Shared, clean: bool) -> Snapshot {
     let state = shared.read();
     Snapshot {
-        revision: state.revision,
+        revision: state.log.revision(),
         nodes: state.nodes.iter().map(|(id, e)| e.node.to_node(id)).collect(),
         clean,
     }

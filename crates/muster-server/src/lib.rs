@@ -8,6 +8,7 @@
 
 mod compat;
 mod error;
+mod fanout;
 mod metrics;
 mod v1;
 mod watch;
@@ -20,8 +21,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
-use futures::StreamExt;
-use muster_core::{DeregisterReason, EventKind, Registry, WatchEvent, WatchStart};
+use muster_core::Registry;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -78,24 +78,29 @@ pub(crate) struct StateInner {
     started: tokio::time::Instant,
     /// Counters and histograms (also behind `/stats`).
     metrics: metrics::Metrics,
-    /// Cancelled at shutdown: ends watch streams and the expiry counter.
+    /// Cancelled at shutdown: ends watch streams and the change feed.
     shutdown: CancellationToken,
+    /// The one upstream watch, fanned out to SSE clients and blocking queries.
+    hub: fanout::Hub,
 }
 
 impl AppState {
-    /// State over `registry`. Spawns the task that counts expiries for `/stats`.
+    /// State over `registry`. Spawns the task that follows the registry's changes (one watch for
+    /// every SSE client and blocking query; it also counts expiries for `/stats`).
     pub fn new(registry: Arc<dyn Registry>, config: ServerConfig) -> Self {
-        let state = Self {
+        let metrics = metrics::Metrics::new();
+        let shutdown = CancellationToken::new();
+        let hub = fanout::Hub::start(Arc::clone(&registry), shutdown.clone(), metrics.expiries.clone());
+        Self {
             inner: Arc::new(StateInner {
                 registry,
                 config,
                 started: tokio::time::Instant::now(),
-                metrics: metrics::Metrics::new(),
-                shutdown: CancellationToken::new(),
+                metrics,
+                shutdown,
+                hub,
             }),
-        };
-        tokio::spawn(count_expiries(state.clone()));
-        state
+        }
     }
 
     fn registry(&self) -> &dyn Registry {
@@ -121,39 +126,6 @@ impl AppState {
     /// Ends watch streams and background work (called when shutdown begins).
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
-    }
-}
-
-/// Counts expiry events for `/stats`, following the registry's watch.
-async fn count_expiries(state: AppState) {
-    let token = state.inner.shutdown.clone();
-    loop {
-        let stream = tokio::select! {
-            () = token.cancelled() => return,
-            stream = state.registry().watch(WatchStart::Now) => stream,
-        };
-        if let Ok(mut stream) = stream {
-            loop {
-                let item = tokio::select! {
-                    () = token.cancelled() => return,
-                    item = stream.next() => item,
-                };
-                match item {
-                    Some(Ok(WatchEvent::Event(e)))
-                        if e.kind == EventKind::Deregistered
-                            && e.reason == Some(DeregisterReason::Expired) =>
-                    {
-                        state.inner.metrics.expiries.inc();
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                }
-            }
-        }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
     }
 }
 

@@ -8,14 +8,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use muster_api::v1::{
     HeartbeatRequest, InstanceListView, InstanceView, NodeList, RegisterRequest, RegisterResponse,
     ServiceList, ServiceSummary, UpdateRequest,
 };
 use muster_core::{
     Address, Change, DeregisterReason, NodeId, NodeInfo, NodeStatus, NodeUpdate, Registration, Revision,
-    ServiceQuery, VersionQuery, WatchEvent, WatchStart,
+    ServiceQuery, VersionQuery,
 };
 use serde::Deserialize;
 
@@ -329,27 +328,10 @@ async fn wait_for_change(
     index: Revision,
     wait: Duration,
 ) -> Result<(), ApiError> {
-    if state.registry().current_revision().await? > index {
-        return Ok(());
-    }
-    let mut stream = state.registry().watch(WatchStart::After(index)).await?;
     let shutdown = state.inner.shutdown.clone();
-    let change = async {
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(WatchEvent::Event(e) | WatchEvent::Peer(e)) => {
-                    if e.node.services.iter().any(|s| s.name == service)
-                        || e.kind != muster_core::EventKind::Registered
-                    {
-                        return;
-                    }
-                }
-                Ok(WatchEvent::Resync(_)) | Err(_) => return,
-            }
-        }
-    };
+    let change = state.inner.hub.changed_after(index, service);
     tokio::select! {
-        () = change => {}
+        changed = change => changed?,
         () = tokio::time::sleep(wait) => {}
         () = shutdown.cancelled() => {}
     }

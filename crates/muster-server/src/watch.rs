@@ -64,7 +64,7 @@ pub(crate) async fn watch(
         None if params.snapshot => WatchStart::Snapshot,
         None => WatchStart::Now,
     };
-    let stream = state.registry().watch(start).await?;
+    let stream = state.inner.hub.watch(start).await?;
     state.inner.metrics.watchers.inc();
     let guard = crate::metrics::WatcherGuard(std::sync::Arc::clone(&state.inner));
     let filter = ServiceFilter::new(params.service);

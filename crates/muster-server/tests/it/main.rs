@@ -48,6 +48,11 @@ impl TestServer {
         server
     }
 
+    /// The Redis server behind a [`TestServer::redis`].
+    pub(crate) fn redis_server(&self) -> &muster_testkit::redis_server::RedisServer {
+        self._redis.as_ref().expect("a server on Redis")
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -19,6 +19,8 @@ pub(crate) struct SseEvent {
 pub(crate) struct SseClient {
     stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
+    /// The id of the last event read.
+    last_id: Option<String>,
 }
 
 impl SseClient {
@@ -34,12 +36,17 @@ impl SseClient {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), reqwest::StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Self { stream: response.bytes_stream().boxed(), buffer: String::new() }
+        Self { stream: response.bytes_stream().boxed(), buffer: String::new(), last_id: None }
     }
 
     /// The next event (keep-alive comments are skipped); fails the test after 5 s.
     pub(crate) async fn next(&mut self) -> SseEvent {
         self.try_next(Duration::from_secs(5)).await.expect("an event within 5 s")
+    }
+
+    /// The revision of the last event read (the SSE id), as a blocking-query index.
+    pub(crate) fn next_revision_hint(&self) -> u64 {
+        self.last_id.as_deref().and_then(|id| id.parse().ok()).expect("an event with an id was read")
     }
 
     pub(crate) async fn try_next(&mut self, wait: Duration) -> Option<SseEvent> {
@@ -59,6 +66,9 @@ impl SseClient {
                 }
                 if data.is_empty() {
                     continue; // a keep-alive comment
+                }
+                if id.is_some() {
+                    self.last_id.clone_from(&id);
                 }
                 return Some(SseEvent { name, id, data: serde_json::from_str(&data).unwrap() });
             }
@@ -136,6 +146,41 @@ crate::on_both_stores! {
         let response = client().get(server.url("/v1/watch")).header("last-event-id", "abc").send().await.unwrap();
         assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
 }
+}
+
+/// Every SSE client and blocking query of one server shares one upstream watch: on Redis, the
+/// number of Redis connections does not grow with the number of watchers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_share_one_upstream_watch() {
+    let server = TestServer::redis().await;
+    let connections = || server.redis_server().cli(&["client", "list"]).lines().count() - 1;
+    let mut first = SseClient::open(&server.url("/v1/watch")).await;
+    register(&server, "warm-up", "api").await;
+    assert_eq!(first.next().await.name, "registered");
+    let before = connections();
+    let mut watchers = Vec::new();
+    for _ in 0..40 {
+        watchers.push(SseClient::open(&server.url("/v1/watch?service=api")).await);
+    }
+    let index = first.next_revision_hint();
+    let mut queries = Vec::new();
+    for _ in 0..10 {
+        let url = server.url(&format!("/v1/services/api/instances?index={index}&wait=20s"));
+        queries.push(tokio::spawn(async move { client().get(url).send().await.unwrap().headers().clone() }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = connections();
+    register(&server, "n1", "api").await;
+    for watcher in &mut watchers {
+        let event = watcher.next().await;
+        assert_eq!((event.name.as_str(), event.data["node"]["nodeId"].clone()), ("registered", json!("n1")));
+    }
+    for query in queries {
+        let headers = tokio::time::timeout(Duration::from_secs(5), query).await.expect("woken").unwrap();
+        assert!(headers["x-muster-index"].to_str().unwrap().parse::<u64>().unwrap() > index);
+    }
+    assert!(during <= before, "{before} Redis connections with one watcher, {during} with 41 and 10 queries");
+    assert!(before <= 4, "{before} Redis connections for one server");
 }
 
 /// Shutdown ends open watch streams and the server stops.

@@ -1,0 +1,300 @@
+//! One upstream watch per server process, fanned out to every SSE client and blocking query.
+//!
+//! The [`Hub`] follows the registry with a single [`Registry::watch`] (on Redis: one dedicated
+//! connection, whatever the number of watchers) and keeps the watch component's [`EventLog`] (the
+//! recent events, for watchers to read at their own pace and to resume from with `Last-Event-ID`)
+//! and [`Mirror`] (the active nodes, for `snapshot=true` and for watchers that fell behind). Each
+//! SSE client is a cursor into that log: no task, no connection of its own; a slow client falls
+//! behind the history and is told to resync, and never slows the others.
+//!
+//! The hub starts by reading the store's history from the beginning (`after=0`): the store
+//! answers with every event it still holds or with a snapshot, so clients of a previous server
+//! process resume from their `Last-Event-ID` as long as the store kept the events. It is ready once
+//! it has caught up with the revision the store had when it connected. When the upstream watch
+//! breaks, the hub resumes it from its last revision with backoff; watchers keep their streams and
+//! see the events (or a resync) once the store is back.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use muster_core::log::{EventLog, LogSource, Mirror};
+use muster_core::{
+    DeregisterReason, Error, EventKind, Registry, Result, RetryPolicy, Revision, Snapshot, WatchEvent,
+    WatchStart, WatchStream,
+};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Events kept for watchers to resume from.
+const HISTORY: usize = 10_000;
+
+/// The longest a new watcher waits for the hub's first catch-up before it is refused.
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// The process's one view of the registry's changes. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: RwLock<HubState>,
+    /// Told every new revision, readiness and shutdown.
+    revisions: watch::Sender<Revision>,
+}
+
+struct HubState {
+    log: EventLog,
+    mirror: Mirror,
+    /// Caught up with the store once.
+    ready: bool,
+    /// The server is shutting down: streams end.
+    shutdown: bool,
+}
+
+impl Hub {
+    /// Starts following `registry` until `shutdown`; counts expiry events in `expiries`.
+    pub(crate) fn start(registry: Arc<dyn Registry>, shutdown: CancellationToken, expiries: Counter) -> Self {
+        let shared = Arc::new(Shared {
+            state: RwLock::new(HubState {
+                log: EventLog::new(HISTORY, Revision::ZERO),
+                mirror: Mirror::default(),
+                ready: false,
+                shutdown: false,
+            }),
+            revisions: watch::Sender::new(Revision::ZERO),
+        });
+        tokio::spawn(follow(registry, Arc::clone(&shared), shutdown, expiries));
+        Self { shared }
+    }
+
+    /// A watch stream over the hub's log.
+    pub(crate) async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
+        self.ready().await?;
+        muster_core::log::stream(Arc::clone(&self.shared), &self.shared.revisions, start)
+            .ok_or_else(|| Error::unavailable("the server is shutting down"))
+    }
+
+    /// Waits until a change after `index` that may concern `service` is known (a node providing it
+    /// changed, or any node left or changed — it may have stopped providing it), or the history no
+    /// longer covers `index`, or shutdown. A store behind `index` (another server wrote it first) is
+    /// waited for.
+    pub(crate) async fn changed_after(&self, index: Revision, service: &str) -> Result<()> {
+        self.ready().await?;
+        let mut receiver = self.shared.revisions.subscribe();
+        loop {
+            receiver.borrow_and_update();
+            if self.shared.concerns(index, service) {
+                return Ok(());
+            }
+            if receiver.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits (bounded) for the first catch-up with the store.
+    async fn ready(&self) -> Result<()> {
+        let mut receiver = self.shared.revisions.subscribe();
+        let wait = async {
+            loop {
+                receiver.borrow_and_update();
+                if self.shared.read().ready {
+                    return true;
+                }
+                if receiver.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        match tokio::time::timeout(READY_WAIT, wait).await {
+            Ok(true) => Ok(()),
+            _ => Err(Error::unavailable("the registry's change feed is not available yet")),
+        }
+    }
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, HubState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HubState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn concerns(&self, index: Revision, service: &str) -> bool {
+        let state = self.read();
+        if state.shutdown {
+            return true;
+        }
+        if state.log.revision() <= index {
+            return false;
+        }
+        match state.log.since(index) {
+            Some(mut events) => events.any(|e| {
+                e.kind != EventKind::Registered || e.node.services.iter().any(|s| s.name == service)
+            }),
+            None => true,
+        }
+    }
+
+    /// Applies one upstream item; returns the revision to tell watchers.
+    fn apply(&self, item: WatchEvent, target: Revision, expiries: &Counter) -> Revision {
+        let mut state = self.write();
+        match item {
+            WatchEvent::Event(event) => {
+                if event.kind == EventKind::Deregistered && event.reason == Some(DeregisterReason::Expired) {
+                    expiries.inc();
+                }
+                state.mirror.apply(&event);
+                state.log.push(event);
+            }
+            WatchEvent::Resync(snapshot) => {
+                tracing::debug!(revision = %snapshot.revision, "change feed resynchronised");
+                state.log.reset(snapshot.revision);
+                state.mirror.replace(snapshot);
+            }
+            // A Titan peer's channel message: only a read-only registry without a sweeper yields
+            // these, and the server never runs one.
+            WatchEvent::Peer(_) => {}
+        }
+        if state.log.revision() >= target {
+            state.ready = true;
+        }
+        state.log.revision()
+    }
+}
+
+impl LogSource for Shared {
+    fn read_after(&self, cursor: Revision, max: usize) -> Option<Vec<WatchEvent>> {
+        let state = self.read();
+        if state.shutdown {
+            return None;
+        }
+        Some(muster_core::log::read_log(&state.log, cursor, max, || snapshot(&state)))
+    }
+
+    fn position(&self, with_snapshot: bool) -> Option<(Revision, Option<Snapshot>)> {
+        let state = self.read();
+        if state.shutdown {
+            return None;
+        }
+        Some((state.log.revision(), with_snapshot.then(|| snapshot(&state))))
+    }
+}
+
+/// The mirror at the log's revision (they move together).
+fn snapshot(state: &HubState) -> Snapshot {
+    Snapshot { revision: state.log.revision(), ..state.mirror.snapshot() }
+}
+
+/// The hub's task: one upstream watch, resumed after failures, until shutdown.
+async fn follow(
+    registry: Arc<dyn Registry>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    expiries: Counter,
+) {
+    let backoff = RetryPolicy { max_attempts: u32::MAX, base_delay: Duration::from_millis(100), jitter: 0.5 };
+    let mut failures = 0u32;
+    loop {
+        let after = shared.read().log.revision();
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => break,
+            outcome = follow_once(&*registry, &shared, after, &expiries, &mut failures) => outcome,
+        };
+        if let Err(error) = outcome {
+            failures = failures.saturating_add(1);
+            tracing::warn!(%error, "the registry's change feed broke; resuming");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(backoff.delay(failures.clamp(1, 6))) => {}
+        }
+    }
+    shared.write().shutdown = true;
+    shared.revisions.send_modify(|_| {});
+}
+
+/// One upstream watch from `after` until it breaks.
+async fn follow_once(
+    registry: &dyn Registry,
+    shared: &Shared,
+    after: Revision,
+    expiries: &Counter,
+    failures: &mut u32,
+) -> Result<()> {
+    let mut stream = registry.watch(WatchStart::After(after)).await?;
+    let target = registry.current_revision().await?;
+    {
+        let mut state = shared.write();
+        if state.log.revision() >= target && !state.ready {
+            state.ready = true;
+            drop(state);
+            shared.revisions.send_modify(|_| {});
+        }
+    }
+    while let Some(item) = stream.next().await {
+        let revision = shared.apply(item?, target, expiries);
+        *failures = 0;
+        shared.revisions.send_replace(revision);
+    }
+    Err(Error::unavailable("the registry's watch ended"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_core::DiscoveryEvent;
+
+    fn event(revision: u64, kind: EventKind, services: &[&str]) -> DiscoveryEvent {
+        DiscoveryEvent {
+            revision: Revision(revision),
+            kind,
+            reason: None,
+            node: muster_core::NodeInfo {
+                node_id: muster_core::NodeId::new("n").unwrap(),
+                address: muster_core::Address::parse("h:1").unwrap(),
+                services: services.iter().map(|s| muster_core::ServiceInfo::parse(s).unwrap()).collect(),
+                timestamp_ms: 0,
+                registered_at_ms: 0,
+                status: muster_core::NodeStatus::Up,
+                metadata: Default::default(),
+                ttl_ms: 1000,
+            },
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn blocking_queries_wake_only_for_their_service_or_departures() {
+        let shared = Shared {
+            state: RwLock::new(HubState {
+                log: EventLog::new(4, Revision(0)),
+                mirror: Mirror::default(),
+                ready: true,
+                shutdown: false,
+            }),
+            revisions: watch::Sender::new(Revision(0)),
+        };
+        let counter = Counter::default();
+        shared.apply(WatchEvent::Event(event(1, EventKind::Registered, &["beta"])), Revision(0), &counter);
+        assert!(!shared.concerns(Revision(0), "alpha"), "a beta registration");
+        assert!(shared.concerns(Revision(0), "beta"));
+        assert!(!shared.concerns(Revision(1), "beta"), "nothing after the index");
+        assert!(!shared.concerns(Revision(7), "beta"), "the store is ahead of this hub: wait");
+        shared.apply(WatchEvent::Event(event(2, EventKind::Updated, &["beta"])), Revision(0), &counter);
+        assert!(shared.concerns(Revision(1), "alpha"), "an update may have removed alpha");
+        for r in 3..=6 {
+            shared.apply(WatchEvent::Event(event(r, EventKind::Registered, &["x"])), Revision(0), &counter);
+        }
+        assert!(shared.concerns(Revision(0), "alpha"), "older than the history: answer now");
+        let mut gone = event(7, EventKind::Deregistered, &["x"]);
+        gone.reason = Some(DeregisterReason::Expired);
+        shared.apply(WatchEvent::Event(gone), Revision(0), &counter);
+        assert_eq!(counter.get(), 1, "expiries are counted");
+    }
+}
