@@ -148,12 +148,18 @@ impl Breaker {
 
     /// True when a call may go through now (taking the half-open trial if it is one).
     pub(crate) fn try_acquire(&mut self, now: Instant) -> bool {
+        self.acquire(now).is_some()
+    }
+
+    /// `Some(trial)` when a call may go through now; `trial` is true when it took the half-open
+    /// trial (which it must give back, one way or another).
+    fn acquire(&mut self, now: Instant) -> Option<bool> {
         match self.state(now) {
-            CircuitState::Closed => true,
-            CircuitState::Open => false,
+            CircuitState::Closed => Some(false),
+            CircuitState::Open => None,
             CircuitState::HalfOpen => {
                 self.trial = true;
-                true
+                Some(true)
             }
         }
     }
@@ -201,6 +207,37 @@ impl Failover {
     }
 }
 
+/// One call to one instance in flight: reported to the selector until it ends, and the breaker's
+/// trial (if it took it) given back if the call is abandoned.
+struct Attempt<'a> {
+    failover: &'a Failover,
+    instance: Instance,
+    /// The call took the half-open trial and has not settled the breaker yet.
+    holds_trial: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(failover: &'a Failover, instance: Instance, trial: bool) -> Self {
+        failover.selector.started(&instance);
+        Self { failover, instance, holds_trial: trial }
+    }
+
+    /// Records the call's outcome in the breaker.
+    fn settle(mut self, outcome: impl FnOnce(&mut Breaker)) {
+        self.holds_trial = false;
+        self.failover.with_breaker(&self.instance, outcome);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.failover.selector.finished(&self.instance);
+        if self.holds_trial {
+            self.failover.with_breaker(&self.instance, Breaker::neutral);
+        }
+    }
+}
+
 impl Client {
     /// Calls `call` on the `UP` instances of `service` in the selector's order until one succeeds,
     /// skipping instances whose circuit is open; see [the module](crate::failover).
@@ -224,26 +261,25 @@ impl Client {
         let mut attempts = 0;
         let mut last = None;
         for instance in failover.selector.order(&up) {
-            if !failover.with_breaker(&instance, |b| b.try_acquire(Instant::now())) {
+            let Some(trial) = failover.with_breaker(&instance, |b| b.acquire(Instant::now())) else {
                 continue;
-            }
+            };
             attempts += 1;
-            let key = instance.clone();
-            failover.selector.started(&key);
-            let outcome = call(instance).await;
-            failover.selector.finished(&key);
-            match outcome {
+            // Settles the breaker and the selector's count even when this future is dropped
+            // mid-call (a caller's timeout): the trial is given back, the call no longer counts.
+            let attempt = Attempt::start(failover, instance.clone(), trial);
+            match call(instance).await {
                 Ok(value) => {
-                    failover.with_breaker(&key, Breaker::success);
+                    attempt.settle(Breaker::success);
                     return Ok(value);
                 }
                 Err(error) if error.is_retryable() => {
-                    failover.with_breaker(&key, |b| b.failure(Instant::now(), &failover.config));
-                    tracing::debug!(service, instance = %key.id, "call failed; trying the next instance");
+                    tracing::debug!(service, instance = %attempt.instance.id, "call failed; trying the next instance");
+                    attempt.settle(|b| b.failure(Instant::now(), &failover.config));
                     last = Some(error);
                 }
                 Err(error) => {
-                    failover.with_breaker(&key, Breaker::neutral);
+                    attempt.settle(Breaker::neutral);
                     return Err(FailoverError::Failed(error));
                 }
             }

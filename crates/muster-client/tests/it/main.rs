@@ -367,6 +367,53 @@ async fn circuit_half_opens_after_the_cool_down_and_closes_on_success() {
     assert_eq!(client.circuit_state("api", "flaky"), CircuitState::Closed);
 }
 
+/// A caller that gives up on a call (a timeout drops the future) gives the half-open trial back,
+/// so the instance is not stuck `Open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_trial_call_releases_the_circuit() {
+    let server = Server::start(0).await;
+    let port = free_port();
+    server.add("flaky", &format!("127.0.0.1:{port}"), "api", "1.0.0").await;
+    let config = ClientConfig {
+        registry_url: server.base.clone(),
+        breaker: BreakerConfig { failures: 1, cool_down: Duration::from_millis(300) },
+        ..ClientConfig::default()
+    };
+    let client = Client::with_config(config).unwrap();
+    let refused = |_| async { Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) };
+    client.call_with_failover("api", refused).await.unwrap_err();
+    assert_eq!(client.circuit_state("api", "flaky"), CircuitState::Open);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(client.circuit_state("api", "flaky"), CircuitState::HalfOpen);
+    let hangs = |_| std::future::pending::<Result<(), std::io::Error>>();
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(50), client.call_with_failover("api", hangs)).await;
+    assert!(abandoned.is_err(), "the caller gave up");
+    assert_eq!(client.circuit_state("api", "flaky"), CircuitState::HalfOpen, "the trial was given back");
+    client.call_with_failover("api", |_| async { Ok::<_, std::io::Error>(()) }).await.unwrap();
+    assert_eq!(client.circuit_state("api", "flaky"), CircuitState::Closed);
+}
+
+/// An abandoned call no longer counts as outstanding: the least-outstanding selector goes back to
+/// the instance it was on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_is_not_outstanding() {
+    let server = Server::start(0).await;
+    server.add("a", "127.0.0.1:1", "api", "1.0.0").await;
+    server.add("b", "127.0.0.1:2", "api", "1.0.0").await;
+    let config = ClientConfig { registry_url: server.base.clone(), ..ClientConfig::default() };
+    let client = Client::with_selector(config, Box::new(select::LeastOutstanding::default())).unwrap();
+    let first = |i: muster_api::v1::Instance| async move { Ok::<_, std::io::Error>(i.id) };
+    let chosen = client.call_with_failover("api", first).await.unwrap();
+    let hangs = |_| std::future::pending::<Result<String, std::io::Error>>();
+    for _ in 0..3 {
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(20), client.call_with_failover("api", hangs)).await;
+        assert!(abandoned.is_err());
+    }
+    assert_eq!(client.call_with_failover("api", first).await.unwrap(), chosen, "no call is left counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_outstanding_sees_the_calls_of_call_with_failover() {
     let server = Server::start(0).await;
