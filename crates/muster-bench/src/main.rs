@@ -2,8 +2,11 @@
 //! loopback port, and prints a Markdown report.
 //!
 //! `cargo run --release -p muster-bench -- redis [--seconds N]`
-//! `cargo run --release -p muster-bench -- fanout [--watchers N] [--rounds R]` — N server-sent-event watchers on
-//! an in-process server; for each of R registrations, the time until every one has seen it.
+//! `cargo run --release -p muster-bench -- fanout [--watchers N] [--rounds R] [--queries Q] [--redis]` — N
+//! server-sent-event watchers and Q blocking queries on a `muster serve` process (build it first with
+//! `cargo build --release -p muster`), on the embedded store or a fresh `redis-server`; for each of R
+//! registrations, the time until every watcher has seen it; the server's memory per idle watcher and
+//! its Redis connections.
 //! `cargo run --release -p muster-bench -- memory [--nodes N] [--store-only]` — resident memory per
 //! node of an in-process server on the embedded store after N registrations over HTTP (or of the
 //! embedded store alone, with registrations straight into it).
@@ -41,9 +44,14 @@ async fn main() {
     if args.first().map(String::as_str) == Some("fanout") {
         let watchers = flag("--watchers").unwrap_or(1000u64);
         let rounds = flag("--rounds").unwrap_or(20u64);
-        let (watchers, rounds) =
-            (usize::try_from(watchers).unwrap_or(1000), usize::try_from(rounds).unwrap_or(20));
-        if let Err(error) = fanout(watchers, rounds).await {
+        let queries = flag("--queries").unwrap_or(100u64);
+        let (watchers, rounds, queries) = (
+            usize::try_from(watchers).unwrap_or(1000),
+            usize::try_from(rounds).unwrap_or(20),
+            usize::try_from(queries).unwrap_or(100),
+        );
+        let on_redis = args.iter().any(|a| a == "--redis");
+        if let Err(error) = fanout(watchers, rounds, on_redis, queries).await {
             eprintln!("error: {error:#}");
             std::process::exit(1);
         }
@@ -83,7 +91,7 @@ async fn main() {
     }
     if args.first().map(String::as_str) != Some("redis") {
         eprintln!(
-            "usage: muster-bench redis [--seconds N] | titan [--nodes N] [--changes C] [--interval-ms M] [--keyspace] | fanout [--watchers N] [--rounds R] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
+            "usage: muster-bench redis [--seconds N] | titan [--nodes N] [--changes C] [--interval-ms M] [--keyspace] | fanout [--watchers N] [--rounds R] [--queries Q] [--redis] | memory [--nodes N] [--store-only] | resolver [--lookups N]"
         );
         std::process::exit(2);
     }
@@ -571,14 +579,65 @@ async fn failure_detection(
     Ok(percentiles(samples))
 }
 
-/// Opens `watchers` SSE streams on an in-process server, registers one node, and measures how long
-/// until each stream has delivered the event.
-async fn fanout(watchers: usize, rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
-    let state = muster_server::AppState::new(registry, muster_server::ServerConfig::default());
-    tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Kills the server process when the benchmark ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the release `muster serve` (built next to this binary) on a free port: on the embedded
+/// store, or on a fresh `redis-server` when `redis` is given.
+fn spawn_server(redis: Option<&RedisServer>) -> Result<(Child, String), Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe()?.with_file_name("muster");
+    if !exe.exists() {
+        return Err(
+            format!("{} is missing: run `cargo build --release -p muster` first", exe.display()).into()
+        );
+    }
+    let mut command = Command::new(exe);
+    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    if let Some(redis) = redis {
+        command.args(["--redis", &redis.url()]);
+    }
+    let mut child =
+        Child(command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()?);
+    let mut first = String::new();
+    std::io::BufReader::new(child.0.stdout.take().ok_or("no stdout")?).read_line(&mut first)?;
+    let base =
+        first.split_whitespace().find(|w| w.starts_with("http://")).ok_or("no address printed")?.to_owned();
+    Ok((child, base))
+}
+
+/// Opens `watchers` SSE streams (and `queries` blocking queries) on a `muster serve` process,
+/// registers one node per round, and measures how long until each stream has delivered the event;
+/// reports the server's memory per idle watcher and, on Redis, the server's Redis connections.
+async fn fanout(
+    watchers: usize,
+    rounds: usize,
+    on_redis: bool,
+    queries: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let redis = if on_redis { Some(RedisServer::start().await) } else { None };
+    let (server, base) = spawn_server(redis.as_ref())?;
+    let pid = server.0.id();
+    let connections = || redis.as_ref().map(|r| r.cli(&["client", "list"]).lines().count().saturating_sub(1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kib(pid).unwrap_or(0);
+    let redis_before = connections();
     let client = reqwest::Client::builder().pool_max_idle_per_host(watchers).build()?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(watchers * 2);
@@ -608,6 +667,19 @@ async fn fanout(watchers: usize, rounds: usize) -> Result<(), Box<dyn std::error
     for _ in 0..watchers {
         ready_rx.recv().await.ok_or("a watcher failed to connect")?;
     }
+    let index: u64 = client.get(format!("{base}/v1/nodes")).send().await?.json::<serde_json::Value>().await?
+        ["revision"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut waiting = Vec::new();
+    for _ in 0..queries {
+        let url = format!("{base}/v1/services/none/instances?index={index}&wait=5m");
+        let client = client.clone();
+        waiting.push(tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib(pid).unwrap_or(0);
+    let redis_after = connections();
     let (mut lasts, mut medians) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let begun = Instant::now();
@@ -642,6 +714,19 @@ async fn fanout(watchers: usize, rounds: usize) -> Result<(), Box<dyn std::error
         fmt(lasts.p99),
         fmt(lasts.max)
     );
+    let per_watcher = (rss_after.saturating_sub(rss_before) * 1024) / (watchers + queries).max(1) as u64;
+    println!(
+        "| server resident memory: before the watchers, with {watchers} watchers and {queries} blocking queries | {rss_before} KiB → {rss_after} KiB (≈ {per_watcher} B per idle watcher) |"
+    );
+    if let (Some(before), Some(after)) = (redis_before, redis_after) {
+        println!(
+            "| the server's Redis connections (`CLIENT LIST`): before the watchers, with them | {before} → {after} |"
+        );
+    }
+    for query in waiting {
+        query.abort();
+    }
+    drop(server);
     Ok(())
 }
 
@@ -731,10 +816,8 @@ async fn resolver(lookups: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Resident set size of this process in KiB.
-fn rss_kib() -> Result<u64, Box<dyn std::error::Error>> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or("no VmRSS in /proc/self/status")?;
-    Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS line")?.parse()?)
+fn own_rss_kib() -> Result<u64, Box<dyn std::error::Error>> {
+    Ok(rss_kib(std::process::id()).ok_or("no VmRSS in /proc/self/status")?)
 }
 
 /// The address, id and service of fleet node `n` (one service each over 100 names).
@@ -751,7 +834,7 @@ fn fleet_node(n: usize) -> (String, String, String, String) {
 async fn store_memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     use muster_core::{NodeId, Registration, ServiceInfo};
     let registry = muster_memory::MemoryRegistry::new();
-    let before = rss_kib()?;
+    let before = own_rss_kib()?;
     for n in 0..nodes {
         let (id, address, service, version) = fleet_node(n);
         let registration = Registration::new(
@@ -762,7 +845,7 @@ async fn store_memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
         )?;
         registry.heartbeat(registration).await?;
     }
-    let after = rss_kib()?;
+    let after = own_rss_kib()?;
     let per_node = (after.saturating_sub(before) * 1024) as f64 / nodes as f64;
     println!(
         "| Resident memory of the embedded store alone, {nodes} nodes, event history included | {before} KiB → {after} KiB: {per_node:.0} B per node |"
@@ -781,7 +864,7 @@ async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(muster_server::run(listener, state, std::future::pending()));
     let http = reqwest::Client::new();
     http.get(format!("{base}/health")).send().await?;
-    let before = rss_kib()?;
+    let before = own_rss_kib()?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..32 {
@@ -808,7 +891,7 @@ async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     for worker in workers {
         worker.await??;
     }
-    let after = rss_kib()?;
+    let after = own_rss_kib()?;
     let per_node = (after.saturating_sub(before) * 1024) as f64 / nodes as f64;
     println!(
         "| Resident memory, {nodes} nodes (ids `node-NNNNNN`, one service each), event history included | {before} KiB → {after} KiB: {per_node:.0} B per node |"
