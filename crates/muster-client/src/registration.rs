@@ -117,6 +117,8 @@ pub struct Registration {
     shared: Arc<Shared>,
     /// Stops the heartbeat task when the handle is dropped.
     cancel: tokio_util::sync::DropGuard,
+    /// The heartbeat task: a request it has sent is always answered before it ends.
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Client {
@@ -140,8 +142,8 @@ impl Client {
         let spec = RegistrationSpec { id: Some(answer.id.clone()), ..spec };
         let shared = Arc::new(Shared { status: Mutex::new(NodeStatus::Up), registrations: Mutex::new(1) });
         let cancel = CancellationToken::new();
-        tokio::spawn(keep_alive(self.clone(), spec, Arc::clone(&shared), cancel.clone()));
-        Ok(Registration { client: self.clone(), id: answer.id, shared, cancel: cancel.drop_guard() })
+        let task = tokio::spawn(keep_alive(self.clone(), spec, Arc::clone(&shared), cancel.clone()));
+        Ok(Registration { client: self.clone(), id: answer.id, shared, cancel: cancel.drop_guard(), task })
     }
 }
 
@@ -167,9 +169,18 @@ impl Registration {
     }
 
     /// Stops heartbeating and removes the node from the registry.
+    ///
+    /// Deregistration wins every race: the heartbeat task is stopped and a heartbeat it already
+    /// sent is answered (bounded by the request timeout) before the `DELETE` goes out, and a
+    /// stopped task never registers the node again.
     pub async fn deregister(self) -> Result<(), ClientError> {
-        let Self { client, id, cancel, .. } = self;
+        let Self { client, id, cancel, task, .. } = self;
         drop(cancel);
+        if let Err(error) = task.await
+            && error.is_panic()
+        {
+            tracing::warn!(node_id = %id, "the heartbeat task panicked");
+        }
         client.deregister(&id).await.map(drop)
     }
 
@@ -193,7 +204,11 @@ async fn keep_alive(client: Client, spec: RegistrationSpec, shared: Arc<Shared>,
             () = tokio::time::sleep(pause) => {}
         }
         let status = *shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        // Not raced with `cancel`: a request on the wire is answered before the task ends, so a
+        // deregistration sent after it cannot be overtaken.
         let outcome = match client.heartbeat(&id, status).await {
+            // Deregistered (or dropped) meanwhile: the 404 is the deregistration's, not news.
+            Err(error) if error.is_not_found() && cancel.is_cancelled() => return,
             Err(error) if error.is_not_found() => {
                 tracing::info!(node_id = %id, "the registry forgot this node; registering again");
                 let again = client.register_once(&spec, status).await.map(drop);

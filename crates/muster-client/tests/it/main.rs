@@ -507,3 +507,51 @@ async fn clients_retry_with_jitter_not_in_lockstep() {
         pauses.iter().copied().fold(f64::MIN, f64::max) - pauses.iter().copied().fold(f64::MAX, f64::min);
     assert!(spread > 30.0, "retry pauses are jittered, not in lockstep: {pauses:?}");
 }
+
+/// Deregistration wins against a heartbeat already in flight: the server holds a heartbeat's
+/// answer until the `DELETE` has been processed (or 1 s passed); a client that re-registered on
+/// that heartbeat's 404 would bring the node back for a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistration_wins_against_a_heartbeat_in_flight() {
+    use axum::response::IntoResponse;
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let held = Arc::new(tokio::sync::Notify::new());
+    let deleted = Arc::new(tokio::sync::Notify::new());
+    let hold = Arc::new(AtomicBool::new(false));
+    let (held_tx, deleted_rx, hold_flag) = (Arc::clone(&held), Arc::clone(&deleted), Arc::clone(&hold));
+    let app = muster_server::router(state).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let (held, deleted, hold) =
+                (Arc::clone(&held_tx), Arc::clone(&deleted_rx), Arc::clone(&hold_flag));
+            async move {
+                let heartbeat = request.uri().path().ends_with("/heartbeat");
+                let delete = request.method() == axum::http::Method::DELETE;
+                if heartbeat && hold.swap(false, Ordering::SeqCst) {
+                    held.notify_one();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), deleted.notified()).await;
+                }
+                let response = next.run(request).await;
+                if delete {
+                    deleted.notify_one();
+                }
+                response.into_response()
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = client(&base);
+    let spec = RegistrationSpec { ttl: Some(Duration::from_secs(60)), ..spec() }.id("racer");
+    let registration = client.register(spec).await.unwrap();
+    hold.store(true, Ordering::SeqCst);
+    held.notified().await;
+    // A heartbeat is on its way; deregister now.
+    registration.deregister().await.unwrap();
+    let id = NodeId::new("racer").unwrap();
+    assert!(registry.get(&id).await.unwrap().is_none(), "deregistered");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(registry.get(&id).await.unwrap().is_none(), "and not brought back by the heartbeat in flight");
+}
