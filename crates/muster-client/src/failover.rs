@@ -147,6 +147,7 @@ impl Breaker {
     }
 
     /// True when a call may go through now (taking the half-open trial if it is one).
+    #[cfg(test)]
     pub(crate) fn try_acquire(&mut self, now: Instant) -> bool {
         self.acquire(now).is_some()
     }

@@ -60,32 +60,81 @@ pub use failover::{BreakerConfig, CircuitState, FailoverError, Retryable};
 pub use registration::{Registration, RegistrationSpec};
 pub use resolve::{Resolved, WatchOptions};
 
-/// What went wrong talking to the registry.
-#[derive(Debug, Clone)]
+/// A cause kept with an error (cheap to clone).
+pub type Source = Arc<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong talking to the registry. Match on the kind; [`std::error::Error::source`] gives
+/// the underlying cause.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The registry could not be reached (connection refused, timeout); retrying may succeed.
-    Unreachable(String),
-    /// The registry answered with an error.
+    /// No connection could be made (refused, no route, name not resolved, TLS): nothing was sent.
+    /// Retrying may succeed.
+    #[error("no registry at {url} ({detail})")]
+    Connect {
+        /// The registry's base URL.
+        url: String,
+        /// The innermost cause, for people.
+        detail: String,
+        /// The cause.
+        #[source]
+        source: Option<Source>,
+    },
+    /// No answer within the request timeout. Retrying may succeed.
+    #[error("no answer from the registry at {url} in time")]
+    Timeout {
+        /// The registry's base URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Option<Source>,
+    },
+    /// The connection broke during an answer or a watch, or the watch ended. Retrying may succeed.
+    #[error("the connection to the registry at {url} broke: {detail}")]
+    Disconnected {
+        /// The registry's base URL.
+        url: String,
+        /// What happened.
+        detail: String,
+        /// The cause.
+        #[source]
+        source: Option<Source>,
+    },
+    /// The answer was not the registry's (another server on that port, a body that does not
+    /// decode).
+    #[error("unreadable answer from {url} ({detail}); is it a Muster registry?")]
+    Unreadable {
+        /// The registry's base URL.
+        url: String,
+        /// What could not be read.
+        detail: String,
+        /// The cause.
+        #[source]
+        source: Option<Source>,
+    },
+    /// The registry answered with an error status and its JSON error body.
+    #[error("registry answered {status} {code}: {message}")]
     Api {
         /// HTTP status.
         status: u16,
-        /// The error body's code.
+        /// The error body's code (`not_found`, `invalid_input`, ...; `unknown` without a body).
         code: String,
         /// The error body's message.
         message: String,
     },
     /// The client was given something invalid (a bad base URL, a bad environment variable).
+    #[error("invalid input: {0}")]
     InvalidInput(String),
 }
 
 impl ClientError {
-    /// True when retrying later may succeed (unreachable, 5xx).
+    /// True when retrying later may succeed (no connection, no answer in time, a broken
+    /// connection, 5xx).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable(_) => true,
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Disconnected { .. } => true,
             Self::Api { status, .. } => *status >= 500,
-            Self::InvalidInput(_) => false,
+            Self::Unreadable { .. } | Self::InvalidInput(_) => false,
         }
     }
 
@@ -93,19 +142,24 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { status: 404, .. })
     }
-}
 
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// True when no registry could be reached at all (no connection, or no answer in time).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Timeout { .. })
+    }
+
+    /// The HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
         match self {
-            Self::Unreachable(m) => write!(f, "registry unreachable: {m}"),
-            Self::Api { status, code, message } => write!(f, "registry answered {status} {code}: {message}"),
-            Self::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
         }
     }
-}
 
-impl std::error::Error for ClientError {}
+    pub(crate) fn disconnected(url: &str, detail: impl Into<String>, source: Option<Source>) -> Self {
+        Self::Disconnected { url: url.to_owned(), detail: detail.into(), source }
+    }
+}
 
 /// Client settings. [`ClientConfig::default`] has the defaults of the registry SDK's documentation;
 /// [`ClientConfig::from_env`] reads its environment variables.
@@ -217,8 +271,10 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port[/prefix]`, without a trailing slash (for messages).
     base: String,
+    /// The same, parsed once; paths are built from it segment by segment.
+    base_url: reqwest::Url,
     /// The HTTP connection pool.
     http: reqwest::Client,
     /// For watches: no overall timeout; a connection silent for three of the server's keep-alive
@@ -249,6 +305,12 @@ impl Client {
     ) -> Result<Self, ClientError> {
         check_url(&config.registry_url).map_err(ClientError::InvalidInput)?;
         let base = config.registry_url.trim_end_matches('/').to_owned();
+        let base_url = reqwest::Url::parse(&base)
+            .ok()
+            .filter(|url| !url.cannot_be_a_base() && url.query().is_none())
+            .ok_or_else(|| {
+                ClientError::InvalidInput(format!("{:?} is not a base URL", config.registry_url))
+            })?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .build()
@@ -260,7 +322,7 @@ impl Client {
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         let failover = failover::Failover::new(selector, config.breaker.clone());
         let resolver = tokio::sync::OnceCell::new();
-        Ok(Self { inner: Arc::new(Inner { base, http, watch_http, config, resolver, failover }) })
+        Ok(Self { inner: Arc::new(Inner { base, base_url, http, watch_http, config, resolver, failover }) })
     }
 
     /// The registry's base URL.
@@ -273,30 +335,33 @@ impl Client {
         &self.inner.config
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.inner.base)
+    /// The URL of `segments` under the base URL, each segment percent-encoded (a `/` in a service
+    /// name or a `:` in an id stays inside its segment).
+    pub(crate) fn url(&self, segments: &[&str]) -> reqwest::Url {
+        endpoint(&self.inner.base_url, segments)
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
-        unreachable(&self.inner.base, error)
+    fn unreachable(&self, error: reqwest::Error) -> ClientError {
+        transport_error(&self.inner.base, error)
     }
 
     /// An answer that is not the registry's JSON (another server on that port, a cut connection).
-    fn unreadable(&self, error: &reqwest::Error) -> ClientError {
-        ClientError::Unreachable(format!(
-            "unreadable answer from {} ({error}); is it a Muster registry?",
-            self.inner.base
-        ))
+    fn unreadable(&self, error: reqwest::Error) -> ClientError {
+        if error.is_timeout() || error.is_connect() {
+            return self.unreachable(error);
+        }
+        let detail = error.to_string();
+        ClientError::Unreadable { url: self.inner.base.to_string(), detail, source: Some(Arc::new(error)) }
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|e| self.unreadable(&e));
+            return response.json().await.map_err(|e| self.unreadable(e));
         }
         Err(api_error(status, response).await)
     }
@@ -308,8 +373,8 @@ impl Client {
         status: NodeStatus,
     ) -> Result<RegisterResponse, ClientError> {
         let request = match &spec.id {
-            Some(id) => self.inner.http.put(self.url(&format!("/v1/nodes/{id}"))),
-            None => self.inner.http.post(self.url("/v1/nodes")),
+            Some(id) => self.inner.http.put(self.url(&["v1", "nodes", id])),
+            None => self.inner.http.post(self.url(&["v1", "nodes"])),
         };
         self.send(request.json(&spec.request(status))).await
     }
@@ -319,7 +384,7 @@ impl Client {
         let request = self
             .inner
             .http
-            .put(self.url(&format!("/v1/nodes/{id}/heartbeat")))
+            .put(self.url(&["v1", "nodes", id, "heartbeat"]))
             .json(&HeartbeatRequest { status: Some(status) });
         let _: serde_json::Value = self.send(request).await?;
         Ok(())
@@ -330,10 +395,10 @@ impl Client {
         let response = self
             .inner
             .http
-            .delete(self.url(&format!("/v1/nodes/{id}")))
+            .delete(self.url(&["v1", "nodes", id]))
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -343,7 +408,7 @@ impl Client {
 
     /// One node, or `None` when the registry does not know it.
     pub async fn node(&self, id: &str) -> Result<Option<NodeInfo>, ClientError> {
-        match self.send(self.inner.http.get(self.url(&format!("/v1/nodes/{id}")))).await {
+        match self.send(self.inner.http.get(self.url(&["v1", "nodes", id]))).await {
             Ok(node) => Ok(Some(node)),
             Err(error) if error.is_not_found() => Ok(None),
             Err(error) => Err(error),
@@ -352,21 +417,21 @@ impl Client {
 
     /// The active nodes (`all`: expired-but-still-stored ones too).
     pub async fn nodes(&self, all: bool) -> Result<NodeList, ClientError> {
-        self.send(self.inner.http.get(self.url("/v1/nodes")).query(&[("all", all)])).await
+        self.send(self.inner.http.get(self.url(&["v1", "nodes"])).query(&[("all", all)])).await
     }
 
     /// The services with their versions and instance counts.
     pub async fn services(&self) -> Result<ServiceList, ClientError> {
-        self.send(self.inner.http.get(self.url("/v1/services"))).await
+        self.send(self.inner.http.get(self.url(&["v1", "services"]))).await
     }
 
     /// The registry's readiness answer (`/ready`): `Ok` with its JSON when ready; a 503 `Api`
     /// error whose message says why when its store is unreachable.
     pub async fn ready(&self) -> Result<serde_json::Value, ClientError> {
         let response =
-            self.inner.http.get(self.url("/ready")).send().await.map_err(|e| self.unreachable(&e))?;
+            self.inner.http.get(self.url(&["ready"])).send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| self.unreadable(&e))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| self.unreadable(e))?;
         if status.is_success() {
             return Ok(body);
         }
@@ -382,21 +447,36 @@ impl Client {
         service: &str,
         params: &[(&str, &str)],
     ) -> Result<Vec<Instance>, ClientError> {
-        let request =
-            self.inner.http.get(self.url(&format!("/v1/services/{service}/instances"))).query(params);
+        let request = self.inner.http.get(self.url(&["v1", "services", service, "instances"])).query(params);
         let list: InstanceList = self.send(request).await?;
         Ok(list.instances)
     }
 }
 
-/// "no registry at {base} ({the innermost cause})".
-pub(crate) fn unreachable(base: &str, error: &reqwest::Error) -> ClientError {
-    let mut cause: &dyn std::error::Error = error;
+/// `base` with `segments` appended, each percent-encoded.
+pub(crate) fn endpoint(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+/// The kind of a failed request: no connection, no answer in time, or a connection that broke.
+pub(crate) fn transport_error(base: &str, error: reqwest::Error) -> ClientError {
+    let mut cause: &dyn std::error::Error = &error;
     while let Some(source) = cause.source() {
         cause = source;
     }
-    let detail = if error.is_timeout() { "timed out".to_owned() } else { cause.to_string() };
-    ClientError::Unreachable(format!("no registry at {base} ({detail})"))
+    let detail = cause.to_string();
+    let url = base.to_owned();
+    if error.is_timeout() {
+        ClientError::Timeout { url, source: Some(Arc::new(error)) }
+    } else if error.is_connect() {
+        ClientError::Connect { url, detail, source: Some(Arc::new(error)) }
+    } else {
+        ClientError::Disconnected { url, detail, source: Some(Arc::new(error)) }
+    }
 }
 
 async fn api_error(status: StatusCode, response: reqwest::Response) -> ClientError {

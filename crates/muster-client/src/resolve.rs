@@ -140,7 +140,8 @@ pub(crate) async fn open_watch(
     base: &str,
     options: &WatchOptions,
 ) -> Result<BoxStream<'static, Result<WatchEvent, ClientError>>, ClientError> {
-    let mut request = http.get(format!("{base}/v1/watch"));
+    let url = reqwest::Url::parse(base).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+    let mut request = http.get(crate::endpoint(&url, &["v1", "watch"]));
     if let Some(service) = &options.service {
         request = request.query(&[("service", service)]);
     }
@@ -149,7 +150,7 @@ pub(crate) async fn open_watch(
     } else if options.snapshot {
         request = request.query(&[("snapshot", "true")]);
     }
-    let response = request.send().await.map_err(|e| crate::unreachable(base, &e))?;
+    let response = request.send().await.map_err(|e| crate::transport_error(base, e))?;
     if !response.status().is_success() {
         return Err(crate::api_error(response.status(), response).await);
     }
@@ -169,11 +170,18 @@ fn decode<E: std::fmt::Display>(
     let event = match event {
         Ok(event) => event,
         Err(error) => {
-            let message = format!("the watch connection to {base} broke ({error})");
-            return Some(Err(ClientError::Unreachable(message)));
+            return Some(Err(ClientError::disconnected(
+                base,
+                format!("the watch stream failed ({error})"),
+                None,
+            )));
         }
     };
-    let unreadable = |e: serde_json::Error| ClientError::Unreachable(format!("unreadable watch event: {e}"));
+    let unreadable = |e: serde_json::Error| ClientError::Unreadable {
+        url: base.to_owned(),
+        detail: format!("a watch event that does not decode: {e}"),
+        source: Some(Arc::new(e)),
+    };
     let item = match event.event.as_str() {
         "resync" => serde_json::from_str::<ResyncData>(&event.data)
             .map(|d| WatchEvent::Resync(Snapshot { revision: d.revision, nodes: d.nodes }))
@@ -184,7 +192,9 @@ fn decode<E: std::fmt::Display>(
         "peer" => {
             serde_json::from_str::<DiscoveryEvent>(&event.data).map(WatchEvent::Peer).map_err(unreadable)
         }
-        "error" => Err(ClientError::Unreachable(format!("the registry's store failed: {}", event.data))),
+        "error" => {
+            Err(ClientError::disconnected(base, format!("the registry's store failed: {}", event.data), None))
+        }
         _ => return None,
     };
     Some(item)
@@ -224,7 +234,7 @@ impl Client {
         match ready {
             Ok(Phase::Failed(error)) => Err(error),
             Ok(_) => Ok(resolver),
-            Err(_) => Err(ClientError::Unreachable("the resolver stopped".to_owned())),
+            Err(_) => Err(ClientError::disconnected(&self.inner.base, "the resolver stopped", None)),
         }
     }
 }
@@ -296,7 +306,7 @@ impl WatchTask {
             }
             *failures = 0;
         }
-        Ended::Broken(ClientError::Unreachable("the registry closed the watch".to_owned()))
+        Ended::Broken(ClientError::disconnected(&self.base, "the registry closed the watch", None))
     }
 
     fn resync(&mut self, data: Snapshot) {

@@ -135,8 +135,8 @@ impl Failure {
 
 fn from_client(error: ClientError) -> Failure {
     match error {
-        ClientError::Unreachable(detail) if detail.starts_with("no registry at") => Failure::error(format!(
-            "{detail} — is `muster serve` running? (set --registry or MUSTER_REGISTRY if it runs elsewhere)"
+        error if error.is_unreachable() => Failure::error(format!(
+            "{error} — is `muster serve` running? (set --registry or MUSTER_REGISTRY if it runs elsewhere)"
         )),
         ClientError::Api { status, message, .. } if (400..500).contains(&status) && status != 404 => {
             Failure::usage(format!("the registry refused: {message}"))

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use muster_client::{
-    BreakerConfig, CircuitState, Client, ClientConfig, FailoverError, RegistrationSpec, select,
+    BreakerConfig, CircuitState, Client, ClientConfig, ClientError, FailoverError, RegistrationSpec, select,
 };
 use muster_core::{Address, NodeId, NodeStatus, Registration, Registry, ServiceInfo, VersionQuery};
 use muster_memory::MemoryRegistry;
@@ -165,13 +165,66 @@ async fn errors_are_classified() {
     let error = client.instances("users", &VersionQuery::Any).await.unwrap_err();
     assert!(error.is_retryable() && error.to_string().contains("no registry at"), "{error}");
     let error = client.fetch_instances("users", &[]).await.unwrap_err();
-    assert!(error.is_retryable(), "{error}");
+    assert!(matches!(error, ClientError::Connect { .. }) && error.is_unreachable(), "{error:?}");
+    assert!(std::error::Error::source(&error).is_some(), "the cause is kept");
+
+    // A listener that accepts and never answers: a timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_base = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let config = ClientConfig {
+        registry_url: silent_base,
+        request_timeout: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let error = Client::with_config(config).unwrap().nodes(false).await.unwrap_err();
+    assert!(matches!(error, ClientError::Timeout { .. }) && error.is_retryable(), "{error:?}");
+    held.abort();
+
+    // Something that is not a registry: unreadable, and not worth retrying.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_base = format!("http://{}", other.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async { "<html>hello</html>" });
+    tokio::spawn(async move { axum::serve(other, app).await.unwrap() });
+    let error = Client::new(&other_base).unwrap().nodes(false).await.unwrap_err();
+    assert!(matches!(error, ClientError::Unreadable { .. }) && !error.is_retryable(), "{error:?}");
+
     let server = Server::start(0).await;
     let client = Client::new(&server.base).unwrap();
     let error = client.register(RegistrationSpec::new("no-port")).await.unwrap_err();
-    assert!(!error.is_retryable() && error.to_string().contains("400"), "{error}");
-    assert!(client.heartbeat("ghost", NodeStatus::Up).await.unwrap_err().is_not_found());
+    assert!(
+        matches!(&error, ClientError::Api { status: 400, code, .. } if code == "invalid_input")
+            && !error.is_retryable(),
+        "{error:?}"
+    );
+    let error = client.heartbeat("ghost", NodeStatus::Up).await.unwrap_err();
+    assert!(error.is_not_found() && error.status() == Some(404), "{error:?}");
     assert_eq!(client.node("ghost").await.unwrap(), None);
+}
+
+/// Names with characters that mean something in a URL path stay inside their path segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_percent_encoded() {
+    let server = Server::start(0).await;
+    let client = Client::new(&format!("{}/", server.base)).unwrap();
+    let spec = RegistrationSpec {
+        ttl: Some(Duration::from_secs(60)),
+        ..RegistrationSpec::new("10.0.0.9:80").service("team/users", Some("1.0.0"))
+    }
+    .id("host:9000");
+    let registration = client.register(spec).await.unwrap();
+    assert_eq!(registration.id(), "host:9000");
+    let instances = client.fetch_instances("team/users", &[]).await.unwrap();
+    assert_eq!(instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["host:9000"]);
+    assert_eq!(client.node("host:9000").await.unwrap().unwrap().address.to_string(), "10.0.0.9:80");
+    client.heartbeat("host:9000", NodeStatus::Up).await.unwrap();
+    registration.deregister().await.unwrap();
+    assert_eq!(client.node("host:9000").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
