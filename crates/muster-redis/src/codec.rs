@@ -55,6 +55,22 @@ pub(crate) fn parse_bulk(json: &str, deadlines: &str) -> Result<Vec<Row>, String
         .collect())
 }
 
+/// The longest view header (`revision|until|csv length|`): three numbers of at most 20 digits.
+pub(crate) const VIEW_HEADER_MAX: usize = 64;
+
+/// The header of a materialized view (from its first [`VIEW_HEADER_MAX`] bytes), when the view is
+/// for `revision` and still valid at `now_ms`. Views with one header have the same contents.
+pub(crate) fn view_header<'a>(prefix: &'a str, revision: &str, now_ms: u64) -> Option<&'a str> {
+    let mut end = 0;
+    for _ in 0..3 {
+        end += prefix.get(end..)?.find('|')? + 1;
+    }
+    let header = &prefix[..end];
+    let mut parts = header.split('|');
+    let (view_revision, until) = (parts.next()?, parts.next()?);
+    (view_revision == revision && until.parse::<u64>().ok()? > now_ms).then_some(header)
+}
+
 /// Splits a materialized view into its JSON body and deadlines, when it is for `revision` and still
 /// valid at `now_ms`.
 pub(crate) fn parse_view<'a>(view: &'a str, revision: &str, now_ms: u64) -> Option<(&'a str, &'a str)> {
@@ -377,6 +393,15 @@ mod tests {
             let event = parse_log_entry(Revision(3), &fields).unwrap();
             assert_eq!((event.reason, event.timestamp_ms), (Some(reason), 2));
         }
+    }
+
+    #[test]
+    fn view_headers() {
+        assert_eq!(view_header("7|2000|3|1,2[{...", "7", 1000), Some("7|2000|3|"));
+        assert_eq!(view_header("7|2000|3|1,2[{...", "8", 1000), None, "another revision");
+        assert_eq!(view_header("7|2000|3|1,2[{...", "7", 2000), None, "expired");
+        assert_eq!(view_header("7|2000", "7", 1000), None, "truncated");
+        assert_eq!(view_header("", "0", 0), None, "no view");
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     channel_arg: String,
     /// Stops background tasks and watch streams.
     cancel: CancellationToken,
+    /// The last listing view decoded: its header and its nodes (decoding is paid once per view).
+    decoded_view: std::sync::Mutex<Option<(String, Arc<Vec<NodeInfo>>)>>,
 }
 
 impl RedisRegistry {
@@ -105,6 +107,7 @@ impl RedisRegistry {
             channel_arg: if config.pubsub_enabled { config.pubsub_channel.clone() } else { String::new() },
             config,
             cancel: cancel.clone(),
+            decoded_view: std::sync::Mutex::new(None),
         });
         if inner.config.sweeper && !inner.config.read_only {
             tokio::spawn(sweeper::run(Arc::clone(&inner)));
@@ -184,22 +187,24 @@ impl Inner {
     /// `scripts.rs`); only when the view is stale, or nodes written by Titan peers must be read from
     /// their hashes, does a second trip run the read script.
     pub(crate) async fn snapshot(&self) -> Result<Snapshot> {
-        type Reply = (Option<String>, (u64, u64), Option<String>, Vec<String>, u64, u64);
+        type Reply = (Option<String>, (u64, u64), String, Vec<String>, u64, u64);
         let keys = &self.keys;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("GET")
             .arg(&keys.revision)
             .cmd("TIME")
-            .cmd("GET")
+            .cmd("GETRANGE")
             .arg(&keys.view)
+            .arg(0)
+            .arg(codec::VIEW_HEADER_MAX - 1)
             .cmd("SMEMBERS")
             .arg(&keys.foreign)
             .cmd("SCARD")
             .arg(&keys.index)
             .cmd("SCARD")
             .arg(&keys.tracked);
-        let (revision, (seconds, micros), view, foreign, indexed, tracked): Reply = self
+        let (revision, (seconds, micros), header, foreign, indexed, tracked): Reply = self
             .pool
             .run(|mut conn| {
                 let pipe = pipe.clone();
@@ -208,26 +213,63 @@ impl Inner {
             .await?;
         let now_ms = seconds * 1000 + micros / 1000;
         let revision_text = revision.unwrap_or_else(|| "0".to_owned());
-        let fresh = view.as_deref().and_then(|view| codec::parse_view(view, &revision_text, now_ms));
-        let (revision, mut nodes) = match fresh {
-            Some((body, deadlines)) if indexed == tracked => {
+        let header = codec::view_header(&header, &revision_text, now_ms).filter(|_| indexed == tracked);
+        let view = match header {
+            Some(header) => self.decoded_view(header, &revision_text, now_ms).await?,
+            None => None,
+        };
+        let (revision, mut nodes) = match view {
+            Some(view) => {
                 let revision = Revision(revision_text.parse().unwrap_or(0));
-                let rows = codec::parse_bulk(body, deadlines).map_err(|reason| {
-                    Error::new(ErrorKind::Internal, format!("unreadable node view: {reason}"))
-                })?;
-                let mut nodes = readable(rows);
+                let mut nodes: Vec<(NodeInfo, bool)> = view.iter().map(|n| (n.clone(), true)).collect();
                 if !foreign.is_empty() {
                     let (_, rows) = self.read("ids", &foreign).await?;
                     nodes.extend(readable(rows));
                 }
                 (revision, nodes)
             }
-            _ => self.read_nodes("active", &[]).await?,
+            None => self.read_nodes("active", &[]).await?,
         };
         nodes.retain(|(_, alive)| *alive);
         let mut nodes: Vec<NodeInfo> = nodes.into_iter().map(|(node, _)| node).collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(Snapshot { revision, nodes })
+    }
+
+    /// The nodes of the view whose header is `header`: decoded before, or read and decoded now
+    /// (`None` when the view changed in between: the caller reads the hashes).
+    async fn decoded_view(
+        &self,
+        header: &str,
+        revision: &str,
+        now_ms: u64,
+    ) -> Result<Option<Arc<Vec<NodeInfo>>>> {
+        {
+            let cached = self.decoded_view.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((key, nodes)) = cached.as_ref()
+                && key == header
+            {
+                return Ok(Some(Arc::clone(nodes)));
+            }
+        }
+        let get = redis::cmd("GET").arg(&self.keys.view).clone();
+        let view: Option<String> = self
+            .pool
+            .run(|mut conn| {
+                let get = get.clone();
+                async move { get.query_async(&mut conn).await }
+            })
+            .await?;
+        let Some(view) = view.filter(|v| v.starts_with(header)) else { return Ok(None) };
+        let Some((body, deadlines)) = codec::parse_view(&view, revision, now_ms) else { return Ok(None) };
+        let rows = codec::parse_bulk(body, deadlines)
+            .map_err(|reason| Error::new(ErrorKind::Internal, format!("unreadable node view: {reason}")))?;
+        let mut nodes: Vec<NodeInfo> = readable(rows).into_iter().map(|(node, _)| node).collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let nodes = Arc::new(nodes);
+        *self.decoded_view.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((header.to_owned(), Arc::clone(&nodes)));
+        Ok(Some(nodes))
     }
 
     /// Expires due nodes. Returns `(removed, next deadline ms or None, server now ms)`.
