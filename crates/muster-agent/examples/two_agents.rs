@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use muster_agent::Agent;
-use muster_core::{Address, DiscoveryOptions, EventKind, NodeId, ServiceInfo, ServiceQuery};
+use muster_core::{Address, DiscoveryOptions, NodeId, ServiceInfo, ServiceQuery};
 use muster_memory::MemoryRegistry;
 
 #[tokio::main]
@@ -26,12 +26,8 @@ async fn main() -> muster_core::Result<()> {
         .address(Address::parse("127.0.0.1:9000")?)
         .build()?;
     let _subscription = client.on_event(|event| {
-        let what = match event.kind {
-            EventKind::Registered => "registered",
-            EventKind::Updated => "updated",
-            EventKind::Deregistered => "deregistered",
-        };
-        let reason = event.reason.map(|r| format!(" ({r:?})")).unwrap_or_default();
+        let what = event.kind.as_str();
+        let reason = event.reason.map(|r| format!(" ({r})")).unwrap_or_default();
         let services: Vec<String> = event.node.services.iter().map(ToString::to_string).collect();
         println!(
             "event #{:<3} {:<12} {:<8} {} [{}]{reason}",

@@ -61,6 +61,78 @@ pub enum DeregisterReason {
     Unknown,
 }
 
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 3] = [EventKind::Registered, EventKind::Updated, EventKind::Deregistered];
+
+    /// The short name used by the SSE event names, the CLI, the Redis event log:
+    /// `registered`, `updated`, `deregistered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Deregistered => "deregistered",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = crate::Error;
+
+    /// The short name ([`EventKind::as_str`]).
+    fn from_str(text: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| crate::Error::invalid("type", format!("unknown event type {text:?}")))
+    }
+}
+
+impl DeregisterReason {
+    /// Every reason.
+    pub const ALL: [DeregisterReason; 4] = [
+        DeregisterReason::Graceful,
+        DeregisterReason::Expired,
+        DeregisterReason::Evicted,
+        DeregisterReason::Unknown,
+    ];
+
+    /// The name used in JSON, the CLI and the Redis event log: `graceful`, `expired`, `evicted`,
+    /// `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Graceful => "graceful",
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for DeregisterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeregisterReason {
+    type Err = crate::Error;
+
+    /// The name ([`DeregisterReason::as_str`]).
+    fn from_str(text: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == text)
+            .ok_or_else(|| crate::Error::invalid("reason", format!("unknown reason {text:?}")))
+    }
+}
+
 /// One change to the registry, at one revision.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +261,21 @@ mod tests {
             },
             timestamp_ms: 0,
         }
+    }
+
+    #[test]
+    fn names_round_trip_and_match_the_json() {
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>().unwrap(), kind);
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json.as_str().unwrap(), format!("NODE_{}", kind.as_str().to_uppercase()));
+        }
+        for reason in DeregisterReason::ALL {
+            assert_eq!(reason.as_str().parse::<DeregisterReason>().unwrap(), reason);
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+        assert!("gone".parse::<DeregisterReason>().is_err());
+        assert!("NODE_UPDATED".parse::<EventKind>().is_err());
     }
 
     #[test]

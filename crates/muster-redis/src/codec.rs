@@ -203,19 +203,10 @@ pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<D
     let field = |name: &str| {
         fields.chunks_exact(2).find(|pair| pair[0] == name).map(|pair| pair[1].as_str()).unwrap_or_default()
     };
-    let kind = match field("type") {
-        "registered" => EventKind::Registered,
-        "updated" => EventKind::Updated,
-        "deregistered" => EventKind::Deregistered,
-        other => return Err(format!("unknown event type {other:?}")),
-    };
+    let kind: EventKind = field("type").parse().map_err(|e: muster_core::Error| e.message().to_owned())?;
     let reason = match field("reason") {
         "" => None,
-        "graceful" => Some(DeregisterReason::Graceful),
-        "expired" => Some(DeregisterReason::Expired),
-        "evicted" => Some(DeregisterReason::Evicted),
-        "unknown" => Some(DeregisterReason::Unknown),
-        other => return Err(format!("unknown reason {other:?}")),
+        other => Some(other.parse::<DeregisterReason>().map_err(|e| e.message().to_owned())?),
     };
     let node = serde_json::from_str::<WireNode<'_>>(field("node"))
         .map_err(|e| format!("node does not parse: {e}"))?
@@ -228,16 +219,6 @@ pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<D
 /// True when a log entry is the first revision of a fresh counter (nothing came before it).
 pub(crate) fn is_first(fields: &[String]) -> bool {
     fields.chunks_exact(2).any(|pair| pair[0] == "first" && pair[1] == "1")
-}
-
-/// The reason as written to the log.
-pub(crate) fn reason_name(reason: DeregisterReason) -> &'static str {
-    match reason {
-        DeregisterReason::Graceful => "graceful",
-        DeregisterReason::Expired => "expired",
-        DeregisterReason::Evicted => "evicted",
-        DeregisterReason::Unknown => "unknown",
-    }
 }
 
 /// A Titan event on the pub/sub channel.
@@ -386,7 +367,7 @@ mod tests {
             DeregisterReason::Unknown,
         ] {
             let fields: Vec<String> =
-                ["type", "deregistered", "reason", reason_name(reason), "node", node, "ts", "2"]
+                ["type", "deregistered", "reason", reason.as_str(), "node", node, "ts", "2"]
                     .iter()
                     .map(|s| (*s).to_owned())
                     .collect();

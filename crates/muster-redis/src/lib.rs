@@ -552,7 +552,7 @@ impl Registry for RedisRegistry {
 
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
         self.inner.writable()?;
-        let args = vec![node_id.to_string(), codec::reason_name(reason).to_owned()];
+        let args = vec![node_id.to_string(), reason.as_str().to_owned()];
         let (removed, _revision): (u64, String) =
             self.inner.invoke(&self.inner.scripts.deregister, &args).await?;
         Ok(removed == 1)

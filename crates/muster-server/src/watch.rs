@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use muster_api::v1::ResyncData;
-use muster_core::{DiscoveryEvent, EventKind, Revision, ServiceFilter, WatchEvent, WatchStart};
+use muster_core::{DiscoveryEvent, Revision, ServiceFilter, WatchEvent, WatchStart};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -98,12 +98,7 @@ pub(crate) async fn watch(
 }
 
 fn sse_event(event: &DiscoveryEvent, with_id: bool) -> Result<Event, axum::Error> {
-    let name = match event.kind {
-        EventKind::Registered => "registered",
-        EventKind::Updated => "updated",
-        EventKind::Deregistered => "deregistered",
-    };
-    let name = if with_id { name } else { "peer" };
+    let name = if with_id { event.kind.as_str() } else { "peer" };
     let sse = Event::default().event(name);
     let sse = if with_id { sse.id(event.revision.to_string()) } else { sse };
     sse.json_data(event)

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use muster_api::v1::{Instance, NodeList, instances_of};
 use muster_client::{Client, ClientConfig, ClientError, RegistrationSpec, WatchOptions};
 use muster_core::{
-    DiscoveryEvent, EventKind, Metadata, NodeInfo, Registry, ServiceFilter, ServiceInfo, ServiceQuery,
-    VersionQuery, WatchEvent, WatchStart,
+    DiscoveryEvent, Metadata, NodeInfo, Registry, ServiceFilter, ServiceInfo, ServiceQuery, VersionQuery,
+    WatchEvent, WatchStart,
 };
 use serde::Serialize;
 
@@ -467,14 +467,8 @@ fn watch_line(item: &WatchEvent, as_json: bool) -> String {
 }
 
 fn event_line(label: &str, event: &DiscoveryEvent) -> String {
-    let kind = match event.kind {
-        EventKind::Registered => "registered",
-        EventKind::Updated => "updated",
-        EventKind::Deregistered => "deregistered",
-    };
-    let reason = event
-        .reason
-        .map(|r| format!(" ({})", serde_json::to_value(r).unwrap_or_default().as_str().unwrap_or("")));
+    let kind = event.kind.as_str();
+    let reason = event.reason.map(|r| format!(" ({r})"));
     let node: &NodeInfo = &event.node;
     format!(
         "{}  #{}  {label}{kind}{}  {}  {}  {}  {}\n",
