@@ -675,9 +675,8 @@ impl Inner {
     async fn watch_loop(self: Arc<Self>, mut opened_by_start: Option<muster_core::WatchStream>) {
         let mut start = WatchStart::Snapshot;
         let mut first_snapshot = true;
-        let mut failures: u32 = 0;
-        let reconnect =
-            RetryPolicy { max_attempts: u32::MAX, base_delay: Duration::from_millis(100), jitter: 0.2 };
+        let mut reconnect =
+            muster_core::Backoff::new(Duration::from_millis(100), self.options.heartbeat_interval, 0.2);
         loop {
             let opened = match opened_by_start.take() {
                 Some(stream) => Ok(stream),
@@ -689,10 +688,9 @@ impl Inner {
             let mut stream = match opened {
                 Ok(stream) => stream,
                 Err(error) => {
-                    failures += 1;
                     self.cache.mark_unsynced();
                     tracing::warn!(%error, "watch failed; retrying");
-                    let delay = reconnect.delay(failures).min(self.options.heartbeat_interval);
+                    let delay = reconnect.failed();
                     tokio::select! {
                         () = self.cancel.cancelled() => return,
                         () = tokio::time::sleep(delay) => continue,
@@ -709,7 +707,7 @@ impl Inner {
                 };
                 match item {
                     Some(Ok(WatchEvent::Event(event))) => {
-                        failures = 0;
+                        reconnect.succeeded();
                         start = WatchStart::After(event.revision);
                         self.cache.apply(&event);
                         self.dispatch(&event);
@@ -719,7 +717,7 @@ impl Inner {
                         self.dispatch(&event);
                     }
                     Some(Ok(WatchEvent::Resync(snapshot))) => {
-                        failures = 0;
+                        reconnect.succeeded();
                         start = WatchStart::After(snapshot.revision);
                         let changes = self.cache.replace(snapshot);
                         if !std::mem::take(&mut first_snapshot) {

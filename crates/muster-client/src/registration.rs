@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use muster_api::v1::RegisterRequest;
-use muster_core::{Metadata, NodeStatus, RetryPolicy, ServiceInfo};
+use muster_core::{Backoff, Metadata, NodeStatus, ServiceInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Client, ClientConfig, ClientError};
@@ -91,12 +91,9 @@ impl RegistrationSpec {
     /// times, never above the heartbeat interval (a registration retries at least as often as it
     /// heartbeats), with ±50% jitter so that clients failing together do not retry together.
     pub fn retry_pause(&self, failures: u32) -> Duration {
-        let policy = RetryPolicy { max_attempts: u32::MAX, base_delay: self.retry_delay, jitter: 0.5 };
-        let ceiling =
-            policy.nominal_delay(self.max_retries.max(1)).min(self.heartbeat_interval.max(self.retry_delay));
-        let nominal = policy.nominal_delay(failures.min(self.max_retries.max(1))).min(ceiling);
-        let jittered = RetryPolicy { base_delay: nominal, ..policy }.delay(1);
-        jittered.max(Duration::from_millis(1))
+        let doubled = Backoff::new(self.retry_delay, Duration::MAX, 0.0).nominal(self.max_retries.max(1));
+        let ceiling = doubled.min(self.heartbeat_interval.max(self.retry_delay));
+        Backoff::new(self.retry_delay, ceiling, 0.5).delay(failures)
     }
 }
 

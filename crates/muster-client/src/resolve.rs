@@ -26,7 +26,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use muster_api::v1::{Instance, ResyncData, instances_of};
-use muster_core::{DiscoveryEvent, Mirror, RetryPolicy, Revision, Snapshot, VersionQuery, WatchEvent};
+use muster_core::{Backoff, DiscoveryEvent, Mirror, Revision, Snapshot, VersionQuery, WatchEvent};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -262,21 +262,18 @@ enum Ended {
 
 impl WatchTask {
     async fn run(mut self, cancel: CancellationToken) {
-        let backoff =
-            RetryPolicy { max_attempts: u32::MAX, base_delay: Duration::from_millis(100), jitter: 0.5 };
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400), 0.5);
         loop {
             let ended = tokio::select! {
                 () = cancel.cancelled() => Ended::Cancelled,
-                ended = self.stream(&mut failures) => ended,
+                ended = self.stream(&mut backoff) => ended,
             };
             let Ended::Broken(error) = ended else { return };
             self.set_connected(false);
             if self.revision.is_none() {
                 self.phase.send_replace(Phase::Failed(error.clone()));
             }
-            failures = failures.saturating_add(1);
-            let pause = backoff.delay(failures.min(6));
+            let pause = backoff.failed();
             tracing::debug!(%error, ?pause, "registry watch broken; reconnecting");
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -286,7 +283,7 @@ impl WatchTask {
     }
 
     /// Connects and applies events until the stream breaks.
-    async fn stream(&mut self, failures: &mut u32) -> Ended {
+    async fn stream(&mut self, backoff: &mut Backoff) -> Ended {
         let options = match self.revision {
             Some(revision) => WatchOptions { after: Some(revision), ..WatchOptions::default() },
             None => WatchOptions { snapshot: true, ..WatchOptions::default() },
@@ -304,7 +301,7 @@ impl WatchTask {
                 Ok(WatchEvent::Peer(_)) => continue,
                 Err(error) => return Ended::Broken(error),
             }
-            *failures = 0;
+            backoff.succeeded();
         }
         Ended::Broken(ClientError::disconnected(&self.base, "the registry closed the watch", None))
     }

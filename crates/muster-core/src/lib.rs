@@ -32,6 +32,6 @@ pub use event::{
 pub use log::{EventLog, LogSource, Mirror};
 pub use name::NodeId;
 pub use node::{NodeInfo, NodeStatus, NodeUpdate, Registration};
-pub use options::{DiscoveryOptions, Preset, RetryPolicy};
+pub use options::{Backoff, DiscoveryOptions, Preset, RetryPolicy};
 pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
 pub use service::{Metadata, ServiceInfo, ServiceQuery, VersionQuery};

@@ -170,22 +170,98 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The delay after failed attempt `attempt` (1-based), without jitter.
     pub fn nominal_delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.base_delay.saturating_mul(factor)
+        self.backoff(Duration::MAX).nominal(attempt)
     }
 
     /// The delay after failed attempt `attempt` (1-based), with jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
+        self.backoff(Duration::MAX).delay(attempt)
+    }
+
+    /// This policy's delays as a [`Backoff`] that never waits longer than `max`.
+    pub fn backoff(&self, max: Duration) -> Backoff {
+        Backoff::new(self.base_delay, max, self.jitter)
+    }
+}
+
+/// Exponential backoff with jitter and a ceiling: the one used by every retry and reconnect loop
+/// (the agent, the SDK's registrations and resolver, the Redis connection, hints and sweeper, the
+/// server's change feed).
+///
+/// After `n` failures in a row it waits `base * 2^(n-1)`, at most `max`, scaled by a random factor
+/// in `1 ± jitter` so that many clients failing together do not retry in lockstep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    jitter: f64,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A backoff from `base` (at least 1 ms) doubling up to `max` (at least `base`), with `jitter`
+    /// clamped to 0–1.
+    pub fn new(base: Duration, max: Duration, jitter: f64) -> Self {
+        let base = base.max(Duration::from_millis(1));
+        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        Self { base, max: max.max(base), jitter, failures: 0 }
+    }
+
+    /// The delay after `failures` failures in a row (1-based), without jitter.
+    pub fn nominal(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The delay after `failures` failures in a row (1-based), with jitter.
+    pub fn delay(&self, failures: u32) -> Duration {
         use rand::Rng;
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        let factor = if jitter > 0.0 { rand::rng().random_range(1.0 - jitter..=1.0 + jitter) } else { 1.0 };
-        self.nominal_delay(attempt).mul_f64(factor)
+        let factor = if self.jitter > 0.0 {
+            rand::rng().random_range(1.0 - self.jitter..=1.0 + self.jitter)
+        } else {
+            1.0
+        };
+        self.nominal(failures).mul_f64(factor)
+    }
+
+    /// Counts a failure and returns how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.delay(self.failures)
+    }
+
+    /// Counts a success: the next failure waits `base` again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(450), 0.5);
+        for (n, nominal) in [(1, 100), (2, 200), (3, 400), (4, 450), (40, 450)] {
+            assert_eq!(backoff.nominal(n), Duration::from_millis(nominal));
+        }
+        let delays: Vec<Duration> = (0..100).map(|_| backoff.delay(2)).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_millis(300)));
+        assert!(delays.iter().any(|d| *d != delays[0]), "jittered");
+        assert!(backoff.failed() <= Duration::from_millis(150));
+        backoff.failed();
+        assert_eq!(backoff.failures(), 2);
+        backoff.succeeded();
+        assert_eq!(backoff.failures(), 0);
+        let odd = Backoff::new(Duration::ZERO, Duration::ZERO, f64::NAN);
+        assert_eq!(odd.delay(5), Duration::from_millis(1), "validated: at least 1 ms, no jitter");
+    }
 
     #[test]
     fn defaults_are_titans() {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use muster_core::{Error, Result};
+use muster_core::{Backoff, Error, Result};
 use tokio::sync::mpsc;
 
 use crate::conn::to_error;
@@ -76,7 +76,7 @@ async fn listen(
     keyspace: Arc<AtomicBool>,
     tx: mpsc::Sender<String>,
 ) {
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400), 0.2);
     loop {
         let outcome = tokio::select! {
             () = inner.cancel.cancelled() => return,
@@ -85,13 +85,11 @@ async fn listen(
         keyspace.store(false, Ordering::SeqCst);
         match outcome {
             Ok(false) => return,
-            Ok(true) => failures = 0,
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                tracing::debug!(%error, "change hints unavailable; retrying");
-            }
+            Ok(true) => backoff.succeeded(),
+            Err(error) => tracing::debug!(%error, "change hints unavailable; retrying"),
         }
-        let pause = Duration::from_millis(200) * 2u32.saturating_pow(failures.min(5));
+        // After a stream that ended, wait the base pause; after failures, longer.
+        let pause = backoff.failed();
         tokio::select! {
             () = inner.cancel.cancelled() => return,
             () = tokio::time::sleep(pause) => {}

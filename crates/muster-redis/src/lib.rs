@@ -613,7 +613,7 @@ impl Registry for RedisRegistry {
 /// call goes to the new master instead of first failing against the old one. (Connection errors
 /// and `READONLY` replies trigger the same lookup; this only makes it earlier.)
 async fn follow_master_switches(inner: Arc<Inner>) {
-    let mut failures: u32 = 0;
+    let mut backoff = muster_core::Backoff::new(Duration::from_millis(200), Duration::from_millis(6400), 0.2);
     loop {
         let subscribed = async {
             let mut pubsub =
@@ -627,7 +627,7 @@ async fn follow_master_switches(inner: Arc<Inner>) {
         };
         match pubsub {
             Ok(pubsub) => {
-                failures = 0;
+                backoff.succeeded();
                 let mut messages = pubsub.into_on_message();
                 loop {
                     let message = tokio::select! {
@@ -640,12 +640,9 @@ async fn follow_master_switches(inner: Arc<Inner>) {
                     inner.pool.invalidate().await;
                 }
             }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                tracing::debug!(%error, "cannot subscribe to sentinel notices; retrying");
-            }
+            Err(error) => tracing::debug!(%error, "cannot subscribe to sentinel notices; retrying"),
         }
-        let pause = Duration::from_millis(200) * 2u32.saturating_pow(failures.min(5));
+        let pause = backoff.failed();
         tokio::select! {
             () = inner.cancel.cancelled() => return,
             () = tokio::time::sleep(pause) => {}

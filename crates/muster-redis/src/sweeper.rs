@@ -33,7 +33,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let mut hints = hints::spawn(&inner);
     let mut state = PassState { last_reconcile: None, holding: false };
-    let mut failures: u32 = 0;
+    let mut backoff = muster_core::Backoff::new(inner.config.sweep_interval, MAX_BACKOFF, 0.2);
     let mut keyspace_before = false;
     loop {
         let keyspace = hints.keyspace.load(Ordering::SeqCst);
@@ -44,13 +44,12 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         keyspace_before = keyspace;
         let pause = match pass(&inner, &token, &mut state, keyspace).await {
             Ok(pause) => {
-                failures = 0;
+                backoff.succeeded();
                 pause
             }
             Err(error) => {
-                failures = failures.saturating_add(1);
                 tracing::warn!(%error, "sweep failed; retrying");
-                (inner.config.sweep_interval * 2u32.saturating_pow(failures.min(8))).min(MAX_BACKOFF)
+                backoff.failed()
             }
         };
         let sleep = tokio::time::sleep(pause);

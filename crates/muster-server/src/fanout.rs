@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use muster_core::log::{EventLog, LogSource, Mirror};
 use muster_core::{
-    DeregisterReason, Error, EventKind, Registry, Result, RetryPolicy, Revision, Snapshot, WatchEvent,
+    Backoff, DeregisterReason, Error, EventKind, Registry, Result, Revision, Snapshot, WatchEvent,
     WatchStart, WatchStream,
 };
 use prometheus_client::metrics::counter::Counter;
@@ -198,21 +198,19 @@ async fn follow(
     shutdown: CancellationToken,
     expiries: Counter,
 ) {
-    let backoff = RetryPolicy { max_attempts: u32::MAX, base_delay: Duration::from_millis(100), jitter: 0.5 };
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400), 0.5);
     loop {
         let after = shared.read().log.revision();
         let outcome = tokio::select! {
             () = shutdown.cancelled() => break,
-            outcome = follow_once(&*registry, &shared, after, &expiries, &mut failures) => outcome,
+            outcome = follow_once(&*registry, &shared, after, &expiries, &mut backoff) => outcome,
         };
         if let Err(error) = outcome {
-            failures = failures.saturating_add(1);
             tracing::warn!(%error, "the registry's change feed broke; resuming");
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff.delay(failures.clamp(1, 6))) => {}
+            () = tokio::time::sleep(backoff.failed()) => {}
         }
     }
     shared.write().shutdown = true;
@@ -225,7 +223,7 @@ async fn follow_once(
     shared: &Shared,
     after: Revision,
     expiries: &Counter,
-    failures: &mut u32,
+    backoff: &mut Backoff,
 ) -> Result<()> {
     let mut stream = registry.watch(WatchStart::After(after)).await?;
     let target = registry.current_revision().await?;
@@ -239,7 +237,7 @@ async fn follow_once(
     }
     while let Some(item) = stream.next().await {
         let revision = shared.apply(item?, target, expiries);
-        *failures = 0;
+        backoff.succeeded();
         shared.revisions.send_replace(revision);
     }
     Err(Error::unavailable("the registry's watch ended"))
