@@ -328,11 +328,11 @@ impl Inner {
             .await?;
         let mut candidates = new;
         candidates.extend(gone);
-        let seen = format!("{}:index:seen", keys.prefix);
+        let seen = &keys.seen;
         for chunk in foreign.chunks(PROBE_BATCH) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                pipe.cmd("HMGET").arg(format!("{}:nodes:{id}", keys.prefix)).arg("address").arg("services");
+                pipe.cmd("HMGET").arg(keys.node(id)).arg("address").arg("services");
                 pipe.cmd("HMGET").arg(&seen).arg(format!("a:{id}")).arg(format!("s:{id}"));
             }
             let replies: Vec<Vec<Option<String>>> = self
@@ -361,11 +361,11 @@ impl Inner {
     pub(crate) async fn needing_reconcile(&self, ids: &[String]) -> Result<Vec<String>> {
         type Probe = ((Option<String>, Option<String>), (Option<String>, Option<String>), bool, bool);
         let keys = &self.keys;
-        let seen = format!("{}:index:seen", keys.prefix);
+        let seen = &keys.seen;
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HMGET")
-                .arg(format!("{}:nodes:{id}", keys.prefix))
+                .arg(keys.node(id))
                 .arg("address")
                 .arg("services")
                 .cmd("HMGET")

@@ -1,0 +1,126 @@
+local FIELDS = {'address', 'services', 'timestamp', 'registeredAt', 'status', 'metadata', 'ttl'}
+local function read_fields(k)
+  local v = redis.call('HMGET', k, unpack(FIELDS))
+  if not v[1] and not v[2] and not v[3] then return nil end
+  return {address = v[1], services = v[2], timestamp = v[3], registeredAt = v[4] or nil,
+          status = v[5] or nil, metadata = v[6] or nil, ttl = v[7] or nil}
+end
+local function valid_json(s)
+  if not s or s == '' then return false end
+  local ok = pcall(cjson.decode, s)
+  return ok
+end
+-- The validity rule of a node hash, Titan's reader's own (and `codec::check_hash`'s): a non-empty
+-- address, services that parse as a JSON list, a non-empty timestamp. (Liveness is the heartbeat
+-- key's, checked apart.)
+local function is_list(s)
+  return s and string.match(s, '^[ \t\r\n]*%[') ~= nil and valid_json(s)
+end
+local function is_valid(n)
+  return n ~= nil and n.address and n.address ~= '' and is_list(n.services) and n.timestamp and n.timestamp ~= ''
+    and true or false
+end
+local function digits(v, default)
+  if v and string.match(v, '^%d+$') then return v end
+  return default
+end
+local function service_names(services)
+  local names = {}
+  local ok, list = pcall(cjson.decode, services or '')
+  if ok and type(list) == 'table' then
+    for _, s in ipairs(list) do
+      if type(s) == 'table' and type(s.name) == 'string' then names[s.name] = true end
+    end
+  end
+  return names
+end
+local function node_json(id, n)
+  local metadata = n.metadata
+  if not valid_json(metadata) then metadata = '{}' end
+  return '{"nodeId":' .. cjson.encode(id) .. ',"address":' .. cjson.encode(n.address) ..
+    ',"services":' .. n.services .. ',"timestamp":' .. digits(n.timestamp, '0') ..
+    ',"registeredAt":' .. digits(n.registeredAt, digits(n.timestamp, '0')) ..
+    ',"status":' .. cjson.encode(n.status or 'UP') .. ',"metadata":' .. metadata ..
+    ',"ttlMs":' .. digits(n.ttl, '0') .. '}'
+end
+local TITAN = {registered = 'NODE_REGISTERED', updated = 'NODE_UPDATED', deregistered = 'NODE_DEREGISTERED'}
+local function next_revision()
+  local rev = redis.call('INCR', K_REV)
+  local first = '0'
+  if rev == 1 then
+    first = '1'
+    -- A fresh counter (first use, or the data was lost) starts above anything an earlier counter
+    -- could have issued, so revisions keep increasing and watchers notice the gap.
+    rev = NOW * 1000
+    local last = redis.call('XREVRANGE', K_LOG, '+', '-', 'COUNT', 1)
+    if last[1] then
+      local ms = tonumber(string.match(last[1][1], '^(%d+)'))
+      if ms and ms >= rev then rev = ms + 1 end
+    end
+    redis.call('SET', K_REV, fmt(rev))
+  end
+  return rev, first
+end
+-- Appends an event to the log (`first` = '1' marks the first revision of a fresh counter) and
+-- publishes it on the Titan channel.
+local function emit(kind, reason, id, n)
+  local rev, first = next_revision()
+  redis.call('XADD', K_LOG, 'MAXLEN', MAXLEN, fmt(rev) .. '-0',
+    'type', kind, 'reason', reason, 'node', node_json(id, n), 'ts', fmt(NOW), 'first', first)
+  publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev))
+  return rev
+end
+-- What a Titan peer's node looked like when last seen (foreign nodes only): fields `a:<id>` (its
+-- address) and `s:<id>` (its services), so one HMGET answers for many nodes.
+local function remember(id, n)
+  redis.call('HSET', K_SEEN, 'a:' .. id, n.address, 's:' .. id, n.services)
+end
+-- Keeps the node as of its last change: field by field (for expiry events after the hash expired)
+-- and as JSON in the info hash (read by listings in one command).
+local function copy_last(id, n)
+  redis.call('HSET', key('last', id), 'address', n.address, 'services', n.services,
+    'timestamp', n.timestamp, 'registeredAt', n.registeredAt or n.timestamp,
+    'status', n.status or 'UP', 'metadata', n.metadata or '{}', 'ttl', n.ttl or '0')
+  redis.call('HSET', K_INFO, id, node_json(id, n))
+end
+-- Why a tracked node is gone before anyone expired it: removed before its deadline by someone
+-- else (a Titan peer's shutdown or `deregisterNode`: 'graceful'; its hash broken: 'evicted'), or
+-- its heartbeat ran out ('expired').
+local function vanish_reason(id, hash_present)
+  local deadline = redis.call('ZSCORE', K_DEADLINES, id)
+  if deadline and tonumber(deadline) > NOW then
+    if hash_present then return 'evicted' end
+    return 'graceful'
+  end
+  return 'expired'
+end
+-- Milliseconds a heartbeat key has left, or nil when it is gone. A key without a TTL is alive (a
+-- reader only tests that it exists); it is looked at again in 15 s.
+local function heartbeat_left(id)
+  local pttl = redis.call('PTTL', key('heartbeat', id))
+  if pttl == -2 then return nil end
+  if pttl < 0 then return 15000 end
+  return math.max(pttl, 1)
+end
+-- Removes a node from every structure. Returns true when the sweeper was tracking it.
+local function remove(id, n)
+  redis.call('DEL', key('nodes', id), key('heartbeat', id), key('last', id))
+  redis.call('SREM', K_INDEX, id)
+  redis.call('SREM', K_FOREIGN, id)
+  redis.call('SREM', K_TRACKED, id)
+  redis.call('HDEL', K_INFO, id)
+  redis.call('HDEL', K_SEEN, 'a:' .. id, 's:' .. id)
+  local tracked = redis.call('ZREM', K_DEADLINES, id) == 1
+  if n and n.services then
+    for name in pairs(service_names(n.services)) do redis.call('SREM', key('index:services', name), id) end
+  end
+  return tracked
+end
+-- The node as last known: the live hash, or the copy kept since the last change.
+local function last_known(id)
+  local n = read_fields(key('nodes', id))
+  if is_valid(n) then return n end
+  local last = read_fields(key('last', id))
+  if is_valid(last) then return last end
+  return n
+end

@@ -1,0 +1,15 @@
+local id = ARGV[4]
+local present = redis.call('EXISTS', key('nodes', id)) == 1 or redis.call('SISMEMBER', K_INDEX, id) == 1
+  or redis.call('ZSCORE', K_DEADLINES, id)
+if not present then return {0, '0'} end
+local alive = redis.call('EXISTS', key('heartbeat', id)) == 1
+local prev = last_known(id)
+local reason = vanish_reason(id, redis.call('EXISTS', key('nodes', id)) == 1)
+local tracked = remove(id, prev)
+local rev = '0'
+if alive then
+  if is_valid(prev) then rev = fmt(emit('deregistered', ARGV[5], id, prev)) end
+  return {1, rev}
+end
+if tracked and is_valid(prev) then rev = fmt(emit('deregistered', reason, id, prev)) end
+return {0, rev}
