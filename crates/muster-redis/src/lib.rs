@@ -333,7 +333,7 @@ impl Inner {
             let mut pipe = redis::pipe();
             for id in chunk {
                 pipe.cmd("HMGET").arg(keys.node(id)).arg("address").arg("services");
-                pipe.cmd("HMGET").arg(&seen).arg(format!("a:{id}")).arg(format!("s:{id}"));
+                pipe.cmd("HMGET").arg(seen).arg(format!("a:{id}")).arg(format!("s:{id}"));
             }
             let replies: Vec<Vec<Option<String>>> = self
                 .pool
@@ -369,7 +369,7 @@ impl Inner {
                 .arg("address")
                 .arg("services")
                 .cmd("HMGET")
-                .arg(&seen)
+                .arg(seen)
                 .arg(format!("a:{id}"))
                 .arg(format!("s:{id}"))
                 .cmd("SISMEMBER")
