@@ -102,6 +102,8 @@ struct DropGuard {
     persist_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Tells the snapshot writer to stop.
     persist_done: Arc<Notify>,
+    /// The snapshot writer task, awaited by [`MemoryRegistry::shutdown`].
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<()>>>>,
 }
 
 impl DropGuard {
@@ -120,6 +122,8 @@ struct Shared {
     revision_tx: watch::Sender<Revision>,
     /// Settings.
     options: MemoryOptions,
+    /// Held while a snapshot is written, so writes never interleave.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// A stored node and when it expires.
@@ -181,6 +185,7 @@ impl MemoryRegistry {
             sweeper_wake: Notify::new(),
             revision_tx: watch::Sender::new(Revision::ZERO),
             options,
+            writing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(sweep_expired(Arc::clone(&shared)));
         Self {
@@ -188,6 +193,7 @@ impl MemoryRegistry {
                 shared,
                 persist_dir: std::sync::OnceLock::new(),
                 persist_done: Arc::new(Notify::new()),
+                writer: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -212,14 +218,36 @@ impl MemoryRegistry {
         }
         let _ = registry.inner.persist_dir.set(options.dir.clone());
         let writer = persist::Writer::new(options, registry.shared());
-        tokio::spawn(writer.run(Arc::clone(registry.shared()), registry.inner.persist_done.clone()));
+        let task =
+            tokio::spawn(writer.run(Arc::clone(registry.shared()), registry.inner.persist_done.clone()));
+        *registry.inner.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(registry)
     }
 
-    /// Writes the snapshot now (call at shutdown). Does nothing without persistence.
+    /// Writes the snapshot now. Does nothing without persistence. Writes are serialized with the
+    /// background writer's, so they never share the temporary file.
     pub async fn flush(&self) -> Result<()> {
         let Some(dir) = self.inner.persist_dir() else { return Ok(()) };
+        let _writing = self.shared().writing.lock().await;
         persist::write(&dir, &persist::snapshot_of(self.shared(), true)).await
+    }
+
+    /// Stops the registry's background work and waits for it: the snapshot writer writes the
+    /// final, clean snapshot and ends; the sweeper and every watch stream end. Call it once, at
+    /// shutdown; changes made afterwards are neither expired nor persisted. Fails when the final
+    /// snapshot could not be written.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shared().lock().shutdown = true;
+        self.shared().sweeper_wake.notify_one();
+        self.shared().revision_tx.send_modify(|_| {});
+        self.inner.persist_done.notify_one();
+        let writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match writer {
+            Some(writer) => {
+                writer.await.map_err(|e| Error::new(muster_core::ErrorKind::Internal, e.to_string()))?
+            }
+            None => Ok(()),
+        }
     }
 
     fn restore(&self, snapshot: persist::Snapshot) {

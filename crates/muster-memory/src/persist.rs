@@ -99,11 +99,12 @@ impl Writer {
         Self { options, changes, written }
     }
 
-    pub(crate) async fn run(self, shared: Arc<Shared>, done: Arc<Notify>) {
+    /// Runs until told to stop; returns the outcome of the final snapshot's write.
+    pub(crate) async fn run(self, shared: Arc<Shared>, done: Arc<Notify>) -> Result<()> {
         let Self { options, mut changes, mut written } = self;
         loop {
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
+                changed = changes.changed() => if changed.is_err() { return Ok(()) },
                 () = done.notified() => break,
             }
             // Let further changes gather for one interval, then write them together.
@@ -111,6 +112,7 @@ impl Writer {
                 () = tokio::time::sleep(options.snapshot_interval) => {}
                 () = done.notified() => break,
             }
+            let _writing = shared.writing.lock().await;
             let snapshot = snapshot_of(&shared, false);
             if snapshot.revision != written {
                 match write(&options.dir, &snapshot).await {
@@ -122,9 +124,12 @@ impl Writer {
             }
         }
         // Shutting down: write the final, clean snapshot.
+        let _writing = shared.writing.lock().await;
         let snapshot = snapshot_of(&shared, true);
-        if let Err(error) = write(&options.dir, &snapshot).await {
+        let written = write(&options.dir, &snapshot).await;
+        if let Err(error) = &written {
             tracing::error!(%error, "final snapshot not written");
         }
+        written
     }
 }

@@ -357,7 +357,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(registry, config);
     muster_server::run(listener, state, shutdown_signal()).await.context("server failed")?;
     if let Some(registry) = persisted {
-        registry.flush().await.context("writing the final snapshot")?;
+        registry.shutdown().await.context("writing the final snapshot")?;
     }
     tracing::info!("stopped");
     Ok(())

@@ -205,6 +205,45 @@ mod persistence {
         );
     }
 
+    /// Snapshot writes never race: flushes while the background writer runs all succeed, and
+    /// `shutdown` waits for the final clean snapshot (and ends watch streams).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_are_serialized_and_shutdown_waits_for_the_final_snapshot() {
+        let dir = TempDir::new("persist");
+        let options =
+            PersistOptions { dir: dir.path().to_owned(), snapshot_interval: Duration::from_millis(1) };
+        let registry = MemoryRegistry::open(MemoryOptions::default(), options.clone()).await.unwrap();
+        let mut flushes = Vec::new();
+        for n in 0..40 {
+            registry
+                .heartbeat(registration(&format!("n{n}"), "h:1", &["a"], Timing::default()))
+                .await
+                .unwrap();
+            let registry = registry.clone();
+            flushes.push(tokio::spawn(async move { registry.flush().await }));
+        }
+        for flush in flushes {
+            flush.await.unwrap().expect("every flush writes its snapshot");
+        }
+        let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+        registry.heartbeat(registration("last", "h:1", &["a"], Timing::default())).await.unwrap();
+        next_event(&mut watch, Duration::from_secs(1)).await;
+        registry.shutdown().await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join("registry.json")).unwrap();
+        assert!(text.contains("\"last\"") && text.contains("\"clean\":true"), "{text}");
+        assert!(!dir.path().join("registry.json.tmp").exists(), "no temporary file left");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), futures::StreamExt::next(&mut watch))
+                .await
+                .unwrap()
+                .is_none(),
+            "watch streams end at shutdown"
+        );
+        drop(registry);
+        let again = MemoryRegistry::open(MemoryOptions::default(), options).await.unwrap();
+        assert_eq!(again.list_active().await.unwrap().len(), 41);
+    }
+
     /// A corrupt snapshot stops the start with a message naming the file, and is left in place.
     #[tokio::test]
     async fn corrupt_snapshot_is_refused() {
