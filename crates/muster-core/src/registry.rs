@@ -105,6 +105,12 @@ pub trait Registry: Send + Sync + 'static {
 
     /// A stream of changes from `start`; see [`WatchStart`].
     async fn watch(&self, start: WatchStart) -> Result<WatchStream>;
+
+    /// Stops the store's background work and waits for it to finish (final writes, lease
+    /// releases); watch streams end. Call once, when the process is done with the store.
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -150,6 +156,9 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         (**self).watch(start).await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        (**self).shutdown().await
     }
     fn is_preserving(&self) -> bool {
         (**self).is_preserving()

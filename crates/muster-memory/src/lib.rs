@@ -672,6 +672,10 @@ impl Registry for MemoryRegistry {
         MemoryRegistry::is_preserving(self)
     }
 
+    async fn shutdown(&self) -> Result<()> {
+        MemoryRegistry::shutdown(self).await
+    }
+
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         let shared = Arc::clone(self.shared());
         muster_core::log::stream(shared, &self.shared().revision_tx, start)

@@ -45,7 +45,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>) -> Hints {
     let wants_keyspace =
         inner.config.keyspace_notifications && !matches!(inner.config.topology, Topology::Cluster { .. });
     if wants_keyspace || inner.config.pubsub_enabled {
-        tokio::spawn(listen(Arc::clone(inner), wants_keyspace, Arc::clone(&keyspace), tx));
+        inner.tasks.spawn(listen(Arc::clone(inner), wants_keyspace, Arc::clone(&keyspace), tx));
     }
     Hints { ids, keyspace }
 }

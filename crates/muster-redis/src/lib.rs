@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     channel_arg: String,
     /// Stops background tasks and watch streams.
     cancel: CancellationToken,
+    /// Every task the registry spawns (sweeper, hints, sentinel follower, watch readers).
+    tasks: tokio_util::task::TaskTracker,
     /// The last listing view decoded: its header and its nodes (decoding is paid once per view).
     decoded_view: std::sync::Mutex<Option<(String, Arc<Vec<NodeInfo>>)>>,
 }
@@ -107,13 +109,14 @@ impl RedisRegistry {
             channel_arg: if config.pubsub_enabled { config.pubsub_channel.clone() } else { String::new() },
             config,
             cancel: cancel.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
             decoded_view: std::sync::Mutex::new(None),
         });
         if inner.config.sweeper && !inner.config.read_only {
-            tokio::spawn(sweeper::run(Arc::clone(&inner)));
+            inner.tasks.spawn(sweeper::run(Arc::clone(&inner)));
         }
         if matches!(inner.config.topology, Topology::Sentinel { .. }) {
-            tokio::spawn(follow_master_switches(Arc::clone(&inner)));
+            inner.tasks.spawn(follow_master_switches(Arc::clone(&inner)));
         }
         Ok(Self { inner, _guard: Arc::new(cancel.drop_guard()) })
     }
@@ -606,6 +609,15 @@ impl Registry for RedisRegistry {
 
     async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         watch::open(Arc::clone(&self.inner), start).await
+    }
+
+    /// Cancels the sweeper (which releases its lease), the hint listener, the Sentinel follower and
+    /// every watch reader, and waits for them to end.
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        Ok(())
     }
 }
 

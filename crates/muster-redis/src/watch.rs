@@ -47,9 +47,9 @@ pub(crate) async fn open(inner: Arc<Inner>, start: WatchStart) -> Result<WatchSt
     if inner.config.pubsub_enabled && inner.config.read_only && !inner.sweeper_present().await? {
         let mut pubsub = inner.pool.pubsub().await?;
         pubsub.subscribe(&inner.config.pubsub_channel).await.map_err(to_error)?;
-        tokio::spawn(read_channel(Arc::clone(&inner), pubsub, Arc::clone(&cursor), tx.clone()));
+        inner.tasks.spawn(read_channel(Arc::clone(&inner), pubsub, Arc::clone(&cursor), tx.clone()));
     }
-    tokio::spawn(read_log(inner, conn, cursor, tx));
+    inner.tasks.clone().spawn(read_log(inner, conn, cursor, tx));
     Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
 }
 

@@ -279,7 +279,6 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    let mut persisted: Option<muster_memory::MemoryRegistry> = None;
     let memory_options = muster_memory::MemoryOptions {
         self_preservation: (args.self_preservation > 0.0).then(|| muster_memory::SelfPreservation {
             threshold: args.self_preservation,
@@ -301,7 +300,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )
                 .await
                 .context("--data-dir")?;
-                persisted = Some(registry.clone());
                 (Arc::new(registry), format!("embedded memory, persisted in {}", dir.display()))
             }
         },
@@ -354,11 +352,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             writeln!(out, "  seed-003 routes: {base}/register /heartbeat /resolve/{{name}} /services /stats");
         let _ = out.flush();
     }
-    let state = AppState::new(registry, config);
+    let state = AppState::new(Arc::clone(&registry), config);
     muster_server::run(listener, state, shutdown_signal()).await.context("server failed")?;
-    if let Some(registry) = persisted {
-        registry.shutdown().await.context("writing the final snapshot")?;
-    }
+    // The store's background work ends: the final snapshot is written, the sweeper's lease freed.
+    registry.shutdown().await.context("stopping the store (writing the final snapshot)")?;
     tracing::info!("stopped");
     Ok(())
 }

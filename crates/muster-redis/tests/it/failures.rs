@@ -246,3 +246,28 @@ async fn sentinel_failover_while_agents_heartbeat() {
     }
     assert!(active_ids(&registry).await.is_empty());
 }
+
+/// `shutdown` stops the background work and waits for it: the sweeper's lease is released when it
+/// returns, watch streams end, and another process's sweeper takes over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_the_lease_and_ends_watches() {
+    let server = RedisServer::start().await;
+    let first = registry(&server.url(), "shut").await;
+    until(Duration::from_secs(5), "the sweeper holds its lease", || async {
+        server.cli(&["exists", "shut:sweeper"]).trim() == "1"
+    })
+    .await;
+    let mut watch = first.watch(WatchStart::Now).await.unwrap();
+    first.shutdown().await.unwrap();
+    assert_eq!(server.cli(&["exists", "shut:sweeper"]).trim(), "0", "released before shutdown returned");
+    let ended = tokio::time::timeout(Duration::from_secs(2), watch.next()).await.expect("the watch ends");
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
+    // Another registry expires nodes at once.
+    let second = registry(&server.url(), "shut").await;
+    let quick =
+        muster_core::Registration::new(id("quick"), addr("h:1"), vec![svc("a")], Duration::from_millis(300))
+            .unwrap();
+    second.heartbeat(quick).await.unwrap();
+    until(Duration::from_secs(3), "the node expires", || async { active_ids(&second).await.is_empty() })
+        .await;
+}
