@@ -64,7 +64,8 @@ struct ServeArgs {
     prefix: Option<String>,
     /// Publish events on the Titan pub/sub channel, as Titan nodes do (Redis only; on with the
     /// netron preset).
-    #[arg(long, env = "MUSTER_PUBSUB", default_value_t = false)]
+    #[arg(long, env = "MUSTER_PUBSUB", default_value_t = false, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pubsub: bool,
     /// The pub/sub channel (Titan's `pubSubChannel`; default: the preset's).
     #[arg(long, env = "MUSTER_PUBSUB_CHANNEL")]
@@ -100,6 +101,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Print every setting as it would be used (flags > MUSTER_* > --config file > defaults) and
+    /// exit without serving.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -116,7 +121,14 @@ const ALIASES: &[(&str, &str)] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match settings(std::env::args_os().collect()) {
+        Ok(matches) => matches,
+        Err(Settings::Clap(error)) => error.exit(),
+        Err(Settings::File(message)) => {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
@@ -133,11 +145,13 @@ fn main() -> std::process::ExitCode {
         Command::Client(command) => return runtime.block_on(cmd::run(command)),
     };
     if let Some(("serve", serve)) = matches.subcommand() {
-        let settled = apply_config_file(&mut args, serve)
-            .and_then(|()| apply_aliases(&mut args, serve, |key| std::env::var(key).ok()));
-        if let Err(message) = settled {
+        if let Err(message) = apply_aliases(&mut args, serve, |key| std::env::var(key).ok()) {
             eprintln!("error: {message}");
             return std::process::ExitCode::from(2);
+        }
+        if args.check_config {
+            print_settings(serve);
+            return std::process::ExitCode::SUCCESS;
         }
     }
     match runtime.block_on(serve(args)) {
@@ -149,68 +163,70 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Fills settings left at their default from the `--config` TOML file: each key is re-parsed
-/// through the same command-line parser, so a file value is validated exactly like a flag.
-fn apply_config_file(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result<(), String> {
-    let Some(path) = args.config.clone() else { return Ok(()) };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| format!("--config {}: {e}", path.display()))?;
-    let mut argv = vec!["muster".to_owned(), "serve".to_owned()];
-    let mut applied = Vec::new();
+/// Why the settings could not be read.
+enum Settings {
+    /// The command line or an environment variable (clap prints it).
+    Clap(clap::Error),
+    /// The `--config` file.
+    File(String),
+}
+
+/// The command line parsed with every layer: flags > `MUSTER_*` variables > the `--config` TOML
+/// file > built-in defaults. The file's values become the arguments' defaults, so clap validates
+/// them exactly like flags and any setting added to [`ServeArgs`] is read from all three.
+fn settings(argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Settings> {
+    let first = Cli::command().try_get_matches_from(&argv).map_err(Settings::Clap)?;
+    let Some(("serve", serve)) = first.subcommand() else { return Ok(first) };
+    let Some(path) = serve.get_one::<std::path::PathBuf>("config") else { return Ok(first) };
+    let file = |message: String| Settings::File(format!("--config {}: {message}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file(e.to_string()))?;
+    let mut command = Cli::command();
     for (key, value) in &table {
         let id = key.replace('-', "_");
-        let known = Cli::command()
+        let known = command
             .find_subcommand("serve")
             .is_some_and(|serve| serve.get_arguments().any(|a| a.get_id() == id.as_str() && id != "config"));
         if !known {
-            return Err(format!("--config {}: unknown setting `{key}`", path.display()));
+            return Err(file(format!("unknown setting `{key}`")));
         }
-        if matches.value_source(&id).is_some_and(|source| source != ValueSource::DefaultValue) {
-            continue; // a flag or an environment variable wins
-        }
-        match value {
-            toml::Value::Boolean(true) => argv.push(format!("--{key}")),
-            toml::Value::Boolean(false) => {}
-            toml::Value::String(s) => argv.push(format!("--{key}={s}")),
-            toml::Value::Integer(n) => argv.push(format!("--{key}={n}")),
-            toml::Value::Float(f) => argv.push(format!("--{key}={f}")),
-            _ => {
-                return Err(format!(
-                    "--config {}: `{key}` must be a string, number or boolean",
-                    path.display()
-                ));
-            }
-        }
-        applied.push(id);
+        let value = match value {
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            _ => return Err(file(format!("`{key}` must be a string, number or boolean"))),
+        };
+        command = command.mut_subcommand("serve", |serve| serve.mut_arg(id, |arg| arg.default_value(value)));
     }
-    let parsed = Cli::try_parse_from(&argv).map_err(|e| {
-        format!("--config {}: {}", path.display(), e.to_string().lines().next().unwrap_or_default())
-    })?;
-    let Command::Serve(from_file) = parsed.command else { return Ok(()) };
-    for id in applied {
-        match id.as_str() {
-            "listen" => args.listen = from_file.listen,
-            "redis" => args.redis = from_file.redis.clone(),
-            "data_dir" => args.data_dir = from_file.data_dir.clone(),
-            "self_preservation" => args.self_preservation = from_file.self_preservation,
-            "preset" => args.preset = from_file.preset,
-            "prefix" => args.prefix = from_file.prefix.clone(),
-            "pubsub" => args.pubsub = from_file.pubsub,
-            "pubsub_channel" => args.pubsub_channel = from_file.pubsub_channel.clone(),
-            "heartbeat_events" => args.heartbeat_events = from_file.heartbeat_events,
-            "default_ttl" => args.default_ttl = from_file.default_ttl,
-            "compat_ttl" => args.compat_ttl = from_file.compat_ttl,
-            "cleanup_interval" => args.cleanup_interval = from_file.cleanup_interval,
-            "max_instances_per_service" => {
-                args.max_instances_per_service = from_file.max_instances_per_service
-            }
-            "allowed_origins" => args.allowed_origins = from_file.allowed_origins.clone(),
-            "body_limit" => args.body_limit = from_file.body_limit,
-            "log_format" => args.log_format = from_file.log_format.clone(),
-            _ => {}
+    command.try_get_matches_from(&argv).map_err(|error| {
+        // A bad value from the file is reported as the setting's; say where it came from.
+        file(error.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned())
+    })
+}
+
+/// `muster serve --check-config`: every setting with its value and where it came from.
+fn print_settings(matches: &clap::ArgMatches) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let Some(serve) = Cli::command().find_subcommand("serve").cloned() else { return };
+    for arg in serve.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "config" | "check_config" | "help") {
+            continue;
         }
+        let value = matches
+            .get_raw(id)
+            .map(|values| values.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue) => "default or --config",
+            _ => "unset",
+        };
+        let _ = writeln!(out, "{} = {value:?}  # {source}", id.replace('_', "-"));
     }
-    Ok(())
 }
 
 /// Fills settings left at their default from the seed-003 variables.

@@ -291,3 +291,80 @@ async fn serve_follows_titan_peers() {
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     server.wait().unwrap();
 }
+
+/// Every `serve` setting is read from the `--config` file, from its `MUSTER_*` variable and from
+/// its flag, in that order of precedence. The table must name every setting `--check-config`
+/// prints, so a setting added later is tested the same way.
+#[test]
+fn every_setting_honours_flag_env_and_file() {
+    // (setting, value in the file, in the environment, as a flag)
+    let table: &[(&str, &str, &str, &str)] = &[
+        ("listen", "127.0.0.1:4001", "127.0.0.1:4002", "127.0.0.1:4003"),
+        ("redis", "redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"),
+        ("data-dir", "/tmp/muster-a", "/tmp/muster-b", "/tmp/muster-c"),
+        ("self-preservation", "0.2", "0.3", "0.4"),
+        ("preset", "netron", "titan", "netron"),
+        ("prefix", "p1", "p2", "p3"),
+        ("pubsub", "true", "false", "true"),
+        ("pubsub-channel", "c1", "c2", "c3"),
+        ("heartbeat-events", "false", "true", "false"),
+        ("default-ttl", "21s", "22s", "23s"),
+        ("compat-ttl", "31s", "32s", "33s"),
+        ("cleanup-interval", "4s", "5s", "6s"),
+        ("max-instances-per-service", "11", "12", "13"),
+        ("allowed-origins", "http://a", "http://b", "http://c"),
+        ("body-limit", "2048", "4096", "8192"),
+        ("log-format", "json", "text", "json"),
+    ];
+    let dir = std::env::temp_dir().join(format!("muster-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("muster.toml");
+    let check = |env: &[(String, &str)], flags: &[String]| {
+        let mut command = muster();
+        command.args(["serve", "--check-config", "--config"]).arg(&file).args(flags);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        stdout
+    };
+    let value_of = |printed: &str, setting: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{setting} = \"")))
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned)
+    };
+    std::fs::write(&file, "").unwrap();
+    let printed = check(&[], &[]);
+    let mut listed: Vec<&str> = printed.lines().filter_map(|l| l.split(" = ").next()).collect();
+    let mut named: Vec<&str> = table.iter().map(|row| row.0).collect();
+    listed.sort_unstable();
+    named.sort_unstable();
+    assert_eq!(listed, named, "the table names every setting");
+    for (setting, in_file, in_env, as_flag) in table {
+        let quoted = if matches!(*in_file, "true" | "false") || in_file.parse::<f64>().is_ok() {
+            (*in_file).to_owned()
+        } else {
+            format!("{in_file:?}")
+        };
+        std::fs::write(&file, format!("{setting} = {quoted}\n")).unwrap();
+        // The redis setting excludes the data directory and self-preservation: keep them apart.
+        assert_eq!(value_of(&check(&[], &[]), setting).as_deref(), Some(*in_file), "{setting} from the file");
+        let env = [(format!("MUSTER_{}", setting.to_uppercase().replace('-', "_")), *in_env)];
+        assert_eq!(
+            value_of(&check(&env, &[]), setting).as_deref(),
+            Some(*in_env),
+            "{setting}: env over file"
+        );
+        let flag = [format!("--{setting}={as_flag}")];
+        assert_eq!(
+            value_of(&check(&env, &flag), setting).as_deref(),
+            Some(*as_flag),
+            "{setting}: flag over env"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
