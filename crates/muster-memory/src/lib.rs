@@ -24,23 +24,29 @@
 //! resuming on a different history; after a clean shutdown revisions continue exactly.
 
 mod compact;
+mod expiry;
 mod persist;
+mod state;
+mod watching;
 
+pub use expiry::SelfPreservation;
 pub use persist::PersistOptions;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use crate::state::{Entry, State};
+
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use muster_core::{
-    Change, DeregisterReason, DiscoveryEvent, Error, EventKind, EventLog, HeartbeatOutcome, LogSource,
-    NodeId, NodeInfo, NodeUpdate, Registration, Registry, Result, Revision, ServiceQuery, Snapshot,
-    WatchEvent, WatchStart, WatchStream, time::now_ms,
+    Change, DeregisterReason, DiscoveryEvent, Error, EventKind, EventLog, HeartbeatOutcome, NodeId, NodeInfo,
+    NodeUpdate, Registration, Registry, Result, Revision, ServiceQuery, WatchStart, WatchStream,
+    time::now_ms,
 };
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::compact::{StoredNode, Strings};
+use crate::compact::StoredNode;
 
 /// Settings of the in-memory registry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,34 +60,6 @@ pub struct MemoryOptions {
 impl Default for MemoryOptions {
     fn default() -> Self {
         Self { event_history: 10_000, self_preservation: None }
-    }
-}
-
-/// Self-preservation (Eureka's idea, bounded): when more than `threshold` of the nodes would expire
-/// within one `window` — more likely a network cut between them and the registry than that many
-/// crashes — expiry pauses. Overdue nodes stay listed and may heartbeat again without being
-/// announced as gone. Expiry resumes when enough overdue nodes are back below the threshold, or
-/// after `max_pause` at the latest (so a real mass failure is still announced).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SelfPreservation {
-    /// Share of the nodes (0–1) whose expiry within one window triggers the pause.
-    pub threshold: f64,
-    /// Below this many nodes, never pause (a handful of nodes can all fail for real).
-    pub min_nodes: usize,
-    /// The window expiries are counted in (about one TTL).
-    pub window: Duration,
-    /// The longest pause.
-    pub max_pause: Duration,
-}
-
-impl Default for SelfPreservation {
-    fn default() -> Self {
-        Self {
-            threshold: 0.5,
-            min_nodes: 10,
-            window: Duration::from_secs(15),
-            max_pause: Duration::from_secs(300),
-        }
     }
 }
 
@@ -126,44 +104,6 @@ struct Shared {
     writing: tokio::sync::Mutex<()>,
 }
 
-/// A stored node and when it expires.
-struct Entry {
-    /// The node, compact (readers get a `NodeInfo` built from it).
-    node: StoredNode,
-    /// When its TTL runs out (tokio clock).
-    deadline: Instant,
-}
-
-/// The registry's mutable state.
-#[derive(Default)]
-struct State {
-    /// Every stored node by id.
-    nodes: HashMap<NodeId, Entry>,
-    /// `(deadline, id)` for every stored node; the first entry is the next to expire.
-    deadlines: BTreeSet<(Instant, NodeId)>,
-    /// Service name → ids of nodes that list a service of that name.
-    by_service: HashMap<String, BTreeSet<NodeId>>,
-    /// The most recent events (the watch component's log; its revision is the registry's).
-    log: EventLog,
-    /// The revision this instance started from: zero, or the restored snapshot's.
-    origin: Revision,
-    /// Revision of this instance's first event, once issued. It follows `origin` directly only
-    /// after a clean restore; otherwise it jumps to the wall clock in microseconds (at least
-    /// `origin + 1`), so revisions keep increasing across restarts that lost events and watchers
-    /// of an earlier instance are told to resync rather than resume on different history.
-    first: Option<Revision>,
-    /// The snapshot restored was written at a clean shutdown: revisions continue from it.
-    continues: bool,
-    /// Set when the last handle is dropped.
-    shutdown: bool,
-    /// When recent expiries happened (for self-preservation), oldest first.
-    recent_expiries: VecDeque<Instant>,
-    /// Since when expiry is paused by self-preservation.
-    preserving_since: Option<Instant>,
-    /// Service names and versions, shared by the nodes that use them.
-    strings: Strings,
-}
-
 impl MemoryRegistry {
     /// A registry with default options. Spawns the sweeper task.
     ///
@@ -187,7 +127,7 @@ impl MemoryRegistry {
             options,
             writing: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(sweep_expired(Arc::clone(&shared)));
+        tokio::spawn(expiry::sweep_expired(Arc::clone(&shared)));
         Self {
             inner: Arc::new(DropGuard {
                 shared,
@@ -341,77 +281,6 @@ impl Shared {
         revision
     }
 
-    /// Removes every node whose deadline is at or before `now`, publishing an expiry for each —
-    /// unless self-preservation pauses expiry. Returns when to look again.
-    fn purge_expired(&self, now: Instant) -> Option<Instant> {
-        let mut state = self.lock();
-        if let Some(config) = self.options.self_preservation
-            && self.preserve(&mut state, &config, now)
-        {
-            // Look again soon: heartbeats may end the pause, and so will `max_pause`.
-            return Some(now + Duration::from_millis(500).min(config.max_pause));
-        }
-        while let Some((deadline, id)) = state.deadlines.first().cloned() {
-            if deadline > now {
-                return Some(deadline);
-            }
-            if let Some(entry) = state.remove(&id) {
-                tracing::debug!(node_id = %id, "node expired");
-                state.recent_expiries.push_back(now);
-                let node = entry.node.to_node(&id);
-                self.publish(&mut state, EventKind::Deregistered, Some(DeregisterReason::Expired), node);
-            }
-        }
-        None
-    }
-
-    /// Decides whether expiry pauses now; updates the pause state.
-    fn preserve(&self, state: &mut State, config: &SelfPreservation, now: Instant) -> bool {
-        while state
-            .recent_expiries
-            .front()
-            .is_some_and(|at| now.saturating_duration_since(*at) > config.window)
-        {
-            state.recent_expiries.pop_front();
-        }
-        let overdue = state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).count();
-        let population = state.nodes.len() + state.recent_expiries.len();
-        let losing = overdue + state.recent_expiries.len();
-        let too_many = population >= config.min_nodes && losing as f64 > config.threshold * population as f64;
-        match state.preserving_since {
-            Some(since) if now.saturating_duration_since(since) >= config.max_pause => {
-                tracing::warn!(
-                    overdue,
-                    "self-preservation ends after its longest pause; expiring overdue nodes"
-                );
-                state.preserving_since = None;
-                // Do not pause again for the same loss.
-                state.recent_expiries.clear();
-                false
-            }
-            Some(_) if !too_many => {
-                tracing::info!(overdue, "heartbeats are back; self-preservation ends");
-                state.preserving_since = None;
-                false
-            }
-            Some(_) => true,
-            None if too_many && overdue > 0 => {
-                tracing::warn!(
-                    overdue,
-                    population,
-                    "too many nodes would expire at once; pausing expiry (self-preservation)"
-                );
-                state.preserving_since = Some(now);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn preserving(&self, state: &State) -> bool {
-        state.preserving_since.is_some()
-    }
-
     /// Locks the state and returns the node, expiring it first if its deadline passed;
     /// `NotFound` when it is not (or no longer) stored.
     fn lock_active(&self, node_id: &NodeId, now: Instant) -> Result<(RwLockWriteGuard<'_, State>, NodeInfo)> {
@@ -423,90 +292,6 @@ impl Shared {
                 Ok((state, node))
             }
             None => Err(Error::node_not_found(node_id.as_str())),
-        }
-    }
-
-    /// Expires one node now if its deadline has passed (so a late heartbeat re-registers it).
-    fn expire_if_due(&self, state: &mut State, id: &NodeId, now: Instant) {
-        if !self.preserving(state)
-            && state.nodes.get(id).is_some_and(|e| e.deadline <= now)
-            && let Some(entry) = state.remove(id)
-        {
-            self.publish(
-                state,
-                EventKind::Deregistered,
-                Some(DeregisterReason::Expired),
-                entry.node.to_node(id),
-            );
-        }
-    }
-}
-
-impl State {
-    /// Removes a node from the map and every index.
-    fn remove(&mut self, id: &NodeId) -> Option<Entry> {
-        let entry = self.nodes.remove(id)?;
-        self.deadlines.remove(&(entry.deadline, id.clone()));
-        for name in entry.node.service_names() {
-            if let Some(ids) = self.by_service.get_mut(name) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.by_service.remove(name);
-                }
-            }
-        }
-        Some(entry)
-    }
-
-    /// Moves a node from one service list to another in the service index.
-    fn reindex_services<'a>(
-        &mut self,
-        id: &NodeId,
-        old: impl Iterator<Item = &'a str>,
-        new: &[muster_core::ServiceInfo],
-    ) {
-        for name in old {
-            if !new.iter().any(|s| s.name == name)
-                && let Some(ids) = self.by_service.get_mut(name)
-            {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.by_service.remove(name);
-                }
-            }
-        }
-        for service in new {
-            self.by_service.entry(service.name.clone()).or_default().insert(id.clone());
-        }
-    }
-
-    /// True when the entry counts as active: before its deadline, or kept by self-preservation.
-    fn live(&self, entry: &Entry, now: Instant) -> bool {
-        entry.deadline > now || self.preserving_since.is_some()
-    }
-
-    fn active_nodes(&self, now: Instant) -> Vec<NodeInfo> {
-        let mut nodes: Vec<NodeInfo> =
-            self.nodes.iter().filter(|(_, e)| self.live(e, now)).map(|(id, e)| e.node.to_node(id)).collect();
-        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        nodes
-    }
-}
-
-/// The sweeper: sleeps until the earliest deadline, expires what is due, repeats.
-async fn sweep_expired(shared: Arc<Shared>) {
-    loop {
-        if shared.read().shutdown {
-            return;
-        }
-        match shared.purge_expired(Instant::now()) {
-            Some(when) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(when) => {}
-                    () = shared.sweeper_wake.notified() => {}
-                }
-            }
-            None => shared.sweeper_wake.notified().await,
         }
     }
 }
@@ -680,28 +465,6 @@ impl Registry for MemoryRegistry {
         let shared = Arc::clone(self.shared());
         muster_core::log::stream(shared, &self.shared().revision_tx, start)
             .ok_or_else(|| Error::unavailable("the registry has shut down"))
-    }
-}
-
-/// Watch streams read the store's log and, when behind, a snapshot of its nodes — under one lock.
-impl LogSource for Shared {
-    fn read_after(&self, cursor: Revision, max: usize) -> Option<Vec<WatchEvent>> {
-        let state = self.read();
-        if state.shutdown {
-            return None;
-        }
-        Some(muster_core::log::read_log(&state.log, cursor, max, || {
-            tracing::debug!(%cursor, current = %state.log.revision(), "watcher resyncs");
-            Snapshot { revision: state.log.revision(), nodes: state.active_nodes(Instant::now()) }
-        }))
-    }
-
-    fn position(&self, with_snapshot: bool) -> Option<(Revision, Option<Snapshot>)> {
-        let state = self.read();
-        let revision = state.log.revision();
-        let snapshot =
-            with_snapshot.then(|| Snapshot { revision, nodes: state.active_nodes(Instant::now()) });
-        Some((revision, snapshot))
     }
 }
 
