@@ -15,24 +15,24 @@
 //! Layout: `lib.rs` holds the agent and its lifecycle, `cache.rs` the local cache, `handlers.rs` the
 //! event-handler registry.
 
+mod builder;
 mod cache;
 mod handlers;
+mod tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use futures::StreamExt;
-use muster_core::options::OptionsWarning;
 use muster_core::{
     Address, DeregisterReason, DiscoveryEvent, DiscoveryOptions, Error, ErrorKind, HeartbeatOutcome,
-    Metadata, NodeId, NodeInfo, NodeStatus, NodeUpdate, Registration, Registry, Result, RetryPolicy,
-    ServiceInfo, ServiceQuery, WatchEvent, WatchStart,
+    Metadata, NodeId, NodeInfo, NodeStatus, NodeUpdate, Registry, Result, RetryPolicy, ServiceInfo,
+    ServiceQuery, WatchStart,
 };
 use tokio::sync::{Mutex, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use builder::{AgentBuilder, detect_address};
 pub use cache::DiscoveryCache;
 pub use handlers::EventSubscription;
 use handlers::Handlers;
@@ -41,127 +41,6 @@ use handlers::Handlers;
 pub const DEFAULT_ADDRESS: &str = "localhost:3000";
 /// Prefix of generated node ids.
 pub const DEFAULT_NODE_ID_PREFIX: &str = "muster";
-
-/// Builds the address from `HOST` and `PORT` as returned by `lookup`, defaulting to
-/// `localhost` and `3000` (the Titan rule).
-///
-/// `lookup` is usually `|k| std::env::var(k).ok()`; tests pass a map instead of touching the
-/// environment.
-pub fn detect_address(lookup: impl Fn(&str) -> Option<String>) -> Result<Address> {
-    let host = lookup("HOST").filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_owned());
-    let port = lookup("PORT").filter(|p| !p.is_empty()).unwrap_or_else(|| "3000".to_owned());
-    let port: u16 =
-        port.parse().map_err(|_| Error::invalid("PORT", format!("{port:?} is not a port number")))?;
-    Address::from_parts(&host, port)
-}
-
-/// Configures and builds an [`Agent`].
-#[must_use]
-pub struct AgentBuilder {
-    /// The store.
-    registry: Arc<dyn Registry>,
-    /// The Titan options.
-    options: DiscoveryOptions,
-    /// Explicit node id; generated when absent.
-    node_id: Option<NodeId>,
-    /// Prefix for generated node ids.
-    node_id_prefix: String,
-    /// Explicit address; detected from `HOST`/`PORT` when absent.
-    address: Option<Address>,
-    /// Initial services.
-    services: Vec<ServiceInfo>,
-    /// Node-level metadata.
-    metadata: Metadata,
-    /// Initial status.
-    status: NodeStatus,
-    /// Whether handlers skip events about this agent's own node.
-    filter_own_events: bool,
-}
-
-impl AgentBuilder {
-    /// Replaces the discovery options (validated in [`AgentBuilder::build`]).
-    pub fn options(mut self, options: DiscoveryOptions) -> Self {
-        self.options = options;
-        self
-    }
-    /// Uses this node id instead of generating one.
-    pub fn node_id(mut self, node_id: NodeId) -> Self {
-        self.node_id = Some(node_id);
-        self
-    }
-    /// Prefix for the generated node id (`<prefix>-<pid>-<ms>-<random>`).
-    pub fn node_id_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.node_id_prefix = prefix.into();
-        self
-    }
-    /// The address this node is reached at.
-    pub fn address(mut self, address: Address) -> Self {
-        self.address = Some(address);
-        self
-    }
-    /// Adds a service (duplicates of name and version are dropped).
-    pub fn service(mut self, service: ServiceInfo) -> Self {
-        if !self.services.iter().any(|s| s.same_identity(&service)) {
-            self.services.push(service);
-        }
-        self
-    }
-    /// Node-level metadata.
-    pub fn metadata(mut self, metadata: Metadata) -> Self {
-        self.metadata = metadata;
-        self
-    }
-    /// The status reported with heartbeats (default `UP`).
-    pub fn status(mut self, status: NodeStatus) -> Self {
-        self.status = status;
-        self
-    }
-    /// Whether handlers skip events about this node (default true, as in Titan).
-    pub fn filter_own_events(mut self, filter: bool) -> Self {
-        self.filter_own_events = filter;
-        self
-    }
-
-    /// Validates everything and builds the agent. Logs a warning for risky but legal options.
-    ///
-    /// Without an explicit address, reads `HOST` and `PORT` from the environment (see
-    /// [`detect_address`]).
-    pub fn build(self) -> Result<Agent> {
-        for OptionsWarning(warning) in self.options.validate()? {
-            tracing::warn!("{warning}");
-        }
-        muster_core::service::validate_services(&self.services)?;
-        muster_core::service::validate_metadata(&self.metadata)?;
-        let address = match self.address {
-            Some(address) => address,
-            None => detect_address(|key| std::env::var(key).ok())?,
-        };
-        let node_id = self.node_id.unwrap_or_else(|| NodeId::generate(&self.node_id_prefix));
-        let cancel = CancellationToken::new();
-        let inner = Arc::new(Inner {
-            registry: self.registry,
-            retry: self.options.retry_policy(),
-            options: self.options,
-            filter_own_events: self.filter_own_events,
-            own: RwLock::new(OwnNode {
-                node_id,
-                address,
-                services: self.services,
-                metadata: self.metadata,
-                status: self.status,
-            }),
-            write_lock: Mutex::new(()),
-            registered: AtomicBool::new(false),
-            lifecycle: Mutex::new(Lifecycle::Created),
-            stopped: OnceCell::new(),
-            cancel: cancel.clone(),
-            tasks: TaskTracker::new(),
-            handlers: Arc::new(Handlers::default()),
-            cache: Arc::new(DiscoveryCache::default()),
-        });
-        Ok(Agent { inner, _guard: Arc::new(cancel.drop_guard()) })
-    }
-}
 
 /// The embedded discovery agent. Cheap to clone; clones share one node.
 ///
@@ -233,17 +112,7 @@ impl Agent {
 
     /// Like [`Agent::builder`] for a registry already shared behind an `Arc`.
     pub fn builder_shared(registry: Arc<dyn Registry>) -> AgentBuilder {
-        AgentBuilder {
-            registry,
-            options: DiscoveryOptions::default(),
-            node_id: None,
-            node_id_prefix: DEFAULT_NODE_ID_PREFIX.to_owned(),
-            address: None,
-            services: Vec::new(),
-            metadata: Metadata::new(),
-            status: NodeStatus::Up,
-            filter_own_events: true,
-        }
+        AgentBuilder::new(registry)
     }
 
     // ----- lifecycle -------------------------------------------------------------------------
@@ -587,184 +456,6 @@ impl Inner {
             self.heartbeat_locked().await?;
         }
         Ok(())
-    }
-
-    /// One heartbeat with retries, taking the write lock.
-    async fn heartbeat_now(&self) -> Result<HeartbeatOutcome> {
-        let _write = self.write_lock.lock().await;
-        self.heartbeat_locked().await
-    }
-
-    /// One heartbeat with retries; the caller holds the write lock.
-    async fn heartbeat_locked(&self) -> Result<HeartbeatOutcome> {
-        let own = self.own();
-        let registration =
-            Registration::new(own.node_id, own.address, own.services, self.options.heartbeat_ttl)?
-                .with_status(own.status)
-                .with_metadata(own.metadata)?;
-        let outcome =
-            self.with_retries("heartbeat", true, || self.registry.heartbeat(registration.clone())).await?;
-        self.registered.store(true, Ordering::SeqCst);
-        Ok(outcome)
-    }
-
-    async fn deregister_with_retries(&self, node_id: &NodeId) -> Result<bool> {
-        // Not cancellable: it runs during `stop`, after the token has fired.
-        self.with_retries("deregistration", false, || {
-            self.registry.deregister(node_id, DeregisterReason::Graceful)
-        })
-        .await
-    }
-
-    /// Runs `op` up to `max_attempts` times while it fails with retryable errors, waiting the
-    /// backoff between attempts (and giving up early on `stop` when `cancellable`).
-    async fn with_retries<T, F, Fut>(&self, what: &str, cancellable: bool, op: F) -> Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(value) => {
-                    if attempt > 1 {
-                        tracing::info!(attempt, "{what} succeeded after retrying");
-                    }
-                    return Ok(value);
-                }
-                Err(error) if !error.is_retryable() || attempt >= self.retry.max_attempts => {
-                    tracing::error!(%error, attempt, "{what} failed");
-                    return Err(error);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, attempt, "{what} attempt failed; retrying");
-                    let pause = tokio::time::sleep(self.retry.delay(attempt));
-                    if cancellable {
-                        tokio::select! {
-                            () = pause => {}
-                            () = self.cancel.cancelled() => return Err(Error::unavailable("agent stopping")),
-                        }
-                    } else {
-                        pause.await;
-                    }
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    /// Heartbeats every interval until cancelled. Errors are logged by `heartbeat_locked`; the loop
-    /// never stops on them.
-    async fn heartbeat_loop(self: Arc<Self>) {
-        let period = self.options.heartbeat_interval;
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.cancel.cancelled() => return,
-                _ = ticks.tick() => {
-                    let _ = self.heartbeat_now().await;
-                }
-            }
-        }
-    }
-
-    /// Follows the registry's watch stream: keeps the cache current and calls handlers. Reconnects
-    /// with backoff from the last revision; a resync after a gap rebuilds the cache and hands the
-    /// net changes to the handlers.
-    async fn watch_loop(self: Arc<Self>, mut opened_by_start: Option<muster_core::WatchStream>) {
-        let mut start = WatchStart::Snapshot;
-        let mut first_snapshot = true;
-        let mut reconnect =
-            muster_core::Backoff::new(Duration::from_millis(100), self.options.heartbeat_interval, 0.2);
-        loop {
-            let opened = match opened_by_start.take() {
-                Some(stream) => Ok(stream),
-                None => tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    opened = self.registry.watch(start) => opened,
-                },
-            };
-            let mut stream = match opened {
-                Ok(stream) => stream,
-                Err(error) => {
-                    self.cache.mark_unsynced();
-                    tracing::warn!(%error, "watch failed; retrying");
-                    let delay = reconnect.failed();
-                    tokio::select! {
-                        () = self.cancel.cancelled() => return,
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
-            };
-            if !first_snapshot {
-                self.cache.mark_synced();
-            }
-            loop {
-                let item = tokio::select! {
-                    () = self.cancel.cancelled() => return,
-                    item = stream.next() => item,
-                };
-                match item {
-                    Some(Ok(WatchEvent::Event(event))) => {
-                        reconnect.succeeded();
-                        start = WatchStart::After(event.revision);
-                        self.cache.apply(&event);
-                        self.dispatch(&event);
-                    }
-                    Some(Ok(WatchEvent::Peer(event))) => {
-                        self.cache.apply_peer(&event);
-                        self.dispatch(&event);
-                    }
-                    Some(Ok(WatchEvent::Resync(snapshot))) => {
-                        reconnect.succeeded();
-                        start = WatchStart::After(snapshot.revision);
-                        let changes = self.cache.replace(snapshot);
-                        if !std::mem::take(&mut first_snapshot) {
-                            tracing::info!(changes = changes.len(), "watch resynchronised");
-                            changes.iter().for_each(|event| self.dispatch(event));
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "watch stream broke; resuming");
-                        self.cache.mark_unsynced();
-                        break;
-                    }
-                    None => {
-                        tracing::debug!("watch stream ended");
-                        self.cache.mark_unsynced();
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn dispatch(&self, event: &DiscoveryEvent) {
-        if self.filter_own_events && event.node.node_id == self.own().node_id {
-            return;
-        }
-        self.handlers.call(event);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn address_detection() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
-        };
-        assert_eq!(detect_address(env(&[])).unwrap().as_str(), "localhost:3000");
-        assert_eq!(
-            detect_address(env(&[("HOST", "10.1.2.3"), ("PORT", "8080")])).unwrap().as_str(),
-            "10.1.2.3:8080"
-        );
-        assert_eq!(detect_address(env(&[("HOST", "::1")])).unwrap().as_str(), "[::1]:3000");
-        assert!(detect_address(env(&[("PORT", "http")])).unwrap_err().is_invalid_input());
-        assert!(detect_address(env(&[("PORT", "0")])).is_err());
     }
 }
 
