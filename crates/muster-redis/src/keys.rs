@@ -62,6 +62,11 @@ pub(crate) fn lua_locals() -> String {
     LAYOUT.iter().map(|(name, suffix)| format!("local {name} = P .. '{suffix}'\n")).collect()
 }
 
+/// The Lua statement defining one key of [`LAYOUT`].
+pub(crate) fn lua_local(name: &str) -> String {
+    format!("local {name} = P .. '{}'\n", suffix(name))
+}
+
 /// Key names for one prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {

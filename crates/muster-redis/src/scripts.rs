@@ -116,10 +116,15 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
-        let prelude = format!("{PRELUDE}\n{}", crate::keys::lua_locals());
-        let with_common = |body: &str| Script::new(&format!("{prelude}\n{COMMON}\n{body}"));
+        let keys = crate::keys::lua_locals();
+        let with_common = |body: &str| Script::new(&format!("{PRELUDE}\n{keys}\n{COMMON}\n{body}"));
+        // The heartbeat's steady-state path returns before the key names are built: it defines
+        // only the one key it needs.
+        let fast_keys = crate::keys::lua_local("K_DEADLINES");
         Self {
-            heartbeat: Script::new(&format!("{prelude}\n{HEARTBEAT_FAST}\n{COMMON}\n{HEARTBEAT}")),
+            heartbeat: Script::new(&format!(
+                "{PRELUDE}\n{fast_keys}\n{HEARTBEAT_FAST}\n{keys}\n{COMMON}\n{HEARTBEAT}"
+            )),
             update: with_common(UPDATE),
             refresh: with_common(REFRESH),
             deregister: with_common(DEREGISTER),
