@@ -28,8 +28,9 @@ use futures::StreamExt;
 use muster_agent::Agent;
 use muster_bench::{node_registration, populate};
 use muster_core::{Address, DiscoveryOptions, EventKind, Registry, ServiceQuery, WatchEvent, WatchStart};
-use muster_redis::{RedisConfig, RedisRegistry, TITAN_HEARTBEAT_SCRIPT};
+use muster_redis::{RedisConfig, RedisRegistry};
 use muster_testkit::redis_server::RedisServer;
+use muster_testkit::titan::REGISTER_HEARTBEAT_LUA as TITAN_HEARTBEAT_SCRIPT;
 use tokio::time::Instant;
 
 /// Concurrent requests in the throughput runs.

@@ -92,7 +92,7 @@ impl Resolver {
         let cancel = CancellationToken::new();
         let task = WatchTask {
             http: client.inner.watch_http.clone(),
-            base: client.inner.base.clone(),
+            base: client.inner.base_url.clone(),
             protection: client.inner.config.empty_protection,
             view: Arc::clone(&view),
             phase: phase_tx,
@@ -137,11 +137,11 @@ pub struct WatchOptions {
 /// it breaks (reconnect with [`WatchOptions::after`] set to the last revision seen).
 pub(crate) async fn open_watch(
     http: &reqwest::Client,
-    base: &str,
+    base_url: &reqwest::Url,
     options: &WatchOptions,
 ) -> Result<BoxStream<'static, Result<WatchEvent, ClientError>>, ClientError> {
-    let url = reqwest::Url::parse(base).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-    let mut request = http.get(crate::endpoint(&url, &["v1", "watch"]));
+    let base = base_url.as_str().trim_end_matches('/');
+    let mut request = http.get(crate::endpoint(base_url, &["v1", "watch"]));
     if let Some(service) = &options.service {
         request = request.query(&[("service", service)]);
     }
@@ -206,7 +206,7 @@ impl Client {
         &self,
         options: &WatchOptions,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ClientError>>, ClientError> {
-        open_watch(&self.inner.watch_http, &self.inner.base, options).await
+        open_watch(&self.inner.watch_http, &self.inner.base_url, options).await
     }
 
     /// A receiver that changes whenever the resolver cache applies a change (its value: the
@@ -242,7 +242,7 @@ impl Client {
 /// The background task that owns the node map and publishes views.
 struct WatchTask {
     http: reqwest::Client,
-    base: String,
+    base: reqwest::Url,
     protection: Duration,
     view: Arc<ArcSwap<View>>,
     phase: watch::Sender<Phase>,
@@ -303,7 +303,11 @@ impl WatchTask {
             }
             backoff.succeeded();
         }
-        Ended::Broken(ClientError::disconnected(&self.base, "the registry closed the watch", None))
+        Ended::Broken(ClientError::disconnected(
+            self.base.as_str().trim_end_matches('/'),
+            "the registry closed the watch",
+            None,
+        ))
     }
 
     fn resync(&mut self, data: Snapshot) {

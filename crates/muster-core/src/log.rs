@@ -110,32 +110,34 @@ impl EventLog {
         self.revision = revision;
     }
 
+    /// True when this log can continue a watcher at `cursor`: its floor, its latest revision, or
+    /// the revision of an event it holds.
+    fn knows(&self, cursor: Revision) -> bool {
+        cursor == self.floor
+            || cursor == self.revision
+            || (cursor > self.floor && self.history.binary_search_by_key(&cursor, |e| e.revision).is_ok())
+    }
+
+    /// The held events after a known `cursor`.
+    fn after(&self, cursor: Revision) -> std::collections::vec_deque::Iter<'_, DiscoveryEvent> {
+        self.history.range(self.history.partition_point(|e| e.revision <= cursor)..)
+    }
+
     /// The events after `cursor`, at most `max`.
     pub fn read(&self, cursor: Revision, max: usize) -> Read {
         if cursor == self.revision {
-            return Read::UpToDate;
+            Read::UpToDate
+        } else if self.knows(cursor) {
+            Read::Events(self.after(cursor).take(max.max(1)).cloned().collect())
+        } else {
+            Read::Behind
         }
-        let known = cursor == self.floor
-            || (cursor > self.floor
-                && cursor < self.revision
-                && self.history.binary_search_by_key(&cursor, |e| e.revision).is_ok());
-        if !known {
-            return Read::Behind;
-        }
-        let start = self.history.partition_point(|e| e.revision <= cursor);
-        Read::Events(self.history.range(start..).take(max.max(1)).cloned().collect())
     }
 
     /// The events after `cursor` that are still held (for callers that only look, like a blocking
     /// query deciding whether anything concerns it); `None` when the cursor is not known.
     pub fn since(&self, cursor: Revision) -> Option<impl Iterator<Item = &DiscoveryEvent>> {
-        let known = cursor == self.floor
-            || cursor == self.revision
-            || (cursor > self.floor && self.history.binary_search_by_key(&cursor, |e| e.revision).is_ok());
-        known.then(|| {
-            let start = self.history.partition_point(|e| e.revision <= cursor);
-            self.history.range(start..)
-        })
+        self.knows(cursor).then(|| self.after(cursor))
     }
 }
 

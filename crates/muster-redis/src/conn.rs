@@ -184,6 +184,24 @@ impl Pool {
         Some(client.get_async_pubsub().await.map_err(to_error))
     }
 
+    /// Sends one command with [`Pool::run`]'s reconnect.
+    pub(crate) async fn query<T: redis::FromRedisValue + Send>(&self, cmd: &Cmd) -> Result<T> {
+        self.run(|mut conn| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Sends one pipeline with [`Pool::run`]'s reconnect.
+    pub(crate) async fn query_pipe<T: redis::FromRedisValue + Send>(&self, pipe: &Pipeline) -> Result<T> {
+        self.run(|mut conn| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await
+    }
+
     /// Runs `op` on the shared connection; after a connection-level failure, reconnects and runs it
     /// once more (every script is idempotent, so a repeat after an unknown outcome is safe).
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>

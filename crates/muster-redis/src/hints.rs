@@ -118,7 +118,7 @@ async fn subscribe_and_forward(
         return Ok(false);
     }
     let mut pubsub = inner.pool.pubsub().await?;
-    let nodes_prefix = inner.keys.nodes.clone();
+    let nodes_prefix = inner.keys.of("nodes", "");
     let keyspace_prefix = format!("__keyspace@{}__:{nodes_prefix}", inner.config.database());
     if keyspace_on {
         pubsub.psubscribe(format!("{}*", glob_escape(&keyspace_prefix))).await.map_err(to_error)?;

@@ -1,70 +1,53 @@
-//! The Redis key layout, written once for Rust and Lua: [`LAYOUT`] names every key under the
-//! prefix; [`Keys`] holds them for Rust code and [`lua_locals`] defines them for the scripts.
+//! The Redis key layout, written once for Rust and Lua: [`LAYOUT`] names every fixed key under the
+//! prefix `P`; [`Keys`] holds them for Rust code and [`lua_locals`] defines them for the scripts.
+//! Per-node and per-service keys are `P:<kind>:<id>` on both sides ([`Keys::of`], Lua's `key`):
+//! Titan's `nodes` hash and `heartbeat` key, Muster's `last` hash and `index:services` sets.
 //!
-//! Titan's own keys (per node `P:nodes:<id>` and `P:heartbeat:<id>`, and the index) are written
-//! exactly as the Titan discovery module does; everything else is Muster's.
+//! Titan's own keys are written exactly as the Titan discovery module does; the rest is Muster's.
 
-/// Every key under the prefix `P`: its Lua name and its suffix (the key is `P` + suffix).
-pub(crate) const LAYOUT: [(&str, &str); 11] = [
-    // Titan: set of all node ids.
-    ("K_INDEX", ":index:nodes"),
-    // Muster: revision counter.
-    ("K_REV", ":revision"),
-    // Muster: the event log (a stream whose entry ids are `<revision>-0`).
-    ("K_LOG", ":log"),
-    // Muster: the materialized listing `<revision>|<valid until ms>|<csv length>|<deadlines csv><json>`.
-    ("K_VIEW", ":view"),
-    // Muster: ids of nodes the sweeper tracks.
-    ("K_TRACKED", ":index:tracked"),
-    // Muster: ids of tracked nodes written by Titan peers.
-    ("K_FOREIGN", ":index:foreign"),
-    // Muster: sorted set of tracked node ids by deadline (ms).
-    ("K_DEADLINES", ":index:deadlines"),
-    // Muster: what a Titan peer's node looked like when last seen (`a:<id>`, `s:<id>`).
-    ("K_SEEN", ":index:seen"),
-    // Muster: each tracked node's JSON as of its last change.
-    ("K_INFO", ":info"),
-    // Muster: the sweeper lease.
-    ("K_SWEEPER", ":sweeper"),
-    // Titan: per-node keys are `P:nodes:<id>` and `P:heartbeat:<id>` (see `node_key`).
-    ("K_NODES", ":nodes:"),
+/// Titan: set of all node ids.
+const INDEX: &str = ":index:nodes";
+/// Muster: revision counter.
+const REVISION: &str = ":revision";
+/// Muster: the event log (a stream whose entry ids are `<revision>-0`).
+const LOG: &str = ":log";
+/// Muster: the materialized listing `<revision>|<valid until ms>|<csv length>|<deadlines csv><json>`.
+const VIEW: &str = ":view";
+/// Muster: ids of nodes the sweeper tracks.
+const TRACKED: &str = ":index:tracked";
+/// Muster: ids of tracked nodes written by Titan peers.
+const FOREIGN: &str = ":index:foreign";
+/// Muster: sorted set of tracked node ids by deadline (ms).
+pub(crate) const DEADLINES: &str = ":index:deadlines";
+/// Muster: what a Titan peer's node looked like when last seen (`a:<id>`, `s:<id>`).
+const SEEN: &str = ":index:seen";
+/// Muster: each tracked node's JSON as of its last change.
+const INFO: &str = ":info";
+/// Muster: the sweeper lease.
+const SWEEPER: &str = ":sweeper";
+
+/// Every fixed key: its Lua name and its suffix after the prefix.
+const LAYOUT: [(&str, &str); 10] = [
+    ("K_INDEX", INDEX),
+    ("K_REV", REVISION),
+    ("K_LOG", LOG),
+    ("K_VIEW", VIEW),
+    ("K_TRACKED", TRACKED),
+    ("K_FOREIGN", FOREIGN),
+    ("K_DEADLINES", DEADLINES),
+    ("K_SEEN", SEEN),
+    ("K_INFO", INFO),
+    ("K_SWEEPER", SWEEPER),
 ];
 
-/// The suffix of the key named `name` in [`LAYOUT`].
-const fn suffix(name: &str) -> &'static str {
-    let mut i = 0;
-    while i < LAYOUT.len() {
-        if const_eq(LAYOUT[i].0, name) {
-            return LAYOUT[i].1;
-        }
-        i += 1;
-    }
-    panic!("not in the key layout")
+/// The Lua statement defining one fixed key as a local from the prefix `P`.
+pub(crate) fn lua_local(name: &str, suffix: &str) -> String {
+    format!("local {name} = P .. '{suffix}'\n")
 }
 
-const fn const_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// Lua statements defining every key of [`LAYOUT`] as a local from the prefix `P`.
+/// Lua statements defining every key of [`LAYOUT`].
 pub(crate) fn lua_locals() -> String {
-    LAYOUT.iter().map(|(name, suffix)| format!("local {name} = P .. '{suffix}'\n")).collect()
-}
-
-/// The Lua statement defining one key of [`LAYOUT`].
-pub(crate) fn lua_local(name: &str) -> String {
-    format!("local {name} = P .. '{}'\n", suffix(name))
+    LAYOUT.iter().map(|(name, suffix)| lua_local(name, suffix)).collect()
 }
 
 /// Key names for one prefix.
@@ -79,29 +62,32 @@ pub(crate) struct Keys {
     pub(crate) tracked: String,
     pub(crate) foreign: String,
     pub(crate) seen: String,
-    /// `P:nodes:`, followed by a node id.
-    pub(crate) nodes: String,
+    pub(crate) sweeper: String,
 }
 
 impl Keys {
     pub(crate) fn new(prefix: String) -> Self {
-        let key = |name: &str| format!("{prefix}{}", suffix(name));
         Self {
-            index: key("K_INDEX"),
-            revision: key("K_REV"),
-            log: key("K_LOG"),
-            view: key("K_VIEW"),
-            tracked: key("K_TRACKED"),
-            foreign: key("K_FOREIGN"),
-            seen: key("K_SEEN"),
-            nodes: key("K_NODES"),
+            index: format!("{prefix}{INDEX}"),
+            revision: format!("{prefix}{REVISION}"),
+            log: format!("{prefix}{LOG}"),
+            view: format!("{prefix}{VIEW}"),
+            tracked: format!("{prefix}{TRACKED}"),
+            foreign: format!("{prefix}{FOREIGN}"),
+            seen: format!("{prefix}{SEEN}"),
+            sweeper: format!("{prefix}{SWEEPER}"),
             prefix,
         }
     }
 
+    /// `P:<kind>:<id>`, as the scripts' `key(kind, id)`.
+    pub(crate) fn of(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
+    }
+
     /// `P:nodes:<id>`: a node's Titan hash.
     pub(crate) fn node(&self, id: &str) -> String {
-        format!("{}{id}", self.nodes)
+        self.of("nodes", id)
     }
 }
 
@@ -118,6 +104,7 @@ mod tests {
         for (name, suffix) in LAYOUT {
             assert!(lua.contains(&format!("local {name} = P .. '{suffix}'")), "{lua}");
         }
+        assert!(crate::scripts::SOURCES.iter().any(|s| s.contains("return P .. ':' .. kind .. ':' .. id")));
         // Every script uses only keys of the layout (no hand-built `P .. ':...'` names).
         for script in crate::scripts::SOURCES {
             assert!(!script.contains("P .. ':index") && !script.contains("P .. ':view"), "{script}");

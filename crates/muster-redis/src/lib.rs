@@ -51,7 +51,6 @@ use redis::{FromRedisValue, Script};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Preset, RedisConfig, Topology};
-pub use scripts::TITAN_HEARTBEAT_SCRIPT;
 
 /// The validity rule of a node hash, shared by Titan's reader, the Lua scripts and Muster's reader:
 /// a non-empty `address`, `services` that parse as a JSON list and a non-empty `timestamp` (the
@@ -210,13 +209,8 @@ impl Inner {
             .arg(&keys.index)
             .cmd("SCARD")
             .arg(&keys.tracked);
-        let (revision, (seconds, micros), header, foreign, indexed, tracked): Reply = self
-            .pool
-            .run(|mut conn| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
+        let (revision, (seconds, micros), header, foreign, indexed, tracked): Reply =
+            self.pool.query_pipe(&pipe).await?;
         let now_ms = seconds * 1000 + micros / 1000;
         let revision_text = revision.unwrap_or_else(|| "0".to_owned());
         let header = codec::view_header(&header, &revision_text, now_ms).filter(|_| indexed == tracked);
@@ -224,21 +218,24 @@ impl Inner {
             Some(header) => self.decoded_view(header, &revision_text, now_ms).await?,
             None => None,
         };
-        let (revision, mut nodes) = match view {
+        let alive =
+            |nodes: Vec<(NodeInfo, bool)>| nodes.into_iter().filter(|(_, alive)| *alive).map(|(n, _)| n);
+        let (revision, nodes) = match view {
+            // The view's nodes are sorted and alive; only Titan peers' nodes are merged in.
+            Some(view) if foreign.is_empty() => (Revision(revision_text.parse().unwrap_or(0)), view.to_vec()),
             Some(view) => {
-                let revision = Revision(revision_text.parse().unwrap_or(0));
-                let mut nodes: Vec<(NodeInfo, bool)> = view.iter().map(|n| (n.clone(), true)).collect();
-                if !foreign.is_empty() {
-                    let (_, rows) = self.read("ids", &foreign).await?;
-                    nodes.extend(readable(rows));
-                }
-                (revision, nodes)
+                let (_, rows) = self.read("ids", &foreign).await?;
+                let mut nodes = view.to_vec();
+                nodes.extend(alive(readable(rows)));
+                nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+                (Revision(revision_text.parse().unwrap_or(0)), nodes)
             }
-            None => self.read_nodes("active", &[]).await?,
+            // `read_nodes` sorts.
+            None => {
+                let (revision, nodes) = self.read_nodes("active", &[]).await?;
+                (revision, alive(nodes).collect())
+            }
         };
-        nodes.retain(|(_, alive)| *alive);
-        let mut nodes: Vec<NodeInfo> = nodes.into_iter().map(|(node, _)| node).collect();
-        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(Snapshot { revision, nodes })
     }
 
@@ -258,14 +255,7 @@ impl Inner {
                 return Ok(Some(Arc::clone(nodes)));
             }
         }
-        let get = redis::cmd("GET").arg(&self.keys.view).clone();
-        let view: Option<String> = self
-            .pool
-            .run(|mut conn| {
-                let get = get.clone();
-                async move { get.query_async(&mut conn).await }
-            })
-            .await?;
+        let view: Option<String> = self.pool.query(redis::cmd("GET").arg(&self.keys.view)).await?;
         let Some(view) = view.filter(|v| v.starts_with(header)) else { return Ok(None) };
         let Some((body, deadlines)) = codec::parse_view(&view, revision, now_ms) else { return Ok(None) };
         let rows = codec::parse_bulk(body, deadlines)
@@ -308,25 +298,12 @@ impl Inner {
 
     /// True when some process holds the sweeper lease of this prefix (and so reconciles).
     pub(crate) async fn sweeper_present(&self) -> Result<bool> {
-        let key = format!("{}:sweeper", self.keys.prefix);
-        self.pool
-            .run(|mut conn| {
-                let key = key.clone();
-                async move { redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut conn).await }
-            })
-            .await
+        self.pool.query(redis::cmd("EXISTS").arg(&self.keys.sweeper)).await
     }
 
     /// The current revision.
     pub(crate) async fn revision(&self) -> Result<Option<Revision>> {
-        let key = self.keys.revision.clone();
-        let value: Option<String> = self
-            .pool
-            .run(|mut conn| {
-                let key = key.clone();
-                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
-            })
-            .await?;
+        let value: Option<String> = self.pool.query(redis::cmd("GET").arg(&self.keys.revision)).await?;
         Ok(value.and_then(|v| v.parse().ok()).map(Revision))
     }
 }
@@ -469,14 +446,7 @@ impl Registry for RedisRegistry {
     /// sweeper removes them, so this is an upper bound for a few milliseconds after an expiry.
     async fn count_service(&self, name: &str) -> Result<usize> {
         muster_core::name::validate_service_name(name)?;
-        let key = format!("{}:index:services:{name}", self.inner.keys.prefix);
-        self.inner
-            .pool
-            .run(|mut conn| {
-                let key = key.clone();
-                async move { redis::cmd("SCARD").arg(key).query_async(&mut conn).await }
-            })
-            .await
+        self.inner.pool.query(redis::cmd("SCARD").arg(self.inner.keys.of("index:services", name))).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {

@@ -55,13 +55,8 @@ impl Inner {
         pipe.cmd("SDIFF").arg(&keys.index).arg(&keys.tracked);
         pipe.cmd("SDIFF").arg(&keys.tracked).arg(&keys.index);
         pipe.cmd("SMEMBERS").arg(&keys.foreign);
-        let (new, gone, foreign): (Vec<String>, Vec<String>, Vec<String>) = self
-            .pool
-            .run(|mut conn| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
+        let (new, gone, foreign): (Vec<String>, Vec<String>, Vec<String>) =
+            self.pool.query_pipe(&pipe).await?;
         let mut candidates = new;
         candidates.extend(gone);
         let seen = &keys.seen;
@@ -71,13 +66,7 @@ impl Inner {
                 pipe.cmd("HMGET").arg(keys.node(id)).arg("address").arg("services");
                 pipe.cmd("HMGET").arg(seen).arg(format!("a:{id}")).arg(format!("s:{id}"));
             }
-            let replies: Vec<Vec<Option<String>>> = self
-                .pool
-                .run(|mut conn| {
-                    let pipe = pipe.clone();
-                    async move { pipe.query_async(&mut conn).await }
-                })
-                .await?;
+            let replies: Vec<Vec<Option<String>>> = self.pool.query_pipe(&pipe).await?;
             // Replies alternate: the node's address and services, then what was seen last.
             candidates.extend(
                 chunk
@@ -115,13 +104,7 @@ impl Inner {
                 .arg(&keys.index)
                 .arg(id);
         }
-        let probes: Vec<Probe> = self
-            .pool
-            .run(|mut conn| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
+        let probes: Vec<Probe> = self.pool.query_pipe(&pipe).await?;
         Ok(ids
             .iter()
             .zip(probes)

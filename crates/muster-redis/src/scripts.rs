@@ -120,7 +120,7 @@ impl Scripts {
         let with_common = |body: &str| Script::new(&format!("{PRELUDE}\n{keys}\n{COMMON}\n{body}"));
         // The heartbeat's steady-state path returns before the key names are built: it defines
         // only the one key it needs.
-        let fast_keys = crate::keys::lua_local("K_DEADLINES");
+        let fast_keys = crate::keys::lua_local("K_DEADLINES", crate::keys::DEADLINES);
         Self {
             heartbeat: Script::new(&format!(
                 "{PRELUDE}\n{fast_keys}\n{HEARTBEAT_FAST}\n{keys}\n{COMMON}\n{HEARTBEAT}"
@@ -136,7 +136,3 @@ impl Scripts {
         }
     }
 }
-
-/// The heartbeat script of the Titan discovery module, verbatim (seed 001), for compatibility tests
-/// and the benchmark ceiling.
-pub const TITAN_HEARTBEAT_SCRIPT: &str = include_str!("lua/titan_heartbeat.lua");

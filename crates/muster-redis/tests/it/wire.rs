@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use muster_core::{EventKind, Registry, ServiceQuery, WatchEvent, WatchStart};
-use muster_redis::{RedisConfig, RedisRegistry, TITAN_HEARTBEAT_SCRIPT};
+use muster_redis::{RedisConfig, RedisRegistry};
 use muster_testkit::conformance::{Timing, id, next_event, registration};
 use muster_testkit::redis_server::RedisServer;
+use muster_testkit::titan::REGISTER_HEARTBEAT_LUA as TITAN_HEARTBEAT_SCRIPT;
 
 use crate::{TIMING, registry, standalone};
 
