@@ -71,6 +71,16 @@ impl Error {
         Self::new(ErrorKind::NotFound, format!("node `{node_id}` not found"))
     }
 
+    /// A write would add a node to a service that already has `max` other nodes.
+    pub fn service_full(name: &str, others: usize, max: usize) -> Self {
+        Self::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "service `{name}` already has {others} instances; the limit (max instances per service) is {max}"
+            ),
+        )
+    }
+
     /// The store is unreachable or failed transiently.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)

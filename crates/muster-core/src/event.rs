@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::NodeId;
 use crate::node::NodeInfo;
+use crate::service::ServiceInfo;
 
 /// A position in a registry's event history. Strictly increasing per registry; `Revision(0)` is
 /// "before the first event".
@@ -151,6 +152,33 @@ pub struct DiscoveryEvent {
     /// Milliseconds since the epoch when the change happened.
     #[serde(rename = "timestamp")]
     pub timestamp_ms: u64,
+    /// For an update that changed the node's services: what it provided before, so a watcher of
+    /// one service learns that a node left it without having seen the node join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_services: Option<Vec<ServiceInfo>>,
+}
+
+impl DiscoveryEvent {
+    /// Records `before` as the node's previous services when they differ from its current ones.
+    #[must_use]
+    pub fn with_previous_services(mut self, before: &[ServiceInfo]) -> Self {
+        self.previous_services = (before != self.node.services.as_slice()).then(|| before.to_vec());
+        self
+    }
+
+    /// True when the node provides a service named `name` after the change.
+    pub fn provides(&self, name: &str) -> bool {
+        self.node.services.iter().any(|s| s.name == name)
+    }
+
+    /// True when the node provided a service named `name` before the change (as far as the event
+    /// tells: for a deregistration, its last known services; for an update, its previous ones).
+    pub fn provided(&self, name: &str) -> bool {
+        match &self.previous_services {
+            Some(before) => before.iter().any(|s| s.name == name),
+            None => self.kind != EventKind::Registered && self.provides(name),
+        }
+    }
 }
 
 /// Where a watch starts.
@@ -219,8 +247,8 @@ impl ServiceFilter {
     /// True when `event` concerns the service, now or until just now.
     pub fn pass(&mut self, event: &DiscoveryEvent) -> bool {
         let Some(service) = &self.service else { return true };
-        let provides = event.node.services.iter().any(|s| &s.name == service);
-        let was_member = self.members.contains(&event.node.node_id);
+        let provides = event.provides(service);
+        let was_member = self.members.contains(&event.node.node_id) || event.provided(service);
         if provides && event.kind != EventKind::Deregistered {
             self.members.insert(event.node.node_id.clone());
         } else {
@@ -260,6 +288,7 @@ mod tests {
                 ttl_ms: 1000,
             },
             timestamp_ms: 0,
+            previous_services: None,
         }
     }
 
@@ -293,6 +322,14 @@ mod tests {
         ]);
         assert_eq!(kept.len(), 1);
         assert!(filter.pass(&event(EventKind::Deregistered, "d", &[])), "members come from the snapshot");
+        let mut fresh = ServiceFilter::new(Some("users".into()));
+        let moved = event(EventKind::Updated, "f", &["orders"]);
+        assert!(!fresh.pass(&moved.clone()), "no previous services: not about users");
+        let before = [ServiceInfo::new("users", None).unwrap()];
+        assert!(
+            fresh.pass(&moved.with_previous_services(&before)),
+            "left users, joined before the watch began"
+        );
         let mut all = ServiceFilter::new(None);
         assert!(all.pass(&event(EventKind::Registered, "b", &["orders"])));
     }

@@ -238,6 +238,7 @@ impl Mirror {
             reason,
             node: node.clone(),
             timestamp_ms,
+            previous_services: None,
         };
         let mut changes = Vec::new();
         let mut nodes = snapshot.nodes;
@@ -245,9 +246,8 @@ impl Mirror {
         for node in nodes {
             match old.get(&node.node_id) {
                 None => changes.push(event(EventKind::Registered, None, &node)),
-                Some(before) if before.differs_from(&node) => {
-                    changes.push(event(EventKind::Updated, None, &node))
-                }
+                Some(before) if before.differs_from(&node) => changes
+                    .push(event(EventKind::Updated, None, &node).with_previous_services(&before.services)),
                 Some(_) => {}
             }
             self.insert(Arc::new(node));
@@ -385,7 +385,14 @@ mod tests {
     }
 
     fn event(revision: u64, kind: EventKind, node: NodeInfo) -> DiscoveryEvent {
-        DiscoveryEvent { revision: Revision(revision), kind, reason: None, node, timestamp_ms: 0 }
+        DiscoveryEvent {
+            revision: Revision(revision),
+            kind,
+            reason: None,
+            node,
+            timestamp_ms: 0,
+            previous_services: None,
+        }
     }
 
     fn revisions(read: Read) -> Vec<u64> {

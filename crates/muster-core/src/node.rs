@@ -124,6 +124,8 @@ pub struct Registration {
     metadata: Metadata,
     /// How long the node stays active without another heartbeat.
     ttl: Duration,
+    /// Most nodes a service may have: see [`Registration::with_service_limit`].
+    service_limit: Option<usize>,
 }
 
 impl Registration {
@@ -135,7 +137,15 @@ impl Registration {
         Address::parse(address.as_str())?;
         validate_services(&services)?;
         validate_ttl(ttl)?;
-        Ok(Self { node_id, address, services, status: NodeStatus::Up, metadata: Metadata::new(), ttl })
+        Ok(Self {
+            node_id,
+            address,
+            services,
+            status: NodeStatus::Up,
+            metadata: Metadata::new(),
+            ttl,
+            service_limit: None,
+        })
     }
 
     /// Sets the status.
@@ -150,6 +160,21 @@ impl Registration {
         validate_metadata(&metadata)?;
         self.metadata = metadata;
         Ok(self)
+    }
+
+    /// Refuses the write with `LimitExceeded`, changing nothing, when it would add the node to a
+    /// service that already has `max` other nodes. The store checks inside the write itself, so
+    /// concurrent writers never push a service past the limit; a node already providing the service
+    /// may always heartbeat and re-register.
+    #[must_use]
+    pub fn with_service_limit(mut self, max: usize) -> Self {
+        self.service_limit = Some(max);
+        self
+    }
+
+    /// The limit set with [`Registration::with_service_limit`].
+    pub fn service_limit(&self) -> Option<usize> {
+        self.service_limit
     }
 
     /// The node id.
@@ -216,6 +241,8 @@ pub struct NodeUpdate {
     status: Option<NodeStatus>,
     /// New node-level metadata (replaces the old map).
     metadata: Option<Metadata>,
+    /// Most nodes a service may have: see [`Registration::with_service_limit`].
+    service_limit: Option<usize>,
 }
 
 impl NodeUpdate {
@@ -246,6 +273,20 @@ impl NodeUpdate {
         validate_metadata(&metadata)?;
         self.metadata = Some(metadata);
         Ok(self)
+    }
+
+    /// Refuses the update with `LimitExceeded`, changing nothing, when its services would add the
+    /// node to a service that already has `max` other nodes (see
+    /// [`Registration::with_service_limit`]).
+    #[must_use]
+    pub fn with_service_limit(mut self, max: usize) -> Self {
+        self.service_limit = Some(max);
+        self
+    }
+
+    /// The limit set with [`NodeUpdate::with_service_limit`].
+    pub fn service_limit(&self) -> Option<usize> {
+        self.service_limit
     }
 
     /// The new address, if the update names one.

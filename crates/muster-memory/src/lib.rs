@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use muster_core::{
     Change, DeregisterReason, DiscoveryEvent, Error, EventKind, EventLog, HeartbeatOutcome, NodeId, NodeInfo,
-    NodeUpdate, Registration, Registry, Result, Revision, ServiceQuery, WatchStart, WatchStream,
+    NodeUpdate, Registration, Registry, Result, Revision, ServiceInfo, ServiceQuery, WatchStart, WatchStream,
     time::now_ms,
 };
 use tokio::sync::{Notify, watch};
@@ -263,12 +263,13 @@ impl Shared {
     }
 
     /// Appends an event, trims the history and wakes watchers.
-    fn publish(
+    fn publish_with(
         &self,
         state: &mut State,
         kind: EventKind,
         reason: Option<DeregisterReason>,
         node: NodeInfo,
+        before: Option<&[ServiceInfo]>,
     ) -> Revision {
         let revision = match state.first {
             Some(_) => state.log.revision().next(),
@@ -276,9 +277,30 @@ impl Shared {
             None => Revision((now_ms().saturating_mul(1000)).max(state.origin.0 + 1)),
         };
         state.first.get_or_insert(revision);
-        state.log.push(DiscoveryEvent { revision, kind, reason, node, timestamp_ms: now_ms() });
+        let event =
+            DiscoveryEvent { revision, kind, reason, node, timestamp_ms: now_ms(), previous_services: None };
+        state.log.push(match before {
+            Some(before) => event.with_previous_services(before),
+            None => event,
+        });
         self.revision_tx.send_replace(revision);
         revision
+    }
+
+    /// Publishes an update of `node`, which provided `before` until now.
+    fn publish_update(&self, state: &mut State, node: NodeInfo, before: Option<&[ServiceInfo]>) -> Revision {
+        self.publish_with(state, EventKind::Updated, None, node, before)
+    }
+
+    /// Publishes a change that leaves the node's services as the event shows them.
+    fn publish(
+        &self,
+        state: &mut State,
+        kind: EventKind,
+        reason: Option<DeregisterReason>,
+        node: NodeInfo,
+    ) -> Revision {
+        self.publish_with(state, kind, reason, node, None)
     }
 
     /// Locks the state and returns the node, expiring it first if its deadline passed;
@@ -306,19 +328,21 @@ impl Registry for MemoryRegistry {
         let id = registration.node_id().clone();
         let mut state = shared.lock();
         shared.expire_if_due(&mut state, &id, now);
+        state.check_service_limit(&id, registration.services(), registration.service_limit())?;
         let earliest = state.deadlines.first().map(|(d, _)| *d);
-        let (change, node) = match state.nodes.remove(&id) {
+        let (change, node, before) = match state.nodes.remove(&id) {
             Some(old) => {
                 state.deadlines.remove(&(old.deadline, id.clone()));
                 let node = registration.to_node(old.node.registered_at_ms, now_ms);
                 state.reindex_services(&id, old.node.service_names(), &node.services);
                 let change = if old.node.differs_from(&node) { Change::Updated } else { Change::Unchanged };
-                (change, node)
+                let before = (change == Change::Updated).then(|| old.node.to_node(&id).services);
+                (change, node, before)
             }
             None => {
                 let node = registration.to_node(now_ms, now_ms);
                 state.reindex_services(&id, std::iter::empty(), &node.services);
-                (Change::Registered, node)
+                (Change::Registered, node, None)
             }
         };
         state.deadlines.insert((deadline, id.clone()));
@@ -326,7 +350,7 @@ impl Registry for MemoryRegistry {
         state.nodes.insert(id, Entry { node: stored, deadline });
         let revision = match change {
             Change::Registered => Some(shared.publish(&mut state, EventKind::Registered, None, node.clone())),
-            Change::Updated => Some(shared.publish(&mut state, EventKind::Updated, None, node.clone())),
+            Change::Updated => Some(shared.publish_update(&mut state, node.clone(), before.as_deref())),
             Change::Unchanged => None,
         };
         drop(state);
@@ -365,15 +389,17 @@ impl Registry for MemoryRegistry {
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         let shared = self.shared();
         let (mut state, mut node) = shared.lock_active(node_id, Instant::now())?;
+        let before = node.services.clone();
         if !update.apply(&mut node) {
             return Ok(node);
         }
+        state.check_service_limit(node_id, &node.services, update.service_limit())?;
         node.timestamp_ms = now_ms();
         let old = state.nodes.remove(node_id).expect("checked above");
         state.reindex_services(node_id, old.node.service_names(), &node.services);
         let stored = StoredNode::new(&node, &mut state.strings);
         state.nodes.insert(node_id.clone(), Entry { node: stored, deadline: old.deadline });
-        shared.publish(&mut state, EventKind::Updated, None, node.clone());
+        shared.publish_update(&mut state, node.clone(), Some(&before));
         Ok(node)
     }
 

@@ -83,6 +83,25 @@ impl State {
         }
     }
 
+    /// Refuses adding `id` to a service that already has `max` other nodes (checked under the
+    /// lock, in the write that would add it).
+    pub(crate) fn check_service_limit(
+        &self,
+        id: &NodeId,
+        services: &[muster_core::ServiceInfo],
+        max: Option<usize>,
+    ) -> muster_core::Result<()> {
+        let Some(max) = max else { return Ok(()) };
+        for service in services {
+            let members = self.by_service.get(&service.name);
+            let others = members.map_or(0, |ids| ids.len() - usize::from(ids.contains(id)));
+            if members.is_none_or(|ids| !ids.contains(id)) && others >= max {
+                return Err(muster_core::Error::service_full(&service.name, others, max));
+            }
+        }
+        Ok(())
+    }
+
     /// True when the entry counts as active: before its deadline, or kept by self-preservation.
     pub(crate) fn live(&self, entry: &Entry, now: Instant) -> bool {
         entry.deadline > now || self.preserving_since.is_some()

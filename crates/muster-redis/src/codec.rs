@@ -198,7 +198,8 @@ fn parse_ms(text: &str) -> Option<u64> {
         .or_else(|| text.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64))
 }
 
-/// Parses one event-log entry (`type`, `reason`, `node`, `ts` fields).
+/// Parses one event-log entry (`type`, `reason`, `node`, `ts` fields; `prev`, the services before
+/// an update that changed them).
 pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<DiscoveryEvent, String> {
     let field = |name: &str| {
         fields.chunks_exact(2).find(|pair| pair[0] == name).map(|pair| pair[1].as_str()).unwrap_or_default()
@@ -213,7 +214,11 @@ pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<D
         .into_node()
         .map_err(|(_, reason)| reason)?;
     let timestamp_ms = field("ts").parse().unwrap_or(node.timestamp_ms);
-    Ok(DiscoveryEvent { revision, kind, reason, node, timestamp_ms })
+    let previous_services = match field("prev") {
+        "" => None,
+        prev => Some(services_from_wire(prev)),
+    };
+    Ok(DiscoveryEvent { revision, kind, reason, node, timestamp_ms, previous_services })
 }
 
 /// True when a log entry is the first revision of a fresh counter (nothing came before it).
@@ -279,7 +284,14 @@ pub(crate) fn parse_channel_message(payload: &str, revision: Revision) -> Result
         ttl_ms: 0,
     };
     let reason = (kind == EventKind::Deregistered).then_some(DeregisterReason::Unknown);
-    Ok(ChannelMessage::Peer(DiscoveryEvent { revision, kind, reason, node, timestamp_ms }))
+    Ok(ChannelMessage::Peer(DiscoveryEvent {
+        revision,
+        kind,
+        reason,
+        node,
+        timestamp_ms,
+        previous_services: None,
+    }))
 }
 
 #[cfg(test)]

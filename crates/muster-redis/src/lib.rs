@@ -326,6 +326,16 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::new(ErrorKind::Internal, format!("serializing: {e}")))
 }
 
+/// The scripts' service-limit argument: empty for none.
+fn limit_arg(limit: Option<usize>) -> String {
+    limit.map(|max| max.to_string()).unwrap_or_default()
+}
+
+/// A script's refusal `{'limit', name, others}`.
+fn limit_error(name: &str, others: &str, limit: Option<usize>) -> Error {
+    Error::service_full(name, others.parse().unwrap_or(0), limit.unwrap_or(0))
+}
+
 fn parse_revision(text: &str) -> Option<Revision> {
     text.parse::<u64>().ok().filter(|r| *r > 0).map(Revision)
 }
@@ -346,10 +356,12 @@ impl Registry for RedisRegistry {
             registration.status().as_str().to_owned(),
             json(registration.metadata())?,
             self.inner.heartbeat_events_arg(),
+            limit_arg(registration.service_limit()),
         ];
         let (change, registered_at, revision, _expired, timestamp): (String, String, String, String, String) =
             self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
         let change = match change.as_str() {
+            "limit" => return Err(limit_error(&registered_at, &revision, registration.service_limit())),
             "registered" => Change::Registered,
             "updated" => Change::Updated,
             _ => Change::Unchanged,
@@ -393,8 +405,12 @@ impl Registry for RedisRegistry {
             update.new_services().map(json).transpose()?.unwrap_or_default(),
             update.new_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
             update.new_metadata().map(json).transpose()?.unwrap_or_default(),
+            limit_arg(update.service_limit()),
         ];
         let out: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
+        if out.first().map(String::as_str) == Some("limit") && out.len() >= 3 {
+            return Err(limit_error(&out[1], &out[2], update.service_limit()));
+        }
         if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {
             return Err(Error::node_not_found(node_id.as_str()));
         }

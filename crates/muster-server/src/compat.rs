@@ -112,8 +112,8 @@ pub(crate) async fn register(
     };
     let registration = Registration::new(id, address, vec![service], state.config().compat_ttl)
         .and_then(|r| r.with_metadata(metadata))
-        .map_err(compat_error)?;
-    crate::v1::check_instance_limit(&state, &registration).await.map_err(ApiError::compat)?;
+        .map_err(compat_error)?
+        .with_service_limit(state.config().max_instances_per_service);
     let outcome = state.registry().heartbeat(registration).await.map_err(compat_error)?;
     state.count_registration();
     let mut instance = compat_instance(&outcome.node, true);

@@ -264,6 +264,7 @@ mod tests {
                 ttl_ms: 1000,
             },
             timestamp_ms: 0,
+            previous_services: None,
         }
     }
 

@@ -60,40 +60,13 @@ async fn register(
     let registration =
         Registration::new(id.clone(), Address::parse(request.address)?, request.services, ttl)?
             .with_status(request.status.unwrap_or_default())
-            .with_metadata(request.metadata)?;
-    check_instance_limit(state, &registration).await?;
+            .with_metadata(request.metadata)?
+            .with_service_limit(state.config().max_instances_per_service);
     let outcome = state.registry().heartbeat(registration).await?;
     state.count_registration();
     let created = outcome.change == Change::Registered;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(RegisterResponse { id: id.to_string(), node: outcome.node, created })))
-}
-
-/// Refuses a registration that would push a service past `max_instances_per_service`.
-pub(crate) async fn check_instance_limit(
-    state: &AppState,
-    registration: &Registration,
-) -> Result<(), ApiError> {
-    let max = state.config().max_instances_per_service;
-    let names: BTreeSet<&str> = registration.services().iter().map(|s| s.name.as_str()).collect();
-    for name in names {
-        if state.registry().count_service(name).await? < max {
-            continue;
-        }
-        // At the limit: re-registering one of the existing instances is still allowed.
-        let nodes = state.registry().find(&ServiceQuery::new(name)?).await?;
-        let others = nodes.iter().filter(|n| n.node_id != *registration.node_id()).count();
-        if others >= max {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "limit_exceeded",
-                format!(
-                    "service `{name}` already has {others} instances; the limit (max instances per service) is {max}"
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[utoipa::path(put, path = "/v1/nodes/{id}/heartbeat", tag = "v1", params(("id" = String, Path, description = "Node id")),
@@ -176,6 +149,7 @@ pub(crate) async fn update_node(
     if update.is_empty() {
         return Err(ApiError::invalid("name at least one of address, services, metadata, status"));
     }
+    let update = update.with_service_limit(state.config().max_instances_per_service);
     Ok(Json(state.registry().update(&id, update).await?))
 }
 

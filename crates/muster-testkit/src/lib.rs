@@ -66,6 +66,8 @@ macro_rules! __with_cases {
             watch_snapshot_then_live,
             watch_from_unknown_revision_resyncs,
             bad_input_changes_nothing,
+            service_limit_is_atomic,
+            updates_carry_previous_services,
             agent_defaults_and_overrides,
             agent_start_registers_and_heartbeats,
             agent_stop_deregisters_once,

@@ -63,12 +63,31 @@ local function next_revision()
 end
 -- Appends an event to the log (`first` = '1' marks the first revision of a fresh counter) and
 -- publishes it on the Titan channel.
-local function emit(kind, reason, id, n)
+-- `prev`: for an update that changed the node's services, what it provided before (services JSON).
+local function emit(kind, reason, id, n, prev)
   local rev, first = next_revision()
-  redis.call('XADD', K_LOG, 'MAXLEN', MAXLEN, fmt(rev) .. '-0',
-    'type', kind, 'reason', reason, 'node', node_json(id, n), 'ts', fmt(NOW), 'first', first)
+  local fields = {'type', kind, 'reason', reason, 'node', node_json(id, n), 'ts', fmt(NOW), 'first', first}
+  if prev and prev ~= n.services then
+    fields[#fields + 1] = 'prev'
+    fields[#fields + 1] = prev
+  end
+  redis.call('XADD', K_LOG, 'MAXLEN', MAXLEN, fmt(rev) .. '-0', unpack(fields))
   publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev))
   return rev
+end
+-- The first service in `services` (JSON) that `id` does not provide yet and that already has
+-- `limit` other nodes, with that count; nil when the write may add the node everywhere.
+local function over_limit(id, services, limit)
+  if limit == nil or limit == '' then return nil end
+  local max = tonumber(limit)
+  for name in pairs(service_names(services)) do
+    local set = key('index:services', name)
+    if redis.call('SISMEMBER', set, id) == 0 then
+      local others = redis.call('SCARD', set)
+      if others >= max then return name, others end
+    end
+  end
+  return nil
 end
 -- What a Titan peer's node looked like when last seen (foreign nodes only): fields `a:<id>` (its
 -- address) and `s:<id>` (its services), so one HMGET answers for many nodes.

@@ -5,6 +5,12 @@ local old = read_fields(node_key)
 if hb_alive == nil then hb_alive = redis.call('EXISTS', hb) == 1 end
 local alive = hb_alive and old ~= nil and old.address and old.address ~= ''
   and old.timestamp and old.timestamp ~= '' and (old.services == new.services or valid_json(old.services))
+local full, others = over_limit(id, new.services, ARGV[13])
+if full then
+  -- The fast path set the heartbeat of a node that was not alive: take it back, change nothing.
+  if hb_alive == false then redis.call('DEL', hb) end
+  return {'limit', full, fmt(others), '0', '0'}
+end
 local change = 'registered'
 local expired_rev = '0'
 if alive then
@@ -47,7 +53,7 @@ end
 local rev = '0'
 if change ~= 'unchanged' then
   copy_last(id, new)
-  rev = fmt(emit(change, '', id, new))
+  rev = fmt(emit(change, '', id, new, change == 'updated' and old.services or nil))
 elseif ARGV[12] == '1' then
   publish('NODE_UPDATED', id, new.address, new.services, '')
 end

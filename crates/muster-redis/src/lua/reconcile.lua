@@ -53,7 +53,7 @@ local function compare(id, seen_address, seen_services)
     for name in pairs(keep) do redis.call('SADD', key('index:services', name), id) end
   end
   copy_last(id, n)
-  emit('updated', '', id, n)
+  emit('updated', '', id, n, old_services)
   counts[2] = counts[2] + 1
 end
 -- The nodes to look at (candidates of a full pass, or hinted). A Titan peer's unchanged

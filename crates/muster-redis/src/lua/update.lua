@@ -10,6 +10,10 @@ if ARGV[7] ~= '' then new.status = ARGV[7] end
 if ARGV[8] ~= '' then new.metadata = ARGV[8] end
 local changed = new.address ~= old.address or new.services ~= old.services
   or new.status ~= (old.status or 'UP') or new.metadata ~= (old.metadata or '{}')
+if new.services ~= old.services then
+  local full, others = over_limit(id, new.services, ARGV[9])
+  if full then return {'limit', full, fmt(others)} end
+end
 local rev = '0'
 if changed then
   new.timestamp = fmt(NOW)
@@ -23,7 +27,7 @@ if changed then
     for name in pairs(keep) do redis.call('SADD', key('index:services', name), id) end
   end
   copy_last(id, new)
-  rev = fmt(emit('updated', '', id, new))
+  rev = fmt(emit('updated', '', id, new, old.services))
 end
 return {changed and 'updated' or 'unchanged', rev, new.address, new.services, new.timestamp,
         new.registeredAt, new.status, new.metadata, new.ttl}

@@ -2,6 +2,7 @@
 //! seed-003 routes with their exact JSON, two servers sharing one Redis, graceful shutdown.
 
 mod compat;
+mod promises;
 mod sse;
 mod v1;
 
@@ -41,11 +42,21 @@ impl TestServer {
 
     /// A server on a fresh redis-server of its own.
     pub(crate) async fn redis() -> Self {
+        Self::redis_with(ServerConfig::default()).await
+    }
+
+    /// [`TestServer::redis`] with settings.
+    pub(crate) async fn redis_with(config: ServerConfig) -> Self {
         let redis = muster_testkit::redis_server::RedisServer::start().await;
         let registry = muster_redis::RedisRegistry::connect_url(&redis.url()).await.unwrap();
-        let mut server = Self::start(Arc::new(registry), ServerConfig::default()).await;
+        let mut server = Self::start(Arc::new(registry), config).await;
         server._redis = Some(redis);
         server
+    }
+
+    /// A server on the embedded store with settings.
+    pub(crate) async fn memory_with(config: ServerConfig) -> Self {
+        Self::start(Arc::new(muster_memory::MemoryRegistry::new()), config).await
     }
 
     /// The Redis server behind a [`TestServer::redis`].

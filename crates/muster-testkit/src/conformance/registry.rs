@@ -315,3 +315,47 @@ pub async fn bad_input_changes_nothing<R: Registry + Clone>(registry: R, timing:
     let after = (registry.current_revision().await.unwrap(), registry.list_all().await.unwrap());
     assert_eq!(before, after, "rejected input changed state");
 }
+
+/// A service limit holds under concurrent writers: the check is part of the store's write. Nodes
+/// already in the service may heartbeat and re-register; an update that would add a node to a full
+/// service is refused and changes nothing.
+pub async fn service_limit_is_atomic<R: Registry + Clone>(registry: R, timing: Timing) {
+    const MAX: usize = 5;
+    let writers: Vec<_> = (0..40)
+        .map(|n| {
+            let registry = registry.clone();
+            let reg = registration(&format!("w{n}"), &format!("h:{}", 1000 + n), &["full"], timing)
+                .with_service_limit(MAX);
+            tokio::spawn(async move { registry.heartbeat(reg).await })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for (n, writer) in writers.into_iter().enumerate() {
+        match writer.await.expect("writer task") {
+            Ok(_) => accepted.push(format!("w{n}")),
+            Err(e) => assert_eq!(e.kind(), muster_core::ErrorKind::LimitExceeded, "{e}"),
+        }
+    }
+    assert_eq!(accepted.len(), MAX, "exactly the limit is admitted: {accepted:?}");
+    assert_eq!(registry.count_service("full").await.unwrap(), MAX);
+    assert_eq!(registry.find(&ServiceQuery::new("full").unwrap()).await.unwrap().len(), MAX);
+    // A member re-registers (with a change) at the limit.
+    let member = &accepted[0];
+    let port = 1000 + member[1..].parse::<usize>().unwrap();
+    let again = registration(member, &format!("h:{port}"), &["full@2.0.0"], timing).with_service_limit(MAX);
+    registry.heartbeat(again).await.expect("a member may re-register at the limit");
+    // An outsider may not join by update either; its node stays as it was.
+    registry.heartbeat(registration("outsider", "h:9", &["other"], timing)).await.unwrap();
+    let before = registry.current_revision().await.unwrap();
+    let update = NodeUpdate::new().services(vec![svc("other"), svc("full")]).unwrap().with_service_limit(MAX);
+    let err = registry.update(&id("outsider"), update).await.unwrap_err();
+    assert_eq!(err.kind(), muster_core::ErrorKind::LimitExceeded, "{err}");
+    assert!(err.message().contains("`full`"), "{err}");
+    assert_eq!(registry.get(&id("outsider")).await.unwrap().unwrap().services, vec![svc("other")]);
+    assert_eq!(registry.current_revision().await.unwrap(), before, "a refused write publishes nothing");
+    // Without a limit, or below it, writes go through.
+    registry.deregister(&id(member), DeregisterReason::Graceful).await.unwrap();
+    let update = NodeUpdate::new().services(vec![svc("full")]).unwrap().with_service_limit(MAX);
+    registry.update(&id("outsider"), update).await.expect("a free slot");
+    assert_eq!(registry.count_service("full").await.unwrap(), MAX);
+}

@@ -91,3 +91,27 @@ pub async fn slow_watcher_resyncs<R: Registry>(registry: R, history: usize, timi
     let event = next_event(&mut watch, timing.event_wait()).await;
     assert_eq!((event.kind, event.revision), (EventKind::Registered, current.next()));
 }
+
+/// An update that changes a node's services carries the services it had, so a watcher of one
+/// service learns a node left it even when it never saw the node join (a watch from now, or a
+/// resume); heartbeats that change services say so too.
+pub async fn updates_carry_previous_services<R: Registry>(registry: R, timing: Timing) {
+    registry.heartbeat(registration("n1", "h:1", &["alpha@1.0.0"], timing)).await.unwrap();
+    let mark = registry.current_revision().await.unwrap();
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    registry.update(&id("n1"), NodeUpdate::new().services(vec![svc("beta")]).unwrap()).await.unwrap();
+    let moved = next_event(&mut watch, timing.event_wait()).await;
+    assert_eq!(moved.previous_services, Some(vec![svc("alpha@1.0.0")]));
+    let mut filter = muster_core::ServiceFilter::new(Some("alpha".into()));
+    assert!(filter.pass(&moved), "a watcher of alpha sees n1 leave");
+    registry.heartbeat(registration("n1", "h:1", &["beta", "gamma"], timing)).await.unwrap();
+    let widened = next_event(&mut watch, timing.event_wait()).await;
+    assert_eq!(widened.previous_services, Some(vec![svc("beta")]));
+    registry.update(&id("n1"), NodeUpdate::new().address(addr("h:2"))).await.unwrap();
+    let moved_address = next_event(&mut watch, timing.event_wait()).await;
+    assert_eq!(moved_address.previous_services, None, "services unchanged: nothing to carry");
+    // Resuming reads the same from the store's history.
+    let mut resumed = registry.watch(WatchStart::After(mark)).await.unwrap();
+    let first = next_event(&mut resumed, timing.event_wait()).await;
+    assert_eq!(first.previous_services, Some(vec![svc("alpha@1.0.0")]));
+}
