@@ -9,9 +9,11 @@ pub struct InstanceRequest {
     pub name: String,
     /// IP address (or host name).
     pub ip: String,
-    /// Port.
+    /// Port: a number, or a string of digits (as read from an environment variable).
+    #[serde(deserialize_with = "port_number_or_text")]
+    #[schema(schema_with = port_schema)]
     pub port: u16,
-    /// Free-form metadata (`version` is taken as the service version).
+    /// Free-form metadata (`version` is taken as the service version), kept as sent.
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -148,4 +150,43 @@ pub struct RemovedResponse {
     pub id: String,
     /// ISO-8601 time of the response.
     pub timestamp: String,
+}
+
+/// A port sent as a number or as a string of digits (`3001` or `"3001"`).
+pub fn port_number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port<'a> {
+        Number(u64),
+        #[serde(borrow)]
+        Text(std::borrow::Cow<'a, str>),
+    }
+    let invalid = |shown: &dyn std::fmt::Display| {
+        serde::de::Error::custom(format!("port must be a number from 1 to 65535, got {shown}"))
+    };
+    match Port::deserialize(deserializer)
+        .map_err(|_| invalid(&"a value that is neither a number nor text"))?
+    {
+        Port::Number(n) => u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| invalid(&n)),
+        Port::Text(text) => text
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0 && text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| invalid(&format!("{text:?}"))),
+    }
+}
+
+fn port_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::Integer))
+                .minimum(Some(1))
+                .maximum(Some(65535)),
+        )
+        .item(ObjectBuilder::new().schema_type(SchemaType::new(Type::String)).pattern(Some("^[0-9]{1,5}$")))
+        .description(Some("Port: a number, or a string of digits"))
+        .build()
+        .into()
 }

@@ -95,6 +95,19 @@ impl Address {
         self.port
     }
 
+    /// True when both name the same endpoint as parsed: host names compared without case, IP
+    /// addresses by value (`::1` is `0:0::1`), ports as numbers (`x:080` is `x:80`).
+    pub fn same_endpoint(&self, other: &Self) -> bool {
+        if self.port != other.port || self.port == 0 {
+            return false;
+        }
+        let (a, b) = (self.host_unbracketed(), other.host_unbracketed());
+        match (a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a.eq_ignore_ascii_case(b),
+        }
+    }
+
     /// The whole `host:port` string.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -255,6 +268,16 @@ mod tests {
         let json: Address = serde_json::from_str("\"ws://h:1\"").unwrap();
         assert_eq!((json.as_str(), json.port()), ("ws://h:1", 1), "deserialization keeps the wire text");
         assert_eq!(Address::from_wire("h:1"), Address::parse("h:1").unwrap());
+    }
+
+    #[test]
+    fn same_endpoint_compares_as_parsed() {
+        let a = |text: &str| Address::parse(text).unwrap();
+        assert!(a("x:080").same_endpoint(&a("x:80")));
+        assert!(a("Host.Example:1").same_endpoint(&a("host.example:1")));
+        assert!(a("[::1]:5").same_endpoint(&Address::from_parts("0:0::1", 5).unwrap()));
+        assert!(!a("x:80").same_endpoint(&a("x:81")));
+        assert!(!a("10.0.0.1:80").same_endpoint(&a("10.0.0.2:80")));
     }
 
     #[test]

@@ -41,6 +41,11 @@ impl NodeStatus {
             Self::Stopping => "STOPPING",
         }
     }
+
+    /// True for `UP`: the only status that should receive traffic.
+    pub fn is_healthy(self) -> bool {
+        self == Self::Up
+    }
 }
 
 impl fmt::Display for NodeStatus {

@@ -1,9 +1,12 @@
 //! The seed-003 registry routes, so a client written for that registry works unchanged.
 //!
-//! An instance is a node with one service: its id is the node id, `ip:port` its address,
-//! `metadata.version` (when it is a valid version) its service version, and the other metadata
-//! its node metadata (non-string values as JSON text). Instances live `compat_ttl`
-//! (`HEARTBEAT_TIMEOUT_SECONDS`) without a heartbeat.
+//! An instance is a node with one service: its id is derived from the service name and `ip:port`
+//! (so registration and heartbeat find it in one step, whatever the size of the service), `ip:port`
+//! is its address, `metadata.version` (when it is a valid version) its service version, and the
+//! metadata its node metadata: strings as they are, other JSON values as JSON text with their keys
+//! listed under the reserved key `muster.json`, so they come back as sent. A status other than UP
+//! is `unhealthy` and is not resolved. Instances live `compat_ttl` (`HEARTBEAT_TIMEOUT_SECONDS`)
+//! without a heartbeat.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +19,8 @@ use muster_api::compat::{
 };
 use muster_api::iso8601;
 use muster_core::{
-    Address, DeregisterReason, Metadata, NodeId, NodeInfo, Registration, ServiceInfo, ServiceQuery,
-    time::now_ms,
+    Address, DeregisterReason, Metadata, NodeId, NodeInfo, NodeUpdate, Registration, ServiceInfo,
+    ServiceQuery, time::now_ms,
 };
 use serde::Deserialize;
 
@@ -53,22 +56,86 @@ fn address_of(request: &InstanceRequest) -> Result<Address, ApiError> {
     Address::from_parts(&request.ip, request.port).map_err(compat_error)
 }
 
-/// The active node registered for `name` at `address`, if any.
+/// The reserved metadata key listing the keys whose values are JSON text (sent as non-strings).
+const JSON_KEYS: &str = "muster.json";
+
+/// The id of the instance of `name` at `address`: readable, and the same for every writer.
+fn instance_id(name: &str, address: &Address) -> NodeId {
+    // FNV-1a over the service name and the endpoint as parsed (host without case, numeric port).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let host = address.host_unbracketed().to_ascii_lowercase();
+    for byte in name.bytes().chain([0]).chain(host.bytes()).chain([0]).chain(address.port().to_be_bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let prefix: String = name.chars().map(|c| if c == '/' { '.' } else { c }).take(64).collect();
+    NodeId::new(format!("{prefix}-{hash:016x}")).unwrap_or_else(|_| NodeId::generate("instance"))
+}
+
+/// The active node providing `name` at `address`: the seed-003 instance by its id in one read, or
+/// else (a node registered through `/v1` at that address) by scanning the service.
 async fn find_instance(
     state: &AppState,
     name: &str,
     address: &Address,
 ) -> Result<Option<NodeInfo>, ApiError> {
+    let id = instance_id(name, address);
+    let provides =
+        |n: &NodeInfo| n.services.iter().any(|s| s.name == name) && n.address.same_endpoint(address);
+    if let Some(node) = state.registry().get(&id).await.map_err(compat_error)?
+        && provides(&node)
+        && state.registry().is_active(&id).await.map_err(compat_error)?
+    {
+        return Ok(Some(node));
+    }
     let query = ServiceQuery::new(name).map_err(compat_error)?;
     let nodes = state.registry().find(&query).await.map_err(compat_error)?;
-    Ok(nodes.into_iter().find(|n| &n.address == address))
+    Ok(nodes.into_iter().find(|n| provides(n)))
+}
+
+/// Seed-003 metadata as node metadata: strings as they are, other values as JSON text listed
+/// under [`JSON_KEYS`].
+fn metadata_from_request(sent: &serde_json::Map<String, serde_json::Value>) -> Result<Metadata, ApiError> {
+    let mut metadata = Metadata::new();
+    let mut json_keys = Vec::new();
+    for (key, value) in sent {
+        if key == JSON_KEYS {
+            return Err(ApiError::invalid(format!("metadata key `{JSON_KEYS}` is reserved")).compat());
+        }
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => {
+                json_keys.push(key.as_str());
+                other.to_string()
+            }
+        };
+        metadata.insert(key.clone(), text);
+    }
+    if !json_keys.is_empty() {
+        metadata.insert(JSON_KEYS.to_owned(), serde_json::to_string(&json_keys).unwrap_or_default());
+    }
+    Ok(metadata)
+}
+
+/// Node metadata back as seed-003 metadata (see [`metadata_from_request`]).
+fn metadata_for_response(metadata: &Metadata) -> serde_json::Map<String, serde_json::Value> {
+    let json_keys: Vec<String> =
+        metadata.get(JSON_KEYS).and_then(|keys| serde_json::from_str(keys).ok()).unwrap_or_default();
+    metadata
+        .iter()
+        .filter(|(key, _)| key.as_str() != JSON_KEYS)
+        .map(|(key, value)| {
+            let value = json_keys
+                .contains(key)
+                .then(|| serde_json::from_str(value).ok())
+                .flatten()
+                .unwrap_or_else(|| serde_json::Value::String(value.clone()));
+            (key.clone(), value)
+        })
+        .collect()
 }
 
 fn compat_instance(node: &NodeInfo, with_name: bool) -> CompatInstance {
-    let mut metadata = serde_json::Map::new();
-    for (key, value) in &node.metadata {
-        metadata.insert(key.clone(), serde_json::Value::String(value.clone()));
-    }
+    let mut metadata = metadata_for_response(&node.metadata);
     if let Some(version) = node.services.first().and_then(|s| s.version.clone()) {
         metadata.entry("version").or_insert(serde_json::Value::String(version));
     }
@@ -77,7 +144,7 @@ fn compat_instance(node: &NodeInfo, with_name: bool) -> CompatInstance {
         name: if with_name { node.services.first().map(|s| s.name.clone()) } else { None },
         ip: node.address.host_unbracketed().to_owned(),
         port: node.address.port(),
-        status: "healthy".to_owned(),
+        status: if node.status.is_healthy() { "healthy" } else { "unhealthy" }.to_owned(),
         registered_at: Some(iso8601(node.registered_at_ms)),
         last_heartbeat: Some(iso8601(node.timestamp_ms)),
         metadata: Some(metadata),
@@ -93,23 +160,14 @@ pub(crate) async fn register(
     CompatJson(request): CompatJson<InstanceRequest>,
 ) -> Result<(StatusCode, Json<InstanceResponse>), ApiError> {
     let address = address_of(&request)?;
-    let mut metadata = Metadata::new();
-    let mut version = None;
-    for (key, value) in &request.metadata {
-        let text = match value {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        if key == "version" && muster_core::name::validate_version(&text).is_ok() {
-            version = Some(text.clone());
-        }
-        metadata.insert(key.clone(), text);
-    }
-    let service = ServiceInfo::new(request.name.clone(), version.as_deref()).map_err(compat_error)?;
-    let id = match find_instance(&state, &request.name, &address).await? {
-        Some(existing) => existing.node_id,
-        None => NodeId::generate("instance"),
-    };
+    let metadata = metadata_from_request(&request.metadata)?;
+    let version = request
+        .metadata
+        .get("version")
+        .and_then(|v| v.as_str())
+        .filter(|v| muster_core::name::validate_version(v).is_ok());
+    let service = ServiceInfo::new(request.name.clone(), version).map_err(compat_error)?;
+    let id = instance_id(&request.name, &address);
     let registration = Registration::new(id, address, vec![service], state.config().compat_ttl)
         .and_then(|r| r.with_metadata(metadata))
         .map_err(compat_error)?
@@ -160,7 +218,9 @@ pub(crate) async fn resolve(
     Path(name): Path<String>,
 ) -> Result<Json<ResolveResponse>, ApiError> {
     let query = ServiceQuery::new(&name).map_err(compat_error)?;
-    let nodes = state.registry().find(&query).await.map_err(compat_error)?;
+    let mut nodes = state.registry().find(&query).await.map_err(compat_error)?;
+    nodes.retain(|n| n.status.is_healthy());
+    tracing::debug!(service = %name, healthy = nodes.len(), "resolved");
     if nodes.is_empty() {
         return Err(ApiError::not_found(format!("no healthy instances of `{name}`")).compat());
     }
@@ -186,15 +246,16 @@ pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<Servi
                 instances: Vec::new(),
             });
             entry.instance_count += 1;
-            entry.healthy_count += 1;
+            entry.healthy_count += usize::from(node.status.is_healthy());
             entry.instances.push(compat_instance(node, true));
         }
     }
     let total_instances = services.values().map(|s| s.instance_count).sum();
+    let total_healthy_instances = services.values().map(|s| s.healthy_count).sum();
     Ok(Json(ServicesResponse {
         total_services: services.len(),
         total_instances,
-        total_healthy_instances: total_instances,
+        total_healthy_instances,
         services,
         timestamp: now(),
     }))
@@ -255,7 +316,21 @@ pub(crate) async fn remove_instance(
     let Some(node) = find_instance(&state, &name, &address).await? else {
         return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
     };
-    state.registry().deregister(&node.node_id, DeregisterReason::Evicted).await.map_err(compat_error)?;
+    // Only this service leaves the node; the node goes when it provides nothing else.
+    let rest: Vec<ServiceInfo> = node.services.iter().filter(|s| s.name != name).cloned().collect();
+    let removed = if rest.is_empty() {
+        state.registry().deregister(&node.node_id, DeregisterReason::Evicted).await.map_err(compat_error)?
+    } else {
+        let update = NodeUpdate::new().services(rest).map_err(compat_error)?;
+        match state.registry().update(&node.node_id, update).await {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(compat_error(e)),
+        }
+    };
+    if !removed {
+        return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
+    }
     Ok(Json(RemovedResponse {
         message: "Service instance removed".into(),
         id: node.node_id.to_string(),

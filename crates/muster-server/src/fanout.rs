@@ -149,6 +149,7 @@ impl Shared {
                 if event.kind == EventKind::Deregistered && event.reason == Some(DeregisterReason::Expired) {
                     expiries.inc();
                 }
+                log_event(&event);
                 state.mirror.apply(&event);
                 state.log.push(event);
             }
@@ -183,6 +184,28 @@ impl LogSource for Shared {
             return None;
         }
         Some((state.log.revision(), with_snapshot.then(|| snapshot(&state))))
+    }
+}
+
+/// The registry's lifecycle in the server's log: arrivals and departures at `info`, updates at
+/// `debug`.
+fn log_event(event: &muster_core::DiscoveryEvent) {
+    let node = &event.node;
+    let services = node.services.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    match (event.kind, event.reason) {
+        (EventKind::Registered, _) => {
+            tracing::info!(node_id = %node.node_id, address = %node.address, %services, revision = %event.revision, "registered");
+        }
+        (EventKind::Deregistered, Some(DeregisterReason::Expired)) => {
+            tracing::info!(node_id = %node.node_id, address = %node.address, %services, revision = %event.revision, "expired: no heartbeat within its TTL");
+        }
+        (EventKind::Deregistered, reason) => {
+            let reason = reason.map_or("unknown", DeregisterReason::as_str);
+            tracing::info!(node_id = %node.node_id, address = %node.address, %services, reason, revision = %event.revision, "deregistered");
+        }
+        (EventKind::Updated, _) => {
+            tracing::debug!(node_id = %node.node_id, address = %node.address, %services, status = %node.status, revision = %event.revision, "updated");
+        }
     }
 }
 

@@ -99,6 +99,7 @@ pub(crate) async fn refresh(
     match state.registry().refresh(id, status).await {
         Ok(outcome) => {
             state.count_heartbeat();
+            tracing::debug!(node_id = %id, "heartbeat");
             Ok(outcome.node)
         }
         Err(error) if error.is_not_found() => Err(ApiError::not_found(format!(
@@ -222,7 +223,7 @@ pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<
         ("versionReq" = Option<String>, Query, description = "Semver requirement, e.g. ^1.2"),
         ("status" = Option<String>, Query, description = "UP, DOWN, STARTING or STOPPING"),
         ("meta.<key>" = Option<String>, Query, description = "Metadata equality, e.g. meta.zone=eu"),
-        ("index" = Option<u64>, Query, description = "Blocking query: wait for a revision after this one"),
+        ("index" = Option<u64>, Query, description = "Blocking query: wait for a revision after this one (0 answers at once)"),
         ("wait" = Option<String>, Query, description = "Longest wait of a blocking query, e.g. 30s")),
     responses((status = 200, description = "Matching instances; header X-Muster-Index carries the revision", body = muster_api::v1::InstanceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn instances(
@@ -255,11 +256,13 @@ pub(crate) async fn instances(
             },
         }
     }
-    if let Some(index) = index {
+    // Index 0 means "I know nothing yet": answer at once (Consul's rule).
+    if let Some(index) = index.filter(|i| *i > 0) {
         let wait = wait.unwrap_or(Duration::from_secs(60)).min(state.config().max_wait);
         wait_for_change(&state, &name, Revision(index), wait).await?;
     }
     let (revision, nodes) = state.registry().find_at(&query).await?;
+    tracing::debug!(service = %name, found = nodes.len(), %revision, "resolved");
     let instances = nodes
         .iter()
         .filter(|node| status.is_none_or(|s| node.status == s))

@@ -101,10 +101,21 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Log level: error, warn, info (registrations, deregistrations, expiries, self-preservation),
+    /// debug (also heartbeats and resolutions), trace; or tracing directives
+    /// (`info,muster_redis=debug`). `RUST_LOG`, when set, takes precedence.
+    #[arg(long, env = "MUSTER_LOG_LEVEL", default_value = "info", value_parser = log_level)]
+    log_level: String,
     /// Print every setting as it would be used (flags > MUSTER_* > --config file > defaults) and
     /// exit without serving.
     #[arg(long)]
     check_config: bool,
+}
+
+fn log_level(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("{e} (expected error, warn, info, debug, trace or tracing directives)"))
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -294,7 +305,7 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
+    init_logging(&args.log_format, &args.log_level);
     let memory_options = muster_memory::MemoryOptions {
         self_preservation: (args.self_preservation > 0.0).then(|| muster_memory::SelfPreservation {
             threshold: args.self_preservation,
@@ -376,10 +387,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only for a person at a terminal, never into files or log collectors.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {

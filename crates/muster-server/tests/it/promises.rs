@@ -90,3 +90,73 @@ crate::on_both_stores! {
         assert!(live.try_next(std::time::Duration::from_millis(300)).await.is_none());
     }
 }
+
+crate::on_both_stores! {
+    /// On the seed-003 routes only UP instances are healthy: `/resolve` leaves the others out and
+    /// `/services` counts them apart; `/v1` keeps its status filter.
+    async fn only_up_is_healthy(server: TestServer) {
+        for (id, status) in [("up", "UP"), ("down", "DOWN"), ("starting", "STARTING"), ("stopping", "STOPPING")] {
+            let body = json!({"address": format!("10.0.0.1:{}", id.len()), "services": [{"name": "web"}], "status": status});
+            assert_eq!(send(&server, Method::PUT, &format!("/v1/nodes/{id}"), body).await.0, StatusCode::CREATED);
+        }
+        let (status, resolved) = send(&server, Method::GET, "/resolve/web", Value::Null).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(resolved["instanceCount"], 1, "{resolved}");
+        assert_eq!(resolved["instances"][0]["id"], "up");
+        let (_, services) = send(&server, Method::GET, "/services", Value::Null).await;
+        assert_eq!((services["services"]["web"]["instanceCount"].as_u64(), services["services"]["web"]["healthyCount"].as_u64()), (Some(4), Some(1)), "{services}");
+        assert_eq!(services["totalHealthyInstances"], 1);
+        let statuses: Vec<&str> = services["services"]["web"]["instances"].as_array().unwrap().iter().map(|i| i["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses.iter().filter(|s| **s == "unhealthy").count(), 3, "{statuses:?}");
+        let down = json!({"status": "DOWN"});
+        assert_eq!(send(&server, Method::PATCH, "/v1/nodes/up", down).await.0, StatusCode::OK);
+        assert_eq!(send(&server, Method::GET, "/resolve/web", Value::Null).await.0, StatusCode::NOT_FOUND);
+        let (_, v1) = send(&server, Method::GET, "/v1/services/web/instances?status=DOWN", Value::Null).await;
+        assert_eq!(v1["instances"].as_array().unwrap().len(), 2);
+    }
+
+    /// A blocking query with index 0 answers at once, also on an empty registry.
+    async fn blocking_query_index_zero_answers_at_once(server: TestServer) {
+        let request = send(&server, Method::GET, "/v1/services/none/instances?index=0&wait=30s", Value::Null);
+        let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), request)
+            .await
+            .expect("index=0 must not wait for the whole `wait`");
+        assert_eq!((status, body["revision"].as_u64()), (StatusCode::OK, Some(0)), "{body}");
+    }
+
+    /// Removing an instance of one service keeps the node's other services; the last one removes
+    /// the node. Addresses compare as parsed.
+    async fn removing_an_instance_removes_only_that_service(server: TestServer) {
+        let body = json!({"address": "host-a:80", "services": [{"name": "alpha"}, {"name": "beta"}]});
+        assert_eq!(send(&server, Method::PUT, "/v1/nodes/both", body).await.0, StatusCode::CREATED);
+        let (status, removed) = send(&server, Method::DELETE, "/services/alpha/instances?ip=HOST-A&port=080", Value::Null).await;
+        assert_eq!((status, removed["id"].as_str()), (StatusCode::OK, Some("both")), "{removed}");
+        let (status, node) = send(&server, Method::GET, "/v1/nodes/both", Value::Null).await;
+        assert_eq!((status, node["services"].clone()), (StatusCode::OK, json!([{"name": "beta"}])));
+        assert_eq!(send(&server, Method::DELETE, "/services/alpha/instances?ip=host-a&port=80", Value::Null).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(send(&server, Method::DELETE, "/services/beta/instances?ip=host-a&port=80", Value::Null).await.0, StatusCode::OK);
+        assert_eq!(send(&server, Method::GET, "/v1/nodes/both", Value::Null).await.0, StatusCode::NOT_FOUND);
+    }
+
+    /// Seed-003 metadata comes back as sent; a port may be a string of digits.
+    async fn seed_metadata_as_sent_and_port_as_text(server: TestServer) {
+        let metadata = json!({"n": 5, "b": true, "arr": [1, 2], "obj": {"k": null}, "s": "5", "version": "1.2.0"});
+        let body = json!({"name": "typed", "ip": "10.1.1.1", "port": "3001", "metadata": metadata});
+        let (status, registered) = send(&server, Method::POST, "/register", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        assert_eq!(registered["instance"]["port"], 3001);
+        let (_, services) = send(&server, Method::GET, "/services", Value::Null).await;
+        assert_eq!(services["services"]["typed"]["instances"][0]["metadata"], metadata, "{services}");
+        let (status, beat) = send(&server, Method::POST, "/heartbeat", json!({"name": "typed", "ip": "10.1.1.1", "port": 3001})).await;
+        assert_eq!(status, StatusCode::OK, "{beat}");
+        for port in [json!("30x1"), json!("0"), json!(70000), json!(-1), json!(" 3001")] {
+            let (status, answer) = send(&server, Method::POST, "/register", json!({"name": "typed", "ip": "10.1.1.1", "port": port})).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "port {port}: {answer}");
+            assert!(answer["error"].to_string().contains("port"), "{answer}");
+        }
+        let reserved = json!({"name": "typed", "ip": "10.1.1.2", "port": 1, "metadata": {"muster.json": "[]"}});
+        assert_eq!(send(&server, Method::POST, "/register", reserved).await.0, StatusCode::BAD_REQUEST);
+        let (_, list) = send(&server, Method::GET, "/v1/services/typed/instances", Value::Null).await;
+        assert_eq!(list["instances"].as_array().unwrap().len(), 1, "refused requests changed nothing");
+    }
+}

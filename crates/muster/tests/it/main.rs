@@ -315,6 +315,7 @@ fn every_setting_honours_flag_env_and_file() {
         ("allowed-origins", "http://a", "http://b", "http://c"),
         ("body-limit", "2048", "4096", "8192"),
         ("log-format", "json", "text", "json"),
+        ("log-level", "debug", "warn", "info,muster=debug"),
     ];
     let dir = std::env::temp_dir().join(format!("muster-settings-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
