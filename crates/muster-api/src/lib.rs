@@ -21,11 +21,80 @@ pub struct ErrorBody {
     pub timestamp: Option<String>,
 }
 
+/// Every error code the server answers with: one list, stable across versions (new codes may be
+/// added; clients treat an unknown code by its HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: a value breaks a rule; the message names the field.
+    InvalidInput,
+    /// 400: the body is not JSON.
+    MalformedJson,
+    /// 401: no valid credentials.
+    Unauthorized,
+    /// 403: the credentials do not grant this.
+    Forbidden,
+    /// 404: no such node, instance or route.
+    NotFound,
+    /// 405: the route exists with other methods.
+    MethodNotAllowed,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
+    /// 409: the write conflicts with the current state.
+    Conflict,
+    /// 409: a configured limit (instances per service) is reached.
+    LimitExceeded,
+    /// 413: the body is larger than the limit.
+    PayloadTooLarge,
+    /// 414: the request target is too long.
+    UriTooLong,
+    /// 415: the body is not sent as `application/json`.
+    UnsupportedMediaType,
+    /// 429: too many requests.
+    TooManyRequests,
+    /// 431: the request headers are too large.
+    HeadersTooLarge,
+    /// 500: a fault of the server.
+    Internal,
+    /// 503: the store is unreachable.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The wire name (`invalid_input`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_input",
+            Self::MalformedJson => "malformed_json",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::Conflict => "conflict",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyRequests => "too_many_requests",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The machine-readable code and the human-readable message of an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable code: `invalid_input`, `malformed_json`, `not_found`, `limit_exceeded`, `conflict`,
-    /// `payload_too_large`, `unavailable`, `internal`.
+    /// Stable code, one of [`ErrorCode`] (kept as text so a client reads codes added later).
+    #[schema(value_type = ErrorCode)]
     pub code: String,
     /// What to do about it, naming the offending field.
     pub message: String,

@@ -320,3 +320,16 @@ mod tests {
         }
     }
 }
+
+/// `GET /ready` when the store answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyResponse {
+    /// Always `ready`.
+    pub status: String,
+    /// The registry's current revision.
+    #[schema(value_type = u64)]
+    pub revision: muster_core::Revision,
+    /// True while the embedded store pauses expiry (self-preservation).
+    pub self_preservation: bool,
+}

@@ -4,7 +4,7 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use muster_api::{ErrorBody, ErrorDetail, iso8601};
+use muster_api::{ErrorBody, ErrorCode, ErrorDetail, iso8601};
 use muster_core::{ErrorKind, time::now_ms};
 
 /// An error answered over HTTP.
@@ -13,7 +13,7 @@ pub struct ApiError {
     /// HTTP status.
     status: StatusCode,
     /// Stable machine-readable code.
-    code: &'static str,
+    code: ErrorCode,
     /// What to do about it.
     message: String,
     /// Add the seed-003 `timestamp` field.
@@ -22,18 +22,18 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), compat: false }
     }
 
     /// 400 with code `invalid_input`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message)
     }
 
     /// 404 with code `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// Marks the error as answered on a seed-003 route (adds `timestamp`).
@@ -52,12 +52,12 @@ impl ApiError {
 impl From<muster_core::Error> for ApiError {
     fn from(error: muster_core::Error) -> Self {
         let (status, code) = match error.kind() {
-            ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
-            ErrorKind::LimitExceeded => (StatusCode::CONFLICT, "limit_exceeded"),
-            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ErrorKind::LimitExceeded => (StatusCode::CONFLICT, ErrorCode::LimitExceeded),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         if status.is_server_error() {
             tracing::warn!(%error, "request failed");
@@ -71,30 +71,82 @@ impl From<JsonRejection> for ApiError {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with `Content-Type: application/json`",
             ),
             JsonRejection::BytesRejection(inner) if inner.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", inner.body_text())
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::PayloadTooLarge,
+                    "the request body is too large",
+                )
             }
-            JsonRejection::JsonDataError(inner) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_input", inner.body_text())
-            }
-            other => Self::new(StatusCode::BAD_REQUEST, "malformed_json", other.body_text()),
+            JsonRejection::JsonDataError(inner) => Self::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidInput,
+                format!("the body does not fit: {}", humanize(&inner.body_text())),
+            ),
+            other => Self::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MalformedJson,
+                format!("the body is not valid JSON: {}", humanize(&other.body_text())),
+            ),
         }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::invalid(rejection.body_text())
+        Self::invalid(format!("the query string does not fit: {}", humanize(&rejection.body_text())))
     }
+}
+
+/// A deserializer's message as a person reads it: no Rust type names, no framework prefix.
+pub(crate) fn humanize(message: &str) -> String {
+    let message = message
+        .split_once("the target type: ")
+        .or_else(|| message.split_once("Failed to deserialize query string: "))
+        .or_else(|| message.split_once("Failed to parse the request body as JSON: "))
+        .map_or(message, |(_, rest)| rest);
+    let mut words: Vec<String> = Vec::new();
+    let mut tokens = message.split(' ').peekable();
+    while let Some(token) = tokens.next() {
+        let word = match token {
+            "struct" | "enum" => {
+                // `struct InstanceRequest` → `an object`; `enum NodeStatus` → `one of the listed values`.
+                let name = tokens.next().unwrap_or_default();
+                let tail: String = name.chars().skip_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let what = if token == "struct" { "a JSON object" } else { "one of the allowed values" };
+                format!("{what}{tail}")
+            }
+            "with" if tokens.peek().is_some_and(|t| t.chars().all(|c| c.is_ascii_digit())) => {
+                // `with 4 elements`: how a type is laid out, not what to send.
+                tokens.next();
+                tokens.next();
+                continue;
+            }
+            other => {
+                let core = other.trim_end_matches([',', ';', ':', '.']);
+                let tail = &other[core.len()..];
+                let plain = match core {
+                    "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "a whole number",
+                    "f32" | "f64" => "a number",
+                    "sequence" => "a list",
+                    "map" => "an object",
+                    _ => core,
+                };
+                format!("{plain}{tail}")
+            }
+        };
+        words.push(word);
+    }
+    words.join(" ")
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code.to_owned(), message: self.message },
+            error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message },
             timestamp: self.compat.then(|| iso8601(now_ms())),
         };
         (self.status, axum::Json(body)).into_response()
@@ -110,3 +162,33 @@ pub(crate) struct ApiJson<T>(pub T);
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct ApiQuery<T>(pub T);
+
+#[cfg(test)]
+mod tests {
+    use super::humanize;
+
+    #[test]
+    fn messages_name_no_rust_types() {
+        let cases = [
+            (
+                "Failed to deserialize the JSON body into the target type: invalid length 0, expected struct InstanceRequest with 4 elements at line 1 column 2",
+                "invalid length 0, expected a JSON object at line 1 column 2",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: port: invalid type: string \"x\", expected u16 at line 1 column 10",
+                "port: invalid type: string \"x\", expected a whole number at line 1 column 10",
+            ),
+            (
+                "invalid type: sequence, expected struct RegisterRequest",
+                "invalid type: a list, expected a JSON object",
+            ),
+            (
+                "status: unknown variant `X`, expected enum NodeStatus",
+                "status: unknown variant `X`, expected one of the allowed values",
+            ),
+        ];
+        for (raw, human) in cases {
+            assert_eq!(humanize(raw), human);
+        }
+    }
+}

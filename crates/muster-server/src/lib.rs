@@ -10,6 +10,7 @@ mod compat;
 mod error;
 mod fanout;
 mod metrics;
+mod serve;
 mod v1;
 mod watch;
 
@@ -19,13 +20,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use muster_core::Registry;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
+pub use serve::{MAX_HEADER_BYTES, MAX_URI_LEN};
 
 /// Server settings (validated by the binary before they get here).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,13 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Longest `wait` of a blocking query.
     pub max_wait: Duration,
+    /// Time allowed for a request's head, from when the connection opens or goes idle (so also
+    /// the keep-alive idle timeout).
+    pub header_read_timeout: Duration,
+    /// Time allowed for a request's body to arrive (408 after it).
+    pub request_timeout: Duration,
+    /// Most open connections; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +67,9 @@ impl Default for ServerConfig {
             allowed_origins: vec!["http://localhost:3000".into(), "http://localhost:8080".into()],
             keep_alive: Duration::from_secs(15),
             max_wait: Duration::from_secs(300),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -161,6 +172,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), serve::bound_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config().body_limit))
         .layer(cors)
@@ -198,24 +211,23 @@ impl tower_http::request_id::MakeRequestId for SequentialRequestId {
     }
 }
 
-/// `GET /ready`: 200 when the store answers, 503 otherwise.
+/// `GET /ready`: 200 when the store answers, 503 (an error body) otherwise.
 #[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, description = "The store answers"), (status = 503, description = "The store is unreachable")))]
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    match state.registry().current_revision().await {
-        Ok(revision) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({
-                "status": "ready",
-                "revision": revision,
-                "selfPreservation": state.registry().is_preserving(),
-            })),
-        ),
-        Err(error) => (
+    responses((status = 200, description = "The store answers", body = muster_api::v1::ReadyResponse),
+        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+async fn ready(State(state): State<AppState>) -> Result<axum::Json<muster_api::v1::ReadyResponse>, ApiError> {
+    let revision = state.registry().current_revision().await.map_err(|error| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "unavailable", "error": error.message()})),
-        ),
-    }
+            muster_api::ErrorCode::Unavailable,
+            format!("the store does not answer: {}", error.message()),
+        )
+    })?;
+    Ok(axum::Json(muster_api::v1::ReadyResponse {
+        status: "ready".into(),
+        revision,
+        self_preservation: state.registry().is_preserving(),
+    }))
 }
 
 /// The OpenAPI description of every route, generated from the handlers' annotations.
@@ -259,6 +271,14 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route; the API is under /v1 (see the README)")
 }
 
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        muster_api::ErrorCode::MethodNotAllowed,
+        format!("{} does not take {method}; see /openapi.json for its methods", uri.path()),
+    )
+}
+
 /// Serves `router(state)` on `listener` until `shutdown` completes, then stops accepting, ends
 /// watch streams and finishes in-flight requests.
 pub async fn run(
@@ -267,10 +287,5 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            state.shutdown();
-        })
-        .await
+    serve::serve(listener, app, &state, shutdown).await
 }

@@ -62,6 +62,7 @@ pub(crate) struct Metrics {
     pub(crate) expiries: Counter,
     pub(crate) store_errors: Counter,
     pub(crate) watchers: Gauge,
+    pub(crate) refused_connections: Counter,
     self_preservation: Gauge,
     active_nodes: Gauge,
     active_services: Gauge,
@@ -77,6 +78,7 @@ impl Metrics {
             expiries: Counter::default(),
             store_errors: Counter::default(),
             watchers: Gauge::default(),
+            refused_connections: Counter::default(),
             self_preservation: Gauge::default(),
             active_nodes: Gauge::default(),
             active_services: Gauge::default(),
@@ -92,6 +94,11 @@ impl Metrics {
             metrics.store_errors.clone(),
         );
         registry.register("watchers", "Open watch streams", metrics.watchers.clone());
+        registry.register(
+            "refused_connections",
+            "Connections closed at once because the server was at its connection limit",
+            metrics.refused_connections.clone(),
+        );
         registry.register(
             "self_preservation",
             "1 while expiry is paused because too many nodes would expire at once",

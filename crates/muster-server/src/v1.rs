@@ -82,8 +82,13 @@ pub(crate) async fn heartbeat(
     let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                muster_api::ErrorCode::MalformedJson,
+                format!("the body is not valid JSON: {}", crate::error::humanize(&e.to_string())),
+            )
+        })?
     };
     let node = refresh(&state, &id, request.status).await?;
     Ok(Json(node))
@@ -285,9 +290,12 @@ fn json_response(list: &InstanceListView<'_>) -> Response {
     let mut body = Vec::with_capacity(128 + 512 * list.instances.len());
     match serde_json::to_writer(&mut body, list) {
         Ok(()) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(error) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response()
-        }
+        Err(error) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            muster_api::ErrorCode::Internal,
+            error.to_string(),
+        )
+        .into_response(),
     }
 }
 

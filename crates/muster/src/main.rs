@@ -98,6 +98,16 @@ struct ServeArgs {
     /// Largest accepted request body in bytes; larger requests answer 413.
     #[arg(long, env = "MUSTER_BODY_LIMIT", default_value_t = 65536)]
     body_limit: usize,
+    /// Time a client has to send a request's headers, counted from when its connection opens or
+    /// goes idle after a response (so also the keep-alive idle timeout); slower connections close.
+    #[arg(long, env = "MUSTER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Time a client has to send a request's body; slower requests answer 408.
+    #[arg(long, env = "MUSTER_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
+    request_timeout: Duration,
+    /// Most open client connections; further ones are closed at once.
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
     /// Log format.
     #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -298,6 +308,14 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
     if args.max_instances_per_service == 0 {
         return Err("--max-instances-per-service must be at least 1".into());
     }
+    if args.header_read_timeout < Duration::from_millis(100)
+        || args.request_timeout < Duration::from_millis(100)
+    {
+        return Err("--header-read-timeout and --request-timeout must be at least 100ms".into());
+    }
+    if args.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
     if args.body_limit < 1024 {
         return Err("--body-limit must be at least 1024 bytes".into());
     }
@@ -352,6 +370,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cleanup_interval: args.cleanup_interval,
         max_instances_per_service: args.max_instances_per_service,
         body_limit: args.body_limit,
+        header_read_timeout: args.header_read_timeout,
+        request_timeout: args.request_timeout,
+        max_connections: args.max_connections,
         allowed_origins: args
             .allowed_origins
             .split(',')

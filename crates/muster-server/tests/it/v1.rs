@@ -264,7 +264,7 @@ async fn ready_and_health() {
     );
 }
 
-/// `/ready` says 503 when the store is gone.
+/// `/ready` says 503, with the error body, when the store is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_reports_an_unreachable_store() {
     let mut redis = muster_testkit::redis_server::RedisServer::start().await;
@@ -273,7 +273,10 @@ async fn ready_reports_an_unreachable_store() {
     assert_eq!(get(&server, "/ready").await.0, StatusCode::OK);
     redis.kill();
     let (status, body) = get(&server, "/ready").await;
-    assert_eq!((status, body["status"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable"))
+    );
 }
 
 /// Two servers sharing one Redis behave as one registry.

@@ -316,6 +316,9 @@ fn every_setting_honours_flag_env_and_file() {
         ("body-limit", "2048", "4096", "8192"),
         ("log-format", "json", "text", "json"),
         ("log-level", "debug", "warn", "info,muster=debug"),
+        ("header-read-timeout", "7s", "8s", "9s"),
+        ("request-timeout", "11s", "12s", "13s"),
+        ("max-connections", "100", "200", "300"),
     ];
     let dir = std::env::temp_dir().join(format!("muster-settings-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,0 +1,155 @@
+//! The connection layer: accepts connections up to a cap, bounds how long a client may take to
+//! send a request, and hands requests to the router.
+//!
+//! - `max_connections`: a connection beyond the cap is closed at once (the client sees the
+//!   connection end and may retry) instead of waiting in the kernel's backlog.
+//! - `header_read_timeout` (hyper's timer): a request's head must arrive within it, counted from
+//!   when the connection opens or goes idle after a response — so it is also the keep-alive idle
+//!   timeout. Slow-header clients and idle connections are closed.
+//! - `request_timeout`: the body must arrive within it (408 otherwise); an announced
+//!   `Content-Length` above the body limit answers 413 before any of the body is read.
+//! - Limits hyper does not answer in JSON are checked first here: a request target over
+//!   [`MAX_URI_LEN`] answers 414, headers over [`MAX_HEADER_BYTES`] answer 431.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use muster_api::ErrorCode;
+use tokio::sync::Semaphore;
+
+use crate::{ApiError, AppState};
+
+/// Longest request target (path and query) answered with JSON 414.
+pub const MAX_URI_LEN: usize = 8 * 1024;
+/// Most bytes of request headers (names and values) answered with JSON 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for the open
+/// connections to finish their requests.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    state: &AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config = state.config();
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors or a connection reset before it was accepted: keep
+                    // serving the connections already open.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            state.inner.metrics.refused_connections.inc();
+            tracing::debug!("connection refused: at the connection limit");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    state.shutdown();
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Checks the request's size limits and reads its body within `request_timeout`.
+pub(crate) async fn bound_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let config = state.config();
+    let target_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > MAX_URI_LEN {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::UriTooLong,
+            format!("the request target is {target_len} bytes long; the limit is {MAX_URI_LEN}"),
+        )
+        .into_response();
+    }
+    let header_bytes: usize =
+        request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            format!("the request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"),
+        )
+        .into_response();
+    }
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > config.body_limit as u64) {
+        return too_large(config.body_limit).into_response();
+    }
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if announced.unwrap_or(0) == 0 && !chunked {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let limit = config.body_limit;
+    let read = async move {
+        let mut stream = body.into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::MalformedJson,
+                    format!("reading the body failed: {e}"),
+                )
+            })?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large(limit));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    match tokio::time::timeout(config.request_timeout, read).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RequestTimeout,
+            format!("the request body did not arrive within {:?}", config.request_timeout),
+        )
+        .into_response(),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than the limit of {limit} bytes"),
+    )
+}
