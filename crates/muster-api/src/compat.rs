@@ -158,6 +158,7 @@ pub fn port_number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) ->
     #[serde(untagged)]
     enum Port<'a> {
         Number(u64),
+        Float(f64),
         #[serde(borrow)]
         Text(std::borrow::Cow<'a, str>),
     }
@@ -168,10 +169,12 @@ pub fn port_number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) ->
         .map_err(|_| invalid(&"a value that is neither a number nor text"))?
     {
         Port::Number(n) => u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| invalid(&n)),
+        Port::Float(f) if f.fract() == 0.0 && (1.0..=65535.0).contains(&f) => Ok(f as u16),
+        Port::Float(f) => Err(invalid(&f)),
         Port::Text(text) => text
             .parse::<u16>()
             .ok()
-            .filter(|p| *p > 0 && text.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|p| *p > 0 && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit()))
             .ok_or_else(|| invalid(&format!("{text:?}"))),
     }
 }
@@ -185,7 +188,11 @@ fn port_schema() -> utoipa::openapi::schema::Schema {
                 .minimum(Some(1))
                 .maximum(Some(65535)),
         )
-        .item(ObjectBuilder::new().schema_type(SchemaType::new(Type::String)).pattern(Some("^[0-9]{1,5}$")))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::String))
+                .pattern(Some(muster_core::schema::port_text())),
+        )
         .description(Some("Port: a number, or a string of digits"))
         .build()
         .into()

@@ -10,6 +10,7 @@ pub struct RegisterRequest {
     /// `host:port` (IPv6 in brackets).
     pub address: String,
     /// Services the node provides.
+    #[serde(deserialize_with = "strict_services")]
     pub services: Vec<ServiceInfo>,
     /// Node-level labels.
     #[serde(default)]
@@ -18,7 +19,7 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub status: Option<NodeStatus>,
     /// Heartbeat TTL in milliseconds (default: the server's).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "muster_core::schema::optional_whole")]
     pub ttl_ms: Option<u64>,
 }
 
@@ -51,7 +52,7 @@ pub struct UpdateRequest {
     #[serde(default)]
     pub address: Option<String>,
     /// New service list.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_optional_services")]
     pub services: Option<Vec<ServiceInfo>>,
     /// New node-level labels.
     #[serde(default)]
@@ -332,4 +333,35 @@ pub struct ReadyResponse {
     pub revision: muster_core::Revision,
     /// True while the embedded store pauses expiry (self-preservation).
     pub self_preservation: bool,
+}
+
+/// A service as a client writes it: the fields of [`ServiceInfo`] and no others, so a misspelt
+/// field is refused rather than silently dropped. (Reads stay lenient: a Titan peer may store more.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictService {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default, deserialize_with = "muster_core::schema::optional_whole")]
+    weight: Option<u32>,
+}
+
+impl From<StrictService> for ServiceInfo {
+    fn from(s: StrictService) -> Self {
+        ServiceInfo { name: s.name, version: s.version, metadata: s.metadata, weight: s.weight }
+    }
+}
+
+fn strict_services<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<ServiceInfo>, D::Error> {
+    Ok(Vec::<StrictService>::deserialize(deserializer)?.into_iter().map(ServiceInfo::from).collect())
+}
+
+fn strict_optional_services<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<ServiceInfo>>, D::Error> {
+    Ok(Option::<Vec<StrictService>>::deserialize(deserializer)?
+        .map(|services| services.into_iter().map(ServiceInfo::from).collect()))
 }

@@ -21,6 +21,7 @@ pub mod name;
 pub mod node;
 pub mod options;
 pub mod registry;
+pub mod schema;
 pub mod service;
 pub mod time;
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::name::NodeId;
-use crate::service::{Metadata, ServiceInfo, validate_metadata, validate_services};
+use crate::service::{Metadata, ServiceInfo, dedup_services, validate_metadata, validate_services};
 
 /// Shortest heartbeat TTL a registration may carry.
 pub const MIN_TTL: Duration = Duration::from_millis(100);
@@ -141,6 +141,7 @@ impl Registration {
         NodeId::new(node_id.as_str())?;
         Address::parse(address.as_str())?;
         validate_services(&services)?;
+        let services = dedup_services(services);
         validate_ttl(ttl)?;
         Ok(Self {
             node_id,
@@ -264,7 +265,7 @@ impl NodeUpdate {
     /// Replaces the services (validated).
     pub fn services(mut self, services: Vec<ServiceInfo>) -> Result<Self> {
         validate_services(&services)?;
-        self.services = Some(services);
+        self.services = Some(dedup_services(services));
         Ok(self)
     }
     /// Changes the status.

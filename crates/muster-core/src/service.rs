@@ -12,7 +12,7 @@ use crate::name::{validate_service_name, validate_version};
 pub const MAX_METADATA_ENTRIES: usize = 64;
 /// Longest metadata key.
 pub const MAX_METADATA_KEY_LEN: usize = 128;
-/// Longest metadata value.
+/// Longest metadata value, in characters.
 pub const MAX_METADATA_VALUE_LEN: usize = 1024;
 /// Most services one node may provide.
 pub const MAX_SERVICES_PER_NODE: usize = 256;
@@ -21,7 +21,7 @@ pub const MAX_SERVICES_PER_NODE: usize = 256;
 pub type Metadata = BTreeMap<String, String>;
 
 /// Validates a metadata map: at most 64 entries, keys 1–128 of `A-Z a-z 0-9 - _ . /`, values at most
-/// 1024 bytes.
+/// 1024 characters.
 pub fn validate_metadata(metadata: &Metadata) -> Result<()> {
     if metadata.len() > MAX_METADATA_ENTRIES {
         return Err(Error::invalid(
@@ -41,10 +41,13 @@ pub fn validate_metadata(metadata: &Metadata) -> Result<()> {
                 ),
             ));
         }
-        if value.len() > MAX_METADATA_VALUE_LEN {
+        let length = value.chars().count();
+        if length > MAX_METADATA_VALUE_LEN {
             return Err(Error::invalid(
                 "metadata",
-                format!("value of {key:?} is {} bytes, the limit is {MAX_METADATA_VALUE_LEN}", value.len()),
+                format!(
+                    "value of {key:?} is {length} characters long, the limit is {MAX_METADATA_VALUE_LEN}"
+                ),
             ));
         }
     }
@@ -67,7 +70,11 @@ pub struct ServiceInfo {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: Metadata,
     /// Relative weight for weighted load balancing; absent means the balancer's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::schema::optional_whole"
+    )]
     pub weight: Option<u32>,
 }
 
@@ -135,7 +142,7 @@ impl fmt::Display for ServiceInfo {
     }
 }
 
-/// Validates a node's service list: each service valid, no name+version twice, at most 256.
+/// Validates a node's service list: each service valid, at most 256 entries as sent.
 pub fn validate_services(services: &[ServiceInfo]) -> Result<()> {
     if services.len() > MAX_SERVICES_PER_NODE {
         return Err(Error::invalid(
@@ -143,13 +150,19 @@ pub fn validate_services(services: &[ServiceInfo]) -> Result<()> {
             format!("{} services, the limit per node is {MAX_SERVICES_PER_NODE}", services.len()),
         ));
     }
-    for (i, service) in services.iter().enumerate() {
-        service.validate()?;
-        if services[..i].iter().any(|s| s.same_identity(service)) {
-            return Err(Error::invalid("services", format!("{service} is listed twice")));
+    services.iter().try_for_each(ServiceInfo::validate)
+}
+
+/// The list with each entry once, in first-seen order: an entry listed twice says nothing more.
+/// (One name and version may still appear with different weights or metadata.)
+pub fn dedup_services(services: Vec<ServiceInfo>) -> Vec<ServiceInfo> {
+    let mut kept: Vec<ServiceInfo> = Vec::with_capacity(services.len());
+    for service in services {
+        if !kept.contains(&service) {
+            kept.push(service);
         }
     }
-    Ok(())
+    kept
 }
 
 /// How a query constrains the version of a service.
@@ -343,8 +356,10 @@ mod tests {
     #[test]
     fn service_list_rules() {
         assert!(validate_services(&[svc("a", Some("1")), svc("a", Some("2")), svc("a", None)]).is_ok());
-        let dup = validate_services(&[svc("a", Some("1")), svc("a", Some("1"))]).unwrap_err();
-        assert!(dup.to_string().contains("a@1 is listed twice"));
+        let mut weighted = svc("a", Some("1"));
+        weighted.weight = Some(2);
+        let listed = vec![svc("a", Some("1")), weighted.clone(), svc("a", Some("1"))];
+        assert_eq!(dedup_services(listed), [svc("a", Some("1")), weighted], "an entry twice is kept once");
         let many: Vec<_> = (0..257).map(|i| svc(&format!("s{i}"), None)).collect();
         assert!(validate_services(&many).unwrap_err().to_string().contains("limit per node is 256"));
         let bad = ServiceInfo { name: "".into(), version: None, metadata: Metadata::new(), weight: None };

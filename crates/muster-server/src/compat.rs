@@ -95,6 +95,12 @@ async fn find_instance(
 /// Seed-003 metadata as node metadata: strings as they are, other values as JSON text listed
 /// under [`JSON_KEYS`].
 fn metadata_from_request(sent: &serde_json::Map<String, serde_json::Value>) -> Result<Metadata, ApiError> {
+    if sent.len() >= muster_core::service::MAX_METADATA_ENTRIES {
+        let limit = muster_core::service::MAX_METADATA_ENTRIES - 1;
+        return Err(
+            ApiError::invalid(format!("metadata has {} entries, the limit is {limit}", sent.len())).compat()
+        );
+    }
     let mut metadata = Metadata::new();
     let mut json_keys = Vec::new();
     for (key, value) in sent {

@@ -250,7 +250,7 @@ pub(crate) async fn instances(
                         .map_err(|_| ApiError::invalid(format!("index {value:?} is not a revision")))?,
                 );
             }
-            "wait" => wait = Some(muster_api::parse_duration(&value).map_err(ApiError::invalid)?),
+            "wait" => wait = Some(parse_wait(&value)?),
             _ => match key.strip_prefix("meta.") {
                 Some(meta_key) if !meta_key.is_empty() => metadata.push((meta_key.to_owned(), value)),
                 _ => {
@@ -321,4 +321,14 @@ async fn wait_for_change(
         () = shutdown.cancelled() => {}
     }
     Ok(())
+}
+
+/// A blocking query's `wait`: 1-9 digits and an optional unit (`500ms`, `30s`, `5m`, `1h`).
+fn parse_wait(value: &str) -> Result<Duration, ApiError> {
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    let unit = &value[digits..];
+    if !(1..=9).contains(&digits) || !matches!(unit, "" | "ms" | "s" | "m" | "h") {
+        return Err(ApiError::invalid(format!("wait {value:?} is not a duration like 500ms, 30s, 5m or 1h")));
+    }
+    muster_api::parse_duration(value).map_err(ApiError::invalid)
 }

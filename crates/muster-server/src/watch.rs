@@ -51,12 +51,14 @@ pub(crate) async fn watch(
             value
                 .to_str()
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|v| (1..=19).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a revision number"))?,
         ),
         None => None,
     };
-    if let Some(service) = &params.service {
+    let service = params.service;
+    if let Some(service) = &service {
         muster_core::name::validate_service_name(service)?;
     }
     let start = match last_event_id.or(params.after) {
@@ -67,7 +69,7 @@ pub(crate) async fn watch(
     let stream = state.inner.hub.watch(start).await?;
     state.inner.metrics.watchers.inc();
     let guard = crate::metrics::WatcherGuard(std::sync::Arc::clone(&state.inner));
-    let filter = ServiceFilter::new(params.service);
+    let filter = ServiceFilter::new(service);
     let events = futures::stream::unfold(Some((stream, filter, guard)), |state| async move {
         let (mut stream, mut filter, guard) = state?;
         loop {

@@ -105,6 +105,9 @@ struct ServeArgs {
     /// Time a client has to send a request's body; slower requests answer 408.
     #[arg(long, env = "MUSTER_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
     request_timeout: Duration,
+    /// Longest `wait` of a blocking query; longer ones are cut to it.
+    #[arg(long, env = "MUSTER_MAX_WAIT", default_value = "5m", value_parser = duration)]
+    max_wait: Duration,
     /// Most open client connections; further ones are closed at once.
     #[arg(long, env = "MUSTER_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -373,6 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_read_timeout: args.header_read_timeout,
         request_timeout: args.request_timeout,
         max_connections: args.max_connections,
+        max_wait: args.max_wait,
         allowed_origins: args
             .allowed_origins
             .split(',')

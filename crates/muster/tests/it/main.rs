@@ -319,6 +319,7 @@ fn every_setting_honours_flag_env_and_file() {
         ("header-read-timeout", "7s", "8s", "9s"),
         ("request-timeout", "11s", "12s", "13s"),
         ("max-connections", "100", "200", "300"),
+        ("max-wait", "1m", "2m", "3m"),
     ];
     let dir = std::env::temp_dir().join(format!("muster-settings-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
