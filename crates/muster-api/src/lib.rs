@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 pub mod compat;
 pub mod v1;
 
+/// Where `muster serve` listens by default, and so where the CLI and the SDK look for it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3100";
+/// The registry's default URL (the CLI's `--registry`, the SDK's `SERVICE_REGISTRY_URL`).
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:3100";
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {

@@ -59,14 +59,14 @@ use reqwest::StatusCode;
 
 pub use error::{ClientError, Source};
 pub use failover::{BreakerConfig, CircuitState, FailoverError, Retryable};
-pub use registration::{Registration, RegistrationSpec};
+pub use registration::{Health, Registration, RegistrationSpec};
 pub use resolve::{Resolved, WatchOptions};
 
 /// Client settings. [`ClientConfig::default`] has the defaults of the registry SDK's documentation;
 /// [`ClientConfig::from_env`] reads its environment variables.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `SERVICE_REGISTRY_URL` (default `http://localhost:3011`).
+    /// `SERVICE_REGISTRY_URL` (default `http://127.0.0.1:3100`, where `muster serve` listens).
     pub registry_url: String,
     /// `SERVICE_REGISTRY_HEARTBEAT_INTERVAL` in milliseconds (default 30,000).
     pub heartbeat_interval: Duration,
@@ -91,7 +91,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            registry_url: "http://localhost:3011".to_owned(),
+            registry_url: muster_api::DEFAULT_REGISTRY_URL.to_owned(),
             heartbeat_interval: Duration::from_secs(30),
             retry_delay: Duration::from_secs(10),
             max_retries: 5,
@@ -156,10 +156,15 @@ impl ClientConfig {
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
+    if url.starts_with("http://") {
         Ok(())
+    } else if url.starts_with("https://") {
+        Err(format!(
+            "{url:?}: https is not supported yet (the registry server speaks plain HTTP); use http://, \
+             or reach a TLS-terminating proxy over http:// on its private side"
+        ))
     } else {
-        Err(format!("{url:?} is not an http:// or https:// URL"))
+        Err(format!("{url:?} is not an http:// URL"))
     }
 }
 
@@ -422,7 +427,7 @@ mod tests {
     #[test]
     fn environment_defaults_are_the_documented_ones() {
         let config = ClientConfig::from_vars(|_| None).unwrap();
-        assert_eq!(config.registry_url, "http://localhost:3011");
+        assert_eq!(config.registry_url, "http://127.0.0.1:3100", "where `muster serve` listens");
         assert_eq!(config.heartbeat_interval, Duration::from_millis(30_000));
         assert_eq!(config.retry_delay, Duration::from_millis(10_000));
         assert_eq!(config.max_retries, 5);
@@ -447,6 +452,7 @@ mod tests {
         assert_eq!(RegistrationSpec::from_config(&config).address, "users-1.internal:8080");
         for (name, value) in [
             ("SERVICE_REGISTRY_URL", "localhost:3011"),
+            ("SERVICE_REGISTRY_URL", "https://registry.internal:3100"),
             ("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", "30s"),
             ("SERVICE_REGISTRY_RETRY_DELAY", "0"),
             ("SERVICE_REGISTRY_MAX_RETRIES", "-1"),

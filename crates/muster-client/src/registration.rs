@@ -102,8 +102,20 @@ impl RegistrationSpec {
 struct Shared {
     /// The status sent with heartbeats.
     status: Mutex<NodeStatus>,
-    /// How many times the node was (re-)registered.
-    registrations: Mutex<u64>,
+    /// How the heartbeats are going, for whoever watches ([`Registration::health`]).
+    health: tokio::sync::watch::Sender<Health>,
+}
+
+/// How a registration's heartbeats are going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// How many times the node was registered: 1, plus one per registration again after the
+    /// registry forgot it (it expired while the registry was unreachable, or was removed).
+    pub registrations: u64,
+    /// Heartbeats failed in a row since the last one that reached the registry (0: all is well).
+    pub failures: u32,
+    /// Why the last heartbeat failed, while `failures > 0`.
+    pub last_error: Option<String>,
 }
 
 /// A live registration. Heartbeats run until [`Registration::deregister`] or drop.
@@ -137,7 +149,11 @@ impl Client {
             }
         };
         let spec = RegistrationSpec { id: Some(answer.id.clone()), ..spec };
-        let shared = Arc::new(Shared { status: Mutex::new(NodeStatus::Up), registrations: Mutex::new(1) });
+        let health = Health { registrations: 1, failures: 0, last_error: None };
+        let shared = Arc::new(Shared {
+            status: Mutex::new(NodeStatus::Up),
+            health: tokio::sync::watch::Sender::new(health),
+        });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(keep_alive(self.clone(), spec, Arc::clone(&shared), cancel.clone()));
         Ok(Registration { client: self.clone(), id: answer.id, shared, cancel: cancel.drop_guard(), task })
@@ -162,7 +178,12 @@ impl Registration {
 
     /// How many times the node was registered (1 + re-registrations after a 404).
     pub fn registrations(&self) -> u64 {
-        *self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.health.borrow().registrations
+    }
+
+    /// Follows the heartbeats: told every failure, recovery and registration again.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.shared.health.subscribe()
     }
 
     /// Stops heartbeating and removes the node from the registry.
@@ -210,7 +231,7 @@ async fn keep_alive(client: Client, spec: RegistrationSpec, shared: Arc<Shared>,
                 tracing::info!(node_id = %id, "the registry forgot this node; registering again");
                 let again = client.register_once(&spec, status).await.map(drop);
                 if again.is_ok() {
-                    *shared.registrations.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    shared.health.send_modify(|h| h.registrations += 1);
                 }
                 again
             }
@@ -219,11 +240,21 @@ async fn keep_alive(client: Client, spec: RegistrationSpec, shared: Arc<Shared>,
         pause = match outcome {
             Ok(()) => {
                 failures = 0;
+                shared.health.send_if_modified(|h| {
+                    let changed = h.failures > 0;
+                    h.failures = 0;
+                    h.last_error = None;
+                    changed
+                });
                 spec.heartbeat_interval
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(node_id = %id, %error, failures, "heartbeat failed; retrying");
+                shared.health.send_modify(|h| {
+                    h.failures = failures;
+                    h.last_error = Some(error.to_string());
+                });
                 spec.retry_pause(failures)
             }
         };

@@ -23,7 +23,7 @@ use output::{ago, instance_rows, json, out, service_list, table, watch_line};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Server {
     /// The registry server.
-    #[arg(long, env = "MUSTER_REGISTRY", default_value = "http://127.0.0.1:3100")]
+    #[arg(long, env = "MUSTER_REGISTRY", default_value = muster_api::DEFAULT_REGISTRY_URL)]
     registry: String,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -239,7 +239,24 @@ async fn register(
             spec.heartbeat_interval.as_millis()
         ));
     }
-    registration.deregister_on(muster_client::shutdown_signal()).await.map_err(from_client)?;
+    let mut health = registration.health();
+    let mut known = health.borrow_and_update().clone();
+    let signal = muster_client::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            changed = health.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = health.borrow_and_update().clone();
+                report_health(server.json, &id, &known, &now);
+                known = now;
+            }
+        }
+    }
+    registration.deregister().await.map_err(from_client)?;
     if server.json {
         out(&(serde_json::json!({"deregistered": id}).to_string() + "\n"));
     } else {
@@ -248,15 +265,44 @@ async fn register(
     Ok(())
 }
 
+/// Says what changed in a registration's heartbeats: the registry became unreachable, came back,
+/// or had forgotten the node and has it again.
+fn report_health(json: bool, id: &str, before: &muster_client::Health, now: &muster_client::Health) {
+    let line = if now.registrations > before.registrations {
+        Some((
+            serde_json::json!({"event": "registered_again", "id": id, "registrations": now.registrations}),
+            format!("registered {id} again (the registry had lost it)"),
+        ))
+    } else if before.failures == 0 && now.failures > 0 {
+        let error = now.last_error.clone().unwrap_or_default();
+        Some((
+            serde_json::json!({"event": "unreachable", "id": id, "error": error}),
+            format!("heartbeat failed: {error}; retrying"),
+        ))
+    } else if before.failures > 0 && now.failures == 0 {
+        Some((serde_json::json!({"event": "reachable", "id": id}), "the registry answers again".to_owned()))
+    } else {
+        None
+    };
+    if let Some((json_line, text)) = line {
+        if json {
+            out(&(json_line.to_string() + "\n"));
+        } else {
+            out(&(text + "\n"));
+        }
+    }
+}
+
 async fn deregister(server: &Server, id: &str) -> Result<(), Failure> {
     muster_core::NodeId::new(id).map_err(|e| Failure::usage(e.message().to_owned()))?;
     let existed = client(server)?.deregister(id).await.map_err(from_client)?;
+    if server.json {
+        out(&(serde_json::json!({"id": id, "deregistered": existed}).to_string() + "\n"));
+    }
     if !existed {
         return Err(Failure::error(format!("no node {id} in the registry")));
     }
-    if server.json {
-        out(&(serde_json::json!({"deregistered": id}).to_string() + "\n"));
-    } else {
+    if !server.json {
         out(&format!("deregistered {id}\n"));
     }
     Ok(())
@@ -354,9 +400,58 @@ async fn find(
         out(&table(&["ID", "ADDRESS", "VERSION", "STATUS", "WEIGHT", "URL"], &instance_rows(&instances)));
     }
     if instances.is_empty() {
-        return Err(Failure::error(format!("no instances of {query}")));
+        return Err(Failure::error(format!(
+            "no instances of {query}{}",
+            other_versions(source, &query).await
+        )));
     }
     Ok(())
+}
+
+/// When a versioned query found nothing: the versions the service has, as a hint.
+async fn other_versions(source: &Source, query: &ServiceQuery) -> String {
+    if matches!(query.version(), VersionQuery::Any) {
+        return String::new();
+    }
+    let any = match ServiceQuery::new(query.name()) {
+        Ok(any) => any,
+        Err(_) => return String::new(),
+    };
+    let versions: Option<Vec<Option<String>>> = match &source.redis {
+        Some(url) => match redis(source, url, false).await {
+            Ok(registry) => registry.find(&any).await.ok().map(|nodes| {
+                nodes
+                    .iter()
+                    .flat_map(|n| {
+                        n.services.iter().filter(|s| s.name == any.name()).map(|s| s.version.clone())
+                    })
+                    .collect()
+            }),
+            Err(_) => None,
+        },
+        None => match client(&source.server) {
+            Ok(client) => client
+                .fetch_instances(any.name(), &[])
+                .await
+                .ok()
+                .map(|found| found.into_iter().map(|i| i.version).collect()),
+            Err(_) => None,
+        },
+    };
+    let mut versions: Vec<String> =
+        versions.unwrap_or_default().into_iter().map(|v| v.unwrap_or_else(|| "(none)".to_owned())).collect();
+    versions.sort();
+    versions.dedup();
+    if versions.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} has version{} {})",
+            any.name(),
+            if versions.len() == 1 { "" } else { "s" },
+            versions.join(", ")
+        )
+    }
 }
 
 async fn watch(source: &Source, service: Option<String>) -> Result<(), Failure> {

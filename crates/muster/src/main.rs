@@ -4,7 +4,6 @@
 //! `HEARTBEAT_TIMEOUT_SECONDS`, `CLEANUP_INTERVAL_SECONDS`, `MAX_INSTANCES_PER_SERVICE`,
 //! `ALLOWED_ORIGINS`) as aliases, validated, and handed to `muster_server::run`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,9 +38,11 @@ struct ServeArgs {
     /// `default-ttl = "20s"`). Flags and environment variables take precedence.
     #[arg(long, env = "MUSTER_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Address to listen on. Alias: `PORT` (listens on 127.0.0.1:PORT).
-    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:3100")]
-    listen: SocketAddr,
+    /// Address to listen on: `host:port`, the host an IP address or a name (`localhost:3216`).
+    /// The default accepts connections from this machine only; `0.0.0.0:3100` (or `[::]:3100`)
+    /// listens on every interface, as a container needs. Alias: `PORT` (keeps the host).
+    #[arg(long, env = "MUSTER_LISTEN", default_value = muster_api::DEFAULT_LISTEN, value_parser = listen_address)]
+    listen: String,
     /// Store the registry in Redis instead of in memory: `redis://host:6379/0`, `rediss://...`,
     /// `redis+sentinel://h1:26379,h2:26379/mymaster`, `redis+cluster://h1:7000,h2:7001`.
     #[arg(long, env = "MUSTER_REDIS")]
@@ -125,6 +126,22 @@ struct ServeArgs {
     check_config: bool,
 }
 
+/// `host:port` with a port number and a host (a name, an IPv4 address or a bracketed IPv6 one).
+fn listen_address(text: &str) -> Result<String, String> {
+    let (host, port) =
+        text.rsplit_once(':').ok_or("expected host:port, like 127.0.0.1:3100 or localhost:3100")?;
+    port.parse::<u16>().map_err(|_| format!("{port:?} is not a port number"))?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let valid = match bare {
+        Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains(':'),
+    };
+    if !valid {
+        return Err(format!("{host:?} is not a host (IPv6 addresses go in brackets: [::1]:3100)"));
+    }
+    Ok(text.to_owned())
+}
+
 fn log_level(text: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_owned())
@@ -198,7 +215,11 @@ enum Settings {
 /// The command line parsed with every layer: flags > `MUSTER_*` variables > the `--config` TOML
 /// file > built-in defaults. The file's values become the arguments' defaults, so clap validates
 /// them exactly like flags and any setting added to [`ServeArgs`] is read from all three.
-fn settings(argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Settings> {
+fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Settings> {
+    // `muster help --help` asks for help too: the help subcommand takes no flags of its own.
+    if argv.get(1).is_some_and(|a| a == "help") {
+        argv.retain(|a| a != "--help" && a != "-h");
+    }
     let first = Cli::command().try_get_matches_from(&argv).map_err(Settings::Clap)?;
     let Some(("serve", serve)) = first.subcommand() else { return Ok(first) };
     let Some(path) = serve.get_one::<std::path::PathBuf>("config") else { return Ok(first) };
@@ -268,7 +289,8 @@ fn apply_aliases(
         match *id {
             "listen" => {
                 let port: u16 = value.parse().map_err(|_| bad("not a port number"))?;
-                args.listen.set_port(port);
+                let host = args.listen.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host);
+                args.listen = format!("{host}:{port}");
             }
             "compat_ttl" => {
                 args.compat_ttl =
@@ -386,7 +408,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         ..ServerConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {} (is another server running there?)", args.listen))?;
     let address = listener.local_addr()?;
@@ -402,6 +424,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "  health:  {base}/health  {base}/ready  metrics: {base}/metrics");
         let _ =
             writeln!(out, "  seed-003 routes: {base}/register /heartbeat /resolve/{{name}} /services /stats");
+        if address.ip().is_loopback() {
+            let _ = writeln!(
+                out,
+                "  only this machine can connect; --listen 0.0.0.0:{} listens on every interface",
+                address.port()
+            );
+        }
         let _ = out.flush();
     }
     let state = AppState::new(Arc::clone(&registry), config);

@@ -309,3 +309,56 @@ async fn inspection_writes_nothing() {
     let titan_view: Vec<String> = titan.get_active_nodes().await.into_iter().map(|n| n.node_id).collect();
     assert_eq!(titan_view, ["m-1", "v6", "worker@host-1"], "Titan still sees its nodes");
 }
+
+/// A first-time user is told what is going on: other versions of a service, a registry that went
+/// away and came back (and registered the node again), JSON from `deregister --json`, help from
+/// `help --help`, and why https is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_say_what_happened() {
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0"], &[]);
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let registry = ["--registry", base.as_str()];
+    let with = |args: &[&str]| -> Output { run(&[args, &registry[..]].concat()) };
+
+    let (mut node, said) = spawn(
+        &[
+            &["register", "--address", "10.0.0.5:8080", "--service", "users@1.2.0"],
+            &["--id", "n1", "--ttl", "1s"][..],
+            &registry[..],
+        ]
+        .concat(),
+    );
+    assert!(next_line(&said, "registered").contains("registered n1"));
+    let output = with(&["find", "users", "--version-req", "^2"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("users has version 1.2.0"), "{}", text(&output.stderr));
+
+    // The registry goes away: register says so; it comes back empty: register says it registered again.
+    let _ = server.kill();
+    let _ = server.wait();
+    let line = next_line(&said, "the failure");
+    assert!(line.contains("heartbeat failed"), "{line}");
+    let (mut server, _, _) = spawn_serve(["--listen", &format!("127.0.0.1:{port}")], &[]);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("registered n1 again")) {
+        lines.push(next_line(&said, "registered again"));
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("answers again")) || lines.iter().any(|l| l.contains("again")),
+        "{lines:?}"
+    );
+    interrupt(&node);
+    assert_eq!(wait_exit(&mut node).await, 0);
+
+    let gone: serde_json::Value =
+        serde_json::from_slice(&with(&["deregister", "n1", "--json"]).stdout).unwrap();
+    assert_eq!(gone, serde_json::json!({"id": "n1", "deregistered": false}));
+    let help = run(&["help", "--help"]);
+    assert_eq!(help.status.code(), Some(0), "{}", text(&help.stderr));
+    assert!(text(&help.stdout).contains("Usage"));
+    let https = run(&["nodes", "--registry", "https://127.0.0.1:1"]);
+    assert_eq!(https.status.code(), Some(2));
+    assert!(text(&https.stderr).contains("https is not supported"), "{}", text(&https.stderr));
+    let _ = server.kill();
+    let _ = server.wait();
+}
