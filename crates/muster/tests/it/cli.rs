@@ -343,10 +343,6 @@ async fn commands_say_what_happened() {
     while !lines.iter().any(|l: &String| l.contains("registered n1 again")) {
         lines.push(next_line(&said, "registered again"));
     }
-    assert!(
-        lines.iter().any(|l| l.contains("answers again")) || lines.iter().any(|l| l.contains("again")),
-        "{lines:?}"
-    );
     interrupt(&node);
     assert_eq!(wait_exit(&mut node).await, 0);
 
