@@ -103,6 +103,11 @@ pub trait Registry: Send + Sync + 'static {
         false
     }
 
+    /// How many nodes self-preservation has held back from expiring so far.
+    fn held_back_total(&self) -> u64 {
+        0
+    }
+
     /// A stream of changes from `start`; see [`WatchStart`].
     async fn watch(&self, start: WatchStart) -> Result<WatchStream>;
 
@@ -162,5 +167,8 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     fn is_preserving(&self) -> bool {
         (**self).is_preserving()
+    }
+    fn held_back_total(&self) -> u64 {
+        (**self).held_back_total()
     }
 }

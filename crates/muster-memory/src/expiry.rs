@@ -8,18 +8,23 @@ use tokio::time::Instant;
 
 use crate::{Shared, State};
 
-/// Self-preservation (Eureka's idea, bounded): when more than `threshold` of the nodes would expire
-/// within one `window` — more likely a network cut between them and the registry than that many
-/// crashes — expiry pauses. Overdue nodes stay listed and may heartbeat again without being
-/// announced as gone. Expiry resumes when enough overdue nodes are back below the threshold, or
+/// Self-preservation (Eureka's renewal threshold, bounded), off unless configured: when fewer
+/// heartbeats arrived over the last `window` than `threshold` of those expected — more likely a
+/// network cut between the nodes and the registry than that many crashes — expiry pauses. Overdue
+/// nodes stay listed (each held back is logged once and counted) and may heartbeat again without
+/// being announced as gone. Expiry resumes when the heartbeat rate is back above the threshold, or
 /// after `max_pause` at the latest (so a real mass failure is still announced).
+///
+/// Expected heartbeats: every node is expected to heartbeat three times per TTL (the Titan, SDK
+/// and CLI default interval is a third of the TTL), counted over the part of the window it has
+/// been registered for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SelfPreservation {
-    /// Share of the nodes (0–1) whose expiry within one window triggers the pause.
+    /// Share (0–1) of the expected heartbeats below which expiry pauses (Eureka's 0.85).
     pub threshold: f64,
     /// Below this many nodes, never pause (a handful of nodes can all fail for real).
     pub min_nodes: usize,
-    /// The window expiries are counted in (about one TTL).
+    /// The window heartbeats are counted over.
     pub window: Duration,
     /// The longest pause.
     pub max_pause: Duration,
@@ -28,11 +33,37 @@ pub struct SelfPreservation {
 impl Default for SelfPreservation {
     fn default() -> Self {
         Self {
-            threshold: 0.5,
+            threshold: 0.85,
             min_nodes: 10,
-            window: Duration::from_secs(15),
+            window: Duration::from_secs(60),
             max_pause: Duration::from_secs(300),
         }
+    }
+}
+
+/// Heartbeats of active nodes, counted per second.
+#[derive(Debug, Default)]
+pub(crate) struct Renewals {
+    /// `(start of the second, heartbeats in it)`, oldest first.
+    buckets: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Renewals {
+    pub(crate) fn record(&mut self, now: Instant) {
+        match self.buckets.back_mut() {
+            Some((start, count)) if now.saturating_duration_since(*start) < Duration::from_secs(1) => {
+                *count += 1
+            }
+            _ => self.buckets.push_back((now, 1)),
+        }
+    }
+
+    /// Heartbeats within `window` before `now`; older counts are dropped.
+    fn within(&mut self, now: Instant, window: Duration) -> u64 {
+        while self.buckets.front().is_some_and(|(start, _)| now.saturating_duration_since(*start) > window) {
+            self.buckets.pop_front();
+        }
+        self.buckets.iter().map(|(_, count)| count).sum()
     }
 }
 
@@ -53,7 +84,6 @@ impl Shared {
             }
             if let Some(entry) = state.remove(&id) {
                 tracing::debug!(node_id = %id, "node expired");
-                state.recent_expiries.push_back(now);
                 let node = entry.node.to_node(&id);
                 self.publish(&mut state, EventKind::Deregistered, Some(DeregisterReason::Expired), node);
             }
@@ -63,45 +93,65 @@ impl Shared {
 
     /// Decides whether expiry pauses now; updates the pause state.
     pub(crate) fn preserve(&self, state: &mut State, config: &SelfPreservation, now: Instant) -> bool {
-        while state
-            .recent_expiries
-            .front()
-            .is_some_and(|at| now.saturating_duration_since(*at) > config.window)
-        {
-            state.recent_expiries.pop_front();
-        }
+        let received = state.renewals.within(now, config.window) as f64;
+        let now_ms = muster_core::time::now_ms();
+        let window_ms = config.window.as_millis() as f64;
+        let expected: f64 = state
+            .nodes
+            .values()
+            .map(|entry| {
+                let present = (now_ms.saturating_sub(entry.node.registered_at_ms) as f64).min(window_ms);
+                present / (entry.node.ttl_ms.max(3) as f64 / 3.0)
+            })
+            .sum();
         let overdue = state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).count();
-        let population = state.nodes.len() + state.recent_expiries.len();
-        let losing = overdue + state.recent_expiries.len();
-        let too_many = population >= config.min_nodes && losing as f64 > config.threshold * population as f64;
-        match state.preserving_since {
+        let population = state.nodes.len();
+        let too_few = population >= config.min_nodes && received < config.threshold * expected;
+        let holding = match state.preserving_since {
             Some(since) if now.saturating_duration_since(since) >= config.max_pause => {
                 tracing::warn!(
                     overdue,
                     "self-preservation ends after its longest pause; expiring overdue nodes"
                 );
                 state.preserving_since = None;
-                // Do not pause again for the same loss.
-                state.recent_expiries.clear();
                 false
             }
-            Some(_) if !too_many => {
-                tracing::info!(overdue, "heartbeats are back; self-preservation ends");
+            Some(_) if !too_few => {
+                tracing::info!(overdue, received, expected, "heartbeats are back; self-preservation ends");
                 state.preserving_since = None;
                 false
             }
             Some(_) => true,
-            None if too_many && overdue > 0 => {
+            None if too_few && overdue > 0 => {
                 tracing::warn!(
                     overdue,
                     population,
-                    "too many nodes would expire at once; pausing expiry (self-preservation)"
+                    received,
+                    expected,
+                    "too few heartbeats for the registered nodes; pausing expiry (self-preservation)"
                 );
                 state.preserving_since = Some(now);
                 true
             }
             None => false,
+        };
+        if holding {
+            let due: Vec<NodeId> = state
+                .deadlines
+                .iter()
+                .take_while(|(deadline, _)| *deadline <= now)
+                .map(|(_, id)| id.clone())
+                .collect();
+            for id in due {
+                if state.held_back.insert(id.clone()) {
+                    self.held_back_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(node_id = %id, "self-preservation holds back the expiry of this node");
+                }
+            }
+        } else {
+            state.held_back.clear();
         }
+        holding
     }
 
     pub(crate) fn preserving(&self, state: &State) -> bool {

@@ -102,6 +102,8 @@ struct Shared {
     options: MemoryOptions,
     /// Held while a snapshot is written, so writes never interleave.
     writing: tokio::sync::Mutex<()>,
+    /// Nodes whose expiry self-preservation held back, counted once each.
+    held_back_total: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryRegistry {
@@ -126,6 +128,7 @@ impl MemoryRegistry {
             revision_tx: watch::Sender::new(Revision::ZERO),
             options,
             writing: tokio::sync::Mutex::new(()),
+            held_back_total: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(expiry::sweep_expired(Arc::clone(&shared)));
         Self {
@@ -214,6 +217,11 @@ impl MemoryRegistry {
     /// True while self-preservation pauses expiry.
     pub fn is_preserving(&self) -> bool {
         self.shared().read().preserving_since.is_some()
+    }
+
+    /// How many nodes self-preservation has held back from expiring (each counted once per pause).
+    pub fn held_back_total(&self) -> u64 {
+        self.shared().held_back_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of stored nodes (active or awaiting removal).
@@ -329,6 +337,9 @@ impl Registry for MemoryRegistry {
         let mut state = shared.lock();
         shared.expire_if_due(&mut state, &id, now);
         state.check_service_limit(&id, registration.services(), registration.service_limit())?;
+        if shared.options.self_preservation.is_some() && state.nodes.contains_key(&id) {
+            state.renewals.record(now);
+        }
         let earliest = state.deadlines.first().map(|(d, _)| *d);
         let (change, node, before) = match state.nodes.remove(&id) {
             Some(old) => {
@@ -368,6 +379,9 @@ impl Registry for MemoryRegistry {
         let shared = self.shared();
         let now = Instant::now();
         let (mut state, mut node) = shared.lock_active(node_id, now)?;
+        if shared.options.self_preservation.is_some() {
+            state.renewals.record(now);
+        }
         let ttl = Duration::from_millis(node.ttl_ms.max(1));
         let deadline = now + ttl;
         let changed = status.is_some_and(|s| s != node.status);
@@ -481,6 +495,10 @@ impl Registry for MemoryRegistry {
 
     fn is_preserving(&self) -> bool {
         MemoryRegistry::is_preserving(self)
+    }
+
+    fn held_back_total(&self) -> u64 {
+        MemoryRegistry::held_back_total(self)
     }
 
     async fn shutdown(&self) -> Result<()> {

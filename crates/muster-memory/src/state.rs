@@ -1,6 +1,6 @@
 //! The registry's state under its lock: nodes, the deadline and service indexes, the event log.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
 use muster_core::{EventLog, NodeId, NodeInfo, Revision};
 use tokio::time::Instant;
@@ -37,8 +37,10 @@ pub(crate) struct State {
     pub(crate) continues: bool,
     /// Set when the last handle is dropped.
     pub(crate) shutdown: bool,
-    /// When recent expiries happened (for self-preservation), oldest first.
-    pub(crate) recent_expiries: VecDeque<Instant>,
+    /// Heartbeats of active nodes over the recent past (for self-preservation).
+    pub(crate) renewals: crate::expiry::Renewals,
+    /// Nodes whose expiry self-preservation holds back now (each logged and counted once).
+    pub(crate) held_back: std::collections::HashSet<NodeId>,
     /// Since when expiry is paused by self-preservation.
     pub(crate) preserving_since: Option<Instant>,
     /// Service names and versions, shared by the nodes that use them.

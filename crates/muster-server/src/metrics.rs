@@ -64,6 +64,7 @@ pub(crate) struct Metrics {
     pub(crate) watchers: Gauge,
     pub(crate) refused_connections: Counter,
     self_preservation: Gauge,
+    held_back: Gauge,
     active_nodes: Gauge,
     active_services: Gauge,
     requests: Family<RequestLabels, Histogram>,
@@ -80,6 +81,7 @@ impl Metrics {
             watchers: Gauge::default(),
             refused_connections: Counter::default(),
             self_preservation: Gauge::default(),
+            held_back: Gauge::default(),
             active_nodes: Gauge::default(),
             active_services: Gauge::default(),
             requests: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))),
@@ -103,6 +105,11 @@ impl Metrics {
             "self_preservation",
             "1 while expiry is paused because too many nodes would expire at once",
             metrics.self_preservation.clone(),
+        );
+        registry.register(
+            "self_preservation_held_back",
+            "Nodes whose expiry self-preservation held back so far (each once per pause)",
+            metrics.held_back.clone(),
         );
         registry.register("active_nodes", "Active nodes", metrics.active_nodes.clone());
         registry.register("active_services", "Services with active nodes", metrics.active_services.clone());
@@ -140,6 +147,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = &state.inner.metrics;
     metrics.self_preservation.set(i64::from(state.registry().is_preserving()));
+    metrics.held_back.set(i64::try_from(state.registry().held_back_total()).unwrap_or(i64::MAX));
     if let Ok(nodes) = state.registry().list_active().await {
         let services: std::collections::BTreeSet<&str> =
             nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.as_str())).collect();

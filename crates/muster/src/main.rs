@@ -51,10 +51,12 @@ struct ServeArgs {
     /// written at most once a second after changes, and at shutdown).
     #[arg(long, env = "MUSTER_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
-    /// Self-preservation of the embedded store: when more than this share of the nodes (at least
-    /// 10 of them) would expire within one default TTL, expiry pauses (for at most 5 minutes) —
-    /// a network cut is likelier than that many crashes. 0 turns it off.
-    #[arg(long, env = "MUSTER_SELF_PRESERVATION", default_value_t = 0.5)]
+    /// Self-preservation of the embedded store, off by default: with a share such as 0.85, when
+    /// fewer heartbeats arrive over a minute than that share of those expected (every node three
+    /// times per TTL; at least 10 nodes), expiry pauses for at most 5 minutes — a network cut is
+    /// likelier than that many crashes. Each node held back is logged and counted
+    /// (`muster_self_preservation_held_back`). 0 turns it off.
+    #[arg(long, env = "MUSTER_SELF_PRESERVATION", default_value_t = 0.0)]
     self_preservation: f64,
     /// The kind of fleet sharing the Redis: `titan` (prefix `titan:discovery`, pub/sub off) or
     /// `netron` (prefix `netron:discovery`, channel `netron:discovery:events`, pub/sub on).
@@ -352,7 +354,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let memory_options = muster_memory::MemoryOptions {
         self_preservation: (args.self_preservation > 0.0).then(|| muster_memory::SelfPreservation {
             threshold: args.self_preservation,
-            window: args.default_ttl,
             ..muster_memory::SelfPreservation::default()
         }),
         ..muster_memory::MemoryOptions::default()

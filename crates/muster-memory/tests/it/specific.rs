@@ -312,6 +312,7 @@ mod self_preservation {
         assert_eq!(run(&registry, 20, 5, Duration::from_secs(30)).await, 0, "no expiry while preserving");
         assert!(registry.is_preserving());
         assert_eq!(registry.list_active().await.unwrap().len(), 20, "overdue nodes stay listed");
+        assert_eq!(registry.held_back_total(), 15, "each node held back is counted once");
         // The cut heals: everyone heartbeats again; nobody was announced as gone.
         assert_eq!(run(&registry, 20, 20, Duration::from_secs(5)).await, 0);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -328,6 +329,18 @@ mod self_preservation {
         assert!(!registry.is_preserving());
         assert_eq!(expired, 15, "a real mass failure is still announced after max_pause");
         assert_eq!(registry.list_active().await.unwrap().len(), 5);
+    }
+
+    /// The measure is the heartbeat rate, not a burst of expiries: nodes leaving one by one while
+    /// the rest heartbeat on schedule are announced.
+    #[tokio::test(start_paused = true)]
+    async fn steady_heartbeats_keep_expiry_running() {
+        let registry = registry(Some(SelfPreservation { threshold: 0.85, ..PRESERVE }));
+        assert_eq!(run(&registry, 20, 20, Duration::from_secs(30)).await, 0);
+        // One node stops: 19 of 20 still heartbeat, above the threshold.
+        assert_eq!(run(&registry, 19, 19, Duration::from_secs(30)).await, 1);
+        assert!(!registry.is_preserving());
+        assert_eq!(registry.held_back_total(), 0);
     }
 
     #[tokio::test(start_paused = true)]

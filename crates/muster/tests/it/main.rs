@@ -2,7 +2,6 @@
 //! bad settings exit with a message and the usage exit code.
 
 mod cli;
-mod openapi;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
