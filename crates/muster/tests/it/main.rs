@@ -373,3 +373,42 @@ fn every_setting_honours_flag_env_and_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server's log tells the registry's lifecycle at `info` — registrations, deregistrations and
+/// expiries with the node — without colour codes when stderr is not a terminal; heartbeats only at
+/// `debug`. Self-preservation is off unless asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_is_logged_plainly() {
+    let mut child = muster()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "logged"}], "ttlMs": 1000});
+    assert_eq!(client.put(format!("{base}/v1/nodes/log-1")).json(&body).send().await.unwrap().status(), 201);
+    assert_eq!(client.put(format!("{base}/v1/nodes/log-2")).json(&body).send().await.unwrap().status(), 201);
+    assert_eq!(client.put(format!("{base}/v1/nodes/log-1/heartbeat")).send().await.unwrap().status(), 200);
+    assert_eq!(client.delete(format!("{base}/v1/nodes/log-1")).send().await.unwrap().status(), 204);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // log-2 expires
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!log.contains('\u{1b}'), "no colour codes off a terminal:\n{log}");
+    let line = |needle: &str, id: &str| {
+        log.lines().any(|l| l.contains(" INFO ") && l.contains(needle) && l.contains(id))
+    };
+    assert!(line("registered", "log-1") && line("registered", "log-2"), "{log}");
+    assert!(line("deregistered", "log-1"), "{log}");
+    assert!(line("expired", "log-2"), "{log}");
+    assert!(!log.contains("v1: heartbeat"), "heartbeats are logged at debug only:\n{log}");
+    let settings = muster().args(["serve", "--check-config"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&settings.stdout).contains("self-preservation = \"0\""),
+        "off by default"
+    );
+}
