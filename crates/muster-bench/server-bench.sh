@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
-cargo build --release -q -p muster
+[ -n "${BIN:-}" ] || cargo build --release -q -p muster
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
-./target/release/muster serve --listen "127.0.0.1:$port" --max-instances-per-service 100000 >/dev/null 2>&1 &
+${BIN:-./target/release/muster} serve --listen "127.0.0.1:$port" --max-instances-per-service 100000 >/dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
 for _ in $(seq 50); do curl -sf "$base/health" >/dev/null && break; sleep 0.1; done

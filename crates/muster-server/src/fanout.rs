@@ -191,7 +191,7 @@ impl LogSource for Shared {
 /// `debug`.
 fn log_event(event: &muster_core::DiscoveryEvent) {
     let node = &event.node;
-    let services = node.services.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let services = Services(&node.services);
     match (event.kind, event.reason) {
         (EventKind::Registered, _) => {
             tracing::info!(node_id = %node.node_id, address = %node.address, %services, revision = %event.revision, "registered");
@@ -206,6 +206,21 @@ fn log_event(event: &muster_core::DiscoveryEvent) {
         (EventKind::Updated, _) => {
             tracing::debug!(node_id = %node.node_id, address = %node.address, %services, status = %node.status, revision = %event.revision, "updated");
         }
+    }
+}
+
+/// A node's services as `a@1,b`, formatted only when a log line is written.
+struct Services<'a>(&'a [muster_core::ServiceInfo]);
+
+impl std::fmt::Display for Services<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, service) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{service}")?;
+        }
+        Ok(())
     }
 }
 
