@@ -37,6 +37,8 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub(crate) struct Hub {
     shared: Arc<Shared>,
+    /// The store, asked for its revision when a watcher starts (read-your-writes).
+    registry: Arc<dyn Registry>,
 }
 
 struct Shared {
@@ -66,13 +68,19 @@ impl Hub {
             }),
             revisions: watch::Sender::new(Revision::ZERO),
         });
-        tokio::spawn(follow(registry, Arc::clone(&shared), shutdown, expiries));
-        Self { shared }
+        tokio::spawn(follow(Arc::clone(&registry), Arc::clone(&shared), shutdown, expiries));
+        Self { shared, registry }
     }
 
-    /// A watch stream over the hub's log.
+    /// A watch stream over the hub's log. A watcher that starts now or with a snapshot sees at
+    /// least every change the store had when it asked (a client that wrote and then watches sees
+    /// its write), however far the hub's follower lags.
     pub(crate) async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
         self.ready().await?;
+        if matches!(start, WatchStart::Now | WatchStart::Snapshot) {
+            let target = self.registry.current_revision().await?;
+            self.caught_up(target).await;
+        }
         muster_core::log::stream(Arc::clone(&self.shared), &self.shared.revisions, start)
             .ok_or_else(|| Error::unavailable("the server is shutting down"))
     }
@@ -92,6 +100,29 @@ impl Hub {
             if receiver.changed().await.is_err() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Waits (at most [`READY_WAIT`]) until the hub has applied the store's changes up to `target`.
+    async fn caught_up(&self, target: Revision) {
+        let mut receiver = self.shared.revisions.subscribe();
+        let wait = async {
+            loop {
+                receiver.borrow_and_update();
+                let done = {
+                    let state = self.shared.read();
+                    state.shutdown || state.log.revision() >= target
+                };
+                if done {
+                    return;
+                }
+                if receiver.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(READY_WAIT, wait).await.is_err() {
+            tracing::debug!(%target, "the change feed is behind the store; the watcher starts from it anyway");
         }
     }
 
