@@ -272,6 +272,7 @@ impl Agent {
     /// Replaces this node's services. Heartbeats at once when registered.
     pub async fn update_services(&self, services: Vec<ServiceInfo>) -> Result<()> {
         muster_core::service::validate_services(&services)?;
+        let services = muster_core::service::dedup_services(services);
         self.inner
             .change_own(|own| {
                 let changed = own.services != services;
