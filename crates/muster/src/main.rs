@@ -193,7 +193,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
         if args.check_config {
-            print_settings(serve);
+            print_settings(serve, &args);
             return std::process::ExitCode::SUCCESS;
         }
     }
@@ -253,7 +253,7 @@ fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Setti
 }
 
 /// `muster serve --check-config`: every setting with its value and where it came from.
-fn print_settings(matches: &clap::ArgMatches) {
+fn print_settings(matches: &clap::ArgMatches, args: &ServeArgs) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let Some(serve) = Cli::command().find_subcommand("serve").cloned() else { return };
@@ -262,16 +262,30 @@ fn print_settings(matches: &clap::ArgMatches) {
         if matches!(id, "config" | "check_config" | "help") {
             continue;
         }
-        let value = matches
+        let mut value = matches
             .get_raw(id)
             .map(|values| values.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","))
             .unwrap_or_default();
-        let source = match matches.value_source(id) {
-            Some(ValueSource::CommandLine) => "flag",
-            Some(ValueSource::EnvVariable) => "environment",
-            Some(ValueSource::DefaultValue) => "default or --config",
-            _ => "unset",
+        let mut source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag".to_owned(),
+            Some(ValueSource::EnvVariable) => "environment".to_owned(),
+            Some(ValueSource::DefaultValue) => "default or --config".to_owned(),
+            _ => "unset".to_owned(),
         };
+        // A seed-003 variable filled a setting left at its default: show what will be used.
+        if matches.value_source(id) == Some(ValueSource::DefaultValue)
+            && let Some((_, variable)) = ALIASES.iter().find(|(alias, _)| *alias == id)
+            && std::env::var_os(variable).is_some()
+        {
+            value = match id {
+                "listen" => args.listen.clone(),
+                "compat_ttl" => format!("{}s", args.compat_ttl.as_secs()),
+                "cleanup_interval" => format!("{}s", args.cleanup_interval.as_secs()),
+                "max_instances_per_service" => args.max_instances_per_service.to_string(),
+                _ => args.allowed_origins.clone(),
+            };
+            source = format!("{variable} (seed-003 variable)");
+        }
         let _ = writeln!(out, "{} = {value:?}  # {source}", id.replace('_', "-"));
     }
 }

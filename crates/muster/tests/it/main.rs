@@ -412,3 +412,23 @@ async fn lifecycle_is_logged_plainly() {
         "off by default"
     );
 }
+
+/// `--check-config` shows the values the seed-003 variables put in place.
+#[test]
+fn check_config_shows_seed_variables() {
+    let output = muster()
+        .args(["serve", "--check-config"])
+        .env("PORT", "4555")
+        .env("HEARTBEAT_TIMEOUT_SECONDS", "42")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("listen = \"127.0.0.1:4555\"  # PORT (seed-003 variable)"), "{printed}");
+    assert!(printed.contains("compat-ttl = \"42s\"  # HEARTBEAT_TIMEOUT_SECONDS"), "{printed}");
+    let flag_wins = muster()
+        .args(["serve", "--check-config", "--listen", "127.0.0.1:1"])
+        .env("PORT", "4555")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&flag_wins.stdout).contains("listen = \"127.0.0.1:1\"  # flag"));
+}
