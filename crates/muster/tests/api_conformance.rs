@@ -69,6 +69,8 @@ fn check_document(store: &[&str]) {
         .arg("--config-file")
         .arg(workspace.join("schemathesis.toml"))
         .args(["run", &format!("{base}/openapi.json"), "--checks", "all", "--workers", "1"])
+        // See schemathesis.toml: a node created with a short TTL may expire between two steps.
+        .args(["--exclude-checks", "ensure_resource_availability"])
         .args(["--max-examples", "30", "--request-timeout", "2.5", "--seed", "20261201"])
         .output()
         .expect("schemathesis runs");
