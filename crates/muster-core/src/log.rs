@@ -309,6 +309,17 @@ pub fn read_log(
     }
 }
 
+/// What a watcher still has to read once its source shut down: the events after `cursor` the log
+/// holds (never a resync), or `None` when there are none — the stream then ends.
+pub fn read_remaining(log: &EventLog, cursor: Revision, max: usize) -> Option<Vec<WatchEvent>> {
+    match log.read(cursor, max) {
+        Read::Events(events) if !events.is_empty() => {
+            Some(events.into_iter().map(WatchEvent::Event).collect())
+        }
+        _ => None,
+    }
+}
+
 /// A watch stream over `source`, starting at `start`. `revisions` must be told (`send_replace`,
 /// `send_modify`) after every change and at shutdown. The stream ends when the source shuts down;
 /// it holds no task — only a cursor, a receiver and the items of one read.

@@ -10,7 +10,8 @@ impl LogSource for Shared {
     fn read_after(&self, cursor: Revision, max: usize) -> Option<Vec<WatchEvent>> {
         let state = self.read();
         if state.shutdown {
-            return None;
+            // Events written before the shutdown are still delivered, then the stream ends.
+            return muster_core::log::read_remaining(&state.log, cursor, max);
         }
         Some(muster_core::log::read_log(&state.log, cursor, max, || {
             tracing::debug!(%cursor, current = %state.log.revision(), "watcher resyncs");

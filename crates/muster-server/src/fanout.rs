@@ -204,7 +204,7 @@ impl LogSource for Shared {
     fn read_after(&self, cursor: Revision, max: usize) -> Option<Vec<WatchEvent>> {
         let state = self.read();
         if state.shutdown {
-            return None;
+            return muster_core::log::read_remaining(&state.log, cursor, max);
         }
         Some(muster_core::log::read_log(&state.log, cursor, max, || snapshot(&state)))
     }
