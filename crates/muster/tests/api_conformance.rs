@@ -65,6 +65,8 @@ fn check_document(store: &[&str]) {
     let (mut server, base) = spawn_serve(&args);
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let output = Command::new(schemathesis)
+        // Its cache of found failures goes to the build directory, not the source tree.
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .arg("--no-color")
         .arg("--config-file")
         .arg(workspace.join("schemathesis.toml"))
