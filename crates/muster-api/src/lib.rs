@@ -66,6 +66,26 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The HTTP status every answer with this code has.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidInput | Self::MalformedJson => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
+            Self::Conflict | Self::LimitExceeded => 409,
+            Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
+            Self::UnsupportedMediaType => 415,
+            Self::TooManyRequests => 429,
+            Self::HeadersTooLarge => 431,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+
     /// The wire name (`invalid_input`, ...).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -35,4 +35,4 @@ pub use name::NodeId;
 pub use node::{NodeInfo, NodeStatus, NodeUpdate, Registration};
 pub use options::{Backoff, DiscoveryOptions, Preset, RetryPolicy};
 pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
-pub use service::{Metadata, ServiceInfo, ServiceQuery, VersionQuery};
+pub use service::{Metadata, ServiceInfo, ServiceList, ServiceQuery, VersionQuery};

@@ -142,6 +142,21 @@ impl fmt::Display for ServiceInfo {
     }
 }
 
+/// A service list written as `a@1,b` (for logs and tables), formatted when displayed.
+pub struct ServiceList<'a>(pub &'a [ServiceInfo]);
+
+impl fmt::Display for ServiceList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, service) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{service}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Validates a node's service list: each service valid, at most 256 entries as sent.
 pub fn validate_services(services: &[ServiceInfo]) -> Result<()> {
     if services.len() > MAX_SERVICES_PER_NODE {

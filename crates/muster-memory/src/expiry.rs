@@ -49,7 +49,9 @@ pub(crate) struct Renewals {
 }
 
 impl Renewals {
-    pub(crate) fn record(&mut self, now: Instant) {
+    /// Counts a heartbeat at `now`; counts older than `window` are dropped.
+    pub(crate) fn record(&mut self, now: Instant, window: Duration) {
+        self.prune(now, window);
         match self.buckets.back_mut() {
             Some((start, count)) if now.saturating_duration_since(*start) < Duration::from_secs(1) => {
                 *count += 1
@@ -60,10 +62,14 @@ impl Renewals {
 
     /// Heartbeats within `window` before `now`; older counts are dropped.
     fn within(&mut self, now: Instant, window: Duration) -> u64 {
+        self.prune(now, window);
+        self.buckets.iter().map(|(_, count)| count).sum()
+    }
+
+    fn prune(&mut self, now: Instant, window: Duration) {
         while self.buckets.front().is_some_and(|(start, _)| now.saturating_duration_since(*start) > window) {
             self.buckets.pop_front();
         }
-        self.buckets.iter().map(|(_, count)| count).sum()
     }
 }
 
@@ -93,6 +99,11 @@ impl Shared {
 
     /// Decides whether expiry pauses now; updates the pause state.
     pub(crate) fn preserve(&self, state: &mut State, config: &SelfPreservation, now: Instant) -> bool {
+        let overdue = state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).count();
+        if overdue == 0 && state.preserving_since.is_none() {
+            // Nothing to hold back and no pause to end: the rates need not be computed.
+            return false;
+        }
         let received = state.renewals.within(now, config.window) as f64;
         let now_ms = muster_core::time::now_ms();
         let window_ms = config.window.as_millis() as f64;
@@ -104,7 +115,6 @@ impl Shared {
                 present / (entry.node.ttl_ms.max(3) as f64 / 3.0)
             })
             .sum();
-        let overdue = state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now).count();
         let population = state.nodes.len();
         let too_few = population >= config.min_nodes && received < config.threshold * expected;
         let holding = match state.preserving_since {
@@ -189,5 +199,25 @@ pub(crate) async fn sweep_expired(shared: Arc<Shared>) {
             }
             None => shared.sweeper_wake.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Heartbeat counts cover the window and no more: memory stays bounded however long the
+    /// registry runs without a pause.
+    #[tokio::test(start_paused = true)]
+    async fn renewals_count_the_window_and_stay_bounded() {
+        let window = Duration::from_secs(10);
+        let mut renewals = Renewals::default();
+        for _ in 0..100 {
+            renewals.record(Instant::now(), window);
+            renewals.record(Instant::now(), window);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert!(renewals.buckets.len() <= 11, "{} buckets", renewals.buckets.len());
+        assert_eq!(renewals.within(Instant::now(), window), 20, "two per second over ten seconds");
     }
 }

@@ -295,11 +295,6 @@ impl Shared {
         revision
     }
 
-    /// Publishes an update of `node`, which provided `before` until now.
-    fn publish_update(&self, state: &mut State, node: NodeInfo, before: Option<&[ServiceInfo]>) -> Revision {
-        self.publish_with(state, EventKind::Updated, None, node, before)
-    }
-
     /// Publishes a change that leaves the node's services as the event shows them.
     fn publish(
         &self,
@@ -337,8 +332,10 @@ impl Registry for MemoryRegistry {
         let mut state = shared.lock();
         shared.expire_if_due(&mut state, &id, now);
         state.check_service_limit(&id, registration.services(), registration.service_limit())?;
-        if shared.options.self_preservation.is_some() && state.nodes.contains_key(&id) {
-            state.renewals.record(now);
+        if let Some(config) = &shared.options.self_preservation
+            && state.nodes.contains_key(&id)
+        {
+            state.renewals.record(now, config.window);
         }
         let earliest = state.deadlines.first().map(|(d, _)| *d);
         let (change, node, before) = match state.nodes.remove(&id) {
@@ -361,7 +358,13 @@ impl Registry for MemoryRegistry {
         state.nodes.insert(id, Entry { node: stored, deadline });
         let revision = match change {
             Change::Registered => Some(shared.publish(&mut state, EventKind::Registered, None, node.clone())),
-            Change::Updated => Some(shared.publish_update(&mut state, node.clone(), before.as_deref())),
+            Change::Updated => Some(shared.publish_with(
+                &mut state,
+                EventKind::Updated,
+                None,
+                node.clone(),
+                before.as_deref(),
+            )),
             Change::Unchanged => None,
         };
         drop(state);
@@ -379,8 +382,8 @@ impl Registry for MemoryRegistry {
         let shared = self.shared();
         let now = Instant::now();
         let (mut state, mut node) = shared.lock_active(node_id, now)?;
-        if shared.options.self_preservation.is_some() {
-            state.renewals.record(now);
+        if let Some(config) = &shared.options.self_preservation {
+            state.renewals.record(now, config.window);
         }
         let ttl = Duration::from_millis(node.ttl_ms.max(1));
         let deadline = now + ttl;
@@ -413,7 +416,7 @@ impl Registry for MemoryRegistry {
         state.reindex_services(node_id, old.node.service_names(), &node.services);
         let stored = StoredNode::new(&node, &mut state.strings);
         state.nodes.insert(node_id.clone(), Entry { node: stored, deadline: old.deadline });
-        shared.publish_update(&mut state, node.clone(), Some(&before));
+        shared.publish_with(&mut state, EventKind::Updated, None, node.clone(), Some(&before));
         Ok(node)
     }
 

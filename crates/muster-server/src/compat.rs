@@ -71,25 +71,32 @@ fn instance_id(name: &str, address: &Address) -> NodeId {
     NodeId::new(format!("{prefix}-{hash:016x}")).unwrap_or_else(|_| NodeId::generate("instance"))
 }
 
-/// The active node providing `name` at `address`: the seed-003 instance by its id in one read, or
-/// else (a node registered through `/v1` at that address) by scanning the service.
-async fn find_instance(
+/// True when `node` provides `name` at `address`.
+fn provides(node: &NodeInfo, name: &str, address: &Address) -> bool {
+    node.services.iter().any(|s| s.name == name) && node.address.same_endpoint(address)
+}
+
+/// The seed-003 instance of `name` at `address`, read by its derived id in one step (stored: it
+/// may have run out of TTL a moment ago).
+async fn derived_instance(
     state: &AppState,
     name: &str,
     address: &Address,
 ) -> Result<Option<NodeInfo>, ApiError> {
-    let id = instance_id(name, address);
-    let provides =
-        |n: &NodeInfo| n.services.iter().any(|s| s.name == name) && n.address.same_endpoint(address);
-    if let Some(node) = state.registry().get(&id).await.map_err(compat_error)?
-        && provides(&node)
-        && state.registry().is_active(&id).await.map_err(compat_error)?
-    {
-        return Ok(Some(node));
-    }
+    let node = state.registry().get(&instance_id(name, address)).await.map_err(compat_error)?;
+    Ok(node.filter(|n| provides(n, name, address)))
+}
+
+/// An active node registered through `/v1` that provides `name` at `address`: the service is
+/// scanned (only when the derived id found nothing).
+async fn scanned_instance(
+    state: &AppState,
+    name: &str,
+    address: &Address,
+) -> Result<Option<NodeInfo>, ApiError> {
     let query = ServiceQuery::new(name).map_err(compat_error)?;
     let nodes = state.registry().find(&query).await.map_err(compat_error)?;
-    Ok(nodes.into_iter().find(|n| provides(n)))
+    Ok(nodes.into_iter().find(|n| provides(n, name, address)))
 }
 
 /// Seed-003 metadata as node metadata: strings as they are, other values as JSON text listed
@@ -202,14 +209,28 @@ pub(crate) async fn heartbeat(
     CompatJson(request): CompatJson<InstanceRequest>,
 ) -> Result<Json<InstanceResponse>, ApiError> {
     let address = address_of(&request)?;
-    let Some(node) = find_instance(&state, &request.name, &address).await? else {
-        return Err(ApiError::not_found(format!(
-            "no instance of `{}` at {address} is registered; register it again",
-            request.name
-        ))
-        .compat());
+    // The derived id first (a read and the heartbeat); a refresh that finds it expired falls back
+    // to a node registered through `/v1` at this address.
+    let mut refreshed = None;
+    if let Some(node) = derived_instance(&state, &request.name, &address).await? {
+        match crate::v1::refresh(&state, &node.node_id, None).await {
+            Err(error) if error.status() == StatusCode::NOT_FOUND => {}
+            other => refreshed = Some(other.map_err(ApiError::compat)?),
+        }
+    }
+    let node = match refreshed {
+        Some(node) => node,
+        None => {
+            let Some(node) = scanned_instance(&state, &request.name, &address).await? else {
+                return Err(ApiError::not_found(format!(
+                    "no instance of `{}` at {address} is registered; register it again",
+                    request.name
+                ))
+                .compat());
+            };
+            crate::v1::refresh(&state, &node.node_id, None).await.map_err(ApiError::compat)?
+        }
     };
-    let node = crate::v1::refresh(&state, &node.node_id, None).await.map_err(ApiError::compat)?;
     let mut instance = compat_instance(&node, true);
     instance.registered_at = None;
     instance.metadata = None;
@@ -319,7 +340,15 @@ pub(crate) async fn remove_instance(
 ) -> Result<Json<RemovedResponse>, ApiError> {
     let axum::extract::Query(at) = query.map_err(|e| ApiError::from(e).compat())?;
     let address = Address::from_parts(&at.ip, at.port).map_err(compat_error)?;
-    let Some(node) = find_instance(&state, &name, &address).await? else {
+    let derived = match derived_instance(&state, &name, &address).await? {
+        Some(node) if state.registry().is_active(&node.node_id).await.map_err(compat_error)? => Some(node),
+        _ => None,
+    };
+    let found = match derived {
+        Some(node) => Some(node),
+        None => scanned_instance(&state, &name, &address).await?,
+    };
+    let Some(node) = found else {
         return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
     };
     // Only this service leaves the node; the node goes when it provides nothing else.

@@ -21,19 +21,20 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    /// An error with a code (which decides the HTTP status) and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self { status, code, message: message.into(), compat: false }
     }
 
     /// 400 with code `invalid_input`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message)
+        Self::new(ErrorCode::InvalidInput, message)
     }
 
     /// 404 with code `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     /// Marks the error as answered on a seed-003 route (adds `timestamp`).
@@ -51,18 +52,19 @@ impl ApiError {
 
 impl From<muster_core::Error> for ApiError {
     fn from(error: muster_core::Error) -> Self {
-        let (status, code) = match error.kind() {
-            ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            ErrorKind::Conflict => (StatusCode::CONFLICT, ErrorCode::Conflict),
-            ErrorKind::LimitExceeded => (StatusCode::CONFLICT, ErrorCode::LimitExceeded),
-            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        let code = match error.kind() {
+            ErrorKind::InvalidInput => ErrorCode::InvalidInput,
+            ErrorKind::NotFound => ErrorCode::NotFound,
+            ErrorKind::Conflict => ErrorCode::Conflict,
+            ErrorKind::LimitExceeded => ErrorCode::LimitExceeded,
+            ErrorKind::Unavailable => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
         };
-        if status.is_server_error() {
+        let answer = Self::new(code, error.message().to_owned());
+        if answer.status.is_server_error() {
             tracing::warn!(%error, "request failed");
         }
-        Self::new(status, code, error.message().to_owned())
+        answer
     }
 }
 
@@ -70,24 +72,17 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with `Content-Type: application/json`",
             ),
             JsonRejection::BytesRejection(inner) if inner.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    "the request body is too large",
-                )
+                Self::new(ErrorCode::PayloadTooLarge, "the request body is too large")
             }
             JsonRejection::JsonDataError(inner) => Self::new(
-                StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidInput,
                 format!("the body does not fit: {}", humanize(&inner.body_text())),
             ),
             other => Self::new(
-                StatusCode::BAD_REQUEST,
                 ErrorCode::MalformedJson,
                 format!("the body is not valid JSON: {}", humanize(&other.body_text())),
             ),

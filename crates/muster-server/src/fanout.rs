@@ -105,34 +105,29 @@ impl Hub {
 
     /// Waits (at most [`READY_WAIT`]) until the hub has applied the store's changes up to `target`.
     async fn caught_up(&self, target: Revision) {
-        let mut receiver = self.shared.revisions.subscribe();
-        let wait = async {
-            loop {
-                receiver.borrow_and_update();
-                let done = {
-                    let state = self.shared.read();
-                    state.shutdown || state.log.revision() >= target
-                };
-                if done {
-                    return;
-                }
-                if receiver.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        if tokio::time::timeout(READY_WAIT, wait).await.is_err() {
+        let caught_up = self.wait_until(|state| state.shutdown || state.log.revision() >= target).await;
+        if !caught_up {
             tracing::debug!(%target, "the change feed is behind the store; the watcher starts from it anyway");
         }
     }
 
     /// Waits (bounded) for the first catch-up with the store.
     async fn ready(&self) -> Result<()> {
+        if self.wait_until(|state| state.ready).await {
+            Ok(())
+        } else {
+            Err(Error::unavailable("the registry's change feed is not available yet"))
+        }
+    }
+
+    /// Waits at most [`READY_WAIT`] for `condition` to hold, looking again at every change the hub
+    /// announces; false when it did not.
+    async fn wait_until(&self, condition: impl Fn(&HubState) -> bool) -> bool {
         let mut receiver = self.shared.revisions.subscribe();
         let wait = async {
             loop {
                 receiver.borrow_and_update();
-                if self.shared.read().ready {
+                if condition(&self.shared.read()) {
                     return true;
                 }
                 if receiver.changed().await.is_err() {
@@ -140,10 +135,7 @@ impl Hub {
                 }
             }
         };
-        match tokio::time::timeout(READY_WAIT, wait).await {
-            Ok(true) => Ok(()),
-            _ => Err(Error::unavailable("the registry's change feed is not available yet")),
-        }
+        tokio::time::timeout(READY_WAIT, wait).await.unwrap_or(false)
     }
 }
 
@@ -222,7 +214,7 @@ impl LogSource for Shared {
 /// `debug`.
 fn log_event(event: &muster_core::DiscoveryEvent) {
     let node = &event.node;
-    let services = Services(&node.services);
+    let services = muster_core::ServiceList(&node.services);
     match (event.kind, event.reason) {
         (EventKind::Registered, _) => {
             tracing::info!(node_id = %node.node_id, address = %node.address, %services, revision = %event.revision, "registered");
@@ -237,21 +229,6 @@ fn log_event(event: &muster_core::DiscoveryEvent) {
         (EventKind::Updated, _) => {
             tracing::debug!(node_id = %node.node_id, address = %node.address, %services, status = %node.status, revision = %event.revision, "updated");
         }
-    }
-}
-
-/// A node's services as `a@1,b`, formatted only when a log line is written.
-struct Services<'a>(&'a [muster_core::ServiceInfo]);
-
-impl std::fmt::Display for Services<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, service) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{service}")?;
-        }
-        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::routing::{delete, get, post, put};
 use muster_core::Registry;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +219,6 @@ impl tower_http::request_id::MakeRequestId for SequentialRequestId {
 async fn ready(State(state): State<AppState>) -> Result<axum::Json<muster_api::v1::ReadyResponse>, ApiError> {
     let revision = state.registry().current_revision().await.map_err(|error| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
             muster_api::ErrorCode::Unavailable,
             format!("the store does not answer: {}", error.message()),
         )
@@ -274,7 +273,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
         muster_api::ErrorCode::MethodNotAllowed,
         format!("{} does not take {method}; see /openapi.json for its methods", uri.path()),
     )

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -86,7 +86,6 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
     let target_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > MAX_URI_LEN {
         return ApiError::new(
-            StatusCode::URI_TOO_LONG,
             ErrorCode::UriTooLong,
             format!("the request target is {target_len} bytes long; the limit is {MAX_URI_LEN}"),
         )
@@ -96,7 +95,6 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
         request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
     if header_bytes > MAX_HEADER_BYTES {
         return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::HeadersTooLarge,
             format!("the request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"),
         )
@@ -121,11 +119,7 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::MalformedJson,
-                    format!("reading the body failed: {e}"),
-                )
+                ApiError::new(ErrorCode::MalformedJson, format!("reading the body failed: {e}"))
             })?;
             if bytes.len() + chunk.len() > limit {
                 return Err(too_large(limit));
@@ -138,7 +132,6 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Ok(Err(error)) => error.into_response(),
         Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
             ErrorCode::RequestTimeout,
             format!("the request body did not arrive within {:?}", config.request_timeout),
         )
@@ -148,7 +141,6 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::PayloadTooLarge,
         format!("the request body is larger than the limit of {limit} bytes"),
     )

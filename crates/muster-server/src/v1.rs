@@ -84,7 +84,6 @@ pub(crate) async fn heartbeat(
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
                 muster_api::ErrorCode::MalformedJson,
                 format!("the body is not valid JSON: {}", crate::error::humanize(&e.to_string())),
             )
@@ -290,12 +289,7 @@ fn json_response(list: &InstanceListView<'_>) -> Response {
     let mut body = Vec::with_capacity(128 + 512 * list.instances.len());
     match serde_json::to_writer(&mut body, list) {
         Ok(()) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(error) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            muster_api::ErrorCode::Internal,
-            error.to_string(),
-        )
-        .into_response(),
+        Err(error) => ApiError::new(muster_api::ErrorCode::Internal, error.to_string()).into_response(),
     }
 }
 

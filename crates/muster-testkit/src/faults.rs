@@ -1,7 +1,8 @@
 //! Fault injection around a real registry.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use muster_core::{
@@ -22,6 +23,8 @@ pub struct FaultyRegistry<R> {
     watch_failures: AtomicU32,
     /// Bumped to break every open watch stream.
     sever: watch::Sender<u64>,
+    /// Milliseconds every item of a watch opened from now on is held back (a lagging feed).
+    watch_lag_ms: AtomicU64,
 }
 
 impl<R: Registry> FaultyRegistry<R> {
@@ -32,7 +35,14 @@ impl<R: Registry> FaultyRegistry<R> {
             heartbeat_failures: AtomicU32::new(0),
             watch_failures: AtomicU32::new(0),
             sever: watch::Sender::new(0),
+            watch_lag_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Holds back every item of the watches opened from now on by `lag`: a change feed that runs
+    /// behind the store.
+    pub fn lag_watches(&self, lag: Duration) {
+        self.watch_lag_ms.store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Makes the next `n` heartbeats fail.
@@ -123,11 +133,17 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
         }
         let mut severed = self.sever.subscribe();
         severed.borrow_and_update();
+        let lag = Duration::from_millis(self.watch_lag_ms.load(Ordering::SeqCst));
         let inner = self.inner.watch(start).await?;
-        let stream = futures::stream::unfold(Some((inner, severed)), |state| async move {
+        let stream = futures::stream::unfold(Some((inner, severed)), move |state| async move {
             let (mut inner, mut severed) = state?;
             tokio::select! {
-                item = inner.next() => item.map(|item| (item, Some((inner, severed)))),
+                item = inner.next() => {
+                    if item.is_some() && !lag.is_zero() {
+                        tokio::time::sleep(lag).await;
+                    }
+                    item.map(|item| (item, Some((inner, severed))))
+                }
                 _ = severed.changed() => Some((Err(Error::unavailable("injected watch break")), None)),
             }
         });

@@ -378,22 +378,19 @@ async fn find(
     version_req: Option<&str>,
 ) -> Result<(), Failure> {
     let query = query(service, version, version_req)?;
-    let instances: Vec<Instance> = match &source.redis {
+    // Every instance of the service in one read; the version is matched here, so the versions the
+    // service does have can be named when none matches.
+    let all: Vec<Instance> = match &source.redis {
         Some(url) => {
             let registry = redis(source, url, false).await?;
-            let nodes = registry.find(&query).await.map_err(|e| from_store(&e, url))?;
-            nodes.iter().flat_map(|n| instances_of(n, |s| query.matches(s))).collect()
+            let any = ServiceQuery::new(query.name()).map_err(|e| Failure::usage(e.message().to_owned()))?;
+            let nodes = registry.find(&any).await.map_err(|e| from_store(&e, url))?;
+            nodes.iter().flat_map(|n| instances_of(n, |s| s.name == query.name())).collect()
         }
-        None => {
-            let version = match query.version() {
-                VersionQuery::Any => None,
-                VersionQuery::Exact(v) => Some(("version", v.clone())),
-                VersionQuery::Semver(req) => Some(("versionReq", req.to_string())),
-            };
-            let params: Vec<(&str, &str)> = version.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            client(&source.server)?.fetch_instances(query.name(), &params).await.map_err(from_client)?
-        }
+        None => client(&source.server)?.fetch_instances(query.name(), &[]).await.map_err(from_client)?,
     };
+    let (instances, others): (Vec<Instance>, Vec<Instance>) =
+        all.into_iter().partition(|i| query.version().matches(i.version.as_deref()));
     if source.server.json {
         out(&json(&instances));
     } else if !instances.is_empty() {
@@ -402,55 +399,21 @@ async fn find(
     if instances.is_empty() {
         return Err(Failure::error(format!(
             "no instances of {query}{}",
-            other_versions(source, &query).await
+            versions_hint(query.name(), &others)
         )));
     }
     Ok(())
 }
 
 /// When a versioned query found nothing: the versions the service has, as a hint.
-async fn other_versions(source: &Source, query: &ServiceQuery) -> String {
-    if matches!(query.version(), VersionQuery::Any) {
-        return String::new();
-    }
-    let any = match ServiceQuery::new(query.name()) {
-        Ok(any) => any,
-        Err(_) => return String::new(),
-    };
-    let versions: Option<Vec<Option<String>>> = match &source.redis {
-        Some(url) => match redis(source, url, false).await {
-            Ok(registry) => registry.find(&any).await.ok().map(|nodes| {
-                nodes
-                    .iter()
-                    .flat_map(|n| {
-                        n.services.iter().filter(|s| s.name == any.name()).map(|s| s.version.clone())
-                    })
-                    .collect()
-            }),
-            Err(_) => None,
-        },
-        None => match client(&source.server) {
-            Ok(client) => client
-                .fetch_instances(any.name(), &[])
-                .await
-                .ok()
-                .map(|found| found.into_iter().map(|i| i.version).collect()),
-            Err(_) => None,
-        },
-    };
-    let mut versions: Vec<String> =
-        versions.unwrap_or_default().into_iter().map(|v| v.unwrap_or_else(|| "(none)".to_owned())).collect();
-    versions.sort();
+fn versions_hint(name: &str, others: &[Instance]) -> String {
+    let mut versions: Vec<&str> = others.iter().map(|i| i.version.as_deref().unwrap_or("(none)")).collect();
+    versions.sort_unstable();
     versions.dedup();
-    if versions.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " ({} has version{} {})",
-            any.name(),
-            if versions.len() == 1 { "" } else { "s" },
-            versions.join(", ")
-        )
+    match versions.len() {
+        0 => String::new(),
+        1 => format!(" ({name} has version {})", versions[0]),
+        _ => format!(" ({name} has versions {})", versions.join(", ")),
     }
 }
 

@@ -129,6 +129,10 @@ crate::on_both_stores! {
     async fn removing_an_instance_removes_only_that_service(server: TestServer) {
         let body = json!({"address": "host-a:80", "services": [{"name": "alpha"}, {"name": "beta"}]});
         assert_eq!(send(&server, Method::PUT, "/v1/nodes/both", body).await.0, StatusCode::CREATED);
+        // A `/v1` node is found by the seed-003 routes too (by scanning its service).
+        let beat = json!({"name": "alpha", "ip": "host-a", "port": 80});
+        let (status, answer) = send(&server, Method::POST, "/heartbeat", beat).await;
+        assert_eq!((status, answer["instance"]["id"].as_str()), (StatusCode::OK, Some("both")), "{answer}");
         let (status, removed) = send(&server, Method::DELETE, "/services/alpha/instances?ip=HOST-A&port=080", Value::Null).await;
         assert_eq!((status, removed["id"].as_str()), (StatusCode::OK, Some("both")), "{removed}");
         let (status, node) = send(&server, Method::GET, "/v1/nodes/both", Value::Null).await;
@@ -161,74 +165,12 @@ crate::on_both_stores! {
     }
 }
 
-/// A store whose change feed lags: every watch item arrives 300 ms late.
-struct LaggingFeed(muster_memory::MemoryRegistry);
-
-#[async_trait::async_trait]
-impl muster_core::Registry for LaggingFeed {
-    async fn heartbeat(
-        &self,
-        r: muster_core::Registration,
-    ) -> muster_core::Result<muster_core::HeartbeatOutcome> {
-        self.0.heartbeat(r).await
-    }
-    async fn refresh(
-        &self,
-        id: &muster_core::NodeId,
-        status: Option<muster_core::NodeStatus>,
-    ) -> muster_core::Result<muster_core::HeartbeatOutcome> {
-        self.0.refresh(id, status).await
-    }
-    async fn update(
-        &self,
-        id: &muster_core::NodeId,
-        u: muster_core::NodeUpdate,
-    ) -> muster_core::Result<muster_core::NodeInfo> {
-        self.0.update(id, u).await
-    }
-    async fn deregister(
-        &self,
-        id: &muster_core::NodeId,
-        reason: muster_core::DeregisterReason,
-    ) -> muster_core::Result<bool> {
-        self.0.deregister(id, reason).await
-    }
-    async fn get(&self, id: &muster_core::NodeId) -> muster_core::Result<Option<muster_core::NodeInfo>> {
-        self.0.get(id).await
-    }
-    async fn is_active(&self, id: &muster_core::NodeId) -> muster_core::Result<bool> {
-        self.0.is_active(id).await
-    }
-    async fn list_active(&self) -> muster_core::Result<Vec<muster_core::NodeInfo>> {
-        self.0.list_active().await
-    }
-    async fn list_all(&self) -> muster_core::Result<Vec<muster_core::NodeInfo>> {
-        self.0.list_all().await
-    }
-    async fn find(&self, q: &muster_core::ServiceQuery) -> muster_core::Result<Vec<muster_core::NodeInfo>> {
-        self.0.find(q).await
-    }
-    async fn current_revision(&self) -> muster_core::Result<muster_core::Revision> {
-        self.0.current_revision().await
-    }
-    async fn watch(&self, start: muster_core::WatchStart) -> muster_core::Result<muster_core::WatchStream> {
-        use futures::StreamExt;
-        let stream = self.0.watch(start).await?;
-        Ok(Box::pin(stream.then(|item| async move {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            item
-        })))
-    }
-}
-
 /// A watcher that starts after a write sees it, however far the server's change feed lags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_started_after_a_write_sees_it() {
-    let server = TestServer::start(
-        std::sync::Arc::new(LaggingFeed(muster_memory::MemoryRegistry::new())),
-        ServerConfig::default(),
-    )
-    .await;
+    let store = muster_testkit::faults::FaultyRegistry::new(muster_memory::MemoryRegistry::new());
+    store.lag_watches(std::time::Duration::from_millis(300));
+    let server = TestServer::start(store, ServerConfig::default()).await;
     let body = json!({"address": "10.0.0.1:80", "services": [{"name": "alpha"}]});
     assert_eq!(send(&server, Method::PUT, "/v1/nodes/written", body).await.0, StatusCode::CREATED);
     let mut watch = SseClient::open(&server.url("/v1/watch?snapshot=true")).await;

@@ -46,14 +46,7 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub(crate) fn service_list(services: &[ServiceInfo]) -> String {
-    let names: Vec<String> = services
-        .iter()
-        .map(|s| match &s.version {
-            Some(v) => format!("{}@{v}", s.name),
-            None => s.name.clone(),
-        })
-        .collect();
-    names.join(",")
+    muster_core::ServiceList(services).to_string()
 }
 
 pub(crate) fn ago(ms: u64) -> String {
