@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod acl;
 pub mod compat;
 pub mod v1;
 
@@ -53,6 +54,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 414: the request target is too long.
     UriTooLong,
+    /// 421: the `Host` header names a host this server does not answer for.
+    MisdirectedRequest,
     /// 415: the body is not sent as `application/json`.
     UnsupportedMediaType,
     /// 429: too many requests.
@@ -78,6 +81,7 @@ impl ErrorCode {
             Self::Conflict | Self::LimitExceeded => 409,
             Self::PayloadTooLarge => 413,
             Self::UriTooLong => 414,
+            Self::MisdirectedRequest => 421,
             Self::UnsupportedMediaType => 415,
             Self::TooManyRequests => 429,
             Self::HeadersTooLarge => 431,
@@ -93,6 +97,7 @@ impl ErrorCode {
             Self::MalformedJson => "malformed_json",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::MisdirectedRequest => "misdirected_request",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",

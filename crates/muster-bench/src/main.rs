@@ -639,6 +639,7 @@ async fn fanout(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid).unwrap_or(0);
     let redis_before = connections();
+    muster_client::install_tls_provider();
     let client = reqwest::Client::builder().pool_max_idle_per_host(watchers).build()?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(watchers * 2);
@@ -747,6 +748,7 @@ async fn resolver(lookups: u64) -> Result<(), Box<dyn std::error::Error>> {
     let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
     let state = muster_server::AppState::new(registry, muster_server::ServerConfig::default());
     tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+    muster_client::install_tls_provider();
     let http = reqwest::Client::new();
     for n in 0..100 {
         let body = serde_json::json!({
@@ -871,6 +873,7 @@ async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     let config = muster_server::ServerConfig { max_instances_per_service: usize::MAX, ..Default::default() };
     let state = muster_server::AppState::new(registry, config);
     tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+    muster_client::install_tls_provider();
     let http = reqwest::Client::new();
     http.get(format!("{base}/health")).send().await?;
     let before = own_rss_kib()?;

@@ -86,6 +86,36 @@ pub struct ClientConfig {
     pub empty_protection: Duration,
     /// Circuit breakers of [`Client::call_with_failover`].
     pub breaker: BreakerConfig,
+    /// `MUSTER_TOKEN`: the ACL token sent with every request (`Authorization: Bearer`).
+    pub token: Option<Token>,
+    /// `MUSTER_CA_CERT`: a PEM file of certificate authorities trusted for `https://` besides the
+    /// system's roots.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// `MUSTER_CLIENT_CERT`: a PEM file with this client's certificate chain and private key, for
+    /// registries that require mutual TLS.
+    pub client_identity: Option<std::path::PathBuf>,
+}
+
+/// An ACL token: sent with requests, never printed (its `Debug` shows `Token(..)`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A token from its secret (surrounding white space removed).
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into().trim().to_owned())
+    }
+
+    /// The secret.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -100,6 +130,9 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(10),
             empty_protection: Duration::from_secs(90),
             breaker: BreakerConfig::default(),
+            token: None,
+            ca_cert: None,
+            client_identity: None,
         }
     }
 }
@@ -151,21 +184,58 @@ impl ClientConfig {
                 return Err(ClientError::InvalidInput("PORT must be 1-65535".to_owned()));
             }
         }
+        config.token = lookup("MUSTER_TOKEN").filter(|t| !t.trim().is_empty()).map(Token::new);
+        config.ca_cert = lookup("MUSTER_CA_CERT").filter(|p| !p.is_empty()).map(Into::into);
+        config.client_identity = lookup("MUSTER_CLIENT_CERT").filter(|p| !p.is_empty()).map(Into::into);
         Ok(config)
     }
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") {
+    if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
-    } else if url.starts_with("https://") {
-        Err(format!(
-            "{url:?}: https is not supported yet (the registry server speaks plain HTTP); use http://, \
-             or reach a TLS-terminating proxy over http:// on its private side"
-        ))
     } else {
-        Err(format!("{url:?} is not an http:// URL"))
+        Err(format!("{url:?} is not an http:// or https:// URL"))
     }
+}
+
+/// Makes rustls's ring provider the process default, as every HTTP client of this crate does
+/// before it is built; a program that builds its own `reqwest` clients beside Muster's calls it
+/// first (a second call changes nothing).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A request builder with the client's settings: the token header, TLS roots and identity.
+fn http_builder(config: &ClientConfig) -> Result<reqwest::ClientBuilder, ClientError> {
+    install_tls_provider();
+    let invalid = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        ClientError::InvalidInput(format!("{what} {}: {e}", path.display()))
+    };
+    let mut builder = reqwest::Client::builder();
+    if let Some(token) = &config.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.secret()))
+            .map_err(|_| ClientError::InvalidInput("the token holds characters a header cannot".into()))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(path) = &config.ca_cert {
+        let pem = std::fs::read(path).map_err(|e| invalid("CA certificate", path, &e))?;
+        for cert in
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| invalid("CA certificate", path, &e))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(path) = &config.client_identity {
+        let pem = std::fs::read(path).map_err(|e| invalid("client certificate", path, &e))?;
+        builder = builder.identity(
+            reqwest::Identity::from_pem(&pem).map_err(|e| invalid("client certificate", path, &e))?,
+        );
+    }
+    Ok(builder)
 }
 
 /// A client of one registry server. Cheap to clone: clones share the connection pool, the resolver
@@ -217,11 +287,11 @@ impl Client {
             .ok_or_else(|| {
                 ClientError::InvalidInput(format!("{:?} is not a base URL", config.registry_url))
             })?;
-        let http = reqwest::Client::builder()
+        let http = http_builder(&config)?
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        let watch_http = reqwest::Client::builder()
+        let watch_http = http_builder(&config)?
             .connect_timeout(config.request_timeout)
             .read_timeout(Duration::from_secs(45))
             .build()
@@ -298,18 +368,46 @@ impl Client {
 
     /// Removes a node; `false` when the registry did not know it (gone either way).
     pub async fn deregister(&self, id: &str) -> Result<bool, ClientError> {
-        let response = self
-            .inner
-            .http
-            .delete(self.url(&["v1", "nodes", id]))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        self.delete(&["v1", "nodes", id]).await
+    }
+
+    /// `DELETE` of the resource at `segments`: `false` when it did not exist.
+    async fn delete(&self, segments: &[&str]) -> Result<bool, ClientError> {
+        let response =
+            self.inner.http.delete(self.url(segments)).send().await.map_err(|e| self.unreachable(e))?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
             s => Err(api_error(s, response).await),
         }
+    }
+
+    /// `POST /v1/acl/bootstrap`: the first admin token (once per registry).
+    pub async fn acl_bootstrap(&self) -> Result<muster_api::acl::CreatedToken, ClientError> {
+        self.send(self.inner.http.post(self.url(&["v1", "acl", "bootstrap"]))).await
+    }
+
+    /// `POST /v1/acl/tokens` (admin): a new token; the answer is the only place its secret appears.
+    pub async fn create_token(
+        &self,
+        request: &muster_api::acl::CreateTokenRequest,
+    ) -> Result<muster_api::acl::CreatedToken, ClientError> {
+        self.send(self.inner.http.post(self.url(&["v1", "acl", "tokens"])).json(request)).await
+    }
+
+    /// `GET /v1/acl/tokens` (admin).
+    pub async fn tokens(&self) -> Result<muster_api::acl::TokenList, ClientError> {
+        self.send(self.inner.http.get(self.url(&["v1", "acl", "tokens"]))).await
+    }
+
+    /// `DELETE /v1/acl/tokens/{name}` (admin): `false` when there was no such token.
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, ClientError> {
+        self.delete(&["v1", "acl", "tokens", name]).await
+    }
+
+    /// `GET /v1/acl/whoami`: the token this client sends, as the registry sees it.
+    pub async fn whoami(&self) -> Result<muster_api::acl::WhoAmI, ClientError> {
+        self.send(self.inner.http.get(self.url(&["v1", "acl", "whoami"]))).await
     }
 
     /// One node, or `None` when the registry does not know it.

@@ -10,9 +10,11 @@
 //! - [`event`] — [`DiscoveryEvent`]s, [`Revision`]s and watch items.
 //! - [`options`] — the Titan discovery options with their defaults, and retry backoff.
 //! - [`registry`] — the [`Registry`] trait.
+//! - [`acl`] — token policies (read, write, admin by service and node patterns) and token stores.
 //! - [`error`] — one classified [`Error`] type.
 //! - [`time`] — wall-clock milliseconds that follow tokio's (pausable) clock.
 
+pub mod acl;
 pub mod address;
 pub mod error;
 pub mod event;

@@ -27,10 +27,12 @@ mod compact;
 mod expiry;
 mod persist;
 mod state;
+mod tokens;
 mod watching;
 
 pub use expiry::SelfPreservation;
 pub use persist::PersistOptions;
+pub use tokens::LocalTokenStore;
 
 use crate::state::{Entry, State};
 

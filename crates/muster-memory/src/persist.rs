@@ -49,7 +49,7 @@ pub(crate) fn snapshot_of(shared: &Shared, clean: bool) -> Snapshot {
     }
 }
 
-fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {
+pub(crate) fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {
     Error::new(ErrorKind::Unavailable, format!("{what} {}: {error}", path.display())).with_source(error)
 }
 
@@ -73,10 +73,15 @@ pub(crate) async fn load(dir: &Path) -> Result<Option<Snapshot>> {
 /// Writes the snapshot atomically: a temporary file, fsync, rename.
 pub(crate) async fn write(dir: &Path, snapshot: &Snapshot) -> Result<()> {
     let bytes = serde_json::to_vec(snapshot).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
-    let (path, temporary) = (dir.join(FILE), dir.join(format!("{FILE}.tmp")));
+    write_file(dir, FILE, &bytes).await
+}
+
+/// Replaces `dir/file` with `bytes` atomically: a temporary file, fsync, rename.
+pub(crate) async fn write_file(dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
+    let (path, temporary) = (dir.join(file), dir.join(format!("{file}.tmp")));
     let write = async {
         let mut file = tokio::fs::File::create(&temporary).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut file, &bytes).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
         file.sync_all().await?;
         tokio::fs::rename(&temporary, &path).await
     };

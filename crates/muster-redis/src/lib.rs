@@ -36,9 +36,11 @@ mod keys;
 mod reconcile;
 mod scripts;
 mod sweeper;
+mod tokens;
 mod watch;
 
 pub use reconcile::Reconciled;
+pub use tokens::RedisTokenStore;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +128,11 @@ impl RedisRegistry {
     /// Connects to a URL with default settings (see [`RedisConfig::from_url`]).
     pub async fn connect_url(url: &str) -> Result<Self> {
         Self::connect(RedisConfig::from_url(url)?).await
+    }
+
+    /// The ACL tokens kept in this Redis under the prefix (shared by every server on it).
+    pub fn token_store(&self) -> RedisTokenStore {
+        RedisTokenStore::new(Arc::clone(&self.inner))
     }
 
     /// The settings in force.

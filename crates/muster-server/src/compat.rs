@@ -25,6 +25,7 @@ use muster_core::{
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::acl::Auth;
 use crate::error::ApiError;
 
 fn now() -> String {
@@ -170,6 +171,7 @@ fn compat_instance(node: &NodeInfo, with_name: bool) -> CompatInstance {
         (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody)))]
 pub(crate) async fn register(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     CompatJson(request): CompatJson<InstanceRequest>,
 ) -> Result<(StatusCode, Json<InstanceResponse>), ApiError> {
     let address = address_of(&request)?;
@@ -181,12 +183,18 @@ pub(crate) async fn register(
         .filter(|v| muster_core::name::validate_version(v).is_ok());
     let service = ServiceInfo::new(request.name.clone(), version).map_err(compat_error)?;
     let id = instance_id(&request.name, &address);
+    caller
+        .require_write_stored(state.registry(), &id, [request.name.as_str()])
+        .await
+        .map_err(ApiError::compat)?;
+    let audit_id = id.clone();
     let registration = Registration::new(id, address, vec![service], state.config().compat_ttl)
         .and_then(|r| r.with_metadata(metadata))
         .map_err(compat_error)?
         .with_service_limit(state.config().max_instances_per_service);
     let outcome = state.registry().heartbeat(registration).await.map_err(compat_error)?;
     state.count_registration();
+    caller.audit("register", audit_id.as_str());
     let mut instance = compat_instance(&outcome.node, true);
     instance.last_heartbeat = None;
     instance.metadata = None;
@@ -206,13 +214,20 @@ pub(crate) async fn register(
         (status = 404, description = "No such instance: register again", body = muster_api::ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     CompatJson(request): CompatJson<InstanceRequest>,
 ) -> Result<Json<InstanceResponse>, ApiError> {
     let address = address_of(&request)?;
     // The derived id first (a read and the heartbeat); a refresh that finds it expired falls back
     // to a node registered through `/v1` at this address.
     let mut refreshed = None;
+    let may_write = |node: &NodeInfo| {
+        caller
+            .require_write(node.node_id.as_str(), node.services.iter().map(|s| s.name.as_str()))
+            .map_err(ApiError::compat)
+    };
     if let Some(node) = derived_instance(&state, &request.name, &address).await? {
+        may_write(&node)?;
         match crate::v1::refresh(&state, &node.node_id, None).await {
             Err(error) if error.status() == StatusCode::NOT_FOUND => {}
             other => refreshed = Some(other.map_err(ApiError::compat)?),
@@ -228,9 +243,11 @@ pub(crate) async fn heartbeat(
                 ))
                 .compat());
             };
+            may_write(&node)?;
             crate::v1::refresh(&state, &node.node_id, None).await.map_err(ApiError::compat)?
         }
     };
+    caller.audit("heartbeat", node.node_id.as_str());
     let mut instance = compat_instance(&node, true);
     instance.registered_at = None;
     instance.metadata = None;
@@ -242,11 +259,13 @@ pub(crate) async fn heartbeat(
         (status = 404, description = "No healthy instance", body = muster_api::ErrorBody)))]
 pub(crate) async fn resolve(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(name): Path<String>,
 ) -> Result<Json<ResolveResponse>, ApiError> {
     let query = ServiceQuery::new(&name).map_err(compat_error)?;
+    caller.require_read_service(&name).map_err(ApiError::compat)?;
     let mut nodes = state.registry().find(&query).await.map_err(compat_error)?;
-    nodes.retain(|n| n.status.is_healthy());
+    nodes.retain(|n| n.status.is_healthy() && (caller.is_unrestricted() || caller.may_read_node(n)));
     tracing::debug!(service = %name, healthy = nodes.len(), "resolved");
     if nodes.is_empty() {
         return Err(ApiError::not_found(format!("no healthy instances of `{name}`")).compat());
@@ -262,11 +281,15 @@ pub(crate) async fn resolve(
 
 #[utoipa::path(get, path = "/services", tag = "seed-003",
     responses((status = 200, description = "Services and their instances", body = muster_api::compat::ServicesResponse)))]
-pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<ServicesResponse>, ApiError> {
+pub(crate) async fn services(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<Json<ServicesResponse>, ApiError> {
+    caller.require_some_read().map_err(ApiError::compat)?;
     let nodes = state.registry().list_active().await.map_err(compat_error)?;
     let mut services: BTreeMap<String, CompatService> = BTreeMap::new();
-    for node in &nodes {
-        for service in &node.services {
+    for node in nodes.iter().filter(|n| caller.may_read_node(n)) {
+        for service in node.services.iter().filter(|s| caller.require_read_service(&s.name).is_ok()) {
             let entry = services.entry(service.name.clone()).or_insert_with(|| CompatService {
                 instance_count: 0,
                 healthy_count: 0,
@@ -290,7 +313,11 @@ pub(crate) async fn services(State(state): State<AppState>) -> Result<Json<Servi
 
 #[utoipa::path(get, path = "/stats", tag = "seed-003",
     responses((status = 200, description = "Registry statistics", body = muster_api::compat::StatsResponse)))]
-pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<Json<StatsResponse>, ApiError> {
+    caller.require_some_read().map_err(ApiError::compat)?;
     let nodes = state.registry().list_active().await.map_err(compat_error)?;
     let names: std::collections::BTreeSet<String> =
         nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.clone())).collect();
@@ -335,6 +362,7 @@ pub(crate) struct InstanceAddress {
         (status = 404, description = "No such instance", body = muster_api::ErrorBody)))]
 pub(crate) async fn remove_instance(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(name): Path<String>,
     query: Result<axum::extract::Query<InstanceAddress>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RemovedResponse>, ApiError> {
@@ -351,6 +379,7 @@ pub(crate) async fn remove_instance(
     let Some(node) = found else {
         return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
     };
+    caller.require_write(node.node_id.as_str(), [name.as_str()]).map_err(ApiError::compat)?;
     // Only this service leaves the node; the node goes when it provides nothing else.
     let rest: Vec<ServiceInfo> = node.services.iter().filter(|s| s.name != name).cloned().collect();
     let removed = if rest.is_empty() {
@@ -366,6 +395,7 @@ pub(crate) async fn remove_instance(
     if !removed {
         return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
     }
+    caller.audit("remove-instance", node.node_id.as_str());
     Ok(Json(RemovedResponse {
         message: "Service instance removed".into(),
         id: node.node_id.to_string(),

@@ -6,12 +6,15 @@
 //! `watch.rs` — `GET /v1/watch` as server-sent events; `compat.rs` — the seed-003 routes;
 //! `error.rs` — the JSON error type and extractors.
 
+mod acl;
 mod compat;
 mod error;
 mod fanout;
+mod limits;
 mod metrics;
 mod openapi;
 mod serve;
+mod tls;
 mod v1;
 mod watch;
 
@@ -26,8 +29,11 @@ use muster_core::Registry;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use acl::{AclConfig, DeclaredToken, hash_secret};
 pub use error::ApiError;
+pub use limits::RateLimit;
 pub use serve::{MAX_HEADER_BYTES, MAX_URI_LEN};
+pub use tls::TlsConfig;
 
 /// Server settings (validated by the binary before they get here).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,14 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most open connections; more are closed at once.
     pub max_connections: usize,
+    /// Access control (off by default).
+    pub acl: AclConfig,
+    /// TLS (plain HTTP when absent).
+    pub tls: Option<TlsConfig>,
+    /// Per-client request rate (none: unlimited).
+    pub rate_limit: Option<RateLimit>,
+    /// Host names requests may be addressed to (`Host` header, without the port); empty allows any.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +85,10 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            acl: AclConfig { public_openapi: true, ..AclConfig::default() },
+            tls: None,
+            rate_limit: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -94,15 +112,45 @@ pub(crate) struct StateInner {
     shutdown: CancellationToken,
     /// The one upstream watch, fanned out to SSE clients and blocking queries.
     hub: fanout::Hub,
+    /// Access control.
+    acl: Arc<acl::Acl>,
+    /// Per-client request rates.
+    limiter: Option<Arc<limits::Limiter>>,
 }
 
 impl AppState {
     /// State over `registry`. Spawns the task that follows the registry's changes (one watch for
     /// every SSE client and blocking query; it also counts expiries for `/stats`).
     pub fn new(registry: Arc<dyn Registry>, config: ServerConfig) -> Self {
+        Self::build(registry, config, None)
+    }
+
+    /// State over `registry` with ACL tokens kept in `tokens` (with access control on; the
+    /// configuration's declared tokens are known either way).
+    pub fn with_token_store(
+        registry: Arc<dyn Registry>,
+        config: ServerConfig,
+        tokens: Arc<dyn muster_core::acl::TokenStore>,
+    ) -> Self {
+        Self::build(registry, config, Some(tokens))
+    }
+
+    fn build(
+        registry: Arc<dyn Registry>,
+        config: ServerConfig,
+        tokens: Option<Arc<dyn muster_core::acl::TokenStore>>,
+    ) -> Self {
         let metrics = metrics::Metrics::new();
         let shutdown = CancellationToken::new();
         let hub = fanout::Hub::start(Arc::clone(&registry), shutdown.clone(), metrics.expiries.clone());
+        let acl = Arc::new(acl::Acl::new(config.acl.clone(), tokens));
+        if acl.enabled() {
+            tokio::spawn(Arc::clone(&acl).follow(shutdown.clone()));
+        }
+        let limiter = config.rate_limit.and_then(limits::Limiter::new);
+        if let Some(limiter) = &limiter {
+            tokio::spawn(Arc::clone(limiter).prune(shutdown.clone()));
+        }
         Self {
             inner: Arc::new(StateInner {
                 registry,
@@ -111,6 +159,8 @@ impl AppState {
                 metrics,
                 shutdown,
                 hub,
+                acl,
+                limiter,
             }),
         }
     }
@@ -135,6 +185,11 @@ impl AppState {
         self.inner.metrics.heartbeats.inc();
     }
 
+    /// Whether the server speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.inner.config.tls.is_some()
+    }
+
     /// Ends watch streams and background work (called when shutdown begins).
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -147,11 +202,9 @@ pub fn router(state: AppState) -> Router {
         state.config().allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
-        .allow_headers([
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderName::from_static("last-event-id"),
-        ]);
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+        .expose_headers([axum::http::HeaderName::from_static(v1::INDEX_HEADER)]);
     Router::new()
         .route("/v1/nodes", post(v1::register_generated).get(v1::list_nodes))
         .route(
@@ -162,6 +215,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(v1::list_services))
         .route("/v1/services/{name}/instances", get(v1::instances))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/acl/bootstrap", post(acl::bootstrap))
+        .route("/v1/acl/tokens", post(acl::create_token).get(acl::list_tokens))
+        .route("/v1/acl/tokens/{name}", delete(acl::delete_token))
+        .route("/v1/acl/whoami", get(acl::whoami))
         .route("/register", post(compat::register))
         .route("/heartbeat", post(compat::heartbeat))
         .route("/resolve/{name}", get(compat::resolve))
@@ -174,10 +231,12 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), acl::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), serve::bound_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config().body_limit))
         .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::check_host))
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
         .with_state(state)
@@ -245,6 +304,11 @@ async fn ready(State(state): State<AppState>) -> Result<axum::Json<muster_api::v
         v1::list_services,
         v1::instances,
         watch::watch,
+        acl::bootstrap,
+        acl::create_token,
+        acl::list_tokens,
+        acl::delete_token,
+        acl::whoami,
         compat::register,
         compat::heartbeat,
         compat::resolve,
@@ -276,6 +340,11 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
         muster_api::ErrorCode::MethodNotAllowed,
         format!("{} does not take {method}; see /openapi.json for its methods", uri.path()),
     )
+}
+
+/// Checks that the TLS files can be used (the message names the file at fault).
+pub fn check_tls(config: &TlsConfig) -> Result<(), String> {
+    tls::Tls::load(config.clone()).map(drop)
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then stops accepting, ends

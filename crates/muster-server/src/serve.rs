@@ -25,7 +25,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use muster_api::ErrorCode;
 use tokio::sync::Semaphore;
 
+use crate::tls::Tls;
 use crate::{ApiError, AppState};
+use tower::Layer;
 
 /// Longest request target (path and query) answered with JSON 414.
 pub const MAX_URI_LEN: usize = 8 * 1024;
@@ -41,16 +43,24 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = state.config();
+    let tls = match &config.tls {
+        Some(tls) => {
+            let tls = Arc::new(Tls::load(tls.clone()).map_err(std::io::Error::other)?);
+            tokio::spawn(Arc::clone(&tls).watch(state.inner.shutdown.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
+    let handshake_timeout = config.header_read_timeout;
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
-    let service = hyper_util::service::TowerToHyperService::new(app);
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors or a connection reset before it was accepted: keep
                     // serving the connections already open.
@@ -67,12 +77,39 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
+        // Each request carries the client's address (for rate limits by address).
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::util::MapRequestLayer::new(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            })
+            .layer(app.clone()),
+        );
+        match &tls {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                // The handshake runs in the connection's task, bounded like a request head.
+                let acceptor = tls.acceptor();
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ =
+                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     state.shutdown();

@@ -19,6 +19,7 @@ use muster_core::{
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::acl::Auth;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 
 /// Header carrying the registry revision an answer reflects (for blocking queries).
@@ -31,9 +32,10 @@ pub(crate) const INDEX_HEADER: &str = "x-muster-index";
         (status = 415, description = "Not JSON", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn register_generated(
     State(state): State<AppState>,
+    auth: Auth,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    register(&state, NodeId::generate("node"), request).await
+    register(&state, auth, NodeId::generate("node"), request).await
 }
 
 #[utoipa::path(put, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
@@ -45,17 +47,22 @@ pub(crate) async fn register_generated(
         (status = 415, description = "Not JSON", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn register_with_id(
     State(state): State<AppState>,
+    auth: Auth,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    register(&state, NodeId::new(id)?, request).await
+    register(&state, auth, NodeId::new(id)?, request).await
 }
 
 async fn register(
     state: &AppState,
+    Auth(caller): Auth,
     id: NodeId,
     request: RegisterRequest,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    caller
+        .require_write_stored(state.registry(), &id, request.services.iter().map(|s| s.name.as_str()))
+        .await?;
     let ttl = request.ttl_ms.map_or(state.config().default_ttl, Duration::from_millis);
     let registration =
         Registration::new(id.clone(), Address::parse(request.address)?, request.services, ttl)?
@@ -64,6 +71,7 @@ async fn register(
             .with_service_limit(state.config().max_instances_per_service);
     let outcome = state.registry().heartbeat(registration).await?;
     state.count_registration();
+    caller.audit("register", id.as_str());
     let created = outcome.change == Change::Registered;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(RegisterResponse { id: id.to_string(), node: outcome.node, created })))
@@ -75,10 +83,12 @@ async fn register(
         (status = 404, description = "Unknown id: register again", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id = NodeId::new(id)?;
+    caller.require_write_stored(state.registry(), &id, []).await?;
     let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
@@ -90,6 +100,7 @@ pub(crate) async fn heartbeat(
         })?
     };
     let node = refresh(&state, &id, request.status).await?;
+    caller.audit("heartbeat", id.as_str());
     Ok(Json(node))
 }
 
@@ -118,12 +129,17 @@ pub(crate) async fn refresh(
         (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn get_node(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
+    caller.require_some_read()?;
     // Any id a node was stored with (a Titan peer's `worker@host-1`, say) reads back.
     let id = NodeId::from_wire(id);
     match state.registry().get(&id).await? {
-        Some(node) => Ok(Json(node)),
+        Some(node) => {
+            caller.require_read_node(&node)?;
+            Ok(Json(node))
+        }
         None => Err(ApiError::not_found(format!("node `{id}` is not registered"))),
     }
 }
@@ -134,10 +150,13 @@ pub(crate) async fn get_node(
         (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn update_node(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateRequest>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id = NodeId::new(id)?;
+    let new_services = request.services.iter().flatten().map(|s| s.name.as_str());
+    caller.require_write_stored(state.registry(), &id, new_services).await?;
     let mut update = NodeUpdate::new();
     if let Some(address) = request.address {
         update = update.address(Address::parse(address)?);
@@ -155,7 +174,9 @@ pub(crate) async fn update_node(
         return Err(ApiError::invalid("name at least one of address, services, metadata, status"));
     }
     let update = update.with_service_limit(state.config().max_instances_per_service);
-    Ok(Json(state.registry().update(&id, update).await?))
+    let node = state.registry().update(&id, update).await?;
+    caller.audit("update", id.as_str());
+    Ok(Json(node))
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
@@ -163,11 +184,14 @@ pub(crate) async fn update_node(
         (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn deregister_node(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     // Any stored node can be removed by its id, also one a Titan peer wrote.
     let id = NodeId::from_wire(id);
+    caller.require_write_stored(state.registry(), &id, []).await?;
     if state.registry().deregister(&id, DeregisterReason::Graceful).await? {
+        caller.audit("deregister", id.as_str());
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("node `{id}` is not registered")))
@@ -187,21 +211,33 @@ pub(crate) struct ListParams {
     responses((status = 200, description = "Nodes ordered by id", body = muster_api::v1::NodeList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn list_nodes(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<NodeList>, ApiError> {
+    caller.require_some_read()?;
     let revision = state.registry().current_revision().await?;
-    let nodes =
+    let mut nodes =
         if params.all { state.registry().list_all().await? } else { state.registry().list_active().await? };
+    if !caller.is_unrestricted() {
+        nodes.retain(|node| caller.may_read_node(node));
+    }
     Ok(Json(NodeList { revision, nodes }))
 }
 
 #[utoipa::path(get, path = "/v1/services", tag = "v1",
     responses((status = 200, description = "Services with versions and instance counts", body = muster_api::v1::ServiceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
-pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<ServiceList>, ApiError> {
+pub(crate) async fn list_services(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<Json<ServiceList>, ApiError> {
+    caller.require_some_read()?;
     let revision = state.registry().current_revision().await?;
     let mut services: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
     for node in state.registry().list_active().await? {
-        for service in &node.services {
+        if !caller.may_read_node(&node) {
+            continue;
+        }
+        for service in node.services.iter().filter(|s| caller.require_read_service(&s.name).is_ok()) {
             let entry = services.entry(service.name.clone()).or_default();
             entry.1 += 1;
             if let Some(version) = &service.version {
@@ -232,10 +268,12 @@ pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<
     responses((status = 200, description = "Matching instances; header X-Muster-Index carries the revision", body = muster_api::v1::InstanceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn instances(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     Path(name): Path<String>,
     ApiQuery(params): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let mut query = ServiceQuery::new(&name)?;
+    caller.require_read_service(&name)?;
     let (mut status, mut metadata, mut index, mut wait) = (None, Vec::new(), None, None);
     for (key, value) in params {
         match key.as_str() {
@@ -270,6 +308,7 @@ pub(crate) async fn instances(
     let instances = nodes
         .iter()
         .filter(|node| status.is_none_or(|s| node.status == s))
+        .filter(|node| caller.is_unrestricted() || caller.may_read_node(node))
         .flat_map(|node| {
             node.services
                 .iter()

@@ -19,6 +19,7 @@ use muster_core::{DiscoveryEvent, Revision, ServiceFilter, WatchEvent, WatchStar
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::acl::Auth;
 use crate::error::{ApiError, ApiQuery};
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +44,7 @@ pub(crate) struct WatchParams {
     responses((status = 200, description = "Server-sent events: registered, updated, deregistered (data: DiscoveryEvent), resync (data: ResyncData), peer, error", content_type = "text/event-stream", body = muster_core::DiscoveryEvent), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn watch(
     State(state): State<AppState>,
+    Auth(caller): Auth,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<WatchParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -60,6 +62,9 @@ pub(crate) async fn watch(
     let service = params.service;
     if let Some(service) = &service {
         muster_core::name::validate_service_name(service)?;
+        caller.require_read_service(service)?;
+    } else {
+        caller.require_some_read()?;
     }
     let start = match last_event_id.or(params.after) {
         Some(revision) => WatchStart::After(Revision(revision)),
@@ -70,28 +75,42 @@ pub(crate) async fn watch(
     state.inner.metrics.watchers.inc();
     let guard = crate::metrics::WatcherGuard(std::sync::Arc::clone(&state.inner));
     let filter = ServiceFilter::new(service);
-    let events = futures::stream::unfold(Some((stream, filter, guard)), |state| async move {
-        let (mut stream, mut filter, guard) = state?;
-        loop {
-            let event = match stream.next().await? {
-                Ok(WatchEvent::Event(e)) => filter.pass(&e).then(|| sse_event(&e, true)),
-                Ok(WatchEvent::Peer(e)) => filter.pass(&e).then(|| sse_event(&e, false)),
-                Ok(WatchEvent::Resync(snapshot)) => {
-                    let nodes = filter.reset(snapshot.nodes);
-                    let data = ResyncData { revision: snapshot.revision, nodes };
-                    Some(Event::default().event("resync").id(snapshot.revision.to_string()).json_data(data))
+    // Only what the token may read: events about nodes it may see now or saw before the change.
+    let events = futures::stream::unfold(Some((stream, filter, guard)), move |state| {
+        let caller = std::sync::Arc::clone(&caller);
+        async move {
+            let (mut stream, mut filter, guard) = state?;
+            loop {
+                let event = match stream.next().await? {
+                    Ok(WatchEvent::Event(e)) => {
+                        (filter.pass(&e) && caller.may_see_event(&e)).then(|| sse_event(&e, true))
+                    }
+                    Ok(WatchEvent::Peer(e)) => {
+                        (filter.pass(&e) && caller.may_see_event(&e)).then(|| sse_event(&e, false))
+                    }
+                    Ok(WatchEvent::Resync(snapshot)) => {
+                        let mut nodes = filter.reset(snapshot.nodes);
+                        nodes.retain(|node| caller.may_read_node(node));
+                        let data = ResyncData { revision: snapshot.revision, nodes };
+                        Some(
+                            Event::default()
+                                .event("resync")
+                                .id(snapshot.revision.to_string())
+                                .json_data(data),
+                        )
+                    }
+                    Err(error) => {
+                        // The store connection broke: say so and end; the client reconnects with
+                        // Last-Event-ID and misses nothing.
+                        let data = serde_json::json!({"code": "unavailable", "message": error.message()});
+                        let event = Event::default().event("error").json_data(data).unwrap_or_default();
+                        return Some((Ok(event), None));
+                    }
+                };
+                if let Some(event) = event {
+                    let event = event.unwrap_or_else(|_| Event::default().event("error"));
+                    return Some((Ok(event), Some((stream, filter, guard))));
                 }
-                Err(error) => {
-                    // The store connection broke: say so and end; the client reconnects with
-                    // Last-Event-ID and misses nothing.
-                    let data = serde_json::json!({"code": "unavailable", "message": error.message()});
-                    let event = Event::default().event("error").json_data(data).unwrap_or_default();
-                    return Some((Ok(event), None));
-                }
-            };
-            if let Some(event) = event {
-                let event = event.unwrap_or_else(|_| Event::default().event("error"));
-                return Some((Ok(event), Some((stream, filter, guard))));
             }
         }
     });

@@ -1,5 +1,6 @@
 //! Test support shared by every backend's tests (never a dependency of production code).
 //!
+//! - [`certs`] — a CA, server and client certificates generated at test time (TLS tests).
 //! - [`conformance`] — the one suite every [`muster_core::Registry`] backend must pass, covering the
 //!   trait and the agent's behaviour on it. Backends instantiate it with [`conformance_tests!`].
 //! - [`faults`] — [`faults::FaultyRegistry`], which wraps a real backend and makes chosen calls fail,
@@ -7,6 +8,7 @@
 //! - [`redis_server`] — real `redis-server` processes (standalone, Cluster, Sentinel) on free ports.
 //! - [`titan`] — a Titan discovery peer emulated from seed 001's wire operations, for mixed fleets.
 
+pub mod certs;
 pub mod conformance;
 pub mod faults;
 pub mod redis_server;

@@ -28,6 +28,15 @@ pub(crate) struct Server {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The ACL token to send (a registry started with --acl asks for one).
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A PEM file of certificate authorities to trust for an https:// registry, besides the system's.
+    #[arg(long, env = "MUSTER_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// A PEM file with this client's certificate and key, for a registry that requires mutual TLS.
+    #[arg(long, env = "MUSTER_CLIENT_CERT")]
+    client_cert: Option<std::path::PathBuf>,
 }
 
 /// Where a read command goes: a server, or a Redis registry read directly.
@@ -119,6 +128,67 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Access control: bootstrap, tokens, who am I.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+/// `muster acl ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AclCommand {
+    /// Create the first admin token of a registry started with --acl (once) and print its secret.
+    Bootstrap {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Create a token (admin) and print its secret; it is not shown again.
+    Create {
+        #[command(flatten)]
+        server: Server,
+        /// Its name (letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// A grant: `access=read|write|admin[,services=PATTERN][,nodes=PATTERN]` (`*` is a
+        /// wildcard; both default to `*`). Repeat for several.
+        #[arg(long = "rule", required = true, value_parser = rule)]
+        rules: Vec<muster_core::acl::Rule>,
+        /// Free text for people.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the tokens (admin); secrets are never shown.
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Revoke a token (admin).
+    Revoke {
+        #[command(flatten)]
+        server: Server,
+        /// Its name.
+        name: String,
+    },
+    /// Show the token this command sends, as the registry sees it.
+    Whoami {
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// Parses `access=write,services=billing,nodes=billing-*`.
+fn rule(text: &str) -> Result<muster_core::acl::Rule, String> {
+    let mut fields = serde_json::Map::new();
+    for part in text.split(',') {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value"))?;
+        match key.trim() {
+            key @ ("access" | "services" | "nodes") => {
+                fields.insert(key.to_owned(), serde_json::Value::String(value.trim().to_owned()));
+            }
+            other => return Err(format!("unknown key {other:?}; use access, services and nodes")),
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())
 }
 
 /// A failure: its message and exit code.
@@ -164,6 +234,7 @@ pub(crate) async fn run(command: ClientCommand) -> ExitCode {
         }
         ClientCommand::Watch { source, service } => watch(&source, service).await,
         ClientCommand::Health { server } => health(&server).await,
+        ClientCommand::Acl { command } => acl(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,6 +249,9 @@ fn client(server: &Server) -> Result<Client, Failure> {
     let config = ClientConfig {
         registry_url: server.registry.clone(),
         request_timeout: Duration::from_secs(5),
+        token: server.token.as_deref().map(muster_client::Token::new),
+        ca_cert: server.ca_cert.clone(),
+        client_identity: server.client_cert.clone(),
         ..ClientConfig::default()
     };
     Client::with_config(config).map_err(|e| Failure::usage(format!("--registry: {e}")))
@@ -514,4 +588,70 @@ mod tests {
         assert_eq!(query("bad name", None, None).err().map(|f| f.1), Some(2));
         assert_eq!(query("users", None, Some("not a req")).err().map(|f| f.1), Some(2));
     }
+}
+
+async fn acl(command: AclCommand) -> Result<(), Failure> {
+    let print_created = |server: &Server, created: &muster_api::acl::CreatedToken| {
+        if server.json {
+            out(&json(created));
+        } else {
+            out(&format!(
+                "token {} created; its secret (shown only now):\n{}\n",
+                created.token.name, created.secret
+            ));
+        }
+    };
+    match command {
+        AclCommand::Bootstrap { server } => {
+            let created = client(&server)?.acl_bootstrap().await.map_err(from_client)?;
+            print_created(&server, &created);
+        }
+        AclCommand::Create { server, name, rules, description } => {
+            let request = muster_api::acl::CreateTokenRequest { name, rules, description };
+            let created = client(&server)?.create_token(&request).await.map_err(from_client)?;
+            print_created(&server, &created);
+        }
+        AclCommand::List { server } => {
+            let list = client(&server)?.tokens().await.map_err(from_client)?;
+            if server.json {
+                out(&json(&list));
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        let rules: Vec<String> = t.rules.iter().map(ToString::to_string).collect();
+                        let origin = if t.declared { "config" } else { "store" };
+                        vec![t.name.clone(), rules.join("; "), origin.to_owned()]
+                    })
+                    .collect();
+                out(&table(&["NAME", "RULES", "FROM"], &rows));
+            }
+        }
+        AclCommand::Revoke { server, name } => {
+            if !client(&server)?.revoke_token(&name).await.map_err(from_client)? {
+                return Err(Failure::error(format!("no token is named {name}")));
+            }
+            if server.json {
+                out(&(serde_json::json!({"revoked": name}).to_string() + "\n"));
+            } else {
+                out(&format!("token {name} revoked\n"));
+            }
+        }
+        AclCommand::Whoami { server } => {
+            let me = client(&server)?.whoami().await.map_err(from_client)?;
+            if server.json {
+                out(&json(&me));
+            } else {
+                let who = me.name.as_deref().unwrap_or("anonymous");
+                let rules: Vec<String> = me.rules.iter().map(ToString::to_string).collect();
+                let acl = if me.acl { "" } else { " (access control is off)" };
+                out(&format!(
+                    "{who}{acl}: {}\n",
+                    if rules.is_empty() { "nothing".into() } else { rules.join("; ") }
+                ));
+            }
+        }
+    }
+    Ok(())
 }

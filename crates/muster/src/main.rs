@@ -122,6 +122,44 @@ struct ServeArgs {
     /// (`info,muster_redis=debug`). `RUST_LOG`, when set, takes precedence.
     #[arg(long, env = "MUSTER_LOG_LEVEL", default_value = "info", value_parser = log_level)]
     log_level: String,
+    /// Access control: every request is checked against its token (`Authorization: Bearer ...` or
+    /// `X-Muster-Token`); create the first admin token with `muster acl bootstrap`.
+    #[arg(long, env = "MUSTER_ACL", default_value_t = false, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    acl: bool,
+    /// With --acl, what requests without a token may do: `deny` (nothing), `read` (discovery
+    /// only) or `allow` (everything but token management).
+    #[arg(long, env = "MUSTER_ACL_DEFAULT_POLICY", default_value = "deny", value_parser = ["deny", "read", "allow"])]
+    acl_default_policy: String,
+    /// With --acl, answer /metrics without a token (otherwise a token that may read is needed).
+    #[arg(long, env = "MUSTER_PUBLIC_METRICS", default_value_t = false, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    public_metrics: bool,
+    /// With --acl, answer /openapi.json without a token.
+    #[arg(long, env = "MUSTER_PUBLIC_OPENAPI", default_value_t = true, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    public_openapi: bool,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); reloaded when the file changes.
+    #[arg(long, env = "MUSTER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    #[arg(long, env = "MUSTER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Requests per second one client may send (by token name, else by IP address); more answer
+    /// 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, env = "MUSTER_RATE_LIMIT", default_value_t = 0)]
+    rate_limit: u32,
+    /// Requests one client may send at once after a quiet spell (default: the rate limit).
+    #[arg(long, env = "MUSTER_RATE_BURST", default_value_t = 0)]
+    rate_burst: u32,
+    /// Comma-separated host names requests may be addressed to (the Host header, without the
+    /// port); others answer 421. `auto`: localhost, 127.0.0.1 and [::1] when listening on loopback
+    /// (a web page cannot reach the registry by rebinding its DNS name), any host otherwise; `*`: any.
+    #[arg(long, env = "MUSTER_ALLOWED_HOSTS", default_value = "auto")]
+    allowed_hosts: String,
     /// Print every setting as it would be used (flags > MUSTER_* > --config file > defaults) and
     /// exit without serving.
     #[arg(long)]
@@ -229,7 +267,26 @@ fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Setti
     let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file(e.to_string()))?;
     let mut command = Cli::command();
+    // `[acl]` holds settings named without the `acl-` prefix, and the declared tokens.
+    let mut entries: Vec<(String, &toml::Value)> = Vec::new();
     for (key, value) in &table {
+        match (key.as_str(), value) {
+            ("acl", toml::Value::Table(acl)) => {
+                for (key, value) in acl {
+                    match key.as_str() {
+                        "tokens" => {}
+                        "enabled" => entries.push(("acl".into(), value)),
+                        "default-policy" => entries.push(("acl-default-policy".into(), value)),
+                        "public-metrics" | "public-openapi" => entries.push((key.clone(), value)),
+                        other => return Err(file(format!("unknown setting `acl.{other}`"))),
+                    }
+                }
+            }
+            _ => entries.push((key.clone(), value)),
+        }
+    }
+    declared_tokens(&table).map_err(file)?;
+    for (key, value) in &entries {
         let id = key.replace('-', "_");
         let known = command
             .find_subcommand("serve")
@@ -237,7 +294,7 @@ fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Setti
         if !known {
             return Err(file(format!("unknown setting `{key}`")));
         }
-        let value = match value {
+        let value = match *value {
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(n) => n.to_string(),
@@ -250,6 +307,45 @@ fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Setti
         // A bad value from the file is reported as the setting's; say where it came from.
         file(error.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned())
     })
+}
+
+/// A token of the configuration file's `[[acl.tokens]]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TokenEntry {
+    name: String,
+    /// The secret itself (the file then holds a credential: keep it private).
+    secret: Option<String>,
+    /// The secret's SHA-256 in hex (`printf %s "$SECRET" | sha256sum`).
+    secret_sha256: Option<String>,
+    #[serde(default)]
+    rules: Vec<muster_core::acl::Rule>,
+}
+
+/// The tokens declared in a configuration file.
+fn declared_tokens(table: &toml::Table) -> Result<Vec<muster_server::DeclaredToken>, String> {
+    let Some(tokens) = table.get("acl").and_then(|acl| acl.get("tokens")) else { return Ok(Vec::new()) };
+    let entries: Vec<TokenEntry> =
+        tokens.clone().try_into().map_err(|e: toml::de::Error| format!("[[acl.tokens]]: {}", e.message()))?;
+    let mut declared: Vec<muster_server::DeclaredToken> = Vec::new();
+    for entry in entries {
+        let at = |message: String| format!("[[acl.tokens]] `{}`: {message}", entry.name);
+        muster_core::acl::validate_token_name(&entry.name).map_err(|e| at(e.message().to_owned()))?;
+        let secret_hash = match (&entry.secret, &entry.secret_sha256) {
+            (Some(secret), None) if secret.len() >= 16 => muster_server::hash_secret(secret),
+            (Some(_), None) => return Err(at("a secret must be at least 16 characters".into())),
+            (None, Some(hash)) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                hash.to_ascii_lowercase()
+            }
+            (None, Some(_)) => return Err(at("secret-sha256 must be 64 hex digits".into())),
+            _ => return Err(at("give exactly one of secret and secret-sha256".into())),
+        };
+        if declared.iter().any(|d| d.name == entry.name) {
+            return Err(at("declared twice".into()));
+        }
+        declared.push(muster_server::DeclaredToken { name: entry.name, secret_hash, rules: entry.rules });
+    }
+    Ok(declared)
 }
 
 /// `muster serve --check-config`: every setting with its value and where it came from.
@@ -360,6 +456,14 @@ fn validate(args: &ServeArgs) -> Result<(), String> {
     if args.body_limit < 1024 {
         return Err("--body-limit must be at least 1024 bytes".into());
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = muster_server::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        };
+        muster_server::check_tls(&tls).map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    }
     Ok(())
 }
 
@@ -372,11 +476,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         ..muster_memory::MemoryOptions::default()
     };
-    let (registry, store): (Arc<dyn Registry>, String) = match &args.redis {
+    type Tokens = Arc<dyn muster_core::acl::TokenStore>;
+    let (registry, store, tokens): (Arc<dyn Registry>, String, Tokens) = match &args.redis {
         None => match &args.data_dir {
             None => (
                 Arc::new(muster_memory::MemoryRegistry::with_options(memory_options)),
                 "embedded memory".to_owned(),
+                Arc::new(muster_memory::LocalTokenStore::in_memory()),
             ),
             Some(dir) => {
                 let registry = muster_memory::MemoryRegistry::open(
@@ -385,7 +491,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )
                 .await
                 .context("--data-dir")?;
-                (Arc::new(registry), format!("embedded memory, persisted in {}", dir.display()))
+                let tokens = muster_memory::LocalTokenStore::open(dir).await.context("--data-dir")?;
+                (
+                    Arc::new(registry),
+                    format!("embedded memory, persisted in {}", dir.display()),
+                    Arc::new(tokens),
+                )
             }
         },
         Some(url) => {
@@ -401,33 +512,62 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let registry = muster_redis::RedisRegistry::connect(config)
                 .await
                 .with_context(|| format!("cannot use Redis at {url}"))?;
-            (Arc::new(registry), format!("redis ({url})"))
+            let tokens = Arc::new(registry.token_store());
+            (Arc::new(registry), format!("redis ({url})"), tokens)
         }
     };
-    let config = ServerConfig {
-        default_ttl: args.default_ttl,
-        compat_ttl: args.compat_ttl,
-        cleanup_interval: args.cleanup_interval,
-        max_instances_per_service: args.max_instances_per_service,
-        body_limit: args.body_limit,
-        header_read_timeout: args.header_read_timeout,
-        request_timeout: args.request_timeout,
-        max_connections: args.max_connections,
-        max_wait: args.max_wait,
-        allowed_origins: args
-            .allowed_origins
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(String::from)
-            .collect(),
-        ..ServerConfig::default()
+    let declared = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+            let table: toml::Table = text.parse().with_context(|| format!("--config {}", path.display()))?;
+            declared_tokens(&table).map_err(anyhow::Error::msg)?
+        }
+        None => Vec::new(),
     };
+    let listen_host = args.listen.rsplit_once(':').map_or("", |(host, _)| host);
+    let config =
+        ServerConfig {
+            acl: muster_server::AclConfig {
+                enabled: args.acl,
+                default_policy: args
+                    .acl_default_policy
+                    .parse()
+                    .map_err(|e: muster_core::Error| anyhow::anyhow!("{e}"))?,
+                public_metrics: args.public_metrics,
+                public_openapi: args.public_openapi,
+                tokens: declared,
+            },
+            tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert, key)| {
+                muster_server::TlsConfig { cert, key, client_ca: args.tls_client_ca.clone() }
+            }),
+            rate_limit: (args.rate_limit > 0)
+                .then_some(muster_server::RateLimit { per_second: args.rate_limit, burst: args.rate_burst }),
+            allowed_hosts: allowed_hosts(&args.allowed_hosts, listen_host),
+            default_ttl: args.default_ttl,
+            compat_ttl: args.compat_ttl,
+            cleanup_interval: args.cleanup_interval,
+            max_instances_per_service: args.max_instances_per_service,
+            body_limit: args.body_limit,
+            header_read_timeout: args.header_read_timeout,
+            request_timeout: args.request_timeout,
+            max_connections: args.max_connections,
+            max_wait: args.max_wait,
+            allowed_origins: args
+                .allowed_origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect(),
+            ..ServerConfig::default()
+        };
     let listener = tokio::net::TcpListener::bind(args.listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {} (is another server running there?)", args.listen))?;
     let address = listener.local_addr()?;
-    let base = format!("http://{address}");
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{address}");
     {
         // Written, not printed: a closed stdout must not take the server down.
         use std::io::Write;
@@ -439,6 +579,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "  health:  {base}/health  {base}/ready  metrics: {base}/metrics");
         let _ =
             writeln!(out, "  seed-003 routes: {base}/register /heartbeat /resolve/{{name}} /services /stats");
+        if args.acl {
+            let _ = writeln!(
+                out,
+                "  access control on (anonymous: {}); first admin token: muster acl bootstrap --registry {base}",
+                args.acl_default_policy
+            );
+        }
         if address.ip().is_loopback() {
             let _ = writeln!(
                 out,
@@ -448,12 +595,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let _ = out.flush();
     }
-    let state = AppState::new(Arc::clone(&registry), config);
+    let state = AppState::with_token_store(Arc::clone(&registry), config, tokens);
     muster_server::run(listener, state, shutdown_signal()).await.context("server failed")?;
     // The store's background work ends: the final snapshot is written, the sweeper's lease freed.
     registry.shutdown().await.context("stopping the store (writing the final snapshot)")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `--allowed-hosts` list: `auto` allows the loopback names when listening on loopback (and
+/// any host otherwise), `*` any host.
+fn allowed_hosts(setting: &str, listen_host: &str) -> Vec<String> {
+    match setting.trim() {
+        "auto" => {
+            let loopback = listen_host == "localhost"
+                || listen_host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                ["localhost", "127.0.0.1", "::1"].iter().map(|h| (*h).to_owned()).collect()
+            } else {
+                Vec::new()
+            }
+        }
+        "*" | "" => Vec::new(),
+        list => list.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect(),
+    }
 }
 
 fn init_logging(format: &str, level: &str) {

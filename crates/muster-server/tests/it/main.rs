@@ -1,10 +1,12 @@
 //! The registry server over real sockets: every route, watch streams, blocking queries, the
 //! seed-003 routes with their exact JSON, two servers sharing one Redis, graceful shutdown.
 
+mod acl;
 mod compat;
 mod hostile;
 mod promises;
 mod sse;
+mod tls;
 mod v1;
 
 use std::sync::Arc;
@@ -27,10 +29,15 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) async fn start(registry: Arc<dyn Registry>, config: ServerConfig) -> Self {
+        Self::serve(AppState::new(registry, config)).await
+    }
+
+    /// A server of `state` (plain HTTP unless its settings name TLS files).
+    pub(crate) async fn serve(state: AppState) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if state.tls_enabled() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(registry, config);
         let task = tokio::spawn(muster_server::run(listener, state, async move {
             let _ = stopped.await;
         }));
@@ -108,6 +115,7 @@ macro_rules! on_both_stores {
 }
 
 pub(crate) fn client() -> reqwest::Client {
+    muster_client::install_tls_provider();
     reqwest::Client::new()
 }
 

@@ -33,7 +33,11 @@ impl SseClient {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.unwrap();
+        Self::from_response(request.send().await.unwrap())
+    }
+
+    /// Reads the events of a watch request already sent.
+    pub(crate) fn from_response(response: reqwest::Response) -> Self {
         assert_eq!(response.status(), reqwest::StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         Self { stream: response.bytes_stream().boxed(), buffer: String::new(), last_id: None }

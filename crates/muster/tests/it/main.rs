@@ -47,6 +47,7 @@ async fn serve_answers_and_stops_on_sigterm() {
     let (mut child, base, first) =
         spawn_serve(["--listen", "127.0.0.1:0"], &[("HEARTBEAT_TIMEOUT_SECONDS", "30")]);
     assert!(first.contains("store: embedded memory"), "{first}");
+    muster_client::install_tls_provider();
     let client = reqwest::Client::new();
     let health: serde_json::Value =
         client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
@@ -149,6 +150,7 @@ async fn data_dir_survives_a_restart() {
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(child.wait().unwrap().success());
     };
+    muster_client::install_tls_provider();
     let client = reqwest::Client::new();
     let (child, base) = start();
     let response = client
@@ -388,6 +390,7 @@ async fn lifecycle_is_logged_plainly() {
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    muster_client::install_tls_provider();
     let client = reqwest::Client::new();
     let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "logged"}], "ttlMs": 1000});
     assert_eq!(client.put(format!("{base}/v1/nodes/log-1")).json(&body).send().await.unwrap().status(), 201);

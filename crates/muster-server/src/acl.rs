@@ -1,0 +1,560 @@
+//! Access control: who the caller is ([`authenticate`]), what their token lets them do
+//! ([`Caller`]), and the token routes under `/v1/acl`.
+//!
+//! - A token is a secret sent as `Authorization: Bearer <secret>` or `X-Muster-Token: <secret>`.
+//!   The server keeps the SHA-256 of each secret and looks callers up by the hash of what they
+//!   send, so no secret is ever compared (no timing side channel on the secret) or stored.
+//! - Tokens come from the configuration (declared) and from the store ([`TokenStore`]: Redis,
+//!   shared by every server on it, or the embedded store's data directory). The server keeps a copy,
+//!   reloaded when the store's generation changes (checked every second), at once when a request
+//!   brings an unknown token (at most every 200 ms), and after its own changes. A token revoked
+//!   on another server stops working here within about a second.
+//! - With access control off every caller may do everything; `/health` and `/ready` are always
+//!   open.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use muster_api::ErrorCode;
+use muster_api::acl::{CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenList, TokenView, WhoAmI};
+use muster_core::acl::{Access, DefaultPolicy, Policy, Rule, TokenRecord, TokenStore};
+use muster_core::{NodeId, NodeInfo, Registry};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiJson;
+use crate::limits::{ClientKey, client_address, too_many};
+use crate::{ApiError, AppState};
+
+/// A token declared in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredToken {
+    /// Its name.
+    pub name: String,
+    /// Lower-case hex SHA-256 of its secret (see [`hash_secret`]).
+    pub secret_hash: String,
+    /// What it grants.
+    pub rules: Vec<Rule>,
+}
+
+/// Access-control settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AclConfig {
+    /// Whether tokens are checked at all.
+    pub enabled: bool,
+    /// What callers without a token may do.
+    pub default_policy: DefaultPolicy,
+    /// Whether `/metrics` answers without a token (otherwise it needs one that may read).
+    pub public_metrics: bool,
+    /// Whether `/openapi.json` answers without a token.
+    pub public_openapi: bool,
+    /// Tokens from the configuration.
+    pub tokens: Vec<DeclaredToken>,
+}
+
+/// Lower-case hex SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+/// A new secret: `mst_` and 256 random bits in hex.
+pub(crate) fn new_secret() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the system random source failed"))?;
+    Ok(format!("mst_{}", hex(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Who is asking, and what they may do.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    /// The token's name (`None`: anonymous, or access control off).
+    name: Option<Arc<str>>,
+    /// The token's rules.
+    policy: Policy,
+    /// Access control is off: everything is allowed.
+    open: bool,
+}
+
+/// The caller of every request when access control is off.
+static OPEN: std::sync::LazyLock<Arc<Caller>> =
+    std::sync::LazyLock::new(|| Arc::new(Caller { name: None, policy: Policy::default(), open: true }));
+
+impl Caller {
+    fn refused(&self, permission: &str) -> ApiError {
+        match &self.name {
+            None => ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("this needs {permission}; send a token as `Authorization: Bearer <token>`"),
+            ),
+            Some(name) => {
+                ApiError::new(ErrorCode::Forbidden, format!("token `{name}` does not grant {permission}"))
+            }
+        }
+    }
+
+    /// Whether every check passes (access control off, or an admin token).
+    pub(crate) fn is_unrestricted(&self) -> bool {
+        self.open || self.policy.is_admin()
+    }
+
+    /// Fails unless the caller may read something (lists are then filtered).
+    pub(crate) fn require_some_read(&self) -> Result<(), ApiError> {
+        if self.open || self.policy.may_read_some() { Ok(()) } else { Err(self.refused("read access")) }
+    }
+
+    /// Fails unless the caller may read `service`.
+    pub(crate) fn require_read_service(&self, service: &str) -> Result<(), ApiError> {
+        if self.open || self.policy.may_read_service(service) {
+            Ok(())
+        } else {
+            Err(self.refused(&format!("read on service `{service}`")))
+        }
+    }
+
+    /// Whether the caller may see `node`.
+    pub(crate) fn may_read_node(&self, node: &NodeInfo) -> bool {
+        self.open
+            || self.policy.may_read_node(node.node_id.as_str(), node.services.iter().map(|s| s.name.as_str()))
+    }
+
+    /// Whether the caller may see an event about `node` that provided `previous` before.
+    pub(crate) fn may_see_event(&self, event: &muster_core::DiscoveryEvent) -> bool {
+        self.may_read_node(&event.node)
+            || event.previous_services.as_ref().is_some_and(|before| {
+                self.policy.may_read_node(event.node.node_id.as_str(), before.iter().map(|s| s.name.as_str()))
+            })
+    }
+
+    /// Fails unless the caller may read `node`.
+    pub(crate) fn require_read_node(&self, node: &NodeInfo) -> Result<(), ApiError> {
+        if self.may_read_node(node) {
+            Ok(())
+        } else {
+            Err(self.refused(&format!("read on node `{}`", node.node_id)))
+        }
+    }
+
+    /// Fails unless the caller may write the node `id` providing `services`.
+    pub(crate) fn require_write<'a>(
+        &self,
+        id: &str,
+        services: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ApiError> {
+        if self.open {
+            return Ok(());
+        }
+        self.policy.check_write(id, services).map_err(|missing| self.refused(&missing))
+    }
+
+    /// Fails unless the caller may write the node `id` with `services`, and — when it is stored —
+    /// with the services it provides now (no taking over another service's node).
+    pub(crate) async fn require_write_stored<'a>(
+        &self,
+        registry: &dyn Registry,
+        id: &NodeId,
+        services: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ApiError> {
+        self.require_write(id.as_str(), services)?;
+        if self.is_unrestricted() {
+            return Ok(());
+        }
+        if let Some(stored) = registry.get(id).await? {
+            self.require_write(id.as_str(), stored.services.iter().map(|s| s.name.as_str()))?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the caller holds an admin token.
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_unrestricted() { Ok(()) } else { Err(self.refused("admin access")) }
+    }
+
+    /// Logs a write made with a token: who (the token's name, never its secret), what, which node.
+    pub(crate) fn audit(&self, action: &str, node_id: &str) {
+        if let Some(token) = &self.name {
+            tracing::info!(target: "muster::audit", token = %token, action, node_id, "write with a token");
+        }
+    }
+}
+
+/// The request's [`Caller`], as identified by [`authenticate`] (everything allowed when access
+/// control is off).
+pub(crate) struct Auth(pub(crate) Arc<Caller>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<Arc<Caller>>().cloned().unwrap_or_else(|| Arc::clone(&OPEN))))
+    }
+}
+
+/// The tokens a server knows, by the hash of their secret.
+#[derive(Default)]
+struct Known {
+    /// The store's generation they were read at.
+    generation: u64,
+    /// Hash → caller.
+    by_hash: HashMap<String, Arc<Caller>>,
+}
+
+/// The server's access control.
+pub(crate) struct Acl {
+    config: AclConfig,
+    anonymous: Arc<Caller>,
+    store: Option<Arc<dyn TokenStore>>,
+    /// Declared and stored tokens.
+    known: ArcSwap<Known>,
+    /// When the last reload started (one at a time; unknown tokens reload at most every 200 ms).
+    last_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// The shortest time between two reloads caused by unknown tokens.
+const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the store's generation is checked.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Acl {
+    pub(crate) fn new(config: AclConfig, store: Option<Arc<dyn TokenStore>>) -> Self {
+        let anonymous =
+            Arc::new(Caller { name: None, policy: Policy::new(config.default_policy.rules()), open: false });
+        let acl = Self {
+            anonymous,
+            store,
+            known: ArcSwap::from_pointee(Known::default()),
+            last_reload: tokio::sync::Mutex::new(None),
+            config,
+        };
+        acl.install(0, Vec::new());
+        acl
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    fn install(&self, generation: u64, stored: Vec<TokenRecord>) {
+        let mut by_hash = HashMap::new();
+        for record in stored {
+            let caller =
+                Caller { name: Some(record.name.into()), policy: Policy::new(record.rules), open: false };
+            by_hash.insert(record.secret_hash, Arc::new(caller));
+        }
+        for declared in &self.config.tokens {
+            let caller = Caller {
+                name: Some(declared.name.as_str().into()),
+                policy: Policy::new(declared.rules.clone()),
+                open: false,
+            };
+            by_hash.insert(declared.secret_hash.clone(), Arc::new(caller));
+        }
+        self.known.store(Arc::new(Known { generation, by_hash }));
+    }
+
+    /// Reads every token from the store again.
+    async fn reload(&self) -> muster_core::Result<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut last = self.last_reload.lock().await;
+        *last = Some(tokio::time::Instant::now());
+        let (generation, tokens) = store.load().await?;
+        self.install(generation, tokens);
+        Ok(())
+    }
+
+    /// Reloads because a request brought an unknown token, unless that happened just now.
+    async fn reload_for_miss(&self) {
+        let Some(store) = &self.store else { return };
+        let mut last = self.last_reload.lock().await;
+        if last.is_some_and(|at| at.elapsed() < MISS_RELOAD_INTERVAL) {
+            return;
+        }
+        *last = Some(tokio::time::Instant::now());
+        match store.load().await {
+            Ok((generation, tokens)) => self.install(generation, tokens),
+            Err(error) => tracing::warn!(%error, "reading ACL tokens failed"),
+        }
+    }
+
+    /// Follows the store's generation until `shutdown`.
+    pub(crate) async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(store) = self.store.clone() else { return };
+        if let Err(error) = self.reload().await {
+            tracing::warn!(%error, "reading ACL tokens failed; retrying every second");
+        }
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            match store.generation().await {
+                Ok(generation) if generation == self.known.load().generation => {}
+                Ok(_) => {
+                    if let Err(error) = self.reload().await {
+                        tracing::warn!(%error, "reading ACL tokens failed");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "reading the ACL generation failed"),
+            }
+        }
+    }
+
+    /// The caller presenting `headers`.
+    async fn identify(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+        let Some(secret) = presented_token(headers)? else { return Ok(Arc::clone(&self.anonymous)) };
+        let hash = hash_secret(secret);
+        if let Some(caller) = self.known.load().by_hash.get(&hash) {
+            return Ok(Arc::clone(caller));
+        }
+        self.reload_for_miss().await;
+        self.known.load().by_hash.get(&hash).cloned().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthorized, "the token is not valid (unknown, or revoked)")
+        })
+    }
+
+    fn store(&self) -> Result<&Arc<dyn TokenStore>, ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "this server keeps no tokens; declare them in its configuration",
+            )
+        })
+    }
+}
+
+/// The secret a request presents, if any: `Authorization: Bearer <secret>` or `X-Muster-Token`.
+fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let malformed = || {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "send the token as `Authorization: Bearer <token>` or `X-Muster-Token`",
+        )
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| malformed())?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(malformed());
+        }
+        return Ok(Some(token.trim()));
+    }
+    match headers.get(TOKEN_HEADER) {
+        Some(value) => {
+            value.to_str().ok().map(str::trim).filter(|t| !t.is_empty()).map(Some).ok_or_else(malformed)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Identifies the caller of every request (401 for an invalid token), applies the caller's rate
+/// limit (by token name, else by address; an invalid token counts against the address), and guards
+/// the routes whose access is a setting (`/metrics`, `/openapi.json`). Route handlers check the rest.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let acl = &state.inner.acl;
+    let path = request.uri().path();
+    if path == "/health" || path == "/ready" {
+        return next.run(request).await;
+    }
+    let limiter = state.inner.limiter.as_ref();
+    let by_address =
+        |request: &Request| limiter.map_or(Ok(()), |l| l.check(&ClientKey::Address(client_address(request))));
+    if !acl.enabled() {
+        if let Err(wait) = by_address(&request) {
+            return too_many(wait);
+        }
+        return next.run(request).await;
+    }
+    let caller = match acl.identify(request.headers()).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            if let Err(wait) = by_address(&request) {
+                return too_many(wait);
+            }
+            return error.into_response();
+        }
+    };
+    let limited = match (&caller.name, limiter) {
+        (_, None) => Ok(()),
+        (Some(name), Some(limiter)) => limiter.check(&ClientKey::Token(Arc::clone(name))),
+        (None, Some(_)) => by_address(&request),
+    };
+    if let Err(wait) = limited {
+        return too_many(wait);
+    }
+    let guarded = match path {
+        "/metrics" if !acl.config.public_metrics => caller.require_some_read(),
+        "/openapi.json" if !acl.config.public_openapi => caller.require_some_read(),
+        _ => Ok(()),
+    };
+    if let Err(error) = guarded {
+        return error.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn view(
+    name: String,
+    rules: Vec<Rule>,
+    created_ms: u64,
+    description: Option<String>,
+    declared: bool,
+) -> TokenView {
+    TokenView { name, rules, created_ms, description, declared }
+}
+
+/// `POST /v1/acl/bootstrap`: the first admin token, once, when no token is stored yet.
+#[utoipa::path(post, path = "/v1/acl/bootstrap", tag = "acl",
+    responses((status = 201, description = "The first admin token (its secret is shown only now)", body = muster_api::acl::CreatedToken),
+        (status = 409, description = "Bootstrap already happened", body = muster_api::ErrorBody),
+        (status = 400, description = "Access control is off", body = muster_api::ErrorBody),
+        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+pub(crate) async fn bootstrap(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let acl = &state.inner.acl;
+    if !acl.enabled() {
+        return Err(ApiError::invalid("access control is off; start the server with --acl"));
+    }
+    let rules = vec![Rule::everything(Access::Admin)];
+    let created =
+        create(&state, "bootstrap".into(), rules, Some("the first admin token".into()), true).await?;
+    tracing::info!(target: "muster::audit", token = "bootstrap", "ACL bootstrap: the first admin token was created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn create(
+    state: &AppState,
+    name: String,
+    rules: Vec<Rule>,
+    description: Option<String>,
+    only_if_empty: bool,
+) -> Result<CreatedToken, ApiError> {
+    let acl = &state.inner.acl;
+    if acl.config.tokens.iter().any(|t| t.name == name) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("a token named `{name}` is declared in the configuration"),
+        ));
+    }
+    let secret = new_secret()?;
+    let record = TokenRecord {
+        name,
+        secret_hash: hash_secret(&secret),
+        rules,
+        created_ms: muster_core::time::now_ms(),
+        description,
+    };
+    acl.store()?.create(&record, only_if_empty).await?;
+    acl.reload().await?;
+    Ok(CreatedToken {
+        token: view(record.name, record.rules, record.created_ms, record.description, false),
+        secret,
+    })
+}
+
+/// `POST /v1/acl/tokens` (admin).
+#[utoipa::path(post, path = "/v1/acl/tokens", tag = "acl", request_body = muster_api::acl::CreateTokenRequest,
+    responses((status = 201, description = "Created (its secret is shown only now)", body = muster_api::acl::CreatedToken),
+        (status = 401, description = "No valid token", body = muster_api::ErrorBody),
+        (status = 403, description = "Not an admin token", body = muster_api::ErrorBody),
+        (status = 409, description = "The name is taken", body = muster_api::ErrorBody),
+        (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody),
+        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    ApiJson(request): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    caller.require_admin()?;
+    muster_core::acl::validate_token_name(&request.name)?;
+    let created = create(&state, request.name, request.rules, request.description, false).await?;
+    if let Some(by) = &caller.name {
+        tracing::info!(target: "muster::audit", token = %by, created = %created.token.name, "token created");
+    }
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /v1/acl/tokens` (admin).
+#[utoipa::path(get, path = "/v1/acl/tokens", tag = "acl",
+    responses((status = 200, description = "Every token, without secrets", body = muster_api::acl::TokenList),
+        (status = 401, description = "No valid token", body = muster_api::ErrorBody),
+        (status = 403, description = "Not an admin token", body = muster_api::ErrorBody),
+        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<Json<TokenList>, ApiError> {
+    caller.require_admin()?;
+    let acl = &state.inner.acl;
+    let mut tokens: Vec<TokenView> =
+        acl.config.tokens.iter().map(|t| view(t.name.clone(), t.rules.clone(), 0, None, true)).collect();
+    if let Some(store) = &acl.store {
+        let (_, stored) = store.load().await?;
+        tokens.extend(stored.into_iter().map(|t| view(t.name, t.rules, t.created_ms, t.description, false)));
+    }
+    tokens.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(TokenList { tokens }))
+}
+
+/// `DELETE /v1/acl/tokens/{name}` (admin): revokes a token.
+#[utoipa::path(delete, path = "/v1/acl/tokens/{name}", tag = "acl", params(("name" = String, Path, description = "Token name")),
+    responses((status = 204, description = "Revoked"),
+        (status = 401, description = "No valid token", body = muster_api::ErrorBody),
+        (status = 403, description = "Not an admin token", body = muster_api::ErrorBody),
+        (status = 404, description = "No such token", body = muster_api::ErrorBody),
+        (status = 409, description = "Declared in the configuration", body = muster_api::ErrorBody),
+        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+pub(crate) async fn delete_token(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let acl = &state.inner.acl;
+    if acl.config.tokens.iter().any(|t| t.name == name) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("token `{name}` is declared in the configuration; remove it there"),
+        ));
+    }
+    muster_core::acl::validate_token_name(&name)?;
+    if !acl.store()?.delete(&name).await? {
+        return Err(ApiError::not_found(format!("no token is named `{name}`")));
+    }
+    acl.reload().await?;
+    if let Some(by) = &caller.name {
+        tracing::info!(target: "muster::audit", token = %by, revoked = %name, "token revoked");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/acl/whoami`: the caller's token name and rules.
+#[utoipa::path(get, path = "/v1/acl/whoami", tag = "acl",
+    responses((status = 200, description = "The caller", body = muster_api::acl::WhoAmI),
+        (status = 401, description = "An invalid token", body = muster_api::ErrorBody)))]
+pub(crate) async fn whoami(State(state): State<AppState>, Auth(caller): Auth) -> Json<WhoAmI> {
+    let rules =
+        if caller.open { vec![Rule::everything(Access::Admin)] } else { caller.policy.rules().to_vec() };
+    Json(WhoAmI { acl: state.inner.acl.enabled(), name: caller.name.as_deref().map(str::to_owned), rules })
+}
