@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(RegistrationSpec::from_config(&config).address, "users-1.internal:8080");
         for (name, value) in [
             ("SERVICE_REGISTRY_URL", "localhost:3011"),
-            ("SERVICE_REGISTRY_URL", "https://registry.internal:3100"),
+            ("SERVICE_REGISTRY_URL", "ftp://registry.internal:3100"),
             ("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", "30s"),
             ("SERVICE_REGISTRY_RETRY_DELAY", "0"),
             ("SERVICE_REGISTRY_MAX_RETRIES", "-1"),

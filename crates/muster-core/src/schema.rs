@@ -16,6 +16,10 @@ pub const METADATA_KEY: &str = "^[A-Za-z0-9._/-]{1,128}$";
 /// parses. (The server parses every form its semver parser knows.)
 pub const VERSION_REQ: &str = "^\\*$|^((=|>=|<=|>|<|~|\\^)?(0|[1-9][0-9]{0,8})(\\.((0|[1-9][0-9]{0,8})(\\.(0|[1-9][0-9]{0,8})(-(0|[1-9][0-9]{0,8}|[0-9]*[A-Za-z][0-9A-Za-z]*)(\\.(0|[1-9][0-9]{0,8}|[0-9]*[A-Za-z][0-9A-Za-z]*))*)?|\\.\\*)?|\\*))?)(, ?(=|>=|<=|>|<|~|\\^)?(0|[1-9][0-9]{0,8})(\\.((0|[1-9][0-9]{0,8})(\\.(0|[1-9][0-9]{0,8})(-(0|[1-9][0-9]{0,8}|[0-9]*[A-Za-z][0-9A-Za-z]*)(\\.(0|[1-9][0-9]{0,8}|[0-9]*[A-Za-z][0-9A-Za-z]*))*)?|\\.\\*)?|\\*))?)*$";
 
+/// An ACL token's name.
+pub const TOKEN_NAME: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// An ACL rule's service or node pattern (`*` is a wildcard).
+pub const ACL_PATTERN: &str = "^[A-Za-z0-9._:@/*-]{1,256}$";
 /// A blocking query's `wait`: a whole number with an optional unit (`500ms`, `30s`, `5m`, `1h`).
 pub const WAIT: &str = "^[0-9]{1,9}(ms|s|m|h)?$";
 

@@ -186,8 +186,13 @@ impl Caller {
     }
 
     /// Logs a write made with a token: who (the token's name, never its secret), what, which node.
+    /// Registrations, updates and removals at `info`; heartbeats, which only keep a node alive and
+    /// arrive every few seconds from every node, at `debug`.
     pub(crate) fn audit(&self, action: &str, node_id: &str) {
-        if let Some(token) = &self.name {
+        let Some(token) = &self.name else { return };
+        if action == "heartbeat" {
+            tracing::debug!(target: "muster::audit", token = %token, action, node_id, "write with a token");
+        } else {
             tracing::info!(target: "muster::audit", token = %token, action, node_id, "write with a token");
         }
     }
@@ -426,15 +431,14 @@ fn view(
 /// `POST /v1/acl/bootstrap`: the first admin token, once, when no token is stored yet.
 #[utoipa::path(post, path = "/v1/acl/bootstrap", tag = "acl",
     responses((status = 201, description = "The first admin token (its secret is shown only now)", body = muster_api::acl::CreatedToken),
-        (status = 409, description = "Bootstrap already happened", body = muster_api::ErrorBody),
-        (status = 400, description = "Access control is off", body = muster_api::ErrorBody),
+        (status = 409, description = "Bootstrap already happened, or access control is off", body = muster_api::ErrorBody),
         (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
 pub(crate) async fn bootstrap(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let acl = &state.inner.acl;
     if !acl.enabled() {
-        return Err(ApiError::invalid("access control is off; start the server with --acl"));
+        return Err(ApiError::new(ErrorCode::Conflict, "access control is off; start the server with --acl"));
     }
     let rules = vec![Rule::everything(Access::Admin)];
     let created =

@@ -174,6 +174,25 @@ fn tighten(document: &mut Value) {
         json!({"type": "string", "pattern": schema::REVISION_TEXT}),
     );
 
+    // Access control: token names and rule patterns as the server checks them.
+    let token_name = json!({"type": "string", "pattern": schema::TOKEN_NAME});
+    parameter(document, "/v1/acl/tokens/{name}", "delete", "name", token_name.clone());
+    merge(document, &format!("{schemas}/CreateTokenRequest/properties/name"), token_name);
+    merge(
+        document,
+        &format!("{schemas}/CreateTokenRequest/properties/description"),
+        json!({"maxLength": 1024}),
+    );
+    merge(document, &format!("{schemas}/CreateTokenRequest/properties/rules"), json!({"maxItems": 256}));
+    merge(document, &format!("{schemas}/Pattern"), json!({"pattern": schema::ACL_PATTERN}));
+    merge(document, &format!("{schemas}/Rule"), json!({"additionalProperties": false}));
+    merge(
+        document,
+        "/components",
+        json!({"securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description": "An ACL token (also accepted as X-Muster-Token); needed when the server runs with --acl"}}}),
+    );
+    merge(document, "", json!({"security": [{}, {"token": []}]}));
+
     // One server-sent event: its name, its id (the revision) and its JSON data.
     set(
         document,
@@ -208,6 +227,12 @@ fn tighten(document: &mut Value) {
                 responses.entry(status.to_owned()).or_insert_with(|| error(description));
             };
             add("414", "The request target is too long");
+            add("421", "The Host header names a host this server does not answer for");
+            if !matches!(path.as_str(), "/health" | "/ready") {
+                add("401", "Access control is on and the request has no valid token");
+                add("403", "The token does not grant this (the message names the permission)");
+                add("429", "Too many requests from this client (see Retry-After)");
+            }
             add("431", "The request headers are too large");
             if matches!(method.as_str(), "post" | "put" | "patch") {
                 add("400", "Invalid input (the message names the field)");

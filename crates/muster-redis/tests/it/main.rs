@@ -2,6 +2,7 @@
 //! start themselves: the conformance suite on standalone, Cluster and Sentinel; Titan wire
 //! compatibility; failures (SIGKILL and restart, failover, disconnected watchers).
 
+mod acl_user;
 mod failures;
 mod mixed;
 mod topologies;

@@ -312,7 +312,7 @@ async fn inspection_writes_nothing() {
 
 /// A first-time user is told what is going on: other versions of a service, a registry that went
 /// away and came back (and registered the node again), JSON from `deregister --json`, help from
-/// `help --help`, and why https is refused.
+/// `help --help`, and which URLs are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_say_what_happened() {
     let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0"], &[]);
@@ -352,9 +352,109 @@ async fn commands_say_what_happened() {
     let help = run(&["help", "--help"]);
     assert_eq!(help.status.code(), Some(0), "{}", text(&help.stderr));
     assert!(text(&help.stdout).contains("Usage"));
-    let https = run(&["nodes", "--registry", "https://127.0.0.1:1"]);
-    assert_eq!(https.status.code(), Some(2));
-    assert!(text(&https.stderr).contains("https is not supported"), "{}", text(&https.stderr));
+    let ftp = run(&["nodes", "--registry", "ftp://127.0.0.1:1"]);
+    assert_eq!(ftp.status.code(), Some(2));
+    assert!(text(&ftp.stderr).contains("not an http:// or https:// URL"), "{}", text(&ftp.stderr));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// The README's "locking it down" steps over mutual TLS: bootstrap, a node-scoped token, a
+/// registration with it, a forbidden write refused, anonymous reads refused, a revoked token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_down_registry_over_mutual_tls() {
+    let dir = std::env::temp_dir().join(format!("muster-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = muster_testkit::certs::TestPki::generate(&dir);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (cert, key, ca, client) =
+        (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca), path(&pki.client));
+    let (mut server, base, first) = spawn_serve(
+        ["--listen", "127.0.0.1:0", "--acl", "--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca],
+        &[],
+    );
+    assert!(base.starts_with("https://"), "{first}");
+    let tls = ["--registry", base.as_str(), "--ca-cert", ca.as_str(), "--client-cert", client.as_str()];
+    let with = |args: &[&str]| -> Output { run(&[args, &tls[..]].concat()) };
+
+    let boot = with(&["acl", "bootstrap"]);
+    assert_eq!(boot.status.code(), Some(0), "{}", text(&boot.stderr));
+    let admin = text(&boot.stdout).lines().last().unwrap().to_owned();
+    assert!(admin.starts_with("mst_"), "{}", text(&boot.stdout));
+    assert_eq!(with(&["acl", "bootstrap"]).status.code(), Some(2), "only once");
+
+    let created = with(&[
+        "acl",
+        "create",
+        "billing-deploy",
+        "--rule",
+        "access=write,services=billing,nodes=billing-*",
+        "--token",
+        &admin,
+    ]);
+    assert_eq!(created.status.code(), Some(0), "{}", text(&created.stderr));
+    let token = text(&created.stdout).lines().last().unwrap().to_owned();
+
+    let (mut node, lines) =
+        spawn(
+            &[
+                &[
+                    "register",
+                    "--address",
+                    "10.0.0.7:8080",
+                    "--service",
+                    "billing@1.0.0",
+                    "--id",
+                    "billing-1",
+                ][..],
+                &tls[..],
+                &["--token", token.as_str()][..],
+            ]
+            .concat(),
+        );
+    let said = next_line(&lines, "register's first line");
+    assert!(said.contains("registered billing-1"), "{said}");
+
+    let forbidden = with(&[
+        "register",
+        "--address",
+        "10.0.0.8:8080",
+        "--service",
+        "auth",
+        "--id",
+        "billing-2",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(forbidden.status.code(), Some(2));
+    assert!(
+        text(&forbidden.stderr).contains("does not grant write on service `auth`"),
+        "{}",
+        text(&forbidden.stderr)
+    );
+
+    let anonymous = with(&["nodes"]);
+    assert_eq!(anonymous.status.code(), Some(2));
+    assert!(text(&anonymous.stderr).contains("token"), "{}", text(&anonymous.stderr));
+    let listed = with(&["nodes", "--token", &token]);
+    assert!(text(&listed.stdout).contains("billing-1"), "{}", text(&listed.stdout));
+    let whoami = with(&["acl", "whoami", "--token", &token]);
+    assert!(text(&whoami.stdout).starts_with("billing-deploy:"), "{}", text(&whoami.stdout));
+    let tokens = with(&["acl", "list", "--token", &admin]);
+    assert!(text(&tokens.stdout).contains("billing-deploy") && !text(&tokens.stdout).contains(&token));
+
+    // Without the CA the server is not trusted; without a client certificate the handshake fails.
+    let untrusted = run(&["nodes", "--registry", &base, "--token", &token]);
+    assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted.stderr));
+    let no_identity = run(&["nodes", "--registry", &base, "--ca-cert", &ca, "--token", &token]);
+    assert_eq!(no_identity.status.code(), Some(1), "{}", text(&no_identity.stderr));
+
+    interrupt(&node);
+    assert_eq!(wait_exit(&mut node).await, 0);
+    assert_eq!(with(&["acl", "revoke", "billing-deploy", "--token", &admin]).status.code(), Some(0));
+    let revoked = with(&["nodes", "--token", &token]);
+    assert_eq!(revoked.status.code(), Some(2));
+    assert!(text(&revoked.stderr).contains("not valid"), "{}", text(&revoked.stderr));
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -17,6 +17,8 @@ fn muster() -> Command {
         "ALLOWED_ORIGINS",
         "MUSTER_REGISTRY",
         "MUSTER_REDIS",
+        "MUSTER_TOKEN",
+        "MUSTER_ACL",
     ] {
         command.env_remove(alias);
     }
@@ -37,7 +39,11 @@ where
     let mut child = command.spawn().unwrap();
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap()
+        .to_owned();
     (child, base, first)
 }
 
@@ -322,7 +328,16 @@ fn every_setting_honours_flag_env_and_file() {
         ("request-timeout", "11s", "12s", "13s"),
         ("max-connections", "100", "200", "300"),
         ("max-wait", "1m", "2m", "3m"),
+        ("acl", "true", "false", "true"),
+        ("acl-default-policy", "read", "allow", "deny"),
+        ("public-metrics", "true", "false", "true"),
+        ("public-openapi", "false", "true", "false"),
+        ("rate-limit", "10", "20", "30"),
+        ("rate-burst", "5", "6", "7"),
+        ("allowed-hosts", "a.example", "b.example", "c.example"),
     ];
+    // The TLS files come together (and must be readable): one set per layer.
+    let tls_settings = ["tls-cert", "tls-key", "tls-client-ca"];
     let dir = std::env::temp_dir().join(format!("muster-settings-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("muster.toml");
@@ -347,7 +362,7 @@ fn every_setting_honours_flag_env_and_file() {
     std::fs::write(&file, "").unwrap();
     let printed = check(&[], &[]);
     let mut listed: Vec<&str> = printed.lines().filter_map(|l| l.split(" = ").next()).collect();
-    let mut named: Vec<&str> = table.iter().map(|row| row.0).collect();
+    let mut named: Vec<&str> = table.iter().map(|row| row.0).chain(tls_settings).collect();
     listed.sort_unstable();
     named.sort_unstable();
     assert_eq!(listed, named, "the table names every setting");
@@ -372,6 +387,55 @@ fn every_setting_honours_flag_env_and_file() {
             Some(*as_flag),
             "{setting}: flag over env"
         );
+    }
+    let pkis: Vec<muster_testkit::certs::TestPki> = ["file", "env", "flag"]
+        .iter()
+        .map(|layer| muster_testkit::certs::TestPki::generate(&dir.join(layer)))
+        .collect();
+    let files = |pki: &muster_testkit::certs::TestPki| {
+        [&pki.server_cert, &pki.server_key, &pki.ca].map(|p| p.to_str().unwrap().to_owned())
+    };
+    let [file_set, env_set, flag_set] = [files(&pkis[0]), files(&pkis[1]), files(&pkis[2])];
+    let lines: String = tls_settings.iter().zip(&file_set).map(|(k, v)| format!("{k} = {v:?}\n")).collect();
+    std::fs::write(&file, lines).unwrap();
+    let env: Vec<(String, &str)> = tls_settings
+        .iter()
+        .zip(&env_set)
+        .map(|(k, v)| (format!("MUSTER_{}", k.to_uppercase().replace('-', "_")), v.as_str()))
+        .collect();
+    let flags: Vec<String> = tls_settings.iter().zip(&flag_set).map(|(k, v)| format!("--{k}={v}")).collect();
+    for (i, setting) in tls_settings.iter().enumerate() {
+        assert_eq!(value_of(&check(&[], &[]), setting).as_deref(), Some(file_set[i].as_str()), "{setting}");
+        assert_eq!(value_of(&check(&env, &[]), setting).as_deref(), Some(env_set[i].as_str()), "{setting}");
+        assert_eq!(
+            value_of(&check(&env, &flags), setting).as_deref(),
+            Some(flag_set[i].as_str()),
+            "{setting}"
+        );
+    }
+    // The `[acl]` section names the same settings without the prefix, and declares tokens.
+    std::fs::write(
+        &file,
+        "[acl]\nenabled = true\ndefault-policy = \"read\"\n[[acl.tokens]]\nname = \"ops\"\nsecret = \"0123456789abcdef-ops\"\nrules = [{ access = \"admin\" }]\n",
+    )
+    .unwrap();
+    let printed = check(&[], &[]);
+    assert_eq!(value_of(&printed, "acl").as_deref(), Some("true"), "{printed}");
+    assert_eq!(value_of(&printed, "acl-default-policy").as_deref(), Some("read"));
+    for (bad, why) in [
+        ("[acl]\nwhatever = 1\n", "acl.whatever"),
+        ("[[acl.tokens]]\nname = \"x\"\nsecret = \"short\"\n", "at least 16"),
+        ("[[acl.tokens]]\nname = \"x\"\nsecret-sha256 = \"zz\"\n", "64 hex digits"),
+        (
+            "[[acl.tokens]]\nname = \"x\"\nrules = [{ access = \"root\" }]\nsecret = \"0123456789abcdef\"\n",
+            "root",
+        ),
+    ] {
+        std::fs::write(&file, bad).unwrap();
+        let output = muster().args(["serve", "--check-config", "--config"]).arg(&file).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(why), "{bad}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,86 @@
+//! The embedded agent on a Redis that limits it with an ACL user: keys and channels under the
+//! registry's prefix, no dangerous commands. Muster has no access control of its own here; Redis's
+//! users are the boundary.
+
+use std::time::Duration;
+
+use muster_agent::Agent;
+use muster_core::{DiscoveryOptions, Registry, ServiceQuery};
+use muster_testkit::conformance::{addr, id, svc};
+use muster_testkit::redis_server::RedisServer;
+
+use crate::registry;
+
+/// A server with the user `agent` limited to `titan:discovery:*`.
+async fn limited_server() -> RedisServer {
+    let server = RedisServer::start().await;
+    let answer = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "agent",
+        "on",
+        ">agent-secret-1",
+        "~titan:discovery:*",
+        "&titan:discovery:*",
+        "+@all",
+        "-@dangerous",
+    ]);
+    assert_eq!(answer.trim(), "OK");
+    server
+}
+
+fn user_url(server: &RedisServer) -> String {
+    format!("redis://agent:agent-secret-1@127.0.0.1:{}", server.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_works_with_a_redis_user_limited_to_its_prefix() {
+    let server = limited_server().await;
+    let url = user_url(&server);
+    let registry = registry(&url, "titan:discovery").await;
+    let agent = Agent::builder(registry.clone())
+        .options(DiscoveryOptions {
+            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_ttl: Duration::from_millis(1000),
+            ..DiscoveryOptions::default()
+        })
+        .node_id(id("limited-1"))
+        .address(addr("127.0.0.1:7000"))
+        .service(svc("billing"))
+        .build()
+        .unwrap();
+    agent.start().await.unwrap();
+    let found = registry.find(&ServiceQuery::new("billing").unwrap()).await.unwrap();
+    assert_eq!(found.len(), 1);
+    // Expiry works too (the sweeper's lease and indexes are under the prefix).
+    let quick =
+        muster_core::Registration::new(id("quick"), addr("h:1"), vec![svc("a")], Duration::from_millis(300))
+            .unwrap();
+    registry.heartbeat(quick).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while registry.is_active(&id("quick")).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "the node did not expire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.stop().await.unwrap();
+    assert!(registry.find(&ServiceQuery::new("billing").unwrap()).await.unwrap().is_empty());
+    // The user cannot touch keys outside the prefix, so a registry under another prefix fails
+    // with Redis's refusal instead of writing there.
+    let elsewhere = muster_redis::RedisConfig {
+        prefix: "other".into(),
+        ..muster_redis::RedisConfig::from_url(&url).unwrap()
+    };
+    let outside = muster_redis::RedisRegistry::connect(elsewhere).await.unwrap();
+    let refused = outside
+        .heartbeat(
+            muster_core::Registration::new(id("x"), addr("h:1"), vec![svc("a")], Duration::from_secs(5))
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().to_lowercase().contains("noperm") || refused.to_string().contains("permission"),
+        "{refused}"
+    );
+    assert_eq!(server.cli(&["exists", "other:index:nodes"]).trim(), "0");
+}
