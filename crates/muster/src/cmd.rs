@@ -574,22 +574,6 @@ async fn health(server: &Server) -> Result<(), Failure> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_from_flags() {
-        assert_eq!(
-            query("users", Some("1.0.0"), None).ok().map(|q| q.to_string()),
-            Some("users@1.0.0".into())
-        );
-        assert_eq!(query("users@^1", None, None).ok().map(|q| q.to_string()), Some("users@^1".into()));
-        assert_eq!(query("bad name", None, None).err().map(|f| f.1), Some(2));
-        assert_eq!(query("users", None, Some("not a req")).err().map(|f| f.1), Some(2));
-    }
-}
-
 async fn acl(command: AclCommand) -> Result<(), Failure> {
     let print_created = |server: &Server, created: &muster_api::acl::CreatedToken| {
         if server.json {
@@ -654,4 +638,20 @@ async fn acl(command: AclCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_from_flags() {
+        assert_eq!(
+            query("users", Some("1.0.0"), None).ok().map(|q| q.to_string()),
+            Some("users@1.0.0".into())
+        );
+        assert_eq!(query("users@^1", None, None).ok().map(|q| q.to_string()), Some("users@^1".into()));
+        assert_eq!(query("bad name", None, None).err().map(|f| f.1), Some(2));
+        assert_eq!(query("users", None, Some("not a req")).err().map(|f| f.1), Some(2));
+    }
 }

@@ -81,7 +81,7 @@ async fn mutual_tls_requires_a_client_certificate() {
         ..ClientConfig::default()
     })
     .unwrap();
-    assert_eq!(with_token.whoami().await.unwrap().acl, false);
+    assert!(!with_token.whoami().await.unwrap().acl);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
