@@ -157,7 +157,7 @@ struct ServeArgs {
     #[arg(long, env = "MUSTER_RATE_BURST", default_value_t = 0)]
     rate_burst: u32,
     /// Comma-separated host names requests may be addressed to (the Host header, without the
-    /// port); others answer 421. `auto`: localhost, 127.0.0.1 and [::1] when listening on loopback
+    /// port); others answer 421. `auto`: localhost, 127.0.0.1 and `[::1]` when listening on loopback
     /// (a web page cannot reach the registry by rebinding its DNS name), any host otherwise; `*`: any.
     #[arg(long, env = "MUSTER_ALLOWED_HOSTS", default_value = "auto")]
     allowed_hosts: String,
