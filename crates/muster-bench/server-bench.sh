@@ -3,7 +3,8 @@
 # resolve (100 instances over 10 services, 64 connections), heartbeats, registrations.
 # Usage: crates/muster-bench/server-bench.sh [seconds]   (needs wrk: apt-get install wrk)
 # SECURE=1 runs the same with access control and TLS on: a self-signed certificate (openssl) and a
-# node-scoped token (write on services svc-* of nodes bench-*, reg-* of reg-*) on every request.
+# node-scoped token (write on services svc-* of nodes bench-*, reg-* of reg-*) on every request;
+# ACL=1 or TLS=1 turns on one of the two.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
@@ -14,9 +15,16 @@ extra=()
 curl_args=(-sf)
 wrk_args=()
 scheme=http
-if [ -n "${SECURE:-}" ]; then
+if [ -n "${SECURE:-}" ]; then ACL=1; TLS=1; fi
+if [ -n "${TLS:-}" ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
     -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+  extra+=(--tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem")
+  curl_args+=(--cacert "$tmp/cert.pem")
+  scheme=https
+  echo "# TLS on"
+fi
+if [ -n "${ACL:-}" ]; then
   secret="mst_bench_$(openssl rand -hex 16)"
   cat > "$tmp/muster.toml" <<TOML
 [acl]
@@ -29,11 +37,10 @@ rules = [
   { services = "reg-*", nodes = "reg-*", access = "write" },
 ]
 TOML
-  extra=(--config "$tmp/muster.toml" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem")
-  curl_args=(-sf --cacert "$tmp/cert.pem" -H "Authorization: Bearer $secret")
+  extra+=(--config "$tmp/muster.toml")
+  curl_args+=(-H "Authorization: Bearer $secret")
   wrk_args=(-H "Authorization: Bearer $secret")
-  scheme=https
-  echo "# access control on (node-scoped token on every request), TLS on"
+  echo "# access control on (node-scoped token on every request)"
 fi
 base="$scheme://127.0.0.1:$port"
 ${BIN:-./target/release/muster} serve --listen "127.0.0.1:$port" --max-instances-per-service 100000 "${extra[@]}" >/dev/null 2>&1 &

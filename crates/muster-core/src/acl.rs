@@ -223,17 +223,15 @@ impl Policy {
     }
 
     /// Whether it may read the node `id` providing `services`.
-    pub fn may_read_node<'a>(&self, id: &str, mut services: impl Iterator<Item = &'a str>) -> bool {
+    pub fn may_read_node<'a>(&self, id: &str, services: impl Iterator<Item = &'a str> + Clone) -> bool {
         if self.admin {
             return true;
         }
-        let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.nodes.matches(id)).collect();
-        match services.next() {
-            None => rules.iter().any(|r| r.services.is_any()),
-            Some(first) => {
-                std::iter::once(first).chain(services).any(|s| rules.iter().any(|r| r.services.matches(s)))
-            }
+        let mut rules = self.rules.iter().filter(|r| r.nodes.matches(id));
+        if services.clone().next().is_none() {
+            return rules.any(|r| r.services.is_any());
         }
+        rules.any(|r| services.clone().any(|s| r.services.matches(s)))
     }
 
     /// `Ok` when it may write the node `id` providing `services`; otherwise the permission
@@ -246,17 +244,25 @@ impl Policy {
         if self.admin {
             return Ok(());
         }
-        let rules: Vec<&Rule> =
-            self.rules.iter().filter(|r| r.access >= Access::Write && r.nodes.matches(id)).collect();
-        if rules.is_empty() {
+        let mut rules =
+            self.rules.iter().filter(|r| r.access >= Access::Write && r.nodes.matches(id)).peekable();
+        if rules.peek().is_none() {
             return Err(format!("write on node `{id}`"));
         }
         for service in services {
-            if !rules.iter().any(|r| r.services.matches(service)) {
+            if !rules.clone().any(|r| r.services.matches(service)) {
                 return Err(format!("write on service `{service}` for node `{id}`"));
             }
         }
         Ok(())
+    }
+
+    /// Whether the write rules matching node `id` exist and all cover every service: then the
+    /// services a stored node provides need not be read to decide a write.
+    pub fn writes_any_service_of(&self, id: &str) -> bool {
+        let mut writers =
+            self.rules.iter().filter(|r| r.access >= Access::Write && r.nodes.matches(id)).peekable();
+        self.admin || (writers.peek().is_some() && writers.all(|r| r.services.is_any()))
     }
 }
 
@@ -378,6 +384,9 @@ mod tests {
         assert!(policy.check_write("auth-1", ["billing"]).unwrap_err().contains("node `auth-1`"));
         assert!(policy.may_read_service("billing"));
         assert!(!policy.may_read_service("auth"));
+        assert!(!policy.writes_any_service_of("billing-1"), "its services must be read");
+        let any_service = Policy::new(vec![rule("*", "web-*", Access::Write)]);
+        assert!(any_service.writes_any_service_of("web-1") && !any_service.writes_any_service_of("db-1"));
         assert!(policy.may_read_node("billing-1", ["billing"].into_iter()));
         assert!(!policy.may_read_node("billing-1", ["auth"].into_iter()));
         assert!(!policy.may_read_node("other", ["billing"].into_iter()));

@@ -61,7 +61,23 @@ pub struct AclConfig {
 
 /// Lower-case hex SHA-256 of a secret.
 pub fn hash_secret(secret: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+    hex(&digest(secret))
+}
+
+/// The SHA-256 of a secret.
+fn digest(secret: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref());
+    out
+}
+
+/// The bytes of a hex SHA-256 as stored (validated by the store: 64 hex digits).
+fn digest_of_hex(hash: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hash.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A new secret: `mst_` and 256 random bits in hex.
@@ -171,7 +187,7 @@ impl Caller {
         services: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), ApiError> {
         self.require_write(id.as_str(), services)?;
-        if self.is_unrestricted() {
+        if self.is_unrestricted() || self.policy.writes_any_service_of(id.as_str()) {
             return Ok(());
         }
         if let Some(stored) = registry.get(id).await? {
@@ -215,8 +231,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
 struct Known {
     /// The store's generation they were read at.
     generation: u64,
-    /// Hash → caller.
-    by_hash: HashMap<String, Arc<Caller>>,
+    /// SHA-256 of the secret → caller.
+    by_hash: HashMap<[u8; 32], Arc<Caller>>,
 }
 
 /// The server's access control.
@@ -257,9 +273,10 @@ impl Acl {
     fn install(&self, generation: u64, stored: Vec<TokenRecord>) {
         let mut by_hash = HashMap::new();
         for record in stored {
+            let Some(hash) = digest_of_hex(&record.secret_hash) else { continue };
             let caller =
                 Caller { name: Some(record.name.into()), policy: Policy::new(record.rules), open: false };
-            by_hash.insert(record.secret_hash, Arc::new(caller));
+            by_hash.insert(hash, Arc::new(caller));
         }
         for declared in &self.config.tokens {
             let caller = Caller {
@@ -267,7 +284,9 @@ impl Acl {
                 policy: Policy::new(declared.rules.clone()),
                 open: false,
             };
-            by_hash.insert(declared.secret_hash.clone(), Arc::new(caller));
+            if let Some(hash) = digest_of_hex(&declared.secret_hash) {
+                by_hash.insert(hash, Arc::new(caller));
+            }
         }
         self.known.store(Arc::new(Known { generation, by_hash }));
     }
@@ -323,7 +342,7 @@ impl Acl {
     /// The caller presenting `headers`.
     async fn identify(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
         let Some(secret) = presented_token(headers)? else { return Ok(Arc::clone(&self.anonymous)) };
-        let hash = hash_secret(secret);
+        let hash = digest(secret);
         if let Some(caller) = self.known.load().by_hash.get(&hash) {
             return Ok(Arc::clone(caller));
         }
@@ -561,4 +580,36 @@ pub(crate) async fn whoami(State(state): State<AppState>, Auth(caller): Auth) ->
     let rules =
         if caller.open { vec![Rule::everything(Access::Admin)] } else { caller.policy.rules().to_vec() };
     Json(WhoAmI { acl: state.inner.acl.enabled(), name: caller.name.as_deref().map(str::to_owned), rules })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_looked_up_by_their_digest() {
+        let secret = new_secret().unwrap();
+        assert!(secret.starts_with("mst_") && secret.len() == 4 + 64);
+        assert_ne!(secret, new_secret().unwrap());
+        let stored = hash_secret(&secret);
+        assert_eq!(digest_of_hex(&stored), Some(digest(&secret)));
+        assert_eq!(digest_of_hex("zz"), None);
+        assert_eq!(digest_of_hex(&"g".repeat(64)), None);
+        // A known vector: SHA-256("abc").
+        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn tokens_come_from_either_header_and_malformed_ones_are_refused() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_token(&headers).unwrap(), None);
+        headers.insert(TOKEN_HEADER, "  mst_x ".parse().unwrap());
+        assert_eq!(presented_token(&headers).unwrap(), Some("mst_x"));
+        headers.insert(header::AUTHORIZATION, "bearer mst_y".parse().unwrap());
+        assert_eq!(presented_token(&headers).unwrap(), Some("mst_y"), "Authorization wins");
+        for bad in ["Basic abc", "Bearer", "Bearer   ", "mst_y"] {
+            headers.insert(header::AUTHORIZATION, bad.parse().unwrap());
+            assert!(presented_token(&headers).is_err(), "{bad}");
+        }
+    }
 }

@@ -56,6 +56,9 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
+    // Under TLS, head and body go out in one buffer: one record and one write per response
+    // instead of one per part.
+    builder.writev(tls.is_none());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
