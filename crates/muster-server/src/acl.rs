@@ -244,6 +244,9 @@ pub(crate) struct Acl {
     known: ArcSwap<Known>,
     /// When the last reload started (one at a time; unknown tokens reload at most every 200 ms).
     last_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The last read of the store failed: an unknown token may be a new one not read yet, so it
+    /// answers 503 rather than 401 until the store answers again.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 /// The shortest time between two reloads caused by unknown tokens.
@@ -260,6 +263,7 @@ impl Acl {
             store,
             known: ArcSwap::from_pointee(Known::default()),
             last_reload: tokio::sync::Mutex::new(None),
+            stale: std::sync::atomic::AtomicBool::new(false),
             config,
         };
         acl.install(0, Vec::new());
@@ -296,9 +300,14 @@ impl Acl {
         let Some(store) = &self.store else { return Ok(()) };
         let mut last = self.last_reload.lock().await;
         *last = Some(tokio::time::Instant::now());
-        let (generation, tokens) = store.load().await?;
+        let (generation, tokens) = store.load().await.inspect_err(|_| self.set_stale(true))?;
         self.install(generation, tokens);
+        self.set_stale(false);
         Ok(())
+    }
+
+    fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Reloads because a request brought an unknown token, unless that happened just now.
@@ -310,8 +319,14 @@ impl Acl {
         }
         *last = Some(tokio::time::Instant::now());
         match store.load().await {
-            Ok((generation, tokens)) => self.install(generation, tokens),
-            Err(error) => tracing::warn!(%error, "reading ACL tokens failed"),
+            Ok((generation, tokens)) => {
+                self.install(generation, tokens);
+                self.set_stale(false);
+            }
+            Err(error) => {
+                self.set_stale(true);
+                tracing::warn!(%error, "reading ACL tokens failed");
+            }
         }
     }
 
@@ -328,13 +343,16 @@ impl Acl {
                 () = shutdown.cancelled() => return,
             }
             match store.generation().await {
-                Ok(generation) if generation == self.known.load().generation => {}
+                Ok(generation) if generation == self.known.load().generation => self.set_stale(false),
                 Ok(_) => {
                     if let Err(error) = self.reload().await {
                         tracing::warn!(%error, "reading ACL tokens failed");
                     }
                 }
-                Err(error) => tracing::debug!(%error, "reading the ACL generation failed"),
+                Err(error) => {
+                    self.set_stale(true);
+                    tracing::debug!(%error, "reading the ACL generation failed");
+                }
             }
         }
     }
@@ -347,9 +365,16 @@ impl Acl {
             return Ok(Arc::clone(caller));
         }
         self.reload_for_miss().await;
-        self.known.load().by_hash.get(&hash).cloned().ok_or_else(|| {
-            ApiError::new(ErrorCode::Unauthorized, "the token is not valid (unknown, or revoked)")
-        })
+        if let Some(caller) = self.known.load().by_hash.get(&hash) {
+            return Ok(Arc::clone(caller));
+        }
+        if self.stale.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the token store does not answer, so this token cannot be checked; retry",
+            ));
+        }
+        Err(ApiError::new(ErrorCode::Unauthorized, "the token is not valid (unknown, or revoked)"))
     }
 
     fn store(&self) -> Result<&Arc<dyn TokenStore>, ApiError> {

@@ -572,3 +572,30 @@ async fn hosts_are_checked_and_preflights_answer_204() {
         .unwrap();
     assert!(simple.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-muster-index"));
 }
+
+/// With the token store unreachable, known tokens keep working from the server's copy and an
+/// unknown token answers 503 (it may be one created elsewhere), not 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_token_store_answers_503_for_unknown_tokens() {
+    let mut server = redis_server(acl_config()).await;
+    let callers = setup(&server).await;
+    server._redis.as_mut().unwrap().kill();
+    // An unknown token within 200 ms of a successful read is refused from that read; after that the
+    // store is asked again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unknown = "mst_1111111111111111111111111111111111111111111111111111111111111111";
+    let (status, body) = call(&server, Some(unknown), Method::GET, "/v1/acl/whoami", Value::Null).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = call(&server, Some(&callers.read), Method::GET, "/v1/acl/whoami", Value::Null).await;
+    assert_eq!((status, body["name"].as_str()), (200, Some("reader")));
+    server._redis.as_mut().unwrap().restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = call(&server, Some(unknown), Method::GET, "/v1/acl/whoami", Value::Null).await;
+        if status == 401 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {status} after the store came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -480,6 +480,58 @@ async fn lifecycle_is_logged_plainly() {
     );
 }
 
+/// With access control on, every write made with a token is logged at `info` on the audit target
+/// with the token's name, the action and the node — never the secret (heartbeats at `debug`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_a_token_are_audited_without_the_secret() {
+    let dir = std::env::temp_dir().join(format!("muster-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("muster.toml");
+    let secret = "a-declared-secret-for-the-audit";
+    std::fs::write(
+        &file,
+        format!("[acl]\nenabled = true\n[[acl.tokens]]\nname = \"deployer\"\nsecret = \"{secret}\"\nrules = [{{ services = \"web\", access = \"write\" }}]\n"),
+    )
+    .unwrap();
+    let mut child = muster()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    muster_client::install_tls_provider();
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "web"}]});
+    let put = client.put(format!("{base}/v1/nodes/web-1")).bearer_auth(secret).json(&body);
+    assert_eq!(put.send().await.unwrap().status(), 201);
+    let heartbeat = client.put(format!("{base}/v1/nodes/web-1/heartbeat")).bearer_auth(secret);
+    assert_eq!(heartbeat.send().await.unwrap().status(), 200);
+    let refused = client.put(format!("{base}/v1/nodes/web-1")).json(&body);
+    assert_eq!(refused.send().await.unwrap().status(), 401);
+    let delete = client.delete(format!("{base}/v1/nodes/web-1")).header("x-muster-token", secret);
+    assert_eq!(delete.send().await.unwrap().status(), 204);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let audited = |action: &str| {
+        log.lines().any(|l| {
+            l.contains(" INFO ")
+                && l.contains("muster::audit")
+                && l.contains("token=deployer")
+                && l.contains(&format!("action=\"{action}\""))
+                && l.contains("node_id=\"web-1\"")
+        })
+    };
+    assert!(audited("register") && audited("deregister"), "{log}");
+    assert!(!audited("heartbeat"), "heartbeats are audited at debug only:\n{log}");
+    assert!(!log.contains(secret), "the secret is never logged:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--check-config` shows the values the seed-003 variables put in place.
 #[test]
 fn check_config_shows_seed_variables() {
