@@ -541,8 +541,13 @@ mod tests {
             ("SERVICE_REGISTRY_MAX_RETRIES", "3"),
             ("HOST", "users-1.internal"),
             ("PORT", "8080"),
+            ("MUSTER_TOKEN", " mst_secret-value "),
+            ("MUSTER_CA_CERT", "/etc/muster/ca.pem"),
         ]))
         .unwrap();
+        assert_eq!(config.token.as_ref().map(Token::secret), Some("mst_secret-value"));
+        assert!(!format!("{config:?}").contains("mst_secret-value"), "a token is never printed");
+        assert_eq!(config.ca_cert.as_deref(), Some(std::path::Path::new("/etc/muster/ca.pem")));
         assert_eq!(config.registry_url, "http://10.0.0.1:3100");
         assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(config.retry_delay, Duration::from_millis(250));

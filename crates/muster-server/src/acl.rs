@@ -6,8 +6,8 @@
 //!   send, so no secret is ever compared (no timing side channel on the secret) or stored.
 //! - Tokens come from the configuration (declared) and from the store ([`TokenStore`]: Redis,
 //!   shared by every server on it, or the embedded store's data directory). The server keeps a copy,
-//!   reloaded when the store's generation changes (checked every second), at once when a request
-//!   brings an unknown token (at most every 200 ms), and after its own changes. A token revoked
+//!   reloaded when the store's generation changes (checked every second and whenever a request
+//!   brings an unknown token), and after its own changes. A token revoked
 //!   on another server stops working here within about a second.
 //! - With access control off every caller may do everything; `/health` and `/ready` are always
 //!   open.
@@ -242,15 +242,13 @@ pub(crate) struct Acl {
     store: Option<Arc<dyn TokenStore>>,
     /// Declared and stored tokens.
     known: ArcSwap<Known>,
-    /// When the last reload started (one at a time; unknown tokens reload at most every 200 ms).
-    last_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Held while tokens are read again (one reload at a time).
+    reloading: tokio::sync::Mutex<()>,
     /// The last read of the store failed: an unknown token may be a new one not read yet, so it
     /// answers 503 rather than 401 until the store answers again.
     stale: std::sync::atomic::AtomicBool,
 }
 
-/// The shortest time between two reloads caused by unknown tokens.
-const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the store's generation is checked.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -262,7 +260,7 @@ impl Acl {
             anonymous,
             store,
             known: ArcSwap::from_pointee(Known::default()),
-            last_reload: tokio::sync::Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
             config,
         };
@@ -298,8 +296,7 @@ impl Acl {
     /// Reads every token from the store again.
     async fn reload(&self) -> muster_core::Result<()> {
         let Some(store) = &self.store else { return Ok(()) };
-        let mut last = self.last_reload.lock().await;
-        *last = Some(tokio::time::Instant::now());
+        let _one_at_a_time = self.reloading.lock().await;
         let (generation, tokens) = store.load().await.inspect_err(|_| self.set_stale(true))?;
         self.install(generation, tokens);
         self.set_stale(false);
@@ -310,14 +307,27 @@ impl Acl {
         self.stale.store(stale, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Reloads because a request brought an unknown token, unless that happened just now.
-    async fn reload_for_miss(&self) {
+    /// Called when a request brings an unknown token: asks the store whether tokens changed since
+    /// the copy was read (one small read) and reloads them if so. Misses queue on one lock, and a
+    /// miss that finds the token after waiting (another miss reloaded) reads nothing.
+    async fn reload_for_miss(&self, hash: &[u8; 32]) {
         let Some(store) = &self.store else { return };
-        let mut last = self.last_reload.lock().await;
-        if last.is_some_and(|at| at.elapsed() < MISS_RELOAD_INTERVAL) {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.known.load().by_hash.contains_key(hash) {
             return;
         }
-        *last = Some(tokio::time::Instant::now());
+        let changed = match store.generation().await {
+            Ok(generation) => generation != self.known.load().generation,
+            Err(error) => {
+                self.set_stale(true);
+                tracing::warn!(%error, "reading the ACL generation failed");
+                return;
+            }
+        };
+        if !changed {
+            self.set_stale(false);
+            return;
+        }
         match store.load().await {
             Ok((generation, tokens)) => {
                 self.install(generation, tokens);
@@ -364,7 +374,7 @@ impl Acl {
         if let Some(caller) = self.known.load().by_hash.get(&hash) {
             return Ok(Arc::clone(caller));
         }
-        self.reload_for_miss().await;
+        self.reload_for_miss(&hash).await;
         if let Some(caller) = self.known.load().by_hash.get(&hash) {
             return Ok(Arc::clone(caller));
         }

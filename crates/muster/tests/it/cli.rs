@@ -458,3 +458,31 @@ async fn locked_down_registry_over_mutual_tls() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Tokens of the embedded store live in its data directory: a restarted server knows them, and
+/// bootstrap stays done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_survive_a_restart_in_the_data_dir() {
+    let dir = std::env::temp_dir().join(format!("muster-cli-acl-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.to_str().unwrap().to_owned();
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0", "--acl", "--data-dir", &data], &[]);
+    let boot = run(&["acl", "bootstrap", "--registry", &base]);
+    assert_eq!(boot.status.code(), Some(0), "{}", text(&boot.stderr));
+    let admin = text(&boot.stdout).lines().last().unwrap().to_owned();
+    let stored = std::fs::read_to_string(dir.join("acl-tokens.json")).unwrap();
+    assert!(stored.contains("bootstrap") && !stored.contains(&admin), "hashes only: {stored}");
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    server.wait().unwrap();
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0", "--acl", "--data-dir", &data], &[]);
+    assert_eq!(
+        run(&["acl", "bootstrap", "--registry", &base]).status.code(),
+        Some(2),
+        "bootstrap stays done"
+    );
+    let whoami = run(&["acl", "whoami", "--registry", &base, "--token", &admin]);
+    assert!(text(&whoami.stdout).starts_with("bootstrap:"), "{}", text(&whoami.stdout));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
