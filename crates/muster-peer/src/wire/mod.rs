@@ -1,0 +1,9 @@
+//! The wire layer: Netron's MessagePack dialect and its packets.
+
+mod codec;
+mod packet;
+mod value;
+
+pub use codec::{DecodeError, EncodeError, MAX_DEPTH, decode, decode_with_depth, encode};
+pub use packet::{Limits, Packet, PacketError, PacketIds, PacketType};
+pub use value::{Definition, ErrorKind, JsError, StreamReference, Value};
