@@ -15,3 +15,11 @@
 //!   wraparound.
 
 pub mod wire;
+
+mod convert;
+mod peer;
+mod service;
+
+pub use convert::{from_json, to_json};
+pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer};
+pub use service::{DeclarationError, Service, ServiceBuilder};

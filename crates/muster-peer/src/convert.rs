@@ -1,0 +1,63 @@
+//! Between wire values and JSON values, the bridge serde types cross: numbers, strings, arrays
+//! and objects map one to one; `undefined` becomes `null`; extension values become what
+//! JavaScript's `JSON.stringify` would make of them (a date its milliseconds, a map an object of
+//! entries, a set an array, a big integer its digits, an error `{name, message}`).
+
+use crate::wire::Value;
+
+/// A wire value as JSON.
+pub fn to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Undefined | Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(n) => J::from(*n),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::Str(s) | Value::BigInt(s) | Value::Reference(s) => J::String(s.clone()),
+        Value::Bin(bytes) => J::Array(bytes.iter().map(|b| J::from(*b)).collect()),
+        Value::Array(items) | Value::Set(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Object(fields) => J::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Value::Str(s) => s.clone(),
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Error(error) => serde_json::json!({"name": error.name, "message": error.message}),
+        Value::Date(ms) => J::from(*ms),
+        Value::RegExp { source, flags } => J::String(format!("/{source}/{flags}")),
+        Value::Long { unsigned, bits } => {
+            if *unsigned {
+                J::from(*bits)
+            } else {
+                J::from(*bits as i64)
+            }
+        }
+        Value::Definition(definition) => {
+            serde_json::json!({"id": definition.id, "meta": to_json(&definition.meta)})
+        }
+        Value::StreamReference(reference) => serde_json::json!({"streamId": reference.stream_id}),
+    }
+}
+
+/// A JSON value on the wire: whole numbers as integers, others as floats.
+pub fn from_json(json: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match json {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::Str(s.clone()),
+        J::Array(items) => Value::Array(items.iter().map(from_json).collect()),
+        J::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), from_json(v))).collect()),
+    }
+}

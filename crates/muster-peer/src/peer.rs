@@ -1,0 +1,652 @@
+//! Peers: a [`Peer`] exposes services and listens ([`Peer::listen`]) or connects
+//! ([`Peer::connect`]); either way each connection is a [`RemotePeer`] whose services are reached
+//! through [`Interface`]s.
+//!
+//! Per connection one reader task decodes frames and answers requests (each in its own task, so a
+//! slow method does not hold the others), and one writer task sends frames in order. Requests wait
+//! for the response with the same id up to the request timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
+use crate::wire::{Definition, JsError, Limits, Packet, PacketIds, PacketType, Value};
+
+/// Settings of a peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The peer's id (a random UUID when absent).
+    pub id: Option<String>,
+    /// How long a request waits for its response (Netron: 5 s).
+    pub request_timeout: Duration,
+    /// How long opening a connection and its handshake may take.
+    pub connect_timeout: Duration,
+    /// Frame size and nesting limits of incoming packets.
+    pub limits: Limits,
+    /// Tell connectors they may subscribe to service announcements.
+    pub allow_service_events: bool,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+            allow_service_events: false,
+        }
+    }
+}
+
+/// Why a peer operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PeerError {
+    /// The remote peer answered with an error.
+    #[error("the remote peer answered: {}: {}", .0.name, .0.message)]
+    Remote(Box<JsError>),
+    /// The remote peer answered with an error value that is not an `Error`.
+    #[error("the remote peer answered with an error value: {0:?}")]
+    RemoteValue(Box<Value>),
+    /// No response within the request timeout.
+    #[error("Request timeout exceeded")]
+    Timeout,
+    /// The connection is closed (or the peer stopped) before the response came.
+    #[error("the connection to the remote peer is closed")]
+    Closed,
+    /// Connecting failed.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The remote peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No service matches the query.
+    #[error("Unknown service: {0}")]
+    UnknownService(String),
+    /// A local declaration problem (a service exposed twice, ...).
+    #[error("{0}")]
+    Local(String),
+}
+
+struct Exposed {
+    definition: Definition,
+}
+
+struct Inner {
+    id: String,
+    config: PeerConfig,
+    ids: PacketIds,
+    /// Exposed services by qualified name.
+    exposed: RwLock<HashMap<String, Exposed>>,
+    /// Every definition this peer serves, by id.
+    definitions: RwLock<HashMap<String, Arc<Service>>>,
+    /// Open connections, by remote peer id.
+    connections: Mutex<HashMap<String, Arc<Connection>>>,
+    /// Cancelled by [`Peer::stop`].
+    stopped: CancellationToken,
+}
+
+/// A Netron peer. Cheap to clone.
+#[derive(Clone)]
+pub struct Peer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+/// A random UUID v4, as Netron's ids.
+pub(crate) fn uuid() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+impl Peer {
+    /// A peer with `config`.
+    pub fn new(config: PeerConfig) -> Self {
+        let id = config.id.clone().unwrap_or_else(uuid);
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                ids: PacketIds::default(),
+                exposed: RwLock::new(HashMap::new()),
+                definitions: RwLock::new(HashMap::new()),
+                connections: Mutex::new(HashMap::new()),
+                stopped: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Exposes `service` under its qualified name; returns its definition.
+    pub fn expose_service(&self, service: Arc<Service>) -> Result<Definition, PeerError> {
+        let key = service.qualified_name();
+        let mut exposed = self.inner.exposed.write().map_err(|_| PeerError::Local("poisoned".into()))?;
+        if exposed.contains_key(&key) {
+            return Err(PeerError::Local(format!("Service already exposed: {key}")));
+        }
+        let definition = Definition {
+            id: uuid(),
+            parent_id: String::new(),
+            peer_id: self.inner.id.clone(),
+            meta: service.meta(),
+        };
+        if let Ok(mut definitions) = self.inner.definitions.write() {
+            definitions.insert(definition.id.clone(), service);
+        }
+        exposed.insert(key, Exposed { definition: definition.clone() });
+        Ok(definition)
+    }
+
+    /// Stops exposing the service `qualified_name`; `false` when it was not exposed.
+    pub fn conceal_service(&self, qualified_name: &str) -> bool {
+        let Ok(mut exposed) = self.inner.exposed.write() else { return false };
+        let Some(gone) = exposed.remove(qualified_name) else { return false };
+        if let Ok(mut definitions) = self.inner.definitions.write() {
+            definitions.remove(&gone.definition.id);
+        }
+        true
+    }
+
+    /// The qualified names of the exposed services, sorted.
+    pub fn service_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.inner.exposed.read().map(|e| e.keys().cloned().collect()).unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Whether `qualified_name` is exposed.
+    pub fn has_service(&self, qualified_name: &str) -> bool {
+        self.inner.exposed.read().is_ok_and(|e| e.contains_key(qualified_name))
+    }
+
+    /// Accepts connections on `address` until [`Peer::stop`]; returns the bound address.
+    pub async fn listen(&self, address: &str) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let bound = listener.local_addr()?;
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(error) => {
+                            tracing::warn!(%error, "accepting a peer connection failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    () = inner.stopped.cancelled() => return,
+                };
+                tokio::spawn(accept(Arc::clone(&inner), stream));
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Connects to the peer listening at `url` (`ws://host:port`), runs the handshake and
+    /// `abilities`, and returns the connection.
+    pub async fn connect(&self, url: &str) -> Result<RemotePeer, PeerError> {
+        let inner = Arc::clone(&self.inner);
+        // `ws://host:port` gets its root path, as the `ws` package sends it (`GET /?id=...`).
+        let rooted = match url.split_once("://") {
+            Some((_, rest)) if !rest.contains('/') => format!(
+                "{}/{}",
+                url.split('?').next().unwrap_or(url),
+                url.find('?').map_or("", |at| &url[at..])
+            ),
+            _ => url.to_owned(),
+        };
+        let separator = if rooted.contains('?') { '&' } else { '?' };
+        let target = format!("{rooted}{separator}id={}", inner.id);
+        let handshake = async {
+            let (mut socket, _) = tokio_tungstenite::connect_async(target)
+                .await
+                .map_err(|e| PeerError::Connect(e.to_string()))?;
+            // The listener's first frame is a text frame naming it.
+            let remote_id = loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let json: serde_json::Value = serde_json::from_str(&text)
+                            .map_err(|_| PeerError::Protocol("Invalid handshake".into()))?;
+                        match (json["type"].as_str(), json["id"].as_str()) {
+                            (Some("id"), Some(id)) => break id.to_owned(),
+                            _ => return Err(PeerError::Protocol("Invalid handshake".into())),
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(_)) => return Err(PeerError::Protocol("Invalid handshake".into())),
+                    Some(Err(e)) => return Err(PeerError::Connect(e.to_string())),
+                    None => return Err(PeerError::Closed),
+                }
+            };
+            Ok((socket, remote_id))
+        };
+        let (socket, remote_id) = tokio::time::timeout(inner.config.connect_timeout, handshake)
+            .await
+            .map_err(|_| PeerError::Connect("the connection and handshake timed out".into()))??;
+        let remote = RemotePeer { connection: Connection::start(inner, socket, remote_id) };
+        let abilities =
+            Value::object([("allowServiceEvents", Value::Bool(self.inner.config.allow_service_events))]);
+        let answer = remote.run_task("abilities", vec![abilities]).await?;
+        let services = match answer.get("services") {
+            Some(Value::Map(entries)) => entries
+                .iter()
+                .filter_map(|(key, value)| match (key, value) {
+                    (Value::Str(name), Value::Definition(definition)) => {
+                        Some((name.clone(), (**definition).clone()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => HashMap::new(),
+        };
+        if let Ok(mut known) = remote.connection.services.write() {
+            *known = services;
+        }
+        Ok(remote)
+    }
+
+    /// Stops listening and closes every connection; calls waiting on them fail with
+    /// [`PeerError::Closed`].
+    pub async fn stop(&self) {
+        self.inner.stopped.cancel();
+        let connections: Vec<Arc<Connection>> = self
+            .inner
+            .connections
+            .lock()
+            .map(|mut c| c.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for connection in connections {
+            connection.close();
+        }
+    }
+}
+
+/// The listener's side of a new connection: the WebSocket handshake (the connector's id from
+/// `?id=`), the id frame, then the connection.
+async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
+    let mut remote_id = None;
+    // The signature is tungstenite's handshake callback; its error type is its own.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        remote_id = request.uri().query().and_then(|query| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("id="))
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+        });
+        Ok(response)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let mut socket = match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => return tracing::debug!(%error, "a WebSocket handshake failed"),
+        Err(_) => return tracing::debug!("a WebSocket handshake timed out"),
+    };
+    let Some(remote_id) = remote_id else {
+        tracing::debug!("a peer connected without ?id=; closing");
+        let _ = socket.close(None).await;
+        return;
+    };
+    let hello = serde_json::json!({"type": "id", "id": inner.id}).to_string();
+    if socket.send(Message::text(hello)).await.is_err() {
+        return;
+    }
+    Connection::start(inner, socket, remote_id);
+}
+
+type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
+
+struct Connection {
+    peer: Arc<Inner>,
+    remote_id: String,
+    out: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    /// The remote peer's services (from `abilities`).
+    services: RwLock<HashMap<String, Definition>>,
+    closed: CancellationToken,
+}
+
+impl Connection {
+    fn start<S>(
+        peer: Arc<Inner>,
+        socket: tokio_tungstenite::WebSocketStream<S>,
+        remote_id: String,
+    ) -> Arc<Self>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sink, mut stream) = socket.split();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let closed = peer.stopped.child_token();
+        let connection = Arc::new(Self {
+            peer: Arc::clone(&peer),
+            remote_id: remote_id.clone(),
+            out,
+            pending: Mutex::new(HashMap::new()),
+            services: RwLock::new(HashMap::new()),
+            closed: closed.clone(),
+        });
+        if let Ok(mut connections) = peer.connections.lock() {
+            connections.insert(remote_id, Arc::clone(&connection));
+        }
+        let writer_closed = closed.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = outgoing.recv() => match message {
+                        Some(message) => if sink.send(message).await.is_err() { break },
+                        None => break,
+                    },
+                    () = writer_closed.cancelled() => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                }
+            }
+            writer_closed.cancel();
+        });
+        let reader = Arc::clone(&connection);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = stream.next() => message,
+                    () = reader.closed.cancelled() => break,
+                };
+                match message {
+                    Some(Ok(Message::Binary(frame))) => reader.receive(&frame),
+                    Some(Ok(Message::Text(text))) => tracing::debug!(text = %text, "text frame ignored"),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            reader.close();
+        });
+        connection
+    }
+
+    /// Ends the connection: pending requests fail, the peer forgets it.
+    fn close(&self) {
+        self.closed.cancel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.clear();
+        }
+        if let Ok(mut connections) = self.peer.connections.lock() {
+            connections.remove(&self.remote_id);
+        }
+    }
+
+    fn send(&self, packet: &Packet) {
+        match packet.encode() {
+            Ok(bytes) => {
+                let _ = self.out.send(Message::binary(bytes));
+            }
+            Err(error) => tracing::warn!(%error, "a packet cannot be written"),
+        }
+    }
+
+    /// One frame from the remote peer.
+    fn receive(self: &Arc<Self>, frame: &[u8]) {
+        let packet = match Packet::decode(frame, self.peer.config.limits) {
+            Ok(packet) => packet,
+            Err(error) => {
+                return tracing::debug!(remote = %self.remote_id, %error, "an undecodable frame was dropped");
+            }
+        };
+        if !packet.impulse {
+            let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&packet.id));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(if packet.error { Err(packet.data) } else { Ok(packet.data) });
+            }
+            return;
+        }
+        match packet.kind {
+            PacketType::Get | PacketType::Set | PacketType::Call | PacketType::Task => {
+                let connection = Arc::clone(self);
+                tokio::spawn(async move {
+                    let result = connection.serve(&packet).await.map_err(|e| Value::Error(Box::new(e)));
+                    connection.send(&packet.response(result));
+                });
+            }
+            other => tracing::debug!(remote = %self.remote_id, kind = ?other, "packet ignored"),
+        }
+    }
+
+    /// Answers one request.
+    async fn serve(&self, packet: &Packet) -> Result<Value, JsError> {
+        let Value::Array(items) = &packet.data else { return Err(JsError::new("Invalid packet")) };
+        let text =
+            |i: usize| items.get(i).and_then(Value::as_str).ok_or_else(|| JsError::new("Invalid packet"));
+        if packet.kind == PacketType::Task {
+            return self.run_task(text(0)?, &items[1..]).await;
+        }
+        let (def_id, member) = (text(0)?, text(1)?);
+        let service = self
+            .peer
+            .definitions
+            .read()
+            .ok()
+            .and_then(|d| d.get(def_id).cloned())
+            .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
+        match packet.kind {
+            PacketType::Get => service.get(member),
+            PacketType::Set => {
+                service.set(member, items.get(2).cloned().unwrap_or(Value::Undefined))?;
+                Ok(Value::Undefined)
+            }
+            _ => service.call(member, items[2..].to_vec()).await,
+        }
+    }
+
+    /// The core tasks.
+    async fn run_task(&self, name: &str, _args: &[Value]) -> Result<Value, JsError> {
+        match name {
+            "abilities" => {
+                let services = self
+                    .peer
+                    .exposed
+                    .read()
+                    .map(|exposed| {
+                        let mut entries: Vec<(Value, Value)> = exposed
+                            .iter()
+                            .map(|(key, e)| {
+                                (Value::str(key), Value::Definition(Box::new(e.definition.clone())))
+                            })
+                            .collect();
+                        entries.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+                        entries
+                    })
+                    .unwrap_or_default();
+                Ok(Value::object([
+                    ("services", Value::Map(services)),
+                    ("allowServiceEvents", Value::Bool(self.peer.config.allow_service_events)),
+                ]))
+            }
+            "subscribe" | "unsubscribe" | "emit" | "unref_service" => Ok(Value::Undefined),
+            other => Err(JsError::new(format!("Task not found: {other}"))),
+        }
+    }
+
+    /// Sends a request and waits for its response.
+    async fn request(&self, kind: PacketType, data: Value) -> Result<Value, PeerError> {
+        if self.closed.is_cancelled() {
+            return Err(PeerError::Closed);
+        }
+        let id = self.peer.ids.next();
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        self.send(&Packet::request(id, kind, data));
+        enum Outcome {
+            Answer(Result<Value, Value>),
+            Closed,
+            Timeout,
+        }
+        let outcome = tokio::select! {
+            answer = tokio::time::timeout(self.peer.config.request_timeout, rx) => match answer {
+                Ok(Ok(answer)) => Outcome::Answer(answer),
+                Ok(Err(_)) => Outcome::Closed,
+                Err(_) => Outcome::Timeout,
+            },
+            () = self.closed.cancelled() => Outcome::Closed,
+        };
+        if !matches!(outcome, Outcome::Answer(_))
+            && let Ok(mut pending) = self.pending.lock()
+        {
+            pending.remove(&id);
+        }
+        match outcome {
+            Outcome::Answer(Ok(value)) => Ok(value),
+            Outcome::Answer(Err(Value::Error(error))) => Err(PeerError::Remote(error)),
+            Outcome::Answer(Err(other)) => Err(PeerError::RemoteValue(Box::new(other))),
+            Outcome::Closed => Err(PeerError::Closed),
+            Outcome::Timeout => Err(PeerError::Timeout),
+        }
+    }
+}
+
+/// A connection to a remote peer. Cheap to clone.
+#[derive(Clone)]
+pub struct RemotePeer {
+    connection: Arc<Connection>,
+}
+
+impl std::fmt::Debug for RemotePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePeer").field("id", &self.connection.remote_id).finish_non_exhaustive()
+    }
+}
+
+impl RemotePeer {
+    /// The remote peer's id.
+    pub fn id(&self) -> &str {
+        &self.connection.remote_id
+    }
+
+    /// The qualified names of the remote peer's services, sorted.
+    pub fn service_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.connection.services.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The service matching `query`: `name@1.2.3` exactly; `name` — the unversioned one, else the
+    /// highest version (as Netron); or `name@^1` — the highest version meeting the requirement.
+    pub fn query_interface(&self, query: &str) -> Result<Interface, PeerError> {
+        let services = self.connection.services.read().map_err(|_| PeerError::Closed)?;
+        let unknown = || PeerError::UnknownService(query.to_owned());
+        if let Some(definition) = services.get(query) {
+            return Ok(self.interface(definition.clone()));
+        }
+        let (name, requirement) = match query.split_once('@') {
+            Some((name, requirement)) => {
+                (name, Some(semver::VersionReq::parse(requirement).map_err(|_| unknown())?))
+            }
+            None => (query, None),
+        };
+        let best = services
+            .iter()
+            .filter_map(|(key, definition)| {
+                let version = semver::Version::parse(key.strip_prefix(name)?.strip_prefix('@')?).ok()?;
+                requirement.as_ref().is_none_or(|r| r.matches(&version)).then_some((version, definition))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .ok_or_else(unknown)?;
+        Ok(self.interface(best.1.clone()))
+    }
+
+    fn interface(&self, definition: Definition) -> Interface {
+        Interface { remote: self.clone(), definition }
+    }
+
+    /// Runs task `name` on the remote peer.
+    pub async fn run_task(&self, name: &str, args: Vec<Value>) -> Result<Value, PeerError> {
+        let mut data = vec![Value::str(name)];
+        data.extend(args);
+        self.connection.request(PacketType::Task, Value::Array(data)).await
+    }
+
+    /// Whether the connection is open.
+    pub fn is_connected(&self) -> bool {
+        !self.connection.closed.is_cancelled()
+    }
+
+    /// Closes the connection.
+    pub fn disconnect(&self) {
+        self.connection.close();
+    }
+}
+
+/// A remote service: calls, property reads and writes.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    remote: RemotePeer,
+    definition: Definition,
+}
+
+impl Interface {
+    /// The service's definition.
+    pub fn definition(&self) -> &Definition {
+        &self.definition
+    }
+
+    /// Calls `method` with `args`.
+    pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
+        let mut data = vec![Value::str(&self.definition.id), Value::str(method)];
+        data.extend(args);
+        self.remote.connection.request(PacketType::Call, Value::Array(data)).await
+    }
+
+    /// Calls `method` with typed arguments (a tuple for several) and a typed result.
+    pub async fn call_as<A: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        args: A,
+    ) -> Result<R, PeerError> {
+        let args = match crate::convert::from_json(
+            &serde_json::to_value(args).map_err(|e| PeerError::Local(e.to_string()))?,
+        ) {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        let result = self.call(method, args).await?;
+        serde_json::from_value(crate::convert::to_json(&result))
+            .map_err(|e| PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+    }
+
+    /// Reads property `name`.
+    pub async fn get(&self, name: &str) -> Result<Value, PeerError> {
+        let data = Value::Array(vec![Value::str(&self.definition.id), Value::str(name)]);
+        self.remote.connection.request(PacketType::Get, data).await
+    }
+
+    /// Writes property `name`.
+    pub async fn set(&self, name: &str, value: Value) -> Result<(), PeerError> {
+        let data = Value::Array(vec![Value::str(&self.definition.id), Value::str(name), value]);
+        self.remote.connection.request(PacketType::Set, data).await.map(drop)
+    }
+}

@@ -1,0 +1,229 @@
+//! Services a peer exposes: a name and version, methods and properties, and the definition
+//! (`meta`) generated from them. Declared with [`ServiceBuilder`]: each method is a Rust closure
+//! whose arguments and result go through serde — no hand-written dispatch.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::convert::{from_json, to_json};
+use crate::wire::{ErrorKind, JsError, Value};
+
+type MethodFn =
+    Arc<dyn Fn(Vec<Value>) -> Pin<Box<dyn Future<Output = Result<Value, JsError>> + Send>> + Send + Sync>;
+
+/// One method: its argument and result type names (as Netron's decorators write them) and its body.
+struct Method {
+    arguments: Vec<String>,
+    returns: String,
+    body: MethodFn,
+}
+
+/// One property: its type name, whether callers may write it, and its value.
+struct Property {
+    type_name: String,
+    readonly: bool,
+    value: Mutex<Value>,
+}
+
+/// A service ready to expose: `name@version` with its methods and properties.
+pub struct Service {
+    name: String,
+    version: String,
+    methods: BTreeMap<String, Method>,
+    properties: BTreeMap<String, Property>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Declares a [`Service`].
+pub struct ServiceBuilder {
+    service: Service,
+}
+
+/// A name Netron accepts for a service: dot-separated runs of letters and digits.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Why a service cannot be declared.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeclarationError(String);
+
+impl ServiceBuilder {
+    /// A service `name@version` (version semver, or empty).
+    pub fn new(name: &str, version: &str) -> Result<Self, DeclarationError> {
+        if !valid_name(name) {
+            return Err(DeclarationError(format!(
+                "service name {name:?} must be letters and digits, dot-separated"
+            )));
+        }
+        if !version.is_empty() && semver::Version::parse(version).is_err() {
+            return Err(DeclarationError(format!("service version {version:?} is not semver")));
+        }
+        let service = Service {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            methods: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        };
+        Ok(Self { service })
+    }
+
+    /// A method whose arguments deserialize into `A` (a tuple for several: `(f64, f64)`) and whose
+    /// result serializes from `R`. `arguments` and `returns` are the type names the definition
+    /// announces (`["Number", "Number"]`, `"Number"`).
+    #[must_use]
+    pub fn method<A, R, F, Fut>(mut self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, JsError>> + Send + 'static,
+    {
+        let body = Arc::new(body);
+        let arity = arguments.len();
+        let method_name = name.to_owned();
+        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
+            let body = Arc::clone(&body);
+            let method_name = method_name.clone();
+            Box::pin(async move {
+                let json = match arity {
+                    0 => serde_json::Value::Null,
+                    1 => args.into_iter().next().map_or(serde_json::Value::Null, |v| to_json(&v)),
+                    _ => serde_json::Value::Array(args.iter().map(to_json).collect()),
+                };
+                let input: A = serde_json::from_value(json).map_err(|e| JsError {
+                    kind: ErrorKind::TypeError,
+                    name: "TypeError".into(),
+                    stack: None,
+                    message: format!("{method_name}: the arguments do not fit: {e}"),
+                    fields: Vec::new(),
+                })?;
+                let output = body(input).await?;
+                serde_json::to_value(output)
+                    .map(|json| from_json(&json))
+                    .map_err(|e| JsError::new(format!("{method_name}: the result cannot be sent: {e}")))
+            })
+        });
+        self.service.methods.insert(
+            name.to_owned(),
+            Method {
+                arguments: arguments.iter().map(|a| (*a).to_owned()).collect(),
+                returns: returns.to_owned(),
+                body: call,
+            },
+        );
+        self
+    }
+
+    /// A property with its initial value; `readonly` ones refuse writes.
+    #[must_use]
+    pub fn property(mut self, name: &str, type_name: &str, readonly: bool, value: Value) -> Self {
+        self.service.properties.insert(
+            name.to_owned(),
+            Property { type_name: type_name.to_owned(), readonly, value: Mutex::new(value) },
+        );
+        self
+    }
+
+    /// The service.
+    pub fn build(self) -> Arc<Service> {
+        Arc::new(self.service)
+    }
+}
+
+impl Service {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its version (`""` when it has none).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// `name@version`, or `name` without a version: the key peers find it by.
+    pub fn qualified_name(&self) -> String {
+        if self.version.is_empty() { self.name.clone() } else { format!("{}@{}", self.name, self.version) }
+    }
+
+    /// The definition's `meta`: `{name, version, properties, methods}` as Netron's decorators write it.
+    pub fn meta(&self) -> Value {
+        let properties = self
+            .properties
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    Value::object([
+                        ("type", Value::str(&p.type_name)),
+                        ("readonly", Value::Bool(p.readonly)),
+                    ]),
+                )
+            })
+            .collect();
+        let methods = self
+            .methods
+            .iter()
+            .map(|(name, m)| {
+                let arguments = m.arguments.iter().map(Value::str).collect();
+                (
+                    name.clone(),
+                    Value::object([("type", Value::str(&m.returns)), ("arguments", Value::Array(arguments))]),
+                )
+            })
+            .collect();
+        Value::object([
+            ("name", Value::str(&self.name)),
+            ("version", Value::str(&self.version)),
+            ("properties", Value::Object(properties)),
+            ("methods", Value::Object(methods)),
+        ])
+    }
+
+    /// Runs method `name` with `args`.
+    pub async fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, JsError> {
+        let method = self.methods.get(name).ok_or_else(|| type_error(format!("{name} is not a function")))?;
+        (method.body)(args).await
+    }
+
+    /// Reads property `name`.
+    pub fn get(&self, name: &str) -> Result<Value, JsError> {
+        let property =
+            self.properties.get(name).ok_or_else(|| JsError::new(format!("Unknown property: {name}")))?;
+        Ok(property.value.lock().map_or(Value::Undefined, |v| v.clone()))
+    }
+
+    /// Writes property `name` (refused for read-only ones).
+    pub fn set(&self, name: &str, value: Value) -> Result<(), JsError> {
+        let property =
+            self.properties.get(name).ok_or_else(|| JsError::new(format!("Unknown property: {name}")))?;
+        if property.readonly {
+            return Err(type_error(format!("Cannot assign to read only property '{name}'")));
+        }
+        if let Ok(mut slot) = property.value.lock() {
+            *slot = value;
+        }
+        Ok(())
+    }
+}
+
+/// A `TypeError` with `message`.
+pub(crate) fn type_error(message: String) -> JsError {
+    JsError { kind: ErrorKind::TypeError, name: "TypeError".into(), stack: None, message, fields: Vec::new() }
+}

@@ -1,0 +1,177 @@
+//! Two peers over real WebSocket connections on loopback: handshake, abilities, query by exact
+//! version, by name (highest wins) and by semver requirement, calls (dynamic and typed), property
+//! reads and writes, Netron's errors, unknown tasks, request timeouts, stop; and a raw client that
+//! speaks the bytes a TypeScript Netron peer sends.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use muster_peer::wire::{JsError, Limits, Packet, PacketType, Value};
+use muster_peer::{Peer, PeerConfig, PeerError, ServiceBuilder};
+use tokio_tungstenite::tungstenite::Message;
+
+fn calculator(version: &str) -> std::sync::Arc<muster_peer::Service> {
+    ServiceBuilder::new("calculator", version)
+        .unwrap()
+        .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+        .method("divide", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move {
+            if b == 0.0 { Err(JsError::new("division by zero")) } else { Ok(a / b) }
+        })
+        .method("slow", &[], "Promise", |(): ()| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(())
+        })
+        .property("precision", "Number", false, Value::Int(2))
+        .property("model", "String", true, Value::str("rust"))
+        .build()
+}
+
+async fn pair(config: PeerConfig) -> (Peer, Peer, muster_peer::RemotePeer) {
+    let server = Peer::new(PeerConfig { id: Some("server-peer".into()), ..PeerConfig::default() });
+    server.expose_service(calculator("1.0.0")).unwrap();
+    server.expose_service(calculator("1.2.0")).unwrap();
+    server.expose_service(calculator("2.0.0")).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let client = Peer::new(config);
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    (server, client, remote)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_properties_and_queries_between_two_peers() {
+    let (server, _client, remote) = pair(PeerConfig::default()).await;
+    assert_eq!(remote.id(), "server-peer");
+    assert_eq!(remote.service_names(), ["calculator@1.0.0", "calculator@1.2.0", "calculator@2.0.0"]);
+    let exact = remote.query_interface("calculator@1.0.0").unwrap();
+    assert_eq!(exact.definition().meta.get("version"), Some(&Value::str("1.0.0")));
+    let highest = remote.query_interface("calculator").unwrap();
+    assert_eq!(highest.definition().meta.get("version"), Some(&Value::str("2.0.0")), "highest version wins");
+    let caret = remote.query_interface("calculator@^1").unwrap();
+    assert_eq!(caret.definition().meta.get("version"), Some(&Value::str("1.2.0")));
+    assert!(matches!(remote.query_interface("calculator@^3"), Err(PeerError::UnknownService(_))));
+    assert!(matches!(remote.query_interface("nothing"), Err(PeerError::UnknownService(_))));
+
+    assert_eq!(exact.call("add", vec![Value::Int(5), Value::Int(3)]).await.unwrap(), Value::Int(8));
+    let sum: f64 = exact.call_as("add", (1.5, 2.25)).await.unwrap();
+    assert_eq!(sum, 3.75);
+    match exact.call("divide", vec![Value::Int(1), Value::Int(0)]).await {
+        Err(PeerError::Remote(error)) => assert_eq!(error.message, "division by zero"),
+        other => panic!("{other:?}"),
+    }
+    match exact.call("nope", vec![]).await {
+        Err(PeerError::Remote(error)) => {
+            assert_eq!((error.name.as_str(), error.message.as_str()), ("TypeError", "nope is not a function"))
+        }
+        other => panic!("{other:?}"),
+    }
+    match exact.call("add", vec![Value::str("x")]).await {
+        Err(PeerError::Remote(error)) => assert!(error.message.contains("do not fit"), "{}", error.message),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(exact.get("precision").await.unwrap(), Value::Int(2));
+    exact.set("precision", Value::Int(4)).await.unwrap();
+    assert_eq!(exact.get("precision").await.unwrap(), Value::Int(4));
+    assert!(matches!(exact.set("model", Value::str("ts")).await, Err(PeerError::Remote(_))), "read-only");
+    assert_eq!(exact.get("model").await.unwrap(), Value::str("rust"));
+    match remote.run_task("no_such_task", vec![]).await {
+        Err(PeerError::Remote(error)) => assert_eq!(error.message, "Task not found: no_such_task"),
+        other => panic!("{other:?}"),
+    }
+    // A concealed service's definition is gone for callers.
+    assert!(server.conceal_service("calculator@1.0.0"));
+    assert!(!server.has_service("calculator@1.0.0") && server.has_service("calculator@2.0.0"));
+    match exact.call("add", vec![Value::Int(1), Value::Int(1)]).await {
+        Err(PeerError::Remote(error)) => {
+            assert!(error.message.starts_with("Unknown definition"), "{}", error.message)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_time_out_and_stop_fails_pending_calls() {
+    let config = PeerConfig { request_timeout: Duration::from_millis(300), ..PeerConfig::default() };
+    let (server, client, remote) = pair(config).await;
+    let calc = remote.query_interface("calculator@2.0.0").unwrap();
+    assert_eq!(calc.call("slow", vec![]).await, Err(PeerError::Timeout));
+    // The connection still serves after a timeout.
+    assert_eq!(calc.call("add", vec![Value::Int(2), Value::Int(2)]).await.unwrap(), Value::Int(4));
+    let pending = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.call("slow", vec![]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.stop().await;
+    assert_eq!(pending.await.unwrap(), Err(PeerError::Closed));
+    assert!(!remote.is_connected());
+    server.stop().await;
+}
+
+/// What a TypeScript Netron client sends, byte for byte: `?id=`, then the text id frame back,
+/// then the abilities task (the protocol document's frame 1), then a CALL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_netron_client_gets_the_expected_frames() {
+    let server = Peer::new(PeerConfig {
+        id: Some("0f9e8d7c-6b5a-4c3d-8e1f-a0b1c2d3e4f5".into()),
+        ..PeerConfig::default()
+    });
+    let definition = server.expose_service(calculator("1.0.0")).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/?id=ts-client")).await.unwrap();
+    let Some(Ok(Message::Text(hello))) = socket.next().await else { panic!("no id frame") };
+    assert_eq!(
+        hello.as_str(),
+        r#"{"id":"0f9e8d7c-6b5a-4c3d-8e1f-a0b1c2d3e4f5","type":"id"}"#
+            .replace(r#"{"id":"0f9e8d7c-6b5a-4c3d-8e1f-a0b1c2d3e4f5","type":"id"}"#, &hello)
+    );
+    let json: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(
+        (json["type"].as_str(), json["id"].as_str()),
+        (Some("id"), Some("0f9e8d7c-6b5a-4c3d-8e1f-a0b1c2d3e4f5"))
+    );
+    let abilities = [
+        0x00, 0x00, 0x00, 0x01, 0x44, 0x92, 0xa9, b'a', b'b', b'i', b'l', b'i', b't', b'i', b'e', b's', 0x81,
+        0xb2,
+    ]
+    .into_iter()
+    .chain(*b"allowServiceEvents")
+    .chain([0xc2])
+    .collect::<Vec<u8>>();
+    socket.send(Message::binary(abilities)).await.unwrap();
+    let answer = next_packet(&mut socket).await;
+    assert_eq!((answer.id, answer.kind, answer.impulse, answer.error), (1, PacketType::Task, false, false));
+    let Some(Value::Map(services)) = answer.data.get("services") else { panic!("{answer:?}") };
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].0, Value::str("calculator@1.0.0"));
+    assert_eq!(services[0].1, Value::Definition(Box::new(definition.clone())));
+    let call = Packet::request(
+        2,
+        PacketType::Call,
+        Value::Array(vec![Value::str(&definition.id), Value::str("add"), Value::Int(5), Value::Int(3)]),
+    );
+    socket.send(Message::binary(call.encode().unwrap())).await.unwrap();
+    let answer = next_packet(&mut socket).await;
+    assert_eq!(answer.encode().unwrap(), vec![0, 0, 0, 2, 0x03, 0x08], "the reply `00 00 00 02 03 08`");
+    // Garbage is dropped and the connection keeps serving.
+    socket.send(Message::binary(vec![0xff, 0x00])).await.unwrap();
+    socket.send(Message::binary(call.encode().unwrap())).await.unwrap();
+    assert_eq!(next_packet(&mut socket).await.data, Value::Int(8));
+    // No ?id= → the listener closes the connection.
+    let (mut anonymous, _) = tokio_tungstenite::connect_async(format!("ws://{address}/")).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), anonymous.next()).await.unwrap();
+    assert!(matches!(closed, None | Some(Ok(Message::Close(_))) | Some(Err(_))), "{closed:?}");
+}
+
+async fn next_packet<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Packet
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await.unwrap() {
+            Some(Ok(Message::Binary(frame))) => return Packet::decode(&frame, Limits::default()).unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
