@@ -87,21 +87,9 @@ impl Pattern {
         &self.0
     }
 
-    /// Whether `text` matches: the literal pieces between `*`s appear in order, the first at the
-    /// start and the last at the end (linear in the text's length times the pieces').
+    /// Whether `text` matches (see [`crate::name::glob_matches`]).
     pub fn matches(&self, text: &str) -> bool {
-        let mut pieces = self.0.split('*');
-        let first = pieces.next().unwrap_or_default();
-        let Some(mut rest) = text.strip_prefix(first) else { return false };
-        let pieces: Vec<&str> = pieces.collect();
-        let Some((last, middle)) = pieces.split_last() else { return rest.is_empty() };
-        for piece in middle {
-            match rest.find(piece) {
-                Some(at) => rest = &rest[at + piece.len()..],
-                None => return false,
-            }
-        }
-        rest.len() >= last.len() && rest.ends_with(last)
+        crate::name::glob_matches(&self.0, text)
     }
 }
 

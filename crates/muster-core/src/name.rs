@@ -166,6 +166,24 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// Whether `text` matches the glob `pattern`, in which `*` stands for any run of characters (also
+/// none) and everything else for itself: the literal pieces between `*`s appear in order, the first
+/// at the start and the last at the end. Linear in the text's length times the pieces'.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else { return rest.is_empty() };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,11 @@
 pub mod wire;
 
 mod convert;
+pub mod events;
 mod peer;
 mod service;
 
 pub use convert::{from_json, to_json};
-pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer};
+pub use events::{EventBus, PeerEvent, listener};
+pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer, TaskOverwrite};
 pub use service::{DeclarationError, Service, ServiceBuilder};

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventBus, Listener, PeerEvent, SubscriptionId};
 use crate::service::Service;
 use crate::wire::{Definition, JsError, Limits, Packet, PacketIds, PacketType, Value};
 
@@ -46,6 +47,21 @@ impl Default for PeerConfig {
         }
     }
 }
+
+/// What [`Peer::add_task`] does when a task of that name exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOverwrite {
+    /// The new function replaces the old one.
+    Replace,
+    /// The old one stays; the call reports `false`.
+    Skip,
+    /// The call fails.
+    Error,
+}
+
+/// Netron's core tasks, answered by every peer.
+const CORE_TASKS: [&str; 7] =
+    ["abilities", "subscribe", "unsubscribe", "emit", "expose_service", "unexpose_service", "unref_service"];
 
 /// Why a peer operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -92,6 +108,22 @@ struct Inner {
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     /// Cancelled by [`Peer::stop`].
     stopped: CancellationToken,
+    /// Local listeners, and the remote peers' subscriptions.
+    bus: EventBus,
+    /// Typed events.
+    events: tokio::sync::broadcast::Sender<PeerEvent>,
+    /// Netron's own events, emitted on the bus one at a time in order.
+    announcements: mpsc::UnboundedSender<(String, Value)>,
+    /// Tasks added with [`Peer::add_task`].
+    tasks: RwLock<HashMap<String, Listener>>,
+}
+
+impl Inner {
+    /// Emits Netron's event `name` with `payload` (in order, after the ones before) and the typed one.
+    fn announce(&self, name: &str, payload: Value, event: PeerEvent) {
+        let _ = self.events.send(event);
+        let _ = self.announcements.send((name.to_owned(), payload));
+    }
 }
 
 /// A Netron peer. Cheap to clone.
@@ -119,17 +151,60 @@ impl Peer {
     /// A peer with `config`.
     pub fn new(config: PeerConfig) -> Self {
         let id = config.id.clone().unwrap_or_else(uuid);
-        Self {
-            inner: Arc::new(Inner {
-                id,
-                config,
-                ids: PacketIds::default(),
-                exposed: RwLock::new(HashMap::new()),
-                definitions: RwLock::new(HashMap::new()),
-                connections: Mutex::new(HashMap::new()),
-                stopped: CancellationToken::new(),
-            }),
+        let (announcements, mut queue) = mpsc::unbounded_channel::<(String, Value)>();
+        let inner = Arc::new(Inner {
+            id,
+            config,
+            ids: PacketIds::default(),
+            exposed: RwLock::new(HashMap::new()),
+            definitions: RwLock::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            stopped: CancellationToken::new(),
+            bus: EventBus::default(),
+            events: tokio::sync::broadcast::channel(256).0,
+            announcements,
+            tasks: RwLock::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some((name, payload)) = queue.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                for result in inner.bus.emit_parallel(&name, vec![payload]).await {
+                    if let Err(error) = result {
+                        tracing::debug!(event = %name, error = %error.message, "a listener failed");
+                    }
+                }
+            }
+        });
+        Self { inner }
+    }
+
+    /// The peer's event bus: local listeners, and what remote peers subscribed to.
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    /// The peer's typed events (connections, services), from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Adds a task remote peers run with `run_task(name, args)`. Core task names are refused.
+    /// Returns `false` when `Skip` kept an existing task.
+    pub fn add_task(&self, name: &str, overwrite: TaskOverwrite, task: Listener) -> Result<bool, PeerError> {
+        if CORE_TASKS.contains(&name) {
+            return Err(PeerError::Local(format!("{name} is one of Netron's core tasks")));
         }
+        let mut tasks = self.inner.tasks.write().map_err(|_| PeerError::Local("poisoned".into()))?;
+        if tasks.contains_key(name) {
+            match overwrite {
+                TaskOverwrite::Skip => return Ok(false),
+                TaskOverwrite::Error => return Err(PeerError::Local(format!("Task already exists: {name}"))),
+                TaskOverwrite::Replace => {}
+            }
+        }
+        tasks.insert(name.to_owned(), task);
+        Ok(true)
     }
 
     /// Its id.
@@ -153,7 +228,17 @@ impl Peer {
         if let Ok(mut definitions) = self.inner.definitions.write() {
             definitions.insert(definition.id.clone(), service);
         }
-        exposed.insert(key, Exposed { definition: definition.clone() });
+        exposed.insert(key.clone(), Exposed { definition: definition.clone() });
+        drop(exposed);
+        let payload = Value::object([
+            ("name", Value::str(definition_name(&definition))),
+            ("version", Value::str(definition_version(&definition))),
+            ("qualifiedName", Value::str(&key)),
+            ("peerId", Value::str(&self.inner.id)),
+            ("definition", Value::Definition(Box::new(definition.clone()))),
+        ]);
+        let event = PeerEvent::ServiceExposed { qualified_name: key, definition_id: definition.id.clone() };
+        self.inner.announce("service:expose", payload, event);
         Ok(definition)
     }
 
@@ -161,9 +246,22 @@ impl Peer {
     pub fn conceal_service(&self, qualified_name: &str) -> bool {
         let Ok(mut exposed) = self.inner.exposed.write() else { return false };
         let Some(gone) = exposed.remove(qualified_name) else { return false };
+        drop(exposed);
         if let Ok(mut definitions) = self.inner.definitions.write() {
             definitions.remove(&gone.definition.id);
         }
+        let payload = Value::object([
+            ("name", Value::str(definition_name(&gone.definition))),
+            ("version", Value::str(definition_version(&gone.definition))),
+            ("qualifiedName", Value::str(qualified_name)),
+            ("peerId", Value::str(&self.inner.id)),
+            ("defId", Value::str(&gone.definition.id)),
+        ]);
+        let event = PeerEvent::ServiceConcealed {
+            qualified_name: qualified_name.to_owned(),
+            definition_id: gone.definition.id.clone(),
+        };
+        self.inner.announce("service:unexpose", payload, event);
         true
     }
 
@@ -264,6 +362,49 @@ impl Peer {
         if let Ok(mut known) = remote.connection.services.write() {
             *known = services;
         }
+        // Follow the listener's services as it exposes and conceals them, when it allows it.
+        if answer.get("allowServiceEvents") == Some(&Value::Bool(true)) {
+            let weak = Arc::downgrade(&remote.connection);
+            remote
+                .subscribe(
+                    "service:expose",
+                    crate::events::listener(move |args| {
+                        let weak = weak.clone();
+                        async move {
+                            let payload = args.first();
+                            if let (Some(connection), Some(name), Some(Value::Definition(definition))) = (
+                                weak.upgrade(),
+                                payload.and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
+                                payload.and_then(|p| p.get("definition")),
+                            ) && let Ok(mut services) = connection.services.write()
+                            {
+                                services.insert(name.to_owned(), (**definition).clone());
+                            }
+                            Ok(Value::Undefined)
+                        }
+                    }),
+                )
+                .await?;
+            let weak = Arc::downgrade(&remote.connection);
+            remote
+                .subscribe(
+                    "service:unexpose",
+                    crate::events::listener(move |args| {
+                        let weak = weak.clone();
+                        async move {
+                            if let (Some(connection), Some(name)) = (
+                                weak.upgrade(),
+                                args.first().and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
+                            ) && let Ok(mut services) = connection.services.write()
+                            {
+                                services.remove(name);
+                            }
+                            Ok(Value::Undefined)
+                        }
+                    }),
+                )
+                .await?;
+        }
         Ok(remote)
     }
 
@@ -271,12 +412,8 @@ impl Peer {
     /// [`PeerError::Closed`].
     pub async fn stop(&self) {
         self.inner.stopped.cancel();
-        let connections: Vec<Arc<Connection>> = self
-            .inner
-            .connections
-            .lock()
-            .map(|mut c| c.drain().map(|(_, v)| v).collect())
-            .unwrap_or_default();
+        let connections: Vec<Arc<Connection>> =
+            self.inner.connections.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
         for connection in connections {
             connection.close();
         }
@@ -327,6 +464,10 @@ struct Connection {
     /// The remote peer's services (from `abilities`).
     services: RwLock<HashMap<String, Definition>>,
     closed: CancellationToken,
+    /// Events the remote peer subscribed to here: the bus listener forwarding each.
+    forwarded: Mutex<HashMap<String, SubscriptionId>>,
+    /// Listeners of the remote peer's events (its `emit` tasks).
+    remote_listeners: EventBus,
 }
 
 impl Connection {
@@ -348,10 +489,14 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             services: RwLock::new(HashMap::new()),
             closed: closed.clone(),
+            forwarded: Mutex::new(HashMap::new()),
+            remote_listeners: EventBus::default(),
         });
         if let Ok(mut connections) = peer.connections.lock() {
-            connections.insert(remote_id, Arc::clone(&connection));
+            connections.insert(remote_id.clone(), Arc::clone(&connection));
         }
+        let payload = Value::object([("peerId", Value::str(&remote_id))]);
+        peer.announce("peer:connect", payload, PeerEvent::Connected { peer_id: remote_id });
         let writer_closed = closed.clone();
         tokio::spawn(async move {
             loop {
@@ -387,14 +532,25 @@ impl Connection {
         connection
     }
 
-    /// Ends the connection: pending requests fail, the peer forgets it.
+    /// Ends the connection: pending requests fail, its subscriptions end, the peer forgets it.
     fn close(&self) {
         self.closed.cancel();
         if let Ok(mut pending) = self.pending.lock() {
             pending.clear();
         }
-        if let Ok(mut connections) = self.peer.connections.lock() {
-            connections.remove(&self.remote_id);
+        if let Ok(mut forwarded) = self.forwarded.lock() {
+            for (_, id) in forwarded.drain() {
+                self.peer.bus.unsubscribe(id);
+            }
+        }
+        let known = self.peer.connections.lock().ok().and_then(|mut c| c.remove(&self.remote_id)).is_some();
+        if known {
+            let payload = Value::object([("peerId", Value::str(&self.remote_id))]);
+            self.peer.announce(
+                "peer:disconnect",
+                payload,
+                PeerEvent::Disconnected { peer_id: self.remote_id.clone() },
+            );
         }
     }
 
@@ -435,12 +591,12 @@ impl Connection {
     }
 
     /// Answers one request.
-    async fn serve(&self, packet: &Packet) -> Result<Value, JsError> {
+    async fn serve(self: &Arc<Self>, packet: &Packet) -> Result<Value, JsError> {
         let Value::Array(items) = &packet.data else { return Err(JsError::new("Invalid packet")) };
         let text =
             |i: usize| items.get(i).and_then(Value::as_str).ok_or_else(|| JsError::new("Invalid packet"));
         if packet.kind == PacketType::Task {
-            return self.run_task(text(0)?, &items[1..]).await;
+            return self.run_task(text(0)?, items[1..].to_vec()).await;
         }
         let (def_id, member) = (text(0)?, text(1)?);
         let service = self
@@ -460,8 +616,8 @@ impl Connection {
         }
     }
 
-    /// The core tasks.
-    async fn run_task(&self, name: &str, _args: &[Value]) -> Result<Value, JsError> {
+    /// The core tasks, then the added ones.
+    async fn run_task(self: &Arc<Self>, name: &str, args: Vec<Value>) -> Result<Value, JsError> {
         match name {
             "abilities" => {
                 let services = self
@@ -484,8 +640,62 @@ impl Connection {
                     ("allowServiceEvents", Value::Bool(self.peer.config.allow_service_events)),
                 ]))
             }
-            "subscribe" | "unsubscribe" | "emit" | "unref_service" => Ok(Value::Undefined),
-            other => Err(JsError::new(format!("Task not found: {other}"))),
+            "subscribe" => {
+                let event = args
+                    .first()
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| JsError::new("subscribe: no event name"))?;
+                let mut forwarded = self.forwarded.lock().map_err(|_| JsError::new("poisoned"))?;
+                if !forwarded.contains_key(event) {
+                    let weak = Arc::downgrade(self);
+                    let name = event.to_owned();
+                    let id = self.peer.bus.subscribe(
+                        event,
+                        crate::events::listener(move |args| {
+                            let weak = weak.clone();
+                            let name = name.clone();
+                            async move {
+                                let Some(connection) = weak.upgrade() else { return Ok(Value::Undefined) };
+                                let mut data = vec![Value::str("emit"), Value::str(&name)];
+                                data.extend(args);
+                                connection
+                                    .request(PacketType::Task, Value::Array(data))
+                                    .await
+                                    .map_err(|e| JsError::new(e.to_string()))
+                            }
+                        }),
+                    );
+                    forwarded.insert(event.to_owned(), id);
+                }
+                Ok(Value::Undefined)
+            }
+            "unsubscribe" => {
+                let event = args.first().and_then(Value::as_str).unwrap_or_default();
+                let removed = self.forwarded.lock().ok().and_then(|mut f| f.remove(event));
+                if let Some(id) = removed {
+                    self.peer.bus.unsubscribe(id);
+                }
+                Ok(Value::Undefined)
+            }
+            "emit" => {
+                let mut args = args.into_iter();
+                let event = match args.next() {
+                    Some(Value::Str(event)) => event,
+                    _ => return Err(JsError::new("emit: no event name")),
+                };
+                for result in self.remote_listeners.emit_parallel(&event, args.collect()).await {
+                    result?;
+                }
+                Ok(Value::Undefined)
+            }
+            "unref_service" => Ok(Value::Undefined),
+            other => {
+                let task = self.peer.tasks.read().ok().and_then(|t| t.get(other).cloned());
+                match task {
+                    Some(task) => task(args).await,
+                    None => Err(JsError::new(format!("Task not found: {other}"))),
+                }
+            }
         }
     }
 
@@ -590,6 +800,29 @@ impl RemotePeer {
         self.connection.request(PacketType::Task, Value::Array(data)).await
     }
 
+    /// Listens to the remote peer's event `event`: the first listener of an event sends Netron's
+    /// `subscribe` task; the remote peer then sends each emission as an `emit` task.
+    pub async fn subscribe(&self, event: &str, listener: Listener) -> Result<SubscriptionId, PeerError> {
+        let first = self.connection.remote_listeners.listener_count(event) == 0;
+        let id = self.connection.remote_listeners.subscribe(event, listener);
+        if first && let Err(error) = self.run_task("subscribe", vec![Value::str(event)]).await {
+            self.connection.remote_listeners.unsubscribe(id);
+            return Err(error);
+        }
+        Ok(id)
+    }
+
+    /// Ends a subscription made with [`RemotePeer::subscribe`]; the last one of an event sends
+    /// `unsubscribe`.
+    pub async fn unsubscribe(&self, event: &str, id: SubscriptionId) -> Result<(), PeerError> {
+        if self.connection.remote_listeners.unsubscribe(id)
+            && self.connection.remote_listeners.listener_count(event) == 0
+        {
+            self.run_task("unsubscribe", vec![Value::str(event)]).await?;
+        }
+        Ok(())
+    }
+
     /// Whether the connection is open.
     pub fn is_connected(&self) -> bool {
         !self.connection.closed.is_cancelled()
@@ -649,4 +882,12 @@ impl Interface {
         let data = Value::Array(vec![Value::str(&self.definition.id), Value::str(name), value]);
         self.remote.connection.request(PacketType::Set, data).await.map(drop)
     }
+}
+
+fn definition_name(definition: &Definition) -> &str {
+    definition.meta.get("name").and_then(Value::as_str).unwrap_or_default()
+}
+
+fn definition_version(definition: &Definition) -> &str {
+    definition.meta.get("version").and_then(Value::as_str).unwrap_or_default()
 }

@@ -175,3 +175,87 @@ where
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_subscriptions_service_events_tasks_and_peer_events() {
+    let server = Peer::new(PeerConfig { allow_service_events: true, ..PeerConfig::default() });
+    let mut server_events = server.events();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let client = Peer::new(PeerConfig::default());
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), server_events.recv()).await.unwrap().unwrap(),
+        muster_peer::PeerEvent::Connected { peer_id: client.id().to_owned() }
+    );
+
+    // The client listens to the server's `order:*` events over the wire.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = remote
+        .subscribe(
+            "order:*",
+            muster_peer::listener(move |args| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(args);
+                    Ok(Value::Undefined)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(server.bus().listener_count("order:created"), 1);
+    let results =
+        server.bus().emit_parallel("order:created", vec![Value::object([("id", Value::Int(7))])]).await;
+    assert_eq!(results, vec![Ok(Value::Undefined)], "the emit task was answered");
+    let received = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(received, vec![Value::object([("id", Value::Int(7))])]);
+    remote.unsubscribe("order:*", subscription).await.unwrap();
+    assert_eq!(server.bus().listener_count("order:created"), 0, "the last listener unsubscribes");
+
+    // Services exposed and concealed later are announced to the connector.
+    let greeter = ServiceBuilder::new("greeter", "1.0.0")
+        .unwrap()
+        .method("hello", &["String"], "String", |name: String| async move { Ok(format!("hello {name}")) })
+        .build();
+    server.expose_service(greeter).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while remote.query_interface("greeter").is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "service:expose did not arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hello: String = remote.query_interface("greeter@^1").unwrap().call_as("hello", "rust").await.unwrap();
+    assert_eq!(hello, "hello rust");
+    assert!(server.conceal_service("greeter@1.0.0"));
+    while remote.query_interface("greeter").is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "service:unexpose did not arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Tasks with the three overwrite strategies.
+    let scale = |factor: i64| {
+        muster_peer::listener(move |args: Vec<Value>| async move {
+            match args.first() {
+                Some(Value::Int(n)) => Ok(Value::Int(n * factor)),
+                _ => Err(JsError::new("a number please")),
+            }
+        })
+    };
+    use muster_peer::TaskOverwrite;
+    assert!(server.add_task("scale", TaskOverwrite::Error, scale(2)).unwrap());
+    assert_eq!(remote.run_task("scale", vec![Value::Int(4)]).await.unwrap(), Value::Int(8));
+    assert!(server.add_task("scale", TaskOverwrite::Error, scale(3)).is_err());
+    assert!(!server.add_task("scale", TaskOverwrite::Skip, scale(3)).unwrap());
+    assert_eq!(remote.run_task("scale", vec![Value::Int(4)]).await.unwrap(), Value::Int(8));
+    assert!(server.add_task("scale", TaskOverwrite::Replace, scale(3)).unwrap());
+    assert_eq!(remote.run_task("scale", vec![Value::Int(4)]).await.unwrap(), Value::Int(12));
+    assert!(server.add_task("abilities", TaskOverwrite::Replace, scale(1)).is_err(), "core tasks stay");
+
+    client.stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let event = tokio::time::timeout_at(deadline, server_events.recv()).await.unwrap().unwrap();
+        if event == (muster_peer::PeerEvent::Disconnected { peer_id: client.id().to_owned() }) {
+            break;
+        }
+    }
+}
