@@ -20,8 +20,10 @@ mod convert;
 pub mod events;
 mod peer;
 mod service;
+mod streams;
 
 pub use convert::{from_json, to_json};
 pub use events::{EventBus, PeerEvent, listener};
 pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer, TaskOverwrite};
-pub use service::{DeclarationError, Service, ServiceBuilder};
+pub use service::{DeclarationError, Output, Service, ServiceBuilder};
+pub use streams::ReadableStream;

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventBus, Listener, PeerEvent, SubscriptionId};
-use crate::service::Service;
+use crate::service::{Output, Service};
+use crate::streams::{ReadableStream, Streams};
 use crate::wire::{Definition, JsError, Limits, Packet, PacketIds, PacketType, Value};
 
 /// Settings of a peer.
@@ -34,6 +35,14 @@ pub struct PeerConfig {
     pub limits: Limits,
     /// Tell connectors they may subscribe to service announcements.
     pub allow_service_events: bool,
+    /// Chunks a stream may hold that its reader has not taken yet (Netron: 10,000).
+    pub stream_buffer: usize,
+    /// Streams one connection may have open at once.
+    pub max_streams: usize,
+    /// Inactivity limit of streams that are not live (Netron's `streamTimeout`, 60 s).
+    pub stream_timeout: Duration,
+    /// Requests one connection may have running at once; more are answered with an error.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for PeerConfig {
@@ -44,6 +53,10 @@ impl Default for PeerConfig {
             connect_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             allow_service_events: false,
+            stream_buffer: 10_000,
+            max_streams: 1024,
+            stream_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -116,6 +129,8 @@ struct Inner {
     announcements: mpsc::UnboundedSender<(String, Value)>,
     /// Tasks added with [`Peer::add_task`].
     tasks: RwLock<HashMap<String, Listener>>,
+    /// Stream ids this peer writes, process-wide like packet ids.
+    stream_ids: PacketIds,
 }
 
 impl Inner {
@@ -164,6 +179,7 @@ impl Peer {
             events: tokio::sync::broadcast::channel(256).0,
             announcements,
             tasks: RwLock::new(HashMap::new()),
+            stream_ids: PacketIds::default(),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -468,6 +484,14 @@ struct Connection {
     forwarded: Mutex<HashMap<String, SubscriptionId>>,
     /// Listeners of the remote peer's events (its `emit` tasks).
     remote_listeners: EventBus,
+    /// Streams the remote peer writes to this one.
+    streams: Arc<Streams>,
+    /// Frames queued for the writer and not sent yet (stream writers wait while it is high).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Signalled by the writer after each frame.
+    drained: Arc<tokio::sync::Notify>,
+    /// Requests running now.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl Connection {
@@ -491,6 +515,10 @@ impl Connection {
             closed: closed.clone(),
             forwarded: Mutex::new(HashMap::new()),
             remote_listeners: EventBus::default(),
+            streams: Arc::new(Streams::new(peer.config.stream_buffer, peer.config.max_streams)),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            drained: Arc::new(tokio::sync::Notify::new()),
+            running: Arc::new(tokio::sync::Semaphore::new(peer.config.max_concurrent_requests.max(1))),
         });
         if let Ok(mut connections) = peer.connections.lock() {
             connections.insert(remote_id.clone(), Arc::clone(&connection));
@@ -498,11 +526,17 @@ impl Connection {
         let payload = Value::object([("peerId", Value::str(&remote_id))]);
         peer.announce("peer:connect", payload, PeerEvent::Connected { peer_id: remote_id });
         let writer_closed = closed.clone();
+        let (queued, drained) = (Arc::clone(&connection.queued), Arc::clone(&connection.drained));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     message = outgoing.recv() => match message {
-                        Some(message) => if sink.send(message).await.is_err() { break },
+                        Some(message) => {
+                            let sent = sink.send(message).await;
+                            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            drained.notify_waiters();
+                            if sent.is_err() { break }
+                        }
                         None => break,
                     },
                     () = writer_closed.cancelled() => {
@@ -538,6 +572,8 @@ impl Connection {
         if let Ok(mut pending) = self.pending.lock() {
             pending.clear();
         }
+        self.streams.close_all("the connection closed");
+        self.drained.notify_waiters();
         if let Ok(mut forwarded) = self.forwarded.lock() {
             for (_, id) in forwarded.drain() {
                 self.peer.bus.unsubscribe(id);
@@ -557,7 +593,10 @@ impl Connection {
     fn send(&self, packet: &Packet) {
         match packet.encode() {
             Ok(bytes) => {
-                let _ = self.out.send(Message::binary(bytes));
+                self.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.out.send(Message::binary(bytes)).is_err() {
+                    self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             Err(error) => tracing::warn!(%error, "a packet cannot be written"),
         }
@@ -580,23 +619,98 @@ impl Connection {
         }
         match packet.kind {
             PacketType::Get | PacketType::Set | PacketType::Call | PacketType::Task => {
+                let Ok(permit) = Arc::clone(&self.running).try_acquire_owned() else {
+                    tracing::debug!(remote = %self.remote_id, "too many requests at once; refused");
+                    let busy = JsError::new("Too many concurrent requests; retry later");
+                    return self.send(&packet.response(Err(Value::Error(Box::new(busy)))));
+                };
                 let connection = Arc::clone(self);
                 tokio::spawn(async move {
-                    let result = connection.serve(&packet).await.map_err(|e| Value::Error(Box::new(e)));
-                    connection.send(&packet.response(result));
+                    match connection.serve(&packet).await {
+                        Ok(Output::Value(value)) => connection.send(&packet.response(Ok(value))),
+                        Ok(Output::Stream(items)) => {
+                            // The reply names the stream first; the chunks follow it.
+                            let stream_id = connection.peer.stream_ids.next();
+                            let reference = crate::wire::StreamReference {
+                                stream_id,
+                                writable: true,
+                                live: true,
+                                peer_id: connection.remote_id.clone(),
+                            };
+                            connection
+                                .send(&packet.response(Ok(Value::StreamReference(Box::new(reference)))));
+                            drop(permit);
+                            connection.pipe(stream_id, items).await;
+                        }
+                        Err(error) => connection.send(&packet.response(Err(Value::Error(Box::new(error))))),
+                    }
                 });
             }
-            other => tracing::debug!(remote = %self.remote_id, kind = ?other, "packet ignored"),
+            PacketType::Stream => {
+                let (id, index) = packet.stream.unwrap_or_default();
+                self.streams.chunk(id, index, packet.data, packet.eos);
+            }
+            PacketType::StreamError | PacketType::StreamClose => {
+                let id = match packet.data.get("streamId") {
+                    Some(Value::Int(id)) => u32::try_from(*id).unwrap_or(0),
+                    Some(Value::Float(id)) => *id as u32,
+                    _ => 0,
+                };
+                let why =
+                    packet.data.get("message").or_else(|| packet.data.get("reason")).and_then(Value::as_str);
+                self.streams.fail(id, why.unwrap_or("the stream was closed by its writer").to_owned());
+            }
+            PacketType::Ping => tracing::debug!(remote = %self.remote_id, "ping ignored, as Netron does"),
+        }
+    }
+
+    /// Writes `items` as stream `stream_id`: a chunk per item, then the end; an item that fails
+    /// sends STREAM_ERROR. Waits while many frames are queued for the socket (backpressure inside
+    /// the process; Netron has none on the wire).
+    async fn pipe(
+        &self,
+        stream_id: u32,
+        mut items: futures::stream::BoxStream<'static, Result<Value, JsError>>,
+    ) {
+        const HIGH_WATER: usize = 256;
+        let mut index = 0u32;
+        loop {
+            while self.queued.load(std::sync::atomic::Ordering::Relaxed) > HIGH_WATER
+                && !self.closed.is_cancelled()
+            {
+                let drained = self.drained.notified();
+                if self.queued.load(std::sync::atomic::Ordering::Relaxed) <= HIGH_WATER {
+                    break;
+                }
+                drained.await;
+            }
+            let next = tokio::select! {
+                next = items.next() => next,
+                () = self.closed.cancelled() => return,
+            };
+            let id = self.peer.ids.next();
+            match next {
+                Some(Ok(value)) => self.send(&Packet::chunk(id, stream_id, index, value, true, false)),
+                Some(Err(error)) => {
+                    let data = Value::object([
+                        ("streamId", Value::Int(i64::from(stream_id))),
+                        ("message", Value::str(error.message)),
+                    ]);
+                    return self.send(&Packet::request(id, PacketType::StreamError, data));
+                }
+                None => return self.send(&Packet::chunk(id, stream_id, index, Value::Null, true, true)),
+            }
+            index = index.wrapping_add(1);
         }
     }
 
     /// Answers one request.
-    async fn serve(self: &Arc<Self>, packet: &Packet) -> Result<Value, JsError> {
+    async fn serve(self: &Arc<Self>, packet: &Packet) -> Result<Output, JsError> {
         let Value::Array(items) = &packet.data else { return Err(JsError::new("Invalid packet")) };
         let text =
             |i: usize| items.get(i).and_then(Value::as_str).ok_or_else(|| JsError::new("Invalid packet"));
         if packet.kind == PacketType::Task {
-            return self.run_task(text(0)?, items[1..].to_vec()).await;
+            return self.run_task(text(0)?, items[1..].to_vec()).await.map(Output::Value);
         }
         let (def_id, member) = (text(0)?, text(1)?);
         let service = self
@@ -607,10 +721,10 @@ impl Connection {
             .and_then(|d| d.get(def_id).cloned())
             .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
         match packet.kind {
-            PacketType::Get => service.get(member),
+            PacketType::Get => service.get(member).map(Output::Value),
             PacketType::Set => {
                 service.set(member, items.get(2).cloned().unwrap_or(Value::Undefined))?;
-                Ok(Value::Undefined)
+                Ok(Output::Value(Value::Undefined))
             }
             _ => service.call(member, items[2..].to_vec()).await,
         }
@@ -869,6 +983,21 @@ impl Interface {
         let result = self.call(method, args).await?;
         serde_json::from_value(crate::convert::to_json(&result))
             .map_err(|e| PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+    }
+
+    /// Calls `method`, which returns a stream, and reads it: chunks in order until the end.
+    pub async fn call_stream(&self, method: &str, args: Vec<Value>) -> Result<ReadableStream, PeerError> {
+        match self.call(method, args).await? {
+            Value::StreamReference(reference) => {
+                let connection = &self.remote.connection;
+                Ok(connection.streams.reader(
+                    reference.stream_id,
+                    reference.live,
+                    connection.peer.config.stream_timeout,
+                ))
+            }
+            other => Err(PeerError::Protocol(format!("{method} answered {other:?}, not a stream"))),
+        }
     }
 
     /// Reads property `name`.

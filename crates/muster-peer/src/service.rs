@@ -14,7 +14,41 @@ use crate::convert::{from_json, to_json};
 use crate::wire::{ErrorKind, JsError, Value};
 
 type MethodFn =
-    Arc<dyn Fn(Vec<Value>) -> Pin<Box<dyn Future<Output = Result<Value, JsError>> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Vec<Value>) -> Pin<Box<dyn Future<Output = Result<Output, JsError>> + Send>> + Send + Sync>;
+
+/// What a method produced: a value, or a stream of values the caller reads as a Netron stream.
+pub enum Output {
+    /// A value (the reply).
+    Value(Value),
+    /// A stream: the reply is a stream reference, then the chunks follow.
+    Stream(futures::stream::BoxStream<'static, Result<Value, JsError>>),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Value(value) => f.debug_tuple("Value").field(value).finish(),
+            Self::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// The arguments of a call as `A`: none as `()`, one as itself, several as a tuple.
+fn arguments_as<A: DeserializeOwned>(method: &str, arity: usize, args: Vec<Value>) -> Result<A, JsError> {
+    let json = match arity {
+        0 => serde_json::Value::Null,
+        1 => args.into_iter().next().map_or(serde_json::Value::Null, |v| to_json(&v)),
+        _ => serde_json::Value::Array(args.iter().map(to_json).collect()),
+    };
+    serde_json::from_value(json).map_err(|e| type_error(format!("{method}: the arguments do not fit: {e}")))
+}
+
+/// A result as a wire value.
+fn result_of<R: Serialize>(method: &str, output: R) -> Result<Value, JsError> {
+    serde_json::to_value(output)
+        .map(|json| from_json(&json))
+        .map_err(|e| JsError::new(format!("{method}: the result cannot be sent: {e}")))
+}
 
 /// One method: its argument and result type names (as Netron's decorators write them) and its body.
 struct Method {
@@ -87,7 +121,7 @@ impl ServiceBuilder {
     /// result serializes from `R`. `arguments` and `returns` are the type names the definition
     /// announces (`["Number", "Number"]`, `"Number"`).
     #[must_use]
-    pub fn method<A, R, F, Fut>(mut self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
+    pub fn method<A, R, F, Fut>(self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
     where
         A: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
@@ -101,32 +135,44 @@ impl ServiceBuilder {
             let body = Arc::clone(&body);
             let method_name = method_name.clone();
             Box::pin(async move {
-                let json = match arity {
-                    0 => serde_json::Value::Null,
-                    1 => args.into_iter().next().map_or(serde_json::Value::Null, |v| to_json(&v)),
-                    _ => serde_json::Value::Array(args.iter().map(to_json).collect()),
-                };
-                let input: A = serde_json::from_value(json).map_err(|e| JsError {
-                    kind: ErrorKind::TypeError,
-                    name: "TypeError".into(),
-                    stack: None,
-                    message: format!("{method_name}: the arguments do not fit: {e}"),
-                    fields: Vec::new(),
-                })?;
+                let input: A = arguments_as(&method_name, arity, args)?;
                 let output = body(input).await?;
-                serde_json::to_value(output)
-                    .map(|json| from_json(&json))
-                    .map_err(|e| JsError::new(format!("{method_name}: the result cannot be sent: {e}")))
+                result_of(&method_name, output).map(Output::Value)
             })
         });
-        self.service.methods.insert(
-            name.to_owned(),
-            Method {
-                arguments: arguments.iter().map(|a| (*a).to_owned()).collect(),
-                returns: returns.to_owned(),
-                body: call,
-            },
-        );
+        self.insert(name, arguments, returns, call)
+    }
+
+    /// A method that returns a stream: the caller receives a stream reference and then every item
+    /// as a chunk of a live Netron stream, in order, until the stream ends (or fails: the caller's
+    /// stream fails with the error's message).
+    #[must_use]
+    pub fn stream_method<A, R, F, S>(self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A) -> S + Send + Sync + 'static,
+        S: futures::Stream<Item = Result<R, JsError>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let body = Arc::new(body);
+        let arity = arguments.len();
+        let method_name = name.to_owned();
+        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
+            let body = Arc::clone(&body);
+            let method_name = method_name.clone();
+            Box::pin(async move {
+                let input: A = arguments_as(&method_name, arity, args)?;
+                let items = body(input).map(move |item| item.and_then(|r| result_of(&method_name, r)));
+                Ok(Output::Stream(items.boxed()))
+            })
+        });
+        self.insert(name, arguments, returns, call)
+    }
+
+    fn insert(mut self, name: &str, arguments: &[&str], returns: &str, body: MethodFn) -> Self {
+        let arguments = arguments.iter().map(|a| (*a).to_owned()).collect();
+        self.service.methods.insert(name.to_owned(), Method { arguments, returns: returns.to_owned(), body });
         self
     }
 
@@ -197,7 +243,7 @@ impl Service {
     }
 
     /// Runs method `name` with `args`.
-    pub async fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, JsError> {
+    pub async fn call(&self, name: &str, args: Vec<Value>) -> Result<Output, JsError> {
         let method = self.methods.get(name).ok_or_else(|| type_error(format!("{name} is not a function")))?;
         (method.body)(args).await
     }

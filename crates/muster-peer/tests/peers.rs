@@ -259,3 +259,44 @@ async fn remote_subscriptions_service_events_tasks_and_peer_events() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_returning_streams_are_read_as_netron_streams() {
+    let ticker = ServiceBuilder::new("ticker", "1.0.0")
+        .unwrap()
+        .stream_method("count", &["Number"], "AsyncGenerator", |n: u32| {
+            futures::stream::iter((0..n).map(Ok::<u32, JsError>))
+        })
+        .stream_method("failing", &[], "AsyncGenerator", |(): ()| {
+            futures::stream::iter(vec![Ok(1), Err(JsError::new("the source broke"))])
+        })
+        .build();
+    let server = Peer::new(PeerConfig::default());
+    server.expose_service(ticker).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let client = Peer::new(PeerConfig::default());
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    let ticker = remote.query_interface("ticker").unwrap();
+    let items: Vec<_> = ticker.call_stream("count", vec![Value::Int(5000)]).await.unwrap().collect().await;
+    assert_eq!(items.len(), 5000);
+    assert!(items.iter().enumerate().all(|(i, item)| *item == Ok(Value::Int(i as i64))), "in order");
+    let empty: Vec<_> = ticker.call_stream("count", vec![Value::Int(0)]).await.unwrap().collect().await;
+    assert!(empty.is_empty());
+    let mut failing = ticker.call_stream("failing", vec![]).await.unwrap();
+    assert_eq!(failing.next().await, Some(Ok(Value::Int(1))));
+    assert_eq!(failing.next().await.unwrap().unwrap_err().message, "the source broke");
+    assert_eq!(failing.next().await, None);
+    // A plain method is not a stream.
+    assert!(matches!(ticker.call_stream("nope", vec![]).await, Err(PeerError::Remote(_))));
+    // Closing the connection fails a stream mid-way.
+    let mut long = ticker.call_stream("count", vec![Value::Int(1_000_000)]).await.unwrap();
+    assert!(long.next().await.unwrap().is_ok());
+    client.stop().await;
+    let mut ended_with_error = false;
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(5), long.next()).await.unwrap() {
+        if item.is_err() {
+            ended_with_error = true;
+        }
+    }
+    assert!(ended_with_error, "a stream cut off by the connection's end says so");
+}
