@@ -334,9 +334,10 @@ impl Peer {
         let separator = if rooted.contains('?') { '&' } else { '?' };
         let target = format!("{rooted}{separator}id={}", inner.id);
         let handshake = async {
-            let (mut socket, _) = tokio_tungstenite::connect_async(target)
-                .await
-                .map_err(|e| PeerError::Connect(e.to_string()))?;
+            let (mut socket, _) =
+                tokio_tungstenite::connect_async_with_config(target, Some(ws_config(&inner.config)), true)
+                    .await
+                    .map_err(|e| PeerError::Connect(e.to_string()))?;
             // The listener's first frame is a text frame naming it.
             let remote_id = loop {
                 match socket.next().await {
@@ -452,7 +453,8 @@ async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
         });
         Ok(response)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(&inner.config)));
     let mut socket = match tokio::time::timeout(inner.config.connect_timeout, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => return tracing::debug!(%error, "a WebSocket handshake failed"),
@@ -557,7 +559,13 @@ impl Connection {
                 match message {
                     Some(Ok(Message::Binary(frame))) => reader.receive(&frame),
                     Some(Ok(Message::Text(text))) => tracing::debug!(text = %text, "text frame ignored"),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(error)) => {
+                        // An oversized frame, broken framing, a reset: this connection ends, the
+                        // peer keeps serving the others.
+                        tracing::info!(remote = %reader.remote_id, %error, "closing a peer connection");
+                        break;
+                    }
                     Some(Ok(_)) => {}
                 }
             }
@@ -1019,4 +1027,11 @@ fn definition_name(definition: &Definition) -> &str {
 
 fn definition_version(definition: &Definition) -> &str {
     definition.meta.get("version").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// WebSocket limits from the peer's settings: no message or frame beyond the packet limit.
+fn ws_config(config: &PeerConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(config.limits.max_frame))
+        .max_frame_size(Some(config.limits.max_frame))
 }

@@ -300,3 +300,50 @@ async fn methods_returning_streams_are_read_as_netron_streams() {
     }
     assert!(ended_with_error, "a stream cut off by the connection's end says so");
 }
+
+/// A peer that sends oversized frames or floods requests is cut off or refused; the others are
+/// served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_cut_off_and_the_rest_served() {
+    let config = PeerConfig {
+        limits: Limits { max_frame: 4096, ..Limits::default() },
+        max_concurrent_requests: 4,
+        ..PeerConfig::default()
+    };
+    let server = Peer::new(config);
+    server.expose_service(calculator("1.0.0")).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let good = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+
+    let (mut bad, _) = tokio_tungstenite::connect_async(format!("ws://{address}/?id=bad")).await.unwrap();
+    let _ = bad.next().await; // the id frame
+    bad.send(Message::binary(vec![0u8; 10_000])).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match bad.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the oversized frame closed the connection");
+
+    // A flood of slow calls: beyond 4 at once, refused with an error, not queued without bound.
+    let calc = good.query_interface("calculator").unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let calc = calc.clone();
+            tokio::spawn(async move { calc.call("slow", vec![]).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for call in calls {
+        if let Err(PeerError::Remote(error)) = call.await.unwrap() {
+            assert!(error.message.contains("Too many concurrent requests"), "{}", error.message);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4);
+    assert_eq!(calc.call("add", vec![Value::Int(1), Value::Int(2)]).await.unwrap(), Value::Int(3));
+}
