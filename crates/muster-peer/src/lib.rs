@@ -27,3 +27,27 @@ pub use events::{EventBus, PeerEvent, listener};
 pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer, TaskOverwrite};
 pub use service::{DeclarationError, Output, Service, ServiceBuilder};
 pub use streams::ReadableStream;
+
+/// Exposes an `impl` block as a Netron service (see the `muster-peer-macros` crate):
+///
+/// ```
+/// use muster_peer::wire::JsError;
+///
+/// struct Calculator;
+///
+/// #[muster_peer::service(name = "calculator", version = "1.0.0")]
+/// impl Calculator {
+///     pub async fn add(&self, a: f64, b: f64) -> f64 {
+///         a + b
+///     }
+///
+///     pub fn divide(&self, a: f64, b: f64) -> Result<f64, JsError> {
+///         if b == 0.0 { Err(JsError::new("division by zero")) } else { Ok(a / b) }
+///     }
+/// }
+///
+/// let service = Calculator.into_service();
+/// assert_eq!(service.qualified_name(), "calculator@1.0.0");
+/// // `CalculatorClient` calls a remote calculator: `Calculator::client(interface).add(5.0, 3.0).await`.
+/// ```
+pub use muster_peer_macros::service;

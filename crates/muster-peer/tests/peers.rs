@@ -347,3 +347,57 @@ async fn bad_peers_are_cut_off_and_the_rest_served() {
     assert_eq!(refused, 4);
     assert_eq!(calc.call("add", vec![Value::Int(1), Value::Int(2)]).await.unwrap(), Value::Int(3));
 }
+
+struct Counter {
+    step: i64,
+}
+
+#[muster_peer::service(name = "counter", version = "2.1.0")]
+impl Counter {
+    pub(crate) async fn next(&self, from: i64) -> i64 {
+        from + self.step
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!("step {}", self.step)
+    }
+
+    pub(crate) fn check(&self, value: i64) -> Result<bool, JsError> {
+        if value < 0 { Err(JsError::new("negative")) } else { Ok(value % 2 == 0) }
+    }
+
+    fn hidden(&self) -> i64 {
+        self.step
+    }
+}
+
+/// A service declared with the attribute, called through its generated typed client; the
+/// definition is generated from the signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_services_and_typed_clients() {
+    let server = Peer::new(PeerConfig::default());
+    let service = Counter { step: 5 }.into_service();
+    assert_eq!(Counter { step: 1 }.hidden(), 1);
+    let meta = service.meta();
+    let methods = meta.get("methods").unwrap();
+    assert_eq!(
+        methods.get("next"),
+        Some(&Value::object([
+            ("type", Value::str("Promise")),
+            ("arguments", Value::Array(vec![Value::str("Number")]))
+        ]))
+    );
+    assert_eq!(methods.get("describe").and_then(|m| m.get("type")), Some(&Value::str("String")));
+    assert!(methods.get("hidden").is_none(), "only public methods are exposed");
+    server.expose_service(service).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let remote = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+    let counter = Counter::client(remote.query_interface("counter@^2").unwrap());
+    assert_eq!(counter.next(10).await.unwrap(), 15);
+    assert_eq!(counter.describe().await.unwrap(), "step 5");
+    assert!(counter.check(4).await.unwrap());
+    match counter.check(-1).await {
+        Err(PeerError::Remote(error)) => assert_eq!(error.message, "negative"),
+        other => panic!("{other:?}"),
+    }
+}
