@@ -63,6 +63,24 @@ impl EventBus {
         listeners.len() != before
     }
 
+    /// The patterns with listeners, each once, in subscription order.
+    pub fn patterns(&self) -> Vec<String> {
+        let mut patterns: Vec<String> = Vec::new();
+        if let Ok(listeners) = self.listeners.read() {
+            for (_, pattern, _) in listeners.iter() {
+                if !patterns.contains(pattern) {
+                    patterns.push(pattern.clone());
+                }
+            }
+        }
+        patterns
+    }
+
+    /// How many listeners were subscribed with exactly `pattern`.
+    pub fn pattern_count(&self, pattern: &str) -> usize {
+        self.listeners.read().map(|l| l.iter().filter(|(_, p, _)| p == pattern).count()).unwrap_or(0)
+    }
+
     /// How many listeners `event` has.
     pub fn listener_count(&self, event: &str) -> usize {
         self.matching(event).len()
@@ -140,6 +158,13 @@ pub enum PeerEvent {
         qualified_name: String,
         /// Its definition id.
         definition_id: String,
+    },
+    /// Opening a connection (again) failed.
+    ConnectFailed {
+        /// Where.
+        url: String,
+        /// Why.
+        message: String,
     },
     /// This peer stopped exposing a service.
     ServiceConcealed {

@@ -43,6 +43,11 @@ pub struct PeerConfig {
     pub stream_timeout: Duration,
     /// Requests one connection may have running at once; more are answered with an error.
     pub max_concurrent_requests: usize,
+    /// Connections made by [`Peer::connect`] are opened again after they break: at most this many
+    /// attempts in a row (`None`: without end; `Some(0)`: never).
+    pub max_reconnect_attempts: Option<u32>,
+    /// The first delay before reconnecting; it doubles with each failed attempt, up to 30 s.
+    pub reconnect_delay: Duration,
 }
 
 impl Default for PeerConfig {
@@ -57,6 +62,8 @@ impl Default for PeerConfig {
             max_streams: 1024,
             stream_timeout: Duration::from_secs(60),
             max_concurrent_requests: 1024,
+            max_reconnect_attempts: Some(0),
+            reconnect_delay: Duration::from_secs(1),
         }
     }
 }
@@ -319,108 +326,28 @@ impl Peer {
     }
 
     /// Connects to the peer listening at `url` (`ws://host:port`), runs the handshake and
-    /// `abilities`, and returns the connection.
+    /// `abilities`, and returns the connection. With `max_reconnect_attempts` other than `Some(0)`,
+    /// a connection that breaks is opened again in the background (backoff from
+    /// `reconnect_delay`, doubling up to 30 s), its subscriptions renewed; calls in flight when it
+    /// broke fail with [`PeerError::Closed`].
     pub async fn connect(&self, url: &str) -> Result<RemotePeer, PeerError> {
-        let inner = Arc::clone(&self.inner);
-        // `ws://host:port` gets its root path, as the `ws` package sends it (`GET /?id=...`).
-        let rooted = match url.split_once("://") {
-            Some((_, rest)) if !rest.contains('/') => format!(
-                "{}/{}",
-                url.split('?').next().unwrap_or(url),
-                url.find('?').map_or("", |at| &url[at..])
-            ),
-            _ => url.to_owned(),
+        let listeners = Arc::new(EventBus::default());
+        let connection = open(&self.inner, url, Arc::clone(&listeners)).await?;
+        let remote = RemotePeer {
+            shared: Arc::new(Remote {
+                current: arc_swap::ArcSwap::new(connection),
+                services: RwLock::new(HashMap::new()),
+                listeners,
+                closed_by_us: std::sync::atomic::AtomicBool::new(false),
+            }),
         };
-        let separator = if rooted.contains('?') { '&' } else { '?' };
-        let target = format!("{rooted}{separator}id={}", inner.id);
-        let handshake = async {
-            let (mut socket, _) =
-                tokio_tungstenite::connect_async_with_config(target, Some(ws_config(&inner.config)), true)
-                    .await
-                    .map_err(|e| PeerError::Connect(e.to_string()))?;
-            // The listener's first frame is a text frame naming it.
-            let remote_id = loop {
-                match socket.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        let json: serde_json::Value = serde_json::from_str(&text)
-                            .map_err(|_| PeerError::Protocol("Invalid handshake".into()))?;
-                        match (json["type"].as_str(), json["id"].as_str()) {
-                            (Some("id"), Some(id)) => break id.to_owned(),
-                            _ => return Err(PeerError::Protocol("Invalid handshake".into())),
-                        }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(_)) => return Err(PeerError::Protocol("Invalid handshake".into())),
-                    Some(Err(e)) => return Err(PeerError::Connect(e.to_string())),
-                    None => return Err(PeerError::Closed),
-                }
-            };
-            Ok((socket, remote_id))
-        };
-        let (socket, remote_id) = tokio::time::timeout(inner.config.connect_timeout, handshake)
-            .await
-            .map_err(|_| PeerError::Connect("the connection and handshake timed out".into()))??;
-        let remote = RemotePeer { connection: Connection::start(inner, socket, remote_id) };
-        let abilities =
-            Value::object([("allowServiceEvents", Value::Bool(self.inner.config.allow_service_events))]);
-        let answer = remote.run_task("abilities", vec![abilities]).await?;
-        let services = match answer.get("services") {
-            Some(Value::Map(entries)) => entries
-                .iter()
-                .filter_map(|(key, value)| match (key, value) {
-                    (Value::Str(name), Value::Definition(definition)) => {
-                        Some((name.clone(), (**definition).clone()))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            _ => HashMap::new(),
-        };
-        if let Ok(mut known) = remote.connection.services.write() {
-            *known = services;
-        }
-        // Follow the listener's services as it exposes and conceals them, when it allows it.
-        if answer.get("allowServiceEvents") == Some(&Value::Bool(true)) {
-            let weak = Arc::downgrade(&remote.connection);
-            remote
-                .subscribe(
-                    "service:expose",
-                    crate::events::listener(move |args| {
-                        let weak = weak.clone();
-                        async move {
-                            let payload = args.first();
-                            if let (Some(connection), Some(name), Some(Value::Definition(definition))) = (
-                                weak.upgrade(),
-                                payload.and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
-                                payload.and_then(|p| p.get("definition")),
-                            ) && let Ok(mut services) = connection.services.write()
-                            {
-                                services.insert(name.to_owned(), (**definition).clone());
-                            }
-                            Ok(Value::Undefined)
-                        }
-                    }),
-                )
-                .await?;
-            let weak = Arc::downgrade(&remote.connection);
-            remote
-                .subscribe(
-                    "service:unexpose",
-                    crate::events::listener(move |args| {
-                        let weak = weak.clone();
-                        async move {
-                            if let (Some(connection), Some(name)) = (
-                                weak.upgrade(),
-                                args.first().and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
-                            ) && let Ok(mut services) = connection.services.write()
-                            {
-                                services.remove(name);
-                            }
-                            Ok(Value::Undefined)
-                        }
-                    }),
-                )
-                .await?;
+        remote.initialize(true).await?;
+        if self.inner.config.max_reconnect_attempts != Some(0) {
+            tokio::spawn(reconnect(
+                Arc::downgrade(&self.inner),
+                Arc::downgrade(&remote.shared),
+                url.to_owned(),
+            ));
         }
         Ok(remote)
     }
@@ -433,6 +360,93 @@ impl Peer {
             self.inner.connections.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
         for connection in connections {
             connection.close();
+        }
+    }
+}
+
+/// Opens a connection to `url`: the WebSocket handshake with `?id=`, then the listener's id frame.
+async fn open(inner: &Arc<Inner>, url: &str, listeners: Arc<EventBus>) -> Result<Arc<Connection>, PeerError> {
+    // `ws://host:port` gets its root path, as the `ws` package sends it (`GET /?id=...`).
+    let rooted = match url.split_once("://") {
+        Some((_, rest)) if !rest.contains('/') => {
+            format!("{}/{}", url.split('?').next().unwrap_or(url), url.find('?').map_or("", |at| &url[at..]))
+        }
+        _ => url.to_owned(),
+    };
+    let separator = if rooted.contains('?') { '&' } else { '?' };
+    let target = format!("{rooted}{separator}id={}", inner.id);
+    let handshake = async {
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_with_config(target, Some(ws_config(&inner.config)), true)
+                .await
+                .map_err(|e| PeerError::Connect(e.to_string()))?;
+        // The listener's first frame is a text frame naming it.
+        let remote_id = loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let json: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|_| PeerError::Protocol("Invalid handshake".into()))?;
+                    match (json["type"].as_str(), json["id"].as_str()) {
+                        (Some("id"), Some(id)) => break id.to_owned(),
+                        _ => return Err(PeerError::Protocol("Invalid handshake".into())),
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(_)) => return Err(PeerError::Protocol("Invalid handshake".into())),
+                Some(Err(e)) => return Err(PeerError::Connect(e.to_string())),
+                None => return Err(PeerError::Closed),
+            }
+        };
+        Ok((socket, remote_id))
+    };
+    let (socket, remote_id) = tokio::time::timeout(inner.config.connect_timeout, handshake)
+        .await
+        .map_err(|_| PeerError::Connect("the connection and handshake timed out".into()))??;
+    Ok(Connection::start(Arc::clone(inner), socket, remote_id, listeners))
+}
+
+/// Opens `remote`'s connection again each time it breaks (unless closed on purpose or the peer
+/// stopped), with exponential backoff, up to the attempt limit.
+async fn reconnect(inner: std::sync::Weak<Inner>, remote: std::sync::Weak<Remote>, url: String) {
+    const MAX_DELAY: Duration = Duration::from_secs(30);
+    loop {
+        let Some(closed) = remote.upgrade().map(|r| r.current.load().closed.clone()) else { return };
+        closed.cancelled().await;
+        let mut attempts: u32 = 0;
+        loop {
+            let (Some(peer), Some(shared)) = (inner.upgrade(), remote.upgrade()) else { return };
+            if peer.stopped.is_cancelled() || shared.closed_by_us.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            if peer.config.max_reconnect_attempts.is_some_and(|max| attempts >= max) {
+                tracing::warn!(%url, attempts, "giving up reconnecting");
+                return;
+            }
+            let delay = peer.config.reconnect_delay.saturating_mul(1 << attempts.min(16)).min(MAX_DELAY);
+            attempts += 1;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = peer.stopped.cancelled() => return,
+            }
+            match open(&peer, &url, Arc::clone(&shared.listeners)).await {
+                Ok(connection) => {
+                    shared.current.store(connection);
+                    let again = RemotePeer { shared };
+                    match again.initialize(false).await {
+                        Ok(()) => {
+                            tracing::info!(%url, "reconnected");
+                            break;
+                        }
+                        Err(error) => tracing::debug!(%url, %error, "reconnected but the handshake failed"),
+                    }
+                }
+                Err(error) => {
+                    let _ = peer
+                        .events
+                        .send(PeerEvent::ConnectFailed { url: url.clone(), message: error.to_string() });
+                    tracing::debug!(%url, %error, attempts, "reconnecting failed");
+                }
+            }
         }
     }
 }
@@ -469,7 +483,7 @@ async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
     if socket.send(Message::text(hello)).await.is_err() {
         return;
     }
-    Connection::start(inner, socket, remote_id);
+    Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()));
 }
 
 type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
@@ -479,13 +493,11 @@ struct Connection {
     remote_id: String,
     out: mpsc::UnboundedSender<Message>,
     pending: Pending,
-    /// The remote peer's services (from `abilities`).
-    services: RwLock<HashMap<String, Definition>>,
     closed: CancellationToken,
     /// Events the remote peer subscribed to here: the bus listener forwarding each.
     forwarded: Mutex<HashMap<String, SubscriptionId>>,
-    /// Listeners of the remote peer's events (its `emit` tasks).
-    remote_listeners: EventBus,
+    /// Listeners of the remote peer's events (its `emit` tasks); kept across reconnections.
+    remote_listeners: Arc<EventBus>,
     /// Streams the remote peer writes to this one.
     streams: Arc<Streams>,
     /// Frames queued for the writer and not sent yet (stream writers wait while it is high).
@@ -501,6 +513,7 @@ impl Connection {
         peer: Arc<Inner>,
         socket: tokio_tungstenite::WebSocketStream<S>,
         remote_id: String,
+        remote_listeners: Arc<EventBus>,
     ) -> Arc<Self>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -513,10 +526,9 @@ impl Connection {
             remote_id: remote_id.clone(),
             out,
             pending: Mutex::new(HashMap::new()),
-            services: RwLock::new(HashMap::new()),
             closed: closed.clone(),
             forwarded: Mutex::new(HashMap::new()),
-            remote_listeners: EventBus::default(),
+            remote_listeners,
             streams: Arc::new(Streams::new(peer.config.stream_buffer, peer.config.max_streams)),
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             drained: Arc::new(tokio::sync::Notify::new()),
@@ -860,28 +872,107 @@ impl Connection {
     }
 }
 
+/// What a [`RemotePeer`]'s clones share: the current connection (replaced on reconnection), the
+/// remote peer's services, and the listeners of its events.
+struct Remote {
+    current: arc_swap::ArcSwap<Connection>,
+    services: RwLock<HashMap<String, Definition>>,
+    listeners: Arc<EventBus>,
+    /// [`RemotePeer::disconnect`] was called: no reconnection.
+    closed_by_us: std::sync::atomic::AtomicBool,
+}
+
 /// A connection to a remote peer. Cheap to clone.
 #[derive(Clone)]
 pub struct RemotePeer {
-    connection: Arc<Connection>,
+    shared: Arc<Remote>,
 }
 
 impl std::fmt::Debug for RemotePeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemotePeer").field("id", &self.connection.remote_id).finish_non_exhaustive()
+        f.debug_struct("RemotePeer").field("id", &self.id()).finish_non_exhaustive()
     }
 }
 
 impl RemotePeer {
+    fn connection(&self) -> Arc<Connection> {
+        self.shared.current.load_full()
+    }
+
+    /// After a connection opens: `abilities` (the remote peer's services), following its service
+    /// announcements when it allows it, and — after a reconnection — the subscriptions again.
+    async fn initialize(&self, first: bool) -> Result<(), PeerError> {
+        let allow = self.connection().peer.config.allow_service_events;
+        let abilities = Value::object([("allowServiceEvents", Value::Bool(allow))]);
+        let answer = self.run_task("abilities", vec![abilities]).await?;
+        let services = match answer.get("services") {
+            Some(Value::Map(entries)) => entries
+                .iter()
+                .filter_map(|(key, value)| match (key, value) {
+                    (Value::Str(name), Value::Definition(definition)) => {
+                        Some((name.clone(), (**definition).clone()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => HashMap::new(),
+        };
+        if let Ok(mut known) = self.shared.services.write() {
+            *known = services;
+        }
+        if !first {
+            for pattern in self.shared.listeners.patterns() {
+                self.run_task("subscribe", vec![Value::str(&pattern)]).await?;
+            }
+            return Ok(());
+        }
+        // Follow the listener's services as it exposes and conceals them, when it allows it.
+        if answer.get("allowServiceEvents") == Some(&Value::Bool(true)) {
+            let weak = Arc::downgrade(&self.shared);
+            let exposed = crate::events::listener(move |args| {
+                let weak = weak.clone();
+                async move {
+                    let payload = args.first();
+                    if let (Some(shared), Some(name), Some(Value::Definition(definition))) = (
+                        weak.upgrade(),
+                        payload.and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
+                        payload.and_then(|p| p.get("definition")),
+                    ) && let Ok(mut services) = shared.services.write()
+                    {
+                        services.insert(name.to_owned(), (**definition).clone());
+                    }
+                    Ok(Value::Undefined)
+                }
+            });
+            self.subscribe("service:expose", exposed).await?;
+            let weak = Arc::downgrade(&self.shared);
+            let concealed = crate::events::listener(move |args| {
+                let weak = weak.clone();
+                async move {
+                    if let (Some(shared), Some(name)) = (
+                        weak.upgrade(),
+                        args.first().and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
+                    ) && let Ok(mut services) = shared.services.write()
+                    {
+                        services.remove(name);
+                    }
+                    Ok(Value::Undefined)
+                }
+            });
+            self.subscribe("service:unexpose", concealed).await?;
+        }
+        Ok(())
+    }
+
     /// The remote peer's id.
-    pub fn id(&self) -> &str {
-        &self.connection.remote_id
+    pub fn id(&self) -> String {
+        self.connection().remote_id.clone()
     }
 
     /// The qualified names of the remote peer's services, sorted.
     pub fn service_names(&self) -> Vec<String> {
         let mut names: Vec<String> =
-            self.connection.services.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+            self.shared.services.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
         names.sort();
         names
     }
@@ -889,7 +980,7 @@ impl RemotePeer {
     /// The service matching `query`: `name@1.2.3` exactly; `name` — the unversioned one, else the
     /// highest version (as Netron); or `name@^1` — the highest version meeting the requirement.
     pub fn query_interface(&self, query: &str) -> Result<Interface, PeerError> {
-        let services = self.connection.services.read().map_err(|_| PeerError::Closed)?;
+        let services = self.shared.services.read().map_err(|_| PeerError::Closed)?;
         let unknown = || PeerError::UnknownService(query.to_owned());
         if let Some(definition) = services.get(query) {
             return Ok(self.interface(definition.clone()));
@@ -919,40 +1010,40 @@ impl RemotePeer {
     pub async fn run_task(&self, name: &str, args: Vec<Value>) -> Result<Value, PeerError> {
         let mut data = vec![Value::str(name)];
         data.extend(args);
-        self.connection.request(PacketType::Task, Value::Array(data)).await
+        self.connection().request(PacketType::Task, Value::Array(data)).await
     }
 
-    /// Listens to the remote peer's event `event`: the first listener of an event sends Netron's
-    /// `subscribe` task; the remote peer then sends each emission as an `emit` task.
+    /// Listens to the remote peer's events matching `event` (`*` is a wildcard): the first
+    /// listener of a pattern sends Netron's `subscribe` task; the remote peer then sends each
+    /// emission as an `emit` task. Subscriptions are renewed after a reconnection.
     pub async fn subscribe(&self, event: &str, listener: Listener) -> Result<SubscriptionId, PeerError> {
-        let first = self.connection.remote_listeners.listener_count(event) == 0;
-        let id = self.connection.remote_listeners.subscribe(event, listener);
+        let first = self.shared.listeners.pattern_count(event) == 0;
+        let id = self.shared.listeners.subscribe(event, listener);
         if first && let Err(error) = self.run_task("subscribe", vec![Value::str(event)]).await {
-            self.connection.remote_listeners.unsubscribe(id);
+            self.shared.listeners.unsubscribe(id);
             return Err(error);
         }
         Ok(id)
     }
 
-    /// Ends a subscription made with [`RemotePeer::subscribe`]; the last one of an event sends
+    /// Ends a subscription made with [`RemotePeer::subscribe`]; the last one of a pattern sends
     /// `unsubscribe`.
     pub async fn unsubscribe(&self, event: &str, id: SubscriptionId) -> Result<(), PeerError> {
-        if self.connection.remote_listeners.unsubscribe(id)
-            && self.connection.remote_listeners.listener_count(event) == 0
-        {
+        if self.shared.listeners.unsubscribe(id) && self.shared.listeners.pattern_count(event) == 0 {
             self.run_task("unsubscribe", vec![Value::str(event)]).await?;
         }
         Ok(())
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection is open now.
     pub fn is_connected(&self) -> bool {
-        !self.connection.closed.is_cancelled()
+        !self.connection().closed.is_cancelled()
     }
 
-    /// Closes the connection.
+    /// Closes the connection (for good: no reconnection).
     pub fn disconnect(&self) {
-        self.connection.close();
+        self.shared.closed_by_us.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.connection().close();
     }
 }
 
@@ -973,7 +1064,7 @@ impl Interface {
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
         let mut data = vec![Value::str(&self.definition.id), Value::str(method)];
         data.extend(args);
-        self.remote.connection.request(PacketType::Call, Value::Array(data)).await
+        self.remote.connection().request(PacketType::Call, Value::Array(data)).await
     }
 
     /// Calls `method` with typed arguments (a tuple for several) and a typed result.
@@ -997,7 +1088,7 @@ impl Interface {
     pub async fn call_stream(&self, method: &str, args: Vec<Value>) -> Result<ReadableStream, PeerError> {
         match self.call(method, args).await? {
             Value::StreamReference(reference) => {
-                let connection = &self.remote.connection;
+                let connection = self.remote.connection();
                 Ok(connection.streams.reader(
                     reference.stream_id,
                     reference.live,
@@ -1011,13 +1102,13 @@ impl Interface {
     /// Reads property `name`.
     pub async fn get(&self, name: &str) -> Result<Value, PeerError> {
         let data = Value::Array(vec![Value::str(&self.definition.id), Value::str(name)]);
-        self.remote.connection.request(PacketType::Get, data).await
+        self.remote.connection().request(PacketType::Get, data).await
     }
 
     /// Writes property `name`.
     pub async fn set(&self, name: &str, value: Value) -> Result<(), PeerError> {
         let data = Value::Array(vec![Value::str(&self.definition.id), Value::str(name), value]);
-        self.remote.connection.request(PacketType::Set, data).await.map(drop)
+        self.remote.connection().request(PacketType::Set, data).await.map(drop)
     }
 }
 

@@ -401,3 +401,77 @@ async fn attribute_services_and_typed_clients() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A connection that breaks is opened again with backoff; the new listener's services are read
+/// again and subscriptions renewed; a connection closed on purpose stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_connections_reconnect_with_their_subscriptions() {
+    let first = Peer::new(PeerConfig { id: Some("first".into()), ..PeerConfig::default() });
+    first.expose_service(calculator("1.0.0")).unwrap();
+    let address = first.listen("127.0.0.1:0").await.unwrap();
+    let client = Peer::new(PeerConfig {
+        max_reconnect_attempts: None,
+        reconnect_delay: Duration::from_millis(50),
+        ..PeerConfig::default()
+    });
+    let mut events = client.events();
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    remote
+        .subscribe(
+            "tick",
+            muster_peer::listener(move |args| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(args);
+                    Ok(Value::Undefined)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    first.stop().await;
+    // The same address, a new peer with another version of the service.
+    let second = Peer::new(PeerConfig { id: Some("second".into()), ..PeerConfig::default() });
+    second.expose_service(calculator("2.0.0")).unwrap();
+    let mut bound = None;
+    for _ in 0..50 {
+        match second.listen(&address.to_string()).await {
+            Ok(address) => {
+                bound = Some(address);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(bound.is_some(), "the address is free again");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(remote.is_connected() && remote.id() == "second") {
+        assert!(tokio::time::Instant::now() < deadline, "no reconnection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calc = remote.query_interface("calculator").unwrap();
+    assert_eq!(calc.definition().meta.get("version"), Some(&Value::str("2.0.0")));
+    assert_eq!(calc.call("add", vec![Value::Int(2), Value::Int(3)]).await.unwrap(), Value::Int(5));
+    while second.bus().listener_count("tick") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the subscription was not renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.bus().emit_parallel("tick", vec![Value::Int(1)]).await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap(),
+        vec![Value::Int(1)]
+    );
+    let mut saw = (false, false);
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        match event {
+            muster_peer::PeerEvent::Disconnected { peer_id } if peer_id == "first" => saw.0 = true,
+            muster_peer::PeerEvent::Connected { peer_id } if peer_id == "second" => saw.1 = true,
+            _ => {}
+        }
+    }
+    assert_eq!(saw, (true, true), "disconnected from the first, connected to the second");
+    remote.disconnect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!remote.is_connected(), "closed on purpose: no reconnection");
+}
