@@ -116,6 +116,15 @@ struct Exposed {
     definition: Definition,
 }
 
+/// What answers the calls of one definition.
+#[derive(Clone)]
+enum Served {
+    /// A service of this peer: exposed (`parent` `None`), or returned by a method of `parent`.
+    Local { service: Arc<Service>, parent: Option<String> },
+    /// A service another peer exposed here (the `expose_service` task): calls go to it.
+    Proxy(std::sync::Weak<Connection>),
+}
+
 struct Inner {
     id: String,
     config: PeerConfig,
@@ -123,7 +132,9 @@ struct Inner {
     /// Exposed services by qualified name.
     exposed: RwLock<HashMap<String, Exposed>>,
     /// Every definition this peer serves, by id.
-    definitions: RwLock<HashMap<String, Arc<Service>>>,
+    definitions: RwLock<HashMap<String, Served>>,
+    /// Definitions of services returned by methods, by the instance (one per instance).
+    stubs: Mutex<HashMap<usize, String>>,
     /// Open connections, by remote peer id.
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     /// Cancelled by [`Peer::stop`].
@@ -180,6 +191,7 @@ impl Peer {
             ids: PacketIds::default(),
             exposed: RwLock::new(HashMap::new()),
             definitions: RwLock::new(HashMap::new()),
+            stubs: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             stopped: CancellationToken::new(),
             bus: EventBus::default(),
@@ -249,7 +261,7 @@ impl Peer {
             meta: service.meta(),
         };
         if let Ok(mut definitions) = self.inner.definitions.write() {
-            definitions.insert(definition.id.clone(), service);
+            definitions.insert(definition.id.clone(), Served::Local { service, parent: None });
         }
         exposed.insert(key.clone(), Exposed { definition: definition.clone() });
         drop(exposed);
@@ -593,6 +605,7 @@ impl Connection {
             pending.clear();
         }
         self.streams.close_all("the connection closed");
+        self.drop_proxies();
         self.drained.notify_waiters();
         if let Ok(mut forwarded) = self.forwarded.lock() {
             for (_, id) in forwarded.drain() {
@@ -607,6 +620,29 @@ impl Connection {
                 payload,
                 PeerEvent::Disconnected { peer_id: self.remote_id.clone() },
             );
+        }
+    }
+
+    /// Services the remote peer exposed here go with its connection.
+    fn drop_proxies(&self) {
+        let gone: Vec<String> = self
+            .peer
+            .exposed
+            .read()
+            .map(|e| {
+                e.iter()
+                    .filter(|(_, x)| x.definition.peer_id == self.remote_id)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in gone {
+            let removed = self.peer.exposed.write().ok().and_then(|mut e| e.remove(&name));
+            if let Some(exposed) = removed
+                && let Ok(mut definitions) = self.peer.definitions.write()
+            {
+                definitions.remove(&exposed.definition.id);
+            }
         }
     }
 
@@ -648,6 +684,11 @@ impl Connection {
                 tokio::spawn(async move {
                     match connection.serve(&packet).await {
                         Ok(Output::Value(value)) => connection.send(&packet.response(Ok(value))),
+                        Ok(Output::Service(_)) => {
+                            // `serve` turns returned services into definitions; nothing else arrives here.
+                            let error = JsError::new("a service cannot be sent here");
+                            connection.send(&packet.response(Err(Value::Error(Box::new(error)))));
+                        }
                         Ok(Output::Stream(items)) => {
                             // The reply names the stream first; the chunks follow it.
                             let stream_id = connection.peer.stream_ids.next();
@@ -733,20 +774,92 @@ impl Connection {
             return self.run_task(text(0)?, items[1..].to_vec()).await.map(Output::Value);
         }
         let (def_id, member) = (text(0)?, text(1)?);
-        let service = self
+        let served = self
             .peer
             .definitions
             .read()
             .ok()
             .and_then(|d| d.get(def_id).cloned())
             .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
-        match packet.kind {
-            PacketType::Get => service.get(member).map(Output::Value),
+        let service = match served {
+            Served::Local { service, .. } => service,
+            Served::Proxy(exposer) => {
+                // A service another peer exposed here: the request goes to it as it came.
+                let exposer = exposer
+                    .upgrade()
+                    .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
+                return match exposer.request(packet.kind, packet.data.clone()).await {
+                    Ok(value) => Ok(Output::Value(value)),
+                    Err(PeerError::Remote(error)) => Err(*error),
+                    Err(other) => Err(JsError::new(other.to_string())),
+                };
+            }
+        };
+        let output = match packet.kind {
+            PacketType::Get => service.get(member).map(Output::Value)?,
             PacketType::Set => {
                 service.set(member, items.get(2).cloned().unwrap_or(Value::Undefined))?;
-                Ok(Output::Value(Value::Undefined))
+                Output::Value(Value::Undefined)
             }
-            _ => service.call(member, items[2..].to_vec()).await,
+            _ => service.call(member, items[2..].to_vec()).await?,
+        };
+        match output {
+            Output::Service(returned) => {
+                Ok(Output::Value(Value::Definition(Box::new(self.stub(returned, def_id)))))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The definition of a service returned by a method of `parent` (the same for the same
+    /// instance).
+    fn stub(&self, service: Arc<Service>, parent: &str) -> Definition {
+        let key = Arc::as_ptr(&service) as *const () as usize;
+        let mut stubs = match self.peer.stubs.lock() {
+            Ok(stubs) => stubs,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let meta = service.meta();
+        if let Some(id) = stubs.get(&key)
+            && self.peer.definitions.read().is_ok_and(|d| d.contains_key(id))
+        {
+            return Definition {
+                id: id.clone(),
+                parent_id: parent.to_owned(),
+                peer_id: self.peer.id.clone(),
+                meta,
+            };
+        }
+        let definition =
+            Definition { id: uuid(), parent_id: parent.to_owned(), peer_id: self.peer.id.clone(), meta };
+        stubs.insert(key, definition.id.clone());
+        if let Ok(mut definitions) = self.peer.definitions.write() {
+            definitions
+                .insert(definition.id.clone(), Served::Local { service, parent: Some(parent.to_owned()) });
+        }
+        definition
+    }
+
+    /// Drops a returned service's definition and those returned from it (never an exposed one).
+    fn unref(&self, id: &str) {
+        let Ok(mut definitions) = self.peer.definitions.write() else { return };
+        let mut gone = vec![id.to_owned()];
+        let mut i = 0;
+        while i < gone.len() {
+            let current = gone[i].clone();
+            if matches!(definitions.get(&current), Some(Served::Local { parent: Some(_), .. })) {
+                definitions.remove(&current);
+                let children: Vec<String> = definitions
+                    .iter()
+                    .filter(|(_, served)| matches!(served, Served::Local { parent: Some(p), .. } if *p == current))
+                    .map(|(child, _)| child.clone())
+                    .collect();
+                gone.extend(children);
+            }
+            i += 1;
+        }
+        if let Ok(mut stubs) = self.peer.stubs.lock() {
+            stubs.retain(|_, stub| definitions.contains_key(stub));
         }
     }
 
@@ -822,7 +935,75 @@ impl Connection {
                 }
                 Ok(Value::Undefined)
             }
-            "unref_service" => Ok(Value::Undefined),
+            "unref_service" => {
+                if let Some(id) = args.first().and_then(Value::as_str) {
+                    self.unref(id);
+                }
+                Ok(Value::Undefined)
+            }
+            "expose_service" => {
+                // Another peer publishes its service here; calls to it are forwarded to that peer.
+                let meta = args.into_iter().next().unwrap_or(Value::Undefined);
+                let name = meta.get("name").and_then(Value::as_str).map(str::to_owned);
+                let Some(name) = name.filter(|n| !n.is_empty()) else {
+                    return Err(JsError::new("expose_service: the definition has no name"));
+                };
+                let mut exposed = self.peer.exposed.write().map_err(|_| JsError::new("poisoned"))?;
+                if exposed.contains_key(&name) {
+                    return Err(JsError::new(format!("Service already exposed: {name}")));
+                }
+                let definition = Definition {
+                    id: uuid(),
+                    parent_id: String::new(),
+                    peer_id: self.remote_id.clone(),
+                    meta,
+                };
+                if let Ok(mut definitions) = self.peer.definitions.write() {
+                    definitions.insert(definition.id.clone(), Served::Proxy(Arc::downgrade(self)));
+                }
+                exposed.insert(name.clone(), Exposed { definition: definition.clone() });
+                drop(exposed);
+                let payload = Value::object([
+                    ("name", Value::str(&name)),
+                    ("version", Value::str(definition_version(&definition))),
+                    ("qualifiedName", Value::str(&name)),
+                    ("peerId", Value::str(&self.peer.id)),
+                    ("remotePeerId", Value::str(&self.remote_id)),
+                    ("definition", Value::Definition(Box::new(definition.clone()))),
+                ]);
+                let event =
+                    PeerEvent::ServiceExposed { qualified_name: name, definition_id: definition.id.clone() };
+                self.peer.announce("service:expose", payload, event);
+                Ok(Value::Definition(Box::new(definition)))
+            }
+            "unexpose_service" => {
+                let name = args.first().and_then(Value::as_str).unwrap_or_default().to_owned();
+                let proxied =
+                    self.peer.exposed.read().ok().and_then(|e| e.get(&name).map(|x| x.definition.clone()));
+                let Some(definition) = proxied.filter(|d| d.peer_id == self.remote_id) else {
+                    return Err(JsError::new(format!("Unknown service: {name}")));
+                };
+                if let Ok(mut exposed) = self.peer.exposed.write() {
+                    exposed.remove(&name);
+                }
+                if let Ok(mut definitions) = self.peer.definitions.write() {
+                    definitions.remove(&definition.id);
+                }
+                let payload = Value::object([
+                    ("name", Value::str(&name)),
+                    ("version", Value::str(definition_version(&definition))),
+                    ("qualifiedName", Value::str(&name)),
+                    ("peerId", Value::str(&self.peer.id)),
+                    ("remotePeerId", Value::str(&self.remote_id)),
+                    ("defId", Value::str(&definition.id)),
+                ]);
+                let event = PeerEvent::ServiceConcealed {
+                    qualified_name: name,
+                    definition_id: definition.id.clone(),
+                };
+                self.peer.announce("service:unexpose", payload, event);
+                Ok(Value::str(definition.id))
+            }
             other => {
                 let task = self.peer.tasks.read().ok().and_then(|t| t.get(other).cloned());
                 match task {
@@ -1035,6 +1216,31 @@ impl RemotePeer {
         Ok(())
     }
 
+    /// Publishes `service` on the remote peer (Netron's `expose_service` task): the remote peer
+    /// lists it under its bare name and forwards calls to it here.
+    pub async fn expose_service(&self, service: Arc<Service>) -> Result<Definition, PeerError> {
+        match self.run_task("expose_service", vec![service.meta()]).await? {
+            Value::Definition(definition) => {
+                let peer = Arc::clone(&self.connection().peer);
+                if let Ok(mut definitions) = peer.definitions.write() {
+                    definitions.insert(definition.id.clone(), Served::Local { service, parent: None });
+                }
+                Ok(*definition)
+            }
+            other => Err(PeerError::Protocol(format!("expose_service answered {other:?}"))),
+        }
+    }
+
+    /// Withdraws a service published with [`RemotePeer::expose_service`].
+    pub async fn unexpose_service(&self, name: &str) -> Result<(), PeerError> {
+        let answer = self.run_task("unexpose_service", vec![Value::str(name)]).await?;
+        if let (Some(id), Ok(mut definitions)) = (answer.as_str(), self.connection().peer.definitions.write())
+        {
+            definitions.remove(id);
+        }
+        Ok(())
+    }
+
     /// Whether the connection is open now.
     pub fn is_connected(&self) -> bool {
         !self.connection().closed.is_cancelled()
@@ -1097,6 +1303,22 @@ impl Interface {
             }
             other => Err(PeerError::Protocol(format!("{method} answered {other:?}, not a stream"))),
         }
+    }
+
+    /// Calls `method`, which returns another service, and returns its interface.
+    pub async fn call_interface(&self, method: &str, args: Vec<Value>) -> Result<Interface, PeerError> {
+        match self.call(method, args).await? {
+            Value::Definition(definition) => {
+                Ok(Interface { remote: self.remote.clone(), definition: *definition })
+            }
+            other => Err(PeerError::Protocol(format!("{method} answered {other:?}, not a service"))),
+        }
+    }
+
+    /// Releases a service returned by a method (Netron's `unref_service`): the remote peer drops
+    /// it and those returned from it. Exposed services stay.
+    pub async fn release(self) -> Result<(), PeerError> {
+        self.remote.run_task("unref_service", vec![Value::str(&self.definition.id)]).await.map(drop)
     }
 
     /// Reads property `name`.

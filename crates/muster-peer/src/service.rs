@@ -22,6 +22,9 @@ pub enum Output {
     Value(Value),
     /// A stream: the reply is a stream reference, then the chunks follow.
     Stream(futures::stream::BoxStream<'static, Result<Value, JsError>>),
+    /// Another service: the caller receives its definition (a sub-interface) and calls it; the
+    /// same instance returned again keeps its definition.
+    Service(Arc<Service>),
 }
 
 impl std::fmt::Debug for Output {
@@ -29,6 +32,7 @@ impl std::fmt::Debug for Output {
         match self {
             Self::Value(value) => f.debug_tuple("Value").field(value).finish(),
             Self::Stream(_) => f.write_str("Stream(..)"),
+            Self::Service(service) => f.debug_tuple("Service").field(&service.qualified_name()).finish(),
         }
     }
 }
@@ -165,6 +169,29 @@ impl ServiceBuilder {
                 let input: A = arguments_as(&method_name, arity, args)?;
                 let items = body(input).map(move |item| item.and_then(|r| result_of(&method_name, r)));
                 Ok(Output::Stream(items.boxed()))
+            })
+        });
+        self.insert(name, arguments, returns, call)
+    }
+
+    /// A method that returns another service (a sub-interface the caller then calls, and releases
+    /// with `Interface::release`).
+    #[must_use]
+    pub fn service_method<A, F, Fut>(self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<Service>, JsError>> + Send + 'static,
+    {
+        let body = Arc::new(body);
+        let arity = arguments.len();
+        let method_name = name.to_owned();
+        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
+            let body = Arc::clone(&body);
+            let method_name = method_name.clone();
+            Box::pin(async move {
+                let input: A = arguments_as(&method_name, arity, args)?;
+                body(input).await.map(Output::Service)
             })
         });
         self.insert(name, arguments, returns, call)

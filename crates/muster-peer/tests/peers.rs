@@ -475,3 +475,84 @@ async fn broken_connections_reconnect_with_their_subscriptions() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!remote.is_connected(), "closed on purpose: no reconnection");
 }
+
+fn account(name: &str) -> std::sync::Arc<muster_peer::Service> {
+    let owner = name.to_owned();
+    ServiceBuilder::new("account", "")
+        .unwrap()
+        .method("owner", &[], "String", move |(): ()| {
+            let owner = owner.clone();
+            async move { Ok(owner) }
+        })
+        .build()
+}
+
+/// Methods that return services: the caller gets a sub-interface (parent set, the same instance
+/// keeps its definition), calls it, and releases it; exposed services are never released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_services_are_sub_interfaces_until_released() {
+    let accounts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let bank = ServiceBuilder::new("bank", "1.0.0")
+        .unwrap()
+        .service_method("account", &["String"], "Account", move |name: String| {
+            let accounts = std::sync::Arc::clone(&accounts);
+            async move {
+                Ok(accounts.lock().unwrap().entry(name.clone()).or_insert_with(|| account(&name)).clone())
+            }
+        })
+        .build();
+    let server = Peer::new(PeerConfig::default());
+    let bank_definition = server.expose_service(bank).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let remote = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+    let bank = remote.query_interface("bank@1.0.0").unwrap();
+    let alice = bank.call_interface("account", vec![Value::str("alice")]).await.unwrap();
+    assert_eq!(alice.definition().parent_id, bank_definition.id);
+    assert_eq!(alice.definition().peer_id, server.id());
+    assert_eq!(alice.call("owner", vec![]).await.unwrap(), Value::str("alice"));
+    let again = bank.call_interface("account", vec![Value::str("alice")]).await.unwrap();
+    assert_eq!(again.definition().id, alice.definition().id, "the same instance, the same definition");
+    let bob = bank.call_interface("account", vec![Value::str("bob")]).await.unwrap();
+    assert_ne!(bob.definition().id, alice.definition().id);
+    alice.clone().release().await.unwrap();
+    match alice.call("owner", vec![]).await {
+        Err(PeerError::Remote(error)) => {
+            assert!(error.message.starts_with("Unknown definition"), "{}", error.message)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(bob.call("owner", vec![]).await.unwrap(), Value::str("bob"), "others stay");
+    bank.clone().release().await.unwrap();
+    assert!(bank.call_interface("account", vec![Value::str("carol")]).await.is_ok(), "exposed services stay");
+}
+
+/// A peer publishes its service on another (the `expose_service` task); a third peer calls it
+/// there and the calls are forwarded; the service goes when its peer disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_exposed_on_a_remote_peer_are_forwarded() {
+    let hub = Peer::new(PeerConfig::default());
+    let address = hub.listen("127.0.0.1:0").await.unwrap();
+    let publisher = Peer::new(PeerConfig::default());
+    let to_hub = publisher.connect(&format!("ws://{address}")).await.unwrap();
+    let greeter = ServiceBuilder::new("greeter", "1.0.0")
+        .unwrap()
+        .method("hello", &["String"], "String", |name: String| async move { Ok(format!("hello {name}")) })
+        .build();
+    let definition = to_hub.expose_service(greeter).await.unwrap();
+    assert!(hub.has_service("greeter"), "listed under its bare name");
+    assert_eq!(definition.peer_id, publisher.id());
+    let caller = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+    let greeter = caller.query_interface("greeter").unwrap();
+    assert_eq!(greeter.call("hello", vec![Value::str("world")]).await.unwrap(), Value::str("hello world"));
+    assert!(matches!(greeter.call("nope", vec![]).await, Err(PeerError::Remote(_))), "errors come back too");
+    to_hub.unexpose_service("greeter").await.unwrap();
+    assert!(!hub.has_service("greeter"));
+    to_hub.expose_service(ServiceBuilder::new("echo", "").unwrap().build()).await.unwrap();
+    assert!(hub.has_service("echo"));
+    to_hub.disconnect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hub.has_service("echo") {
+        assert!(tokio::time::Instant::now() < deadline, "the service outlived its peer's connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
