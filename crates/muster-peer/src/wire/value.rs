@@ -118,6 +118,14 @@ impl JsError {
     }
 }
 
+impl std::fmt::Display for JsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl std::error::Error for JsError {}
+
 /// A service's definition as exchanged by peers (ext 109).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
