@@ -5,6 +5,8 @@
 //! cargo run -p muster-peer --example calculator -- ws://127.0.0.1:8080 # calls add(5, 3), counts to 3
 //! ```
 
+#![allow(clippy::print_stdout)] // an example talks to the person running it
+
 use futures::StreamExt;
 use muster_peer::wire::JsError;
 use muster_peer::{Peer, PeerConfig, ServiceBuilder};
