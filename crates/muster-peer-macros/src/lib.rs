@@ -1,7 +1,8 @@
 //! `#[service(name = "calculator", version = "1.0.0")]` on an `impl` block: every `pub` or
 //! `pub(crate)` fn (async or not) becomes a method of a Netron service, its arguments and result carried through serde;
 //! the block gains `into_service(self) -> Arc<Service>` (the definition's `meta` generated from the
-//! signatures) and a typed client `<Type>Client` with the same methods over an `Interface`.
+//! signatures; `into_builder` to add properties or stream methods first) and a typed client
+//! `<Type>Client` with the same methods over an `Interface`.
 //!
 //! Methods take `&self` and owned arguments; they return a value or `Result<T, JsError>` (the
 //! error reaches the caller as a Netron error).
@@ -171,11 +172,16 @@ fn expand(name: &LitStr, version: &LitStr, block: &ItemImpl) -> syn::Result<proc
         impl #self_ty {
             /// The service `name@version` with every public method of this block.
             pub fn into_service(self) -> ::std::sync::Arc<::muster_peer::Service> {
+                self.into_builder().build()
+            }
+
+            /// The declaration of [`Self::into_service`], to add properties or stream methods to.
+            pub fn into_builder(self) -> ::muster_peer::ServiceBuilder {
                 let this = ::std::sync::Arc::new(self);
                 let builder = ::muster_peer::ServiceBuilder::new(#name, #version)
                     .expect("the #[service] name and version are valid");
                 #(#registrations)*
-                builder.build()
+                builder
             }
 
             /// The typed client of this service over an interface from `query_interface`.

@@ -1,22 +1,34 @@
-//! A Netron peer exposing `calculator@1.0.0`, or a peer calling one.
+//! A Netron peer exposing `calculator@1.0.0` — `add`, `multiply`, a read-only `version` property,
+//! `count` streaming numbers, and a `calculator:result` event after every `add` — or a peer calling
+//! one.
 //!
 //! ```sh
-//! cargo run -p muster-peer --example calculator                        # listens on 127.0.0.1:8080
-//! cargo run -p muster-peer --example calculator -- ws://127.0.0.1:8080 # calls add(5, 3), counts to 3
+//! cargo run --release -p muster-peer --example calculator -- --listen 127.0.0.1:8080
+//! cargo run --release -p muster-peer --example calculator -- --connect ws://127.0.0.1:8080
 //! ```
 
 #![allow(clippy::print_stdout)] // an example talks to the person running it
 
 use futures::StreamExt;
-use muster_peer::wire::JsError;
-use muster_peer::{Peer, PeerConfig, ServiceBuilder};
+use muster_peer::wire::{JsError, Value};
+use muster_peer::{Peer, PeerConfig};
 
-struct Calculator;
+struct Calculator {
+    /// Where `add` announces its results.
+    peer: Peer,
+}
 
 #[muster_peer::service(name = "calculator", version = "1.0.0")]
 impl Calculator {
     pub(crate) async fn add(&self, a: f64, b: f64) -> f64 {
-        a + b
+        let sum = a + b;
+        let event = Value::object([("op", Value::str("add")), ("result", Value::Float(sum))]);
+        self.peer.bus().emit_parallel("calculator:result", vec![event]).await;
+        sum
+    }
+
+    pub(crate) fn multiply(&self, a: f64, b: f64) -> f64 {
+        a * b
     }
 
     pub(crate) fn divide(&self, a: f64, b: f64) -> Result<f64, JsError> {
@@ -26,31 +38,47 @@ impl Calculator {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let peer = Peer::new(PeerConfig::default());
-    if let Some(url) = std::env::args().nth(1) {
+    if let Some(url) = value_of("--connect") {
         let remote = peer.connect(&url).await?;
-        let calculator = Calculator::client(remote.query_interface("calculator@^1")?);
+        let (tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let listener = muster_peer::listener(move |args| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(args);
+                Ok(Value::Undefined)
+            }
+        });
+        remote.subscribe("calculator:result", listener).await?;
+        let interface = remote.query_interface("calculator@^1")?;
+        println!("version = {:?}", interface.get("version").await?);
+        let calculator = Calculator::client(interface.clone());
         println!("add(5, 3) = {}", calculator.add(5.0, 3.0).await?);
+        println!("event calculator:result {:?}", results.recv().await);
+        println!("multiply(6, 7) = {}", calculator.multiply(6.0, 7.0).await?);
         match calculator.divide(1.0, 0.0).await {
             Ok(value) => println!("divide(1, 0) = {value}"),
             Err(error) => println!("divide(1, 0) failed: {error}"),
         }
-        let counter = remote.query_interface("counter")?;
-        let mut numbers = counter.call_stream("count", vec![muster_peer::wire::Value::Int(3)]).await?;
+        let mut numbers = interface.call_stream("count", vec![Value::Int(3)]).await?;
         while let Some(number) = numbers.next().await {
             println!("count: {:?}", number?);
         }
         peer.stop().await;
         return Ok(());
     }
-    peer.expose_service(Calculator.into_service())?;
-    let counter = ServiceBuilder::new("counter", "1.0.0")?
+    let listen = value_of("--listen").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let service = Calculator { peer: peer.clone() }
+        .into_builder()
+        .property("version", "String", true, Value::str("1.0.0"))
         .stream_method("count", &["Number"], "AsyncGenerator", |n: u32| {
             futures::stream::iter((1..=n).map(Ok::<u32, JsError>))
         })
         .build();
-    peer.expose_service(counter)?;
-    let address = peer.listen("127.0.0.1:8080").await?;
+    peer.expose_service(service)?;
+    let address = peer.listen(&listen).await?;
     println!("peer {} serving {:?} on ws://{address} — Ctrl-C stops it", peer.id(), peer.service_names());
     tokio::signal::ctrl_c().await?;
     peer.stop().await;
