@@ -16,8 +16,13 @@
 //! — a mixed fleet: N nodes written by Titan peers, heartbeating every 5 s; the Redis CPU time the
 //! detection costs per second, and the time from a Titan-side change (pub/sub off) to the Muster
 //! event; `--keyspace` enables keyspace notifications on the server.
+//! `cargo run --release -p muster-bench -- peer [--seconds N]` — Netron peers on loopback: RPC calls
+//! per second (64 in flight, on 1 and on 8 connections) with p50/p99, remote events per second,
+//! stream throughput in 64 KiB chunks.
 
 #![allow(clippy::print_stdout)]
+
+mod peer;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -54,6 +59,14 @@ async fn main() {
         let on_redis = args.iter().any(|a| a == "--redis");
         if let Err(error) = fanout(watchers, rounds, on_redis, queries).await {
             eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("peer") {
+        let seconds = flag("--seconds").unwrap_or(5u64);
+        if let Err(error) = peer::run(seconds).await {
+            eprintln!("error: {error}");
             std::process::exit(1);
         }
         return;

@@ -174,6 +174,30 @@ impl ServiceBuilder {
         self.insert(name, arguments, returns, call)
     }
 
+    /// A stream method whose items are wire values as they are (bytes stay `Bin`, extension values
+    /// keep their types), not passed through serde.
+    #[must_use]
+    pub fn value_stream_method<A, F, S>(self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A) -> S + Send + Sync + 'static,
+        S: futures::Stream<Item = Result<Value, JsError>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let body = Arc::new(body);
+        let arity = arguments.len();
+        let method_name = name.to_owned();
+        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
+            let body = Arc::clone(&body);
+            let method_name = method_name.clone();
+            Box::pin(async move {
+                let input: A = arguments_as(&method_name, arity, args)?;
+                Ok(Output::Stream(body(input).boxed()))
+            })
+        });
+        self.insert(name, arguments, returns, call)
+    }
+
     /// A method that returns another service (a sub-interface the caller then calls, and releases
     /// with `Interface::release`).
     #[must_use]

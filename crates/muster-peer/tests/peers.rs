@@ -267,6 +267,9 @@ async fn methods_returning_streams_are_read_as_netron_streams() {
         .stream_method("count", &["Number"], "AsyncGenerator", |n: u32| {
             futures::stream::iter((0..n).map(Ok::<u32, JsError>))
         })
+        .value_stream_method("bytes", &["Number"], "AsyncGenerator", |n: usize| {
+            futures::stream::iter((0..n).map(|i| Ok(Value::Bin(vec![i as u8; 1000]))))
+        })
         .stream_method("failing", &[], "AsyncGenerator", |(): ()| {
             futures::stream::iter(vec![Ok(1), Err(JsError::new("the source broke"))])
         })
@@ -280,6 +283,8 @@ async fn methods_returning_streams_are_read_as_netron_streams() {
     let items: Vec<_> = ticker.call_stream("count", vec![Value::Int(5000)]).await.unwrap().collect().await;
     assert_eq!(items.len(), 5000);
     assert!(items.iter().enumerate().all(|(i, item)| *item == Ok(Value::Int(i as i64))), "in order");
+    let bytes: Vec<_> = ticker.call_stream("bytes", vec![Value::Int(3)]).await.unwrap().collect().await;
+    assert_eq!(bytes[2], Ok(Value::Bin(vec![2u8; 1000])), "bytes stay bytes");
     let empty: Vec<_> = ticker.call_stream("count", vec![Value::Int(0)]).await.unwrap().collect().await;
     assert!(empty.is_empty());
     let mut failing = ticker.call_stream("failing", vec![]).await.unwrap();
