@@ -612,7 +612,11 @@ impl Connection {
                 self.peer.bus.unsubscribe(id);
             }
         }
-        let known = self.peer.connections.lock().ok().and_then(|mut c| c.remove(&self.remote_id)).is_some();
+        // Only this connection's entry: a newer connection of the same peer stays.
+        let known = self.peer.connections.lock().is_ok_and(|mut connections| {
+            let mine = connections.get(&self.remote_id).is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), self));
+            mine && connections.remove(&self.remote_id).is_some()
+        });
         if known {
             let payload = Value::object([("peerId", Value::str(&self.remote_id))]);
             self.peer.announce(

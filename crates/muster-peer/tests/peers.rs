@@ -561,3 +561,30 @@ async fn services_exposed_on_a_remote_peer_are_forwarded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A peer that connects again before its old connection is noticed closed keeps the new one: the
+/// old one's end does not disconnect it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_of_the_same_peer_survives_the_old_ones_end() {
+    let server = Peer::new(PeerConfig::default());
+    let mut events = server.events();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let (mut old, _) = tokio_tungstenite::connect_async(format!("ws://{address}/?id=twin")).await.unwrap();
+    let _ = old.next().await;
+    let (mut new, _) = tokio_tungstenite::connect_async(format!("ws://{address}/?id=twin")).await.unwrap();
+    let _ = new.next().await;
+    old.close(None).await.unwrap();
+    let mut disconnected = false;
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(300), events.recv()).await {
+        disconnected |= matches!(event, muster_peer::PeerEvent::Disconnected { .. });
+    }
+    assert!(!disconnected, "the old connection's end did not disconnect the peer");
+    new.close(None).await.unwrap();
+    let event = loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+        if matches!(event, muster_peer::PeerEvent::Disconnected { .. }) {
+            break event;
+        }
+    };
+    assert_eq!(event, muster_peer::PeerEvent::Disconnected { peer_id: "twin".into() });
+}
