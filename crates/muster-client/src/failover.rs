@@ -184,7 +184,9 @@ impl Breaker {
 }
 
 /// The client's selector and breakers.
-pub(crate) struct Failover {
+/// Failover over a list of instances: the selector's order, a circuit breaker per instance. Used
+/// by [`Client::call_with_failover`] and by anything else that calls instances (Netron peers).
+pub struct Failover {
     selector: Box<dyn Selector>,
     config: BreakerConfig,
     /// `service/instance id` → breaker.
@@ -198,7 +200,8 @@ impl std::fmt::Debug for Failover {
 }
 
 impl Failover {
-    pub(crate) fn new(selector: Box<dyn Selector>, config: BreakerConfig) -> Self {
+    /// Failover with `selector` and breakers configured by `config`.
+    pub fn new(selector: Box<dyn Selector>, config: BreakerConfig) -> Self {
         Self { selector, config, breakers: Mutex::new(HashMap::new()) }
     }
 
@@ -239,12 +242,13 @@ impl Drop for Attempt<'_> {
     }
 }
 
-impl Client {
-    /// Calls `call` on the `UP` instances of `service` in the selector's order until one succeeds,
-    /// skipping instances whose circuit is open; see [the module](crate::failover).
-    pub async fn call_with_failover<T, E, F, Fut>(
+impl Failover {
+    /// Calls `call` on the `UP` instances among `instances` in the selector's order until one
+    /// succeeds, skipping instances whose circuit is open; see [the module](crate::failover).
+    pub async fn call<T, E, F, Fut>(
         &self,
         service: &str,
+        instances: &[Instance],
         mut call: F,
     ) -> Result<T, FailoverError<E>>
     where
@@ -252,23 +256,20 @@ impl Client {
         Fut: Future<Output = Result<T, E>>,
         E: Retryable,
     {
-        let resolved = self.instances(service, &VersionQuery::Any).await.map_err(FailoverError::Registry)?;
-        let up: Vec<Instance> =
-            resolved.instances.iter().filter(|i| i.status == NodeStatus::Up).cloned().collect();
+        let up: Vec<Instance> = instances.iter().filter(|i| i.status == NodeStatus::Up).cloned().collect();
         if up.is_empty() {
             return Err(FailoverError::NoInstances(service.to_owned()));
         }
-        let failover = &self.inner.failover;
         let mut attempts = 0;
         let mut last = None;
-        for instance in failover.selector.order(&up) {
-            let Some(trial) = failover.with_breaker(&instance, |b| b.acquire(Instant::now())) else {
+        for instance in self.selector.order(&up) {
+            let Some(trial) = self.with_breaker(&instance, |b| b.acquire(Instant::now())) else {
                 continue;
             };
             attempts += 1;
             // Settles the breaker and the selector's count even when this future is dropped
             // mid-call (a caller's timeout): the trial is given back, the call no longer counts.
-            let attempt = Attempt::start(failover, instance.clone(), trial);
+            let attempt = Attempt::start(self, instance.clone(), trial);
             match call(instance).await {
                 Ok(value) => {
                     attempt.settle(Breaker::success);
@@ -276,7 +277,7 @@ impl Client {
                 }
                 Err(error) if error.is_retryable() => {
                     tracing::debug!(service, instance = %attempt.instance.id, "call failed; trying the next instance");
-                    attempt.settle(|b| b.failure(Instant::now(), &failover.config));
+                    attempt.settle(|b| b.failure(Instant::now(), &self.config));
                     last = Some(error);
                 }
                 Err(error) => {
@@ -293,10 +294,33 @@ impl Client {
 
     /// The circuit state of one instance of `service` (closed when never called).
     pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
-        let breakers = self.inner.failover.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
         breakers
             .get(&(service.to_owned(), instance_id.to_owned()))
             .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+    }
+}
+
+impl Client {
+    /// Calls `call` on the `UP` instances of `service` in the selector's order until one succeeds,
+    /// skipping instances whose circuit is open; see [the module](crate::failover).
+    pub async fn call_with_failover<T, E, F, Fut>(
+        &self,
+        service: &str,
+        call: F,
+    ) -> Result<T, FailoverError<E>>
+    where
+        F: FnMut(Instance) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Retryable,
+    {
+        let resolved = self.instances(service, &VersionQuery::Any).await.map_err(FailoverError::Registry)?;
+        self.inner.failover.call(service, &resolved.instances, call).await
+    }
+
+    /// The circuit state of one instance of `service` (closed when never called).
+    pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
+        self.inner.failover.circuit_state(service, instance_id)
     }
 }
 

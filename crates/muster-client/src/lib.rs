@@ -58,7 +58,7 @@ use muster_core::{NodeInfo, NodeStatus};
 use reqwest::StatusCode;
 
 pub use error::{ClientError, Source};
-pub use failover::{BreakerConfig, CircuitState, FailoverError, Retryable};
+pub use failover::{BreakerConfig, CircuitState, Failover, FailoverError, Retryable};
 pub use registration::{Health, Registration, RegistrationSpec};
 pub use resolve::{Resolved, WatchOptions};
 

@@ -17,12 +17,14 @@
 pub mod wire;
 
 mod convert;
+mod discovery;
 pub mod events;
 mod peer;
 mod service;
 mod streams;
 
 pub use convert::{from_json, to_json};
+pub use discovery::NamedService;
 pub use events::{EventBus, PeerEvent, listener};
 pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer, TaskOverwrite};
 pub use service::{DeclarationError, Output, Service, ServiceBuilder};

@@ -149,6 +149,8 @@ struct Inner {
     tasks: RwLock<HashMap<String, Listener>>,
     /// Stream ids this peer writes, process-wide like packet ids.
     stream_ids: PacketIds,
+    /// The fleet this peer belongs to, once discovery is enabled.
+    discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
 }
 
 impl Inner {
@@ -199,6 +201,7 @@ impl Peer {
             announcements,
             tasks: RwLock::new(HashMap::new()),
             stream_ids: PacketIds::default(),
+            discovery: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -212,6 +215,21 @@ impl Peer {
             }
         });
         Self { inner }
+    }
+
+    pub(crate) fn set_discovery(&self, discovery: Arc<crate::discovery::Discovery>) {
+        if let Ok(mut slot) = self.inner.discovery.lock() {
+            *slot = Some(discovery);
+        }
+    }
+
+    pub(crate) fn discovery(&self) -> Option<Arc<crate::discovery::Discovery>> {
+        self.inner.discovery.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// Emits `name` with `payload` on the bus, in order after the announcements before it.
+    pub(crate) fn announce_local(&self, name: &str, payload: Value) {
+        let _ = self.inner.announcements.send((name.to_owned(), payload));
     }
 
     /// The peer's event bus: local listeners, and what remote peers subscribed to.
@@ -367,6 +385,7 @@ impl Peer {
     /// Stops listening and closes every connection; calls waiting on them fail with
     /// [`PeerError::Closed`].
     pub async fn stop(&self) {
+        self.stop_discovery().await;
         self.inner.stopped.cancel();
         let connections: Vec<Arc<Connection>> =
             self.inner.connections.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();

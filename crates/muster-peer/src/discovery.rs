@@ -1,0 +1,297 @@
+//! Netron peers in the fleet (seed 004's discovery): a listening peer registers itself — its
+//! address and the `name@version` of every service it exposes — in a Muster registry (any
+//! [`Registry`]: Redis with Netron's keys, the embedded store, ...) through the embedded agent, keeps
+//! it current as services are exposed and concealed, and deregisters on stop; a crashed peer
+//! expires by TTL. Any peer can then find services, follow the fleet (`node:joined`, `node:left`,
+//! `service:available`, `service:unavailable` on its bus), and call a service by name
+//! ([`Peer::service`]): instances from the discovery cache, ordered by `muster-client`'s selector,
+//! one connection per remote peer, failing over with its circuit breakers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use muster_agent::Agent;
+use muster_api::v1::{Instance, instances_of};
+use muster_client::{BreakerConfig, Failover, FailoverError, Retryable};
+use muster_core::{
+    Address, DiscoveryEvent, DiscoveryOptions, EventKind, NodeId, NodeInfo, Registry, ServiceInfo,
+    ServiceQuery,
+};
+
+use crate::events::PeerEvent;
+use crate::peer::{Interface, Peer, PeerError, RemotePeer};
+use crate::wire::Value;
+
+impl Retryable for PeerError {
+    /// Another instance may answer: the connection failed or closed, the call timed out, or the
+    /// peer does not expose the service (any more). An error the service answered is final.
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Closed | Self::Timeout | Self::Connect(_) | Self::UnknownService(_))
+    }
+}
+
+/// The discovery part of a peer.
+pub(crate) struct Discovery {
+    agent: Agent,
+    /// Open connections to other peers, by node id (one each).
+    connections: tokio::sync::Mutex<HashMap<String, RemotePeer>>,
+    /// Selector and breakers of calls by name.
+    failover: Failover,
+}
+
+fn service_infos(peer: &Peer) -> Vec<ServiceInfo> {
+    peer.service_names()
+        .iter()
+        .filter_map(|key| match key.split_once('@') {
+            Some((name, version)) => ServiceInfo::new(name, Some(version)).ok(),
+            None => ServiceInfo::new(key.as_str(), None::<&str>).ok(),
+        })
+        .collect()
+}
+
+impl Peer {
+    /// Joins the fleet of `registry`. With `address` (the host:port other peers reach this one at,
+    /// usually its listen address) the peer registers as a node (id: the peer's id) providing its
+    /// exposed services and follows its exposures; without, it only discovers (client mode).
+    pub async fn enable_discovery(
+        &self,
+        registry: Arc<dyn Registry>,
+        mut options: DiscoveryOptions,
+        address: Option<Address>,
+    ) -> Result<(), PeerError> {
+        let local = |e: muster_core::Error| PeerError::Local(e.to_string());
+        options.client_mode = address.is_none();
+        let node_id = NodeId::new(self.id()).map_err(local)?;
+        let mut builder = Agent::builder_shared(registry).options(options).node_id(node_id);
+        builder = builder
+            .address(address.unwrap_or_else(|| Address::parse("127.0.0.1:1").expect("a valid address")));
+        for service in service_infos(self) {
+            builder = builder.service(service);
+        }
+        let agent = builder.build().map_err(local)?;
+        // Fleet events on the bus, as seed 004 names them.
+        let bus_peer = self.clone();
+        agent.on_event(move |event| {
+            for (name, payload) in fleet_events(event) {
+                bus_peer.announce_local(name, payload);
+            }
+        });
+        agent.start().await.map_err(local)?;
+        let discovery = Arc::new(Discovery {
+            agent,
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            failover: Failover::new(
+                Box::new(muster_client::select::RoundRobin::default()),
+                BreakerConfig::default(),
+            ),
+        });
+        self.set_discovery(Arc::clone(&discovery));
+        // Registration follows exposure.
+        let mut events = self.events();
+        let peer = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(PeerEvent::ServiceExposed { .. } | PeerEvent::ServiceConcealed { .. }) => {
+                        if let Err(error) = discovery.agent.update_services(service_infos(&peer)).await {
+                            tracing::warn!(%error, "updating the registered services failed");
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn discovery_or_err(&self) -> Result<Arc<Discovery>, PeerError> {
+        self.discovery().ok_or_else(|| PeerError::Local("discovery is not enabled on this peer".into()))
+    }
+
+    /// Active nodes providing a service matching `query` (`name`, `name@1.2.0`, `name@^1`).
+    pub async fn find_service(&self, query: &str) -> Result<Vec<Arc<NodeInfo>>, PeerError> {
+        let query = ServiceQuery::parse(query).map_err(|e| PeerError::Local(e.to_string()))?;
+        self.discovery_or_err()?.agent.resolve(&query).await.map_err(|e| PeerError::Local(e.to_string()))
+    }
+
+    /// Active nodes providing any version of the service `name`.
+    pub async fn find_all_services(&self, name: &str) -> Result<Vec<Arc<NodeInfo>>, PeerError> {
+        self.find_service(name).await
+    }
+
+    /// Every active node of the fleet.
+    pub async fn get_active_nodes(&self) -> Result<Vec<NodeInfo>, PeerError> {
+        self.discovery_or_err()?.agent.get_active_nodes().await.map_err(|e| PeerError::Local(e.to_string()))
+    }
+
+    /// The service `query` by name anywhere in the fleet: each call goes to an instance chosen by
+    /// the selector, over one connection per remote peer, failing over to the next instance when
+    /// one cannot answer.
+    pub fn service(&self, query: &str) -> Result<NamedService, PeerError> {
+        let parsed = ServiceQuery::parse(query).map_err(|e| PeerError::Local(e.to_string()))?;
+        Ok(NamedService {
+            peer: self.clone(),
+            discovery: self.discovery_or_err()?,
+            query: parsed,
+            text: query.to_owned(),
+        })
+    }
+
+    /// Leaves the fleet: deregisters (when registered) and closes the connections made by name.
+    pub(crate) async fn stop_discovery(&self) {
+        if let Some(discovery) = self.discovery() {
+            if let Err(error) = discovery.agent.stop().await {
+                tracing::warn!(%error, "deregistering failed; the node expires by its TTL");
+            }
+            for (_, remote) in discovery.connections.lock().await.drain() {
+                remote.disconnect();
+            }
+        }
+    }
+}
+
+/// Seed 004's fleet events for one registry change.
+fn fleet_events(event: &DiscoveryEvent) -> Vec<(&'static str, Value)> {
+    let node = &event.node;
+    let services = |list: &[ServiceInfo]| -> Vec<Value> {
+        list.iter()
+            .map(|s| {
+                Value::str(match &s.version {
+                    Some(v) => format!("{}@{v}", s.name),
+                    None => s.name.clone(),
+                })
+            })
+            .collect()
+    };
+    let node_payload = || {
+        Value::object([
+            ("nodeId", Value::str(node.node_id.as_str())),
+            ("address", Value::str(node.address.as_str())),
+            ("services", Value::Array(services(&node.services))),
+        ])
+    };
+    let service_payload = |name: Value| {
+        Value::object([
+            ("service", name),
+            ("nodeId", Value::str(node.node_id.as_str())),
+            ("address", Value::str(node.address.as_str())),
+        ])
+    };
+    let mut out = Vec::new();
+    match event.kind {
+        EventKind::Registered => {
+            out.push(("node:joined", node_payload()));
+            out.extend(
+                services(&node.services).into_iter().map(|s| ("service:available", service_payload(s))),
+            );
+        }
+        EventKind::Deregistered => {
+            out.push(("node:left", node_payload()));
+            out.extend(
+                services(&node.services).into_iter().map(|s| ("service:unavailable", service_payload(s))),
+            );
+        }
+        EventKind::Updated => {
+            let now = services(&node.services);
+            let before = event.previous_services.as_deref().map(services).unwrap_or_else(|| now.clone());
+            out.extend(
+                now.iter()
+                    .filter(|s| !before.contains(s))
+                    .map(|s| ("service:available", service_payload(s.clone()))),
+            );
+            out.extend(
+                before
+                    .iter()
+                    .filter(|s| !now.contains(s))
+                    .map(|s| ("service:unavailable", service_payload(s.clone()))),
+            );
+        }
+    }
+    out
+}
+
+/// A service called by name across the fleet (see [`Peer::service`]).
+#[derive(Clone)]
+pub struct NamedService {
+    peer: Peer,
+    discovery: Arc<Discovery>,
+    query: ServiceQuery,
+    text: String,
+}
+
+impl std::fmt::Debug for NamedService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedService").field("query", &self.text).finish_non_exhaustive()
+    }
+}
+
+impl NamedService {
+    /// The instances that may answer now.
+    pub async fn instances(&self) -> Result<Vec<Instance>, PeerError> {
+        let nodes =
+            self.discovery.agent.resolve(&self.query).await.map_err(|e| PeerError::Local(e.to_string()))?;
+        Ok(nodes.iter().flat_map(|node| instances_of(node, |s| self.query.matches(s))).collect())
+    }
+
+    /// The connection to the peer behind `instance` (opened once, reused while open).
+    async fn remote(&self, instance: &Instance) -> Result<RemotePeer, PeerError> {
+        let mut connections = self.discovery.connections.lock().await;
+        if let Some(remote) = connections.get(&instance.id).filter(|r| r.is_connected()) {
+            return Ok(remote.clone());
+        }
+        let host =
+            if instance.host.contains(':') { format!("[{}]", instance.host) } else { instance.host.clone() };
+        let remote = self.peer.connect(&format!("ws://{host}:{}", instance.port)).await?;
+        connections.insert(instance.id.clone(), remote.clone());
+        Ok(remote)
+    }
+
+    async fn interface(&self, instance: &Instance) -> Result<Interface, PeerError> {
+        let remote = self.remote(instance).await?;
+        remote.query_interface(&self.text)
+    }
+
+    /// Calls `method` on an instance, failing over to the next when one cannot answer.
+    pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
+        let instances = self.instances().await?;
+        let outcome = self
+            .discovery
+            .failover
+            .call(self.query.name(), &instances, |instance| {
+                let args = args.clone();
+                async move { self.interface(&instance).await?.call(method, args).await }
+            })
+            .await;
+        outcome.map_err(|error| match error {
+            FailoverError::Failed(error) => error,
+            FailoverError::Exhausted { last, .. } => last,
+            FailoverError::NoInstances(service) | FailoverError::AllCircuitsOpen(service) => {
+                PeerError::UnknownService(service)
+            }
+            FailoverError::Registry(error) => PeerError::Local(error.to_string()),
+        })
+    }
+
+    /// [`NamedService::call`] with typed arguments and result.
+    pub async fn call_as<A: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        args: A,
+    ) -> Result<R, PeerError> {
+        let args = match crate::convert::from_json(
+            &serde_json::to_value(args).map_err(|e| PeerError::Local(e.to_string()))?,
+        ) {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        let result = self.call(method, args).await?;
+        serde_json::from_value(crate::convert::to_json(&result))
+            .map_err(|e| PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+    }
+
+    /// The circuit state of one instance (by node id).
+    pub fn circuit_state(&self, instance_id: &str) -> muster_client::CircuitState {
+        self.discovery.failover.circuit_state(self.query.name(), instance_id)
+    }
+}

@@ -1,0 +1,211 @@
+//! Netron peers in a fleet on a real Redis with Netron's keys: registration follows exposure,
+//! discovery by exact and semver version, fleet events, calls by name spread over instances, a
+//! concealed service and a stopped peer disappear, and a crashed peer's calls fail over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use muster_core::{Address, DiscoveryOptions, Preset, Registry};
+use muster_peer::wire::Value;
+use muster_peer::{Peer, PeerConfig, ServiceBuilder};
+use muster_testkit::redis_server::RedisServer;
+
+fn options() -> DiscoveryOptions {
+    DiscoveryOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_ttl: Duration::from_millis(800),
+        retry_delay: Duration::from_millis(100),
+        ..DiscoveryOptions::default()
+    }
+}
+
+async fn registry(url: &str) -> Arc<dyn Registry> {
+    let config = muster_redis::RedisConfig::from_url(url).unwrap().with_preset(Preset::Netron);
+    Arc::new(muster_redis::RedisRegistry::connect(config).await.unwrap())
+}
+
+fn calculator(calls: Arc<AtomicU64>) -> Arc<muster_peer::Service> {
+    ServiceBuilder::new("calculator", "1.2.0")
+        .unwrap()
+        .method("add", &["Number", "Number"], "Number", move |(a, b): (i64, i64)| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(a + b) }
+        })
+        .build()
+}
+
+/// A serving peer registered in the fleet.
+async fn server(url: &str) -> (Peer, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let peer = Peer::new(PeerConfig::default());
+    peer.expose_service(calculator(Arc::clone(&calls))).unwrap();
+    let address = peer.listen("127.0.0.1:0").await.unwrap();
+    let address = Address::parse(address.to_string()).unwrap();
+    peer.enable_discovery(registry(url).await, options(), Some(address)).await.unwrap();
+    (peer, calls)
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_register_their_services_and_are_called_by_name() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(registry(&url).await, options(), None).await.unwrap();
+    let (tx, mut fleet) = tokio::sync::mpsc::unbounded_channel();
+    for event in ["node:joined", "node:left", "service:available", "service:unavailable"] {
+        let tx = tx.clone();
+        client.bus().subscribe(
+            event,
+            muster_peer::listener(move |args| {
+                let _ = tx.send((event, args));
+                async { Ok(Value::Undefined) }
+            }),
+        );
+    }
+    let (a, a_calls) = server(&url).await;
+    let (b, b_calls) = server(&url).await;
+    until("both found by semver", || async {
+        client.find_service("calculator@^1").await.unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(client.find_service("calculator@1.2.0").await.unwrap().len(), 2, "exact version");
+    assert!(client.find_service("calculator@^2").await.unwrap().is_empty());
+    assert!(client.get_active_nodes().await.unwrap().len() >= 2);
+
+    // Calls by name spread over the instances (round robin) on one connection per peer.
+    let calculator = client.service("calculator@^1").unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            calculator.call("add", vec![Value::Int(i), Value::Int(1)]).await.unwrap(),
+            Value::Int(i + 1)
+        );
+    }
+    assert_eq!(a_calls.load(Ordering::Relaxed) + b_calls.load(Ordering::Relaxed), 20);
+    assert!(a_calls.load(Ordering::Relaxed) >= 5 && b_calls.load(Ordering::Relaxed) >= 5, "spread");
+    let sum: i64 = calculator.call_as("add", (40, 2)).await.unwrap();
+    assert_eq!(sum, 42);
+
+    // Concealing withdraws the registration's service; stopping deregisters.
+    assert!(a.conceal_service("calculator@1.2.0"));
+    until("the concealed service is gone", || async {
+        client.find_service("calculator").await.unwrap().len() == 1
+    })
+    .await;
+    for _ in 0..5 {
+        assert!(calculator.call("add", vec![Value::Int(1), Value::Int(1)]).await.is_ok(), "served by b");
+    }
+    b.stop().await;
+    until("the stopped peer is gone", || async {
+        client.find_service("calculator").await.unwrap().is_empty()
+    })
+    .await;
+
+    let mut seen = Vec::new();
+    while let Ok(Some((event, args))) = tokio::time::timeout(Duration::from_millis(500), fleet.recv()).await {
+        seen.push((event, args));
+    }
+    let count = |name: &str| seen.iter().filter(|(e, _)| *e == name).count();
+    assert!(count("node:joined") >= 2, "{seen:?}");
+    assert!(count("service:available") >= 2 && count("service:unavailable") >= 2, "{seen:?}");
+    assert!(count("node:left") >= 1, "{seen:?}");
+    let joined = seen.iter().find(|(e, _)| *e == "node:joined").map(|(_, args)| args[0].clone()).unwrap();
+    assert!(joined.get("address").and_then(Value::as_str).is_some_and(|a| a.starts_with("127.0.0.1:")));
+    a.stop().await;
+    client.stop().await;
+}
+
+/// A peer that dies without deregistering (its runtime is torn down: no goodbye, sockets reset)
+/// disappears after its TTL; calls by name started after it died all succeed on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_over_when_a_peer_crashes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let (survivor, survivor_calls) = server(&url).await;
+    // The victim runs on a runtime of its own, so it can die abruptly.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (crash_tx, crash_rx) = std::sync::mpsc::channel::<()>();
+    let victim_url = url.clone();
+    let victim = std::thread::spawn(move || {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let id = runtime.block_on(async {
+            let (peer, _) = server(&victim_url).await;
+            peer.id().to_owned()
+        });
+        ready_tx.send(id).unwrap();
+        let _ = crash_rx.recv();
+        runtime.shutdown_background();
+    });
+    let victim_id = ready_rx.recv().unwrap();
+    let client = Peer::new(PeerConfig { request_timeout: Duration::from_secs(2), ..PeerConfig::default() });
+    client.enable_discovery(registry(&url).await, options(), None).await.unwrap();
+    until("both found", || async { client.find_service("calculator").await.unwrap().len() == 2 }).await;
+    let calculator = client.service("calculator").unwrap();
+    for _ in 0..4 {
+        calculator.call("add", vec![Value::Int(1), Value::Int(1)]).await.unwrap();
+    }
+    crash_tx.send(()).unwrap();
+    victim.join().unwrap();
+    let before = survivor_calls.load(Ordering::Relaxed);
+    let mut failed = 0;
+    for i in 0..50 {
+        if calculator.call("add", vec![Value::Int(i), Value::Int(1)]).await != Ok(Value::Int(i + 1)) {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "every call after the crash was answered by the survivor");
+    assert_eq!(survivor_calls.load(Ordering::Relaxed) - before, 50);
+    until("the crashed peer expired", || async {
+        client.find_service("calculator").await.unwrap().iter().all(|n| n.node_id.as_str() != victim_id)
+    })
+    .await;
+    survivor.stop().await;
+    client.stop().await;
+}
+
+/// A TypeScript Netron peer on the same Redis (its wire operations, emulated) and a Rust peer see
+/// each other: the Rust peer finds the TypeScript one's service, the TypeScript side lists the
+/// Rust peer's node with its services as Netron writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_fleet_sees_both_ways() {
+    use muster_testkit::titan::{Titan, TitanOptions};
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let netron = TitanOptions {
+        prefix: "netron:discovery".into(),
+        pubsub_enabled: true,
+        pubsub_channel: "netron:discovery:events".into(),
+        heartbeat_ttl_ms: 15_000,
+    };
+    let ts = Titan::connect(std::slice::from_ref(&url), netron).await;
+    let mut ts_node =
+        ts.node("ts-peer", "127.0.0.1:9911", serde_json::json!([{"name": "billing", "version": "3.1.0"}]));
+    ts_node.heartbeat().await;
+    let (rust, _) = server(&url).await;
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(registry(&url).await, options(), None).await.unwrap();
+    until("the TypeScript peer's service is found", || async {
+        client.find_service("billing@^3").await.unwrap().iter().any(|n| n.node_id.as_str() == "ts-peer")
+    })
+    .await;
+    let listed = ts.get_active_nodes().await;
+    let mine = listed
+        .iter()
+        .find(|n| n.node_id == rust.id())
+        .expect("the Rust peer is listed by the TypeScript side");
+    assert!(format!("{:?}", mine.services).contains("calculator"), "{mine:?}");
+    let by_service = ts.find_nodes_by_service("calculator", Some("1.2.0")).await;
+    assert_eq!(by_service.len(), 1);
+    ts_node.stop().await;
+    rust.stop().await;
+    client.stop().await;
+}
