@@ -1315,7 +1315,14 @@ impl Interface {
 
     /// Calls `method`, which returns a stream, and reads it: chunks in order until the end.
     pub async fn call_stream(&self, method: &str, args: Vec<Value>) -> Result<ReadableStream, PeerError> {
-        match self.call(method, args).await? {
+        let result = self.call(method, args).await?;
+        self.call_stream_from(result)
+            .map_err(|_| PeerError::Protocol(format!("{method} answered something other than a stream")))
+    }
+
+    /// The reader of the stream a call answered with (its `StreamReference`).
+    pub fn call_stream_from(&self, result: Value) -> Result<ReadableStream, PeerError> {
+        match result {
             Value::StreamReference(reference) => {
                 let connection = self.remote.connection();
                 Ok(connection.streams.reader(
@@ -1324,7 +1331,7 @@ impl Interface {
                     connection.peer.config.stream_timeout,
                 ))
             }
-            other => Err(PeerError::Protocol(format!("{method} answered {other:?}, not a stream"))),
+            other => Err(PeerError::Protocol(format!("{other:?} is not a stream"))),
         }
     }
 

@@ -16,6 +16,7 @@ use muster_core::{
 };
 
 mod output;
+mod peer;
 
 use output::{ago, instance_rows, json, out, service_list, table, watch_line};
 
@@ -128,6 +129,26 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Call a method of a Netron peer's service: `muster call calculator@1.0.0 add 5 3` (arguments
+    /// as JSON values); prints the result as JSON, or a stream one chunk per line.
+    Call {
+        #[command(flatten)]
+        source: peer::PeerSource,
+        /// The service: `name`, `name@1.0.0` or `name@^1`.
+        service: String,
+        /// The method.
+        method: String,
+        /// Arguments, each a JSON value (`5`, `"text"`, `[1,2]`, `{"a":1}`).
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List a Netron peer's services with their methods (argument and result types) and properties.
+    Describe {
+        #[command(flatten)]
+        source: peer::PeerSource,
+        /// One service only.
+        service: Option<String>,
+    },
     /// Access control: bootstrap, tokens, who am I.
     Acl {
         #[command(subcommand)]
@@ -235,6 +256,10 @@ pub(crate) async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Watch { source, service } => watch(&source, service).await,
         ClientCommand::Health { server } => health(&server).await,
         ClientCommand::Acl { command } => acl(command).await,
+        ClientCommand::Call { source, service, method, args } => {
+            peer::call(&source, &service, &method, &args).await
+        }
+        ClientCommand::Describe { source, service } => peer::describe(&source, service.as_deref()).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

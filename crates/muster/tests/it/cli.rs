@@ -486,3 +486,74 @@ async fn tokens_survive_a_restart_in_the_data_dir() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `muster call` and `muster describe` against a Netron peer: by address, found in a fleet on
+/// Redis, and found through a registry server; results as JSON, streams one chunk per line, the
+/// service's errors exit 1, bad arguments exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_and_describe_netron_peers() {
+    use muster_peer::wire::{JsError, Value};
+    let peer = muster_peer::Peer::new(muster_peer::PeerConfig::default());
+    let calculator = muster_peer::ServiceBuilder::new("calculator", "1.0.0")
+        .unwrap()
+        .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+        .method("fail", &[], "void", |(): ()| async move { Err::<(), _>(JsError::new("on purpose")) })
+        .stream_method("count", &["Number"], "AsyncGenerator", |n: u32| {
+            futures::stream::iter((1..=n).map(Ok::<u32, JsError>))
+        })
+        .property("version", "String", true, Value::str("1.0.0"))
+        .build();
+    peer.expose_service(calculator).unwrap();
+    let address = peer.listen("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{address}");
+    let at = ["--peer", url.as_str()];
+    let with = |args: &[&str]| -> Output { run(&[&args[..2], &at[..], &args[2..]].concat()) };
+
+    let sum = with(&["call", "calculator@1.0.0", "add", "5", "3"]);
+    assert_eq!((sum.status.code(), text(&sum.stdout)), (Some(0), "8\n".to_owned()), "{}", text(&sum.stderr));
+    let counted = with(&["call", "calculator", "count", "3"]);
+    assert_eq!(text(&counted.stdout), "1\n2\n3\n");
+    let failed = with(&["call", "calculator", "fail"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(text(&failed.stderr).contains("on purpose"), "{}", text(&failed.stderr));
+    assert_eq!(with(&["call", "calculator", "add", "five", "3"]).status.code(), Some(2), "not JSON");
+    assert_eq!(with(&["call", "nothing", "add"]).status.code(), Some(1));
+    let described = text(&run(&["describe", "--peer", &url]).stdout);
+    assert!(described.starts_with("calculator@1.0.0\n"), "{described}");
+    assert!(
+        described.contains("  add(Number, Number) -> Number\n")
+            && described.contains("  version: String (read-only)")
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["describe", "--peer", &url, "--json"]).stdout).unwrap();
+    assert_eq!(json["calculator@1.0.0"]["methods"]["count"]["arguments"][0], "Number");
+    assert_eq!(
+        run(&["call", "calculator", "add", "1", "2"]).status.code(),
+        Some(2),
+        "no --peer/--redis/--registry"
+    );
+
+    // Found in a fleet on Redis (Netron's keys).
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let config =
+        muster_redis::RedisConfig::from_url(&redis.url()).unwrap().with_preset(muster_core::Preset::Netron);
+    let registry = std::sync::Arc::new(muster_redis::RedisRegistry::connect(config).await.unwrap());
+    let advertised = muster_core::Address::parse(address.to_string()).unwrap();
+    peer.enable_discovery(registry, muster_core::DiscoveryOptions::default(), Some(advertised))
+        .await
+        .unwrap();
+    let by_redis = run(&["call", "--redis", &redis.url(), "calculator@^1", "add", "2", "2"]);
+    assert_eq!(text(&by_redis.stdout), "4\n", "{}", text(&by_redis.stderr));
+
+    // Found through a registry server.
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0"], &[]);
+    muster_client::install_tls_provider();
+    let body = serde_json::json!({"address": address.to_string(), "services": [{"name": "calculator", "version": "1.0.0"}]});
+    let put = reqwest::Client::new().put(format!("{base}/v1/nodes/calc-1")).json(&body).send().await.unwrap();
+    assert_eq!(put.status(), 201);
+    let by_registry = run(&["call", "--registry", &base, "calculator@^1", "add", "1", "1"]);
+    assert_eq!(text(&by_registry.stdout), "2\n", "{}", text(&by_registry.stderr));
+    let _ = server.kill();
+    let _ = server.wait();
+    peer.stop().await;
+}
