@@ -149,6 +149,12 @@ struct Inner {
     tasks: RwLock<HashMap<String, Listener>>,
     /// Stream ids this peer writes, process-wide like packet ids.
     stream_ids: PacketIds,
+    /// Checks of every call to this peer's services.
+    middleware: RwLock<Vec<Arc<dyn crate::middleware::Middleware>>>,
+    /// Prometheus metrics.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The peer accepts connections (for `/ready`).
+    listening: Arc<std::sync::atomic::AtomicBool>,
     /// The fleet this peer belongs to, once discovery is enabled.
     discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
 }
@@ -202,6 +208,9 @@ impl Peer {
             tasks: RwLock::new(HashMap::new()),
             stream_ids: PacketIds::default(),
             discovery: Mutex::new(None),
+            middleware: RwLock::new(Vec::new()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            listening: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -230,6 +239,29 @@ impl Peer {
     /// Emits `name` with `payload` on the bus, in order after the announcements before it.
     pub(crate) fn announce_local(&self, name: &str, payload: Value) {
         let _ = self.inner.announcements.send((name.to_owned(), payload));
+    }
+
+    /// The peer's metrics in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
+    }
+
+    /// Serves `/metrics`, `/health` and `/ready` over HTTP on `address` until the peer stops;
+    /// returns the bound address.
+    pub async fn serve_metrics(&self, address: &str) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let bound = listener.local_addr()?;
+        let (metrics, listening) = (Arc::clone(&self.inner.metrics), Arc::clone(&self.inner.listening));
+        tokio::spawn(crate::metrics::serve(listener, metrics, listening, self.inner.stopped.clone()));
+        Ok(bound)
+    }
+
+    /// Adds a check that every call to this peer's services passes first (in the order added,
+    /// before the service's own).
+    pub fn use_middleware(&self, middleware: Arc<dyn crate::middleware::Middleware>) {
+        if let Ok(mut all) = self.inner.middleware.write() {
+            all.push(middleware);
+        }
     }
 
     /// The peer's event bus: local listeners, and what remote peers subscribed to.
@@ -336,6 +368,7 @@ impl Peer {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let bound = listener.local_addr()?;
         let inner = Arc::clone(&self.inner);
+        inner.listening.store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -386,6 +419,7 @@ impl Peer {
     /// [`PeerError::Closed`].
     pub async fn stop(&self) {
         self.stop_discovery().await;
+        self.inner.listening.store(false, std::sync::atomic::Ordering::Relaxed);
         self.inner.stopped.cancel();
         let connections: Vec<Arc<Connection>> =
             self.inner.connections.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
@@ -485,17 +519,11 @@ async fn reconnect(inner: std::sync::Weak<Inner>, remote: std::sync::Weak<Remote
 /// The listener's side of a new connection: the WebSocket handshake (the connector's id from
 /// `?id=`), the id frame, then the connection.
 async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
-    let mut remote_id = None;
+    let mut params = HashMap::new();
     // The signature is tungstenite's handshake callback; its error type is its own.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        remote_id = request.uri().query().and_then(|query| {
-            query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("id="))
-                .filter(|id| !id.is_empty())
-                .map(str::to_owned)
-        });
+        params = crate::middleware::query_params(request.uri().query());
         Ok(response)
     };
     let handshake =
@@ -505,7 +533,7 @@ async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
         Ok(Err(error)) => return tracing::debug!(%error, "a WebSocket handshake failed"),
         Err(_) => return tracing::debug!("a WebSocket handshake timed out"),
     };
-    let Some(remote_id) = remote_id else {
+    let Some(remote_id) = params.remove("id").filter(|id| !id.is_empty()) else {
         tracing::debug!("a peer connected without ?id=; closing");
         let _ = socket.close(None).await;
         return;
@@ -514,7 +542,10 @@ async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
     if socket.send(Message::text(hello)).await.is_err() {
         return;
     }
-    Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()));
+    let connection = Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()));
+    if let Ok(mut slot) = connection.params.write() {
+        *slot = params;
+    }
 }
 
 type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
@@ -529,6 +560,10 @@ struct Connection {
     forwarded: Mutex<HashMap<String, SubscriptionId>>,
     /// Listeners of the remote peer's events (its `emit` tasks); kept across reconnections.
     remote_listeners: Arc<EventBus>,
+    /// The query parameters the remote peer connected with (listener side).
+    params: RwLock<HashMap<String, String>>,
+    /// Counted in the open-connections gauge (until closed).
+    counted: std::sync::atomic::AtomicBool,
     /// Streams the remote peer writes to this one.
     streams: Arc<Streams>,
     /// Frames queued for the writer and not sent yet (stream writers wait while it is high).
@@ -560,6 +595,8 @@ impl Connection {
             closed: closed.clone(),
             forwarded: Mutex::new(HashMap::new()),
             remote_listeners,
+            params: RwLock::new(HashMap::new()),
+            counted: std::sync::atomic::AtomicBool::new(true),
             streams: Arc::new(Streams::new(peer.config.stream_buffer, peer.config.max_streams)),
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             drained: Arc::new(tokio::sync::Notify::new()),
@@ -568,6 +605,7 @@ impl Connection {
         if let Ok(mut connections) = peer.connections.lock() {
             connections.insert(remote_id.clone(), Arc::clone(&connection));
         }
+        peer.metrics.connections.inc();
         let payload = Value::object([("peerId", Value::str(&remote_id))]);
         peer.announce("peer:connect", payload, PeerEvent::Connected { peer_id: remote_id });
         let writer_closed = closed.clone();
@@ -619,6 +657,9 @@ impl Connection {
 
     /// Ends the connection: pending requests fail, its subscriptions end, the peer forgets it.
     fn close(&self) {
+        if self.counted.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.peer.metrics.connections.dec();
+        }
         self.closed.cancel();
         if let Ok(mut pending) = self.pending.lock() {
             pending.clear();
@@ -669,15 +710,26 @@ impl Connection {
         }
     }
 
+    /// Queues `packet` for the writer.
     fn send(&self, packet: &Packet) {
+        self.send_sized(packet);
+    }
+
+    /// Queues `packet` for the writer; returns its size in bytes.
+    fn send_sized(&self, packet: &Packet) -> usize {
         match packet.encode() {
             Ok(bytes) => {
+                let size = bytes.len();
                 self.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if self.out.send(Message::binary(bytes)).is_err() {
                     self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                size
             }
-            Err(error) => tracing::warn!(%error, "a packet cannot be written"),
+            Err(error) => {
+                tracing::warn!(%error, "a packet cannot be written");
+                0
+            }
         }
     }
 
@@ -704,8 +756,19 @@ impl Connection {
                     return self.send(&packet.response(Err(Value::Error(Box::new(busy)))));
                 };
                 let connection = Arc::clone(self);
-                tokio::spawn(async move {
-                    match connection.serve(&packet).await {
+                let (service, method) = self.labels(&packet);
+                let span = tracing::debug_span!("netron.call", %service, %method, peer = %self.remote_id);
+                let task = async move {
+                    let started = tokio::time::Instant::now();
+                    let outcome = connection.serve(&packet).await;
+                    let metrics = &connection.peer.metrics;
+                    metrics.duration.observe(started.elapsed().as_secs_f64());
+                    let status = if outcome.is_ok() { "ok" } else { "error" };
+                    metrics
+                        .calls
+                        .get_or_create(&crate::metrics::CallLabels { service, method, status })
+                        .inc();
+                    match outcome {
                         Ok(Output::Value(value)) => connection.send(&packet.response(Ok(value))),
                         Ok(Output::Service(_)) => {
                             // `serve` turns returned services into definitions; nothing else arrives here.
@@ -728,9 +791,15 @@ impl Connection {
                         }
                         Err(error) => connection.send(&packet.response(Err(Value::Error(Box::new(error))))),
                     }
-                });
+                };
+                tokio::spawn(tracing::Instrument::instrument(task, span));
             }
             PacketType::Stream => {
+                self.peer
+                    .metrics
+                    .stream_bytes
+                    .get_or_create(&crate::metrics::Direction { direction: "received" })
+                    .inc_by(frame.len() as u64);
                 let (id, index) = packet.stream.unwrap_or_default();
                 self.streams.chunk(id, index, packet.data, packet.eos);
             }
@@ -746,6 +815,22 @@ impl Connection {
             }
             PacketType::Ping => tracing::debug!(remote = %self.remote_id, "ping ignored, as Netron does"),
         }
+    }
+
+    /// The metric labels of a request: the service's qualified name (`task` for tasks) and the
+    /// member or task name.
+    fn labels(&self, packet: &Packet) -> (String, String) {
+        let Value::Array(items) = &packet.data else { return ("unknown".into(), "unknown".into()) };
+        let text = |i: usize| items.get(i).and_then(Value::as_str).unwrap_or("unknown").to_owned();
+        if packet.kind == PacketType::Task {
+            return ("task".into(), text(0));
+        }
+        let service = self.peer.definitions.read().ok().and_then(|d| match d.get(&text(0)) {
+            Some(Served::Local { service, .. }) => Some(service.qualified_name()),
+            Some(Served::Proxy(_)) => Some("proxied".to_owned()),
+            None => None,
+        });
+        (service.unwrap_or_else(|| "unknown".into()), text(1))
     }
 
     /// Writes `items` as stream `stream_id`: a chunk per item, then the end; an item that fails
@@ -774,7 +859,11 @@ impl Connection {
             };
             let id = self.peer.ids.next();
             match next {
-                Some(Ok(value)) => self.send(&Packet::chunk(id, stream_id, index, value, true, false)),
+                Some(Ok(value)) => {
+                    let sent = self.send_sized(&Packet::chunk(id, stream_id, index, value, true, false));
+                    let direction = crate::metrics::Direction { direction: "sent" };
+                    self.peer.metrics.stream_bytes.get_or_create(&direction).inc_by(sent as u64);
+                }
                 Some(Err(error)) => {
                     let data = Value::object([
                         ("streamId", Value::Int(i64::from(stream_id))),
@@ -818,6 +907,25 @@ impl Connection {
                 };
             }
         };
+        let args = match packet.kind {
+            PacketType::Get => &[][..],
+            _ => &items[2..],
+        };
+        let params = self.params.read().map(|p| p.clone()).unwrap_or_default();
+        let qualified = service.qualified_name();
+        let info = crate::middleware::CallInfo {
+            peer_id: &self.remote_id,
+            params: &params,
+            service: &qualified,
+            member,
+            kind: packet.kind,
+            args,
+        };
+        let guards: Vec<Arc<dyn crate::middleware::Middleware>> =
+            self.peer.middleware.read().map(|m| m.clone()).unwrap_or_default();
+        for guard in guards.iter().chain(service.middleware()) {
+            guard.check(&info)?;
+        }
         let output = match packet.kind {
             PacketType::Get => service.get(member).map(Output::Value)?,
             PacketType::Set => {
@@ -926,6 +1034,8 @@ impl Connection {
                             let name = name.clone();
                             async move {
                                 let Some(connection) = weak.upgrade() else { return Ok(Value::Undefined) };
+                                let sent = crate::metrics::Direction { direction: "sent" };
+                                connection.peer.metrics.events.get_or_create(&sent).inc();
                                 let mut data = vec![Value::str("emit"), Value::str(&name)];
                                 data.extend(args);
                                 connection
@@ -953,6 +1063,8 @@ impl Connection {
                     Some(Value::Str(event)) => event,
                     _ => return Err(JsError::new("emit: no event name")),
                 };
+                let received = crate::metrics::Direction { direction: "received" };
+                self.peer.metrics.events.get_or_create(&received).inc();
                 for result in self.remote_listeners.emit_parallel(&event, args.collect()).await {
                     result?;
                 }

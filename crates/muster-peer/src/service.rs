@@ -74,6 +74,7 @@ pub struct Service {
     version: String,
     methods: BTreeMap<String, Method>,
     properties: BTreeMap<String, Property>,
+    middleware: Vec<Arc<dyn crate::middleware::Middleware>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -117,6 +118,7 @@ impl ServiceBuilder {
             version: version.to_owned(),
             methods: BTreeMap::new(),
             properties: BTreeMap::new(),
+            middleware: Vec::new(),
         };
         Ok(Self { service })
     }
@@ -237,6 +239,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// A check every call to this service passes first (after the peer's own).
+    #[must_use]
+    pub fn middleware(mut self, middleware: Arc<dyn crate::middleware::Middleware>) -> Self {
+        self.service.middleware.push(middleware);
+        self
+    }
+
     /// The service.
     pub fn build(self) -> Arc<Service> {
         Arc::new(self.service)
@@ -247,6 +256,11 @@ impl Service {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its middleware.
+    pub(crate) fn middleware(&self) -> &[Arc<dyn crate::middleware::Middleware>] {
+        &self.middleware
     }
 
     /// Its version (`""` when it has none).

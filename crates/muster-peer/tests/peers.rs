@@ -209,6 +209,8 @@ async fn remote_subscriptions_service_events_tasks_and_peer_events() {
     assert_eq!(results, vec![Ok(Value::Undefined)], "the emit task was answered");
     let received = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(received, vec![Value::object([("id", Value::Int(7))])]);
+    assert!(server.metrics_text().contains(r#"netron_events_total{direction="sent"} 1"#));
+    assert!(client.metrics_text().contains(r#"netron_events_total{direction="received"} 1"#));
     remote.unsubscribe("order:*", subscription).await.unwrap();
     assert_eq!(server.bus().listener_count("order:created"), 0, "the last listener unsubscribes");
 
@@ -283,6 +285,14 @@ async fn methods_returning_streams_are_read_as_netron_streams() {
     let items: Vec<_> = ticker.call_stream("count", vec![Value::Int(5000)]).await.unwrap().collect().await;
     assert_eq!(items.len(), 5000);
     assert!(items.iter().enumerate().all(|(i, item)| *item == Ok(Value::Int(i as i64))), "in order");
+    let counted = |text: String, direction: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("netron_stream_bytes_total{{direction=\"{direction}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(counted(server.metrics_text(), "sent") > 5000 * 14, "stream bytes sent are counted");
+    assert!(counted(client.metrics_text(), "received") > 5000 * 14, "and received");
     let bytes: Vec<_> = ticker.call_stream("bytes", vec![Value::Int(3)]).await.unwrap().collect().await;
     assert_eq!(bytes[2], Ok(Value::Bin(vec![2u8; 1000])), "bytes stay bytes");
     let empty: Vec<_> = ticker.call_stream("count", vec![Value::Int(0)]).await.unwrap().collect().await;
@@ -587,4 +597,83 @@ async fn a_newer_connection_of_the_same_peer_survives_the_old_ones_end() {
         }
     };
     assert_eq!(event, muster_peer::PeerEvent::Disconnected { peer_id: "twin".into() });
+}
+
+/// Middleware sees every call with the caller's connect-time parameters and may refuse it: a
+/// token passed as `?token=` when connecting (seed 004's AuthMiddleware), and a per-service rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_refuses_calls_before_they_run() {
+    let server = Peer::new(PeerConfig::default());
+    server.use_middleware(std::sync::Arc::new(|call: &muster_peer::CallInfo<'_>| {
+        if call.params.get("token").map(String::as_str) == Some("s3cret") {
+            Ok(())
+        } else {
+            Err(JsError::new(format!("Unauthorized: {} needs a token", call.member)))
+        }
+    }));
+    let guarded = ServiceBuilder::new("vault", "1.0.0")
+        .unwrap()
+        .method("open", &[], "String", |(): ()| async move { Ok("opened".to_owned()) })
+        .method("wipe", &[], "String", |(): ()| async move { Ok("wiped".to_owned()) })
+        .middleware(std::sync::Arc::new(|call: &muster_peer::CallInfo<'_>| {
+            if call.member == "wipe" { Err(JsError::new("wipe is not allowed")) } else { Ok(()) }
+        }))
+        .build();
+    server.expose_service(guarded).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let anonymous = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+    match anonymous.query_interface("vault").unwrap().call("open", vec![]).await {
+        Err(PeerError::Remote(error)) => assert_eq!(error.message, "Unauthorized: open needs a token"),
+        other => panic!("{other:?}"),
+    }
+    let trusted =
+        Peer::new(PeerConfig::default()).connect(&format!("ws://{address}?token=s3cret")).await.unwrap();
+    let vault = trusted.query_interface("vault").unwrap();
+    assert_eq!(vault.call("open", vec![]).await.unwrap(), Value::str("opened"));
+    match vault.call("wipe", vec![]).await {
+        Err(PeerError::Remote(error)) => assert_eq!(error.message, "wipe is not allowed"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Metrics count calls by service, method and status, connections, stream bytes and events; the
+/// HTTP endpoint serves them with health and readiness probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_and_the_probes_answer() {
+    let server = Peer::new(PeerConfig::default());
+    server.expose_service(calculator("1.0.0")).unwrap();
+    let endpoint = server.serve_metrics("127.0.0.1:0").await.unwrap();
+    let get = |path: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+        answer
+    };
+    assert!(get("/ready").await.starts_with("HTTP/1.1 503"), "not listening yet");
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    assert!(get("/ready").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/health").await.starts_with("HTTP/1.1 200"));
+    let remote = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+    let calc = remote.query_interface("calculator").unwrap();
+    calc.call("add", vec![Value::Int(1), Value::Int(2)]).await.unwrap();
+    calc.call("add", vec![Value::Int(1), Value::Int(2)]).await.unwrap();
+    let _ = calc.call("divide", vec![Value::Int(1), Value::Int(0)]).await;
+    let text = get("/metrics").await;
+    assert!(
+        text.contains(r#"netron_calls_total{service="calculator@1.0.0",method="add",status="ok"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"netron_calls_total{service="calculator@1.0.0",method="divide",status="error"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"netron_calls_total{service="task",method="abilities",status="ok"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("netron_connections 1"), "{text}");
+    assert!(text.contains("netron_call_duration_seconds_count 4"), "{text}");
+    assert_eq!(server.metrics_text(), server.metrics_text(), "the same text in process");
 }
