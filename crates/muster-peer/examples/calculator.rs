@@ -6,6 +6,9 @@
 //! cargo run --release -p muster-peer --example calculator -- --listen 127.0.0.1:8080
 //! cargo run --release -p muster-peer --example calculator -- --connect ws://127.0.0.1:8080
 //! ```
+//!
+//! With `--redis redis://127.0.0.1:6379` the serving peer also registers in that fleet (Netron's
+//! keys), so `muster call --redis ... calculator@^1 add 5 3` finds it.
 
 #![allow(clippy::print_stdout)] // an example talks to the person running it
 
@@ -79,6 +82,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build();
     peer.expose_service(service)?;
     let address = peer.listen(&listen).await?;
+    if let Some(redis) = value_of("--redis") {
+        let config = muster_redis::RedisConfig::from_url(&redis)?.with_preset(muster_core::Preset::Netron);
+        let registry = std::sync::Arc::new(muster_redis::RedisRegistry::connect(config).await?);
+        let advertised = muster_core::Address::parse(address.to_string())?;
+        peer.enable_discovery(registry, muster_core::DiscoveryOptions::default(), Some(advertised)).await?;
+        println!("registered in the fleet at {redis} (prefix netron:discovery)");
+    }
     println!("peer {} serving {:?} on ws://{address} — Ctrl-C stops it", peer.id(), peer.service_names());
     tokio::signal::ctrl_c().await?;
     peer.stop().await;

@@ -40,11 +40,12 @@ fn from_peer(error: PeerError) -> Failure {
     }
 }
 
-/// The peer offering `service` (or the one at `--peer`).
+/// The peer offering `service` (or the one at `--peer`): the candidates found are tried in turn
+/// until one answers (a peer that died is still listed until its TTL runs out).
 async fn remote(source: &PeerSource, service: Option<&str>) -> Result<(Peer, RemotePeer), Failure> {
     let peer = Peer::new(PeerConfig::default());
-    let url = match (&source.peer, &source.redis, &source.registry) {
-        (Some(url), _, _) => url.clone(),
+    let urls: Vec<String> = match (&source.peer, &source.redis, &source.registry) {
+        (Some(url), _, _) => vec![url.clone()],
         (None, Some(redis), _) => {
             let service = service.ok_or_else(|| Failure::usage("name a service to find it on Redis"))?;
             let config = muster_redis::RedisConfig::from_url(redis)
@@ -59,8 +60,7 @@ async fn remote(source: &PeerSource, service: Option<&str>) -> Result<(Peer, Rem
             let nodes = muster_core::Registry::find(&registry, &query)
                 .await
                 .map_err(|e| Failure::error(e.message().to_owned()))?;
-            let node = nodes.first().ok_or_else(|| Failure::error(format!("no peer offers {service}")))?;
-            format!("ws://{}", node.address)
+            nodes.iter().map(|node| format!("ws://{}", node.address)).collect()
         }
         (None, None, Some(registry)) => {
             let service =
@@ -71,14 +71,17 @@ async fn remote(source: &PeerSource, service: Option<&str>) -> Result<(Peer, Rem
             let params: Vec<(&str, &str)> = version.map(|v| vec![("versionReq", v)]).unwrap_or_default();
             let instances =
                 client.fetch_instances(name, &params).await.map_err(|e| Failure::error(e.to_string()))?;
-            let instance =
-                instances.first().ok_or_else(|| Failure::error(format!("no peer offers {service}")))?;
-            let host = if instance.host.contains(':') {
-                format!("[{}]", instance.host)
-            } else {
-                instance.host.clone()
-            };
-            format!("ws://{host}:{}", instance.port)
+            instances
+                .iter()
+                .map(|instance| {
+                    let host = if instance.host.contains(':') {
+                        format!("[{}]", instance.host)
+                    } else {
+                        instance.host.clone()
+                    };
+                    format!("ws://{host}:{}", instance.port)
+                })
+                .collect()
         }
         (None, None, None) => {
             return Err(Failure::usage(
@@ -86,11 +89,14 @@ async fn remote(source: &PeerSource, service: Option<&str>) -> Result<(Peer, Rem
             ));
         }
     };
-    let remote = peer
-        .connect(&url)
-        .await
-        .map_err(|e| Failure::error(format!("cannot reach the peer at {url}: {e}")))?;
-    Ok((peer, remote))
+    let mut last = format!("no peer offers {}", service.unwrap_or_default());
+    for url in &urls {
+        match peer.connect(url).await {
+            Ok(remote) => return Ok((peer, remote)),
+            Err(error) => last = format!("cannot reach the peer at {url}: {error}"),
+        }
+    }
+    Err(Failure::error(last))
 }
 
 /// `muster call SERVICE METHOD [ARG...]`.
