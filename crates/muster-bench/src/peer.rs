@@ -1,6 +1,8 @@
 //! `muster-bench peer`: a Netron peer pair on loopback in this process — RPC calls per second with
 //! 64 calls in flight on one connection and on 8 connections (8 each), with p50/p99; remote event
-//! emissions per second (each acknowledged by the subscriber); stream throughput in 64 KiB chunks.
+//! emissions per second (each acknowledged by the subscriber); stream throughput in 64 KiB chunks;
+//! calls by name through discovery over 3 instances against direct calls; and the latency of calls
+//! by name while an instance dies abruptly (its runtime torn down: no goodbye).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,5 +124,146 @@ pub(crate) async fn run(seconds: u64) -> Result<(), Box<dyn std::error::Error>> 
         bytes as f64 / elapsed / 1e6
     );
     server.stop().await;
+    by_name(seconds).await
+}
+
+fn calculator() -> Result<Arc<muster_peer::Service>, Box<dyn std::error::Error>> {
+    Ok(ServiceBuilder::new("calculator", "1.0.0")?
+        .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+        .build())
+}
+
+/// A serving peer in the fleet of `registry`.
+async fn instance(
+    registry: Arc<dyn muster_core::Registry>,
+    options: muster_core::DiscoveryOptions,
+) -> Result<Peer, Box<dyn std::error::Error>> {
+    let peer = Peer::new(PeerConfig { max_concurrent_requests: 4096, ..PeerConfig::default() });
+    peer.expose_service(calculator()?)?;
+    let address = peer.listen("127.0.0.1:0").await?;
+    peer.enable_discovery(registry, options, Some(muster_core::Address::parse(address.to_string())?)).await?;
+    Ok(peer)
+}
+
+async fn named_calls(
+    service: muster_peer::NamedService,
+    in_flight: usize,
+    seconds: u64,
+) -> (f64, Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                if service.call("add", vec![Value::Int(5), Value::Int(3)]).await.is_ok() {
+                    latencies.push(began.elapsed());
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+}
+
+/// Calls by name over three instances found through discovery (the embedded store), against
+/// direct calls on one connection; then an instance dies abruptly under a stream of calls.
+async fn by_name(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let registry: Arc<dyn muster_core::Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    let options = muster_core::DiscoveryOptions {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_ttl: Duration::from_secs(3),
+        retry_delay: Duration::from_millis(200),
+        ..muster_core::DiscoveryOptions::default()
+    };
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(instance(Arc::clone(&registry), options.clone()).await?);
+    }
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(Arc::clone(&registry), options.clone(), None).await?;
+    let named = client.service("calculator@^1")?;
+    while named.instances().await?.len() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (rate, p50, p99) = named_calls(named.clone(), 64, seconds).await;
+    println!(
+        "| calls by name through discovery, 3 instances, 64 in flight | {rate:.0} calls/s, p50 {p50:.2?}, p99 {p99:.2?} |"
+    );
+    let direct = Peer::new(PeerConfig::default())
+        .connect(&format!(
+            "ws://{}",
+            named
+                .instances()
+                .await?
+                .iter()
+                .map(|i| format!("{}:{}", i.host, i.port))
+                .next()
+                .unwrap_or_default()
+        ))
+        .await?
+        .query_interface("calculator")?;
+    let (rate, p50, p99) = calls(vec![direct], 64, seconds).await;
+    println!(
+        "| the same calls direct, one connection, 64 in flight | {rate:.0} calls/s, p50 {p50:.2?}, p99 {p99:.2?} |"
+    );
+
+    // An instance on a runtime of its own dies while a caller calls by name without pause.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (crash_tx, crash_rx) = std::sync::mpsc::channel::<()>();
+    let victim_registry = Arc::clone(&registry);
+    let victim_options = options.clone();
+    let victim = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
+        else {
+            return;
+        };
+        let started = runtime.block_on(instance(victim_registry, victim_options)).is_ok();
+        let _ = ready_tx.send(started);
+        let _ = crash_rx.recv();
+        runtime.shutdown_background();
+    });
+    if !ready_rx.recv().unwrap_or(false) {
+        return Err("the victim did not start".into());
+    }
+    while named.instances().await?.len() < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..200 {
+        named.call("add", vec![Value::Int(1), Value::Int(1)]).await?;
+    }
+    let _ = crash_tx.send(());
+    let _ = victim.join();
+    let crashed = Instant::now();
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    while crashed.elapsed() < Duration::from_secs(4) {
+        let began = Instant::now();
+        match named.call("add", vec![Value::Int(1), Value::Int(1)]).await {
+            Ok(_) => latencies.push(began.elapsed()),
+            Err(_) => failed += 1,
+        }
+    }
+    latencies.sort_unstable();
+    println!(
+        "| calls by name for 4 s after an instance died (heartbeat 1 s, TTL 3 s) | {} calls, {failed} failed, p50 {:.2?}, p99 {:.2?}, max {:.2?} |",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    for peer in instances {
+        peer.stop().await;
+    }
+    client.stop().await;
     Ok(())
 }

@@ -256,7 +256,12 @@ impl Failover {
         Fut: Future<Output = Result<T, E>>,
         E: Retryable,
     {
-        let up: Vec<Instance> = instances.iter().filter(|i| i.status == NodeStatus::Up).cloned().collect();
+        // Usually every instance is up: order the list as it is, without copying it first.
+        let up: std::borrow::Cow<'_, [Instance]> = if instances.iter().all(|i| i.status == NodeStatus::Up) {
+            std::borrow::Cow::Borrowed(instances)
+        } else {
+            instances.iter().filter(|i| i.status == NodeStatus::Up).cloned().collect::<Vec<_>>().into()
+        };
         if up.is_empty() {
             return Err(FailoverError::NoInstances(service.to_owned()));
         }

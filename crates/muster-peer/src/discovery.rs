@@ -33,6 +33,10 @@ impl Retryable for PeerError {
 /// The discovery part of a peer.
 pub(crate) struct Discovery {
     agent: Agent,
+    /// Bumped by every change the agent sees: cached instance lists older than it are read again.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Interfaces of the instances called by name, by node id and query.
+    interfaces: std::sync::Mutex<HashMap<(String, String), Interface>>,
     /// Open connections to other peers, by node id (one each).
     connections: tokio::sync::Mutex<HashMap<String, RemotePeer>>,
     /// Selector and breakers of calls by name.
@@ -71,7 +75,10 @@ impl Peer {
         let agent = builder.build().map_err(local)?;
         // Fleet events on the bus, as seed 004 names them.
         let bus_peer = self.clone();
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let changed = Arc::clone(&generation);
         agent.on_event(move |event| {
+            changed.fetch_add(1, std::sync::atomic::Ordering::Release);
             for (name, payload) in fleet_events(event) {
                 bus_peer.announce_local(name, payload);
             }
@@ -79,6 +86,8 @@ impl Peer {
         agent.start().await.map_err(local)?;
         let discovery = Arc::new(Discovery {
             agent,
+            generation,
+            interfaces: std::sync::Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
             failover: Failover::new(
                 Box::new(muster_client::select::RoundRobin::default()),
@@ -135,6 +144,7 @@ impl Peer {
             discovery: self.discovery_or_err()?,
             query: parsed,
             text: query.to_owned(),
+            cached: Arc::new(arc_swap::ArcSwap::from_pointee((0, Vec::new()))),
         })
     }
 
@@ -218,6 +228,8 @@ pub struct NamedService {
     discovery: Arc<Discovery>,
     query: ServiceQuery,
     text: String,
+    /// The instances as of a discovery generation (read again after any change).
+    cached: Arc<arc_swap::ArcSwap<(u64, Vec<Instance>)>>,
 }
 
 impl std::fmt::Debug for NamedService {
@@ -229,9 +241,23 @@ impl std::fmt::Debug for NamedService {
 impl NamedService {
     /// The instances that may answer now.
     pub async fn instances(&self) -> Result<Vec<Instance>, PeerError> {
+        Ok(self.current().await?.1.clone())
+    }
+
+    /// The instance list, read again only when discovery saw a change since.
+    async fn current(&self) -> Result<Arc<(u64, Vec<Instance>)>, PeerError> {
+        let generation = self.discovery.generation.load(std::sync::atomic::Ordering::Acquire);
+        let cached = self.cached.load_full();
+        if cached.0 == generation && !cached.1.is_empty() {
+            return Ok(cached);
+        }
         let nodes =
             self.discovery.agent.resolve(&self.query).await.map_err(|e| PeerError::Local(e.to_string()))?;
-        Ok(nodes.iter().flat_map(|node| instances_of(node, |s| self.query.matches(s))).collect())
+        let instances: Vec<Instance> =
+            nodes.iter().flat_map(|node| instances_of(node, |s| self.query.matches(s))).collect();
+        let fresh = Arc::new((generation, instances));
+        self.cached.store(Arc::clone(&fresh));
+        Ok(fresh)
     }
 
     /// The connection to the peer behind `instance` (opened once, reused while open).
@@ -247,18 +273,27 @@ impl NamedService {
         Ok(remote)
     }
 
+    /// The interface of the service at `instance`, kept while its connection is open.
     async fn interface(&self, instance: &Instance) -> Result<Interface, PeerError> {
-        let remote = self.remote(instance).await?;
-        remote.query_interface(&self.text)
+        let key = (instance.id.clone(), self.text.clone());
+        let known = self.discovery.interfaces.lock().ok().and_then(|i| i.get(&key).cloned());
+        if let Some(interface) = known.filter(Interface::is_connected) {
+            return Ok(interface);
+        }
+        let interface = self.remote(instance).await?.query_interface(&self.text)?;
+        if let Ok(mut interfaces) = self.discovery.interfaces.lock() {
+            interfaces.insert(key, interface.clone());
+        }
+        Ok(interface)
     }
 
     /// Calls `method` on an instance, failing over to the next when one cannot answer.
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
-        let instances = self.instances().await?;
+        let current = self.current().await?;
         let outcome = self
             .discovery
             .failover
-            .call(self.query.name(), &instances, |instance| {
+            .call(self.query.name(), &current.1, |instance| {
                 let args = args.clone();
                 async move { self.interface(&instance).await?.call(method, args).await }
             })

@@ -1401,6 +1401,11 @@ impl Interface {
         &self.definition
     }
 
+    /// Whether the connection it is reached over is open.
+    pub fn is_connected(&self) -> bool {
+        self.remote.is_connected()
+    }
+
     /// Calls `method` with `args`.
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
         let mut data = vec![Value::str(&self.definition.id), Value::str(method)];
