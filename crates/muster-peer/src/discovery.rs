@@ -40,7 +40,7 @@ pub(crate) struct Discovery {
     /// Open connections to other peers, by node id (one each).
     connections: tokio::sync::Mutex<HashMap<String, RemotePeer>>,
     /// Selector and breakers of calls by name.
-    failover: Failover,
+    failover: Arc<Failover>,
 }
 
 fn service_infos(peer: &Peer) -> Vec<ServiceInfo> {
@@ -89,10 +89,10 @@ impl Peer {
             generation,
             interfaces: std::sync::Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
-            failover: Failover::new(
+            failover: Arc::new(Failover::new(
                 Box::new(muster_client::select::RoundRobin::default()),
                 BreakerConfig::default(),
-            ),
+            )),
         });
         self.set_discovery(Arc::clone(&discovery));
         // Registration follows exposure.
@@ -134,14 +134,37 @@ impl Peer {
         self.discovery_or_err()?.agent.get_active_nodes().await.map_err(|e| PeerError::Local(e.to_string()))
     }
 
-    /// The service `query` by name anywhere in the fleet: each call goes to an instance chosen by
-    /// the selector, over one connection per remote peer, failing over to the next instance when
-    /// one cannot answer.
+    /// The service `query` by name anywhere in the fleet: each call goes to an instance chosen
+    /// round-robin, over one connection per remote peer, failing over to the next instance when
+    /// one cannot answer (the peer's circuit breakers, shared by its named services).
     pub fn service(&self, query: &str) -> Result<NamedService, PeerError> {
+        let discovery = self.discovery_or_err()?;
+        let failover = Arc::clone(&discovery.failover);
+        self.named(query, discovery, failover)
+    }
+
+    /// [`Peer::service`] with another of `muster-client`'s selectors (random, smooth weighted,
+    /// least outstanding) and breakers of its own.
+    pub fn service_with(
+        &self,
+        query: &str,
+        selector: Box<dyn muster_client::select::Selector>,
+        breakers: BreakerConfig,
+    ) -> Result<NamedService, PeerError> {
+        self.named(query, self.discovery_or_err()?, Arc::new(Failover::new(selector, breakers)))
+    }
+
+    fn named(
+        &self,
+        query: &str,
+        discovery: Arc<Discovery>,
+        failover: Arc<Failover>,
+    ) -> Result<NamedService, PeerError> {
         let parsed = ServiceQuery::parse(query).map_err(|e| PeerError::Local(e.to_string()))?;
         Ok(NamedService {
             peer: self.clone(),
-            discovery: self.discovery_or_err()?,
+            discovery,
+            failover,
             query: parsed,
             text: query.to_owned(),
             cached: Arc::new(arc_swap::ArcSwap::from_pointee((0, Vec::new()))),
@@ -226,6 +249,7 @@ fn fleet_events(event: &DiscoveryEvent) -> Vec<(&'static str, Value)> {
 pub struct NamedService {
     peer: Peer,
     discovery: Arc<Discovery>,
+    failover: Arc<Failover>,
     query: ServiceQuery,
     text: String,
     /// The instances as of a discovery generation (read again after any change).
@@ -291,7 +315,6 @@ impl NamedService {
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
         let current = self.current().await?;
         let outcome = self
-            .discovery
             .failover
             .call(self.query.name(), &current.1, |instance| {
                 let args = args.clone();
@@ -327,6 +350,6 @@ impl NamedService {
 
     /// The circuit state of one instance (by node id).
     pub fn circuit_state(&self, instance_id: &str) -> muster_client::CircuitState {
-        self.discovery.failover.circuit_state(self.query.name(), instance_id)
+        self.failover.circuit_state(self.query.name(), instance_id)
     }
 }

@@ -93,6 +93,20 @@ async fn peers_register_their_services_and_are_called_by_name() {
     assert!(a_calls.load(Ordering::Relaxed) >= 5 && b_calls.load(Ordering::Relaxed) >= 5, "spread");
     let sum: i64 = calculator.call_as("add", (40, 2)).await.unwrap();
     assert_eq!(sum, 42);
+    // Another of muster-client's selectors, with breakers of its own.
+    let least = client
+        .service_with(
+            "calculator@1.2.0",
+            Box::new(muster_client::select::LeastOutstanding::default()),
+            muster_client::BreakerConfig::default(),
+        )
+        .unwrap();
+    let before = a_calls.load(Ordering::Relaxed) + b_calls.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        assert_eq!(least.call("add", vec![Value::Int(1), Value::Int(1)]).await.unwrap(), Value::Int(2));
+    }
+    assert_eq!(a_calls.load(Ordering::Relaxed) + b_calls.load(Ordering::Relaxed) - before, 10);
+    assert_eq!(least.circuit_state(a.id()), muster_client::CircuitState::Closed);
 
     // Concealing withdraws the registration's service; stopping deregisters.
     assert!(a.conceal_service("calculator@1.2.0"));
