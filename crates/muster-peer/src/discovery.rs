@@ -321,14 +321,25 @@ impl NamedService {
                 async move { self.interface(&instance).await?.call(method, args).await }
             })
             .await;
-        outcome.map_err(|error| match error {
-            FailoverError::Failed(error) => error,
-            FailoverError::Exhausted { last, .. } => last,
-            FailoverError::NoInstances(service) | FailoverError::AllCircuitsOpen(service) => {
-                PeerError::UnknownService(service)
-            }
-            FailoverError::Registry(error) => PeerError::Local(error.to_string()),
-        })
+        outcome.map_err(failover_error)
+    }
+
+    /// Calls `method`, which returns a stream, on an instance (failing over like
+    /// [`NamedService::call`] until one answers) and reads the stream from it.
+    pub async fn call_stream(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<crate::ReadableStream, PeerError> {
+        let current = self.current().await?;
+        let outcome = self
+            .failover
+            .call(self.query.name(), &current.1, |instance| {
+                let args = args.clone();
+                async move { self.interface(&instance).await?.call_stream(method, args).await }
+            })
+            .await;
+        outcome.map_err(failover_error)
     }
 
     /// [`NamedService::call`] with typed arguments and result.
@@ -351,5 +362,17 @@ impl NamedService {
     /// The circuit state of one instance (by node id).
     pub fn circuit_state(&self, instance_id: &str) -> muster_client::CircuitState {
         self.failover.circuit_state(self.query.name(), instance_id)
+    }
+}
+
+/// A failover's outcome as the peer's error.
+fn failover_error(error: FailoverError<PeerError>) -> PeerError {
+    match error {
+        FailoverError::Failed(error) => error,
+        FailoverError::Exhausted { last, .. } => last,
+        FailoverError::NoInstances(service) | FailoverError::AllCircuitsOpen(service) => {
+            PeerError::UnknownService(service)
+        }
+        FailoverError::Registry(error) => PeerError::Local(error.to_string()),
     }
 }

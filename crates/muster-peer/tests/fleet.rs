@@ -28,6 +28,9 @@ async fn registry(url: &str) -> Arc<dyn Registry> {
 fn calculator(calls: Arc<AtomicU64>) -> Arc<muster_peer::Service> {
     ServiceBuilder::new("calculator", "1.2.0")
         .unwrap()
+        .stream_method("count", &["Number"], "AsyncGenerator", |n: u32| {
+            futures::stream::iter((1..=n).map(Ok::<u32, muster_peer::wire::JsError>))
+        })
         .method("add", &["Number", "Number"], "Number", move |(a, b): (i64, i64)| {
             calls.fetch_add(1, Ordering::Relaxed);
             async move { Ok(a + b) }
@@ -93,6 +96,10 @@ async fn peers_register_their_services_and_are_called_by_name() {
     assert!(a_calls.load(Ordering::Relaxed) >= 5 && b_calls.load(Ordering::Relaxed) >= 5, "spread");
     let sum: i64 = calculator.call_as("add", (40, 2)).await.unwrap();
     assert_eq!(sum, 42);
+    let counted: Vec<_> =
+        futures::StreamExt::collect(calculator.call_stream("count", vec![Value::Int(3)]).await.unwrap())
+            .await;
+    assert_eq!(counted, vec![Ok(Value::Int(1)), Ok(Value::Int(2)), Ok(Value::Int(3))], "streams by name");
     // Another of muster-client's selectors, with breakers of its own.
     let least = client
         .service_with(
