@@ -311,17 +311,31 @@ impl NamedService {
         Ok(interface)
     }
 
-    /// Calls `method` on an instance, failing over to the next when one cannot answer.
-    pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
+    /// Runs `request` on the interface of one instance after another, in the selector's order,
+    /// until one answers (see [`muster_client::failover`]).
+    async fn on_an_instance<T, F, Fut>(&self, request: F) -> Result<T, PeerError>
+    where
+        F: Fn(Interface) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PeerError>>,
+    {
         let current = self.current().await?;
+        let request = &request;
         let outcome = self
             .failover
-            .call(self.query.name(), &current.1, |instance| {
-                let args = args.clone();
-                async move { self.interface(&instance).await?.call(method, args).await }
+            .call(self.query.name(), &current.1, |instance| async move {
+                request(self.interface(&instance).await?).await
             })
             .await;
         outcome.map_err(failover_error)
+    }
+
+    /// Calls `method` on an instance, failing over to the next when one cannot answer.
+    pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
+        self.on_an_instance(|interface| {
+            let args = args.clone();
+            async move { interface.call(method, args).await }
+        })
+        .await
     }
 
     /// Calls `method`, which returns a stream, on an instance (failing over like
@@ -331,15 +345,11 @@ impl NamedService {
         method: &str,
         args: Vec<Value>,
     ) -> Result<crate::ReadableStream, PeerError> {
-        let current = self.current().await?;
-        let outcome = self
-            .failover
-            .call(self.query.name(), &current.1, |instance| {
-                let args = args.clone();
-                async move { self.interface(&instance).await?.call_stream(method, args).await }
-            })
-            .await;
-        outcome.map_err(failover_error)
+        self.on_an_instance(|interface| {
+            let args = args.clone();
+            async move { interface.call_stream(method, args).await }
+        })
+        .await
     }
 
     /// [`NamedService::call`] with typed arguments and result.
