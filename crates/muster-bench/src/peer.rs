@@ -20,17 +20,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn calls(interfaces: Vec<Interface>, in_flight: usize, seconds: u64) -> (f64, Duration, Duration) {
+/// `in_flight` callers each running `call` back to back for `seconds`: calls per second, p50, p99.
+async fn load<F, Fut>(in_flight: usize, seconds: u64, call: F) -> (f64, Duration, Duration)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..in_flight {
-        let interface = interfaces[i % interfaces.len()].clone();
+    for caller in 0..in_flight {
+        let call = Arc::clone(&call);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let began = Instant::now();
-                if interface.call("add", vec![Value::Int(5), Value::Int(3)]).await.is_ok() {
+                if call(caller).await {
                     latencies.push(began.elapsed());
                 }
             }
@@ -44,6 +50,15 @@ async fn calls(interfaces: Vec<Interface>, in_flight: usize, seconds: u64) -> (f
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+}
+
+/// `add(5, 3)` on `interfaces`, the callers spread over them.
+async fn calls(interfaces: Vec<Interface>, in_flight: usize, seconds: u64) -> (f64, Duration, Duration) {
+    load(in_flight, seconds, move |caller| {
+        let interface = interfaces[caller % interfaces.len()].clone();
+        async move { interface.call("add", vec![Value::Int(5), Value::Int(3)]).await.is_ok() }
+    })
+    .await
 }
 
 pub(crate) async fn run(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -145,34 +160,17 @@ async fn instance(
     Ok(peer)
 }
 
+/// `add(5, 3)` by name.
 async fn named_calls(
     service: muster_peer::NamedService,
     in_flight: usize,
     seconds: u64,
 ) -> (f64, Duration, Duration) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..in_flight {
+    load(in_flight, seconds, move |_| {
         let service = service.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let began = Instant::now();
-                if service.call("add", vec![Value::Int(5), Value::Int(3)]).await.is_ok() {
-                    latencies.push(began.elapsed());
-                }
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap_or_default());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    (all.len() as f64 / elapsed, percentile(&all, 0.5), percentile(&all, 0.99))
+        async move { service.call("add", vec![Value::Int(5), Value::Int(3)]).await.is_ok() }
+    })
+    .await
 }
 
 /// Calls by name over three instances found through discovery (the embedded store), against

@@ -61,3 +61,22 @@ pub fn from_json(json: &serde_json::Value) -> Value {
         J::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), from_json(v))).collect()),
     }
 }
+
+/// Typed arguments as a call's argument list: a tuple (or array) gives one argument per item, any
+/// other value one argument.
+pub(crate) fn arguments_of<A: serde::Serialize>(args: A) -> Result<Vec<Value>, crate::PeerError> {
+    let json = serde_json::to_value(args).map_err(|e| crate::PeerError::Local(e.to_string()))?;
+    Ok(match from_json(&json) {
+        Value::Array(items) => items,
+        single => vec![single],
+    })
+}
+
+/// A call's result as `R`.
+pub(crate) fn result_as<R: serde::de::DeserializeOwned>(
+    method: &str,
+    result: &Value,
+) -> Result<R, crate::PeerError> {
+    serde_json::from_value(to_json(result))
+        .map_err(|e| crate::PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+}

@@ -358,15 +358,8 @@ impl NamedService {
         method: &str,
         args: A,
     ) -> Result<R, PeerError> {
-        let args = match crate::convert::from_json(
-            &serde_json::to_value(args).map_err(|e| PeerError::Local(e.to_string()))?,
-        ) {
-            Value::Array(items) => items,
-            single => vec![single],
-        };
-        let result = self.call(method, args).await?;
-        serde_json::from_value(crate::convert::to_json(&result))
-            .map_err(|e| PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+        let result = self.call(method, crate::convert::arguments_of(args)?).await?;
+        crate::convert::result_as(method, &result)
     }
 
     /// The circuit state of one instance (by node id).

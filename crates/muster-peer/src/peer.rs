@@ -299,7 +299,7 @@ impl Peer {
 
     /// Exposes `service` under its qualified name; returns its definition.
     pub fn expose_service(&self, service: Arc<Service>) -> Result<Definition, PeerError> {
-        let key = service.qualified_name();
+        let key = service.qualified_name().to_owned();
         let mut exposed = self.inner.exposed.write().map_err(|_| PeerError::Local("poisoned".into()))?;
         if exposed.contains_key(&key) {
             return Err(PeerError::Local(format!("Service already exposed: {key}")));
@@ -315,13 +315,7 @@ impl Peer {
         }
         exposed.insert(key.clone(), Exposed { definition: definition.clone() });
         drop(exposed);
-        let payload = Value::object([
-            ("name", Value::str(definition_name(&definition))),
-            ("version", Value::str(definition_version(&definition))),
-            ("qualifiedName", Value::str(&key)),
-            ("peerId", Value::str(&self.inner.id)),
-            ("definition", Value::Definition(Box::new(definition.clone()))),
-        ]);
+        let payload = service_event(&definition, &key, &self.inner.id, None, true);
         let event = PeerEvent::ServiceExposed { qualified_name: key, definition_id: definition.id.clone() };
         self.inner.announce("service:expose", payload, event);
         Ok(definition)
@@ -335,13 +329,7 @@ impl Peer {
         if let Ok(mut definitions) = self.inner.definitions.write() {
             definitions.remove(&gone.definition.id);
         }
-        let payload = Value::object([
-            ("name", Value::str(definition_name(&gone.definition))),
-            ("version", Value::str(definition_version(&gone.definition))),
-            ("qualifiedName", Value::str(qualified_name)),
-            ("peerId", Value::str(&self.inner.id)),
-            ("defId", Value::str(&gone.definition.id)),
-        ]);
+        let payload = service_event(&gone.definition, qualified_name, &self.inner.id, None, false);
         let event = PeerEvent::ServiceConcealed {
             qualified_name: qualified_name.to_owned(),
             definition_id: gone.definition.id.clone(),
@@ -467,7 +455,7 @@ async fn open(inner: &Arc<Inner>, url: &str, listeners: Arc<EventBus>) -> Result
     let (socket, remote_id) = tokio::time::timeout(inner.config.connect_timeout, handshake)
         .await
         .map_err(|_| PeerError::Connect("the connection and handshake timed out".into()))??;
-    Ok(Connection::start(Arc::clone(inner), socket, remote_id, listeners))
+    Ok(Connection::start(Arc::clone(inner), socket, remote_id, listeners, HashMap::new()))
 }
 
 /// Opens `remote`'s connection again each time it breaks (unless closed on purpose or the peer
@@ -542,10 +530,7 @@ async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
     if socket.send(Message::text(hello)).await.is_err() {
         return;
     }
-    let connection = Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()));
-    if let Ok(mut slot) = connection.params.write() {
-        *slot = params;
-    }
+    Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()), params);
 }
 
 type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
@@ -561,7 +546,7 @@ struct Connection {
     /// Listeners of the remote peer's events (its `emit` tasks); kept across reconnections.
     remote_listeners: Arc<EventBus>,
     /// The query parameters the remote peer connected with (listener side).
-    params: RwLock<HashMap<String, String>>,
+    params: HashMap<String, String>,
     /// Counted in the open-connections gauge (until closed).
     counted: std::sync::atomic::AtomicBool,
     /// Streams the remote peer writes to this one.
@@ -580,6 +565,7 @@ impl Connection {
         socket: tokio_tungstenite::WebSocketStream<S>,
         remote_id: String,
         remote_listeners: Arc<EventBus>,
+        params: HashMap<String, String>,
     ) -> Arc<Self>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -595,7 +581,7 @@ impl Connection {
             closed: closed.clone(),
             forwarded: Mutex::new(HashMap::new()),
             remote_listeners,
-            params: RwLock::new(HashMap::new()),
+            params,
             counted: std::sync::atomic::AtomicBool::new(true),
             streams: Arc::new(Streams::new(peer.config.stream_buffer, peer.config.max_streams)),
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -826,7 +812,7 @@ impl Connection {
             return ("task".into(), text(0));
         }
         let service = self.peer.definitions.read().ok().and_then(|d| match d.get(&text(0)) {
-            Some(Served::Local { service, .. }) => Some(service.qualified_name()),
+            Some(Served::Local { service, .. }) => Some(service.qualified_name().to_owned()),
             Some(Served::Proxy(_)) => Some("proxied".to_owned()),
             None => None,
         });
@@ -911,20 +897,20 @@ impl Connection {
             PacketType::Get => &[][..],
             _ => &items[2..],
         };
-        let params = self.params.read().map(|p| p.clone()).unwrap_or_default();
-        let qualified = service.qualified_name();
-        let info = crate::middleware::CallInfo {
-            peer_id: &self.remote_id,
-            params: &params,
-            service: &qualified,
-            member,
-            kind: packet.kind,
-            args,
-        };
-        let guards: Vec<Arc<dyn crate::middleware::Middleware>> =
-            self.peer.middleware.read().map(|m| m.clone()).unwrap_or_default();
-        for guard in guards.iter().chain(service.middleware()) {
-            guard.check(&info)?;
+        {
+            // Checks are synchronous: they read the settings in place, nothing is copied per call.
+            let info = crate::middleware::CallInfo {
+                peer_id: &self.remote_id,
+                params: &self.params,
+                service: service.qualified_name(),
+                member,
+                kind: packet.kind,
+                args,
+            };
+            let guards = self.peer.middleware.read();
+            for guard in guards.iter().flat_map(|g| g.iter()).chain(service.middleware()) {
+                guard.check(&info)?;
+            }
         }
         let output = match packet.kind {
             PacketType::Get => service.get(member).map(Output::Value)?,
@@ -1098,14 +1084,7 @@ impl Connection {
                 }
                 exposed.insert(name.clone(), Exposed { definition: definition.clone() });
                 drop(exposed);
-                let payload = Value::object([
-                    ("name", Value::str(&name)),
-                    ("version", Value::str(definition_version(&definition))),
-                    ("qualifiedName", Value::str(&name)),
-                    ("peerId", Value::str(&self.peer.id)),
-                    ("remotePeerId", Value::str(&self.remote_id)),
-                    ("definition", Value::Definition(Box::new(definition.clone()))),
-                ]);
+                let payload = service_event(&definition, &name, &self.peer.id, Some(&self.remote_id), true);
                 let event =
                     PeerEvent::ServiceExposed { qualified_name: name, definition_id: definition.id.clone() };
                 self.peer.announce("service:expose", payload, event);
@@ -1124,14 +1103,7 @@ impl Connection {
                 if let Ok(mut definitions) = self.peer.definitions.write() {
                     definitions.remove(&definition.id);
                 }
-                let payload = Value::object([
-                    ("name", Value::str(&name)),
-                    ("version", Value::str(definition_version(&definition))),
-                    ("qualifiedName", Value::str(&name)),
-                    ("peerId", Value::str(&self.peer.id)),
-                    ("remotePeerId", Value::str(&self.remote_id)),
-                    ("defId", Value::str(&definition.id)),
-                ]);
+                let payload = service_event(&definition, &name, &self.peer.id, Some(&self.remote_id), false);
                 let event = PeerEvent::ServiceConcealed {
                     qualified_name: name,
                     definition_id: definition.id.clone(),
@@ -1419,15 +1391,8 @@ impl Interface {
         method: &str,
         args: A,
     ) -> Result<R, PeerError> {
-        let args = match crate::convert::from_json(
-            &serde_json::to_value(args).map_err(|e| PeerError::Local(e.to_string()))?,
-        ) {
-            Value::Array(items) => items,
-            single => vec![single],
-        };
-        let result = self.call(method, args).await?;
-        serde_json::from_value(crate::convert::to_json(&result))
-            .map_err(|e| PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+        let result = self.call(method, crate::convert::arguments_of(args)?).await?;
+        crate::convert::result_as(method, &result)
     }
 
     /// Calls `method`, which returns a stream, and reads it: chunks in order until the end.
@@ -1481,12 +1446,31 @@ impl Interface {
     }
 }
 
-fn definition_name(definition: &Definition) -> &str {
-    definition.meta.get("name").and_then(Value::as_str).unwrap_or_default()
-}
-
-fn definition_version(definition: &Definition) -> &str {
-    definition.meta.get("version").and_then(Value::as_str).unwrap_or_default()
+/// The payload of Netron's `service:expose` (with the definition) or `service:unexpose` (with its
+/// id): `{name, version, qualifiedName, peerId[, remotePeerId], definition | defId}`.
+fn service_event(
+    definition: &Definition,
+    qualified_name: &str,
+    peer_id: &str,
+    remote_peer_id: Option<&str>,
+    exposed: bool,
+) -> Value {
+    let text = |key: &str| definition.meta.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut fields = vec![
+        ("name".to_owned(), Value::Str(text("name"))),
+        ("version".to_owned(), Value::Str(text("version"))),
+        ("qualifiedName".to_owned(), Value::str(qualified_name)),
+        ("peerId".to_owned(), Value::str(peer_id)),
+    ];
+    if let Some(remote) = remote_peer_id {
+        fields.push(("remotePeerId".to_owned(), Value::str(remote)));
+    }
+    fields.push(if exposed {
+        ("definition".to_owned(), Value::Definition(Box::new(definition.clone())))
+    } else {
+        ("defId".to_owned(), Value::str(&definition.id))
+    });
+    Value::Object(fields)
 }
 
 /// WebSocket limits from the peer's settings: no message or frame beyond the packet limit.

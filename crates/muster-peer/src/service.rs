@@ -72,6 +72,8 @@ struct Property {
 pub struct Service {
     name: String,
     version: String,
+    /// `name@version`, or `name` without a version.
+    qualified: String,
     methods: BTreeMap<String, Method>,
     properties: BTreeMap<String, Property>,
     middleware: Vec<Arc<dyn crate::middleware::Middleware>>,
@@ -113,9 +115,11 @@ impl ServiceBuilder {
         if !version.is_empty() && semver::Version::parse(version).is_err() {
             return Err(DeclarationError(format!("service version {version:?} is not semver")));
         }
+        let qualified = if version.is_empty() { name.to_owned() } else { format!("{name}@{version}") };
         let service = Service {
             name: name.to_owned(),
             version: version.to_owned(),
+            qualified,
             methods: BTreeMap::new(),
             properties: BTreeMap::new(),
             middleware: Vec::new(),
@@ -134,19 +138,10 @@ impl ServiceBuilder {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, JsError>> + Send + 'static,
     {
-        let body = Arc::new(body);
-        let arity = arguments.len();
-        let method_name = name.to_owned();
-        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
-            let body = Arc::clone(&body);
-            let method_name = method_name.clone();
-            Box::pin(async move {
-                let input: A = arguments_as(&method_name, arity, args)?;
-                let output = body(input).await?;
-                result_of(&method_name, output).map(Output::Value)
-            })
-        });
-        self.insert(name, arguments, returns, call)
+        self.declare(name, arguments, returns, move |input: A, method: Arc<str>| {
+            let result = body(input);
+            async move { result_of(&method, result.await?).map(Output::Value) }
+        })
     }
 
     /// A method that returns a stream: the caller receives a stream reference and then every item
@@ -161,19 +156,10 @@ impl ServiceBuilder {
         S: futures::Stream<Item = Result<R, JsError>> + Send + 'static,
     {
         use futures::StreamExt;
-        let body = Arc::new(body);
-        let arity = arguments.len();
-        let method_name = name.to_owned();
-        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
-            let body = Arc::clone(&body);
-            let method_name = method_name.clone();
-            Box::pin(async move {
-                let input: A = arguments_as(&method_name, arity, args)?;
-                let items = body(input).map(move |item| item.and_then(|r| result_of(&method_name, r)));
-                Ok(Output::Stream(items.boxed()))
-            })
-        });
-        self.insert(name, arguments, returns, call)
+        self.declare(name, arguments, returns, move |input: A, method: Arc<str>| {
+            let items = body(input).map(move |item| item.and_then(|r| result_of(&method, r)));
+            std::future::ready(Ok(Output::Stream(items.boxed())))
+        })
     }
 
     /// A stream method whose items are wire values as they are (bytes stay `Bin`, extension values
@@ -186,18 +172,9 @@ impl ServiceBuilder {
         S: futures::Stream<Item = Result<Value, JsError>> + Send + 'static,
     {
         use futures::StreamExt;
-        let body = Arc::new(body);
-        let arity = arguments.len();
-        let method_name = name.to_owned();
-        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
-            let body = Arc::clone(&body);
-            let method_name = method_name.clone();
-            Box::pin(async move {
-                let input: A = arguments_as(&method_name, arity, args)?;
-                Ok(Output::Stream(body(input).boxed()))
-            })
-        });
-        self.insert(name, arguments, returns, call)
+        self.declare(name, arguments, returns, move |input: A, _| {
+            std::future::ready(Ok(Output::Stream(body(input).boxed())))
+        })
     }
 
     /// A method that returns another service (a sub-interface the caller then calls, and releases
@@ -209,23 +186,34 @@ impl ServiceBuilder {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Arc<Service>, JsError>> + Send + 'static,
     {
-        let body = Arc::new(body);
-        let arity = arguments.len();
-        let method_name = name.to_owned();
-        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
-            let body = Arc::clone(&body);
-            let method_name = method_name.clone();
-            Box::pin(async move {
-                let input: A = arguments_as(&method_name, arity, args)?;
-                body(input).await.map(Output::Service)
-            })
-        });
-        self.insert(name, arguments, returns, call)
+        self.declare(name, arguments, returns, move |input: A, _| {
+            let service = body(input);
+            async move { service.await.map(Output::Service) }
+        })
     }
 
-    fn insert(mut self, name: &str, arguments: &[&str], returns: &str, body: MethodFn) -> Self {
+    /// Every kind of method: the arguments decoded into `A` (a `TypeError` when they do not fit),
+    /// then `body` with them and the method's name.
+    fn declare<A, F, Fut>(mut self, name: &str, arguments: &[&str], returns: &str, body: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A, Arc<str>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Output, JsError>> + Send + 'static,
+    {
+        let body = Arc::new(body);
+        let arity = arguments.len();
+        let method_name: Arc<str> = name.into();
+        let call: MethodFn = Arc::new(move |args: Vec<Value>| {
+            let (body, method_name) = (Arc::clone(&body), Arc::clone(&method_name));
+            Box::pin(async move {
+                let input: A = arguments_as(&method_name, arity, args)?;
+                body(input, method_name).await
+            })
+        });
         let arguments = arguments.iter().map(|a| (*a).to_owned()).collect();
-        self.service.methods.insert(name.to_owned(), Method { arguments, returns: returns.to_owned(), body });
+        self.service
+            .methods
+            .insert(name.to_owned(), Method { arguments, returns: returns.to_owned(), body: call });
         self
     }
 
@@ -269,8 +257,8 @@ impl Service {
     }
 
     /// `name@version`, or `name` without a version: the key peers find it by.
-    pub fn qualified_name(&self) -> String {
-        if self.version.is_empty() { self.name.clone() } else { format!("{}@{}", self.name, self.version) }
+    pub fn qualified_name(&self) -> &str {
+        &self.qualified
     }
 
     /// The definition's `meta`: `{name, version, properties, methods}` as Netron's decorators write it.

@@ -26,6 +26,16 @@ fn calculator(version: &str) -> std::sync::Arc<muster_peer::Service> {
         .build()
 }
 
+/// A listener that forwards each event's arguments to the receiver returned with it.
+fn forwarding() -> (muster_peer::events::Listener, tokio::sync::mpsc::UnboundedReceiver<Vec<Value>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = muster_peer::listener(move |args| {
+        let _ = tx.send(args);
+        async { Ok(Value::Undefined) }
+    });
+    (listener, rx)
+}
+
 async fn pair(config: PeerConfig) -> (Peer, Peer, muster_peer::RemotePeer) {
     let server = Peer::new(PeerConfig { id: Some("server-peer".into()), ..PeerConfig::default() });
     server.expose_service(calculator("1.0.0")).unwrap();
@@ -189,20 +199,8 @@ async fn remote_subscriptions_service_events_tasks_and_peer_events() {
     );
 
     // The client listens to the server's `order:*` events over the wire.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let subscription = remote
-        .subscribe(
-            "order:*",
-            muster_peer::listener(move |args| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(args);
-                    Ok(Value::Undefined)
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (listener, mut rx) = forwarding();
+    let subscription = remote.subscribe("order:*", listener).await.unwrap();
     assert_eq!(server.bus().listener_count("order:created"), 1);
     let results =
         server.bus().emit_parallel("order:created", vec![Value::object([("id", Value::Int(7))])]).await;
@@ -431,20 +429,8 @@ async fn broken_connections_reconnect_with_their_subscriptions() {
     });
     let mut events = client.events();
     let remote = client.connect(&format!("ws://{address}")).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    remote
-        .subscribe(
-            "tick",
-            muster_peer::listener(move |args| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(args);
-                    Ok(Value::Undefined)
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (listener, mut rx) = forwarding();
+    remote.subscribe("tick", listener).await.unwrap();
     first.stop().await;
     // The same address, a new peer with another version of the service.
     let second = Peer::new(PeerConfig { id: Some("second".into()), ..PeerConfig::default() });
@@ -675,5 +661,9 @@ async fn metrics_count_and_the_probes_answer() {
     );
     assert!(text.contains("netron_connections 1"), "{text}");
     assert!(text.contains("netron_call_duration_seconds_count 4"), "{text}");
-    assert_eq!(server.metrics_text(), server.metrics_text(), "the same text in process");
+    let in_process = server.metrics_text();
+    assert!(
+        in_process.contains(r#"netron_calls_total{service="calculator@1.0.0",method="add",status="ok"} 2"#),
+        "the endpoint and metrics_text tell the same: {in_process}"
+    );
 }

@@ -134,9 +134,14 @@ impl Caller {
         if self.open || self.policy.may_read_some() { Ok(()) } else { Err(self.refused("read access")) }
     }
 
+    /// Whether the caller may read `service`.
+    pub(crate) fn may_read_service(&self, service: &str) -> bool {
+        self.open || self.policy.may_read_service(service)
+    }
+
     /// Fails unless the caller may read `service`.
     pub(crate) fn require_read_service(&self, service: &str) -> Result<(), ApiError> {
-        if self.open || self.policy.may_read_service(service) {
+        if self.may_read_service(service) {
             Ok(())
         } else {
             Err(self.refused(&format!("read on service `{service}`")))

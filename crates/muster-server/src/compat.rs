@@ -289,7 +289,7 @@ pub(crate) async fn services(
     let nodes = state.registry().list_active().await.map_err(compat_error)?;
     let mut services: BTreeMap<String, CompatService> = BTreeMap::new();
     for node in nodes.iter().filter(|n| caller.may_read_node(n)) {
-        for service in node.services.iter().filter(|s| caller.require_read_service(&s.name).is_ok()) {
+        for service in node.services.iter().filter(|s| caller.may_read_service(&s.name)) {
             let entry = services.entry(service.name.clone()).or_insert_with(|| CompatService {
                 instance_count: 0,
                 healthy_count: 0,

@@ -237,7 +237,7 @@ pub(crate) async fn list_services(
         if !caller.may_read_node(&node) {
             continue;
         }
-        for service in node.services.iter().filter(|s| caller.require_read_service(&s.name).is_ok()) {
+        for service in node.services.iter().filter(|s| caller.may_read_service(&s.name)) {
             let entry = services.entry(service.name.clone()).or_default();
             entry.1 += 1;
             if let Some(version) = &service.version {

@@ -327,7 +327,8 @@ async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, V
     events
 }
 
-crate::on_both_stores_with_acl! {
+crate::on_both_stores! {
+    with memory = memory_server(acl_config()).await, redis = redis_server(acl_config()).await;
     /// A watch shows only the nodes the token may read: the snapshot, and later events.
     async fn watches_show_only_what_the_token_may_read(server: TestServer) {
         let callers = setup(&server).await;
@@ -395,29 +396,6 @@ crate::on_both_stores_with_acl! {
         assert_eq!(call(&server, Some(&callers.admin), Method::POST, "/v1/acl/tokens", taken).await.0, 409);
         assert_eq!(call(&server, Some(&callers.admin), Method::DELETE, "/v1/acl/tokens/nobody", Value::Null).await.0, 404);
     }
-}
-
-/// Runs an async test body on a server with access control on each store.
-#[macro_export]
-macro_rules! on_both_stores_with_acl {
-    ($($(#[$meta:meta])* async fn $name:ident($server:ident: TestServer) $body:block)*) => {
-        $(
-            $(#[$meta])*
-            async fn $name($server: $crate::TestServer) $body
-
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn memory() {
-                    super::$name(super::memory_server(super::acl_config()).await).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis() {
-                    super::$name(super::redis_server(super::acl_config()).await).await;
-                }
-            }
-        )*
-    };
 }
 
 /// Declared tokens work without a store write, and cannot be deleted through the API.

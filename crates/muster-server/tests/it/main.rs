@@ -91,26 +91,36 @@ impl Drop for TestServer {
     }
 }
 
-/// Runs an async test body once on the embedded store and once on Redis, as two tests.
+/// Runs an async test body once on the embedded store and once on Redis, as two tests; `with
+/// memory = ..., redis = ...;` names other servers to start (paths relative to the test's module).
 #[macro_export]
 macro_rules! on_both_stores {
-    ($($(#[$meta:meta])* async fn $name:ident($server:ident: TestServer) $body:block)*) => {
+    (with memory = $memory:expr, redis = $redis:expr; $($(#[$meta:meta])* async fn $name:ident($server:ident: TestServer) $body:block)*) => {
         $(
             $(#[$meta])*
             async fn $name($server: $crate::TestServer) $body
 
             mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn memory() {
-                    super::$name($crate::TestServer::memory().await).await;
+                    super::$name($memory).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() {
-                    super::$name($crate::TestServer::redis().await).await;
+                    super::$name($redis).await;
                 }
             }
         )*
+    };
+    ($($(#[$meta:meta])* async fn $name:ident($server:ident: TestServer) $body:block)*) => {
+        $crate::on_both_stores! {
+            with memory = $crate::TestServer::memory().await, redis = $crate::TestServer::redis().await;
+            $($(#[$meta])* async fn $name($server: TestServer) $body)*
+        }
     };
 }
 

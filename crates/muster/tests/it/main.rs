@@ -31,8 +31,17 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    spawn_serve_with(args, env, Stdio::null())
+}
+
+/// [`spawn_serve`] keeping the server's log (its stderr) for the test to read, for `Stdio::piped()`.
+fn spawn_serve_with<I, S>(args: I, env: &[(&str, &str)], log: Stdio) -> (std::process::Child, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let mut command = muster();
-    command.arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    command.arg("serve").args(args).stdout(Stdio::piped()).stderr(log);
     for (key, value) in env {
         command.env(key, value);
     }
@@ -445,15 +454,7 @@ fn every_setting_honours_flag_env_and_file() {
 /// `debug`. Self-preservation is off unless asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_is_logged_plainly() {
-    let mut child = muster()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let (child, base, _) = spawn_serve_with(["--listen", "127.0.0.1:0"], &[], Stdio::piped());
     muster_client::install_tls_provider();
     let client = reqwest::Client::new();
     let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "logged"}], "ttlMs": 1000});
@@ -493,16 +494,9 @@ async fn writes_with_a_token_are_audited_without_the_secret() {
         format!("[acl]\nenabled = true\n[[acl.tokens]]\nname = \"deployer\"\nsecret = \"{secret}\"\nrules = [{{ services = \"web\", access = \"write\" }}]\n"),
     )
     .unwrap();
-    let mut child = muster()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let config = file.to_str().unwrap();
+    let (child, base, _) =
+        spawn_serve_with(["--listen", "127.0.0.1:0", "--config", config], &[], Stdio::piped());
     muster_client::install_tls_provider();
     let client = reqwest::Client::new();
     let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "web"}]});
