@@ -66,7 +66,9 @@ impl Peer {
         let local = |e: muster_core::Error| PeerError::Local(e.to_string());
         options.client_mode = address.is_none();
         let node_id = NodeId::new(self.id()).map_err(local)?;
-        let mut builder = Agent::builder_shared(registry).options(options).node_id(node_id);
+        // Events about this node too: its own exposures change what its named services resolve.
+        let mut builder =
+            Agent::builder_shared(registry).options(options).node_id(node_id).filter_own_events(false);
         builder = builder
             .address(address.unwrap_or_else(|| Address::parse("127.0.0.1:1").expect("a valid address")));
         for service in service_infos(self) {
@@ -79,6 +81,9 @@ impl Peer {
         let changed = Arc::clone(&generation);
         agent.on_event(move |event| {
             changed.fetch_add(1, std::sync::atomic::Ordering::Release);
+            if event.node.node_id.as_str() == bus_peer.id() {
+                return;
+            }
             for (name, payload) in fleet_events(event) {
                 bus_peer.announce_local(name, payload);
             }

@@ -230,3 +230,27 @@ async fn a_mixed_fleet_sees_both_ways() {
     rust.stop().await;
     client.stop().await;
 }
+
+/// A serving peer that also calls a service by name sees its own exposures: its named service's
+/// instance list grows when the peer itself starts providing the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_calling_by_name_sees_its_own_exposures() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let (other, other_calls) = server(&url).await;
+    let me = Peer::new(PeerConfig::default());
+    let address = me.listen("127.0.0.1:0").await.unwrap();
+    let address = Address::parse(address.to_string()).unwrap();
+    me.enable_discovery(registry(&url).await, options(), Some(address)).await.unwrap();
+    let named = me.service("calculator").unwrap();
+    until("the other peer is found", || async { named.instances().await.unwrap().len() == 1 }).await;
+    let my_calls = Arc::new(AtomicU64::new(0));
+    me.expose_service(calculator(Arc::clone(&my_calls))).unwrap();
+    until("its own instance joins the list", || async { named.instances().await.unwrap().len() == 2 }).await;
+    for i in 0..10 {
+        assert_eq!(named.call("add", vec![Value::Int(i), Value::Int(1)]).await, Ok(Value::Int(i + 1)));
+    }
+    assert!(my_calls.load(Ordering::Relaxed) >= 3 && other_calls.load(Ordering::Relaxed) >= 3, "spread");
+    other.stop().await;
+    me.stop().await;
+}
