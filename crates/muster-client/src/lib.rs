@@ -46,6 +46,7 @@
 mod error;
 pub mod failover;
 mod registration;
+mod remote;
 pub mod resolve;
 pub mod select;
 
@@ -60,6 +61,7 @@ use reqwest::StatusCode;
 pub use error::{ClientError, Source};
 pub use failover::{BreakerConfig, CircuitState, Failover, FailoverError, Retryable};
 pub use registration::{Health, Registration, RegistrationSpec};
+pub use remote::RemoteRegistry;
 pub use resolve::{Resolved, WatchOptions};
 
 /// Client settings. [`ClientConfig::default`] has the defaults of the registry SDK's documentation;

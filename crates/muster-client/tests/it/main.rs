@@ -1,5 +1,6 @@
 //! The SDK against a real in-process server over loopback.
 
+mod remote;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
