@@ -8,7 +8,10 @@
 //! ```
 //!
 //! With `--redis redis://127.0.0.1:6379` the serving peer also registers in that fleet (Netron's
-//! keys), so `muster call --redis ... calculator@^1 add 5 3` finds it.
+//! keys), so `muster call --redis ... calculator@^1 add 5 3` finds it; with
+//! `--registry http://127.0.0.1:3100` it registers in a `muster serve` instead (found with
+//! `muster call --registry ...`). `--heartbeat-ms N` heartbeats every N ms with a TTL of three
+//! heartbeats (default: Netron's 5 s and 15 s).
 
 #![allow(clippy::print_stdout)] // an example talks to the person running it
 
@@ -82,12 +85,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build();
     peer.expose_service(service)?;
     let address = peer.listen(&listen).await?;
+    let mut options = muster_core::DiscoveryOptions::default();
+    if let Some(ms) = value_of("--heartbeat-ms") {
+        options.heartbeat_interval = std::time::Duration::from_millis(ms.parse()?);
+        options.heartbeat_ttl = options.heartbeat_interval * 3;
+        options.retry_delay = options.heartbeat_interval;
+    }
+    let advertised = muster_core::Address::parse(address.to_string())?;
     if let Some(redis) = value_of("--redis") {
         let config = muster_redis::RedisConfig::from_url(&redis)?.with_preset(muster_core::Preset::Netron);
         let registry = std::sync::Arc::new(muster_redis::RedisRegistry::connect(config).await?);
-        let advertised = muster_core::Address::parse(address.to_string())?;
-        peer.enable_discovery(registry, muster_core::DiscoveryOptions::default(), Some(advertised)).await?;
+        peer.enable_discovery(registry, options, Some(advertised)).await?;
         println!("registered in the fleet at {redis} (prefix netron:discovery)");
+    } else if let Some(url) = value_of("--registry") {
+        let client = muster_client::Client::new(&url)?;
+        let registry = std::sync::Arc::new(muster_client::RemoteRegistry::new(client));
+        peer.enable_discovery(registry, options, Some(advertised)).await?;
+        println!("registered in the registry at {url}");
     }
     println!("peer {} serving {:?} on ws://{address} — Ctrl-C stops it", peer.id(), peer.service_names());
     tokio::signal::ctrl_c().await?;

@@ -254,3 +254,147 @@ async fn a_peer_calling_by_name_sees_its_own_exposures() {
     other.stop().await;
     me.stop().await;
 }
+
+/// The same fleet through a `muster serve` instead of Redis: peers register through the SDK
+/// (`RemoteRegistry`), follow their exposures, are found and called by name, and leave on stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_register_through_a_registry_server() {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let store = muster_memory::MemoryRegistry::new();
+    let state = muster_server::AppState::new(Arc::new(store.clone()), muster_server::ServerConfig::default());
+    tokio::spawn(async move { muster_server::run(listener, state, std::future::pending()).await.unwrap() });
+    let remote = || -> Arc<dyn Registry> {
+        Arc::new(muster_client::RemoteRegistry::new(muster_client::Client::new(&base).unwrap()))
+    };
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let calls = Arc::new(AtomicU64::new(0));
+        let peer = Peer::new(PeerConfig::default());
+        peer.expose_service(calculator(Arc::clone(&calls))).unwrap();
+        let address = Address::parse(peer.listen("127.0.0.1:0").await.unwrap().to_string()).unwrap();
+        peer.enable_discovery(remote(), options(), Some(address)).await.unwrap();
+        servers.push((peer, calls));
+    }
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(remote(), options(), None).await.unwrap();
+    until("both found through the server", || async {
+        client.find_service("calculator@^1").await.unwrap().len() == 2
+    })
+    .await;
+    // The registry server holds them as nodes providing the service.
+    let stored = store.list_active().await.unwrap();
+    assert!(stored.iter().any(|n| n.node_id.as_str() == servers[0].0.id()), "{stored:?}");
+    let calculator = client.service("calculator@1.2.0").unwrap();
+    for i in 0..10 {
+        assert_eq!(calculator.call("add", vec![Value::Int(i), Value::Int(2)]).await, Ok(Value::Int(i + 2)));
+    }
+    assert!(servers.iter().all(|(_, calls)| calls.load(Ordering::Relaxed) >= 3), "spread over both");
+    assert!(servers[0].0.conceal_service("calculator@1.2.0"));
+    until("the concealed service is withdrawn", || async {
+        client.find_service("calculator").await.unwrap().len() == 1
+    })
+    .await;
+    let (second, _) = servers.pop().unwrap();
+    let second_id = second.id().to_owned();
+    second.stop().await;
+    until("the stopped peer is deregistered", || async {
+        client.find_service("calculator").await.unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        store.list_active().await.unwrap().iter().all(|n| n.node_id.as_str() != second_id),
+        "gone from the server's store too"
+    );
+    servers[0].0.stop().await;
+    client.stop().await;
+}
+
+/// The calculator example as a separate process (built by `cargo test` with the other examples),
+/// registered on `redis` with 200 ms heartbeats; returns it with its peer id once it serves.
+async fn calculator_process(redis: &str) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let test_binary = std::env::current_exe().unwrap();
+    let profile_dir = test_binary.parent().and_then(std::path::Path::parent).unwrap();
+    let example = profile_dir.join("examples").join("calculator");
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test` builds it (or `cargo build -p muster-peer --example calculator`)",
+        example.display()
+    );
+    let mut child = tokio::process::Command::new(example)
+        .args(["--listen", "127.0.0.1:0", "--redis", redis, "--heartbeat-ms", "200"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("peer ") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the calculator process ended before serving");
+    })
+    .await
+    .expect("the calculator process serves");
+    // Keep reading its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, serving)
+}
+
+/// A number as JavaScript sees it (whole floats travel as integers).
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Int(n) => Some(*n as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// SIGKILL of a peer process in the middle of a stream of calls by name: no call fails (those on
+/// the dying connection are retried on the other instance), and the killed peer leaves the fleet
+/// by TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_peer_process_is_failed_over_and_expires() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let (mut first, first_id) = calculator_process(&url).await;
+    let (mut second, _) = calculator_process(&url).await;
+    let client = Peer::new(PeerConfig { request_timeout: Duration::from_secs(2), ..PeerConfig::default() });
+    client.enable_discovery(registry(&url).await, options(), None).await.unwrap();
+    until("both processes found", || async {
+        client.find_service("calculator@1.0.0").await.unwrap().len() == 2
+    })
+    .await;
+    let calculator = client.service("calculator@^1").unwrap();
+    let caller = {
+        let calculator = calculator.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            for i in 0..2_000_i64 {
+                match calculator.call("add", vec![Value::Int(i), Value::Int(1)]).await {
+                    Ok(value) if number(&value) == Some((i + 1) as f64) => ok += 1,
+                    other => failed.push((i, other)),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!caller.is_finished(), "the kill lands in the middle of the calls");
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let (ok, failed) = caller.await.unwrap();
+    assert!(failed.is_empty(), "calls lost to the SIGKILL: {failed:?}");
+    assert_eq!(ok, 2_000);
+    until("the killed peer expired", || async {
+        client.find_service("calculator").await.unwrap().iter().all(|n| n.node_id.as_str() != first_id)
+    })
+    .await;
+    assert_eq!(client.find_service("calculator").await.unwrap().len(), 1, "the other one stays");
+    assert_eq!(number(&calculator.call("add", vec![Value::Int(2), Value::Int(2)]).await.unwrap()), Some(4.0));
+    second.start_kill().unwrap();
+    client.stop().await;
+}
