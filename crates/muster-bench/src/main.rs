@@ -18,7 +18,8 @@
 //! event; `--keyspace` enables keyspace notifications on the server.
 //! `cargo run --release -p muster-bench -- peer [--seconds N]` — Netron peers on loopback: RPC calls
 //! per second (64 in flight, on 1 and on 8 connections) with p50/p99, remote events per second,
-//! stream throughput in 64 KiB chunks.
+//! stream throughput in 64 KiB chunks; calls by name and the failover time after SIGKILL of an instance
+//! process (`peer-instance`, started by `peer` itself).
 
 #![allow(clippy::print_stdout)]
 
@@ -59,6 +60,14 @@ async fn main() {
         let on_redis = args.iter().any(|a| a == "--redis");
         if let Err(error) = fanout(watchers, rounds, on_redis, queries).await {
             eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("peer-instance") {
+        let registry = args.iter().skip_while(|a| *a != "--registry").nth(1).cloned().unwrap_or_default();
+        if let Err(error) = peer::serve_instance(&registry).await {
+            eprintln!("error: {error}");
             std::process::exit(1);
         }
         return;

@@ -1,8 +1,8 @@
 //! `muster-bench peer`: a Netron peer pair on loopback in this process — RPC calls per second with
 //! 64 calls in flight on one connection and on 8 connections (8 each), with p50/p99; remote event
 //! emissions per second (each acknowledged by the subscriber); stream throughput in 64 KiB chunks;
-//! calls by name through discovery over 3 instances against direct calls; and the latency of calls
-//! by name while an instance dies abruptly (its runtime torn down: no goodbye).
+//! calls by name through discovery over 3 instances against direct calls; and the failover time of
+//! calls by name when an instance process is SIGKILLed (instances registered through `muster serve`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,53 +215,113 @@ async fn by_name(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
         "| the same calls direct, one connection, 64 in flight | {rate:.0} calls/s, p50 {p50:.2?}, p99 {p99:.2?} |"
     );
 
-    // An instance on a runtime of its own dies while a caller calls by name without pause.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (crash_tx, crash_rx) = std::sync::mpsc::channel::<()>();
-    let victim_registry = Arc::clone(&registry);
-    let victim_options = options.clone();
-    let victim = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
-        else {
-            return;
-        };
-        let started = runtime.block_on(instance(victim_registry, victim_options)).is_ok();
-        let _ = ready_tx.send(started);
-        let _ = crash_rx.recv();
-        runtime.shutdown_background();
-    });
-    if !ready_rx.recv().unwrap_or(false) {
-        return Err("the victim did not start".into());
-    }
-    while named.instances().await?.len() < 4 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for _ in 0..200 {
-        named.call("add", vec![Value::Int(1), Value::Int(1)]).await?;
-    }
-    let _ = crash_tx.send(());
-    let _ = victim.join();
-    let crashed = Instant::now();
-    let mut latencies = Vec::new();
-    let mut failed = 0;
-    while crashed.elapsed() < Duration::from_secs(4) {
-        let began = Instant::now();
-        match named.call("add", vec![Value::Int(1), Value::Int(1)]).await {
-            Ok(_) => latencies.push(began.elapsed()),
-            Err(_) => failed += 1,
-        }
-    }
-    latencies.sort_unstable();
-    println!(
-        "| calls by name for 4 s after an instance died (heartbeat 1 s, TTL 3 s) | {} calls, {failed} failed, p50 {:.2?}, p99 {:.2?}, max {:.2?} |",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default()
-    );
     for peer in instances {
         peer.stop().await;
     }
     client.stop().await;
+    failover_after_sigkill().await
+}
+
+/// `muster-bench peer-instance --registry URL`: a serving peer registered in a registry server
+/// (1 s heartbeats, 3 s TTL) that prints `serving` and runs until killed.
+pub(crate) async fn serve_instance(registry_url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let client = muster_client::Client::new(registry_url)?;
+    let registry = Arc::new(muster_client::RemoteRegistry::new(client));
+    let _peer = instance(registry, failover_options()).await?;
+    println!("serving");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn failover_options() -> muster_core::DiscoveryOptions {
+    muster_core::DiscoveryOptions {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_ttl: Duration::from_secs(3),
+        retry_delay: Duration::from_millis(200),
+        ..muster_core::DiscoveryOptions::default()
+    }
+}
+
+/// Starts `muster-bench peer-instance` (this binary) and waits until it serves.
+async fn instance_process(registry_url: &str) -> Result<tokio::process::Child, Box<dyn std::error::Error>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["peer-instance", "--registry", registry_url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+        Ok(Ok(Some(line))) if line == "serving" => Ok(child),
+        other => Err(format!("the instance process did not start: {other:?}").into()),
+    }
+}
+
+/// Failover after SIGKILL: three instance processes registered in a registry server (this
+/// process, embedded store) and a caller calling by name without pause; each round one instance
+/// is SIGKILLed and replaced. The failover time of a round: the slowest call in the second after
+/// the kill (calls that met the dead connection were retried on another instance inside it).
+async fn failover_after_sigkill() -> Result<(), Box<dyn std::error::Error>> {
+    const ROUNDS: usize = 10;
+    let store = muster_memory::MemoryRegistry::new();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state = muster_server::AppState::new(Arc::new(store), muster_server::ServerConfig::default());
+    let server = tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+    let registry = Arc::new(muster_client::RemoteRegistry::new(muster_client::Client::new(&url)?));
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(registry, failover_options(), None).await?;
+    let named = client.service("calculator@^1")?;
+    let mut processes = Vec::new();
+    for _ in 0..3 {
+        processes.push(instance_process(&url).await?);
+    }
+    let (mut failovers, mut latencies, mut failed, mut calls) = (Vec::new(), Vec::new(), 0u64, 0u64);
+    for round in 0..ROUNDS {
+        while named.instances().await?.len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..300 {
+            named.call("add", vec![Value::Int(1), Value::Int(1)]).await?;
+        }
+        let mut victim = processes.remove(round % processes.len());
+        victim.start_kill()?;
+        let killed = Instant::now();
+        let mut slowest = Duration::ZERO;
+        while killed.elapsed() < Duration::from_secs(1) {
+            let began = Instant::now();
+            calls += 1;
+            match named.call("add", vec![Value::Int(1), Value::Int(1)]).await {
+                Ok(_) => {
+                    let took = began.elapsed();
+                    slowest = slowest.max(took);
+                    latencies.push(took);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        failovers.push(slowest);
+        let _ = victim.wait().await;
+        processes.push(instance_process(&url).await?);
+        // The killed instance leaves by TTL; its replacement is registered: wait for both.
+        while named.instances().await?.len() != 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    failovers.sort_unstable();
+    latencies.sort_unstable();
+    println!(
+        "| failover after SIGKILL of an instance process, {ROUNDS} rounds (heartbeat 1 s, TTL 3 s, through `muster serve`) | failover time p50 {:.2?}, p99 {:.2?}, max {:.2?}; {calls} calls in the seconds after the kills, {failed} failed, call p99 {:.2?} |",
+        percentile(&failovers, 0.5),
+        percentile(&failovers, 0.99),
+        failovers.last().copied().unwrap_or_default(),
+        percentile(&latencies, 0.99),
+    );
+    for mut process in processes {
+        let _ = process.start_kill();
+    }
+    client.stop().await;
+    server.abort();
     Ok(())
 }

@@ -190,7 +190,8 @@ pub struct Failover {
     selector: Box<dyn Selector>,
     config: BreakerConfig,
     /// `service/instance id` → breaker.
-    breakers: Mutex<HashMap<(String, String), Breaker>>,
+    /// By service, then instance id (looked up without building a key).
+    breakers: Mutex<HashMap<String, HashMap<String, Breaker>>>,
 }
 
 impl std::fmt::Debug for Failover {
@@ -207,7 +208,11 @@ impl Failover {
 
     fn with_breaker<T>(&self, instance: &Instance, f: impl FnOnce(&mut Breaker) -> T) -> T {
         let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        f(breakers.entry((instance.service.clone(), instance.id.clone())).or_default())
+        if let Some(breaker) = breakers.get_mut(&instance.service).and_then(|s| s.get_mut(&instance.id)) {
+            return f(breaker);
+        }
+        let of_service = breakers.entry(instance.service.clone()).or_default();
+        f(of_service.entry(instance.id.clone()).or_default())
     }
 }
 
@@ -215,13 +220,13 @@ impl Failover {
 /// trial (if it took it) given back if the call is abandoned.
 struct Attempt<'a> {
     failover: &'a Failover,
-    instance: Instance,
+    instance: &'a Instance,
     /// The call took the half-open trial and has not settled the breaker yet.
     holds_trial: bool,
 }
 
 impl<'a> Attempt<'a> {
-    fn start(failover: &'a Failover, instance: Instance, trial: bool) -> Self {
+    fn start(failover: &'a Failover, instance: &'a Instance, trial: bool) -> Self {
         failover.selector.started(&instance);
         Self { failover, instance, holds_trial: trial }
     }
@@ -229,15 +234,15 @@ impl<'a> Attempt<'a> {
     /// Records the call's outcome in the breaker.
     fn settle(mut self, outcome: impl FnOnce(&mut Breaker)) {
         self.holds_trial = false;
-        self.failover.with_breaker(&self.instance, outcome);
+        self.failover.with_breaker(self.instance, outcome);
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        self.failover.selector.finished(&self.instance);
+        self.failover.selector.finished(self.instance);
         if self.holds_trial {
-            self.failover.with_breaker(&self.instance, Breaker::neutral);
+            self.failover.with_breaker(self.instance, Breaker::neutral);
         }
     }
 }
@@ -268,14 +273,14 @@ impl Failover {
         let mut attempts = 0;
         let mut last = None;
         for instance in self.selector.order(&up) {
-            let Some(trial) = self.with_breaker(&instance, |b| b.acquire(Instant::now())) else {
+            let Some(trial) = self.with_breaker(instance, |b| b.acquire(Instant::now())) else {
                 continue;
             };
             attempts += 1;
             // Settles the breaker and the selector's count even when this future is dropped
             // mid-call (a caller's timeout): the trial is given back, the call no longer counts.
-            let attempt = Attempt::start(self, instance.clone(), trial);
-            match call(instance).await {
+            let attempt = Attempt::start(self, instance, trial);
+            match call(instance.clone()).await {
                 Ok(value) => {
                     attempt.settle(Breaker::success);
                     return Ok(value);
@@ -301,7 +306,8 @@ impl Failover {
     pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
         let breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
         breakers
-            .get(&(service.to_owned(), instance_id.to_owned()))
+            .get(service)
+            .and_then(|s| s.get(instance_id))
             .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
     }
 }

@@ -9,8 +9,8 @@ use muster_api::v1::Instance;
 
 /// Orders instances for one call.
 pub trait Selector: Send + Sync {
-    /// The instances in the order to try them.
-    fn order(&self, instances: &[Instance]) -> Vec<Instance>;
+    /// The instances in the order to try them (borrowed: ordering copies no instance).
+    fn order<'a>(&self, instances: &'a [Instance]) -> Vec<&'a Instance>;
 
     /// A call to `instance` starts ([`crate::Client::call_with_failover`] reports its calls).
     fn started(&self, instance: &Instance) {
@@ -30,12 +30,12 @@ pub struct RoundRobin {
 }
 
 impl Selector for RoundRobin {
-    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+    fn order<'a>(&self, instances: &'a [Instance]) -> Vec<&'a Instance> {
         if instances.is_empty() {
             return Vec::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
-        instances[start..].iter().chain(&instances[..start]).cloned().collect()
+        instances[start..].iter().chain(&instances[..start]).collect()
     }
 }
 
@@ -44,9 +44,9 @@ impl Selector for RoundRobin {
 pub struct Random;
 
 impl Selector for Random {
-    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+    fn order<'a>(&self, instances: &'a [Instance]) -> Vec<&'a Instance> {
         use rand::seq::SliceRandom;
-        let mut order = instances.to_vec();
+        let mut order: Vec<&Instance> = instances.iter().collect();
         order.shuffle(&mut rand::rng());
         order
     }
@@ -61,7 +61,7 @@ pub struct SmoothWeighted {
 }
 
 impl Selector for SmoothWeighted {
-    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+    fn order<'a>(&self, instances: &'a [Instance]) -> Vec<&'a Instance> {
         if instances.is_empty() {
             return Vec::new();
         }
@@ -77,7 +77,7 @@ impl Selector for SmoothWeighted {
         if let Some(best) = order.first() {
             *current.entry(best.id.clone()).or_insert(0) -= total;
         }
-        order.into_iter().cloned().collect()
+        order
     }
 }
 
@@ -120,16 +120,21 @@ impl Drop for InFlight<'_> {
 }
 
 impl Selector for LeastOutstanding {
-    fn order(&self, instances: &[Instance]) -> Vec<Instance> {
+    fn order<'a>(&self, instances: &'a [Instance]) -> Vec<&'a Instance> {
         let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let mut order = instances.to_vec();
+        let mut order: Vec<&Instance> = instances.iter().collect();
         order.sort_by_key(|i| in_flight.get(&i.id).copied().unwrap_or(0));
         order
     }
 
     fn started(&self, instance: &Instance) {
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(instance.id.clone()).or_insert(0) +=
-            1;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match in_flight.get_mut(&instance.id) {
+            Some(n) => *n += 1,
+            None => {
+                in_flight.insert(instance.id.clone(), 1);
+            }
+        }
     }
 
     fn finished(&self, instance: &Instance) {
@@ -159,7 +164,7 @@ mod tests {
         }
     }
 
-    fn ids(order: &[Instance]) -> Vec<&str> {
+    fn ids<'a>(order: &[&'a Instance]) -> Vec<&'a str> {
         order.iter().map(|i| i.id.as_str()).collect()
     }
 

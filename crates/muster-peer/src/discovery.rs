@@ -35,8 +35,9 @@ pub(crate) struct Discovery {
     agent: Agent,
     /// Bumped by every change the agent sees: cached instance lists older than it are read again.
     generation: Arc<std::sync::atomic::AtomicU64>,
-    /// Interfaces of the instances called by name, by node id and query.
-    interfaces: std::sync::Mutex<HashMap<(String, String), Interface>>,
+    /// Interfaces of the instances called by name, by query and node id (looked up without
+    /// building a key).
+    interfaces: std::sync::Mutex<HashMap<String, HashMap<String, Interface>>>,
     /// Open connections to other peers, by node id (one each).
     connections: tokio::sync::Mutex<HashMap<String, RemotePeer>>,
     /// Selector and breakers of calls by name.
@@ -304,14 +305,19 @@ impl NamedService {
 
     /// The interface of the service at `instance`, kept while its connection is open.
     async fn interface(&self, instance: &Instance) -> Result<Interface, PeerError> {
-        let key = (instance.id.clone(), self.text.clone());
-        let known = self.discovery.interfaces.lock().ok().and_then(|i| i.get(&key).cloned());
+        let known = self
+            .discovery
+            .interfaces
+            .lock()
+            .ok()
+            .and_then(|i| i.get(&self.text).and_then(|of_query| of_query.get(&instance.id)).cloned());
         if let Some(interface) = known.filter(Interface::is_connected) {
             return Ok(interface);
         }
         let interface = self.remote(instance).await?.query_interface(&self.text)?;
         if let Ok(mut interfaces) = self.discovery.interfaces.lock() {
-            interfaces.insert(key, interface.clone());
+            let of_query = interfaces.entry(self.text.clone()).or_default();
+            of_query.insert(instance.id.clone(), interface.clone());
         }
         Ok(interface)
     }
