@@ -227,7 +227,7 @@ struct Attempt<'a> {
 
 impl<'a> Attempt<'a> {
     fn start(failover: &'a Failover, instance: &'a Instance, trial: bool) -> Self {
-        failover.selector.started(&instance);
+        failover.selector.started(instance);
         Self { failover, instance, holds_trial: trial }
     }
 
