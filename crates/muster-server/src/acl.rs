@@ -277,6 +277,12 @@ impl Acl {
         self.config.enabled
     }
 
+    /// The caller of a request without a token (DNS queries): the default policy, or everything
+    /// when access control is off.
+    pub(crate) fn anonymous_caller(&self) -> Arc<Caller> {
+        if self.enabled() { Arc::clone(&self.anonymous) } else { Arc::clone(&OPEN) }
+    }
+
     fn install(&self, generation: u64, stored: Vec<TokenRecord>) {
         let mut by_hash = HashMap::new();
         for record in stored {

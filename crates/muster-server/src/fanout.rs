@@ -103,6 +103,11 @@ impl Hub {
         }
     }
 
+    /// Reads the active nodes as the hub knows them now.
+    pub(crate) fn with_mirror<T>(&self, read: impl FnOnce(&Mirror) -> T) -> T {
+        read(&self.shared.read().mirror)
+    }
+
     /// Waits (at most [`READY_WAIT`]) until the hub has applied the store's changes up to `target`.
     async fn caught_up(&self, target: Revision) {
         let caught_up = self.wait_until(|state| state.shutdown || state.log.revision() >= target).await;

@@ -8,6 +8,7 @@
 
 mod acl;
 mod compat;
+pub mod dns;
 mod error;
 mod fanout;
 mod limits;

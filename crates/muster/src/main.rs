@@ -161,6 +161,16 @@ struct ServeArgs {
     /// (a web page cannot reach the registry by rebinding its DNS name), any host otherwise; `*`: any.
     #[arg(long, env = "MUSTER_ALLOWED_HOSTS", default_value = "auto")]
     allowed_hosts: String,
+    /// Answer DNS queries on this `ip:port` (UDP and TCP): `<service>.service.muster.` A/AAAA,
+    /// `_<service>._tcp.service.muster.` SRV, `<node-id>.node.muster.`. Off when absent.
+    #[arg(long, env = "MUSTER_DNS")]
+    dns: Option<std::net::SocketAddr>,
+    /// The DNS zone answered.
+    #[arg(long, env = "MUSTER_DNS_DOMAIN", default_value = "muster.")]
+    dns_domain: String,
+    /// The TTL of DNS answers, in seconds.
+    #[arg(long, env = "MUSTER_DNS_TTL", default_value_t = 5)]
+    dns_ttl: u32,
     /// Print every setting as it would be used (flags > MUSTER_* > --config file > defaults) and
     /// exit without serving.
     #[arg(long)]
@@ -597,6 +607,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     let state = AppState::with_token_store(Arc::clone(&registry), config, tokens);
+    if let Some(listen) = args.dns {
+        let dns =
+            muster_server::dns::DnsConfig { listen, domain: args.dns_domain.clone(), ttl: args.dns_ttl };
+        let server = muster_server::dns::start(&state, dns)
+            .await
+            .with_context(|| format!("cannot answer DNS on {listen}"))?;
+        use std::io::Write;
+        let domain = args.dns_domain.trim_end_matches('.');
+        let at = server.local_addr;
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "  DNS:     {at} (udp+tcp): dig @{} -p {} <service>.service.{domain}. SRV _<service>._tcp.service.{domain}.",
+            at.ip(),
+            at.port()
+        );
+    }
     muster_server::run(listener, state, shutdown_signal()).await.context("server failed")?;
     // The store's background work ends: the final snapshot is written, the sweeper's lease freed.
     registry.shutdown().await.context("stopping the store (writing the final snapshot)")?;

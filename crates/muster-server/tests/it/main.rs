@@ -3,6 +3,7 @@
 
 mod acl;
 mod compat;
+mod dns;
 mod hostile;
 mod promises;
 mod sse;

@@ -1,0 +1,474 @@
+//! The DNS interface (`muster serve --dns 127.0.0.1:8600`): any program finds a service with a
+//! DNS lookup, answered from the server's live view of the registry (the fan-out hub's mirror, so
+//! a registration or an expiry shows in the next answer).
+//!
+//! Names, under the domain (`muster.` by default):
+//! - `<service>.service.<domain>`: A/AAAA of the service's `UP` instances (a CNAME to the host
+//!   when no instance has an IP address);
+//! - `v<version with dashes>.<service>.service.<domain>` (`v1-2-0` for `1.2.0`): one exact version;
+//! - `_<service>._tcp.service.<domain>` (and the version form under it): SRV with the port and the
+//!   weight, the target `<node-id>.node.<domain>` (its address in the additional section) or the
+//!   host name;
+//! - `<node-id>.node.<domain>`: the node's address.
+//!
+//! Answers are shuffled; the TTL is a setting. A service no node provides is NXDOMAIN with the
+//! zone's SOA; a known name without records of the asked type is an empty answer with the SOA.
+//! Queries follow the ACL default policy (DNS carries no token): names the anonymous caller may
+//! not read are REFUSED. Over UDP, an answer larger than the client's buffer (512 bytes, or its
+//! EDNS size up to 4096) is truncated (TC) so the client asks again over TCP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use muster_core::{NodeInfo, NodeStatus};
+use rand::seq::SliceRandom;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+
+/// DNS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Where to answer (UDP and TCP on the same port).
+    pub listen: SocketAddr,
+    /// The zone answered, e.g. `muster.` (a trailing dot is added when missing).
+    pub domain: String,
+    /// The TTL of every answer, in seconds.
+    pub ttl: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8600)), domain: "muster.".into(), ttl: 5 }
+    }
+}
+
+/// Largest UDP answer, whatever a client's EDNS buffer says.
+const MAX_UDP: usize = 4096;
+/// Longest a TCP client may take to send a query.
+const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The DNS server, bound.
+#[derive(Debug)]
+pub struct DnsServer {
+    /// The address answered on (UDP and TCP).
+    pub local_addr: SocketAddr,
+}
+
+/// Binds UDP and TCP on `config.listen` (port 0: a free port, the same for both) and answers
+/// until the server shuts down.
+pub async fn start(state: &AppState, config: DnsConfig) -> std::io::Result<DnsServer> {
+    let shutdown = state.inner.shutdown.clone();
+    let zone = Arc::new(Zone::new(state.clone(), &config)?);
+    let (udp, tcp) = bind(config.listen).await?;
+    let local_addr = udp.local_addr()?;
+    tokio::spawn(serve_udp(udp, Arc::clone(&zone), shutdown.clone()));
+    tokio::spawn(serve_tcp(tcp, zone, shutdown));
+    Ok(DnsServer { local_addr })
+}
+
+/// A UDP socket and a TCP listener on one port.
+async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = tokio::net::UdpSocket::bind(listen).await?;
+        match tokio::net::TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // Port 0 gave a UDP port whose TCP twin is taken: try another.
+            Err(error) if listen.port() == 0 => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port for DNS")))
+}
+
+async fn serve_udp(socket: tokio::net::UdpSocket, zone: Arc<Zone>, shutdown: CancellationToken) {
+    let mut buffer = vec![0u8; MAX_UDP];
+    loop {
+        let (len, peer) = tokio::select! {
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::debug!(%error, "DNS receive failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        if let Some(answer) = zone.answer_bytes(&buffer[..len], Transport::Udp)
+            && let Err(error) = socket.send_to(&answer, peer).await
+        {
+            tracing::debug!(%error, %peer, "DNS send failed");
+        }
+    }
+}
+
+async fn serve_tcp(listener: tokio::net::TcpListener, zone: Arc<Zone>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "DNS accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let zone = Arc::clone(&zone);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tcp_connection(stream, &zone) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Length-prefixed queries on one connection, answered in order, until the client stops.
+async fn tcp_connection(mut stream: tokio::net::TcpStream, zone: &Zone) {
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return };
+        let mut query = vec![0u8; usize::from(len)];
+        if !matches!(tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await, Ok(Ok(_))) {
+            return;
+        }
+        let Some(answer) = zone.answer_bytes(&query, Transport::Tcp) else { return };
+        let Ok(len) = u16::try_from(answer.len()) else { return };
+        if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What a name under the zone asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A service's instances, optionally of one version (its dashed form); SRV form or not.
+    Service { name: String, version: Option<String>, srv: bool },
+    /// One node by id.
+    Node(String),
+    /// The zone's apex.
+    Apex,
+}
+
+/// The zone: names under the domain, answered from the hub's mirror.
+struct Zone {
+    state: AppState,
+    domain: Name,
+    ttl: u32,
+    soa: Record,
+}
+
+impl Zone {
+    fn new(state: AppState, config: &DnsConfig) -> std::io::Result<Self> {
+        let invalid = |e: hickory_proto::ProtoError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("DNS domain {:?}: {e}", config.domain),
+            )
+        };
+        let mut domain = Name::from_ascii(&config.domain).map_err(invalid)?.to_lowercase();
+        domain.set_fqdn(true);
+        let mname = Name::from_ascii("ns").map_err(invalid)?.append_domain(&domain).map_err(invalid)?;
+        let rname =
+            Name::from_ascii("hostmaster").map_err(invalid)?.append_domain(&domain).map_err(invalid)?;
+        let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, config.ttl);
+        let soa = Record::from_rdata(domain.clone(), config.ttl, RData::SOA(soa));
+        Ok(Self { state, domain, ttl: config.ttl, soa })
+    }
+
+    /// The encoded answer to an encoded query (`None`: not a DNS message; dropped).
+    fn answer_bytes(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let request = match Message::from_vec(query) {
+            Ok(request) => request,
+            Err(_) => {
+                // A header we can read gets FORMERR; anything shorter is dropped.
+                let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+                let refused = Message::error_msg(id, OpCode::Query, ResponseCode::FormErr);
+                return refused.to_vec().ok();
+            }
+        };
+        if request.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let mut response = self.answer(&request);
+        let limit = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => {
+                request.edns.as_ref().map_or(512, |e| usize::from(e.max_payload()).clamp(512, MAX_UDP))
+            }
+        };
+        let mut bytes = response.to_vec().ok()?;
+        if bytes.len() > limit {
+            response = response.truncate();
+            bytes = response.to_vec().ok()?;
+        }
+        Some(bytes)
+    }
+
+    fn answer(&self, request: &Message) -> Message {
+        let mut response = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+        response.metadata = Metadata::response_from_request(&request.metadata);
+        response.metadata.authoritative = true;
+        if let Some(edns) = &request.edns {
+            let mut ours = Edns::new();
+            ours.set_max_payload(edns.max_payload().clamp(512, MAX_UDP as u16));
+            response.set_edns(ours);
+        }
+        response.add_queries(request.queries.iter().cloned());
+        if request.metadata.op_code != OpCode::Query {
+            response.metadata.response_code = ResponseCode::NotImp;
+            return response;
+        }
+        let [query] = request.queries.as_slice() else {
+            response.metadata.response_code = ResponseCode::FormErr;
+            return response;
+        };
+        if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
+            response.metadata.response_code = ResponseCode::Refused;
+            return response;
+        }
+        let name = query.name().to_lowercase();
+        let Some(target) = self.target(&name) else {
+            response.metadata.response_code =
+                if self.domain.zone_of(&name) { ResponseCode::NXDomain } else { ResponseCode::Refused };
+            if response.metadata.response_code == ResponseCode::NXDomain {
+                response.add_authority(self.soa.clone());
+            }
+            return response;
+        };
+        let code = self.records(&target, query.name(), query.query_type(), &mut response);
+        response.metadata.response_code = code;
+        if response.answers.is_empty() && code != ResponseCode::Refused {
+            response.add_authority(self.soa.clone());
+        }
+        response
+    }
+
+    fn target(&self, name: &Name) -> Option<Target> {
+        target(&self.domain, name)
+    }
+
+    /// Adds the records of `target` of type `kind` to `response`; the response code.
+    fn records(
+        &self,
+        target: &Target,
+        owner: &Name,
+        kind: RecordType,
+        response: &mut Message,
+    ) -> ResponseCode {
+        let caller = self.state.inner.acl.anonymous_caller();
+        match target {
+            Target::Apex => {
+                if matches!(kind, RecordType::SOA | RecordType::ANY) {
+                    response.add_answer(self.soa.clone());
+                }
+                ResponseCode::NoError
+            }
+            Target::Node(id) => {
+                let node = self.state.inner.hub.with_mirror(|mirror| {
+                    // Node ids are looked up as written, then regardless of case (DNS is not).
+                    mirror.get(&muster_core::NodeId::from_wire(id.as_str())).cloned().or_else(|| {
+                        mirror.nodes().into_iter().find(|n| n.node_id.as_str().eq_ignore_ascii_case(id))
+                    })
+                });
+                let Some(node) = node else { return ResponseCode::NXDomain };
+                if !caller.may_read_node(&node) {
+                    return ResponseCode::Refused;
+                }
+                response.add_answers(self.address_records(owner, &node, kind));
+                ResponseCode::NoError
+            }
+            Target::Service { name, version, srv } => {
+                if !caller.may_read_service(name) {
+                    return ResponseCode::Refused;
+                }
+                let (known, mut up) = self.state.inner.hub.with_mirror(|mirror| {
+                    let exact = mirror.service(name).next().is_some();
+                    let service = if exact {
+                        name.clone()
+                    } else {
+                        // DNS names are case-insensitive; service names need not be.
+                        match mirror.service_names().find(|s| s.eq_ignore_ascii_case(name)) {
+                            Some(s) => s.to_owned(),
+                            None => return (false, Vec::new()),
+                        }
+                    };
+                    let up: Vec<(Arc<NodeInfo>, Option<u32>)> = mirror
+                        .service(&service)
+                        .filter(|n| n.status == NodeStatus::Up && caller.may_read_node(n))
+                        .filter_map(|n| {
+                            let s = n.services.iter().find(|s| s.name == service)?;
+                            let wanted = version.as_ref().is_none_or(|v| {
+                                s.version
+                                    .as_deref()
+                                    .is_some_and(|have| have.replace('.', "-").eq_ignore_ascii_case(v))
+                            });
+                            wanted.then(|| (Arc::clone(n), s.weight))
+                        })
+                        .collect();
+                    (true, up)
+                });
+                if !known {
+                    return ResponseCode::NXDomain;
+                }
+                up.shuffle(&mut rand::rng());
+                if *srv {
+                    if matches!(kind, RecordType::SRV | RecordType::ANY) {
+                        self.srv_records(owner, &up, response);
+                    }
+                } else {
+                    self.service_addresses(owner, &up, kind, response);
+                }
+                ResponseCode::NoError
+            }
+        }
+    }
+
+    /// A/AAAA of the instances with IP addresses; a CNAME to the first host name when none has one.
+    fn service_addresses(
+        &self,
+        owner: &Name,
+        up: &[(Arc<NodeInfo>, Option<u32>)],
+        kind: RecordType,
+        response: &mut Message,
+    ) {
+        let mut any_ip = false;
+        for (node, _) in up {
+            if node.address.host_unbracketed().parse::<IpAddr>().is_ok() {
+                any_ip = true;
+                response.add_answers(self.address_records(owner, node, kind));
+            }
+        }
+        if !any_ip
+            && matches!(kind, RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::ANY)
+            && let Some(host) = up.iter().find_map(|(n, _)| host_name(n))
+        {
+            response.add_answer(Record::from_rdata(owner.clone(), self.ttl, RData::CNAME(CNAME(host))));
+        }
+    }
+
+    fn srv_records(&self, owner: &Name, up: &[(Arc<NodeInfo>, Option<u32>)], response: &mut Message) {
+        for (node, weight) in up {
+            let target = match host_name(node) {
+                Some(host) => host,
+                None => {
+                    let Ok(label) = Name::from_ascii(node.node_id.as_str()) else { continue };
+                    let Ok(node_name) = Name::from_ascii("node").and_then(|n| n.append_domain(&self.domain))
+                    else {
+                        continue;
+                    };
+                    let Ok(target) = label.append_domain(&node_name) else { continue };
+                    response.add_additionals(self.address_records(&target, node, RecordType::ANY));
+                    target
+                }
+            };
+            let weight = u16::try_from(weight.unwrap_or(1)).unwrap_or(u16::MAX);
+            let srv = SRV::new(1, weight, node.address.port(), target);
+            response.add_answer(Record::from_rdata(owner.clone(), self.ttl, RData::SRV(srv)));
+        }
+    }
+
+    /// The A or AAAA record of a node's IP address, when it has one and `kind` asks for it.
+    fn address_records(&self, owner: &Name, node: &NodeInfo, kind: RecordType) -> Option<Record> {
+        let rdata = match node.address.host_unbracketed().parse::<IpAddr>().ok()? {
+            IpAddr::V4(ip) if matches!(kind, RecordType::A | RecordType::ANY) => RData::A(A(ip)),
+            IpAddr::V6(ip) if matches!(kind, RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(ip)),
+            _ => return None,
+        };
+        Some(Record::from_rdata(owner.clone(), self.ttl, rdata))
+    }
+}
+
+/// What `name` (lower case) asks for, when it is one of the zone's forms under `domain`.
+fn target(domain: &Name, name: &Name) -> Option<Target> {
+    if !domain.zone_of(name) {
+        return None;
+    }
+    let depth = usize::from(name.num_labels()) - usize::from(domain.num_labels());
+    let labels: Vec<String> =
+        name.iter().take(depth).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    match labels.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Some(Target::Apex),
+        [id, "node"] => Some(Target::Node((*id).to_owned())),
+        [service, "service"] => {
+            Some(Target::Service { name: (*service).to_owned(), version: None, srv: false })
+        }
+        [version, service, "service"] if version.starts_with('v') => Some(Target::Service {
+            name: (*service).to_owned(),
+            version: Some(version[1..].to_owned()),
+            srv: false,
+        }),
+        [service, "_tcp", "service"] => service.strip_prefix('_').map(|name| Target::Service {
+            name: name.to_owned(),
+            version: None,
+            srv: true,
+        }),
+        [service, "_tcp", version, "service"] if version.starts_with('v') => {
+            service.strip_prefix('_').map(|name| Target::Service {
+                name: name.to_owned(),
+                version: Some(version[1..].to_owned()),
+                srv: true,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The node's host as a DNS name, when its address is a host name rather than an IP.
+fn host_name(node: &NodeInfo) -> Option<Name> {
+    let host = node.address.host_unbracketed();
+    if host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let mut name = Name::from_ascii(host).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str) -> Option<Target> {
+        let domain = Name::from_ascii("muster.").unwrap();
+        target(&domain, &Name::from_ascii(name).unwrap().to_lowercase())
+    }
+
+    fn service(name: &str, version: Option<&str>, srv: bool) -> Option<Target> {
+        Some(Target::Service { name: name.into(), version: version.map(Into::into), srv })
+    }
+
+    #[test]
+    fn names_map_to_targets() {
+        assert_eq!(parse("users.service.muster."), service("users", None, false));
+        assert_eq!(parse("USERS.Service.Muster."), service("users", None, false), "case-insensitive");
+        assert_eq!(parse("v1-2-0.users.service.muster."), service("users", Some("1-2-0"), false));
+        assert_eq!(parse("_users._tcp.service.muster."), service("users", None, true));
+        assert_eq!(parse("_users._tcp.v1-2-0.service.muster."), service("users", Some("1-2-0"), true));
+        assert_eq!(parse("node-7.node.muster."), Some(Target::Node("node-7".into())));
+        assert_eq!(parse("muster."), Some(Target::Apex));
+        for other in [
+            "users.muster.",
+            "a.b.users.service.muster.",
+            "users._tcp.service.muster.",
+            "users.service.consul.",
+            "x1.users.service.muster.",
+        ] {
+            assert_eq!(parse(other), None, "{other}");
+        }
+    }
+}

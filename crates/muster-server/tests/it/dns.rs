@@ -1,0 +1,221 @@
+//! The DNS interface over real sockets: hickory's resolver and `dig` (UDP and TCP), answers that
+//! follow registrations, status changes, deregistrations and expiries at once, truncation with the
+//! TCP retry, and the ACL default policy.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::Resolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use muster_core::{
+    Address, DeregisterReason, NodeId, NodeStatus, NodeUpdate, Registration, Registry, ServiceInfo,
+};
+use muster_memory::MemoryRegistry;
+use muster_server::dns::{DnsConfig, start};
+use muster_server::{AclConfig, AppState, ServerConfig};
+
+async fn dns_of(state: &AppState) -> SocketAddr {
+    let config = DnsConfig { listen: "127.0.0.1:0".parse().unwrap(), ..DnsConfig::default() };
+    start(state, config).await.unwrap().local_addr
+}
+
+/// A resolver asking only our server, without a cache (answers must follow the registry).
+fn resolver(at: SocketAddr) -> Resolver<TokioRuntimeProvider> {
+    let mut server = NameServerConfig::udp_and_tcp(at.ip());
+    for connection in &mut server.connections {
+        connection.port = at.port();
+    }
+    let config = ResolverConfig::from_name_servers(vec![server]);
+    let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    builder.options_mut().cache_size = 0;
+    builder.options_mut().attempts = 1;
+    builder.build().unwrap()
+}
+
+fn service(name: &str, version: Option<&str>, weight: Option<u32>) -> ServiceInfo {
+    ServiceInfo { weight, ..ServiceInfo::new(name, version).unwrap() }
+}
+
+async fn register(
+    registry: &MemoryRegistry,
+    id: &str,
+    address: &str,
+    services: Vec<ServiceInfo>,
+    ttl: Duration,
+) {
+    let registration =
+        Registration::new(NodeId::new(id).unwrap(), Address::parse(address).unwrap(), services, ttl).unwrap();
+    registry.heartbeat(registration).await.unwrap();
+}
+
+async fn ips(resolver: &Resolver<TokioRuntimeProvider>, name: &str) -> BTreeSet<IpAddr> {
+    match resolver.lookup_ip(name).await {
+        Ok(found) => found.iter().collect(),
+        Err(error) if error.is_no_records_found() || error.is_nx_domain() => BTreeSet::new(),
+        Err(error) => panic!("{name}: {error}"),
+    }
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn set(ips: &[&str]) -> BTreeSet<IpAddr> {
+    ips.iter().map(|ip| ip.parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_registry() {
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let at = dns_of(&state).await;
+    let dns = resolver(at);
+    let long = Duration::from_secs(60);
+    register(&registry, "users-1", "10.0.0.5:8080", vec![service("users", Some("1.2.0"), Some(3))], long)
+        .await;
+    register(&registry, "users-2", "[::1]:8081", vec![service("users", Some("2.0.0"), None)], long).await;
+    until("both instances answer", || async {
+        ips(&dns, "users.service.muster.").await == set(&["10.0.0.5", "::1"])
+    })
+    .await;
+    assert_eq!(ips(&dns, "USERS.Service.Muster.").await, set(&["10.0.0.5", "::1"]), "names ignore case");
+    assert_eq!(ips(&dns, "v1-2-0.users.service.muster.").await, set(&["10.0.0.5"]), "one exact version");
+    assert_eq!(ips(&dns, "users-2.node.muster.").await, set(&["::1"]), "a node by id");
+
+    let srv = dns.lookup("_users._tcp.service.muster.", RecordType::SRV).await.unwrap();
+    let mut records: Vec<(u16, u16, String)> = srv
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some((srv.port, srv.weight, srv.target.to_ascii())),
+            _ => None,
+        })
+        .collect();
+    records.sort();
+    assert_eq!(
+        records,
+        [(8080, 3, "users-1.node.muster.".to_owned()), (8081, 1, "users-2.node.muster.".to_owned())],
+        "SRV: port, weight, the node's name"
+    );
+    assert!(
+        srv.additionals().iter().any(|r| matches!(r.data, RData::A(_))),
+        "the targets' addresses come along"
+    );
+    assert!(srv.answers().iter().all(|r| r.ttl <= 5), "the configured TTL");
+
+    let unknown = dns.lookup_ip("nobody.service.muster.").await.unwrap_err();
+    assert!(unknown.is_nx_domain(), "an unknown service is NXDOMAIN: {unknown}");
+
+    // A status change, a deregistration and an expiry show in the next answer.
+    let id = NodeId::new("users-1").unwrap();
+    registry.update(&id, NodeUpdate::new().status(NodeStatus::Down)).await.unwrap();
+    until("a DOWN instance is left out", || async {
+        ips(&dns, "users.service.muster.").await == set(&["::1"])
+    })
+    .await;
+    registry.deregister(&NodeId::new("users-2").unwrap(), DeregisterReason::Graceful).await.unwrap();
+    until("a deregistered node is gone", || async { ips(&dns, "users.service.muster.").await.is_empty() })
+        .await;
+    register(
+        &registry,
+        "short",
+        "10.0.0.9:80",
+        vec![service("brief", None, None)],
+        Duration::from_millis(300),
+    )
+    .await;
+    until("the new node answers", || async {
+        ips(&dns, "brief.service.muster.").await == set(&["10.0.0.9"])
+    })
+    .await;
+    until("the silent node expired", || async { ips(&dns, "brief.service.muster.").await.is_empty() }).await;
+    state.shutdown();
+}
+
+/// `dig` over UDP and TCP; an answer too large for UDP is truncated and complete over TCP;
+/// a host-name address is a CNAME; the apex has an SOA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_over_udp_and_tcp_with_truncation() {
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let at = dns_of(&state).await;
+    let long = Duration::from_secs(60);
+    for n in 0..60 {
+        register(
+            &registry,
+            &format!("big-{n:02}"),
+            &format!("10.1.0.{n}:9000"),
+            vec![service("big", None, None)],
+            long,
+        )
+        .await;
+    }
+    register(&registry, "web-1", "web.example.com:80", vec![service("web", None, None)], long).await;
+    let dig = |args: &[&str]| {
+        let port = at.port().to_string();
+        let output = std::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("dig runs (Debian package dnsutils)");
+        assert!(output.status.success(), "dig {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let resolver = resolver(at);
+    until("all 60 registered", || async { ips(&resolver, "big.service.muster.").await.len() == 60 }).await;
+    let udp = dig(&["big.service.muster.", "A", "+ignore", "+noedns"]);
+    assert!(udp.contains(" tc") || udp.contains("tc "), "truncated over UDP: {udp}");
+    let tcp = dig(&["big.service.muster.", "A", "+tcp", "+short"]);
+    assert_eq!(tcp.lines().count(), 60, "complete over TCP: {tcp}");
+    let retried = dig(&["big.service.muster.", "A", "+short", "+noedns"]);
+    assert_eq!(retried.lines().count(), 60, "dig retries a truncated answer over TCP");
+    let cname = dig(&["web.service.muster.", "A"]);
+    assert!(cname.contains("CNAME\tweb.example.com."), "{cname}");
+    let soa = dig(&["muster.", "SOA", "+short"]);
+    assert!(soa.starts_with("ns.muster. hostmaster.muster."), "{soa}");
+    let outside = dig(&["example.org.", "A"]);
+    assert!(outside.contains("status: REFUSED"), "names outside the zone are refused: {outside}");
+    state.shutdown();
+}
+
+/// DNS carries no token: it follows the ACL default policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_follows_the_acl_default_policy() {
+    for (policy, answered) in
+        [(muster_core::acl::DefaultPolicy::Deny, false), (muster_core::acl::DefaultPolicy::Read, true)]
+    {
+        let registry = MemoryRegistry::new();
+        let config = ServerConfig {
+            acl: AclConfig { enabled: true, default_policy: policy, ..AclConfig::default() },
+            ..ServerConfig::default()
+        };
+        let state = AppState::new(Arc::new(registry.clone()), config);
+        let at = dns_of(&state).await;
+        register(&registry, "a-1", "10.0.0.1:80", vec![service("a", None, None)], Duration::from_secs(60))
+            .await;
+        let dns = resolver(at);
+        if answered {
+            until("read policy answers", || async {
+                ips(&dns, "a.service.muster.").await == set(&["10.0.0.1"])
+            })
+            .await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let refused = dns.lookup_ip("a.service.muster.").await.unwrap_err();
+            assert!(
+                !refused.is_nx_domain() && !refused.is_no_records_found(),
+                "refused, not absent: {refused}"
+            );
+            assert!(refused.to_string().to_lowercase().contains("refused"), "{refused}");
+        }
+        state.shutdown();
+    }
+}
