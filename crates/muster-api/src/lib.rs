@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod acl;
+pub mod check;
 pub mod compat;
 pub mod v1;
 

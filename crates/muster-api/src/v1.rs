@@ -21,6 +21,9 @@ pub struct RegisterRequest {
     /// Heartbeat TTL in milliseconds (default: the server's).
     #[serde(default, deserialize_with = "muster_core::schema::optional_whole")]
     pub ttl_ms: Option<u64>,
+    /// An active health check the registry runs (stored in the metadata under `check.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::check::Check>,
 }
 
 /// Answer to a registration.

@@ -84,6 +84,7 @@ impl RegistrationSpec {
             metadata: self.metadata.clone(),
             status: Some(status),
             ttl_ms: self.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            check: None,
         }
     }
 

@@ -62,6 +62,7 @@ impl Registry for RemoteRegistry {
             metadata: registration.metadata().clone(),
             status: Some(registration.status()),
             ttl_ms: Some(u64::try_from(registration.ttl().as_millis()).unwrap_or(u64::MAX)),
+            check: None,
         };
         let url = self.client.url(&["v1", "nodes", registration.node_id().as_str()]);
         let answer: muster_api::v1::RegisterResponse =

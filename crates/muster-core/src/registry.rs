@@ -108,6 +108,13 @@ pub trait Registry: Send + Sync + 'static {
         0
     }
 
+    /// True when this process should run the fleet's background work (active health checks):
+    /// always for a store of its own; on a shared store, only while this process leads it (on
+    /// Redis: holds the sweeper lease), so the work runs once per fleet.
+    fn leads_fleet_tasks(&self) -> bool {
+        true
+    }
+
     /// A stream of changes from `start`; see [`WatchStart`].
     async fn watch(&self, start: WatchStart) -> Result<WatchStream>;
 
@@ -170,5 +177,8 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     fn held_back_total(&self) -> u64 {
         (**self).held_back_total()
+    }
+    fn leads_fleet_tasks(&self) -> bool {
+        (**self).leads_fleet_tasks()
     }
 }

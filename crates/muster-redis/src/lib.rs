@@ -95,6 +95,8 @@ pub(crate) struct Inner {
     tasks: tokio_util::task::TaskTracker,
     /// The last listing view decoded: its header and its nodes (decoding is paid once per view).
     decoded_view: std::sync::Mutex<Option<(String, Arc<Vec<NodeInfo>>)>>,
+    /// This process held the sweeper lease at its last pass.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 impl RedisRegistry {
@@ -115,6 +117,7 @@ impl RedisRegistry {
             cancel: cancel.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
             decoded_view: std::sync::Mutex::new(None),
+            leading: std::sync::atomic::AtomicBool::new(false),
         });
         if inner.config.sweeper && !inner.config.read_only {
             inner.tasks.spawn(sweeper::run(Arc::clone(&inner)));
@@ -470,6 +473,11 @@ impl Registry for RedisRegistry {
     async fn count_service(&self, name: &str) -> Result<usize> {
         muster_core::name::validate_service_name(name)?;
         self.inner.pool.query(redis::cmd("SCARD").arg(self.inner.keys.of("index:services", name))).await
+    }
+
+    /// True while this process holds the sweeper lease.
+    fn leads_fleet_tasks(&self) -> bool {
+        self.inner.leading.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn current_revision(&self) -> Result<Revision> {

@@ -48,6 +48,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 pause
             }
             Err(error) => {
+                inner.leading.store(false, Ordering::Relaxed);
                 tracing::warn!(%error, "sweep failed; retrying");
                 backoff.failed()
             }
@@ -82,6 +83,7 @@ async fn reconcile_hinted(inner: &Inner, ids: &[String]) -> Result<()> {
 
 /// Hands the lease over at once instead of letting it run out.
 async fn release(inner: &Inner, token: &str) {
+    inner.leading.store(false, Ordering::Relaxed);
     let args = [token.to_owned()];
     let release = inner.invoke::<i64>(&inner.scripts.release, &args);
     let _ = tokio::time::timeout(inner.config.response_timeout, release).await;
@@ -118,6 +120,7 @@ async fn pass(inner: &Inner, token: &str, state: &mut PassState, keyspace: bool)
     let lease_ms = inner.config.sweeper_lease.as_millis().to_string();
     let held: i64 = inner.invoke(&inner.scripts.lease, &[token.to_owned(), lease_ms]).await?;
     state.holding = held == 1;
+    inner.leading.store(state.holding, std::sync::atomic::Ordering::Relaxed);
     if held != 1 {
         return Ok(inner.config.sweep_interval);
     }

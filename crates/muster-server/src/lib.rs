@@ -7,6 +7,7 @@
 //! `error.rs` — the JSON error type and extractors.
 
 mod acl;
+mod checks;
 mod compat;
 pub mod dns;
 mod error;
@@ -144,6 +145,12 @@ impl AppState {
         let metrics = metrics::Metrics::new();
         let shutdown = CancellationToken::new();
         let hub = fanout::Hub::start(Arc::clone(&registry), shutdown.clone(), metrics.expiries.clone());
+        tokio::spawn(checks::run(
+            Arc::clone(&registry),
+            hub.clone(),
+            shutdown.clone(),
+            metrics.health_checks.clone(),
+        ));
         let acl = Arc::new(acl::Acl::new(config.acl.clone(), tokens));
         if acl.enabled() {
             tokio::spawn(Arc::clone(&acl).follow(shutdown.clone()));
@@ -180,6 +187,27 @@ impl AppState {
 
     fn count_registration(&self) {
         self.inner.metrics.registrations.inc();
+    }
+
+    /// The status a heartbeat or registration of `id` asking for `requested` may set: a node an
+    /// active health check holds `DOWN` stays down until the check passes again.
+    fn allowed_status(
+        &self,
+        id: &muster_core::NodeId,
+        requested: Option<muster_core::NodeStatus>,
+    ) -> Option<muster_core::NodeStatus> {
+        let held = self.inner.hub.with_mirror(|mirror| mirror.get(id).is_some_and(|n| checks::held_down(n)));
+        if held { Some(muster_core::NodeStatus::Down) } else { requested }
+    }
+
+    /// The check's failure description of a node a check holds down (kept across registrations).
+    fn held_down_output(&self, id: &muster_core::NodeId) -> Option<String> {
+        self.inner.hub.with_mirror(|mirror| {
+            mirror
+                .get(id)
+                .filter(|n| checks::held_down(n))
+                .and_then(|n| n.metadata.get(muster_api::check::CHECK_OUTPUT).cloned())
+        })
     }
 
     fn count_heartbeat(&self) {

@@ -60,6 +60,7 @@ pub(crate) struct Metrics {
     pub(crate) registrations: Counter,
     pub(crate) heartbeats: Counter,
     pub(crate) expiries: Counter,
+    pub(crate) health_checks: Counter,
     pub(crate) store_errors: Counter,
     pub(crate) watchers: Gauge,
     pub(crate) refused_connections: Counter,
@@ -77,6 +78,7 @@ impl Metrics {
             registrations: Counter::default(),
             heartbeats: Counter::default(),
             expiries: Counter::default(),
+            health_checks: Counter::default(),
             store_errors: Counter::default(),
             watchers: Gauge::default(),
             refused_connections: Counter::default(),
@@ -90,6 +92,11 @@ impl Metrics {
         registry.register("registrations", "Registrations accepted", metrics.registrations.clone());
         registry.register("heartbeats", "Heartbeats accepted", metrics.heartbeats.clone());
         registry.register("expiries", "Nodes removed because their TTL ran out", metrics.expiries.clone());
+        registry.register(
+            "health_checks",
+            "Active health checks this process ran (one process per fleet runs them)",
+            metrics.health_checks.clone(),
+        );
         registry.register(
             "store_errors",
             "Requests that failed because the store did",

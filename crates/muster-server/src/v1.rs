@@ -64,10 +64,23 @@ async fn register(
         .require_write_stored(state.registry(), &id, request.services.iter().map(|s| s.name.as_str()))
         .await?;
     let ttl = request.ttl_ms.map_or(state.config().default_ttl, Duration::from_millis);
+    let mut metadata = request.metadata;
+    if let Some(check) = &request.check {
+        check.validate().map_err(ApiError::invalid)?;
+        check.write_to(&mut metadata);
+    }
+    // A node a health check holds down stays down, with the reason, until the check passes.
+    let status = match state.held_down_output(&id) {
+        Some(output) if muster_api::check::Check::read_from(&metadata).is_some() => {
+            metadata.insert(muster_api::check::CHECK_OUTPUT.into(), output);
+            NodeStatus::Down
+        }
+        _ => request.status.unwrap_or_default(),
+    };
     let registration =
         Registration::new(id.clone(), Address::parse(request.address)?, request.services, ttl)?
-            .with_status(request.status.unwrap_or_default())
-            .with_metadata(request.metadata)?
+            .with_status(status)
+            .with_metadata(metadata)?
             .with_service_limit(state.config().max_instances_per_service);
     let outcome = state.registry().heartbeat(registration).await?;
     state.count_registration();
@@ -111,7 +124,7 @@ pub(crate) async fn refresh(
     id: &NodeId,
     status: Option<NodeStatus>,
 ) -> Result<NodeInfo, ApiError> {
-    match state.registry().refresh(id, status).await {
+    match state.registry().refresh(id, state.allowed_status(id, status)).await {
         Ok(outcome) => {
             state.count_heartbeat();
             tracing::debug!(node_id = %id, "heartbeat");

@@ -2,6 +2,7 @@
 //! seed-003 routes with their exact JSON, two servers sharing one Redis, graceful shutdown.
 
 mod acl;
+mod checks;
 mod compat;
 mod dns;
 mod hostile;

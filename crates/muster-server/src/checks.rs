@@ -1,0 +1,249 @@
+//! Active health checks: the registry checks nodes whose registration asked for it (HTTP GET of a
+//! health URL, or a TCP connect) and sets them `DOWN` after `failures` failed checks in a row and
+//! back `UP` after `successes` passed ones; each change is an `updated` event whose node carries
+//! the reason in `check.output`.
+//!
+//! - The checks to run are the active nodes of the hub's mirror with a check in their metadata
+//!   (see `muster_api::check`); a node that leaves stops being checked at once.
+//! - Each node's first check waits a share of its interval derived from its id, so checks spread
+//!   over the interval instead of starting together.
+//! - On a shared store only the process that leads the fleet's background work (on Redis: the
+//!   sweeper lease holder) runs them ([`Registry::leads_fleet_tasks`]); another takes over with the
+//!   lease.
+//! - While a check holds a node `DOWN`, a heartbeat or registration asking for `UP` keeps it `DOWN`
+//!   (`held_down`): only the check brings it back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_api::check::{CHECK_OUTPUT, Check, CheckKind};
+use muster_core::{NodeId, NodeInfo, NodeStatus, NodeUpdate, Registry};
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::Hub;
+
+/// How often the list of nodes to check is read from the mirror.
+const SCAN: Duration = Duration::from_millis(100);
+
+/// True when a check holds `node` down: it is `DOWN` with the check's failure description.
+pub(crate) fn held_down(node: &NodeInfo) -> bool {
+    node.status == NodeStatus::Down && node.metadata.contains_key(CHECK_OUTPUT)
+}
+
+/// One node's check state.
+struct Tracked {
+    check: Check,
+    target: String,
+    next: Instant,
+    failures: u32,
+    successes: u32,
+    running: bool,
+}
+
+/// A check's result.
+struct Outcome {
+    node_id: NodeId,
+    /// `None`: passed; otherwise what failed.
+    failure: Option<String>,
+}
+
+/// Runs the checks until `shutdown`.
+pub(crate) async fn run(
+    registry: Arc<dyn Registry>,
+    hub: Hub,
+    shutdown: CancellationToken,
+    checks_run: Counter,
+) {
+    let http = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build() {
+        Ok(http) => http,
+        Err(error) => {
+            tracing::error!(%error, "health checks are off: no HTTP client");
+            return;
+        }
+    };
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let mut tracked: HashMap<NodeId, Tracked> = HashMap::new();
+    let mut scan = tokio::time::interval(SCAN);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some(outcome) = done_rx.recv() => {
+                settle(&*registry, &hub, &mut tracked, outcome).await;
+                continue;
+            }
+            _ = scan.tick() => {}
+        }
+        if !registry.leads_fleet_tasks() {
+            tracked.clear();
+            continue;
+        }
+        let nodes = hub.with_mirror(|mirror| {
+            mirror
+                .nodes()
+                .into_iter()
+                .filter_map(|node| Check::read_from(&node.metadata).map(|check| (node, check)))
+                .collect::<Vec<_>>()
+        });
+        let now = Instant::now();
+        let mut present = std::collections::HashSet::with_capacity(nodes.len());
+        for (node, check) in nodes {
+            present.insert(node.node_id.clone());
+            let target = target_of(&node, &check);
+            let entry = tracked.entry(node.node_id.clone()).or_insert_with(|| Tracked {
+                next: now + spread(node.node_id.as_str(), check.interval()),
+                check: check.clone(),
+                target: target.clone(),
+                failures: 0,
+                successes: 0,
+                running: false,
+            });
+            if entry.check != check || entry.target != target {
+                // A new definition starts its counts afresh.
+                *entry =
+                    Tracked { next: now, check, target, failures: 0, successes: 0, running: entry.running };
+            }
+            if !entry.running && entry.next <= now {
+                entry.running = true;
+                entry.next = now + entry.check.interval();
+                checks_run.inc();
+                tokio::spawn(probe(
+                    http.clone(),
+                    node.node_id.clone(),
+                    entry.check.clone(),
+                    entry.target.clone(),
+                    done_tx.clone(),
+                ));
+            }
+        }
+        // Nodes that left (or dropped their check) are no longer checked.
+        tracked.retain(|id, _| present.contains(id));
+    }
+}
+
+/// Where the check goes: its target, else the instance's health URL or the node's address.
+fn target_of(node: &NodeInfo, check: &Check) -> String {
+    match (&check.target, check.kind) {
+        (Some(target), _) => target.clone(),
+        (None, CheckKind::Http) => {
+            let path = node.metadata.get("health").map_or("/health", String::as_str);
+            format!("http://{}{path}", node.address)
+        }
+        (None, CheckKind::Tcp) => node.address.to_string(),
+    }
+}
+
+/// The delay of a node's first check: a share of the interval fixed by its id.
+fn spread(id: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    let share = (hasher.finish() % 1000) as u32;
+    interval * share / 1000
+}
+
+async fn probe(
+    http: reqwest::Client,
+    node_id: NodeId,
+    check: Check,
+    target: String,
+    done: tokio::sync::mpsc::UnboundedSender<Outcome>,
+) {
+    let timeout = check.timeout();
+    let failure = match check.kind {
+        CheckKind::Http => match http.get(&target).timeout(timeout).send().await {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("GET {target}: HTTP {}", response.status().as_u16())),
+            Err(error) if error.is_timeout() => Some(format!("GET {target}: no answer within {timeout:?}")),
+            Err(error) => Some(format!("GET {target}: {}", innermost(&error))),
+        },
+        CheckKind::Tcp => {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(format!("TCP {target}: {error}")),
+                Err(_) => Some(format!("TCP {target}: no connection within {timeout:?}")),
+            }
+        }
+    };
+    let _ = done.send(Outcome { node_id, failure });
+}
+
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+/// Counts a result and, at a threshold, changes the node's status.
+async fn settle(
+    registry: &dyn Registry,
+    hub: &Hub,
+    tracked: &mut HashMap<NodeId, Tracked>,
+    outcome: Outcome,
+) {
+    let Some(entry) = tracked.get_mut(&outcome.node_id) else { return };
+    entry.running = false;
+    let Some(node) = hub.with_mirror(|mirror| mirror.get(&outcome.node_id).cloned()) else { return };
+    let mut metadata = node.metadata.clone();
+    let update = match &outcome.failure {
+        Some(failure) => {
+            entry.successes = 0;
+            entry.failures = entry.failures.saturating_add(1);
+            tracing::debug!(node_id = %outcome.node_id, failures = entry.failures, %failure, "health check failed");
+            if entry.failures < entry.check.failures || held_down(&node) {
+                return;
+            }
+            metadata.insert(CHECK_OUTPUT.into(), truncate(failure));
+            tracing::info!(node_id = %outcome.node_id, %failure, "health check: DOWN");
+            NodeUpdate::new().status(NodeStatus::Down)
+        }
+        None => {
+            entry.failures = 0;
+            entry.successes = entry.successes.saturating_add(1);
+            if !held_down(&node) || entry.successes < entry.check.successes {
+                return;
+            }
+            metadata.remove(CHECK_OUTPUT);
+            tracing::info!(node_id = %outcome.node_id, "health check: UP");
+            NodeUpdate::new().status(NodeStatus::Up)
+        }
+    };
+    let update = match update.metadata(metadata) {
+        Ok(update) => update,
+        Err(error) => {
+            tracing::warn!(node_id = %outcome.node_id, %error, "health check result not recorded");
+            return;
+        }
+    };
+    if let Err(error) = registry.update(&outcome.node_id, update).await {
+        // Gone meanwhile, or the store is down: the next check tries again.
+        tracing::debug!(node_id = %outcome.node_id, %error, "health check result not recorded");
+        entry.failures = entry.failures.min(entry.check.failures.saturating_sub(1));
+        entry.successes = entry.successes.min(entry.check.successes.saturating_sub(1));
+    }
+}
+
+/// A failure description within the metadata value limit.
+fn truncate(text: &str) -> String {
+    text.chars().take(512).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_checks_spread_over_the_interval() {
+        let interval = Duration::from_secs(10);
+        let delays: Vec<Duration> = (0..200).map(|n| spread(&format!("node-{n}"), interval)).collect();
+        assert!(delays.iter().all(|d| *d < interval));
+        let buckets: std::collections::BTreeSet<u128> = delays.iter().map(|d| d.as_millis() / 1000).collect();
+        assert_eq!(buckets.len(), 10, "every tenth of the interval gets some: {buckets:?}");
+        assert_eq!(spread("node-1", interval), spread("node-1", interval), "stable per node");
+    }
+}

@@ -1,0 +1,223 @@
+//! Active health checks against real small HTTP and TCP servers that start failing and recover:
+//! DOWN after the failures, UP after the successes, the reason in the `updated` event, heartbeats
+//! cannot lift a check's verdict, checks stop with the node, and on Redis they run once per fleet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{ServerConfig, TestServer, send};
+
+/// An HTTP server answering `/health` with 200 while healthy and 503 otherwise; counts requests.
+struct Target {
+    address: String,
+    healthy: Arc<AtomicBool>,
+    hits: Arc<AtomicU64>,
+}
+
+async fn target() -> Target {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicU64::new(0));
+    let (state_healthy, state_hits) = (Arc::clone(&healthy), Arc::clone(&hits));
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let (healthy, hits) = (Arc::clone(&state_healthy), Arc::clone(&state_hits));
+            async move {
+                hits.fetch_add(1, Ordering::Relaxed);
+                if healthy.load(Ordering::Relaxed) {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Target { address, healthy, hits }
+}
+
+async fn node(server: &TestServer, id: &str) -> Value {
+    send(server, Method::GET, &format!("/v1/nodes/{id}"), Value::Null).await.1
+}
+
+async fn until_status(server: &TestServer, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let node = node(server, id).await;
+        if node["status"] == status {
+            return node;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never became {status}: {node}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn check(extra: Value) -> Value {
+    let mut check =
+        json!({"type": "http", "intervalMs": 100, "timeoutMs": 50, "failures": 2, "successes": 2});
+    check.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    check
+}
+
+crate::on_both_stores! {
+    async fn an_http_check_sets_down_and_up_with_the_reason(server: TestServer) {
+        let target = target().await;
+        let mut events = crate::sse::SseClient::open(&server.url("/v1/watch")).await;
+        // No target: the instance's health URL (its address + `/health`).
+        let (status, body) = send(&server, Method::PUT, "/v1/nodes/web-1", json!({
+            "address": target.address, "services": [{"name": "web"}], "ttlMs": 60_000,
+            "check": check(json!({})),
+        }))
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["node"]["metadata"]["check.type"], "http", "the check travels with the node");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while target.hits.load(Ordering::Relaxed) < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "the check runs");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(node(&server, "web-1").await["status"], "UP", "passing checks change nothing");
+
+        target.healthy.store(false, Ordering::Relaxed);
+        let down = until_status(&server, "web-1", "DOWN").await;
+        let output = down["metadata"]["check.output"].as_str().unwrap_or_default().to_owned();
+        assert!(output.contains("HTTP 503") && output.contains("/health"), "{down}");
+        // The node's own heartbeat asking for UP cannot lift the verdict; its registration neither.
+        let (status, beat) = send(&server, Method::PUT, "/v1/nodes/web-1/heartbeat", json!({"status": "UP"})).await;
+        assert_eq!((status.as_u16(), beat["status"].as_str()), (200, Some("DOWN")), "{beat}");
+        let (_, again) = send(&server, Method::PUT, "/v1/nodes/web-1", json!({
+            "address": target.address, "services": [{"name": "web"}], "ttlMs": 60_000,
+            "check": check(json!({})),
+        }))
+        .await;
+        assert_eq!(again["node"]["status"], "DOWN", "{again}");
+        assert_eq!(again["node"]["metadata"]["check.output"].as_str(), Some(output.as_str()));
+
+        target.healthy.store(true, Ordering::Relaxed);
+        let up = until_status(&server, "web-1", "UP").await;
+        assert!(up["metadata"].get("check.output").is_none(), "the reason goes with the failure: {up}");
+
+        // The watch saw both changes as `updated` events, the first with the reason.
+        let mut statuses = Vec::new();
+        while statuses.len() < 2 {
+            let event = events.next().await;
+            if event.name == "updated" {
+                let node = &event.data["node"];
+                statuses.push((node["status"].clone(), node["metadata"]["check.output"].is_string()));
+            }
+        }
+        assert_eq!(statuses, [(json!("DOWN"), true), (json!("UP"), false)]);
+
+        // A node that leaves is no longer checked.
+        send(&server, Method::DELETE, "/v1/nodes/web-1", Value::Null).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = target.hits.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(target.hits.load(Ordering::Relaxed), after, "no checks after the node left");
+    }
+
+    async fn a_tcp_check_follows_the_listener(server: TestServer) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepting = tokio::spawn(async move { loop { let _ = listener.accept().await; } });
+        send(&server, Method::PUT, "/v1/nodes/db-1", json!({
+            "address": address, "services": [{"name": "db"}], "ttlMs": 60_000,
+            "check": {"type": "tcp", "intervalMs": 100, "failures": 1, "successes": 1},
+        }))
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(node(&server, "db-1").await["status"], "UP");
+        accepting.abort();
+        let down = until_status(&server, "db-1", "DOWN").await;
+        assert!(down["metadata"]["check.output"].as_str().unwrap_or_default().starts_with("TCP "), "{down}");
+        // Listening again on the same port brings it back.
+        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+        tokio::spawn(async move { loop { let _ = listener.accept().await; } });
+        until_status(&server, "db-1", "UP").await;
+    }
+}
+
+/// Invalid checks are refused with the field named, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_checks_are_refused() {
+    let server = TestServer::memory().await;
+    for (bad, field) in [
+        (json!({"type": "http", "intervalMs": 5}), "intervalMs"),
+        (json!({"type": "http", "target": "ftp://x/"}), "target"),
+        (json!({"type": "tcp", "successes": 0}), "successes"),
+    ] {
+        let (status, body) = send(
+            &server,
+            Method::PUT,
+            "/v1/nodes/n1",
+            json!({
+                "address": "127.0.0.1:1", "services": [{"name": "a"}], "check": bad,
+            }),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains(field), "{body}");
+    }
+    let (status, body) = send(
+        &server,
+        Method::PUT,
+        "/v1/nodes/n1",
+        json!({
+            "address": "127.0.0.1:1", "services": [{"name": "a"}], "check": {"type": "icmp"},
+        }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(send(&server, Method::GET, "/v1/nodes/n1", Value::Null).await.0, 404, "nothing stored");
+}
+
+/// Two servers on one Redis: the checks run in one of them (the sweeper lease holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_checks_run_once_per_fleet() {
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let registry = muster_redis::RedisRegistry::connect_url(&redis.url()).await.unwrap();
+        servers.push(TestServer::start(Arc::new(registry), ServerConfig::default()).await);
+    }
+    let target = target().await;
+    send(
+        &servers[0],
+        Method::PUT,
+        "/v1/nodes/web-1",
+        json!({
+            "address": target.address, "services": [{"name": "web"}], "ttlMs": 60_000,
+            "check": check(json!({})),
+        }),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while target.hits.load(Ordering::Relaxed) < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the check runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut counts = Vec::new();
+    for server in &servers {
+        let text = crate::client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("muster_health_checks_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("the health check counter is exported: {text}"));
+        counts.push(count);
+    }
+    counts.sort_by(f64::total_cmp);
+    assert_eq!(counts[0], 0.0, "one server runs no checks: {counts:?}");
+    assert!(counts[1] >= 10.0, "the other runs them all: {counts:?}");
+    // Failing and recovering through the server that does not run the checks.
+    target.healthy.store(false, Ordering::Relaxed);
+    until_status(&servers[1], "web-1", "DOWN").await;
+    target.healthy.store(true, Ordering::Relaxed);
+    until_status(&servers[1], "web-1", "UP").await;
+}
