@@ -29,6 +29,8 @@ pub struct RegistrationSpec {
     pub retry_delay: Duration,
     /// How many times the delay doubles; a first registration is retried this many times.
     pub max_retries: u32,
+    /// An active health check for the registry to run against the node.
+    pub check: Option<muster_api::check::Check>,
 }
 
 impl RegistrationSpec {
@@ -55,6 +57,7 @@ impl RegistrationSpec {
             heartbeat_interval: config.heartbeat_interval,
             retry_delay: config.retry_delay,
             max_retries: config.max_retries,
+            check: None,
         }
     }
 
@@ -84,7 +87,7 @@ impl RegistrationSpec {
             metadata: self.metadata.clone(),
             status: Some(status),
             ttl_ms: self.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            check: None,
+            check: self.check.clone(),
         }
     }
 

@@ -82,6 +82,13 @@ pub(crate) enum ClientCommand {
         /// Node metadata `key=value`; repeat for several.
         #[arg(long = "meta")]
         metadata: Vec<String>,
+        /// Ask the registry to check the node: `http` (GET of its health URL, `/health` or the
+        /// `health` metadata), an `http(s)://` URL, or `tcp` (a connection to its address).
+        #[arg(long)]
+        check: Option<String>,
+        /// Time between checks.
+        #[arg(long, value_parser = crate::duration, default_value = "10s", requires = "check")]
+        check_interval: Duration,
     },
     /// Remove a node.
     Deregister {
@@ -244,9 +251,20 @@ fn from_store(error: &muster_core::Error, url: &str) -> Failure {
 /// Runs one command; prints errors; returns the exit code.
 pub(crate) async fn run(command: ClientCommand) -> ExitCode {
     let outcome = match command {
-        ClientCommand::Register { server, address, services, id, ttl, interval, metadata } => {
-            register(&server, address, &services, id, ttl, interval, &metadata).await
-        }
+        ClientCommand::Register {
+            server,
+            address,
+            services,
+            id,
+            ttl,
+            interval,
+            metadata,
+            check,
+            check_interval,
+        } => match check.map(|c| check_of(&c, check_interval)).transpose() {
+            Ok(check) => register(&server, address, &services, id, ttl, interval, &metadata, check).await,
+            Err(failure) => Err(failure),
+        },
         ClientCommand::Deregister { server, id } => deregister(&server, &id).await,
         ClientCommand::Nodes { source, all } => nodes(&source, all).await,
         ClientCommand::Services { server } => services(&server).await,
@@ -298,6 +316,32 @@ async fn redis(source: &Source, url: &str, channel: bool) -> Result<muster_redis
     muster_redis::RedisRegistry::connect(config).await.map_err(|e| from_store(&e, url))
 }
 
+/// `--check` as a check definition.
+fn check_of(text: &str, interval: Duration) -> Result<muster_api::check::Check, Failure> {
+    use muster_api::check::{Check, CheckKind};
+    let (kind, target) = match text {
+        "http" => (CheckKind::Http, None),
+        "tcp" => (CheckKind::Tcp, None),
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            (CheckKind::Http, Some(url.to_owned()))
+        }
+        other => {
+            return Err(Failure::usage(format!("--check {other}: expected http, tcp or an http(s):// URL")));
+        }
+    };
+    let check = Check {
+        kind,
+        target,
+        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: None,
+        failures: 3,
+        successes: 2,
+    };
+    check.validate().map_err(|e| Failure::usage(format!("--check: {e}")))?;
+    Ok(check)
+}
+
+#[allow(clippy::too_many_arguments)] // one per command-line setting
 async fn register(
     server: &Server,
     address: String,
@@ -306,8 +350,10 @@ async fn register(
     ttl: Option<Duration>,
     interval: Option<Duration>,
     metadata: &[String],
+    check: Option<muster_api::check::Check>,
 ) -> Result<(), Failure> {
     let mut spec = RegistrationSpec::new(address.clone());
+    spec.check = check;
     for text in services {
         let service = ServiceInfo::parse(text)
             .map_err(|e| Failure::usage(format!("--service {text}: {}", e.message())))?;

@@ -69,7 +69,18 @@ async fn everyday_commands_against_a_server() {
     let (mut node, node_out) = spawn(
         &[
             &["register", "--address", "10.0.0.5:8080", "--service", "users@1.2.0", "--service", "auth"],
-            &["--id", "cli-node", "--ttl", "2s", "--meta", "zone=eu"][..],
+            &[
+                "--id",
+                "cli-node",
+                "--ttl",
+                "2s",
+                "--meta",
+                "zone=eu",
+                "--check",
+                "tcp",
+                "--check-interval",
+                "1h",
+            ][..],
             &registry[..],
         ]
         .concat(),
@@ -96,6 +107,11 @@ async fn everyday_commands_against_a_server() {
     let found: serde_json::Value =
         serde_json::from_slice(&with(&["find", "users@^1", "--json"]).stdout).unwrap();
     assert_eq!(found[0]["metadata"]["zone"], "eu");
+    assert_eq!(
+        (found[0]["metadata"]["check.type"].as_str(), found[0]["metadata"]["check.interval-ms"].as_str()),
+        (Some("tcp"), Some("3600000")),
+        "--check travels with the registration"
+    );
 
     let nodes: serde_json::Value = serde_json::from_slice(&with(&["nodes", "--json"]).stdout).unwrap();
     assert_eq!(nodes["nodes"][0]["nodeId"], "cli-node");
@@ -167,6 +183,18 @@ fn errors_say_what_to_do_and_exit_codes_hold() {
         vec!["find", "users", "--version", "1", "--version-req", "^1"],
         vec!["register", "--address", "10.0.0.1:80"],
         vec!["register", "--address", "10.0.0.1:80", "--service", "users", "--meta", "novalue"],
+        vec!["register", "--address", "10.0.0.1:80", "--service", "users", "--check", "ping"],
+        vec![
+            "register",
+            "--address",
+            "10.0.0.1:80",
+            "--service",
+            "users",
+            "--check",
+            "tcp",
+            "--check-interval",
+            "5ms",
+        ],
         vec!["nodes", "--registry", "localhost:3100"],
         vec!["watch", "--service", "no spaces"],
     ] {
