@@ -442,7 +442,7 @@ pub(crate) async fn authenticate(
 ) -> Response {
     let acl = &state.inner.acl;
     let path = request.uri().path();
-    if path == "/health" || path == "/ready" {
+    if matches!(path, "/health" | "/ready" | "/ui" | "/ui/" | "/") {
         return next.run(request).await;
     }
     let limiter = state.inner.limiter.as_ref();

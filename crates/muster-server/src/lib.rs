@@ -225,6 +225,24 @@ impl AppState {
     }
 }
 
+/// The dashboard: one page, every asset inside it (no network beyond this server). Public under
+/// access control: the page holds no data; what it shows comes from the API with the token typed
+/// into it.
+async fn ui() -> impl axum::response::IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                 base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("ui/index.html"),
+    )
+}
+
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let origins: Vec<HeaderValue> =
@@ -254,6 +272,9 @@ pub fn router(state: AppState) -> Router {
         .route("/services", get(compat::services))
         .route("/services/{name}/instances", delete(compat::remove_instance))
         .route("/stats", get(compat::stats))
+        .route("/ui", get(ui))
+        .route("/ui/", get(ui))
+        .route("/", get(|| async { axum::response::Redirect::temporary("/ui") }))
         .route("/health", get(compat::health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))

@@ -9,6 +9,7 @@ mod hostile;
 mod promises;
 mod sse;
 mod tls;
+mod ui;
 mod v1;
 
 use std::sync::Arc;
