@@ -57,6 +57,8 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
     checks_run: Counter,
 ) {
+    // HTTPS checks use rustls with ring, as the server's own TLS does (installing twice is harmless).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build() {
         Ok(http) => http,
         Err(error) => {

@@ -585,3 +585,93 @@ async fn call_and_describe_netron_peers() {
     let _ = server.wait();
     peer.stop().await;
 }
+
+/// The newcomer's walk: `muster serve --dns`, `muster register`; the node answers in DNS and on
+/// the dashboard's data; the register process is killed and the node leaves both by its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_node_shows_in_dns_and_leaves_when_killed() {
+    let dns_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dns = format!("127.0.0.1:{dns_port}");
+    let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0", "--dns", dns.as_str()], &[]);
+    muster_client::install_tls_provider();
+    let page = reqwest::get(format!("{base}/ui")).await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await.unwrap().contains("<title>Muster</title>"), "the dashboard is served");
+    let dig = || {
+        let output = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &dns_port.to_string(),
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "shop.service.muster.",
+            ])
+            .output()
+            .expect("dig runs (Debian package dnsutils)");
+        text(&output.stdout)
+    };
+    let (mut node, out) = spawn(&[
+        "register",
+        "--address",
+        "10.9.8.7:80",
+        "--service",
+        "shop@1.0.0",
+        "--ttl",
+        "1s",
+        "--registry",
+        &base,
+    ]);
+    next_line(&out, "register's first line");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dig().trim() != "10.9.8.7" {
+        assert!(tokio::time::Instant::now() < deadline, "the node answers in DNS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !dig().trim().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the killed node leaves DNS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nodes: serde_json::Value =
+        reqwest::get(format!("{base}/v1/nodes")).await.unwrap().json().await.unwrap();
+    assert_eq!(nodes["nodes"], serde_json::json!([]), "and the registry (what the dashboard shows)");
+
+    // The binary runs health checks: a node nothing listens for is set DOWN.
+    let (mut dead, out) = spawn(&[
+        "register",
+        "--address",
+        "127.0.0.1:1",
+        "--service",
+        "dead",
+        "--id",
+        "dead-1",
+        "--check",
+        "tcp",
+        "--check-interval",
+        "100ms",
+        "--registry",
+        &base,
+    ]);
+    next_line(&out, "register's first line");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let node: serde_json::Value =
+            reqwest::get(format!("{base}/v1/nodes/dead-1")).await.unwrap().json().await.unwrap();
+        if node["status"] == "DOWN" {
+            assert!(
+                node["metadata"]["check.output"].as_str().is_some_and(|o| o.contains("127.0.0.1:1")),
+                "{node}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the check sets it DOWN: {node}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = dead.kill();
+    let _ = server.kill();
+    let _ = server.wait();
+}
