@@ -29,23 +29,32 @@ pub struct Check {
     /// `http` or `tcp`.
     #[serde(rename = "type")]
     pub kind: CheckKind,
-    /// The URL (`http`) or `host:port` (`tcp`). Default: the instance's health URL
-    /// (`http://<address><health metadata, default /health>`) or the node's address.
+    /// The `host:port` to check (IPv6 in brackets). Default: the node's address.
     #[serde(default)]
     pub target: Option<String>,
-    /// Time between checks in milliseconds (100 ms to 1 h; default 10 s).
-    #[serde(default = "default_interval")]
-    pub interval_ms: u64,
-    /// How long one check may take in milliseconds (10 ms up to the interval; default 2 s or the
-    /// interval when shorter).
+    /// `http` only: the path to GET (from `/`). Default: the node's `health` metadata, else
+    /// `/health` (the instance's health URL).
     #[serde(default)]
+    pub path: Option<String>,
+    /// Time between checks in milliseconds (100 ms to 1 h; default 10 s).
+    #[serde(default = "default_interval", deserialize_with = "whole")]
+    pub interval_ms: u64,
+    /// How long one check may take in milliseconds (10 ms to 1 h; default 2 s; never more than
+    /// the interval).
+    #[serde(default, deserialize_with = "muster_core::schema::optional_whole")]
     pub timeout_ms: Option<u64>,
     /// Failures in a row that set the node `DOWN` (1-100; default 3).
-    #[serde(default = "default_failures")]
+    #[serde(default = "default_failures", deserialize_with = "whole")]
     pub failures: u32,
     /// Successes in a row that bring it back `UP` (1-100; default 2).
-    #[serde(default = "default_successes")]
+    #[serde(default = "default_successes", deserialize_with = "whole")]
     pub successes: u32,
+}
+
+/// A whole number that JSON may write as `7` or `7.0`.
+fn whole<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(deserializer: D) -> Result<T, D::Error> {
+    muster_core::schema::optional_whole(deserializer)?
+        .ok_or_else(|| serde::de::Error::custom("expected a whole number, got null"))
 }
 
 fn default_interval() -> u64 {
@@ -75,24 +84,25 @@ impl Check {
             return Err(format!("check.intervalMs: {} is outside 100..=3600000", self.interval_ms));
         }
         if let Some(timeout) = self.timeout_ms
-            && !(10..=self.interval_ms).contains(&timeout)
+            && !(10..=3_600_000).contains(&timeout)
         {
-            return Err(format!("check.timeoutMs: {timeout} is outside 10..=intervalMs"));
+            return Err(format!("check.timeoutMs: {timeout} is outside 10..=3600000"));
         }
         for (field, n) in [("failures", self.failures), ("successes", self.successes)] {
             if !(1..=100).contains(&n) {
                 return Err(format!("check.{field}: {n} is outside 1..=100"));
             }
         }
-        match (&self.kind, &self.target) {
-            (CheckKind::Http, Some(url)) => {
-                http_host(url).ok_or_else(|| format!("check.target: {url:?} is not an http(s) URL"))?;
-            }
-            (CheckKind::Tcp, Some(address)) => {
-                muster_core::Address::parse(address.as_str())
-                    .map_err(|e| format!("check.target: {}", e.message()))?;
-            }
-            (_, None) => {}
+        if let Some(address) = &self.target {
+            muster_core::Address::parse(address.as_str())
+                .map_err(|e| format!("check.target: {}", e.message()))?;
+        }
+        if let Some(path) = &self.path
+            && !valid_path(path)
+        {
+            return Err(format!(
+                "check.path: {path:?} must start with / and be at most {MAX_PATH} printable characters without spaces"
+            ));
         }
         Ok(())
     }
@@ -107,6 +117,9 @@ impl Check {
         metadata.insert("check.type".into(), kind.into());
         if let Some(target) = &self.target {
             metadata.insert("check.target".into(), target.clone());
+        }
+        if let Some(path) = &self.path {
+            metadata.insert("check.path".into(), path.clone());
         }
         metadata.insert("check.interval-ms".into(), self.interval_ms.to_string());
         if let Some(timeout) = self.timeout_ms {
@@ -131,6 +144,7 @@ impl Check {
         let check = Self {
             kind,
             target: metadata.get("check.target").cloned(),
+            path: metadata.get("check.path").cloned(),
             interval_ms: number("check.interval-ms").unwrap_or(Some(default_interval()))?,
             timeout_ms,
             failures: u32::try_from(number("check.failures").unwrap_or(Some(3))?).ok()?,
@@ -140,11 +154,14 @@ impl Check {
     }
 }
 
-/// `http://` or `https://` followed by a host: enough to refuse what a GET could never reach.
-fn http_host(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
-    let host = rest.split(['/', '?', '#']).next()?;
-    (!host.is_empty() && !host.contains(char::is_whitespace)).then_some(host)
+/// Longest check path.
+pub const MAX_PATH: usize = 1000;
+
+/// The JSON Schema pattern of [`Check::path`].
+pub const PATH_PATTERN: &str = "^/[!-~]{0,999}$";
+
+fn valid_path(path: &str) -> bool {
+    path.starts_with('/') && path.len() <= MAX_PATH && path.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]
@@ -153,7 +170,10 @@ mod tests {
 
     #[test]
     fn checks_round_trip_through_metadata_and_bad_ones_are_named() {
-        let check: Check = serde_json::from_str(r#"{"type":"http","intervalMs":500,"failures":2}"#).unwrap();
+        let check: Check = serde_json::from_str(
+            r#"{"type":"http","intervalMs":500,"failures":2,"timeoutMs":20000,"path":"/ready?x=1"}"#,
+        )
+        .unwrap();
         assert_eq!((check.successes, check.timeout()), (2, std::time::Duration::from_millis(500)));
         let mut metadata = Metadata::from([("zone".into(), "a".into()), ("check.old".into(), "x".into())]);
         check.write_to(&mut metadata);
@@ -162,15 +182,21 @@ mod tests {
         assert!(!metadata.contains_key("check.old"));
         for (bad, field) in [
             (r#"{"type":"http","intervalMs":50}"#, "intervalMs"),
-            (r#"{"type":"http","timeoutMs":20000}"#, "timeoutMs"),
+            (r#"{"type":"http","timeoutMs":5}"#, "timeoutMs"),
+            (r#"{"type":"http","path":"health"}"#, "path"),
+            (r#"{"type":"http","path":"/a b"}"#, "path"),
             (r#"{"type":"tcp","failures":0}"#, "failures"),
-            (r#"{"type":"http","target":"ftp://x"}"#, "target"),
+            (r#"{"type":"http","target":"http://x/"}"#, "target"),
             (r#"{"type":"tcp","target":"nohost"}"#, "target"),
         ] {
             let check: Check = serde_json::from_str(bad).unwrap();
             assert!(check.validate().unwrap_err().contains(field), "{bad}");
         }
         assert!(serde_json::from_str::<Check>(r#"{"type":"udp"}"#).is_err());
+        let floats: Check =
+            serde_json::from_str(r#"{"type":"tcp","intervalMs":500.0,"successes":1.0}"#).unwrap();
+        assert_eq!((floats.interval_ms, floats.successes), (500, 1), "whole numbers written as floats");
+        assert!(serde_json::from_str::<Check>(r#"{"type":"tcp","failures":1.5}"#).is_err());
         let garbled =
             Metadata::from([("check.type".into(), "http".into()), ("check.failures".into(), "x".into())]);
         assert_eq!(Check::read_from(&garbled), None);

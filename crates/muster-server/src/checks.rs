@@ -126,15 +126,21 @@ pub(crate) async fn run(
     }
 }
 
-/// Where the check goes: its target, else the instance's health URL or the node's address.
+/// Where the check goes: the URL of an HTTP check (its target or the node's address, its path or
+/// the node's `health` metadata or `/health`: the instance's health URL), or the address of a TCP one.
 fn target_of(node: &NodeInfo, check: &Check) -> String {
-    match (&check.target, check.kind) {
-        (Some(target), _) => target.clone(),
-        (None, CheckKind::Http) => {
-            let path = node.metadata.get("health").map_or("/health", String::as_str);
-            format!("http://{}{path}", node.address)
+    let address = check.target.clone().unwrap_or_else(|| node.address.to_string());
+    match check.kind {
+        CheckKind::Http => {
+            let path = check
+                .path
+                .as_deref()
+                .or(node.metadata.get("health").map(String::as_str))
+                .unwrap_or("/health");
+            let path = if path.starts_with('/') { path } else { "/health" };
+            format!("http://{address}{path}")
         }
-        (None, CheckKind::Tcp) => node.address.to_string(),
+        CheckKind::Tcp => address,
     }
 }
 

@@ -85,7 +85,8 @@ fn tighten(document: &mut Value) {
     merge(
         document,
         &format!("{schemas}/ServiceInfo/properties/weight"),
-        json!({"minimum": 0, "maximum": u32::MAX}),
+        // u32: `int32` would tell clients 2^31 and above are invalid.
+        json!({"minimum": 0, "maximum": u32::MAX, "format": "int64"}),
     );
     // As written in requests: no other fields (reads stay open to what Titan peers store).
     let mut entry = document.pointer(&format!("{schemas}/ServiceInfo")).cloned().unwrap_or_default();
@@ -93,6 +94,30 @@ fn tighten(document: &mut Value) {
     set_new(document, schemas, "ServiceEntry", entry);
     let address = json!({"pattern": schema::address()});
     merge(document, &format!("{schemas}/RegisterRequest/properties/address"), address.clone());
+    // Health checks: the ranges and forms `Check::validate` applies.
+    merge(document, &format!("{schemas}/Check/properties/target"), address.clone());
+    merge(
+        document,
+        &format!("{schemas}/Check/properties/path"),
+        json!({"pattern": muster_api::check::PATH_PATTERN}),
+    );
+    merge(
+        document,
+        &format!("{schemas}/Check/properties/intervalMs"),
+        json!({"minimum": 100, "maximum": 3_600_000}),
+    );
+    merge(
+        document,
+        &format!("{schemas}/Check/properties/timeoutMs"),
+        json!({"minimum": 10, "maximum": 3_600_000}),
+    );
+    for field in ["failures", "successes"] {
+        merge(
+            document,
+            &format!("{schemas}/Check/properties/{field}"),
+            json!({"minimum": 1, "maximum": 100}),
+        );
+    }
     set(document, &format!("{schemas}/RegisterRequest/properties/services"), services_schema(false));
     merge(
         document,

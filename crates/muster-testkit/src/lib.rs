@@ -11,6 +11,9 @@
 pub mod certs;
 pub mod conformance;
 pub mod faults;
+pub mod harness;
+pub mod history;
+pub mod proxy;
 pub mod redis_server;
 pub mod titan;
 

@@ -83,7 +83,7 @@ pub(crate) enum ClientCommand {
         #[arg(long = "meta")]
         metadata: Vec<String>,
         /// Ask the registry to check the node: `http` (GET of its health URL, `/health` or the
-        /// `health` metadata), an `http(s)://` URL, or `tcp` (a connection to its address).
+        /// `health` metadata), an `http://host:port/path` URL, or `tcp` (a connection to its address).
         #[arg(long)]
         check: Option<String>,
         /// Time between checks.
@@ -319,19 +319,25 @@ async fn redis(source: &Source, url: &str, channel: bool) -> Result<muster_redis
 /// `--check` as a check definition.
 fn check_of(text: &str, interval: Duration) -> Result<muster_api::check::Check, Failure> {
     use muster_api::check::{Check, CheckKind};
-    let (kind, target) = match text {
-        "http" => (CheckKind::Http, None),
-        "tcp" => (CheckKind::Tcp, None),
-        url if url.starts_with("http://") || url.starts_with("https://") => {
-            (CheckKind::Http, Some(url.to_owned()))
+    let (kind, target, path) = match text {
+        "http" => (CheckKind::Http, None, None),
+        "tcp" => (CheckKind::Tcp, None, None),
+        url if url.starts_with("http://") => {
+            let rest = &url["http://".len()..];
+            let (target, path) =
+                rest.find('/').map_or((rest, None), |i| (&rest[..i], Some(rest[i..].to_owned())));
+            (CheckKind::Http, Some(target.to_owned()), path)
         }
         other => {
-            return Err(Failure::usage(format!("--check {other}: expected http, tcp or an http(s):// URL")));
+            return Err(Failure::usage(format!(
+                "--check {other}: expected http, tcp or an http://host:port/path URL"
+            )));
         }
     };
     let check = Check {
         kind,
         target,
+        path,
         interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
         timeout_ms: None,
         failures: 3,

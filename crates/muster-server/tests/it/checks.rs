@@ -149,7 +149,8 @@ async fn bad_checks_are_refused() {
     let server = TestServer::memory().await;
     for (bad, field) in [
         (json!({"type": "http", "intervalMs": 5}), "intervalMs"),
-        (json!({"type": "http", "target": "ftp://x/"}), "target"),
+        (json!({"type": "http", "target": "http://x/"}), "target"),
+        (json!({"type": "http", "path": "health"}), "path"),
         (json!({"type": "tcp", "successes": 0}), "successes"),
     ] {
         let (status, body) = send(

@@ -5,6 +5,7 @@ mod acl;
 mod checks;
 mod compat;
 mod dns;
+mod history;
 mod hostile;
 mod promises;
 mod sse;

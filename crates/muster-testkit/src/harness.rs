@@ -1,0 +1,287 @@
+//! The workload of the fault runs: concurrent clients registering, heartbeating, deregistering
+//! and abandoning nodes (a crash without deregistration) on any of a fleet's `muster serve`
+//! processes, and SSE watchers that resume on another server when theirs fails — everything
+//! recorded as a [`History`] for the checker. Faults are the caller's: it injects them while the
+//! workload runs and marks their windows with [`Harness::fault`].
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use muster_client::{Client, ClientConfig, RegistrationSpec, WatchOptions};
+use muster_core::{NodeStatus, Revision, WatchEvent};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{History, Op, OpKind, Seen, WatchLog, now_ms};
+
+/// What the clients and watchers do.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Seeds every random choice (printed by the runs so a failure can be replayed).
+    pub seed: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Nodes each client owns (a node is only ever touched by its client, one operation at a time).
+    pub nodes_per_client: usize,
+    /// SSE watchers.
+    pub watchers: usize,
+    /// The nodes' TTL; nodes heartbeat about four times per TTL.
+    pub ttl: Duration,
+}
+
+/// A running workload.
+pub struct Harness {
+    servers: Vec<String>,
+    ops: Arc<Mutex<Vec<Op>>>,
+    watches: Vec<Arc<Mutex<WatchLog>>>,
+    faults: Arc<Mutex<Vec<(u64, u64)>>>,
+    stop_clients: CancellationToken,
+    stop_watchers: CancellationToken,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+    workload: Workload,
+}
+
+/// Marks a fault window until dropped.
+pub struct FaultWindow {
+    started: u64,
+    faults: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl Drop for FaultWindow {
+    fn drop(&mut self) {
+        lock(&self.faults).push((self.started, now_ms()));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn client_of(base: &str) -> Client {
+    let config = ClientConfig {
+        registry_url: base.to_owned(),
+        request_timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    Client::with_config(config).expect("a client for a loopback URL")
+}
+
+impl Harness {
+    /// Starts the clients and watchers against `servers` (base URLs).
+    pub fn start(servers: Vec<String>, workload: Workload) -> Self {
+        muster_client::install_tls_provider();
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let stop_clients = CancellationToken::new();
+        let stop_watchers = CancellationToken::new();
+        let mut watches = Vec::new();
+        let mut watchers = Vec::new();
+        for n in 0..workload.watchers {
+            let log = Arc::new(Mutex::new(WatchLog { name: format!("watcher-{n}"), seen: Vec::new() }));
+            watches.push(Arc::clone(&log));
+            let rng = StdRng::seed_from_u64(workload.seed.wrapping_add(1_000 + n as u64));
+            watchers.push(tokio::spawn(watch(servers.clone(), log, rng, stop_watchers.clone())));
+        }
+        let clients = (0..workload.clients)
+            .map(|n| {
+                let rng = StdRng::seed_from_u64(workload.seed.wrapping_add(n as u64));
+                let nodes: Vec<String> =
+                    (0..workload.nodes_per_client).map(|i| format!("s{}-c{n}-n{i}", workload.seed)).collect();
+                tokio::spawn(client(
+                    servers.clone(),
+                    nodes,
+                    workload.ttl,
+                    rng,
+                    Arc::clone(&ops),
+                    stop_clients.clone(),
+                ))
+            })
+            .collect();
+        Self {
+            servers,
+            ops,
+            watches,
+            faults: Arc::new(Mutex::new(Vec::new())),
+            stop_clients,
+            stop_watchers,
+            clients,
+            watchers,
+            workload,
+        }
+    }
+
+    /// True once an operation on `node` was acknowledged.
+    pub fn acknowledged(&self, node: &str) -> bool {
+        lock(&self.ops).iter().any(|op| op.node == node && op.acked_ms.is_some())
+    }
+
+    /// Marks a fault from now until the returned guard drops.
+    pub fn fault(&self) -> FaultWindow {
+        FaultWindow { started: now_ms(), faults: Arc::clone(&self.faults) }
+    }
+
+    /// Stops the clients, reads the final state from the first server that answers, lets the
+    /// watchers catch up with it (bounded), and returns the history.
+    pub async fn finish(mut self, expiry_bound: Duration) -> History {
+        self.stop_clients.cancel();
+        for client in std::mem::take(&mut self.clients) {
+            let _ = client.await;
+        }
+        let (final_nodes, final_revision) = self.final_state().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::time::Instant::now() < deadline {
+            let behind =
+                self.watches.iter().any(|w| last_revision(&lock(w)).is_none_or(|r| r < final_revision));
+            if !behind {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop_watchers.cancel();
+        for watcher in std::mem::take(&mut self.watchers) {
+            let _ = watcher.await;
+        }
+        History {
+            ops: std::mem::take(&mut *lock(&self.ops)),
+            watches: self.watches.iter().map(|w| lock(w).clone()).collect(),
+            ttl_ms: u64::try_from(self.workload.ttl.as_millis()).unwrap_or(u64::MAX),
+            expiry_bound_ms: u64::try_from(expiry_bound.as_millis()).unwrap_or(u64::MAX),
+            faults: std::mem::take(&mut *lock(&self.faults)),
+            final_nodes,
+            final_revision,
+        }
+    }
+
+    async fn final_state(&self) -> (BTreeSet<String>, u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for base in &self.servers {
+                if let Ok(list) = client_of(base).nodes(false).await {
+                    return (list.nodes.iter().map(|n| n.node_id.to_string()).collect(), list.revision.0);
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no server answered for the final state");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn last_revision(log: &WatchLog) -> Option<u64> {
+    log.seen.iter().rev().find_map(|seen| match seen {
+        Seen::Snapshot { revision, .. } | Seen::Event { revision, .. } => Some(*revision),
+        Seen::Broken => None,
+    })
+}
+
+/// What a client believes about one of its nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Belief {
+    Absent,
+    Registered,
+}
+
+async fn client(
+    servers: Vec<String>,
+    nodes: Vec<String>,
+    ttl: Duration,
+    mut rng: StdRng,
+    ops: Arc<Mutex<Vec<Op>>>,
+    stop: CancellationToken,
+) {
+    let clients: Vec<Client> = servers.iter().map(|s| client_of(s)).collect();
+    let mut beliefs = vec![Belief::Absent; nodes.len()];
+    // Each node heartbeats about four times per TTL.
+    let pause = ttl / 4 / u32::try_from(nodes.len().max(1)).unwrap_or(1);
+    while !stop.is_cancelled() {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.cancelled() => return,
+        }
+        let index = rng.random_range(0..nodes.len());
+        let node = &nodes[index];
+        let client = &clients[rng.random_range(0..clients.len())];
+        let roll: u32 = rng.random_range(0..100);
+        let kind = match beliefs[index] {
+            Belief::Absent => OpKind::Register,
+            Belief::Registered if roll < 4 => OpKind::Deregister,
+            Belief::Registered if roll < 8 => {
+                // A crash: the node is abandoned without a word and expires.
+                beliefs[index] = Belief::Absent;
+                continue;
+            }
+            Belief::Registered if roll < 12 => OpKind::Register,
+            Belief::Registered => OpKind::Heartbeat,
+        };
+        let sent_ms = now_ms();
+        let outcome = match kind {
+            OpKind::Register => {
+                let spec = RegistrationSpec {
+                    ttl: Some(ttl),
+                    ..RegistrationSpec::new(format!("10.0.{}.{}:80", index / 250, index % 250))
+                        .service("svc", Some("1.0.0"))
+                        .id(node.clone())
+                };
+                client.register_once(&spec, NodeStatus::Up).await.map(drop)
+            }
+            OpKind::Heartbeat => client.heartbeat(node, NodeStatus::Up).await,
+            OpKind::Deregister => client.deregister(node).await.map(drop),
+        };
+        let acked_ms = outcome.as_ref().ok().map(|()| now_ms());
+        match (&outcome, kind) {
+            (Ok(()), OpKind::Deregister) => beliefs[index] = Belief::Absent,
+            (Ok(()), _) => beliefs[index] = Belief::Registered,
+            // Expired meanwhile (the registry said so): register again next time.
+            (Err(error), OpKind::Heartbeat) if error.is_not_found() => beliefs[index] = Belief::Absent,
+            (Err(_), _) => {}
+        }
+        lock(&ops).push(Op { node: node.clone(), kind, sent_ms, acked_ms });
+    }
+}
+
+async fn watch(servers: Vec<String>, log: Arc<Mutex<WatchLog>>, mut rng: StdRng, stop: CancellationToken) {
+    let mut after: Option<Revision> = None;
+    while !stop.is_cancelled() {
+        let client = client_of(&servers[rng.random_range(0..servers.len())]);
+        let options = WatchOptions { service: None, after, snapshot: after.is_none() };
+        let opened = tokio::select! {
+            opened = client.watch(&options) => opened,
+            () = stop.cancelled() => return,
+        };
+        let Ok(mut stream) = opened else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = stop.cancelled() => return,
+            };
+            match item {
+                Some(Ok(WatchEvent::Resync(snapshot))) => {
+                    after = Some(snapshot.revision);
+                    let nodes = snapshot.nodes.iter().map(|n| n.node_id.to_string()).collect();
+                    lock(&log).seen.push(Seen::Snapshot { revision: snapshot.revision.0, nodes });
+                }
+                Some(Ok(WatchEvent::Event(event))) => {
+                    after = Some(event.revision);
+                    lock(&log).seen.push(Seen::Event {
+                        revision: event.revision.0,
+                        kind: event.kind.as_str().to_owned(),
+                        node: event.node.node_id.to_string(),
+                        reason: event.reason.map(|r| r.as_str().to_owned()),
+                        at_ms: event.timestamp_ms,
+                    });
+                }
+                Some(Ok(WatchEvent::Peer(_))) => {}
+                Some(Err(_)) | None => {
+                    lock(&log).seen.push(Seen::Broken);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! A history checker: what clients did (operations with their start and acknowledgement times)
+//! and what watchers saw (snapshots and events with revisions), checked against Muster's promises.
+//!
+//! Times are wall-clock milliseconds since the Unix epoch, the clock the store stamps events with
+//! (every process of a run is on one machine). The invariants:
+//!
+//! 1. **order** — within a watcher's connection span (from a snapshot to the next one), revisions
+//!    strictly increase;
+//! 2. **agreement** — two watchers that saw the same revision saw the same change;
+//! 3. **gap-free** — a watcher's span from a snapshot at revision R to its last event L holds
+//!    every revision in (R, L] that any watcher saw;
+//! 4. **replay** — replaying a watcher's last snapshot and the events after it gives the final
+//!    state;
+//! 5. **acknowledged registrations** — a node whose last acknowledged operation registered or
+//!    heartbeated it is in the final state, or a watcher saw it leave after that operation began;
+//! 6. **acknowledged deregistrations** — a node whose last operation was an acknowledged
+//!    deregistration is not in the final state;
+//! 7. **expiry timing** — an expiry comes no earlier than the TTL after the last acknowledged
+//!    heartbeat was sent, and (outside fault windows, with no unacknowledged operation since) no
+//!    later than that heartbeat's acknowledgement plus the TTL plus the stated bound.
+//!
+//! A violation carries the part of the history that shows it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Now, in milliseconds since the Unix epoch (the clock the stores stamp events with).
+pub use muster_core::time::now_ms;
+
+/// A watcher's span: the snapshot's revision and nodes, and the events after it.
+type Span<'a> = (u64, BTreeSet<String>, Vec<(u64, &'a str, &'a str)>);
+
+/// What a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A registration (creates or refreshes with its values).
+    Register,
+    /// A heartbeat of a registered node.
+    Heartbeat,
+    /// A deregistration.
+    Deregister,
+}
+
+/// One client operation on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// The node.
+    pub node: String,
+    /// What was asked.
+    pub kind: OpKind,
+    /// When the request was sent.
+    pub sent_ms: u64,
+    /// When the success answer arrived; `None` when it failed or never answered (it may or may not
+    /// have taken effect).
+    pub acked_ms: Option<u64>,
+}
+
+/// What a watcher saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A snapshot: the active nodes at a revision.
+    Snapshot {
+        /// Its revision.
+        revision: u64,
+        /// The node ids.
+        nodes: BTreeSet<String>,
+    },
+    /// One change.
+    Event {
+        /// Its revision.
+        revision: u64,
+        /// `registered`, `updated` or `deregistered`.
+        kind: String,
+        /// The node.
+        node: String,
+        /// Why it left (`expired`, `graceful`, ...), for a deregistration.
+        reason: Option<String>,
+        /// The store's timestamp of the change.
+        at_ms: u64,
+    },
+    /// The connection broke; the watcher resumes from its last revision.
+    Broken,
+}
+
+/// A watcher's observations in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchLog {
+    /// A name for messages.
+    pub name: String,
+    /// What it saw.
+    pub seen: Vec<Seen>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Every operation of every client.
+    pub ops: Vec<Op>,
+    /// Every watcher.
+    pub watches: Vec<WatchLog>,
+    /// The nodes' TTL.
+    pub ttl_ms: u64,
+    /// How late an expiry may come after the TTL once the store is reachable.
+    pub expiry_bound_ms: u64,
+    /// Faults, `[start, end]`: expiry upper bounds are not checked across them.
+    pub faults: Vec<(u64, u64)>,
+    /// The active nodes at the end (read after the clients stopped) and the revision they reflect.
+    pub final_nodes: BTreeSet<String>,
+    /// The revision of `final_nodes`.
+    pub final_revision: u64,
+}
+
+/// A broken promise and the history that shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant (see the module documentation).
+    pub invariant: &'static str,
+    /// What is wrong.
+    pub detail: String,
+    /// The operations and observations that show it, in order.
+    pub evidence: Vec<String>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "violation of {}: {}", self.invariant, self.detail)?;
+        for line in &self.evidence {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl History {
+    /// Checks every invariant; all violations found, the first of each kind per node or watcher.
+    pub fn check(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let by_revision = self.check_watches(&mut violations);
+        self.check_nodes(&by_revision, &mut violations);
+        violations
+    }
+
+    /// Invariants 1-4. Returns every event seen, by revision.
+    fn check_watches(&self, violations: &mut Vec<Violation>) -> BTreeMap<u64, (String, String)> {
+        let mut by_revision: BTreeMap<u64, (String, String)> = BTreeMap::new();
+        let mut first_seen: BTreeMap<u64, String> = BTreeMap::new();
+        for watch in &self.watches {
+            for seen in &watch.seen {
+                if let Seen::Event { revision, kind, node, .. } = seen {
+                    match by_revision.get(revision) {
+                        Some((k, n)) if k != kind || n != node => violations.push(Violation {
+                            invariant: "agreement",
+                            detail: format!(
+                                "revision {revision} is `{kind} {node}` to {} but `{k} {n}` to {}",
+                                watch.name, first_seen[revision]
+                            ),
+                            evidence: vec![
+                                format!("{}: {kind} {node} @{revision}", watch.name),
+                                format!("{}: {k} {n} @{revision}", first_seen[revision]),
+                            ],
+                        }),
+                        Some(_) => {}
+                        None => {
+                            by_revision.insert(*revision, (kind.clone(), node.clone()));
+                            first_seen.insert(*revision, watch.name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for watch in &self.watches {
+            self.check_watch(watch, &by_revision, violations);
+        }
+        by_revision
+    }
+
+    fn check_watch(
+        &self,
+        watch: &WatchLog,
+        all: &BTreeMap<u64, (String, String)>,
+        violations: &mut Vec<Violation>,
+    ) {
+        // Spans: a snapshot and the events after it (across broken connections, which resume).
+        let mut spans: Vec<Span<'_>> = Vec::new();
+        for seen in &watch.seen {
+            match seen {
+                Seen::Snapshot { revision, nodes } => spans.push((*revision, nodes.clone(), Vec::new())),
+                Seen::Event { revision, kind, node, .. } => match spans.last_mut() {
+                    Some(span) => span.2.push((*revision, kind, node)),
+                    None => violations.push(Violation {
+                        invariant: "order",
+                        detail: format!("{} saw an event before any snapshot", watch.name),
+                        evidence: vec![format!("{}: {kind} {node} @{revision}", watch.name)],
+                    }),
+                },
+                Seen::Broken => {}
+            }
+        }
+        for (start, nodes, events) in &spans {
+            let mut last = *start;
+            for (revision, kind, node) in events {
+                if *revision <= last {
+                    violations.push(Violation {
+                        invariant: "order",
+                        detail: format!("{} saw revision {revision} after {last}", watch.name),
+                        evidence: vec![
+                            format!("{}: snapshot @{start}", watch.name),
+                            format!("{}: {kind} {node} @{revision}", watch.name),
+                        ],
+                    });
+                    return;
+                }
+                last = *revision;
+            }
+            let mine: BTreeSet<u64> = events.iter().map(|e| e.0).collect();
+            if let Some((missing, (kind, node))) =
+                all.range(start + 1..=last).find(|(r, _)| !mine.contains(r))
+            {
+                violations.push(Violation {
+                    invariant: "gap-free",
+                    detail: format!(
+                        "{} went from snapshot @{start} to @{last} without revision {missing}",
+                        watch.name
+                    ),
+                    evidence: vec![
+                        format!("{}: snapshot @{start} ({} nodes)", watch.name, nodes.len()),
+                        format!("another watcher: {kind} {node} @{missing}"),
+                        format!("{}: last event @{last}", watch.name),
+                    ],
+                });
+                return;
+            }
+        }
+        // Replay of the last span gives the final state, when the watcher has reached it.
+        if let Some((start, nodes, events)) = spans.last() {
+            let reached = events.last().map_or(*start, |e| e.0);
+            if reached < self.final_revision {
+                return;
+            }
+            let mut state = nodes.clone();
+            for (revision, kind, node) in events.iter().filter(|e| e.0 <= self.final_revision) {
+                let _ = revision;
+                match *kind {
+                    "deregistered" => {
+                        state.remove(*node);
+                    }
+                    _ => {
+                        state.insert((*node).to_owned());
+                    }
+                }
+            }
+            if state != self.final_nodes {
+                let extra: Vec<_> = state.difference(&self.final_nodes).collect();
+                let lost: Vec<_> = self.final_nodes.difference(&state).collect();
+                violations.push(Violation {
+                    invariant: "replay",
+                    detail: format!(
+                        "{}'s replay differs from the final state: extra {extra:?}, missing {lost:?}",
+                        watch.name
+                    ),
+                    evidence: std::iter::once(format!("{}: snapshot @{start} {nodes:?}", watch.name))
+                        .chain(
+                            events
+                                .iter()
+                                .filter(|e| extra.iter().chain(&lost).any(|n| *n == e.2))
+                                .map(|(r, k, n)| format!("{}: {k} {n} @{r}", watch.name)),
+                        )
+                        .chain(std::iter::once(format!(
+                            "final state @{}: {:?}",
+                            self.final_revision, self.final_nodes
+                        )))
+                        .collect(),
+                });
+            }
+        }
+    }
+
+    /// Invariants 5-7.
+    fn check_nodes(&self, all: &BTreeMap<u64, (String, String)>, violations: &mut Vec<Violation>) {
+        let mut ops: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+        for op in &self.ops {
+            ops.entry(op.node.as_str()).or_default().push(op);
+        }
+        // Every leaving seen by any watcher, by node: (event time, reason).
+        let mut left: BTreeMap<&str, Vec<(u64, Option<&str>)>> = BTreeMap::new();
+        for watch in &self.watches {
+            for seen in &watch.seen {
+                if let Seen::Event { kind, node, reason, at_ms, .. } = seen
+                    && kind == "deregistered"
+                {
+                    left.entry(node.as_str()).or_default().push((*at_ms, reason.as_deref()));
+                }
+            }
+        }
+        let _ = all;
+        for (node, list) in &mut ops {
+            list.sort_by_key(|op| op.sent_ms);
+            let evidence = |extra: Vec<String>| -> Vec<String> {
+                list.iter()
+                    .map(|op| {
+                        format!(
+                            "{:?} {node} sent {} {}",
+                            op.kind,
+                            op.sent_ms,
+                            op.acked_ms.map_or("unacknowledged".into(), |a| format!("acked {a}"))
+                        )
+                    })
+                    .chain(
+                        left.get(node)
+                            .into_iter()
+                            .flatten()
+                            .map(|(at, reason)| format!("left {at} ({})", reason.unwrap_or("?"))),
+                    )
+                    .chain(extra)
+                    .collect()
+            };
+            let Some(last) = list.last() else { continue };
+            let last_acked = list.iter().rev().find(|op| op.acked_ms.is_some());
+            // 6: acknowledged deregistration, nothing after it.
+            if last.kind == OpKind::Deregister && last.acked_ms.is_some() && self.final_nodes.contains(*node)
+            {
+                violations.push(Violation {
+                    invariant: "acknowledged deregistrations",
+                    detail: format!("{node} is listed after its acknowledged deregistration"),
+                    evidence: evidence(vec![format!("final state lists {node}")]),
+                });
+            }
+            // 5: acknowledged registration or heartbeat as the last acknowledged word.
+            if let Some(op) = last_acked
+                && op.kind != OpKind::Deregister
+                && !self.final_nodes.contains(*node)
+            {
+                let later_deregister =
+                    list.iter().any(|o| o.kind == OpKind::Deregister && o.sent_ms >= op.sent_ms);
+                let seen_leaving = left.get(node).is_some_and(|l| l.iter().any(|(at, _)| *at >= op.sent_ms));
+                if !later_deregister && !seen_leaving {
+                    violations.push(Violation {
+                        invariant: "acknowledged registrations",
+                        detail: format!(
+                            "{node} was acknowledged at {} and is gone with no event saying it left",
+                            op.acked_ms.unwrap_or(0)
+                        ),
+                        evidence: evidence(vec![format!(
+                            "final state (@{}) does not list {node}",
+                            self.final_revision
+                        )]),
+                    });
+                }
+            }
+            // 7: expiry timing.
+            for (at, reason) in left.get(node).into_iter().flatten() {
+                if *reason != Some("expired") {
+                    continue;
+                }
+                let before: Vec<&&Op> = list.iter().filter(|op| op.sent_ms <= *at).collect();
+                let Some(acked) =
+                    before.iter().rev().find(|op| op.acked_ms.is_some() && op.kind != OpKind::Deregister)
+                else {
+                    continue;
+                };
+                // Clocks: the event's timestamp and ours come from the same machine; allow 25 ms.
+                if at + 25 < acked.sent_ms + self.ttl_ms {
+                    violations.push(Violation {
+                        invariant: "expiry timing",
+                        detail: format!("{node} expired at {at}, {} ms after its last acknowledged heartbeat was sent (TTL {})", at.saturating_sub(acked.sent_ms), self.ttl_ms),
+                        evidence: evidence(Vec::new()),
+                    });
+                    continue;
+                }
+                let acked_at = acked.acked_ms.unwrap_or(acked.sent_ms);
+                let unacked_since =
+                    before.iter().any(|op| op.sent_ms >= acked.sent_ms && op.acked_ms.is_none());
+                let faulted =
+                    self.faults.iter().any(|(start, end)| *start <= *at && *end + self.ttl_ms >= acked_at);
+                if !unacked_since && !faulted && *at > acked_at + self.ttl_ms + self.expiry_bound_ms {
+                    violations.push(Violation {
+                        invariant: "expiry timing",
+                        detail: format!(
+                            "{node} expired at {at}, {} ms after the TTL ran out (bound {} ms)",
+                            at - acked_at - self.ttl_ms,
+                            self.expiry_bound_ms
+                        ),
+                        evidence: evidence(Vec::new()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(revision: u64, kind: &str, node: &str, at_ms: u64) -> Seen {
+        let reason = (kind == "deregistered").then(|| "expired".to_owned());
+        Seen::Event { revision, kind: kind.into(), node: node.into(), reason, at_ms }
+    }
+
+    fn snapshot(revision: u64, nodes: &[&str]) -> Seen {
+        Seen::Snapshot { revision, nodes: nodes.iter().map(|n| (*n).to_owned()).collect() }
+    }
+
+    fn op(node: &str, kind: OpKind, sent_ms: u64, acked_ms: Option<u64>) -> Op {
+        Op { node: node.into(), kind, sent_ms, acked_ms }
+    }
+
+    fn good() -> History {
+        History {
+            ops: vec![
+                op("a", OpKind::Register, 1_000, Some(1_010)),
+                op("b", OpKind::Register, 1_100, Some(1_110)),
+                op("b", OpKind::Heartbeat, 1_500, Some(1_510)),
+            ],
+            watches: vec![
+                WatchLog {
+                    name: "w1".into(),
+                    seen: vec![
+                        snapshot(10, &[]),
+                        event(11, "registered", "a", 1_005),
+                        event(12, "registered", "b", 1_105),
+                        event(13, "deregistered", "a", 3_050),
+                    ],
+                },
+                WatchLog {
+                    name: "w2".into(),
+                    seen: vec![
+                        snapshot(11, &["a"]),
+                        Seen::Broken,
+                        event(12, "registered", "b", 1_105),
+                        event(13, "deregistered", "a", 3_050),
+                    ],
+                },
+            ],
+            ttl_ms: 2_000,
+            expiry_bound_ms: 1_000,
+            faults: Vec::new(),
+            final_nodes: ["b".to_owned()].into(),
+            final_revision: 13,
+        }
+    }
+
+    #[test]
+    fn a_correct_history_passes() {
+        assert_eq!(good().check(), Vec::new());
+    }
+
+    #[test]
+    fn each_broken_promise_is_found_and_shown() {
+        type Breaker = Box<dyn Fn(&mut History)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            (
+                "gap-free",
+                Box::new(|h| {
+                    h.watches[1].seen.remove(2);
+                }),
+            ),
+            ("order", Box::new(|h| h.watches[0].seen.swap(1, 2))),
+            ("agreement", Box::new(|h| h.watches[1].seen[2] = event(12, "registered", "c", 1_105))),
+            (
+                "replay",
+                Box::new(|h| {
+                    h.final_nodes.insert("z".into());
+                }),
+            ),
+            (
+                "acknowledged registrations",
+                Box::new(|h| {
+                    h.final_nodes.clear();
+                    h.watches.iter_mut().for_each(|w| w.seen.retain(|s| !matches!(s, Seen::Event { node, kind, .. } if node == "b" && kind == "registered")));
+                }),
+            ),
+            (
+                "acknowledged deregistrations",
+                Box::new(|h| h.ops.push(op("b", OpKind::Deregister, 2_000, Some(2_005)))),
+            ),
+            (
+                "expiry timing",
+                Box::new(|h| {
+                    h.watches.iter_mut().for_each(|w| {
+                        for s in &mut w.seen {
+                            if let Seen::Event { at_ms, kind, .. } = s
+                                && kind == "deregistered"
+                            {
+                                *at_ms = 2_500;
+                            }
+                        }
+                    })
+                }),
+            ),
+            (
+                "expiry timing",
+                Box::new(|h| {
+                    h.watches.iter_mut().for_each(|w| {
+                        for s in &mut w.seen {
+                            if let Seen::Event { at_ms, kind, .. } = s
+                                && kind == "deregistered"
+                            {
+                                *at_ms = 9_000;
+                            }
+                        }
+                    })
+                }),
+            ),
+        ];
+        for (invariant, break_it) in cases {
+            let mut history = good();
+            break_it(&mut history);
+            let found = history.check();
+            assert!(found.iter().any(|v| v.invariant == invariant), "{invariant} not found: {found:?}");
+            assert!(found.iter().all(|v| !v.evidence.is_empty()), "evidence shown: {found:?}");
+        }
+        // A late expiry inside a fault window is not a violation.
+        let mut history = good();
+        history.faults.push((2_000, 2_500));
+        history.watches.iter_mut().for_each(|w| {
+            for s in &mut w.seen {
+                if let Seen::Event { at_ms, kind, .. } = s
+                    && kind == "deregistered"
+                {
+                    *at_ms = 5_000;
+                }
+            }
+        });
+        assert_eq!(history.check(), Vec::new());
+    }
+}
