@@ -140,6 +140,19 @@ impl History {
         violations
     }
 
+    /// How many watchers reached the final revision (those are the ones replayed).
+    pub fn caught_up(&self) -> usize {
+        self.watches
+            .iter()
+            .filter(|w| {
+                w.seen.iter().rev().find_map(|s| match s {
+                    Seen::Snapshot { revision, .. } | Seen::Event { revision, .. } => Some(*revision),
+                    Seen::Broken => None,
+                }) >= Some(self.final_revision)
+            })
+            .count()
+    }
+
     /// Invariants 1-4. Returns every event seen, by revision.
     fn check_watches(&self, violations: &mut Vec<Violation>) -> BTreeMap<u64, (String, String)> {
         let mut by_revision: BTreeMap<u64, (String, String)> = BTreeMap::new();
@@ -288,7 +301,10 @@ impl History {
                 if let Seen::Event { kind, node, reason, at_ms, .. } = seen
                     && kind == "deregistered"
                 {
-                    left.entry(node.as_str()).or_default().push((*at_ms, reason.as_deref()));
+                    let seen = left.entry(node.as_str()).or_default();
+                    if !seen.contains(&(*at_ms, reason.as_deref())) {
+                        seen.push((*at_ms, reason.as_deref()));
+                    }
                 }
             }
         }
@@ -347,14 +363,16 @@ impl History {
                     });
                 }
             }
-            // 7: expiry timing.
+            // 7: expiry timing. Only operations acknowledged before the expiry surely took effect
+            // before it; one still in flight then may have landed on either side.
             for (at, reason) in left.get(node).into_iter().flatten() {
                 if *reason != Some("expired") {
                     continue;
                 }
-                let before: Vec<&&Op> = list.iter().filter(|op| op.sent_ms <= *at).collect();
-                let Some(acked) =
-                    before.iter().rev().find(|op| op.acked_ms.is_some() && op.kind != OpKind::Deregister)
+                let Some(acked) = list
+                    .iter()
+                    .rev()
+                    .find(|op| op.kind != OpKind::Deregister && op.acked_ms.is_some_and(|a| a < *at))
                 else {
                     continue;
                 };
@@ -362,17 +380,22 @@ impl History {
                 if at + 25 < acked.sent_ms + self.ttl_ms {
                     violations.push(Violation {
                         invariant: "expiry timing",
-                        detail: format!("{node} expired at {at}, {} ms after its last acknowledged heartbeat was sent (TTL {})", at.saturating_sub(acked.sent_ms), self.ttl_ms),
+                        detail: format!(
+                            "{node} expired at {at}, {} ms after its last acknowledged heartbeat was sent (TTL {})",
+                            at.saturating_sub(acked.sent_ms),
+                            self.ttl_ms
+                        ),
                         evidence: evidence(Vec::new()),
                     });
                     continue;
                 }
                 let acked_at = acked.acked_ms.unwrap_or(acked.sent_ms);
-                let unacked_since =
-                    before.iter().any(|op| op.sent_ms >= acked.sent_ms && op.acked_ms.is_none());
+                let uncertain = list.iter().any(|op| {
+                    op.sent_ms > acked.sent_ms && op.sent_ms < *at && op.acked_ms.is_none_or(|a| a >= *at)
+                });
                 let faulted =
                     self.faults.iter().any(|(start, end)| *start <= *at && *end + self.ttl_ms >= acked_at);
-                if !unacked_since && !faulted && *at > acked_at + self.ttl_ms + self.expiry_bound_ms {
+                if !uncertain && !faulted && *at > acked_at + self.ttl_ms + self.expiry_bound_ms {
                     violations.push(Violation {
                         invariant: "expiry timing",
                         detail: format!(

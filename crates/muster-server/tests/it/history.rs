@@ -42,6 +42,7 @@ async fn a_run_with_faults_keeps_every_promise() {
     let history = harness.finish(Duration::from_secs(1)).await;
     assert!(history.ops.iter().filter(|op| op.acked_ms.is_some()).count() > 50, "the workload ran");
     assert!(history.watches.iter().all(|w| w.seen.len() > 5), "the watchers saw it");
+    assert_eq!(history.caught_up(), history.watches.len(), "every watcher is replayed");
     let violations = history.check();
     assert!(
         violations.is_empty(),

@@ -2,6 +2,7 @@
 //! bad settings exit with a message and the usage exit code.
 
 mod cli;
+mod faults;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
