@@ -1,7 +1,8 @@
 //! Proof under faults: two `muster serve` processes on one Redis (append-only file, fsync on every
 //! write), each reaching it through a fault proxy; clients and watchers from the history harness;
-//! three fault kinds — Redis SIGKILLed and restarted, a server SIGKILLed and restarted, the
-//! network between a server and Redis blackholed and healed — then every promise checked.
+//! fault kinds in turn — Redis SIGKILLed and restarted, a server SIGKILLed and restarted, the
+//! network between a server and Redis blackholed, slowed by 300 ms, partitioned (connections
+//! reset), each healed — then every promise checked.
 //!
 //! The seeds are printed; `MUSTER_FAULT_SEEDS=1,2` replays chosen ones and `MUSTER_FAULT_SECONDS`
 //! makes each run longer (the faults repeat), for the long runs of docs/RELIABILITY.md.
@@ -63,7 +64,7 @@ fn seeds() -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_under_faults_keep_every_promise() {
-    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(26);
     for seed in seeds() {
         eprintln!("fault run: seed {seed} ({seconds} s); replay with MUSTER_FAULT_SEEDS={seed}");
         run(seed, Duration::from_secs(seconds)).await;
@@ -87,7 +88,7 @@ async fn run(seed: u64, length: Duration) {
     while started.elapsed() < length {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let fault = harness.fault();
-        match round % 3 {
+        match round % 5 {
             0 => {
                 redis.kill();
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -101,12 +102,26 @@ async fn run(seed: u64, length: Duration) {
                 servers[victim].restart();
                 injected.push("muster serve SIGKILL + restart");
             }
-            _ => {
-                let victim = (round as usize / 3) % proxies.len();
+            2 => {
+                let victim = (round as usize / 5) % proxies.len();
                 proxies[victim].set(Fault::Blackhole);
                 tokio::time::sleep(Duration::from_millis(2_500)).await;
                 proxies[victim].set(Fault::None);
                 injected.push("server-Redis blackhole, healed");
+            }
+            3 => {
+                let victim = (round as usize / 5 + 1) % proxies.len();
+                proxies[victim].set(Fault::Latency(Duration::from_millis(300)));
+                tokio::time::sleep(Duration::from_millis(3_000)).await;
+                proxies[victim].set(Fault::None);
+                injected.push("server-Redis latency 300 ms");
+            }
+            _ => {
+                let victim = (round as usize / 5) % proxies.len();
+                proxies[victim].set(Fault::Partition);
+                tokio::time::sleep(Duration::from_millis(2_000)).await;
+                proxies[victim].set(Fault::None);
+                injected.push("server-Redis partition (connections reset), healed");
             }
         }
         // Let the fleet settle before the window closes (expiries delayed by the fault count in it).
@@ -128,7 +143,7 @@ async fn run(seed: u64, length: Duration) {
         history.watches.len()
     );
     assert!(acked > 100, "the workload ran: {acked} acknowledged operations");
-    assert!(injected.len() >= 3, "every fault kind ran: {injected:?}");
+    assert!(injected.len() >= 5, "every fault kind ran: {injected:?}");
     assert_eq!(
         history.caught_up(),
         history.watches.len(),
