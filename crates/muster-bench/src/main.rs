@@ -20,10 +20,14 @@
 //! per second (64 in flight, on 1 and on 8 connections) with p50/p99, remote events per second,
 //! stream throughput in 64 KiB chunks; calls by name and the failover time after SIGKILL of an instance
 //! process (`peer-instance`, started by `peer` itself).
+//! `cargo run --release -p muster-bench -- soak [--nodes N] [--seconds S] [--redis] [--svg FILE]` — N
+//! nodes heartbeating every second on a `muster serve` process for S seconds with watchers and
+//! resolvers: memory, heartbeat latency, false expiries every 10 s, and an SVG plot.
 
 #![allow(clippy::print_stdout)]
 
 mod peer;
+mod soak;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -60,6 +64,16 @@ async fn main() {
         let on_redis = args.iter().any(|a| a == "--redis");
         if let Err(error) = fanout(watchers, rounds, on_redis, queries).await {
             eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("soak") {
+        let nodes = usize::try_from(flag("--nodes").unwrap_or(10_000u64)).unwrap_or(10_000);
+        let seconds = flag("--seconds").unwrap_or(600u64);
+        let svg = args.iter().position(|a| a == "--svg").and_then(|i| args.get(i + 1)).cloned();
+        if let Err(error) = soak::run(nodes, seconds, args.iter().any(|a| a == "--redis"), svg).await {
+            eprintln!("error: {error}");
             std::process::exit(1);
         }
         return;

@@ -672,3 +672,58 @@ async fn shutdown_signal() {
     muster_client::shutdown_signal().await;
     tracing::info!("shutting down");
 }
+
+/// `--config` files from random and mutated TOML: a setting or an error naming the file, never a
+/// panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    const VALID: &str = "listen = \"127.0.0.1:3100\"\ndefault-ttl = \"20s\"\nmax-instances-per-service = 100\n\
+        dns = \"127.0.0.1:8600\"\n[acl]\nenabled = true\ndefault-policy = \"read\"\n\
+        [[acl.tokens]]\nname = \"ops\"\nsecret-sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+        rules = [{ services = \"*\", access = \"write\" }]\n";
+
+    fn mutated() -> impl Strategy<Value = String> {
+        prop::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 0..6).prop_map(|edits| {
+            let mut chars: Vec<char> = VALID.chars().collect();
+            for (at, c, op) in edits {
+                if chars.is_empty() {
+                    break;
+                }
+                let i = at.index(chars.len());
+                match op {
+                    0 => chars[i] = c,
+                    1 => chars.insert(i, c),
+                    _ => chars.truncate(i),
+                }
+            }
+            chars.into_iter().collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn config_files_never_panic(text in prop_oneof![mutated(), any::<String>()]) {
+            let dir = std::env::temp_dir().join(format!("muster-fuzz-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("config.toml");
+            std::fs::write(&path, &text).unwrap();
+            let argv = ["muster", "serve", "--config", path.to_str().unwrap()].map(std::ffi::OsString::from).to_vec();
+            let _ = super::settings(argv);
+        }
+    }
+
+    #[test]
+    fn the_valid_file_is_read() {
+        let dir = std::env::temp_dir().join(format!("muster-fuzz-valid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, VALID).unwrap();
+        let argv =
+            ["muster", "serve", "--config", path.to_str().unwrap()].map(std::ffi::OsString::from).to_vec();
+        assert!(super::settings(argv).is_ok());
+    }
+}

@@ -5,6 +5,7 @@ mod acl;
 mod checks;
 mod compat;
 mod dns;
+mod fuzz;
 mod history;
 mod hostile;
 mod promises;
