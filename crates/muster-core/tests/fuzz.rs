@@ -3,28 +3,8 @@
 //! a panic; and what they accept they print back as they read it.
 
 use muster_core::{Address, NodeId, NodeInfo, ServiceInfo, ServiceQuery, VersionQuery};
+use muster_testkit::fuzz::mutated;
 use proptest::prelude::*;
-
-/// `valid` with random characters replaced, inserted and cut.
-fn mutated(valid: &'static str) -> impl Strategy<Value = String> {
-    prop::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 0..6).prop_map(
-        move |edits| {
-            let mut chars: Vec<char> = valid.chars().collect();
-            for (at, c, op) in edits {
-                if chars.is_empty() {
-                    break;
-                }
-                let i = at.index(chars.len());
-                match op {
-                    0 => chars[i] = c,
-                    1 => chars.insert(i, c),
-                    _ => chars.truncate(i),
-                }
-            }
-            chars.into_iter().collect()
-        },
-    )
-}
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -434,33 +434,13 @@ mod tests {
 /// value, never a panic.
 #[cfg(test)]
 mod fuzz {
+    use muster_testkit::fuzz::mutated;
     use proptest::prelude::*;
 
     use super::*;
 
     const NODE: &str = r#"{"nodeId":"n1","address":"10.0.0.1:80","services":[{"name":"users","version":"1.2.0"}],"timestamp":1700000000000,"registeredAt":1700000000000,"status":"UP","metadata":{"zone":"a"},"ttlMs":15000}"#;
     const TITAN: &str = r#"{"type":"NODE_REGISTERED","nodeId":"n1","address":"10.0.0.1:80","services":[{"name":"users","version":"1.2.0"}],"timestamp":1700000000000}"#;
-
-    /// `valid` with random bytes replaced, inserted and cut (kept valid UTF-8).
-    fn mutated(valid: &'static str) -> impl Strategy<Value = String> {
-        prop::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 0..8).prop_map(
-            move |edits| {
-                let mut chars: Vec<char> = valid.chars().collect();
-                for (at, c, op) in edits {
-                    if chars.is_empty() {
-                        break;
-                    }
-                    let i = at.index(chars.len());
-                    match op {
-                        0 => chars[i] = c,
-                        1 => chars.insert(i, c),
-                        _ => chars.truncate(i),
-                    }
-                }
-                chars.into_iter().collect()
-            },
-        )
-    }
 
     proptest! {
         #[test]

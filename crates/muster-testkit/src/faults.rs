@@ -25,6 +25,8 @@ pub struct FaultyRegistry<R> {
     sever: watch::Sender<u64>,
     /// Milliseconds every item of a watch opened from now on is held back (a lagging feed).
     watch_lag_ms: AtomicU64,
+    /// A seeded bug: the next registration of this node is acknowledged and not stored.
+    lose: std::sync::Mutex<Option<String>>,
 }
 
 impl<R: Registry> FaultyRegistry<R> {
@@ -36,6 +38,7 @@ impl<R: Registry> FaultyRegistry<R> {
             watch_failures: AtomicU32::new(0),
             sever: watch::Sender::new(0),
             watch_lag_ms: AtomicU64::new(0),
+            lose: std::sync::Mutex::new(None),
         })
     }
 
@@ -65,6 +68,12 @@ impl<R: Registry> FaultyRegistry<R> {
         self.sever.send_modify(|g| *g += 1);
     }
 
+    /// A seeded bug, for checking the checkers: the next registration of `node_id` answers as
+    /// stored and is not.
+    pub fn lose_next_registration_of(&self, node_id: &str) {
+        *self.lose.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(node_id.to_owned());
+    }
+
     /// The wrapped registry.
     pub fn inner(&self) -> &R {
         &self.inner
@@ -81,6 +90,19 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
     async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
         if take_failure(&self.heartbeat_failures) {
             return Err(Error::unavailable("injected heartbeat failure"));
+        }
+        {
+            let mut lose = self.lose.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if lose.as_deref() == Some(registration.node_id().as_str()) {
+                *lose = None;
+                let now = muster_core::time::now_ms();
+                let node = registration.to_node(now, now);
+                return Ok(HeartbeatOutcome {
+                    change: muster_core::Change::Registered,
+                    node,
+                    revision: None,
+                });
+            }
         }
         self.inner.heartbeat(registration).await
     }

@@ -428,6 +428,17 @@ mod tests {
         Op { node: node.into(), kind, sent_ms, acked_ms }
     }
 
+    /// Moves every expiry of the history to `ms`.
+    fn expire_at(history: &mut History, ms: u64) {
+        for seen in history.watches.iter_mut().flat_map(|w| w.seen.iter_mut()) {
+            if let Seen::Event { at_ms, kind, .. } = seen
+                && kind == "deregistered"
+            {
+                *at_ms = ms;
+            }
+        }
+    }
+
     fn good() -> History {
         History {
             ops: vec![
@@ -497,34 +508,8 @@ mod tests {
                 "acknowledged deregistrations",
                 Box::new(|h| h.ops.push(op("b", OpKind::Deregister, 2_000, Some(2_005)))),
             ),
-            (
-                "expiry timing",
-                Box::new(|h| {
-                    h.watches.iter_mut().for_each(|w| {
-                        for s in &mut w.seen {
-                            if let Seen::Event { at_ms, kind, .. } = s
-                                && kind == "deregistered"
-                            {
-                                *at_ms = 2_500;
-                            }
-                        }
-                    })
-                }),
-            ),
-            (
-                "expiry timing",
-                Box::new(|h| {
-                    h.watches.iter_mut().for_each(|w| {
-                        for s in &mut w.seen {
-                            if let Seen::Event { at_ms, kind, .. } = s
-                                && kind == "deregistered"
-                            {
-                                *at_ms = 9_000;
-                            }
-                        }
-                    })
-                }),
-            ),
+            ("expiry timing", Box::new(|h| expire_at(h, 2_500))),
+            ("expiry timing", Box::new(|h| expire_at(h, 9_000))),
         ];
         for (invariant, break_it) in cases {
             let mut history = good();
@@ -536,15 +521,7 @@ mod tests {
         // A late expiry inside a fault window is not a violation.
         let mut history = good();
         history.faults.push((2_000, 2_500));
-        history.watches.iter_mut().for_each(|w| {
-            for s in &mut w.seen {
-                if let Seen::Event { at_ms, kind, .. } = s
-                    && kind == "deregistered"
-                {
-                    *at_ms = 5_000;
-                }
-            }
-        });
+        expire_at(&mut history, 5_000);
         assert_eq!(history.check(), Vec::new());
     }
 }

@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod conformance;
 pub mod faults;
+pub mod fuzz;
 pub mod harness;
 pub mod history;
 pub mod proxy;

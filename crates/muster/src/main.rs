@@ -684,29 +684,11 @@ mod fuzz {
         [[acl.tokens]]\nname = \"ops\"\nsecret-sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
         rules = [{ services = \"*\", access = \"write\" }]\n";
 
-    fn mutated() -> impl Strategy<Value = String> {
-        prop::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 0..6).prop_map(|edits| {
-            let mut chars: Vec<char> = VALID.chars().collect();
-            for (at, c, op) in edits {
-                if chars.is_empty() {
-                    break;
-                }
-                let i = at.index(chars.len());
-                match op {
-                    0 => chars[i] = c,
-                    1 => chars.insert(i, c),
-                    _ => chars.truncate(i),
-                }
-            }
-            chars.into_iter().collect()
-        })
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
-        fn config_files_never_panic(text in prop_oneof![mutated(), any::<String>()]) {
+        fn config_files_never_panic(text in prop_oneof![muster_testkit::fuzz::mutated(VALID), any::<String>()]) {
             let dir = std::env::temp_dir().join(format!("muster-fuzz-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("config.toml");

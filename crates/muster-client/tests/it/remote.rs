@@ -26,24 +26,13 @@ async fn remote() -> RemoteRegistry {
     RemoteRegistry::new(Client::new(&format!("http://127.0.0.1:{port}")).unwrap())
 }
 
-/// The conformance cases the HTTP API can satisfy, each on a fresh server. Left out, because the
-/// API does not carry them (see `what_the_api_does_not_carry`): the revision and the
-/// updated/unchanged distinction of a heartbeat's outcome (`registration_round_trip`,
-/// `unchanged_heartbeat_publishes_nothing`, `refresh_never_resurrects`), a caller's
-/// per-registration service limit (the server applies its own: `service_limit_is_atomic`) and the
-/// deregistration reason (always `graceful`: `watch_resumes_after_revision`).
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                muster_testkit::conformance::$case(remote().await, TIMING).await;
-            }
-        )*
-    };
-}
-
-cases!(
+// The conformance cases the HTTP API can satisfy, each on a fresh server. Left out, because the
+// API does not carry them (see `what_the_api_does_not_carry`): the revision and the
+// updated/unchanged distinction of a heartbeat's outcome (`registration_round_trip`,
+// `unchanged_heartbeat_publishes_nothing`, `refresh_never_resurrects`), a caller's
+// per-registration service limit (the server applies its own: `service_limit_is_atomic`) and the
+// deregistration reason (always `graceful`: `watch_resumes_after_revision`).
+muster_testkit::__conformance_cases!(((), remote().await), TIMING, false;
     heartbeats_keep_node_alive,
     silent_node_expires_with_event,
     deregister_removes_at_once,

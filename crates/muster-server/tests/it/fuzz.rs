@@ -7,29 +7,10 @@ use std::sync::Arc;
 use muster_core::Registry;
 use muster_memory::MemoryRegistry;
 use muster_server::ServerConfig;
+use muster_testkit::fuzz::mutated;
 use proptest::prelude::*;
 
 use crate::TestServer;
-
-fn mutated(valid: &'static str) -> impl Strategy<Value = String> {
-    prop::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 0..6).prop_map(
-        move |edits| {
-            let mut chars: Vec<char> = valid.chars().collect();
-            for (at, c, op) in edits {
-                if chars.is_empty() {
-                    break;
-                }
-                let i = at.index(chars.len());
-                match op {
-                    0 => chars[i] = c,
-                    1 => chars.insert(i, c),
-                    _ => chars.truncate(i),
-                }
-            }
-            chars.into_iter().collect()
-        },
-    )
-}
 
 const REGISTER: &str = r#"{"address":"10.0.0.1:80","services":[{"name":"users","version":"1.2.0","weight":2}],"metadata":{"zone":"a"},"ttlMs":60000,"check":{"type":"tcp","intervalMs":1000}}"#;
 const COMPAT: &str = r#"{"name":"users","version":"1.2.0","host":"10.0.0.1","port":80,"metadata":{"a":"b"}}"#;

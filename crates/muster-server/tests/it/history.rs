@@ -2,14 +2,8 @@
 //! heartbeats keeps every promise, and a seeded bug — a store that acknowledges a registration it
 //! never keeps — is caught and shown.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use muster_core::{
-    DeregisterReason, HeartbeatOutcome, NodeId, NodeInfo, NodeStatus, NodeUpdate, Registration, Registry,
-    Result, Revision, ServiceQuery, WatchStart, WatchStream,
-};
 use muster_memory::MemoryRegistry;
 use muster_server::ServerConfig;
 use muster_testkit::faults::FaultyRegistry;
@@ -51,55 +45,6 @@ async fn a_run_with_faults_keeps_every_promise() {
     );
 }
 
-/// A store with a bug: the first registration of one node is acknowledged and never stored.
-struct Lossy {
-    inner: MemoryRegistry,
-    victim: String,
-    lost: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Registry for Lossy {
-    async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
-        if registration.node_id().as_str() == self.victim && !self.lost.swap(true, Ordering::SeqCst) {
-            let now = muster_testkit::history::now_ms();
-            let node = registration.to_node(now, now);
-            return Ok(HeartbeatOutcome { change: muster_core::Change::Registered, node, revision: None });
-        }
-        self.inner.heartbeat(registration).await
-    }
-    async fn refresh(&self, node_id: &NodeId, status: Option<NodeStatus>) -> Result<HeartbeatOutcome> {
-        self.inner.refresh(node_id, status).await
-    }
-    async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
-        self.inner.update(node_id, update).await
-    }
-    async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
-        self.inner.deregister(node_id, reason).await
-    }
-    async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
-        self.inner.get(node_id).await
-    }
-    async fn is_active(&self, node_id: &NodeId) -> Result<bool> {
-        self.inner.is_active(node_id).await
-    }
-    async fn list_active(&self) -> Result<Vec<NodeInfo>> {
-        self.inner.list_active().await
-    }
-    async fn list_all(&self) -> Result<Vec<NodeInfo>> {
-        self.inner.list_all().await
-    }
-    async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
-        self.inner.find(query).await
-    }
-    async fn current_revision(&self) -> Result<Revision> {
-        self.inner.current_revision().await
-    }
-    async fn watch(&self, start: WatchStart) -> Result<WatchStream> {
-        self.inner.watch(start).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_catches_a_seeded_bug() {
     let seed = 7;
@@ -107,8 +52,9 @@ async fn the_checker_catches_a_seeded_bug() {
     // never registers it again, so the node is the only one of its client.
     let workload = Workload { clients: 2, nodes_per_client: 1, ..workload(seed) };
     let victim = format!("s{seed}-c0-n0");
-    let store = Lossy { inner: MemoryRegistry::new(), victim: victim.clone(), lost: AtomicBool::new(false) };
-    let server = TestServer::start(Arc::new(store), ServerConfig::default()).await;
+    let store = FaultyRegistry::new(MemoryRegistry::new());
+    store.lose_next_registration_of(&victim);
+    let server = TestServer::start(store, ServerConfig::default()).await;
     let harness = Harness::start(vec![server.base.clone()], workload);
     // Stopped as soon as the lost registration is acknowledged: before the client learns of the
     // loss (its next heartbeat, 250 ms later, would find the node missing and register again).
