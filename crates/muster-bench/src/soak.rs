@@ -32,6 +32,7 @@ pub(crate) async fn run(
     let redis = if on_redis { Some(muster_testkit::redis_server::RedisServer::start().await) } else { None };
     let (server, base) = crate::spawn_server(redis.as_ref())?;
     let pid = server.0.id();
+    muster_client::install_tls_provider();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     // Register everything first (TTL 15 s, heartbeat every second).
     let ids: Vec<String> = (0..nodes).map(|n| format!("soak-{n}")).collect();
