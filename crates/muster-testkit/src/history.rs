@@ -332,8 +332,15 @@ impl History {
             };
             let Some(last) = list.last() else { continue };
             let last_acked = list.iter().rev().find(|op| op.acked_ms.is_some());
-            // 6: acknowledged deregistration, nothing after it.
-            if last.kind == OpKind::Deregister && last.acked_ms.is_some() && self.final_nodes.contains(*node)
+            // 6: acknowledged deregistration, nothing after it. A registration that failed before
+            // it may still land after it (held in the network), so none may be in doubt.
+            let in_doubt = list
+                .iter()
+                .any(|op| op.kind == OpKind::Register && op.acked_ms.is_none() && op.sent_ms < last.sent_ms);
+            if last.kind == OpKind::Deregister
+                && last.acked_ms.is_some()
+                && !in_doubt
+                && self.final_nodes.contains(*node)
             {
                 violations.push(Violation {
                     invariant: "acknowledged deregistrations",

@@ -2,7 +2,8 @@
 //! write), each reaching it through a fault proxy; clients and watchers from the history harness;
 //! fault kinds in turn — Redis SIGKILLed and restarted, a server SIGKILLed and restarted, the
 //! network between a server and Redis blackholed, slowed by 300 ms, partitioned (connections
-//! reset), each healed — then every promise checked.
+//! reset), and the network between the clients and a server blackholed, each healed — then every
+//! promise checked.
 //!
 //! The seeds are printed; `MUSTER_FAULT_SEEDS=1,2` replays chosen ones and `MUSTER_FAULT_SECONDS`
 //! makes each run longer (the faults repeat), for the long runs of docs/RELIABILITY.md.
@@ -64,7 +65,7 @@ fn seeds() -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_under_faults_keep_every_promise() {
-    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(26);
+    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     for seed in seeds() {
         eprintln!("fault run: seed {seed} ({seconds} s); replay with MUSTER_FAULT_SEEDS={seed}");
         run(seed, Duration::from_secs(seconds)).await;
@@ -79,16 +80,19 @@ async fn run(seed: u64, length: Duration) {
         .iter()
         .map(|proxy| Server::start(free_port(), &format!("redis://{}", proxy.address())))
         .collect();
+    // Clients reach the first server through a proxy too (faults between clients and a server).
+    let front = FaultProxy::start(format!("127.0.0.1:{}", servers[0].port).parse().unwrap()).await;
+    let urls = vec![format!("http://{}", front.address()), servers[1].base()];
     let workload =
         Workload { seed, clients: 4, nodes_per_client: 5, watchers: 3, ttl: Duration::from_secs(2) };
-    let harness = Harness::start(servers.iter().map(Server::base).collect(), workload);
+    let harness = Harness::start(urls, workload);
     let started = tokio::time::Instant::now();
     let mut round = 0u32;
     let mut injected = Vec::new();
     while started.elapsed() < length {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let fault = harness.fault();
-        match round % 5 {
+        match round % 6 {
             0 => {
                 redis.kill();
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -96,32 +100,38 @@ async fn run(seed: u64, length: Duration) {
                 injected.push("redis SIGKILL + restart");
             }
             1 => {
-                let victim = (round as usize / 3) % servers.len();
+                let victim = (round as usize / 6) % servers.len();
                 servers[victim].kill();
                 tokio::time::sleep(Duration::from_millis(1_000)).await;
                 servers[victim].restart();
                 injected.push("muster serve SIGKILL + restart");
             }
             2 => {
-                let victim = (round as usize / 5) % proxies.len();
+                let victim = (round as usize / 6) % proxies.len();
                 proxies[victim].set(Fault::Blackhole);
                 tokio::time::sleep(Duration::from_millis(2_500)).await;
                 proxies[victim].set(Fault::None);
                 injected.push("server-Redis blackhole, healed");
             }
             3 => {
-                let victim = (round as usize / 5 + 1) % proxies.len();
+                let victim = (round as usize / 6 + 1) % proxies.len();
                 proxies[victim].set(Fault::Latency(Duration::from_millis(300)));
                 tokio::time::sleep(Duration::from_millis(3_000)).await;
                 proxies[victim].set(Fault::None);
                 injected.push("server-Redis latency 300 ms");
             }
-            _ => {
-                let victim = (round as usize / 5) % proxies.len();
+            4 => {
+                let victim = (round as usize / 6) % proxies.len();
                 proxies[victim].set(Fault::Partition);
                 tokio::time::sleep(Duration::from_millis(2_000)).await;
                 proxies[victim].set(Fault::None);
                 injected.push("server-Redis partition (connections reset), healed");
+            }
+            _ => {
+                front.set(Fault::Blackhole);
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                front.set(Fault::None);
+                injected.push("clients-server blackhole, healed");
             }
         }
         // Let the fleet settle before the window closes (expiries delayed by the fault count in it).
@@ -143,7 +153,7 @@ async fn run(seed: u64, length: Duration) {
         history.watches.len()
     );
     assert!(acked > 100, "the workload ran: {acked} acknowledged operations");
-    assert!(injected.len() >= 5, "every fault kind ran: {injected:?}");
+    assert!(injected.len() >= 6, "every fault kind ran: {injected:?}");
     assert_eq!(
         history.caught_up(),
         history.watches.len(),
