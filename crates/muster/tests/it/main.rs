@@ -345,6 +345,9 @@ fn every_setting_honours_flag_env_and_file() {
         ("rate-limit", "10", "20", "30"),
         ("rate-burst", "5", "6", "7"),
         ("allowed-hosts", "a.example", "b.example", "c.example"),
+        ("dns", "127.0.0.1:8601", "127.0.0.1:8602", "127.0.0.1:8603"),
+        ("dns-domain", "a.example.", "b.example.", "c.example."),
+        ("dns-ttl", "1", "2", "3"),
     ];
     // The TLS files come together (and must be readable): one set per layer.
     let tls_settings = ["tls-cert", "tls-key", "tls-client-ca"];
