@@ -52,6 +52,13 @@ impl FaultProxy {
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
     }
+
+    /// Applies `fault` for `how_long`, then heals.
+    pub async fn spell(&self, fault: Fault, how_long: Duration) {
+        self.set(fault);
+        tokio::time::sleep(how_long).await;
+        self.set(Fault::None);
+    }
 }
 
 async fn accept(

@@ -107,30 +107,22 @@ async fn run(seed: u64, length: Duration) {
                 injected.push("muster serve SIGKILL + restart");
             }
             2 => {
-                let victim = (round as usize / 6) % proxies.len();
-                proxies[victim].set(Fault::Blackhole);
-                tokio::time::sleep(Duration::from_millis(2_500)).await;
-                proxies[victim].set(Fault::None);
+                let victim = &proxies[(round as usize / 6) % proxies.len()];
+                victim.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
                 injected.push("server-Redis blackhole, healed");
             }
             3 => {
-                let victim = (round as usize / 6 + 1) % proxies.len();
-                proxies[victim].set(Fault::Latency(Duration::from_millis(300)));
-                tokio::time::sleep(Duration::from_millis(3_000)).await;
-                proxies[victim].set(Fault::None);
+                let victim = &proxies[(round as usize / 6 + 1) % proxies.len()];
+                victim.spell(Fault::Latency(Duration::from_millis(300)), Duration::from_secs(3)).await;
                 injected.push("server-Redis latency 300 ms");
             }
             4 => {
-                let victim = (round as usize / 6) % proxies.len();
-                proxies[victim].set(Fault::Partition);
-                tokio::time::sleep(Duration::from_millis(2_000)).await;
-                proxies[victim].set(Fault::None);
+                let victim = &proxies[(round as usize / 6) % proxies.len()];
+                victim.spell(Fault::Partition, Duration::from_secs(2)).await;
                 injected.push("server-Redis partition (connections reset), healed");
             }
             _ => {
-                front.set(Fault::Blackhole);
-                tokio::time::sleep(Duration::from_millis(2_500)).await;
-                front.set(Fault::None);
+                front.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
                 injected.push("clients-server blackhole, healed");
             }
         }
