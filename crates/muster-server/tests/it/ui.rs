@@ -92,7 +92,7 @@ async fn screenshot(client: &Client, name: &str) {
 
 /// Console messages at SEVERE level (errors), from Chromium's log.
 async fn console_errors(client: &Client) -> Vec<String> {
-    let logs = client.issue_cmd(GetLog).await.unwrap_or(serde_json::Value::Array(Vec::new()));
+    let logs = client.issue_cmd(GetLog).await.expect("Chromium's browser log");
     logs.as_array()
         .into_iter()
         .flatten()
@@ -208,11 +208,12 @@ async fn the_dashboard_is_live_in_a_real_browser() {
         "return document.querySelectorAll('#instances tbody tr').length === 1",
     )
     .await;
-    assert!(
-        console_errors(&client).await.is_empty(),
-        "no console errors: {:?}",
-        console_errors(&client).await
-    );
+    let errors = console_errors(&client).await;
+    assert!(errors.is_empty(), "no console errors: {errors:?}");
+    // The log is really read: an error the page logs now is seen.
+    client.execute("console.error('seen by the test')", vec![]).await.unwrap();
+    let seen = console_errors(&client).await;
+    assert!(seen.iter().any(|e| e.contains("seen by the test")), "the console log is read: {seen:?}");
 
     // A phone's width: the page fits without scrolling sideways.
     client.set_window_size(390, 844).await.unwrap();
