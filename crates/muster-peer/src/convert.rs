@@ -64,7 +64,7 @@ pub fn from_json(json: &serde_json::Value) -> Value {
 
 /// Typed arguments as a call's argument list: a tuple (or array) gives one argument per item, any
 /// other value one argument.
-pub(crate) fn arguments_of<A: serde::Serialize>(args: A) -> Result<Vec<Value>, crate::PeerError> {
+fn arguments_of<A: serde::Serialize>(args: A) -> Result<Vec<Value>, crate::PeerError> {
     let json = serde_json::to_value(args).map_err(|e| crate::PeerError::Local(e.to_string()))?;
     Ok(match from_json(&json) {
         Value::Array(items) => items,
@@ -73,10 +73,20 @@ pub(crate) fn arguments_of<A: serde::Serialize>(args: A) -> Result<Vec<Value>, c
 }
 
 /// A call's result as `R`.
-pub(crate) fn result_as<R: serde::de::DeserializeOwned>(
-    method: &str,
-    result: &Value,
-) -> Result<R, crate::PeerError> {
+fn result_as<R: serde::de::DeserializeOwned>(method: &str, result: &Value) -> Result<R, crate::PeerError> {
     serde_json::from_value(to_json(result))
         .map_err(|e| crate::PeerError::Protocol(format!("{method} answered a value that does not fit: {e}")))
+}
+
+/// A call with typed arguments (a tuple for several) and a typed result, through `call` (one
+/// interface's or a named service's).
+pub(crate) async fn typed_call<A, R, F, Fut>(method: &str, args: A, call: F) -> Result<R, crate::PeerError>
+where
+    A: serde::Serialize,
+    R: serde::de::DeserializeOwned,
+    F: FnOnce(Vec<Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, crate::PeerError>>,
+{
+    let result = call(arguments_of(args)?).await?;
+    result_as(method, &result)
 }

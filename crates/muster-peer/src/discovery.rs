@@ -369,8 +369,7 @@ impl NamedService {
         method: &str,
         args: A,
     ) -> Result<R, PeerError> {
-        let result = self.call(method, crate::convert::arguments_of(args)?).await?;
-        crate::convert::result_as(method, &result)
+        crate::convert::typed_call(method, args, |args| self.call(method, args)).await
     }
 
     /// The circuit state of one instance (by node id).

@@ -1391,8 +1391,7 @@ impl Interface {
         method: &str,
         args: A,
     ) -> Result<R, PeerError> {
-        let result = self.call(method, crate::convert::arguments_of(args)?).await?;
-        crate::convert::result_as(method, &result)
+        crate::convert::typed_call(method, args, |args| self.call(method, args)).await
     }
 
     /// Calls `method`, which returns a stream, and reads it: chunks in order until the end.

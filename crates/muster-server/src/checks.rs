@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fanout::Hub;
 
-/// How often the list of nodes to check is read from the mirror.
+/// How often due checks are started.
 const SCAN: Duration = Duration::from_millis(100);
+/// Longest time between two reads of the checks from the mirror when no revision changed.
+const RESCAN: Duration = Duration::from_secs(5);
 
 /// True when a check holds `node` down: it is `DOWN` with the check's failure description.
 pub(crate) fn held_down(node: &NodeInfo) -> bool {
@@ -68,6 +70,7 @@ pub(crate) async fn run(
     };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let mut tracked: HashMap<NodeId, Tracked> = HashMap::new();
+    let mut scanned: Option<(Instant, muster_core::Revision)> = None;
     let mut scan = tokio::time::interval(SCAN);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -81,49 +84,63 @@ pub(crate) async fn run(
         }
         if !registry.leads_fleet_tasks() {
             tracked.clear();
+            scanned = None;
             continue;
         }
-        let nodes = hub.with_mirror(|mirror| {
-            mirror
-                .nodes()
-                .into_iter()
-                .filter_map(|node| Check::read_from(&node.metadata).map(|check| (node, check)))
-                .collect::<Vec<_>>()
-        });
         let now = Instant::now();
-        let mut present = std::collections::HashSet::with_capacity(nodes.len());
-        for (node, check) in nodes {
-            present.insert(node.node_id.clone());
-            let target = target_of(&node, &check);
-            let entry = tracked.entry(node.node_id.clone()).or_insert_with(|| Tracked {
-                next: now + spread(node.node_id.as_str(), check.interval()),
-                check: check.clone(),
-                target: target.clone(),
-                failures: 0,
-                successes: 0,
-                running: false,
-            });
-            if entry.check != check || entry.target != target {
-                // A new definition starts its counts afresh.
-                *entry =
-                    Tracked { next: now, check, target, failures: 0, successes: 0, running: entry.running };
-            }
+        // The checks to run change only with the registry: read them again after a change (and
+        // at least every few seconds, for changes that come without a revision, like a peer's).
+        let revision = hub.revision();
+        if scanned.is_none_or(|(at, seen)| seen != revision || now.duration_since(at) >= RESCAN) {
+            scanned = Some((now, revision));
+            follow(&hub, &mut tracked, now);
+        }
+        for (node_id, entry) in &mut tracked {
             if !entry.running && entry.next <= now {
                 entry.running = true;
                 entry.next = now + entry.check.interval();
                 checks_run.inc();
                 tokio::spawn(probe(
                     http.clone(),
-                    node.node_id.clone(),
+                    node_id.clone(),
                     entry.check.clone(),
                     entry.target.clone(),
                     done_tx.clone(),
                 ));
             }
         }
-        // Nodes that left (or dropped their check) are no longer checked.
-        tracked.retain(|id, _| present.contains(id));
     }
+}
+
+/// Brings `tracked` in line with the checks of the mirror's nodes: new ones start at a share of
+/// their interval, changed definitions start their counts afresh, nodes that left (or dropped
+/// their check) are no longer checked.
+fn follow(hub: &Hub, tracked: &mut HashMap<NodeId, Tracked>, now: Instant) {
+    let nodes = hub.with_mirror(|mirror| {
+        mirror
+            .nodes()
+            .into_iter()
+            .filter_map(|node| Check::read_from(&node.metadata).map(|check| (node, check)))
+            .collect::<Vec<_>>()
+    });
+    let mut present = std::collections::HashSet::with_capacity(nodes.len());
+    for (node, check) in nodes {
+        present.insert(node.node_id.clone());
+        let target = target_of(&node, &check);
+        match tracked.get_mut(&node.node_id) {
+            Some(entry) if entry.check == check && entry.target == target => {}
+            Some(entry) => {
+                *entry =
+                    Tracked { next: now, check, target, failures: 0, successes: 0, running: entry.running };
+            }
+            None => {
+                let next = now + spread(node.node_id.as_str(), check.interval());
+                let entry = Tracked { next, check, target, failures: 0, successes: 0, running: false };
+                tracked.insert(node.node_id.clone(), entry);
+            }
+        }
+    }
+    tracked.retain(|id, _| present.contains(id));
 }
 
 /// Where the check goes: the URL of an HTTP check (its target or the node's address, its path or

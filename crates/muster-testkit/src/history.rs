@@ -135,8 +135,8 @@ impl History {
     /// Checks every invariant; all violations found, the first of each kind per node or watcher.
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
-        let by_revision = self.check_watches(&mut violations);
-        self.check_nodes(&by_revision, &mut violations);
+        self.check_watches(&mut violations);
+        self.check_nodes(&mut violations);
         violations
     }
 
@@ -153,8 +153,8 @@ impl History {
             .count()
     }
 
-    /// Invariants 1-4. Returns every event seen, by revision.
-    fn check_watches(&self, violations: &mut Vec<Violation>) -> BTreeMap<u64, (String, String)> {
+    /// Invariants 1-4.
+    fn check_watches(&self, violations: &mut Vec<Violation>) {
         let mut by_revision: BTreeMap<u64, (String, String)> = BTreeMap::new();
         let mut first_seen: BTreeMap<u64, String> = BTreeMap::new();
         for watch in &self.watches {
@@ -184,7 +184,6 @@ impl History {
         for watch in &self.watches {
             self.check_watch(watch, &by_revision, violations);
         }
-        by_revision
     }
 
     fn check_watch(
@@ -251,8 +250,7 @@ impl History {
                 return;
             }
             let mut state = nodes.clone();
-            for (revision, kind, node) in events.iter().filter(|e| e.0 <= self.final_revision) {
-                let _ = revision;
+            for (_, kind, node) in events.iter().filter(|e| e.0 <= self.final_revision) {
                 match *kind {
                     "deregistered" => {
                         state.remove(*node);
@@ -289,7 +287,7 @@ impl History {
     }
 
     /// Invariants 5-7.
-    fn check_nodes(&self, all: &BTreeMap<u64, (String, String)>, violations: &mut Vec<Violation>) {
+    fn check_nodes(&self, violations: &mut Vec<Violation>) {
         let mut ops: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
         for op in &self.ops {
             ops.entry(op.node.as_str()).or_default().push(op);
@@ -308,7 +306,6 @@ impl History {
                 }
             }
         }
-        let _ = all;
         for (node, list) in &mut ops {
             list.sort_by_key(|op| op.sent_ms);
             let evidence = |extra: Vec<String>| -> Vec<String> {
