@@ -219,3 +219,23 @@ async fn dns_follows_the_acl_default_policy() {
         state.shutdown();
     }
 }
+
+/// The zone and the TTL are settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domain_and_ttl_are_settings() {
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let config = DnsConfig { listen: "127.0.0.1:0".parse().unwrap(), domain: "corp".into(), ttl: 42 };
+    let at = start(&state, config).await.unwrap().local_addr;
+    register(&registry, "a-1", "10.0.0.1:80", vec![service("a", None, None)], Duration::from_secs(60)).await;
+    let dns = resolver(at);
+    until("answered under the configured zone", || async {
+        ips(&dns, "a.service.corp.").await == set(&["10.0.0.1"])
+    })
+    .await;
+    let answer = dns.lookup("a.service.corp.", RecordType::A).await.unwrap();
+    assert!(answer.answers().iter().all(|r| r.ttl == 42), "{:?}", answer.answers());
+    let elsewhere = dns.lookup_ip("a.service.muster.").await.unwrap_err();
+    assert!(!elsewhere.is_nx_domain(), "the default zone is not answered: {elsewhere}");
+    state.shutdown();
+}
