@@ -94,9 +94,10 @@ impl Inner {
         }
     }
 
-    /// Follows the registry's watch stream: keeps the cache current and calls handlers. Reconnects
-    /// with backoff from the last revision; a resync after a gap rebuilds the cache and hands the
-    /// net changes to the handlers.
+    /// Follows the registry's watch stream until cancelled: keeps the cache current and calls
+    /// handlers. Any end of the stream the agent did not ask for — an error or a clean end —
+    /// reconnects with backoff from the last revision; a resync after a gap rebuilds the cache and
+    /// hands the net changes to the handlers.
     pub(crate) async fn watch_loop(self: Arc<Self>, mut opened_by_start: Option<muster_core::WatchStream>) {
         let mut start = WatchStart::Snapshot;
         let mut first_snapshot = true;
@@ -152,15 +153,21 @@ impl Inner {
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "watch stream broke; resuming");
-                        self.cache.mark_unsynced();
                         break;
                     }
+                    // Only `stop` ends the agent's watch: a stream that ends by itself (a registry
+                    // server restarting ends its streams cleanly) is a break like any other.
                     None => {
-                        tracing::debug!("watch stream ended");
-                        self.cache.mark_unsynced();
-                        return;
+                        tracing::warn!("watch stream ended; resuming");
+                        break;
                     }
                 }
+            }
+            self.cache.mark_unsynced();
+            // A stream that ends at once again and again must not spin.
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(reconnect.failed()) => {}
             }
         }
     }

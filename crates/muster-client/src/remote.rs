@@ -136,6 +136,12 @@ impl Registry for RemoteRegistry {
             WatchStart::Snapshot => WatchOptions { snapshot: true, ..WatchOptions::default() },
         };
         let events = self.client.watch(&options).await.map_err(store_error)?;
-        Ok(events.map(|item| item.map_err(store_error)).boxed())
+        // The server ends its streams cleanly when it stops; for a watcher that did not ask for
+        // the end, that is a break: it ends with an error, so every caller resumes.
+        let base = self.client.base_url().to_owned();
+        let ended = futures::stream::once(async move {
+            Err(Error::unavailable(format!("{base}: the registry server closed the watch")))
+        });
+        Ok(events.map(|item| item.map_err(store_error)).chain(ended).boxed())
     }
 }

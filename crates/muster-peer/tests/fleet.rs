@@ -398,3 +398,105 @@ async fn a_killed_peer_process_is_failed_over_and_expires() {
     second.start_kill().unwrap();
     client.stop().await;
 }
+
+/// A `muster serve` on `listener` over a store persisted in `dir`; the returned sender stops it
+/// gracefully and the handle finishes once the store has written its final snapshot.
+async fn persisted_server(
+    listener: tokio::net::TcpListener,
+    dir: &std::path::Path,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let store = muster_memory::MemoryRegistry::open(
+        muster_memory::MemoryOptions::default(),
+        muster_memory::PersistOptions::new(dir),
+    )
+    .await
+    .unwrap();
+    let state = muster_server::AppState::new(Arc::new(store.clone()), muster_server::ServerConfig::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        muster_server::run(listener, state, async move { stopped.await.unwrap_or(()) }).await.unwrap();
+        store.shutdown().await.unwrap();
+    });
+    (stop, task)
+}
+
+/// A graceful restart of the registry server ends every watch stream cleanly. An agent, an SDK
+/// resolver and a peer calling by name, all started before the restart, follow a registration
+/// made after it (a clean end the caller did not ask for is a break, resumed like any other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_the_fleet_across_a_server_restart() {
+    let dir = muster_testkit::redis_server::TempDir::new("restart");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let base = format!("http://{bound}");
+    let (stop, stopped) = persisted_server(listener, dir.path()).await;
+    let remote = || -> Arc<dyn Registry> {
+        Arc::new(muster_client::RemoteRegistry::new(muster_client::Client::new(&base).unwrap()))
+    };
+    // One serving peer before the restart.
+    let first_calls = Arc::new(AtomicU64::new(0));
+    let first = Peer::new(PeerConfig::default());
+    first.expose_service(calculator(Arc::clone(&first_calls))).unwrap();
+    let address = Address::parse(first.listen("127.0.0.1:0").await.unwrap().to_string()).unwrap();
+    first.enable_discovery(remote(), options(), Some(address)).await.unwrap();
+    // The three followers: an agent in client mode, the SDK's resolver, a peer calling by name.
+    let agent = muster_agent::Agent::builder_shared(remote())
+        .options(DiscoveryOptions { client_mode: true, ..options() })
+        .address(Address::parse("127.0.0.1:1").unwrap())
+        .build()
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&seen);
+    agent.on_event(move |event| recorded.lock().unwrap().push(event.node.node_id.as_str().to_owned()));
+    agent.start().await.unwrap();
+    let sdk = muster_client::Client::new(&base).unwrap();
+    let any = muster_core::VersionQuery::Any;
+    let caller = Peer::new(PeerConfig::default());
+    caller.enable_discovery(remote(), options(), None).await.unwrap();
+    let by_name = caller.service("calculator@^1").unwrap();
+    until("the first instance is found by all three", || async {
+        agent.cache().is_synced()
+            && agent.resolve(&muster_core::ServiceQuery::parse("calculator").unwrap()).await.unwrap().len()
+                == 1
+            && sdk.instances("calculator", &any).await.is_ok_and(|r| r.instances.len() == 1)
+    })
+    .await;
+    assert_eq!(by_name.call("add", vec![Value::Int(1), Value::Int(2)]).await, Ok(Value::Int(3)));
+
+    // A graceful restart on the same port and data directory.
+    stop.send(()).unwrap();
+    stopped.await.unwrap();
+    let listener = tokio::net::TcpListener::bind(bound).await.unwrap();
+    let (stop, stopped) = persisted_server(listener, dir.path()).await;
+
+    // A second serving peer registers after the restart.
+    let second_calls = Arc::new(AtomicU64::new(0));
+    let second = Peer::new(PeerConfig::default());
+    second.expose_service(calculator(Arc::clone(&second_calls))).unwrap();
+    let address = Address::parse(second.listen("127.0.0.1:0").await.unwrap().to_string()).unwrap();
+    second.enable_discovery(remote(), options(), Some(address)).await.unwrap();
+    let second_id = second.id().to_owned();
+    until("the agent's cache and handlers see the new node", || async {
+        agent.cache().is_synced()
+            && agent.resolve(&muster_core::ServiceQuery::parse("calculator").unwrap()).await.unwrap().len()
+                == 2
+            && seen.lock().unwrap().contains(&second_id)
+    })
+    .await;
+    until("the SDK's resolver sees the new node", || async {
+        sdk.instances("calculator", &any).await.is_ok_and(|r| r.instances.len() == 2 && !r.stale)
+    })
+    .await;
+    until("calls by name reach the new node", || async {
+        by_name.call("add", vec![Value::Int(1), Value::Int(2)]).await.is_ok()
+            && second_calls.load(Ordering::Relaxed) > 0
+    })
+    .await;
+
+    for peer in [first, second, caller] {
+        peer.stop().await;
+    }
+    agent.stop().await.unwrap();
+    stop.send(()).unwrap();
+    stopped.await.unwrap();
+}

@@ -114,7 +114,12 @@ async fn read_log(
                                 return Ok(());
                             }
                         }
-                        Err(reason) => tracing::warn!(revision, %reason, "skipping unreadable log entry"),
+                        // A change the watcher cannot read is a gap: resync rather than skip it.
+                        Err(reason) => {
+                            tracing::warn!(revision, %reason, "unreadable log entry; resyncing");
+                            cursor.store(send_resync(&inner, &tx).await?.0, Ordering::SeqCst);
+                            break 'entries;
+                        }
                     }
                     cursor.store(revision, Ordering::SeqCst);
                 }

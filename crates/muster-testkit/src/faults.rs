@@ -21,8 +21,8 @@ pub struct FaultyRegistry<R> {
     heartbeat_failures: AtomicU32,
     /// How many upcoming `watch` calls fail.
     watch_failures: AtomicU32,
-    /// Bumped to break every open watch stream.
-    sever: watch::Sender<u64>,
+    /// Changed to break every open watch stream: with an error (`Break::Error`) or a clean end.
+    sever: watch::Sender<Break>,
     /// Milliseconds every item of a watch opened from now on is held back (a lagging feed).
     watch_lag_ms: AtomicU64,
     /// A seeded bug: the next registration of this node is acknowledged and not stored.
@@ -36,7 +36,7 @@ impl<R: Registry> FaultyRegistry<R> {
             inner,
             heartbeat_failures: AtomicU32::new(0),
             watch_failures: AtomicU32::new(0),
-            sever: watch::Sender::new(0),
+            sever: watch::Sender::new(Break::Error),
             watch_lag_ms: AtomicU64::new(0),
             lose: std::sync::Mutex::new(None),
         })
@@ -65,7 +65,13 @@ impl<R: Registry> FaultyRegistry<R> {
 
     /// Breaks every open watch stream: each yields one error, then ends.
     pub fn sever_watches(&self) {
-        self.sever.send_modify(|g| *g += 1);
+        self.sever.send_replace(Break::Error);
+    }
+
+    /// Ends every open watch stream cleanly, with no error — what a registry server's graceful
+    /// restart does to its watch streams. The watcher did not ask for the end.
+    pub fn end_watches(&self) {
+        self.sever.send_replace(Break::Clean);
     }
 
     /// A seeded bug, for checking the checkers: the next registration of `node_id` answers as
@@ -78,6 +84,15 @@ impl<R: Registry> FaultyRegistry<R> {
     pub fn inner(&self) -> &R {
         &self.inner
     }
+}
+
+/// How the open watch streams are broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Break {
+    /// One error item, then the end.
+    Error,
+    /// The end, without an error.
+    Clean,
 }
 
 /// Decrements `counter` if positive; true when this call should fail.
@@ -166,7 +181,10 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
                     }
                     item.map(|item| (item, Some((inner, severed))))
                 }
-                _ = severed.changed() => Some((Err(Error::unavailable("injected watch break")), None)),
+                _ = severed.changed() => match *severed.borrow() {
+                    Break::Error => Some((Err(Error::unavailable("injected watch break")), None)),
+                    Break::Clean => None,
+                },
             }
         });
         Ok(Box::pin(stream))

@@ -85,6 +85,7 @@ macro_rules! __with_cases {
             agent_heartbeat_retries,
             agent_cache_follows_registry,
             agent_cache_resyncs_after_broken_watch,
+            agent_follows_after_a_clean_watch_end,
             agent_operations_on_other_nodes,
         );
     };

@@ -56,6 +56,7 @@ muster_testkit::__conformance_cases!(((), remote().await), TIMING, false;
     agent_heartbeat_retries,
     agent_cache_follows_registry,
     agent_cache_resyncs_after_broken_watch,
+    agent_follows_after_a_clean_watch_end,
     agent_operations_on_other_nodes,
 );
 

@@ -271,3 +271,25 @@ async fn shutdown_releases_the_lease_and_ends_watches() {
     until(Duration::from_secs(3), "the node expires", || async { active_ids(&second).await.is_empty() })
         .await;
 }
+
+/// An event-log entry the watcher cannot read (written by something else, or damaged) is a gap
+/// like any other: the watcher resyncs instead of skipping the change silently.
+#[tokio::test]
+async fn unreadable_log_entry_resyncs() {
+    let server = RedisServer::start().await;
+    let registry = registry(&server.url(), "titan:discovery").await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    registry.heartbeat(registration("n0", "h:1", &["a"], long)).await.unwrap();
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    let revision = server.cli(&["incr", "titan:discovery:revision"]);
+    server.cli(&["xadd", "titan:discovery:log", &format!("{revision}-0"), "garbage", "1"]);
+    registry.heartbeat(registration("n1", "h:2", &["a"], long)).await.unwrap();
+    match next_item(&mut watch, Duration::from_secs(5)).await {
+        WatchEvent::Resync(snapshot) => {
+            let ids: Vec<_> = snapshot.nodes.iter().map(|n| n.node_id.to_string()).collect();
+            assert!(ids.contains(&"n0".to_owned()), "{ids:?}");
+            assert!(snapshot.revision.0 >= revision.parse::<u64>().unwrap(), "{snapshot:?}");
+        }
+        other => panic!("expected a resync in place of the unreadable entry, got {other:?}"),
+    }
+}

@@ -384,6 +384,44 @@ pub async fn agent_cache_resyncs_after_broken_watch<R: Registry + Clone>(registr
     client.stop().await.unwrap();
 }
 
+/// A watch stream that ends without an error (a registry server restarting ends its streams
+/// cleanly) is a break the agent did not ask for: it resumes, and its cache and handlers follow
+/// the changes made after the end.
+pub async fn agent_follows_after_a_clean_watch_end<R: Registry + Clone>(registry: R, timing: Timing) {
+    let faulty = FaultyRegistry::new(registry.clone());
+    let client = Agent::builder_shared(faulty.clone())
+        .options(DiscoveryOptions { client_mode: true, ..timing.options() })
+        .address(addr("h:1"))
+        .build()
+        .unwrap();
+    let seen = Recorder::default();
+    let _sub = client.on_event(seen.handler());
+    client.start().await.unwrap();
+    eventually(timing.event_wait(), "the cache is synced", || async { client.cache().is_synced() }).await;
+
+    for round in 0..2 {
+        faulty.end_watches();
+        let long = Timing { ttl: timing.ttl * 20, ..timing };
+        let node = format!("n{round}");
+        registry.heartbeat(registration(&node, "h:1", &["a"], long)).await.unwrap();
+        seen.wait_for(timing.event_wait() * 2, |s| s.contains(&(EventKind::Registered, node.clone()))).await;
+        eventually(timing.event_wait() * 2, "the cache catches up", || async {
+            client.cache().is_synced()
+                && client.cache().revision() == registry.current_revision().await.unwrap()
+        })
+        .await;
+    }
+    let cached: Vec<_> = client
+        .cache()
+        .find(&ServiceQuery::new("a").unwrap())
+        .unwrap()
+        .iter()
+        .map(|n| n.node_id.to_string())
+        .collect();
+    assert_eq!(cached, ["n0", "n1"]);
+    client.stop().await.unwrap();
+}
+
 /// Titan's operations on any node: info, existence, activity, updates and removal.
 pub async fn agent_operations_on_other_nodes<R: Registry + Clone>(registry: R, timing: Timing) {
     let agent = agent_for(&registry, timing, "me", 7000, &["mine@1"]);

@@ -2,8 +2,8 @@
 //! write), each reaching it through a fault proxy; clients and watchers from the history harness;
 //! fault kinds in turn — Redis SIGKILLed and restarted, a server SIGKILLed and restarted, the
 //! network between a server and Redis blackholed, slowed by 300 ms, partitioned (connections
-//! reset), and the network between the clients and a server blackholed, each healed — then every
-//! promise checked.
+//! reset), the network between the clients and a server blackholed, each healed, and a server
+//! stopped gracefully and restarted (its watch streams end cleanly) — then every promise checked.
 //!
 //! The seeds are printed; `MUSTER_FAULT_SEEDS=1,2` replays chosen ones and `MUSTER_FAULT_SECONDS`
 //! makes each run longer (the faults repeat), for the long runs of docs/RELIABILITY.md.
@@ -44,6 +44,15 @@ impl Server {
         self.kill();
         *self = Self::start(self.port, &self.redis_url);
     }
+
+    /// Stops the server with SIGTERM (it ends its watch streams cleanly and finishes its
+    /// requests), waits for it, and starts it again.
+    fn restart_gracefully(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+        *self = Self::start(self.port, &self.redis_url);
+    }
 }
 
 impl Drop for Server {
@@ -65,7 +74,7 @@ fn seeds() -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_under_faults_keep_every_promise() {
-    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(36);
     for seed in seeds() {
         eprintln!("fault run: seed {seed} ({seconds} s); replay with MUSTER_FAULT_SEEDS={seed}");
         run(seed, Duration::from_secs(seconds)).await;
@@ -92,7 +101,7 @@ async fn run(seed: u64, length: Duration) {
     while started.elapsed() < length {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let fault = harness.fault();
-        match round % 6 {
+        match round % 7 {
             0 => {
                 redis.kill();
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -100,30 +109,37 @@ async fn run(seed: u64, length: Duration) {
                 injected.push("redis SIGKILL + restart");
             }
             1 => {
-                let victim = (round as usize / 6) % servers.len();
+                let victim = (round as usize / 7) % servers.len();
                 servers[victim].kill();
                 tokio::time::sleep(Duration::from_millis(1_000)).await;
                 servers[victim].restart();
                 injected.push("muster serve SIGKILL + restart");
             }
             2 => {
-                let victim = &proxies[(round as usize / 6) % proxies.len()];
+                let victim = &proxies[(round as usize / 7) % proxies.len()];
                 victim.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
                 injected.push("server-Redis blackhole, healed");
             }
             3 => {
-                let victim = &proxies[(round as usize / 6 + 1) % proxies.len()];
+                let victim = &proxies[(round as usize / 7 + 1) % proxies.len()];
                 victim.spell(Fault::Latency(Duration::from_millis(300)), Duration::from_secs(3)).await;
                 injected.push("server-Redis latency 300 ms");
             }
             4 => {
-                let victim = &proxies[(round as usize / 6) % proxies.len()];
+                let victim = &proxies[(round as usize / 7) % proxies.len()];
                 victim.spell(Fault::Partition, Duration::from_secs(2)).await;
                 injected.push("server-Redis partition (connections reset), healed");
             }
-            _ => {
+            5 => {
                 front.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
                 injected.push("clients-server blackhole, healed");
+            }
+            _ => {
+                // Watch streams that end cleanly: the watchers must take the end as a break.
+                let victim = (round as usize / 7 + 1) % servers.len();
+                servers[victim].restart_gracefully();
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+                injected.push("muster serve SIGTERM + restart (watch streams end cleanly)");
             }
         }
         // Let the fleet settle before the window closes (expiries delayed by the fault count in it).
@@ -145,7 +161,7 @@ async fn run(seed: u64, length: Duration) {
         history.watches.len()
     );
     assert!(acked > 100, "the workload ran: {acked} acknowledged operations");
-    assert!(injected.len() >= 6, "every fault kind ran: {injected:?}");
+    assert!(injected.len() >= 7, "every fault kind ran: {injected:?}");
     assert_eq!(
         history.caught_up(),
         history.watches.len(),
