@@ -219,7 +219,10 @@ pub(crate) fn parse_log_entry(revision: Revision, fields: &[String]) -> Result<D
         .map_err(|e| format!("node does not parse: {e}"))?
         .into_node()
         .map_err(|(_, reason)| reason)?;
-    let timestamp_ms = field("ts").parse().unwrap_or(node.timestamp_ms);
+    let timestamp_ms = match field("ts") {
+        "" => node.timestamp_ms,
+        ts => ts.parse().map_err(|_| format!("timestamp {ts:?} is not a number"))?,
+    };
     let previous_services = match field("prev") {
         "" => None,
         prev => Some(services_from_wire(prev)),

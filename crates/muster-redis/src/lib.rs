@@ -34,6 +34,7 @@ mod conn;
 mod hints;
 mod keys;
 mod reconcile;
+mod replies;
 mod scripts;
 mod sweeper;
 mod tokens;
@@ -46,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_core::{
-    Change, DeregisterReason, Error, ErrorKind, HeartbeatOutcome, NodeId, NodeInfo, NodeUpdate, Registration,
+    DeregisterReason, Error, ErrorKind, HeartbeatOutcome, NodeId, NodeInfo, NodeUpdate, Registration,
     Registry, Result, Revision, ServiceQuery, Snapshot, WatchStart, WatchStream, time::now_ms,
 };
 use redis::{FromRedisValue, Script};
@@ -66,6 +67,7 @@ pub fn check_node_hash(address: &str, services: &str, timestamp: &str) -> std::r
 use codec::{ROW, Row};
 use conn::Pool;
 use keys::Keys;
+use replies::{HeartbeatReply, StoredReply};
 use scripts::Scripts;
 
 /// The Redis registry. Cheap to clone; clones share connections. Background work (the sweeper)
@@ -178,14 +180,12 @@ impl Inner {
     async fn read(&self, mode: &str, args: &[String]) -> Result<(Revision, Vec<Row>)> {
         let mut all = vec![mode.to_owned(), if self.config.read_only { "ro" } else { "rw" }.to_owned()];
         all.extend_from_slice(args);
-        let out: Vec<String> = self.invoke(&self.scripts.read, &all).await?;
-        let field = |i: usize| out.get(i).map(String::as_str).unwrap_or_default();
-        let revision = field(0).parse().ok().map(Revision).unwrap_or_default();
-        let mut rows = codec::parse_bulk(field(1), field(2)).map_err(|reason| {
+        let out = replies::read(self.invoke(&self.scripts.read, &all).await?, ROW)?;
+        let mut rows = codec::parse_bulk(&out.view_json, &out.view_deadlines).map_err(|reason| {
             Error::new(ErrorKind::Internal, format!("unreadable node listing: {reason}"))
         })?;
-        rows.extend(out.get(3..).unwrap_or_default().chunks_exact(ROW).map(codec::parse_row));
-        Ok((revision, rows))
+        rows.extend(out.rows.chunks_exact(ROW).map(codec::parse_row));
+        Ok((out.revision, rows))
     }
 
     /// Reads nodes and returns the readable ones with their liveness, sorted by id. A read changes
@@ -283,12 +283,11 @@ impl Inner {
         const BATCH: u64 = 500;
         let mut total = 0;
         loop {
-            let (removed, next, now): (u64, String, String) =
-                self.invoke(&self.scripts.sweep, &[BATCH.to_string()]).await?;
-            total += removed;
-            if removed < BATCH {
-                let next = next.parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n as u64);
-                return Ok((total, next, now.parse().unwrap_or(0)));
+            let reply: Vec<String> = self.invoke(&self.scripts.sweep, &[BATCH.to_string()]).await?;
+            let swept = replies::sweep(&reply)?;
+            total += swept.removed;
+            if swept.removed < BATCH {
+                return Ok((total, swept.next_deadline_ms, swept.now_ms));
             }
         }
     }
@@ -341,13 +340,15 @@ fn limit_arg(limit: Option<usize>) -> String {
     limit.map(|max| max.to_string()).unwrap_or_default()
 }
 
-/// A script's refusal `{'limit', name, others}`.
-fn limit_error(name: &str, others: &str, limit: Option<usize>) -> Error {
-    Error::service_full(name, others.parse().unwrap_or(0), limit.unwrap_or(0))
-}
-
-fn parse_revision(text: &str) -> Option<Revision> {
-    text.parse::<u64>().ok().filter(|r| *r > 0).map(Revision)
+/// The node a refresh or update script answered with (its hash fields after the write).
+fn stored_node(node_id: &NodeId, fields: Vec<String>) -> Result<NodeInfo> {
+    let mut row = Vec::with_capacity(ROW);
+    row.extend([node_id.to_string(), "1".to_owned()]);
+    row.extend(fields);
+    match codec::parse_row(&row) {
+        Row::Node { node, .. } => Ok(node),
+        Row::Broken { reason, .. } => Err(Error::new(ErrorKind::Internal, reason)),
+    }
 }
 
 #[async_trait::async_trait]
@@ -368,17 +369,14 @@ impl Registry for RedisRegistry {
             self.inner.heartbeat_events_arg(),
             limit_arg(registration.service_limit()),
         ];
-        let (change, registered_at, revision, _expired, timestamp): (String, String, String, String, String) =
-            self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
-        let change = match change.as_str() {
-            "limit" => return Err(limit_error(&registered_at, &revision, registration.service_limit())),
-            "registered" => Change::Registered,
-            "updated" => Change::Updated,
-            _ => Change::Unchanged,
-        };
-        let timestamp = timestamp.parse().unwrap_or(now);
-        let node = registration.to_node(registered_at.parse().unwrap_or(timestamp), timestamp);
-        Ok(HeartbeatOutcome { change, node, revision: parse_revision(&revision) })
+        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
+        match replies::heartbeat(&reply)? {
+            HeartbeatReply::Limit(refusal) => Err(refusal.into_error(registration.service_limit())),
+            HeartbeatReply::Written { change, registered_at_ms, revision, timestamp_ms } => {
+                let node = registration.to_node(registered_at_ms, timestamp_ms);
+                Ok(HeartbeatOutcome { change, node, revision })
+            }
+        }
     }
 
     async fn refresh(
@@ -392,18 +390,15 @@ impl Registry for RedisRegistry {
             status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
             self.inner.heartbeat_events_arg(),
         ];
-        let out: Vec<String> = self.inner.invoke(&self.inner.scripts.refresh, &args).await?;
-        if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {
-            return Err(Error::node_not_found(node_id.as_str()));
-        }
-        let change = if out[0] == "updated" { Change::Updated } else { Change::Unchanged };
-        let mut row = vec![node_id.to_string(), "1".to_owned()];
-        row.extend(out[2..9].iter().cloned());
-        match codec::parse_row(&row) {
-            Row::Node { node, .. } => {
-                Ok(HeartbeatOutcome { change, node, revision: parse_revision(&out[1]) })
+        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.refresh, &args).await?;
+        match replies::stored("refresh", &reply)? {
+            StoredReply::NotFound => Err(Error::node_not_found(node_id.as_str())),
+            StoredReply::Limit(_) => {
+                Err(Error::new(ErrorKind::Internal, "the refresh script answered with a limit refusal"))
             }
-            Row::Broken { reason, .. } => Err(Error::new(ErrorKind::Internal, reason)),
+            StoredReply::Node { change, revision, fields } => {
+                Ok(HeartbeatOutcome { change, node: stored_node(node_id, fields)?, revision })
+            }
         }
     }
 
@@ -417,27 +412,19 @@ impl Registry for RedisRegistry {
             update.new_metadata().map(json).transpose()?.unwrap_or_default(),
             limit_arg(update.service_limit()),
         ];
-        let out: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
-        if out.first().map(String::as_str) == Some("limit") && out.len() >= 3 {
-            return Err(limit_error(&out[1], &out[2], update.service_limit()));
-        }
-        if out.first().map(String::as_str) == Some("notfound") || out.len() < 9 {
-            return Err(Error::node_not_found(node_id.as_str()));
-        }
-        let mut row = vec![node_id.to_string(), "1".to_owned()];
-        row.extend(out[2..9].iter().cloned());
-        match codec::parse_row(&row) {
-            Row::Node { node, .. } => Ok(node),
-            Row::Broken { reason, .. } => Err(Error::new(ErrorKind::Internal, reason)),
+        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
+        match replies::stored("update", &reply)? {
+            StoredReply::NotFound => Err(Error::node_not_found(node_id.as_str())),
+            StoredReply::Limit(refusal) => Err(refusal.into_error(update.service_limit())),
+            StoredReply::Node { fields, .. } => stored_node(node_id, fields),
         }
     }
 
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
         self.inner.writable()?;
         let args = vec![node_id.to_string(), reason.as_str().to_owned()];
-        let (removed, _revision): (u64, String) =
-            self.inner.invoke(&self.inner.scripts.deregister, &args).await?;
-        Ok(removed == 1)
+        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.deregister, &args).await?;
+        replies::deregister(&reply)
     }
 
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
