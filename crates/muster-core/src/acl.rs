@@ -222,6 +222,11 @@ impl Policy {
         rules.any(|r| services.clone().any(|s| r.services.matches(s)))
     }
 
+    /// Whether it may write `service` on some node: the least a write naming that service needs.
+    pub fn may_write_service(&self, service: &str) -> bool {
+        self.admin || self.rules.iter().any(|r| r.access >= Access::Write && r.services.matches(service))
+    }
+
     /// `Ok` when it may write the node `id` providing `services`; otherwise the permission
     /// missing, as a person reads it.
     pub fn check_write<'a>(

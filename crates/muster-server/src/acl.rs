@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use muster_api::ErrorCode;
@@ -29,7 +29,7 @@ use muster_core::acl::{Access, DefaultPolicy, Policy, Rule, TokenRecord, TokenSt
 use muster_core::{NodeId, NodeInfo, Registry};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiJson;
+use crate::error::{ApiJson, Refused};
 use crate::limits::{ClientKey, client_address, too_many};
 use crate::{ApiError, AppState};
 
@@ -171,6 +171,16 @@ impl Caller {
         }
     }
 
+    /// Fails unless the caller may write `service` on some node: checked before a write route looks
+    /// anything up, so a refused caller learns nothing about what is stored.
+    pub(crate) fn require_write_service(&self, service: &str) -> Result<(), ApiError> {
+        if self.open || self.policy.may_write_service(service) {
+            Ok(())
+        } else {
+            Err(self.refused(&format!("write on service `{service}`")))
+        }
+    }
+
     /// Fails unless the caller may write the node `id` providing `services`.
     pub(crate) fn require_write<'a>(
         &self,
@@ -252,6 +262,23 @@ pub(crate) struct Acl {
     /// The last read of the store failed: an unknown token may be a new one not read yet, so it
     /// answers 503 rather than 401 until the store answers again.
     stale: std::sync::atomic::AtomicBool,
+    /// Hashes of tokens the store did not know at the current generation: asked about again, they
+    /// cost no read until the generation changes (emptied by every install; bounded).
+    misses: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// When the last check of the store's generation for an unknown token began: misses that
+    /// arrived before it take its answer instead of reading again (one read for a burst).
+    checked_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Most made-up tokens remembered as misses at one generation.
+const MAX_MISSES: usize = 4096;
+
+/// What the headers' token is, before any store read.
+enum Presented {
+    /// A caller known here (or the anonymous caller).
+    Known(Arc<Caller>),
+    /// A token not known here: the store must be asked (a read that the rate limit guards).
+    Unknown([u8; 32]),
 }
 
 /// How often the store's generation is checked.
@@ -267,6 +294,8 @@ impl Acl {
             known: ArcSwap::from_pointee(Known::default()),
             reloading: tokio::sync::Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
+            misses: std::sync::Mutex::default(),
+            checked_at: std::sync::Mutex::default(),
             config,
         };
         acl.install(0, Vec::new());
@@ -302,6 +331,7 @@ impl Acl {
             }
         }
         self.known.store(Arc::new(Known { generation, by_hash }));
+        self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     /// Reads every token from the store again.
@@ -323,9 +353,18 @@ impl Acl {
     /// miss that finds the token after waiting (another miss reloaded) reads nothing.
     async fn reload_for_miss(&self, hash: &[u8; 32]) {
         let Some(store) = &self.store else { return };
+        let arrived = tokio::time::Instant::now();
         let _one_at_a_time = self.reloading.lock().await;
         if self.known.load().by_hash.contains_key(hash) {
             return;
+        }
+        {
+            let mut checked_at = self.checked_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if checked_at.is_some_and(|at| at >= arrived) {
+                // A check that began after this miss arrived has answered it already.
+                return;
+            }
+            *checked_at = Some(tokio::time::Instant::now());
         }
         let changed = match store.generation().await {
             Ok(generation) => generation != self.known.load().generation,
@@ -378,13 +417,24 @@ impl Acl {
         }
     }
 
-    /// The caller presenting `headers`.
-    async fn identify(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
-        let Some(secret) = presented_token(headers)? else { return Ok(Arc::clone(&self.anonymous)) };
+    /// The caller presenting `headers`, as far as it is known without reading the store.
+    fn presented(&self, headers: &HeaderMap) -> Result<Presented, ApiError> {
+        let Some(secret) = presented_token(headers)? else {
+            return Ok(Presented::Known(Arc::clone(&self.anonymous)));
+        };
         let hash = digest(secret);
         if let Some(caller) = self.known.load().by_hash.get(&hash) {
-            return Ok(Arc::clone(caller));
+            return Ok(Presented::Known(Arc::clone(caller)));
         }
+        let stale = self.stale.load(std::sync::atomic::Ordering::Relaxed);
+        if !stale && self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&hash) {
+            return Err(invalid_token());
+        }
+        Ok(Presented::Unknown(hash))
+    }
+
+    /// Asks the store about a token not known here (see [`Acl::reload_for_miss`]).
+    async fn look_up(&self, hash: [u8; 32]) -> Result<Arc<Caller>, ApiError> {
         self.reload_for_miss(&hash).await;
         if let Some(caller) = self.known.load().by_hash.get(&hash) {
             return Ok(Arc::clone(caller));
@@ -395,7 +445,12 @@ impl Acl {
                 "the token store does not answer, so this token cannot be checked; retry",
             ));
         }
-        Err(ApiError::new(ErrorCode::Unauthorized, "the token is not valid (unknown, or revoked)"))
+        let mut misses = self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if misses.len() >= MAX_MISSES {
+            misses.clear();
+        }
+        misses.insert(hash);
+        Err(invalid_token())
     }
 
     fn store(&self) -> Result<&Arc<dyn TokenStore>, ApiError> {
@@ -408,6 +463,10 @@ impl Acl {
     }
 }
 
+fn invalid_token() -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, "the token is not valid (unknown, or revoked)")
+}
+
 /// The secret a request presents, if any: `Authorization: Bearer <secret>` or `X-Muster-Token`.
 fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let malformed = || {
@@ -416,71 +475,111 @@ fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             "send the token as `Authorization: Bearer <token>` or `X-Muster-Token`",
         )
     };
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| malformed())?;
-        let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(malformed());
-        }
-        return Ok(Some(token.trim()));
+    let ambiguous = || {
+        ApiError::new(
+            ErrorCode::InvalidInput,
+            "the request carries more than one token; send exactly one (`Authorization: Bearer <token>` or `X-Muster-Token`)",
+        )
+    };
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some()
+        || headers.get_all(TOKEN_HEADER).iter().nth(1).is_some()
+    {
+        return Err(ambiguous());
     }
-    match headers.get(TOKEN_HEADER) {
+    let bearer = match headers.get(header::AUTHORIZATION) {
         Some(value) => {
-            value.to_str().ok().map(str::trim).filter(|t| !t.is_empty()).map(Some).ok_or_else(malformed)
+            let value = value.to_str().map_err(|_| malformed())?;
+            let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(malformed());
+            }
+            Some(token.trim())
         }
-        None => Ok(None),
+        None => None,
+    };
+    let header_token = match headers.get(TOKEN_HEADER) {
+        Some(value) => {
+            Some(value.to_str().ok().map(str::trim).filter(|t| !t.is_empty()).ok_or_else(malformed)?)
+        }
+        None => None,
+    };
+    match (bearer, header_token) {
+        (Some(a), Some(b)) if a != b => Err(ambiguous()),
+        (a, b) => Ok(a.or(b)),
     }
 }
 
 /// Identifies the caller of every request (401 for an invalid token), applies the caller's rate
 /// limit (by token name, else by address; an invalid token counts against the address), and guards
 /// the routes whose access is a setting (`/metrics`, `/openapi.json`). Route handlers check the rest.
-pub(crate) async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let acl = &state.inner.acl;
-    let path = request.uri().path();
-    if matches!(path, "/health" | "/ready" | "/ui" | "/ui/" | "/") {
+pub(crate) async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/health" | "/ready" | "/ui" | "/ui/" | "/") {
         return next.run(request).await;
     }
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !write || !state.inner.acl.enabled() {
+        return authenticated(&state, request, next).await.0;
+    }
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let (response, token) = authenticated(&state, request, next).await;
+    // Refused writes are audited like the writes that go through: who, what, why — never a secret.
+    if let Some(Refused(reason)) = response.extensions().get::<Refused>() {
+        let token = token.as_deref().unwrap_or("anonymous");
+        tracing::info!(target: "muster::audit", token, %method, path, status = response.status().as_u16(), %reason, "write refused");
+    }
+    response
+}
+
+/// [`authenticate`]'s work; also returns the caller's token name, when one was identified.
+async fn authenticated(state: &AppState, mut request: Request, next: Next) -> (Response, Option<Arc<str>>) {
+    let acl = &state.inner.acl;
     let limiter = state.inner.limiter.as_ref();
     let by_address =
         |request: &Request| limiter.map_or(Ok(()), |l| l.check(&ClientKey::Address(client_address(request))));
     if !acl.enabled() {
         if let Err(wait) = by_address(&request) {
-            return too_many(wait);
+            return (too_many(wait), None);
         }
-        return next.run(request).await;
+        return (next.run(request).await, None);
     }
-    let caller = match acl.identify(request.headers()).await {
+    let presented = match acl.presented(request.headers()) {
+        Ok(Presented::Known(caller)) => Ok(caller),
+        // A token not known here costs a store read: the address's rate limit applies first, so a
+        // flood of made-up tokens is limited before it reaches the store.
+        Ok(Presented::Unknown(hash)) => match by_address(&request) {
+            Err(wait) => return (too_many(wait), None),
+            Ok(()) => acl.look_up(hash).await,
+        },
+        Err(error) => Err(error),
+    };
+    let caller = match presented {
         Ok(caller) => caller,
         Err(error) => {
             if let Err(wait) = by_address(&request) {
-                return too_many(wait);
+                return (too_many(wait), None);
             }
-            return error.into_response();
+            return (error.into_response(), None);
         }
     };
+    let token = caller.name.clone();
     let limited = match (&caller.name, limiter) {
         (_, None) => Ok(()),
         (Some(name), Some(limiter)) => limiter.check(&ClientKey::Token(Arc::clone(name))),
         (None, Some(_)) => by_address(&request),
     };
     if let Err(wait) = limited {
-        return too_many(wait);
+        return (too_many(wait), token);
     }
-    let guarded = match path {
+    let guarded = match request.uri().path() {
         "/metrics" if !acl.config.public_metrics => caller.require_some_read(),
         "/openapi.json" if !acl.config.public_openapi => caller.require_some_read(),
         _ => Ok(()),
     };
     if let Err(error) = guarded {
-        return error.into_response();
+        return (error.into_response(), token);
     }
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    (next.run(request).await, token)
 }
 
 fn view(

@@ -218,6 +218,7 @@ pub(crate) async fn heartbeat(
     CompatJson(request): CompatJson<InstanceRequest>,
 ) -> Result<Json<InstanceResponse>, ApiError> {
     let address = address_of(&request)?;
+    caller.require_write_service(&request.name).map_err(ApiError::compat)?;
     // The derived id first (a read and the heartbeat); a refresh that finds it expired falls back
     // to a node registered through `/v1` at this address.
     let mut refreshed = None;
@@ -318,9 +319,14 @@ pub(crate) async fn stats(
     Auth(caller): Auth,
 ) -> Result<Json<StatsResponse>, ApiError> {
     caller.require_some_read().map_err(ApiError::compat)?;
-    let nodes = state.registry().list_active().await.map_err(compat_error)?;
-    let names: std::collections::BTreeSet<String> =
-        nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.clone())).collect();
+    let mut nodes = state.registry().list_active().await.map_err(compat_error)?;
+    // Every figure drawn from the registry is over what the caller may read. (The lifetime
+    // counters are the server's own, the same as `/metrics` shows any reader.)
+    nodes.retain(|n| caller.may_read_node(n));
+    let names: std::collections::BTreeSet<String> = nodes
+        .iter()
+        .flat_map(|n| n.services.iter().filter(|s| caller.may_read_service(&s.name)).map(|s| s.name.clone()))
+        .collect();
     let stats = &state.inner.metrics;
     Ok(Json(StatsResponse {
         total_registrations: stats.registrations.get(),
@@ -368,6 +374,8 @@ pub(crate) async fn remove_instance(
 ) -> Result<Json<RemovedResponse>, ApiError> {
     let axum::extract::Query(at) = query.map_err(|e| ApiError::from(e).compat())?;
     let address = Address::from_parts(&at.ip, at.port).map_err(compat_error)?;
+    // Refused before anything is looked up: a caller who may not write learns nothing stored.
+    caller.require_write_service(&name).map_err(ApiError::compat)?;
     let derived = match derived_instance(&state, &name, &address).await? {
         Some(node) if state.registry().is_active(&node.node_id).await.map_err(compat_error)? => Some(node),
         _ => None,
@@ -379,7 +387,11 @@ pub(crate) async fn remove_instance(
     let Some(node) = found else {
         return Err(ApiError::not_found(format!("no instance of `{name}` at {address}")).compat());
     };
-    caller.require_write(node.node_id.as_str(), [name.as_str()]).map_err(ApiError::compat)?;
+    // Like every write: the caller may write every service the node provides now (which covers
+    // what it provides after).
+    caller
+        .require_write(node.node_id.as_str(), node.services.iter().map(|s| s.name.as_str()))
+        .map_err(ApiError::compat)?;
     // Only this service leaves the node; the node goes when it provides nothing else.
     let rest: Vec<ServiceInfo> = node.services.iter().filter(|s| s.name != name).cloned().collect();
     let removed = if rest.is_empty() {

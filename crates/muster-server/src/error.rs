@@ -1,6 +1,8 @@
 //! The one HTTP error type: every failure becomes `{"error": {"code", "message"}}` with a fitting
 //! status (plus `timestamp` on the seed-003 routes).
 
+use std::sync::Arc;
+
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -144,9 +146,19 @@ impl IntoResponse for ApiError {
             error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message },
             timestamp: self.compat.then(|| iso8601(now_ms())),
         };
-        (self.status, axum::Json(body)).into_response()
+        let refused = matches!(self.code, ErrorCode::Unauthorized | ErrorCode::Forbidden)
+            .then(|| Refused(Arc::from(body.error.message.as_str())));
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(refused) = refused {
+            response.extensions_mut().insert(refused);
+        }
+        response
     }
 }
+
+/// Carried by a 401/403 response: why access was refused (never a secret), for the audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct Refused(pub(crate) Arc<str>);
 
 /// `Json` whose rejections are [`ApiError`]s.
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]

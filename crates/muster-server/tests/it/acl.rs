@@ -574,3 +574,150 @@ async fn an_unreachable_token_store_answers_503_for_unknown_tokens() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A token store that counts the reads an unknown token can cause.
+struct CountingStore {
+    inner: muster_memory::LocalTokenStore,
+    generation_reads: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl muster_core::acl::TokenStore for CountingStore {
+    async fn load(&self) -> muster_core::Result<(u64, Vec<muster_core::acl::TokenRecord>)> {
+        self.inner.load().await
+    }
+    async fn generation(&self) -> muster_core::Result<u64> {
+        self.generation_reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.generation().await
+    }
+    async fn create(
+        &self,
+        record: &muster_core::acl::TokenRecord,
+        only_if_empty: bool,
+    ) -> muster_core::Result<()> {
+        self.inner.create(record, only_if_empty).await
+    }
+    async fn delete(&self, name: &str) -> muster_core::Result<bool> {
+        self.inner.delete(name).await
+    }
+}
+
+/// The side paths keep the main path's promises: `/stats` counts only what the caller may read;
+/// the seed-003 removal checks every service of the node like the v1 routes; anonymous seed writes
+/// cannot tell whether an `ip:port` exists; ambiguous credentials are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_paths_keep_the_access_promises() {
+    let server = memory_server(acl_config()).await;
+    let (_, boot) = call(&server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
+    let admin = boot["secret"].as_str().unwrap().to_owned();
+    let pay_reader =
+        create_token(&server, &admin, "pay-reader", json!([{"services": "pay*", "access": "read"}])).await;
+    let web_writer =
+        create_token(&server, &admin, "web-writer", json!([{"services": "web", "access": "write"}])).await;
+    for (id, address, services) in [
+        ("pay-1", "10.0.0.1:80", json!([{"name": "payments"}])),
+        ("auth-1", "10.0.0.2:80", json!([{"name": "auth"}])),
+        ("both-1", "10.0.0.5:80", json!([{"name": "web"}, {"name": "db"}])),
+    ] {
+        let body = json!({"address": address, "services": services, "ttlMs": 600_000});
+        let (status, body) = call(&server, Some(&admin), Method::PUT, &format!("/v1/nodes/{id}"), body).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // 4. /stats over what the caller may read.
+    let (status, stats) = call(&server, Some(&pay_reader), Method::GET, "/stats", Value::Null).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["services"], json!(["payments"]), "{stats}");
+    assert_eq!((stats["activeServices"].as_u64(), stats["activeInstances"].as_u64()), (Some(1), Some(1)));
+    let (_, all) = call(&server, Some(&admin), Method::GET, "/stats", Value::Null).await;
+    assert_eq!(all["activeInstances"], 3, "{all}");
+
+    // 5. Removing `web` from a node that also provides `db` needs write on `db` too.
+    let remove = "/services/web/instances?ip=10.0.0.5&port=80";
+    let (status, body) = call(&server, Some(&web_writer), Method::DELETE, remove, Value::Null).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("db"), "{body}");
+    let (_, node) = call(&server, Some(&admin), Method::GET, "/v1/nodes/both-1", Value::Null).await;
+    assert_eq!(node["services"].as_array().unwrap().len(), 2, "unchanged: {node}");
+
+    // 11. Anonymous seed writes: 401 whether the instance exists or not.
+    for path in [remove, "/services/web/instances?ip=10.9.9.9&port=1"] {
+        let (status, body) = call(&server, None, Method::DELETE, path, Value::Null).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    for ip in ["10.0.0.5", "10.9.9.9"] {
+        let body = json!({"name": "web", "ip": ip, "port": 80});
+        let (status, answer) = call(&server, None, Method::POST, "/heartbeat", body).await;
+        assert_eq!(status, 401, "{ip}: {answer}");
+    }
+
+    // 11. Ambiguous credentials: 400, never "first wins".
+    let send = |headers: Vec<(&'static str, String)>| {
+        let mut request = client().get(server.url("/v1/nodes"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let bearer = |secret: &str| format!("Bearer {secret}");
+    assert_eq!(
+        send(vec![("authorization", bearer(&admin)), ("authorization", bearer(&pay_reader))]).await,
+        400
+    );
+    assert_eq!(
+        send(vec![("authorization", bearer(&pay_reader)), ("x-muster-token", admin.clone())]).await,
+        400
+    );
+    assert_eq!(send(vec![("x-muster-token", admin.clone()), ("x-muster-token", admin.clone())]).await, 400);
+    assert_eq!(send(vec![("authorization", bearer(&admin)), ("x-muster-token", admin.clone())]).await, 200);
+}
+
+/// Made-up tokens cannot stall authentication: the address's rate limit applies before an unknown
+/// token costs a store read, and an unknown token asked about again costs none until the tokens
+/// change; a real token created meanwhile is known at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_tokens_are_limited_before_the_store_is_read() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(CountingStore {
+        inner: muster_memory::LocalTokenStore::in_memory(),
+        generation_reads: std::sync::atomic::AtomicU64::new(0),
+    });
+    let registry = Arc::new(muster_memory::MemoryRegistry::new());
+    let mut config = acl_config();
+    config.rate_limit = Some(RateLimit { per_second: 1, burst: 10 });
+    let server = TestServer::serve(AppState::with_token_store(registry, config, store.clone())).await;
+    let (_, boot) = call(&server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
+    let admin = boot["secret"].as_str().unwrap().to_owned();
+    let made_up = |n: usize| format!("mst_{n:064x}");
+
+    let before = store.generation_reads.load(Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let mut limited = 0;
+    for n in 0..200 {
+        let (status, _) = call(&server, Some(&made_up(n)), Method::GET, "/v1/nodes", Value::Null).await;
+        assert!(status == 401 || status == 429, "{status}");
+        limited += usize::from(status == 429);
+    }
+    let reads = store.generation_reads.load(Ordering::SeqCst) - before;
+    // The bucket (10, then one a second) and the poller (one read a second) bound the reads.
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(limited >= 150, "{limited} of 200 limited");
+    assert!(reads <= 10 + 2 * seconds, "200 made-up tokens cost {reads} generation reads in {seconds} s");
+
+    // Without a limit in the way: one made-up token asked about 100 times reads the store once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = store.generation_reads.load(Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let mut statuses = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        statuses.insert(call(&server, Some(&made_up(7)), Method::GET, "/v1/nodes", Value::Null).await.0);
+    }
+    let reads = store.generation_reads.load(Ordering::SeqCst) - before;
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(reads <= 1 + seconds, "a made-up token asked about 100 times cost {reads} reads ({statuses:?})");
+
+    // A real token created meanwhile is known at once.
+    let fresh = create_token(&server, &admin, "fresh", json!([{"access": "read"}])).await;
+    let (status, _) = call(&server, Some(&fresh), Method::GET, "/v1/nodes", Value::Null).await;
+    assert_eq!(status, 200);
+}

@@ -486,7 +486,8 @@ async fn lifecycle_is_logged_plainly() {
 }
 
 /// With access control on, every write made with a token is logged at `info` on the audit target
-/// with the token's name, the action and the node — never the secret (heartbeats at `debug`).
+/// with the token's name, the action and the node — never the secret (heartbeats at `debug`); a
+/// refused write is logged too, with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_with_a_token_are_audited_without_the_secret() {
     let dir = std::env::temp_dir().join(format!("muster-audit-{}", std::process::id()));
@@ -510,6 +511,9 @@ async fn writes_with_a_token_are_audited_without_the_secret() {
     assert_eq!(heartbeat.send().await.unwrap().status(), 200);
     let refused = client.put(format!("{base}/v1/nodes/web-1")).json(&body);
     assert_eq!(refused.send().await.unwrap().status(), 401);
+    let db = serde_json::json!({"address": "10.0.0.9:81", "services": [{"name": "db"}]});
+    let forbidden = client.put(format!("{base}/v1/nodes/db-1")).bearer_auth(secret).json(&db);
+    assert_eq!(forbidden.send().await.unwrap().status(), 403);
     let delete = client.delete(format!("{base}/v1/nodes/web-1")).header("x-muster-token", secret);
     assert_eq!(delete.send().await.unwrap().status(), 204);
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -525,6 +529,20 @@ async fn writes_with_a_token_are_audited_without_the_secret() {
         })
     };
     assert!(audited("register") && audited("deregister"), "{log}");
+    // Refused writes too, with the reason, whoever asked.
+    let refused = |who: &str, status: &str, path: &str| {
+        log.lines().any(|l| {
+            l.contains(" INFO ")
+                && l.contains("muster::audit")
+                && l.contains(&format!("token=\"{who}\""))
+                && l.contains(&format!("status={status}"))
+                && l.contains(&format!("path=\"{path}\""))
+                && l.contains("write refused")
+                && l.contains("reason=")
+        })
+    };
+    assert!(refused("anonymous", "401", "/v1/nodes/web-1"), "{log}");
+    assert!(refused("deployer", "403", "/v1/nodes/db-1"), "{log}");
     assert!(!audited("heartbeat"), "heartbeats are audited at debug only:\n{log}");
     assert!(!log.contains(secret), "the secret is never logged:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
