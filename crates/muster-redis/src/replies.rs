@@ -160,7 +160,7 @@ pub(crate) fn sweep(reply: &[String]) -> Result<SweepReply> {
 /// Decodes the read script's reply; `row` is the number of strings per row.
 pub(crate) fn read(reply: Vec<String>, row: usize) -> Result<ReadReply> {
     const SCRIPT: &str = "read";
-    if reply.len() < 3 || (reply.len() - 3) % row != 0 {
+    if reply.len() < 3 || !(reply.len() - 3).is_multiple_of(row) {
         return Err(malformed(SCRIPT, &reply, format!("expected 3 values and rows of {row}")));
     }
     let revision = Revision(number(SCRIPT, &reply, &reply[0])?);
