@@ -1,7 +1,11 @@
-//! ACL tokens in Redis, shared by every server on it: one hash `P:acl` with a field `t:<name>` per
-//! token (its [`TokenRecord`] as JSON: name, rules, secret hash — never a secret) and a field
-//! `generation` bumped by every change, which servers poll to reload. One key, so it works in
-//! Cluster too (in the prefix's slot).
+//! ACL tokens in Redis, shared by every server on it: one hash `muster:acl:P` with a field
+//! `t:<name>` per token (its [`TokenRecord`] as JSON: name, rules, secret hash — never a secret)
+//! and a field `generation` bumped by every change, which servers poll to reload. One key, so it
+//! works in Cluster too.
+//!
+//! The hash lies outside the prefix `P` on purpose: embedded agents need `P:*` and nothing else,
+//! so a Redis user limited to the agents' keys (`~P:*`) cannot write a token and make itself an
+//! admin of every server. Servers' users add `~muster:acl:*`.
 
 use std::sync::Arc;
 
@@ -36,15 +40,54 @@ return 1
 /// The [`TokenStore`] of a [`crate::RedisRegistry`] (see [`crate::RedisRegistry::token_store`]).
 pub struct RedisTokenStore {
     inner: Arc<Inner>,
+    /// `muster:acl:P`.
     key: String,
+    /// `P:acl`, where tokens were kept before: never read (agents' users may write it), only
+    /// reported when it exists and the store is empty.
+    former_key: String,
+    /// The former key was looked for already.
+    former_checked: std::sync::atomic::AtomicBool,
     create: Script,
     delete: Script,
 }
 
+/// The token hash of the key prefix `prefix` (as written, hash tag included).
+pub(crate) fn token_key(prefix: &str) -> String {
+    format!("muster:acl:{prefix}")
+}
+
 impl RedisTokenStore {
     pub(crate) fn new(inner: Arc<Inner>) -> Self {
-        let key = format!("{}:acl", inner.keys.prefix);
-        Self { inner, key, create: Script::new(CREATE), delete: Script::new(DELETE) }
+        let key = token_key(&inner.keys.prefix);
+        let former_key = format!("{}:acl", inner.keys.prefix);
+        Self {
+            inner,
+            key,
+            former_key,
+            former_checked: std::sync::atomic::AtomicBool::new(false),
+            create: Script::new(CREATE),
+            delete: Script::new(DELETE),
+        }
+    }
+
+    /// The hash the tokens live in.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Says once, when the store is empty, that tokens under the former key are not read.
+    async fn report_former_key(&self) {
+        if self.former_checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let exists: Result<bool> = self.inner.pool.query(redis::cmd("EXISTS").arg(&self.former_key)).await;
+        if exists.unwrap_or(false) {
+            tracing::warn!(
+                former = %self.former_key, key = %self.key,
+                "ACL tokens under the former key are not read (agents' Redis users may write it); \
+                 check them and move them with RENAME if they are yours"
+            );
+        }
     }
 
     async fn script(&self, script: &Script, args: &[&str]) -> Result<i64> {
@@ -79,6 +122,9 @@ impl TokenStore for RedisTokenStore {
                     _ => tracing::warn!(key = %self.key, %field, "skipping an unreadable ACL token record"),
                 }
             }
+        }
+        if tokens.is_empty() {
+            self.report_former_key().await;
         }
         Ok((generation, tokens))
     }

@@ -84,3 +84,47 @@ async fn an_agent_works_with_a_redis_user_limited_to_its_prefix() {
     );
     assert_eq!(server.cli(&["exists", "other:index:nodes"]).trim(), "0");
 }
+
+/// The token store lies outside the agents' key space: the Redis user an embedded agent needs
+/// (`~titan:discovery:*`) gets NOPERM on it, so it cannot make itself an admin of the servers,
+/// while the servers' user (`~titan:discovery:* ~muster:acl:*`) keeps the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_redis_user_cannot_touch_the_token_store() {
+    use muster_core::acl::{Access, Rule, TokenRecord, TokenStore};
+    let server = limited_server().await;
+    let answer = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "registry",
+        "on",
+        ">registry-secret-1",
+        "~titan:discovery:*",
+        "~muster:acl:*",
+        "&titan:discovery:*",
+        "+@all",
+        "-@dangerous",
+    ]);
+    assert_eq!(answer.trim(), "OK");
+    let record = |name: &str| TokenRecord {
+        name: name.to_owned(),
+        secret_hash: "0".repeat(64),
+        rules: vec![Rule::everything(Access::Admin)],
+        created_ms: 1,
+        description: None,
+    };
+    let agent = registry(&user_url(&server), "titan:discovery").await;
+    let refused = agent.token_store().create(&record("intruder"), false).await.unwrap_err();
+    assert!(refused.to_string().to_lowercase().contains("noperm"), "{refused}");
+    assert!(agent.token_store().load().await.is_err(), "the agent's user cannot read tokens either");
+    let key = agent.token_store().key().to_owned();
+    assert!(!key.starts_with("titan:discovery:"), "{key}");
+    let raw = server.cli(&["--user", "agent", "--pass", "agent-secret-1", "HSET", &key, "t:x", "{}"]);
+    assert!(raw.to_lowercase().contains("noperm"), "{raw}");
+
+    let url = format!("redis://registry:registry-secret-1@127.0.0.1:{}", server.port());
+    let servers = registry(&url, "titan:discovery").await;
+    servers.token_store().create(&record("ops"), false).await.unwrap();
+    let (_, tokens) = servers.token_store().load().await.unwrap();
+    assert_eq!(tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["ops"]);
+    assert_eq!(server.cli(&["exists", "titan:discovery:acl"]).trim(), "0");
+}
