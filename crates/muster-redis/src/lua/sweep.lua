@@ -8,7 +8,13 @@ for _, id in ipairs(ids) do
   else
     local prev = last_known(id)
     local reason = 'expired'
-    if left then reason = 'evicted' end
+    if left then
+      reason = 'evicted'
+    elseif n == nil and redis.call('SISMEMBER', K_INDEX, id) == 0 then
+      -- Hash, heartbeat and index entry all gone: a peer removed the node (Titan's stop,
+      -- `deregisterNode`) before anything noticed; an expired node keeps its index entry.
+      reason = 'graceful'
+    end
     if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev) end
     removed = removed + 1
   end

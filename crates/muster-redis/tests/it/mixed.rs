@@ -533,3 +533,48 @@ async fn muster_nodes_speak_titan_on_the_channel(fleet: Fleet) {
         assert!(kinds.is_empty(), "pub/sub off publishes nothing: {kinds:?}");
     }
 }
+
+/// Without change hints (no keyspace notifications, Titan's pub/sub off) and with the full pass
+/// far away, a Titan peer's graceful stop is found by the sweep at the node's deadline, not by the
+/// reconciliation: it is still `graceful` (the node left the index), never `expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_titan_stop_found_by_the_sweep_is_graceful() {
+    let fleet = Fleet::start(false, false).await;
+    let config = RedisConfig {
+        reconcile_interval: Duration::from_secs(60),
+        safety_interval: Duration::from_secs(60),
+        ..fleet.config()
+    };
+    let muster = RedisRegistry::connect(config).await.unwrap();
+    let mut watch = muster.watch(WatchStart::Now).await.unwrap();
+    let short = TitanOptions { heartbeat_ttl_ms: 800, ..fleet.titan.options.clone() };
+    let titan = fleet.titan.with_options(short);
+    let mut nodes: Vec<_> =
+        (0..3).map(|i| titan.node(&format!("stop-{i}"), &format!("10.0.0.{i}:1"), json!([]))).collect();
+    // And one that just stops heartbeating: expired.
+    let mut quiet = titan.node("quiet", "10.0.0.9:1", json!([]));
+    quiet.heartbeat().await;
+    for node in &mut nodes {
+        node.heartbeat().await;
+    }
+    muster.reconcile_now().await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(next(&mut watch).await.kind, EventKind::Registered);
+    }
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    let mut reasons = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let event = next(&mut watch).await;
+        reasons.insert(event.node.node_id.to_string(), (event.kind, event.reason));
+    }
+    for i in 0..3 {
+        assert_eq!(
+            reasons[&format!("stop-{i}")],
+            (EventKind::Deregistered, Some(DeregisterReason::Graceful)),
+            "{reasons:?}"
+        );
+    }
+    assert_eq!(reasons["quiet"], (EventKind::Deregistered, Some(DeregisterReason::Expired)), "{reasons:?}");
+}
