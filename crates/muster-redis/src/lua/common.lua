@@ -62,9 +62,10 @@ local function next_revision()
   return rev, first
 end
 -- Appends an event to the log (`first` = '1' marks the first revision of a fresh counter) and
--- publishes it on the Titan channel.
+-- publishes it on the Titan channel, unless `quiet`: events about a Titan peer's node (found by
+-- reconciliation, or its expiry) are the peer's to announce, never Muster's.
 -- `prev`: for an update that changed the node's services, what it provided before (services JSON).
-local function emit(kind, reason, id, n, prev)
+local function emit(kind, reason, id, n, prev, quiet)
   local rev, first = next_revision()
   local fields = {'type', kind, 'reason', reason, 'node', node_json(id, n), 'ts', fmt(NOW), 'first', first}
   if prev and prev ~= n.services then
@@ -72,7 +73,7 @@ local function emit(kind, reason, id, n, prev)
     fields[#fields + 1] = prev
   end
   redis.call('XADD', K_LOG, 'MAXLEN', MAXLEN, fmt(rev) .. '-0', unpack(fields))
-  publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev))
+  if not quiet then publish(TITAN[kind], id, n.address, n.services, ',"revision":' .. fmt(rev)) end
   return rev
 end
 -- The first service in `services` (JSON) that `id` does not provide yet and that already has

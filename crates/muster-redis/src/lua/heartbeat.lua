@@ -26,7 +26,10 @@ else
   if old or redis.call('ZSCORE', K_DEADLINES, id) then
     local prev = last_known(id)
     local reason = vanish_reason(id, old ~= nil)
-    if remove(id, prev) and is_valid(prev) then expired_rev = fmt(emit('deregistered', reason, id, prev)) end
+    local foreign = redis.call('SISMEMBER', K_FOREIGN, id) == 1
+    if remove(id, prev) and is_valid(prev) then
+      expired_rev = fmt(emit('deregistered', reason, id, prev, nil, foreign))
+    end
   end
   new.registeredAt = new.timestamp
 end

@@ -10,7 +10,7 @@ local function adopt_or_clean(id)
     remember(id, n)
     for name in pairs(service_names(n.services)) do redis.call('SADD', key('index:services', name), id) end
     copy_last(id, n)
-    emit('registered', '', id, n)
+    emit('registered', '', id, n, nil, true)
     counts[1] = counts[1] + 1
   else
     -- Dead, or broken by the rule: what Titan's reader deletes.
@@ -22,7 +22,7 @@ end
 local function gone(id)
   local prev = last_known(id)
   local reason = vanish_reason(id, false)
-  if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev) end
+  if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev, nil, true) end
   counts[3] = counts[3] + 1
 end
 local function compare(id, seen_address, seen_services)
@@ -35,7 +35,7 @@ local function compare(id, seen_address, seen_services)
     -- Broken while its heartbeat lives: evicted now. (Expired nodes are the sweep's.)
     if (n.address or n.services or n.timestamp) and heartbeat_left(id) then
       local prev = last_known(id)
-      if remove(id, prev) and is_valid(prev) then emit('deregistered', 'evicted', id, prev) end
+      if remove(id, prev) and is_valid(prev) then emit('deregistered', 'evicted', id, prev, nil, true) end
       counts[3] = counts[3] + 1
     end
     return
@@ -53,7 +53,7 @@ local function compare(id, seen_address, seen_services)
     for name in pairs(keep) do redis.call('SADD', key('index:services', name), id) end
   end
   copy_last(id, n)
-  emit('updated', '', id, n, old_services)
+  emit('updated', '', id, n, old_services, true)
   counts[2] = counts[2] + 1
 end
 -- The nodes to look at (candidates of a full pass, or hinted). A Titan peer's unchanged

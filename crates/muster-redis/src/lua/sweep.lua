@@ -7,6 +7,7 @@ for _, id in ipairs(ids) do
     redis.call('ZADD', K_DEADLINES, NOW + left, id)
   else
     local prev = last_known(id)
+    local foreign = redis.call('SISMEMBER', K_FOREIGN, id) == 1
     local reason = 'expired'
     if left then
       reason = 'evicted'
@@ -15,7 +16,7 @@ for _, id in ipairs(ids) do
       -- `deregisterNode`) before anything noticed; an expired node keeps its index entry.
       reason = 'graceful'
     end
-    if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev) end
+    if remove(id, prev) and is_valid(prev) then emit('deregistered', reason, id, prev, nil, foreign) end
     removed = removed + 1
   end
 end

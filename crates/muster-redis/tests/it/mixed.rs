@@ -578,3 +578,52 @@ async fn a_titan_stop_found_by_the_sweep_is_graceful() {
     }
     assert_eq!(reasons["quiet"], (EventKind::Deregistered, Some(DeregisterReason::Expired)), "{reasons:?}");
 }
+
+/// With Muster's pub/sub on, Muster publishes only about the nodes it registered: a Titan peer's
+/// changes, found by reconciliation or the sweep, are never published again (a Titan subscriber
+/// would get them twice) — nor announced for Titan peers that run with pub/sub off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muster_publishes_only_about_its_own_nodes() {
+    for titan_pubsub in [false, true] {
+        let fleet = Fleet::start(false, titan_pubsub).await;
+        let client = redis::Client::open(fleet.url()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe("titan:discovery:events").await.unwrap();
+        let mut messages = pubsub.into_on_message();
+        let config = RedisConfig { pubsub_enabled: true, ..fleet.config() };
+        let muster = RedisRegistry::connect(config).await.unwrap();
+        let mut watch = muster.watch(WatchStart::Now).await.unwrap();
+        muster.heartbeat(registration("m1", "10.0.0.1:1", &["users"], TIMING_LONG_TTL)).await.unwrap();
+        let short = TitanOptions { heartbeat_ttl_ms: 700, ..fleet.titan.options.clone() };
+        let titan = fleet.titan.with_options(short);
+        let mut node = titan.node("titan-1", "10.0.0.2:1", json!([{"name": "auth"}]));
+        let mut quiet = titan.node("titan-2", "10.0.0.3:1", json!([]));
+        node.heartbeat().await;
+        quiet.heartbeat().await;
+        node.update_services(json!([{"name": "billing"}])).await;
+        node.heartbeat().await;
+        node.stop().await;
+        // Registered m1; titan-1 registered, (updated), deregistered; titan-2 registered, expired.
+        let mut seen = Vec::new();
+        while seen.iter().filter(|e: &&DiscoveryEvent| e.node.node_id.as_str() == "titan-2").count() < 2 {
+            seen.push(next(&mut watch).await);
+        }
+        let mut published = Vec::new();
+        while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+            let json: serde_json::Value =
+                serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+            published.push(json);
+        }
+        let republished: Vec<_> = published
+            .iter()
+            .filter(|m| m["nodeId"].as_str().unwrap().starts_with("titan") && m["muster"] == true)
+            .collect();
+        assert!(republished.is_empty(), "Titan pub/sub {titan_pubsub}: Muster published {republished:?}");
+        assert!(
+            published.iter().any(|m| m["nodeId"] == "m1" && m["type"] == "NODE_REGISTERED"),
+            "its own node is published: {published:?}"
+        );
+        let from_titan = published.iter().filter(|m| m["nodeId"] == "titan-1").count();
+        assert_eq!(from_titan > 0, titan_pubsub, "{published:?}");
+    }
+}
