@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     decoded_view: std::sync::Mutex<Option<(String, Arc<Vec<NodeInfo>>)>>,
     /// This process held the sweeper lease at its last pass.
     leading: std::sync::atomic::AtomicBool,
+    /// Channel messages Redis refused to publish (the writes they went with stand).
+    publish_failures: std::sync::atomic::AtomicU64,
 }
 
 impl RedisRegistry {
@@ -120,6 +122,7 @@ impl RedisRegistry {
             tasks: tokio_util::task::TaskTracker::new(),
             decoded_view: std::sync::Mutex::new(None),
             leading: std::sync::atomic::AtomicBool::new(false),
+            publish_failures: std::sync::atomic::AtomicU64::new(0),
         });
         if inner.config.sweeper && !inner.config.read_only {
             inner.tasks.spawn(sweeper::run(Arc::clone(&inner)));
@@ -135,7 +138,13 @@ impl RedisRegistry {
         Self::connect(RedisConfig::from_url(url)?).await
     }
 
-    /// The ACL tokens kept in this Redis under the prefix (shared by every server on it).
+    /// How many channel messages Redis refused to publish (a Redis user without `PUBLISH`); the
+    /// writes they went with were made all the same.
+    pub fn publish_failures(&self) -> u64 {
+        self.inner.publish_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The ACL tokens kept in this Redis (`muster:acl:<prefix>`, shared by every server on it).
     pub fn token_store(&self) -> RedisTokenStore {
         RedisTokenStore::new(Arc::clone(&self.inner))
     }
@@ -160,10 +169,12 @@ impl RedisRegistry {
 }
 
 impl Inner {
-    /// Invokes `script` with the common arguments followed by `args`.
+    /// Invokes `script` with the common arguments followed by `args`. A publish the script's
+    /// Redis user may not make is logged and counted; the write it accompanied stands.
     async fn invoke<T: FromRedisValue + Send>(&self, script: &Script, args: &[String]) -> Result<T> {
         let maxlen = self.config.event_history.to_string();
-        self.pool
+        let reply: redis::Value = self
+            .pool
             .run(|mut conn| {
                 let mut invocation = script.prepare_invoke();
                 invocation.key(&self.keys.index).arg(&self.keys.prefix).arg(&self.channel_arg).arg(&maxlen);
@@ -172,7 +183,33 @@ impl Inner {
                 }
                 async move { invocation.invoke_async(&mut conn).await }
             })
-            .await
+            .await?;
+        let reply = self.unwrap_publish_failure(reply);
+        T::from_redis_value(reply)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("malformed script reply: {e}")))
+    }
+
+    /// The script's own reply; a refused publish reported beside it is logged (at `warn` for the
+    /// 1st, 2nd, 4th, 8th... failure) and counted.
+    fn unwrap_publish_failure(&self, reply: redis::Value) -> redis::Value {
+        let redis::Value::Array(mut items) = reply else { return reply };
+        let marked = items.len() == 3
+            && matches!(&items[0], redis::Value::BulkString(b) if b.as_slice() == b"~publish-failed");
+        if !marked {
+            return redis::Value::Array(items);
+        }
+        let inner = items.pop().unwrap_or(redis::Value::Nil);
+        let reason = match &items[1] {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let failures = self.publish_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if failures.is_power_of_two() {
+            tracing::warn!(channel = %self.config.pubsub_channel, %reason, failures, "publishing an event on the channel was refused; the write stands");
+        } else {
+            tracing::debug!(%reason, failures, "publishing an event on the channel was refused");
+        }
+        inner
     }
 
     /// Reads nodes through the read script (`mode` and its arguments, see `scripts.rs`). Returns

@@ -117,14 +117,17 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         let keys = crate::keys::lua_locals();
-        let with_common = |body: &str| Script::new(&format!("{PRELUDE}\n{keys}\n{COMMON}\n{body}"));
+        // The body runs as a function so that its reply, whichever `return` gives it, passes
+        // through `finish` (which reports a refused publish beside it).
+        let script = |body: String| {
+            Script::new(&format!("{PRELUDE}\nlocal function main()\n{body}\nend\nreturn finish(main())"))
+        };
+        let with_common = |body: &str| script(format!("{keys}\n{COMMON}\n{body}"));
         // The heartbeat's steady-state path returns before the key names are built: it defines
         // only the one key it needs.
         let fast_keys = crate::keys::lua_local("K_DEADLINES", crate::keys::DEADLINES);
         Self {
-            heartbeat: Script::new(&format!(
-                "{PRELUDE}\n{fast_keys}\n{HEARTBEAT_FAST}\n{keys}\n{COMMON}\n{HEARTBEAT}"
-            )),
+            heartbeat: script(format!("{fast_keys}\n{HEARTBEAT_FAST}\n{keys}\n{COMMON}\n{HEARTBEAT}")),
             update: with_common(UPDATE),
             refresh: with_common(REFRESH),
             deregister: with_common(DEREGISTER),

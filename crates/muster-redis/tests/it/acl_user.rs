@@ -128,3 +128,44 @@ async fn the_agents_redis_user_cannot_touch_the_token_store() {
     assert_eq!(tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["ops"]);
     assert_eq!(server.cli(&["exists", "titan:discovery:acl"]).trim(), "0");
 }
+
+/// A Redis user without `PUBLISH` and pub/sub on: as Titan does, the write is made and the
+/// refused publish is counted (and logged), never an error for a write that was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_never_fails_a_stored_write() {
+    let server = RedisServer::start().await;
+    let answer = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "quiet",
+        "on",
+        ">quiet-secret-1",
+        "~titan:discovery:*",
+        "&titan:discovery:*",
+        "+@all",
+        "-@dangerous",
+        "-publish",
+    ]);
+    assert_eq!(answer.trim(), "OK");
+    let url = format!("redis://quiet:quiet-secret-1@127.0.0.1:{}", server.port());
+    let config = muster_redis::RedisConfig {
+        pubsub_enabled: true,
+        ..muster_redis::RedisConfig::from_url(&url).unwrap()
+    };
+    let registry = muster_redis::RedisRegistry::connect(config).await.unwrap();
+    let registration = |node: &str| {
+        muster_core::Registration::new(
+            id(node),
+            addr("10.0.0.1:80"),
+            vec![svc("billing")],
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let outcome = registry.heartbeat(registration("p1")).await.unwrap();
+    assert_eq!(outcome.change, muster_core::Change::Registered);
+    assert!(registry.is_active(&id("p1")).await.unwrap());
+    registry.heartbeat(registration("p1")).await.unwrap();
+    assert!(registry.deregister(&id("p1"), muster_core::DeregisterReason::Graceful).await.unwrap());
+    assert!(registry.publish_failures() >= 2, "{}", registry.publish_failures());
+}

@@ -609,7 +609,8 @@ async fn muster_publishes_only_about_its_own_nodes() {
             seen.push(next(&mut watch).await);
         }
         let mut published = Vec::new();
-        while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+        while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+        {
             let json: serde_json::Value =
                 serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
             published.push(json);
