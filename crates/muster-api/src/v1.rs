@@ -109,7 +109,7 @@ pub struct Instance {
     pub host: String,
     /// Port.
     pub port: u16,
-    /// `http://host:port`.
+    /// `http://host:port` (IPv6 in brackets), or the address as written when it has a scheme.
     pub url: String,
     /// Health endpoint (`url` + the `health` metadata path, default `/health`).
     pub health: String,
@@ -179,8 +179,8 @@ impl InstanceView<'_> {
             service: self.service.name.clone(),
             host: self.node.address.host_unbracketed().to_owned(),
             port: self.node.address.port(),
-            url: format!("http://{}", self.node.address),
-            health: format!("http://{}{}", self.node.address, self.health_path()),
+            url: self.node.address.url().to_string(),
+            health: format!("{}{}", self.node.address.url(), self.health_path()),
             version: self.service.version.clone(),
             status: self.node.status,
             metadata,
@@ -238,8 +238,8 @@ impl Serialize for InstanceView<'_> {
         out.serialize_field("service", &service.name)?;
         out.serialize_field("host", node.address.host_unbracketed())?;
         out.serialize_field("port", &node.address.port())?;
-        out.serialize_field("url", &Text(format_args!("http://{}", node.address)))?;
-        out.serialize_field("health", &Text(format_args!("http://{}{}", node.address, self.health_path())))?;
+        out.serialize_field("url", &Text(node.address.url()))?;
+        out.serialize_field("health", &Text(format_args!("{}{}", node.address.url(), self.health_path())))?;
         if let Some(version) = &service.version {
             out.serialize_field("version", version)?;
         }

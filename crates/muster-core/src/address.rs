@@ -112,6 +112,31 @@ impl Address {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The address as a URL: `http://host:port`, an IPv6 host in brackets even when the writer
+    /// left them out (`http://[::1]:9000`), and a wire address that carries its own scheme
+    /// (`ws://10.8.8.9:9000`) as written.
+    pub fn url(&self) -> AddressUrl<'_> {
+        AddressUrl(self)
+    }
+}
+
+/// [`Address::url`]: displays the URL without building it first.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressUrl<'a>(&'a Address);
+
+impl fmt::Display for AddressUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let address = self.0;
+        if address.text.contains("://") {
+            return f.write_str(address.text.trim_end_matches('/'));
+        }
+        let host = address.host();
+        if !host.starts_with('[') && host.contains(':') && address.port != 0 {
+            return write!(f, "http://[{host}]:{}", address.port);
+        }
+        write!(f, "http://{}", address.text)
+    }
 }
 
 /// Finds `(host start, host end, port)` in a wire address; `None` when there is no usable port.
@@ -211,6 +236,20 @@ impl fmt::Display for Address {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_keep_the_scheme_and_bracket_ipv6() {
+        for (text, url) in [
+            ("10.0.0.7:8080", "http://10.0.0.7:8080"),
+            ("svc-1.internal:80", "http://svc-1.internal:80"),
+            ("[::1]:9000", "http://[::1]:9000"),
+            ("::1:9000", "http://[::1]:9000"),
+            ("ws://10.8.8.9:9000", "ws://10.8.8.9:9000"),
+            ("wss://h.example:443/", "wss://h.example:443"),
+        ] {
+            assert_eq!(Address::from_wire(text).url().to_string(), url, "{text}");
+        }
+    }
+
     use super::*;
 
     fn check(input: &str, expect: std::result::Result<(&str, u16), &str>) {

@@ -27,7 +27,7 @@ pub mod schema;
 pub mod service;
 pub mod time;
 
-pub use address::Address;
+pub use address::{Address, AddressUrl};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{
     DeregisterReason, DiscoveryEvent, EventKind, Revision, ServiceFilter, Snapshot, WatchEvent, WatchStart,

@@ -1,8 +1,7 @@
 //! Turning what the scripts return into domain types, and Titan's event JSON into events.
 
 use muster_core::{
-    Address, DeregisterReason, DiscoveryEvent, EventKind, Metadata, NodeId, NodeInfo, NodeStatus, Revision,
-    ServiceInfo,
+    Address, DeregisterReason, DiscoveryEvent, EventKind, NodeId, NodeInfo, NodeStatus, Revision, ServiceInfo,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -235,74 +234,6 @@ pub(crate) fn is_first(fields: &[String]) -> bool {
     fields.chunks_exact(2).any(|pair| pair[0] == "first" && pair[1] == "1")
 }
 
-/// A Titan event on the pub/sub channel.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TitanEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    node_id: String,
-    #[serde(default)]
-    address: Option<String>,
-    #[serde(default)]
-    services: Option<Box<RawValue>>,
-    #[serde(default)]
-    timestamp: Option<f64>,
-    /// Set on events Muster publishes; those reach Muster watchers through the log instead.
-    #[serde(default)]
-    muster: bool,
-}
-
-/// What a pub/sub message means to a watcher.
-pub(crate) enum ChannelMessage {
-    /// Published by Muster: already delivered through the log.
-    Own,
-    /// From a Titan peer.
-    Peer(DiscoveryEvent),
-}
-
-/// Parses a pub/sub message. `revision` is the log revision the watcher has reached.
-pub(crate) fn parse_channel_message(payload: &str, revision: Revision) -> Result<ChannelMessage, String> {
-    let event: TitanEvent =
-        serde_json::from_str(payload).map_err(|e| format!("not a discovery event: {e}"))?;
-    if event.muster {
-        return Ok(ChannelMessage::Own);
-    }
-    let kind = match event.kind.as_str() {
-        "NODE_REGISTERED" => EventKind::Registered,
-        "NODE_UPDATED" => EventKind::Updated,
-        "NODE_DEREGISTERED" => EventKind::Deregistered,
-        other => return Err(format!("unknown event type {other:?}")),
-    };
-    let node_id = NodeId::from_wire(event.node_id);
-    let address = match event.address {
-        Some(a) if !a.is_empty() => Address::from_wire(a),
-        // Titan's deregistration events may carry no address.
-        _ if kind == EventKind::Deregistered => Address::from_wire(""),
-        _ => return Err("event without address".to_owned()),
-    };
-    let timestamp_ms = event.timestamp.filter(|t| t.is_finite() && *t >= 0.0).map_or(0, |t| t as u64);
-    let node = NodeInfo {
-        node_id,
-        address,
-        services: event.services.map(|raw| services_from_wire(raw.get())).unwrap_or_default(),
-        timestamp_ms,
-        registered_at_ms: timestamp_ms,
-        status: NodeStatus::Up,
-        metadata: Metadata::new(),
-        ttl_ms: 0,
-    };
-    let reason = (kind == EventKind::Deregistered).then_some(DeregisterReason::Unknown);
-    Ok(ChannelMessage::Peer(DiscoveryEvent {
-        revision,
-        kind,
-        reason,
-        node,
-        timestamp_ms,
-        previous_services: None,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,22 +345,6 @@ mod tests {
         assert_eq!(parse_view(view, "43", 0), None, "another revision");
         assert_eq!(parse_view("42|1000|99|x", "42", 0), None, "truncated");
     }
-
-    #[test]
-    fn channel_messages() {
-        let titan = r#"{"type":"NODE_UPDATED","nodeId":"t1","address":"h:1","services":[{"name":"a"}],"timestamp":1700000000000}"#;
-        let ChannelMessage::Peer(event) = parse_channel_message(titan, Revision(7)).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (event.kind, event.revision, event.node.services.len()),
-            (EventKind::Updated, Revision(7), 1)
-        );
-        let own = r#"{"type":"NODE_UPDATED","nodeId":"t1","address":"h:1","services":[],"timestamp":1,"muster":true}"#;
-        assert!(matches!(parse_channel_message(own, Revision(1)).unwrap(), ChannelMessage::Own));
-        assert!(parse_channel_message("hello", Revision(1)).is_err());
-        assert!(parse_channel_message(r#"{"type":"NODE_EXPLODED","nodeId":"x"}"#, Revision(1)).is_err());
-    }
 }
 
 /// Everything read from Redis or its channel that another process wrote — hashes, view rows,
@@ -443,7 +358,6 @@ mod fuzz {
     use super::*;
 
     const NODE: &str = r#"{"nodeId":"n1","address":"10.0.0.1:80","services":[{"name":"users","version":"1.2.0"}],"timestamp":1700000000000,"registeredAt":1700000000000,"status":"UP","metadata":{"zone":"a"},"ttlMs":15000}"#;
-    const TITAN: &str = r#"{"type":"NODE_REGISTERED","nodeId":"n1","address":"10.0.0.1:80","services":[{"name":"users","version":"1.2.0"}],"timestamp":1700000000000}"#;
 
     proptest! {
         #[test]
@@ -479,16 +393,10 @@ mod fuzz {
             }
             let _ = is_first(&fields);
         }
-
-        #[test]
-        fn channel_messages_never_panic(payload in prop_oneof![mutated(TITAN), any::<String>()], revision in any::<u64>()) {
-            let _ = parse_channel_message(&payload, Revision(revision));
-        }
     }
 
     #[test]
     fn the_valid_inputs_parse() {
-        assert!(matches!(parse_channel_message(TITAN, Revision(1)), Ok(ChannelMessage::Peer(_))));
         let fields: Vec<String> =
             ["type", "registered", "node", NODE].iter().map(|s| (*s).to_owned()).collect();
         assert!(parse_log_entry(Revision(3), &fields).is_ok());

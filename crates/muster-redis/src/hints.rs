@@ -134,7 +134,7 @@ async fn subscribe_and_forward(
             // beside it is the hint.
             Some(_) if message.get_payload::<String>().is_ok_and(|event| event == "expire") => None,
             Some(id) => Some(id.to_owned()),
-            None => message.get_payload::<String>().ok().and_then(|payload| titan_node_id(&payload)),
+            None => inner.channel_hint(&message),
         };
         if let Some(id) = id {
             // A full buffer drops the hint; the next pass sees the change.
@@ -144,8 +144,23 @@ async fn subscribe_and_forward(
     Err(Error::unavailable("change hint subscription closed"))
 }
 
-/// The node a Titan peer's channel message names (`None` for Muster's own and for garbage).
-fn titan_node_id(payload: &str) -> Option<String> {
+impl Inner {
+    /// The node a Titan peer's channel message names (`None` for Muster's own). A message that is
+    /// not a discovery event (not text, not JSON, no node id) is counted and logged at debug.
+    pub(crate) fn channel_hint(&self, message: &redis::Msg) -> Option<String> {
+        let parsed =
+            message.get_payload::<String>().map_err(|e| e.to_string()).and_then(|p| titan_node_id(&p));
+        parsed.unwrap_or_else(|reason| {
+            let unreadable = self.unreadable_messages.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(channel = message.get_channel_name(), %reason, unreadable, "a channel message that is not a discovery event");
+            None
+        })
+    }
+}
+
+/// The node a Titan peer's channel message names (`Ok(None)` for Muster's own), or why the
+/// message is not a discovery event.
+fn titan_node_id(payload: &str) -> std::result::Result<Option<String>, String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Message {
@@ -153,8 +168,9 @@ fn titan_node_id(payload: &str) -> Option<String> {
         #[serde(default)]
         muster: bool,
     }
-    let message: Message = serde_json::from_str(payload).ok()?;
-    (!message.muster).then_some(message.node_id)
+    let message: Message =
+        serde_json::from_str(payload).map_err(|e| format!("not a discovery event: {e}"))?;
+    Ok((!message.muster).then_some(message.node_id))
 }
 
 #[cfg(test)]
@@ -178,9 +194,9 @@ mod tests {
 
     #[test]
     fn hinted_ids() {
-        assert_eq!(titan_node_id(r#"{"type":"NODE_UPDATED","nodeId":"w@h"}"#).as_deref(), Some("w@h"));
-        assert_eq!(titan_node_id(r#"{"nodeId":"m","muster":true}"#), None);
-        assert_eq!(titan_node_id("not json"), None);
+        assert_eq!(titan_node_id(r#"{"type":"NODE_UPDATED","nodeId":"w@h"}"#), Ok(Some("w@h".to_owned())));
+        assert_eq!(titan_node_id(r#"{"nodeId":"m","muster":true}"#), Ok(None));
+        assert!(titan_node_id("not json").is_err());
         assert_eq!(glob_escape("a*b[c]"), r"a\*b\[c\]");
     }
 }

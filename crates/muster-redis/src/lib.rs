@@ -101,6 +101,8 @@ pub(crate) struct Inner {
     leading: std::sync::atomic::AtomicBool,
     /// Channel messages Redis refused to publish (the writes they went with stand).
     publish_failures: std::sync::atomic::AtomicU64,
+    /// Messages on the channel that were not discovery events (counted, logged at debug).
+    unreadable_messages: std::sync::atomic::AtomicU64,
 }
 
 impl RedisRegistry {
@@ -123,6 +125,7 @@ impl RedisRegistry {
             decoded_view: std::sync::Mutex::new(None),
             leading: std::sync::atomic::AtomicBool::new(false),
             publish_failures: std::sync::atomic::AtomicU64::new(0),
+            unreadable_messages: std::sync::atomic::AtomicU64::new(0),
         });
         if inner.config.sweeper && !inner.config.read_only {
             inner.tasks.spawn(sweeper::run(Arc::clone(&inner)));
@@ -142,6 +145,11 @@ impl RedisRegistry {
     /// writes they went with were made all the same.
     pub fn publish_failures(&self) -> u64 {
         self.inner.publish_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many messages on the events channel were not discovery events (not JSON, no node id).
+    pub fn unreadable_channel_messages(&self) -> u64 {
+        self.inner.unreadable_messages.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The ACL tokens kept in this Redis (`muster:acl:<prefix>`, shared by every server on it).

@@ -9,8 +9,10 @@
 //! Titan peers' changes reach the log through the sweeper's reconciliation, so a watch carries
 //! exactly one event per change whatever Titan's pub/sub setting. The one exception is a read-only
 //! inspection (`RedisConfig::read_only`) of a prefix no sweeper holds: nothing writes the log for
-//! Titan peers there, so with pub/sub on their channel messages are passed on as
-//! [`WatchEvent::Peer`] (Muster's own are skipped: they arrive through the log).
+//! Titan peers there, so the watch runs the reconciliation's comparison itself, read-only — every
+//! `reconcile_interval`, and at once on a Titan channel message (a hint, never trusted as the
+//! change) — and passes each Titan-side change on as one [`WatchEvent::Peer`], whatever Titan's
+//! pub/sub setting. Muster's own nodes arrive through the log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,9 @@ use futures::StreamExt;
 use muster_core::{Error, Result, Revision, WatchEvent, WatchStart, WatchStream};
 use tokio::sync::mpsc;
 
-use crate::codec::{self, ChannelMessage};
+use muster_core::log::Mirror;
+
+use crate::codec;
 use crate::conn::{Conn, to_error};
 use crate::{Inner, block_time};
 
@@ -27,6 +31,8 @@ use crate::{Inner, block_time};
 const BUFFER: usize = 256;
 /// Log entries read per `XREAD`.
 const BATCH: usize = 256;
+/// After a channel message, how long an unswept inspection waits for others before it compares.
+const HINT_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The XREAD reply: `[[stream, [[id, [field, value, ...]], ...]]]`, or nil on timeout.
 type XReadReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
@@ -44,10 +50,17 @@ pub(crate) async fn open(inner: Arc<Inner>, start: WatchStart) -> Result<WatchSt
         WatchStart::Snapshot => send_resync(&inner, &tx).await?,
     };
     let cursor = Arc::new(AtomicU64::new(cursor.0));
-    if inner.config.pubsub_enabled && inner.config.read_only && !inner.sweeper_present().await? {
-        let mut pubsub = inner.pool.pubsub().await?;
-        pubsub.subscribe(&inner.config.pubsub_channel).await.map_err(to_error)?;
-        inner.tasks.spawn(read_channel(Arc::clone(&inner), pubsub, Arc::clone(&cursor), tx.clone()));
+    if inner.config.read_only && !inner.sweeper_present().await? {
+        let hints = if inner.config.pubsub_enabled {
+            let mut pubsub = inner.pool.pubsub().await?;
+            pubsub.subscribe(&inner.config.pubsub_channel).await.map_err(to_error)?;
+            Some(pubsub)
+        } else {
+            None
+        };
+        let mut mirror = Mirror::default();
+        mirror.replace(inner.snapshot().await?);
+        inner.tasks.spawn(follow_unswept(Arc::clone(&inner), mirror, hints, Arc::clone(&cursor), tx.clone()));
     }
     inner.tasks.clone().spawn(read_log(inner, conn, cursor, tx));
     Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
@@ -132,39 +145,83 @@ async fn read_log(
     }
 }
 
-/// Forwards Titan peers' channel events until the consumer goes away or the connection drops.
-async fn read_channel(
+/// The reconciliation's comparison, read-only, for an inspection of a prefix no sweeper holds:
+/// compares what a reader sees now with what it saw, and passes on the changes of nodes Muster
+/// did not write (Titan peers') as peer events — one per change, whatever Titan's pub/sub. Runs
+/// every `reconcile_interval` and at once after a channel message; ends when a sweeper appears
+/// (its log carries Titan's changes from then on), or with an error when a read fails.
+async fn follow_unswept(
     inner: Arc<Inner>,
-    pubsub: redis::aio::PubSub,
+    mut mirror: Mirror,
+    hints: Option<redis::aio::PubSub>,
     cursor: Arc<AtomicU64>,
     tx: mpsc::Sender<Result<WatchEvent>>,
 ) {
-    let mut messages = pubsub.into_on_message();
+    let mut hints = hints.map(redis::aio::PubSub::into_on_message);
+    let period = inner.config.reconcile_interval;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let message = tokio::select! {
+        tokio::select! {
             () = tx.closed() => return,
             () = inner.cancel.cancelled() => return,
-            message = messages.next() => message,
-        };
-        let Some(message) = message else {
-            let _ = tx.send(Err(Error::unavailable("pub/sub connection closed"))).await;
-            return;
-        };
-        let payload: String = match message.get_payload() {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a channel message that is not text");
-                continue;
-            }
-        };
-        match codec::parse_channel_message(&payload, Revision(cursor.load(Ordering::SeqCst))) {
-            Ok(ChannelMessage::Own) => {}
-            Ok(ChannelMessage::Peer(event)) => {
-                if tx.send(Ok(WatchEvent::Peer(event))).await.is_err() {
-                    return;
+            _ = ticks.tick() => {}
+            message = async { hints.as_mut()?.next().await }, if hints.is_some() => match message {
+                Some(message) => {
+                    inner.channel_hint(&message);
+                    // Titan writes, then publishes: the change is in place. Messages that follow
+                    // at once are taken by the same comparison.
+                    tokio::time::sleep(HINT_SETTLE).await;
+                }
+                None => hints = None,
+            },
+        }
+        match compare_unswept(&inner, &mut mirror, Revision(cursor.load(Ordering::SeqCst))).await {
+            Ok(Some(changes)) => {
+                for change in changes {
+                    if tx.send(Ok(WatchEvent::Peer(change))).await.is_err() {
+                        return;
+                    }
                 }
             }
-            Err(reason) => tracing::warn!(%reason, %payload, "ignoring a malformed channel message"),
+            Ok(None) => return,
+            Err(error) => {
+                let _ = tx.send(Err(error)).await;
+                return;
+            }
         }
     }
+}
+
+/// One comparison (see [`follow_unswept`]); `None` once a sweeper holds the prefix.
+async fn compare_unswept(
+    inner: &Inner,
+    mirror: &mut Mirror,
+    revision: Revision,
+) -> Result<Option<Vec<muster_core::DiscoveryEvent>>> {
+    if inner.sweeper_present().await? {
+        return Ok(None);
+    }
+    let snapshot = inner.snapshot().await?;
+    // Nodes Muster wrote (tracked, not adopted from a Titan peer): their events are in the log.
+    let own: std::collections::HashSet<String> =
+        inner.pool.query(redis::cmd("SDIFF").arg(&inner.keys.tracked).arg(&inner.keys.foreign)).await?;
+    let mut changes = mirror.replace(muster_core::Snapshot { revision, ..snapshot });
+    changes.retain(|change| !own.contains(change.node.node_id.as_str()));
+    for change in &mut changes {
+        if change.kind == muster_core::EventKind::Deregistered {
+            // Still in Titan's index: it died and waits for a reader to clean it; gone from the
+            // index: a peer removed it (its stop, `deregisterNode`).
+            let indexed: bool = inner
+                .pool
+                .query(redis::cmd("SISMEMBER").arg(&inner.keys.index).arg(change.node.node_id.as_str()))
+                .await?;
+            change.reason = Some(if indexed {
+                muster_core::DeregisterReason::Expired
+            } else {
+                muster_core::DeregisterReason::Graceful
+            });
+        }
+    }
+    Ok(Some(changes))
 }

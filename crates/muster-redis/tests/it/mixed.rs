@@ -628,3 +628,69 @@ async fn muster_publishes_only_about_its_own_nodes() {
         assert_eq!(from_titan > 0, titan_pubsub, "{published:?}");
     }
 }
+
+/// A read-only inspection of a prefix no sweeper holds (`muster watch --redis`) shows every
+/// Titan-side change as one event, whatever Titan's pub/sub setting: a registration, a change of
+/// services, a crash (expired), a stop (graceful) — never a heartbeat, never Titan's raw channel
+/// messages; a message on the channel that is not a discovery event is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unswept_inspection_sees_each_titan_change_once() {
+    for pubsub in [false, true] {
+        let fleet = Fleet::start(false, pubsub).await;
+        let inspector = fleet.inspector().await;
+        let mut watch = inspector.watch(WatchStart::Now).await.unwrap();
+        let short = TitanOptions { heartbeat_ttl_ms: 700, ..fleet.titan.options.clone() };
+        let titan = fleet.titan.with_options(short);
+        let mut node = fleet.titan.node("titan-1", "10.0.0.1:1", json!([{"name": "auth"}]));
+        node.heartbeat().await;
+        expect_peer(&mut watch, EventKind::Registered, None, "titan-1", pubsub).await;
+        node.heartbeat().await;
+        node.heartbeat().await;
+        node.update_services(json!([{"name": "billing"}])).await;
+        let event = expect_peer(&mut watch, EventKind::Updated, None, "titan-1", pubsub).await;
+        assert_eq!(event.node.address.as_str(), "10.0.0.1:1", "the node's own address");
+        let mut quiet = titan.node("titan-2", "10.0.0.2:1", json!([]));
+        quiet.heartbeat().await;
+        expect_peer(&mut watch, EventKind::Registered, None, "titan-2", pubsub).await;
+        expect_peer(&mut watch, EventKind::Deregistered, Some(DeregisterReason::Expired), "titan-2", pubsub)
+            .await;
+        node.stop().await;
+        expect_peer(&mut watch, EventKind::Deregistered, Some(DeregisterReason::Graceful), "titan-1", pubsub)
+            .await;
+        if pubsub {
+            let url = fleet.url();
+            redis::cmd("PUBLISH")
+                .arg("titan:discovery:events")
+                .arg("not a discovery event")
+                .query_async::<i64>(
+                    &mut redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        let rest = drain(&mut watch, Duration::from_millis(600)).await;
+        assert!(rest.is_empty(), "pub/sub {pubsub}: one event per change, nothing more: {rest:?}");
+        assert_eq!(inspector.unreadable_channel_messages(), u64::from(pubsub));
+    }
+}
+
+/// The next item of `watch`, which must be a peer event of this kind, reason and node.
+async fn expect_peer(
+    watch: &mut muster_core::WatchStream,
+    kind: EventKind,
+    reason: Option<DeregisterReason>,
+    id: &str,
+    pubsub: bool,
+) -> DiscoveryEvent {
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(Ok(WatchEvent::Peer(event)))) => {
+            assert_eq!(
+                (event.kind, event.reason, event.node.node_id.as_str()),
+                (kind, reason, id),
+                "pub/sub {pubsub}"
+            );
+            event
+        }
+        other => panic!("pub/sub {pubsub}: expected a peer event, got {other:?}"),
+    }
+}

@@ -254,6 +254,30 @@ async fn nodes_find_and_watch_read_redis_directly() {
     }
     assert_eq!(wait_exit(&mut watch).await, 0);
     assert_eq!(wait_exit(&mut billing).await, 0);
+
+    // Peers' addresses as they wrote them: a URL keeps its own scheme, IPv6 gets its brackets.
+    for (id, address) in [("t-ws", "ws://10.8.8.9:9000"), ("t-v6", "::1:9001")] {
+        redis.cli(&[
+            "hset",
+            &format!("titan:discovery:nodes:{id}"),
+            "address",
+            address,
+            "services",
+            r#"[{"name":"edge","version":"1.0.0"}]"#,
+            "timestamp",
+            "1700000000000",
+        ]);
+        redis.cli(&["set", &format!("titan:discovery:heartbeat:{id}"), "1", "PX", "30000"]);
+        redis.cli(&["sadd", "titan:discovery:index:nodes", id]);
+    }
+    let found = muster().args(["find", "edge", "--redis", &url, "--json"]).output().unwrap();
+    let found: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    let urls: Vec<_> =
+        found.as_array().unwrap().iter().map(|i| i["url"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(urls, ["http://[::1]:9001", "ws://10.8.8.9:9000"], "{found}");
+    let table = muster().args(["find", "edge", "--redis", &url]).output().unwrap();
+    let table = text(&table.stdout);
+    assert!(table.contains("ws://10.8.8.9:9000") && !table.contains("http://ws://"), "{table}");
 }
 
 /// `nodes`, `find` and `watch` with `--redis` write nothing: the key space is byte-for-byte the same
