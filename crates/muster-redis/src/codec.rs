@@ -100,16 +100,14 @@ pub(crate) fn parse_row(row: &[String]) -> Row {
 
 /// The validity rule of a node hash, Titan's reader's own and the Lua scripts' (`is_valid` in
 /// `scripts.rs`; both are tested on one table of inputs): a non-empty address, services that parse
-/// as a JSON list, a non-empty timestamp. Everything else about a node is read leniently.
+/// as JSON (any JSON, as Titan's `JSON.parse`: a node whose services are not a list provides
+/// none), a non-empty timestamp. Everything else about a node is read leniently.
 pub(crate) fn check_hash(address: &str, services: &str, timestamp: &str) -> Result<(), String> {
     if address.is_empty() || services.is_empty() || timestamp.is_empty() {
         return Err("missing address, services or timestamp".to_owned());
     }
-    if !services.trim_start_matches([' ', '\t', '\r', '\n']).starts_with('[') {
-        return Err("services are not a JSON list".to_owned());
-    }
     serde_json::from_str::<serde::de::IgnoredAny>(services)
-        .map_err(|e| format!("services are not a JSON list: {e}"))?;
+        .map_err(|e| format!("services are not JSON: {e}"))?;
     Ok(())
 }
 
@@ -278,11 +276,21 @@ mod tests {
             (["n", "1", "", "[]", "1", "", "", "", ""], "missing"),
             (["n", "1", "h:1", "[]", "", "", "", "", ""], "missing"),
             (["n", "1", "h:1", "not json", "1", "", "", "", ""], "services"),
-            (["n", "1", "h:1", r#"{"name":"auth"}"#, "1", "", "", "", ""], "not a JSON list"),
+            (["n", "1", "h:1", "abc", "1", "", "", "", ""], "not JSON"),
         ] {
             match parse_row(&row(fields)) {
                 Row::Broken { reason, .. } => assert!(reason.contains(why), "{reason}"),
                 Row::Node { .. } => panic!("{fields:?} should be broken"),
+            }
+        }
+    }
+
+    #[test]
+    fn services_that_are_json_but_not_a_list_provide_nothing() {
+        for services in [r#"{"name":"auth"}"#, "null", r#""abc""#, "{}"] {
+            match parse_row(&row(["n", "1", "h:1", services, "1", "", "", "", ""])) {
+                Row::Node { node, .. } => assert!(node.services.is_empty(), "{services}"),
+                Row::Broken { reason, .. } => panic!("{services}: {reason}"),
             }
         }
     }

@@ -251,9 +251,8 @@ impl Titan {
                 .await
                 .expect("EXISTS");
             let field = |name: &str| hash.get(name).filter(|v| !v.is_empty()).cloned();
-            let services = field("services")
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .filter(serde_json::Value::is_array);
+            // `JSON.parse`: any JSON is kept, a list or not.
+            let services = field("services").and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
             match (alive, field("address"), services, field("timestamp")) {
                 (true, Some(address), Some(services), Some(timestamp)) => {
                     active.push(TitanNodeInfo { node_id: id, address, services, timestamp });

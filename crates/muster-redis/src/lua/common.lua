@@ -11,13 +11,10 @@ local function valid_json(s)
   return ok
 end
 -- The validity rule of a node hash, Titan's reader's own (and `codec::check_hash`'s): a non-empty
--- address, services that parse as a JSON list, a non-empty timestamp. (Liveness is the heartbeat
--- key's, checked apart.)
-local function is_list(s)
-  return s and string.match(s, '^[ \t\r\n]*%[') ~= nil and valid_json(s)
-end
+-- address, services that parse as JSON (any JSON: Titan's reader keeps `null` or `{}` too; such a
+-- node provides no service), a non-empty timestamp. (Liveness is the heartbeat key's, checked apart.)
 local function is_valid(n)
-  return n ~= nil and n.address and n.address ~= '' and is_list(n.services) and n.timestamp and n.timestamp ~= ''
+  return n ~= nil and n.address and n.address ~= '' and valid_json(n.services) and n.timestamp and n.timestamp ~= ''
     and true or false
 end
 local function digits(v, default)

@@ -282,15 +282,21 @@ type HashCase = (&'static str, Option<&'static str>, Option<&'static str>, Optio
 
 /// One validity rule: Titan's reader, Muster's reader and the Lua scripts agree on each input.
 async fn one_validity_rule(fleet: Fleet) {
-    let cases: [HashCase; 10] = [
+    // Titan's reader keeps whatever `JSON.parse` accepts as services, a list or not.
+    let cases: [HashCase; 15] = [
         ("ok", Some("h:1"), Some(r#"[{"name":"a"}]"#), Some("1"), true),
         ("odd-values", Some("anything at all"), Some(r#"[1, "x", {"name": 5}]"#), Some("soon"), true),
         ("spaced-list", Some("h:1"), Some(" [ ]"), Some("1"), true),
+        ("object-services", Some("h:1"), Some(r#"{"name":"auth"}"#), Some("1"), true),
+        ("empty-object-services", Some("h:1"), Some("{}"), Some("1"), true),
+        ("null-services", Some("h:1"), Some("null"), Some("1"), true),
+        ("string-services", Some("h:1"), Some(r#""abc""#), Some("1"), true),
+        ("number-services", Some("h:1"), Some("42"), Some("1"), true),
         ("no-address", None, Some("[]"), Some("1"), false),
         ("empty-address", Some(""), Some("[]"), Some("1"), false),
-        ("object-services", Some("h:1"), Some(r#"{"name":"auth"}"#), Some("1"), false),
         ("bad-json", Some("h:1"), Some("[not json"), Some("1"), false),
-        ("string-services", Some("h:1"), Some(r#""[]""#), Some("1"), false),
+        ("bare-word-services", Some("h:1"), Some("abc"), Some("1"), false),
+        ("no-services", Some("h:1"), None, Some("1"), false),
         ("no-timestamp", Some("h:1"), Some("[]"), None, false),
         ("empty-timestamp", Some("h:1"), Some("[]"), Some(""), false),
     ];
