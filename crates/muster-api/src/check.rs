@@ -39,8 +39,8 @@ pub struct Check {
     /// Time between checks in milliseconds (100 ms to 1 h; default 10 s).
     #[serde(default = "default_interval", deserialize_with = "whole")]
     pub interval_ms: u64,
-    /// How long one check may take in milliseconds (10 ms to 1 h; default 2 s; never more than
-    /// the interval).
+    /// How long one check may take in milliseconds (10 ms to 1 h; default 2 s, or the interval
+    /// when shorter). A check is never started while the previous one runs.
     #[serde(default, deserialize_with = "muster_core::schema::optional_whole")]
     pub timeout_ms: Option<u64>,
     /// Failures in a row that set the node `DOWN` (1-100; default 3).
@@ -70,7 +70,9 @@ fn default_successes() -> u32 {
 impl Check {
     /// The timeout in effect.
     pub fn timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(2_000).min(self.interval_ms))
+        // A configured timeout is honoured as given (a check longer than its interval delays the
+        // next one); the default never exceeds the interval.
+        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(self.interval_ms.min(2_000)))
     }
 
     /// The interval.

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fanout::Hub;
 
-/// How often due checks are started.
+/// Longest sleep between two looks at the checks (due checks wake the loop at their time).
 const SCAN: Duration = Duration::from_millis(100);
 /// Longest time between two reads of the checks from the mirror when no revision changed.
 const RESCAN: Duration = Duration::from_secs(5);
@@ -71,16 +71,18 @@ pub(crate) async fn run(
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let mut tracked: HashMap<NodeId, Tracked> = HashMap::new();
     let mut scanned: Option<(Instant, muster_core::Revision)> = None;
-    let mut scan = tokio::time::interval(SCAN);
-    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Wake at the next due check (exactly: counts × interval is the time a verdict takes), or
+        // after a scan period to notice new checks.
+        let due = tracked.values().filter(|t| !t.running).map(|t| t.next).min();
+        let wake = due.map_or(Instant::now() + SCAN, |due| due.min(Instant::now() + SCAN));
         tokio::select! {
             () = shutdown.cancelled() => return,
             Some(outcome) = done_rx.recv() => {
                 settle(&*registry, &hub, &mut tracked, outcome).await;
                 continue;
             }
-            _ = scan.tick() => {}
+            () = tokio::time::sleep_until(wake) => {}
         }
         if !registry.leads_fleet_tasks() {
             tracked.clear();
@@ -98,7 +100,8 @@ pub(crate) async fn run(
         for (node_id, entry) in &mut tracked {
             if !entry.running && entry.next <= now {
                 entry.running = true;
-                entry.next = now + entry.check.interval();
+                // From the due time, not from now: checks do not drift by the wake-up delay.
+                entry.next = (entry.next + entry.check.interval()).max(now);
                 checks_run.inc();
                 tokio::spawn(probe(
                     http.clone(),

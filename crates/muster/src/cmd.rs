@@ -86,9 +86,8 @@ pub(crate) enum ClientCommand {
         /// `health` metadata), an `http://host:port/path` URL, or `tcp` (a connection to its address).
         #[arg(long)]
         check: Option<String>,
-        /// Time between checks.
-        #[arg(long, value_parser = crate::duration, default_value = "10s", requires = "check")]
-        check_interval: Duration,
+        #[command(flatten)]
+        check_settings: CheckSettings,
     },
     /// Remove a node.
     Deregister {
@@ -248,6 +247,26 @@ fn from_store(error: &muster_core::Error, url: &str) -> Failure {
     Failure::error(format!("cannot read the Redis registry at {url}: {}", error.message()))
 }
 
+/// How `--check` runs (each needs `--check`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CheckSettings {
+    /// Time between checks.
+    #[arg(long, value_parser = crate::duration, default_value = "10s", requires = "check")]
+    check_interval: Duration,
+    /// `http` checks: the path to GET (default: the node's `health` metadata, else `/health`).
+    #[arg(long, requires = "check")]
+    check_path: Option<String>,
+    /// How long one check may take (default 2s, or the interval when shorter).
+    #[arg(long, value_parser = crate::duration, requires = "check")]
+    check_timeout: Option<Duration>,
+    /// Failed checks in a row that set the node DOWN.
+    #[arg(long, default_value_t = 3, requires = "check")]
+    check_failures: u32,
+    /// Passed checks in a row that bring it back UP.
+    #[arg(long, default_value_t = 2, requires = "check")]
+    check_successes: u32,
+}
+
 /// Runs one command; prints errors; returns the exit code.
 pub(crate) async fn run(command: ClientCommand) -> ExitCode {
     let outcome = match command {
@@ -260,8 +279,8 @@ pub(crate) async fn run(command: ClientCommand) -> ExitCode {
             interval,
             metadata,
             check,
-            check_interval,
-        } => match check.map(|c| check_of(&c, check_interval)).transpose() {
+            check_settings,
+        } => match check.map(|c| check_of(&c, &check_settings)).transpose() {
             Ok(check) => register(&server, address, &services, id, ttl, interval, &metadata, check).await,
             Err(failure) => Err(failure),
         },
@@ -317,7 +336,7 @@ async fn redis(source: &Source, url: &str, channel: bool) -> Result<muster_redis
 }
 
 /// `--check` as a check definition.
-fn check_of(text: &str, interval: Duration) -> Result<muster_api::check::Check, Failure> {
+fn check_of(text: &str, settings: &CheckSettings) -> Result<muster_api::check::Check, Failure> {
     use muster_api::check::{Check, CheckKind};
     let (kind, target, path) = match text {
         "http" => (CheckKind::Http, None, None),
@@ -334,14 +353,18 @@ fn check_of(text: &str, interval: Duration) -> Result<muster_api::check::Check, 
             )));
         }
     };
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if settings.check_path.is_some() && path.is_some() {
+        return Err(Failure::usage("--check-path: the --check URL already names a path"));
+    }
     let check = Check {
         kind,
         target,
-        path,
-        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-        timeout_ms: None,
-        failures: 3,
-        successes: 2,
+        path: path.or_else(|| settings.check_path.clone()),
+        interval_ms: millis(settings.check_interval),
+        timeout_ms: settings.check_timeout.map(millis),
+        failures: settings.check_failures,
+        successes: settings.check_successes,
     };
     check.validate().map_err(|e| Failure::usage(format!("--check: {e}")))?;
     Ok(check)

@@ -143,6 +143,48 @@ crate::on_both_stores! {
     }
 }
 
+/// A check's timeout is the one configured, even longer than its interval: a target answering in
+/// 300 ms passes a check with `timeoutMs` 600 run every 200 ms, and one answering in 900 ms fails it
+/// with the configured timeout in the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_timeout_is_honoured() {
+    let server = TestServer::memory().await;
+    let delay_ms = Arc::new(AtomicU64::new(300));
+    let answer_after = Arc::clone(&delay_ms);
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let delay = Duration::from_millis(answer_after.load(Ordering::Relaxed));
+            async move {
+                tokio::time::sleep(delay).await;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let slow_check =
+        json!({"type": "http", "intervalMs": 200, "timeoutMs": 600, "failures": 1, "successes": 1});
+    let (status, body) = send(
+        &server,
+        Method::PUT,
+        "/v1/nodes/slow-1",
+        json!({
+            "address": address, "services": [{"name": "slow"}], "ttlMs": 60_000, "check": slow_check,
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // Several checks run (each longer than the interval) and none fails.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(node(&server, "slow-1").await["status"], "UP", "300 ms answers pass a 600 ms timeout");
+    delay_ms.store(900, Ordering::Relaxed);
+    let down = until_status(&server, "slow-1", "DOWN").await;
+    let output = down["metadata"]["check.output"].as_str().unwrap_or_default();
+    assert!(output.contains("600ms"), "the reason names the configured timeout: {down}");
+}
+
 /// Invalid checks are refused with the field named, and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_checks_are_refused() {

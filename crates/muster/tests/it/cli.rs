@@ -77,9 +77,17 @@ async fn everyday_commands_against_a_server() {
                 "--meta",
                 "zone=eu",
                 "--check",
-                "tcp",
+                "http",
                 "--check-interval",
                 "1h",
+                "--check-path",
+                "/ready",
+                "--check-timeout",
+                "700ms",
+                "--check-failures",
+                "1",
+                "--check-successes",
+                "4",
             ][..],
             &registry[..],
         ]
@@ -107,10 +115,18 @@ async fn everyday_commands_against_a_server() {
     let found: serde_json::Value =
         serde_json::from_slice(&with(&["find", "users@^1", "--json"]).stdout).unwrap();
     assert_eq!(found[0]["metadata"]["zone"], "eu");
+    let check = &found[0]["metadata"];
     assert_eq!(
-        (found[0]["metadata"]["check.type"].as_str(), found[0]["metadata"]["check.interval-ms"].as_str()),
-        (Some("tcp"), Some("3600000")),
-        "--check travels with the registration"
+        [
+            &check["check.type"],
+            &check["check.interval-ms"],
+            &check["check.path"],
+            &check["check.timeout-ms"],
+            &check["check.failures"],
+            &check["check.successes"]
+        ],
+        ["http", "3600000", "/ready", "700", "1", "4"],
+        "--check and every setting travel with the registration: {check}"
     );
 
     let nodes: serde_json::Value = serde_json::from_slice(&with(&["nodes", "--json"]).stdout).unwrap();
