@@ -10,7 +10,7 @@ use muster_core::Metadata;
 use serde::{Deserialize, Serialize};
 
 /// The metadata key of the last failure's description (present while the check holds the node down).
-pub const CHECK_OUTPUT: &str = "check.output";
+pub const CHECK_OUTPUT: &str = muster_core::CHECK_OUTPUT;
 
 /// How a check reaches the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -176,7 +176,10 @@ mod tests {
             r#"{"type":"http","intervalMs":500,"failures":2,"timeoutMs":20000,"path":"/ready?x=1"}"#,
         )
         .unwrap();
-        assert_eq!((check.successes, check.timeout()), (2, std::time::Duration::from_millis(500)));
+        // A configured timeout is honoured, even beyond the interval; the default is capped by it.
+        assert_eq!((check.successes, check.timeout()), (2, std::time::Duration::from_secs(20)));
+        let default = Check { timeout_ms: None, ..check.clone() };
+        assert_eq!(default.timeout(), std::time::Duration::from_millis(500));
         let mut metadata = Metadata::from([("zone".into(), "a".into()), ("check.old".into(), "x".into())]);
         check.write_to(&mut metadata);
         assert_eq!(Check::read_from(&metadata), Some(check));

@@ -96,10 +96,44 @@ pub struct NodeInfo {
     pub ttl_ms: u64,
 }
 
+/// The metadata key of a health check's failure description, present while the check holds the
+/// node `DOWN` (written by the registry's checks; see `muster_api::check`).
+pub const CHECK_OUTPUT: &str = "check.output";
+
+/// The metadata key of a node's health check kind: a node without it asks for no check.
+pub const CHECK_TYPE: &str = "check.type";
+
+/// True when a node of `status` and `metadata` is held down by a health check.
+pub fn held_by_check(status: NodeStatus, metadata: &Metadata) -> bool {
+    status == NodeStatus::Down && metadata.contains_key(CHECK_OUTPUT)
+}
+
 impl NodeInfo {
     /// True when the node provides a service satisfying `query`.
     pub fn provides(&self, query: &crate::service::ServiceQuery) -> bool {
         query.matches_any(&self.services)
+    }
+
+    /// True when a health check holds the node down: `DOWN` with the check's failure description
+    /// in its metadata ([`CHECK_OUTPUT`]).
+    pub fn held_by_check(&self) -> bool {
+        held_by_check(self.status, &self.metadata)
+    }
+
+    /// Keeps a health check's verdict on a write that would lift it (see [`CHECK_OUTPUT`]): when
+    /// `self`, the node as stored, is held down by a check, `new` stays `DOWN` and keeps the
+    /// check's failure description, as long as `new` still asks for a check. Every store applies it to registrations, heartbeats and
+    /// updates inside its atomic write; only the check's own update
+    /// ([`NodeUpdate::as_check_verdict`]) may lift it.
+    pub fn keep_check_verdict(&self, new: &mut NodeInfo) {
+        if !new.metadata.contains_key(CHECK_TYPE) {
+            // The write drops the check: nothing will lift its verdict, so it goes too.
+            return;
+        }
+        if let Some(output) = self.held_by_check().then(|| self.metadata.get(CHECK_OUTPUT)).flatten() {
+            new.status = NodeStatus::Down;
+            new.metadata.insert(CHECK_OUTPUT.to_owned(), output.clone());
+        }
     }
 
     /// True when the parts a watcher cares about (address, services, status, metadata) differ.
@@ -249,6 +283,8 @@ pub struct NodeUpdate {
     metadata: Option<Metadata>,
     /// Most nodes a service may have: see [`Registration::with_service_limit`].
     service_limit: Option<usize>,
+    /// Written by the registry's health check: may lift a check's verdict.
+    check_verdict: bool,
 }
 
 impl NodeUpdate {
@@ -290,6 +326,19 @@ impl NodeUpdate {
         self
     }
 
+    /// Marks the update as a health check's verdict: the one write that may lift a check's
+    /// `DOWN` (every other keeps it, see [`NodeInfo::keep_check_verdict`]).
+    #[must_use]
+    pub fn as_check_verdict(mut self) -> Self {
+        self.check_verdict = true;
+        self
+    }
+
+    /// True for a health check's verdict ([`NodeUpdate::as_check_verdict`]).
+    pub fn is_check_verdict(&self) -> bool {
+        self.check_verdict
+    }
+
     /// The limit set with [`NodeUpdate::with_service_limit`].
     pub fn service_limit(&self) -> Option<usize> {
         self.service_limit
@@ -312,9 +361,11 @@ impl NodeUpdate {
         self.metadata.as_ref()
     }
 
-    /// Applies the update to `node`, returning true when anything changed.
+    /// Applies the update to `node`, returning true when anything changed. A check's verdict on
+    /// `node` is kept unless this is the check's own update.
     pub fn apply(&self, node: &mut NodeInfo) -> bool {
         let before = node.clone();
+        let held = before.held_by_check() && !self.check_verdict;
         if let Some(a) = &self.address {
             node.address = a.clone();
         }
@@ -326,6 +377,9 @@ impl NodeUpdate {
         }
         if let Some(m) = &self.metadata {
             node.metadata = m.clone();
+        }
+        if held {
+            before.keep_check_verdict(node);
         }
         node.differs_from(&before)
     }

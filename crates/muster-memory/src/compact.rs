@@ -126,6 +126,14 @@ impl StoredNode {
 
     /// True when the parts a watcher cares about (address, services, status, metadata) differ from
     /// `node`'s ([`NodeInfo::differs_from`] without building a `NodeInfo`).
+    /// The check's failure description when a health check holds the node down.
+    pub(crate) fn held_check_output(&self) -> Option<&String> {
+        if self.status != NodeStatus::Down {
+            return None;
+        }
+        self.metadata.as_ref()?.get(muster_core::CHECK_OUTPUT)
+    }
+
     pub(crate) fn differs_from(&self, node: &NodeInfo) -> bool {
         let empty = Metadata::new();
         let same_services = self.services.len() == node.services.len()

@@ -343,7 +343,14 @@ impl Registry for MemoryRegistry {
         let (change, node, before) = match state.nodes.remove(&id) {
             Some(old) => {
                 state.deadlines.remove(&(old.deadline, id.clone()));
-                let node = registration.to_node(old.node.registered_at_ms, now_ms);
+                let mut node = registration.to_node(old.node.registered_at_ms, now_ms);
+                // A health check's verdict is a condition of the write: a registration keeps it.
+                if let Some(output) = old.node.held_check_output()
+                    && node.metadata.contains_key(muster_core::CHECK_TYPE)
+                {
+                    node.status = muster_core::NodeStatus::Down;
+                    node.metadata.insert(muster_core::CHECK_OUTPUT.to_owned(), output.clone());
+                }
                 state.reindex_services(&id, old.node.service_names(), &node.services);
                 let change = if old.node.differs_from(&node) { Change::Updated } else { Change::Unchanged };
                 let before = (change == Change::Updated).then(|| old.node.to_node(&id).services);
@@ -389,6 +396,8 @@ impl Registry for MemoryRegistry {
         }
         let ttl = Duration::from_millis(node.ttl_ms.max(1));
         let deadline = now + ttl;
+        // A health check's verdict holds against the node's own heartbeats.
+        let status = status.filter(|_| !node.held_by_check());
         let changed = status.is_some_and(|s| s != node.status);
         if let Some(status) = status {
             node.status = status;

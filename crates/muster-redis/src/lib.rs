@@ -417,8 +417,18 @@ impl Registry for RedisRegistry {
         let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
         match replies::heartbeat(&reply)? {
             HeartbeatReply::Limit(refusal) => Err(refusal.into_error(registration.service_limit())),
-            HeartbeatReply::Written { change, registered_at_ms, revision, timestamp_ms } => {
-                let node = registration.to_node(registered_at_ms, timestamp_ms);
+            HeartbeatReply::Written { change, registered_at_ms, revision, timestamp_ms, kept_verdict } => {
+                let mut node = registration.to_node(registered_at_ms, timestamp_ms);
+                if let Some(metadata) = kept_verdict {
+                    // A health check holds the node down: what was written instead.
+                    node.status = muster_core::NodeStatus::Down;
+                    node.metadata = serde_json::from_str(&metadata).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Internal,
+                            format!("malformed reply of the heartbeat script: {e}"),
+                        )
+                    })?;
+                }
                 Ok(HeartbeatOutcome { change, node, revision })
             }
         }
@@ -456,6 +466,7 @@ impl Registry for RedisRegistry {
             update.new_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
             update.new_metadata().map(json).transpose()?.unwrap_or_default(),
             limit_arg(update.service_limit()),
+            if update.is_check_verdict() { "1" } else { "0" }.to_owned(),
         ];
         let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
         match replies::stored("update", &reply)? {

@@ -24,8 +24,9 @@ impl LimitRefusal {
     }
 }
 
-/// The heartbeat script's reply: `{change, registeredAt, revision, expiredRevision, timestamp}`
-/// or `{'limit', service, others, '0', '0'}`.
+/// The heartbeat script's reply: `{change, registeredAt, revision, expiredRevision, timestamp,
+/// kept}` (`kept`: the metadata written when a health check's verdict was kept — the node is then
+/// `DOWN` — else empty) or `{'limit', service, others, '0', '0', ''}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HeartbeatReply {
     /// The service limit refused the write; nothing changed.
@@ -40,6 +41,8 @@ pub(crate) enum HeartbeatReply {
         revision: Option<Revision>,
         /// The node's new timestamp (ms).
         timestamp_ms: u64,
+        /// When a health check's verdict was kept: the metadata written (the node is `DOWN`).
+        kept_verdict: Option<String>,
     },
 }
 
@@ -91,8 +94,8 @@ pub(crate) struct ReadReply {
 /// Decodes the heartbeat script's reply.
 pub(crate) fn heartbeat(reply: &[String]) -> Result<HeartbeatReply> {
     const SCRIPT: &str = "heartbeat";
-    let [outcome, second, third, _expired, timestamp] = reply else {
-        return Err(malformed(SCRIPT, reply, "expected 5 values"));
+    let [outcome, second, third, _expired, timestamp, kept] = reply else {
+        return Err(malformed(SCRIPT, reply, "expected 6 values"));
     };
     if outcome == "limit" {
         return Ok(HeartbeatReply::Limit(limit(SCRIPT, reply, second, third)?));
@@ -102,6 +105,7 @@ pub(crate) fn heartbeat(reply: &[String]) -> Result<HeartbeatReply> {
         registered_at_ms: number(SCRIPT, reply, second)?,
         revision: revision(SCRIPT, reply, third)?,
         timestamp_ms: number(SCRIPT, reply, timestamp)?,
+        kept_verdict: (!kept.is_empty()).then(|| kept.clone()),
     })
 }
 
@@ -220,36 +224,38 @@ mod tests {
     #[test]
     fn heartbeat_replies() {
         assert_eq!(
-            heartbeat(&strings(&["registered", "100", "7", "0", "120"])).unwrap(),
+            heartbeat(&strings(&["registered", "100", "7", "0", "120", ""])).unwrap(),
             HeartbeatReply::Written {
                 change: Change::Registered,
                 registered_at_ms: 100,
                 revision: Some(Revision(7)),
-                timestamp_ms: 120
+                timestamp_ms: 120,
+                kept_verdict: None,
             }
         );
         assert_eq!(
-            heartbeat(&strings(&["unchanged", "100", "0", "0", "120"])).unwrap(),
+            heartbeat(&strings(&["unchanged", "100", "0", "0", "120", "{}"])).unwrap(),
             HeartbeatReply::Written {
                 change: Change::Unchanged,
                 registered_at_ms: 100,
                 revision: None,
-                timestamp_ms: 120
+                timestamp_ms: 120,
+                kept_verdict: Some("{}".into()),
             }
         );
         assert_eq!(
-            heartbeat(&strings(&["limit", "users", "3", "0", "0"])).unwrap(),
+            heartbeat(&strings(&["limit", "users", "3", "0", "0", ""])).unwrap(),
             HeartbeatReply::Limit(LimitRefusal { service: "users".into(), others: 3 })
         );
         // Short, unknown, malformed numbers: never a plausible value.
         for bad in [
-            &["registered", "100", "7", "0"][..],
-            &["registered", "100", "7", "0", "soon"],
-            &["registered", "", "7", "0", "120"],
-            &["registered", "100", "x", "0", "120"],
-            &["maybe", "100", "7", "0", "120"],
-            &["limit", "", "3", "0", "0"],
-            &["limit", "users", "many", "0", "0"],
+            &["registered", "100", "7", "0", "120"][..],
+            &["registered", "100", "7", "0", "soon", ""],
+            &["registered", "", "7", "0", "120", ""],
+            &["registered", "100", "x", "0", "120", ""],
+            &["maybe", "100", "7", "0", "120", ""],
+            &["limit", "", "3", "0", "0", ""],
+            &["limit", "users", "many", "0", "0", ""],
             &[],
         ] {
             internal(heartbeat(&strings(bad)));

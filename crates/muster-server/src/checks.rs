@@ -10,8 +10,9 @@
 //! - On a shared store only the process that leads the fleet's background work (on Redis: the
 //!   sweeper lease holder) runs them ([`Registry::leads_fleet_tasks`]); another takes over with the
 //!   lease.
-//! - While a check holds a node `DOWN`, a heartbeat or registration asking for `UP` keeps it `DOWN`
-//!   (`held_down`): only the check brings it back.
+//! - While a check holds a node `DOWN`, a heartbeat, registration or update asking for `UP` keeps
+//!   it `DOWN`: every store keeps the verdict as a condition of its atomic write
+//!   (`NodeInfo::keep_check_verdict`); only the check's own update (`as_check_verdict`) lifts it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ const RESCAN: Duration = Duration::from_secs(5);
 
 /// True when a check holds `node` down: it is `DOWN` with the check's failure description.
 pub(crate) fn held_down(node: &NodeInfo) -> bool {
-    node.status == NodeStatus::Down && node.metadata.contains_key(CHECK_OUTPUT)
+    node.held_by_check()
 }
 
 /// One node's check state.
@@ -228,7 +229,7 @@ async fn settle(
             }
             metadata.insert(CHECK_OUTPUT.into(), truncate(failure));
             tracing::info!(node_id = %outcome.node_id, %failure, "health check: DOWN");
-            NodeUpdate::new().status(NodeStatus::Down)
+            NodeUpdate::new().status(NodeStatus::Down).as_check_verdict()
         }
         None => {
             entry.failures = 0;
@@ -238,7 +239,7 @@ async fn settle(
             }
             metadata.remove(CHECK_OUTPUT);
             tracing::info!(node_id = %outcome.node_id, "health check: UP");
-            NodeUpdate::new().status(NodeStatus::Up)
+            NodeUpdate::new().status(NodeStatus::Up).as_check_verdict()
         }
     };
     let update = match update.metadata(metadata) {

@@ -189,27 +189,6 @@ impl AppState {
         self.inner.metrics.registrations.inc();
     }
 
-    /// The status a heartbeat or registration of `id` asking for `requested` may set: a node an
-    /// active health check holds `DOWN` stays down until the check passes again.
-    fn allowed_status(
-        &self,
-        id: &muster_core::NodeId,
-        requested: Option<muster_core::NodeStatus>,
-    ) -> Option<muster_core::NodeStatus> {
-        let held = self.inner.hub.with_mirror(|mirror| mirror.get(id).is_some_and(|n| checks::held_down(n)));
-        if held { Some(muster_core::NodeStatus::Down) } else { requested }
-    }
-
-    /// The check's failure description of a node a check holds down (kept across registrations).
-    fn held_down_output(&self, id: &muster_core::NodeId) -> Option<String> {
-        self.inner.hub.with_mirror(|mirror| {
-            mirror
-                .get(id)
-                .filter(|n| checks::held_down(n))
-                .and_then(|n| n.metadata.get(muster_api::check::CHECK_OUTPUT).cloned())
-        })
-    }
-
     fn count_heartbeat(&self) {
         self.inner.metrics.heartbeats.inc();
     }

@@ -69,14 +69,9 @@ async fn register(
         check.validate().map_err(ApiError::invalid)?;
         check.write_to(&mut metadata);
     }
-    // A node a health check holds down stays down, with the reason, until the check passes.
-    let status = match state.held_down_output(&id) {
-        Some(output) if muster_api::check::Check::read_from(&metadata).is_some() => {
-            metadata.insert(muster_api::check::CHECK_OUTPUT.into(), output);
-            NodeStatus::Down
-        }
-        _ => request.status.unwrap_or_default(),
-    };
+    // A node a health check holds down stays down, with the reason, until the check passes: the
+    // store keeps the verdict as a condition of its write (NodeInfo::keep_check_verdict).
+    let status = request.status.unwrap_or_default();
     let registration =
         Registration::new(id.clone(), Address::parse(request.address)?, request.services, ttl)?
             .with_status(status)
@@ -124,7 +119,7 @@ pub(crate) async fn refresh(
     id: &NodeId,
     status: Option<NodeStatus>,
 ) -> Result<NodeInfo, ApiError> {
-    match state.registry().refresh(id, state.allowed_status(id, status)).await {
+    match state.registry().refresh(id, status).await {
         Ok(outcome) => {
             state.count_heartbeat();
             tracing::debug!(node_id = %id, "heartbeat");

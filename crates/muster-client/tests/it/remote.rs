@@ -31,7 +31,9 @@ async fn remote() -> RemoteRegistry {
 // updated/unchanged distinction of a heartbeat's outcome (`registration_round_trip`,
 // `unchanged_heartbeat_publishes_nothing`, `refresh_never_resurrects`), a caller's
 // per-registration service limit (the server applies its own: `service_limit_is_atomic`) and the
-// deregistration reason (always `graceful`: `watch_resumes_after_revision`).
+// deregistration reason (always `graceful`: `watch_resumes_after_revision`), and a health check's
+// own update (only the server's checks write one: `check_verdict_holds_against_every_write`,
+// whose HTTP side is tested in muster-server's checks tests).
 muster_testkit::__conformance_cases!(((), remote().await), TIMING, false;
     heartbeats_keep_node_alive,
     silent_node_expires_with_event,

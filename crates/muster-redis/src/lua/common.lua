@@ -13,6 +13,40 @@ end
 -- The validity rule of a node hash, Titan's reader's own (and `codec::check_hash`'s): a non-empty
 -- address, services that parse as JSON (any JSON: Titan's reader keeps `null` or `{}` too; such a
 -- node provides no service), a non-empty timestamp. (Liveness is the heartbeat key's, checked apart.)
+-- A health check's verdict (Rust's `NodeInfo::keep_check_verdict`): the failure description when
+-- the stored node `n` is held down by a check (DOWN, `check.output` in its metadata), else nil.
+local function held_output(n)
+  if n == nil or (n.status or 'UP') ~= 'DOWN' or not n.metadata then return nil end
+  if not string.find(n.metadata, '"check.output"', 1, true) then return nil end
+  local ok, m = pcall(cjson.decode, n.metadata)
+  if ok and type(m) == 'table' and type(m['check.output']) == 'string' then return m['check.output'] end
+  return nil
+end
+-- Keeps a check's verdict on `new` (a write of the node `old`, which the check holds down with
+-- `output`), as long as the new metadata still asks for a check: DOWN, and `check.output` kept. The
+-- stored metadata text is kept when the content is the same, so an unchanged write stays unchanged.
+local function keep_verdict(old, new, output)
+  local ok, m = pcall(cjson.decode, new.metadata)
+  if not ok or type(m) ~= 'table' or m['check.type'] == nil then return end
+  new.status = 'DOWN'
+  m['check.output'] = output
+  local okold, o = pcall(cjson.decode, old.metadata)
+  local same = okold and type(o) == 'table'
+  if same then
+    for k, v in pairs(m) do if o[k] ~= v then same = false end end
+    for k, v in pairs(o) do if m[k] ~= v then same = false end end
+  end
+  if same then
+    new.metadata = old.metadata
+    return
+  end
+  local names = {}
+  for k in pairs(m) do names[#names + 1] = k end
+  table.sort(names)
+  local parts = {}
+  for _, k in ipairs(names) do parts[#parts + 1] = cjson.encode(k) .. ':' .. cjson.encode(m[k]) end
+  new.metadata = '{' .. table.concat(parts, ',') .. '}'
+end
 local function is_valid(n)
   return n ~= nil and n.address and n.address ~= '' and valid_json(n.services) and n.timestamp and n.timestamp ~= ''
     and true or false

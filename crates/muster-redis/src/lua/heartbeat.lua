@@ -9,12 +9,19 @@ local full, others = over_limit(id, new.services, ARGV[13])
 if full then
   -- The fast path set the heartbeat of a node that was not alive: take it back, change nothing.
   if hb_alive == false then redis.call('DEL', hb) end
-  return {'limit', full, fmt(others), '0', '0'}
+  return {'limit', full, fmt(others), '0', '0', ''}
 end
 local change = 'registered'
 local expired_rev = '0'
+local kept = ''
 if alive then
   new.registeredAt = old.registeredAt or old.timestamp
+  local output = held_output(old)
+  if output then
+    keep_verdict(old, new, output)
+    -- The caller learns the status and metadata written in place of what it asked for.
+    if new.status == 'DOWN' then kept = new.metadata end
+  end
   if old.address ~= new.address or old.services ~= new.services or (old.status or 'UP') ~= new.status
       or (old.metadata or '{}') ~= new.metadata then
     change = 'updated'
@@ -60,4 +67,4 @@ if change ~= 'unchanged' then
 elseif ARGV[12] == '1' then
   publish('NODE_UPDATED', id, new.address, new.services, '')
 end
-return {change, new.registeredAt, rev, expired_rev, new.timestamp}
+return {change, new.registeredAt, rev, expired_rev, new.timestamp, kept}

@@ -12,6 +12,6 @@ if v[1] == ARGV[5] and v[2] == ARGV[6] and (v[3] or 'UP') == ARGV[10] and (v[4] 
     redis.call('EXPIRE', node_key, ARGV[8])
     redis.call('ZADD', K_DEADLINES, NOW + tonumber(ARGV[9]), id)
     if ARGV[12] == '1' then publish('NODE_UPDATED', id, ARGV[5], ARGV[6], '') end
-    return {'unchanged', v[6] or v[5], '0', '0', fmt(NOW)}
+    return {'unchanged', v[6] or v[5], '0', '0', fmt(NOW), ''}
   end
 end

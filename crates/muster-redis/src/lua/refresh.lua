@@ -11,7 +11,8 @@ n.registeredAt = n.registeredAt or n.timestamp
 n.ttl = ttl
 local change = 'unchanged'
 local rev = '0'
-if ARGV[5] ~= '' and ARGV[5] ~= (n.status or 'UP') then
+-- A health check's verdict holds against the node's own heartbeats.
+if ARGV[5] ~= '' and ARGV[5] ~= (n.status or 'UP') and not held_output(n) then
   n.status = ARGV[5]
   change = 'updated'
 end

@@ -8,6 +8,11 @@ if ARGV[5] ~= '' then new.address = ARGV[5] end
 if ARGV[6] ~= '' then new.services = ARGV[6] end
 if ARGV[7] ~= '' then new.status = ARGV[7] end
 if ARGV[8] ~= '' then new.metadata = ARGV[8] end
+-- ARGV[10] = '1': the health check's own verdict, the one write that may lift it.
+if ARGV[10] ~= '1' then
+  local output = held_output(old)
+  if output then keep_verdict(old, new, output) end
+end
 local changed = new.address ~= old.address or new.services ~= old.services
   or new.status ~= (old.status or 'UP') or new.metadata ~= (old.metadata or '{}')
 if new.services ~= old.services then

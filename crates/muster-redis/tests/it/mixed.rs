@@ -480,7 +480,7 @@ async fn store_reads_write_nothing(fleet: Fleet) {
                 .arg("address")
                 .arg("h:1")
                 .arg("services")
-                .arg("{}")
+                .arg("{not json")
                 .arg("timestamp")
                 .arg("1"),
         )

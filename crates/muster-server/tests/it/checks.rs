@@ -98,6 +98,10 @@ crate::on_both_stores! {
         .await;
         assert_eq!(again["node"]["status"], "DOWN", "{again}");
         assert_eq!(again["node"]["metadata"]["check.output"].as_str(), Some(output.as_str()));
+        // Nor an update: the verdict is a condition of the store's write, not read from a copy.
+        let (status, patched) = send(&server, Method::PATCH, "/v1/nodes/web-1", json!({"status": "UP"})).await;
+        assert_eq!((status.as_u16(), patched["status"].as_str()), (200, Some("DOWN")), "{patched}");
+        assert_eq!(node(&server, "web-1").await["status"], "DOWN");
 
         target.healthy.store(true, Ordering::Relaxed);
         let up = until_status(&server, "web-1", "UP").await;

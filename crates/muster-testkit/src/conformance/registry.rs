@@ -359,3 +359,69 @@ pub async fn service_limit_is_atomic<R: Registry + Clone>(registry: R, timing: T
     registry.update(&id("outsider"), update).await.expect("a free slot");
     assert_eq!(registry.count_service("full").await.unwrap(), MAX);
 }
+
+/// A health check's verdict is a condition of the store's write: while a check holds a node
+/// `DOWN`, no registration, heartbeat or update lifts it (the failure description stays; an
+/// unchanged heartbeat stays unchanged); only the check's own update does, or a registration that
+/// no longer asks for a check.
+pub async fn check_verdict_holds_against_every_write<R: Registry>(registry: R, timing: Timing) {
+    let long = Timing { ttl: timing.ttl * 20, ..timing };
+    let meta = |pairs: &[(&str, &str)]| -> muster_core::Metadata {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    let asking = |pairs: &[(&str, &str)]| {
+        registration("c1", "h:1", &["web"], long)
+            .with_status(NodeStatus::Up)
+            .with_metadata(meta(&[&[("check.type", "http")], pairs].concat()))
+            .unwrap()
+    };
+    registry.heartbeat(asking(&[("zone", "a")])).await.unwrap();
+    let down = NodeUpdate::new()
+        .status(NodeStatus::Down)
+        .metadata(meta(&[("check.type", "http"), ("zone", "a"), ("check.output", "GET /health: HTTP 503")]))
+        .unwrap()
+        .as_check_verdict();
+    let held = registry.update(&id("c1"), down).await.unwrap();
+    assert!(held.held_by_check(), "{held:?}");
+    let output = |node: &muster_core::NodeInfo| node.metadata.get("check.output").cloned();
+    let reason = Some("GET /health: HTTP 503".to_owned());
+
+    // A registration asking for UP, with other metadata: still DOWN, reason kept, metadata applied.
+    let outcome = registry.heartbeat(asking(&[("zone", "b")])).await.unwrap();
+    assert_eq!((outcome.node.status, output(&outcome.node)), (NodeStatus::Down, reason.clone()));
+    assert_eq!(outcome.node.metadata.get("zone").map(String::as_str), Some("b"));
+    // The same again changes nothing.
+    let again = registry.heartbeat(asking(&[("zone", "b")])).await.unwrap();
+    assert_eq!(again.change, Change::Unchanged, "{again:?}");
+    // A heartbeat asking for UP.
+    let beat = registry.refresh(&id("c1"), Some(NodeStatus::Up)).await.unwrap();
+    assert_eq!(beat.node.status, NodeStatus::Down);
+    // Updates that are not the check's.
+    let node = registry.update(&id("c1"), NodeUpdate::new().status(NodeStatus::Up)).await.unwrap();
+    assert_eq!((node.status, output(&node)), (NodeStatus::Down, reason.clone()));
+    let update = NodeUpdate::new().metadata(meta(&[("check.type", "http"), ("zone", "c")])).unwrap();
+    let node = registry.update(&id("c1"), update).await.unwrap();
+    assert_eq!((node.status, output(&node)), (NodeStatus::Down, reason.clone()));
+    let stored = registry.get(&id("c1")).await.unwrap().unwrap();
+    assert_eq!((stored.status, output(&stored)), (NodeStatus::Down, reason.clone()), "as stored");
+
+    // The check's own update lifts it.
+    let up = NodeUpdate::new()
+        .status(NodeStatus::Up)
+        .metadata(meta(&[("check.type", "http"), ("zone", "c")]))
+        .unwrap()
+        .as_check_verdict();
+    let node = registry.update(&id("c1"), up).await.unwrap();
+    assert_eq!((node.status, output(&node)), (NodeStatus::Up, None));
+
+    // A registration that drops the check drops its verdict too.
+    let down = NodeUpdate::new()
+        .status(NodeStatus::Down)
+        .metadata(meta(&[("check.type", "http"), ("check.output", "refused")]))
+        .unwrap()
+        .as_check_verdict();
+    registry.update(&id("c1"), down).await.unwrap();
+    let plain = registration("c1", "h:1", &["web"], long).with_status(NodeStatus::Up);
+    let outcome = registry.heartbeat(plain).await.unwrap();
+    assert_eq!((outcome.node.status, output(&outcome.node)), (NodeStatus::Up, None));
+}
