@@ -105,11 +105,14 @@ pub(crate) struct Caller {
     policy: Policy,
     /// Access control is off: everything is allowed.
     open: bool,
+    /// SHA-256 of the token's secret (`None`: anonymous), to look it up again when tokens change.
+    hash: Option<[u8; 32]>,
 }
 
 /// The caller of every request when access control is off.
-static OPEN: std::sync::LazyLock<Arc<Caller>> =
-    std::sync::LazyLock::new(|| Arc::new(Caller { name: None, policy: Policy::default(), open: true }));
+static OPEN: std::sync::LazyLock<Arc<Caller>> = std::sync::LazyLock::new(|| {
+    Arc::new(Caller { name: None, policy: Policy::default(), open: true, hash: None })
+});
 
 impl Caller {
     fn refused(&self, permission: &str) -> ApiError {
@@ -262,6 +265,8 @@ pub(crate) struct Acl {
     /// The last read of the store failed: an unknown token may be a new one not read yet, so it
     /// answers 503 rather than 401 until the store answers again.
     stale: std::sync::atomic::AtomicBool,
+    /// Bumped by every install of the tokens: open streams look at their caller again.
+    installed: tokio::sync::watch::Sender<u64>,
     /// Hashes of tokens the store did not know at the current generation: asked about again, they
     /// cost no read until the generation changes (emptied by every install; bounded).
     misses: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
@@ -286,8 +291,12 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Acl {
     pub(crate) fn new(config: AclConfig, store: Option<Arc<dyn TokenStore>>) -> Self {
-        let anonymous =
-            Arc::new(Caller { name: None, policy: Policy::new(config.default_policy.rules()), open: false });
+        let anonymous = Arc::new(Caller {
+            name: None,
+            policy: Policy::new(config.default_policy.rules()),
+            open: false,
+            hash: None,
+        });
         let acl = Self {
             anonymous,
             store,
@@ -295,6 +304,7 @@ impl Acl {
             reloading: tokio::sync::Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
             misses: std::sync::Mutex::default(),
+            installed: tokio::sync::watch::Sender::new(0),
             checked_at: std::sync::Mutex::default(),
             config,
         };
@@ -316,22 +326,61 @@ impl Acl {
         let mut by_hash = HashMap::new();
         for record in stored {
             let Some(hash) = digest_of_hex(&record.secret_hash) else { continue };
-            let caller =
-                Caller { name: Some(record.name.into()), policy: Policy::new(record.rules), open: false };
+            let caller = Caller {
+                name: Some(record.name.into()),
+                policy: Policy::new(record.rules),
+                open: false,
+                hash: Some(hash),
+            };
             by_hash.insert(hash, Arc::new(caller));
         }
         for declared in &self.config.tokens {
-            let caller = Caller {
-                name: Some(declared.name.as_str().into()),
-                policy: Policy::new(declared.rules.clone()),
-                open: false,
-            };
             if let Some(hash) = digest_of_hex(&declared.secret_hash) {
+                let caller = Caller {
+                    name: Some(declared.name.as_str().into()),
+                    policy: Policy::new(declared.rules.clone()),
+                    open: false,
+                    hash: Some(hash),
+                };
                 by_hash.insert(hash, Arc::new(caller));
             }
         }
         self.known.store(Arc::new(Known { generation, by_hash }));
         self.misses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.installed.send_modify(|n| *n += 1);
+    }
+
+    /// Why `caller` may no longer do what it was let in for: its token was revoked, or its rules
+    /// changed (`None` while it stands, and always for the anonymous caller).
+    fn withdrawn(&self, caller: &Caller) -> Option<ApiError> {
+        let hash = caller.hash.as_ref()?;
+        let name = caller.name.as_deref().unwrap_or_default();
+        match self.known.load().by_hash.get(hash) {
+            None => Some(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("token `{name}` was revoked; the stream ends"),
+            )),
+            Some(now) if now.policy != caller.policy => Some(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the rules of token `{name}` changed; the stream ends (reconnect to go on)"),
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Resolves when `caller`'s token is revoked or its rules change (looked at whenever the tokens
+    /// are read again: at once on this server, within a second on the others); never for the
+    /// anonymous caller. Open streams and blocking queries end on it.
+    pub(crate) async fn withdrawal(&self, caller: &Caller) -> ApiError {
+        let mut installed = self.installed.subscribe();
+        loop {
+            if let Some(error) = self.withdrawn(caller) {
+                return error;
+            }
+            if installed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Reads every token from the store again.

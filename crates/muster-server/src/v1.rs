@@ -309,7 +309,7 @@ pub(crate) async fn instances(
     // Index 0 means "I know nothing yet": answer at once (Consul's rule).
     if let Some(index) = index.filter(|i| *i > 0) {
         let wait = wait.unwrap_or(Duration::from_secs(60)).min(state.config().max_wait);
-        wait_for_change(&state, &name, Revision(index), wait).await?;
+        wait_for_change(&state, &caller, &name, Revision(index), wait).await?;
     }
     let (revision, nodes) = state.registry().find_at(&query).await?;
     tracing::debug!(service = %name, found = nodes.len(), %revision, "resolved");
@@ -347,9 +347,10 @@ pub(crate) fn insert_index(headers: &mut HeaderMap, revision: Revision) {
 }
 
 /// Blocks until the registry moves past `index` with a change that may concern `service`, or `wait`
-/// passes, or the server shuts down.
+/// passes, or the server shuts down; fails when the caller's token is revoked meanwhile.
 async fn wait_for_change(
     state: &AppState,
+    caller: &crate::acl::Caller,
     service: &str,
     index: Revision,
     wait: Duration,
@@ -360,6 +361,8 @@ async fn wait_for_change(
         changed = change => changed?,
         () = tokio::time::sleep(wait) => {}
         () = shutdown.cancelled() => {}
+        // A token revoked while its query waits gets no answer from the registry.
+        error = state.inner.acl.withdrawal(caller) => return Err(error),
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! know; sent first for `?snapshot=true`, and whenever the events needed are gone or the watcher fell
 //! behind), `peer` (a Titan peer's channel event; no id). With `?service=name` only events about nodes
 //! that provide the service — or just stopped providing it — are sent. A slow client is never
-//! waited for: it falls behind the registry's history and is told to resync.
+//! waited for: it falls behind the registry's history and is told to resync. A stream whose token
+//! is revoked (or whose rules change) ends with an `error` event saying so, as soon as the server
+//! reads the tokens again.
 
 use std::convert::Infallible;
 
@@ -75,13 +77,26 @@ pub(crate) async fn watch(
     state.inner.metrics.watchers.inc();
     let guard = crate::metrics::WatcherGuard(std::sync::Arc::clone(&state.inner));
     let filter = ServiceFilter::new(service);
+    // A revoked token (or one whose rules changed) ends the stream with an event that says why.
+    let withdrawal: std::pin::Pin<Box<dyn std::future::Future<Output = ApiError> + Send>> = {
+        let (acl, caller) = (std::sync::Arc::clone(&state.inner.acl), std::sync::Arc::clone(&caller));
+        Box::pin(async move { acl.withdrawal(&caller).await })
+    };
     // Only what the token may read: events about nodes it may see now or saw before the change.
-    let events = futures::stream::unfold(Some((stream, filter, guard)), move |state| {
+    let events = futures::stream::unfold(Some((stream, filter, guard, withdrawal)), move |state| {
         let caller = std::sync::Arc::clone(&caller);
         async move {
-            let (mut stream, mut filter, guard) = state?;
+            let (mut stream, mut filter, guard, mut withdrawal) = state?;
             loop {
-                let event = match stream.next().await? {
+                let next = tokio::select! {
+                    next = stream.next() => next?,
+                    error = &mut withdrawal => {
+                        let data = serde_json::json!({"code": error.code().as_str(), "message": error.message()});
+                        let event = Event::default().event("error").json_data(data).unwrap_or_default();
+                        return Some((Ok(event), None));
+                    }
+                };
+                let event = match next {
                     Ok(WatchEvent::Event(e)) => {
                         (filter.pass(&e) && caller.may_see_event(&e)).then(|| sse_event(&e, true))
                     }
@@ -109,7 +124,7 @@ pub(crate) async fn watch(
                 };
                 if let Some(event) = event {
                     let event = event.unwrap_or_else(|_| Event::default().event("error"));
-                    return Some((Ok(event), Some((stream, filter, guard))));
+                    return Some((Ok(event), Some((stream, filter, guard, withdrawal))));
                 }
             }
         }

@@ -721,3 +721,62 @@ async fn made_up_tokens_are_limited_before_the_store_is_read() {
     let (status, _) = call(&server, Some(&fresh), Method::GET, "/v1/nodes", Value::Null).await;
     assert_eq!(status, 200);
 }
+
+/// A revoked token ends its open watch streams (with an `error` event that says why) and its
+/// blocking queries in flight (401), on the server that revoked it at once and on another server
+/// of the same Redis within its reload of the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_ends_its_streams_and_blocking_queries() {
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let one = redis_server_on(&redis.url(), acl_config()).await;
+    let two = redis_server_on(&redis.url(), acl_config()).await;
+    let callers = setup(&one).await;
+    reset(&one, &callers.admin).await;
+    let watcher = create_token(&one, &callers.admin, "watcher", json!([{"access": "read"}])).await;
+    let open = |server: &TestServer| {
+        let request = client().get(server.url("/v1/watch")).bearer_auth(&watcher);
+        async move { crate::sse::SseClient::from_response(request.send().await.unwrap()) }
+    };
+    let mut streams = [open(&one).await, open(&two).await];
+    let index = client()
+        .get(two.url("/v1/services/billing/instances"))
+        .bearer_auth(&callers.admin)
+        .send()
+        .await
+        .unwrap()
+        .headers()["x-muster-index"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let blocking = {
+        let request = client()
+            .get(two.url(&format!("/v1/services/billing/instances?index={index}&wait=60s")))
+            .bearer_auth(&watcher);
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) =
+        call(&one, Some(&callers.admin), Method::DELETE, "/v1/acl/tokens/watcher", Value::Null).await;
+    assert_eq!(status, 204);
+    for (n, stream) in streams.iter_mut().enumerate() {
+        // Registry events still on their way (the reset's) may come first.
+        let event = loop {
+            let event = stream.try_next(Duration::from_secs(10)).await.expect("an event that says why");
+            if event.name == "error" {
+                break event;
+            }
+        };
+        assert_eq!(
+            (event.name.as_str(), &event.data["code"]),
+            ("error", &json!("unauthorized")),
+            "server {n}"
+        );
+        assert!(event.data["message"].as_str().unwrap().contains("revoked"), "{}", event.data);
+        assert!(stream.try_next(Duration::from_secs(2)).await.is_none(), "server {n}: the stream ended");
+    }
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), blocking).await.unwrap().unwrap();
+    assert_eq!(status, 401, "{body}");
+}
