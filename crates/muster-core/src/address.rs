@@ -95,17 +95,19 @@ impl Address {
         self.port
     }
 
-    /// True when both name the same endpoint as parsed: host names compared without case, IP
-    /// addresses by value (`::1` is `0:0::1`), ports as numbers (`x:080` is `x:80`).
-    pub fn same_endpoint(&self, other: &Self) -> bool {
-        if self.port != other.port || self.port == 0 {
-            return false;
-        }
+    /// True when both name the same host: names compared without case, IP addresses by value.
+    pub fn same_host(&self, other: &Self) -> bool {
         let (a, b) = (self.host_unbracketed(), other.host_unbracketed());
         match (a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()) {
             (Ok(a), Ok(b)) => a == b,
-            _ => a.eq_ignore_ascii_case(b),
+            _ => !a.is_empty() && a.eq_ignore_ascii_case(b),
         }
+    }
+
+    /// True when both name the same endpoint as parsed: host names compared without case, IP
+    /// addresses by value (`::1` is `0:0::1`), ports as numbers (`x:080` is `x:80`).
+    pub fn same_endpoint(&self, other: &Self) -> bool {
+        self.port == other.port && self.port != 0 && self.same_host(other)
     }
 
     /// The whole `host:port` string.

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use muster_api::ErrorCode;
 use muster_api::acl::{CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenList, TokenView, WhoAmI};
 use muster_core::acl::{Access, DefaultPolicy, Policy, Rule, TokenRecord, TokenStore};
-use muster_core::{NodeId, NodeInfo, Registry};
+use muster_core::{Address, Metadata, NodeId, NodeInfo, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiJson, Refused};
@@ -212,6 +212,21 @@ impl Caller {
             self.require_write(id.as_str(), stored.services.iter().map(|s| s.name.as_str()))?;
         }
         Ok(())
+    }
+
+    /// Fails unless the caller may have the registry probe where the health check in `metadata`
+    /// points: the node's own host (at `address`) for any writer, another host only for an admin —
+    /// so a writer cannot use the registry to scan the network.
+    pub(crate) fn require_check_target(
+        &self,
+        address: &Address,
+        metadata: &Metadata,
+    ) -> Result<(), ApiError> {
+        let Some(target) = metadata.get("check.target") else { return Ok(()) };
+        if self.is_unrestricted() || Address::parse(target.as_str()).is_ok_and(|t| t.same_host(address)) {
+            return Ok(());
+        }
+        Err(self.refused(&format!("admin access: a health check of {target}, not of the node's own host")))
     }
 
     /// Fails unless the caller holds an admin token.
@@ -799,8 +814,13 @@ mod tests {
         assert_eq!(presented_token(&headers).unwrap(), None);
         headers.insert(TOKEN_HEADER, "  mst_x ".parse().unwrap());
         assert_eq!(presented_token(&headers).unwrap(), Some("mst_x"));
+        headers.insert(header::AUTHORIZATION, "bearer mst_x".parse().unwrap());
+        assert_eq!(presented_token(&headers).unwrap(), Some("mst_x"), "the same token in both");
         headers.insert(header::AUTHORIZATION, "bearer mst_y".parse().unwrap());
-        assert_eq!(presented_token(&headers).unwrap(), Some("mst_y"), "Authorization wins");
+        let ambiguous = presented_token(&headers).unwrap_err();
+        assert_eq!(ambiguous.status(), axum::http::StatusCode::BAD_REQUEST, "two tokens: never first-wins");
+        headers.remove(TOKEN_HEADER);
+        assert_eq!(presented_token(&headers).unwrap(), Some("mst_y"));
         for bad in ["Basic abc", "Bearer", "Bearer   ", "mst_y"] {
             headers.insert(header::AUTHORIZATION, bad.parse().unwrap());
             assert!(presented_token(&headers).is_err(), "{bad}");

@@ -62,7 +62,8 @@ pub(crate) async fn run(
 ) {
     // HTTPS checks use rustls with ring, as the server's own TLS does (installing twice is harmless).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build() {
+    // No redirects: a check reaches the target it names and nothing else (a 3xx is a failure).
+    let http = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build() {
         Ok(http) => http,
         Err(error) => {
             tracing::error!(%error, "health checks are off: no HTTP client");

@@ -176,6 +176,7 @@ pub(crate) async fn register(
 ) -> Result<(StatusCode, Json<InstanceResponse>), ApiError> {
     let address = address_of(&request)?;
     let metadata = metadata_from_request(&request.metadata)?;
+    caller.require_check_target(&address, &metadata).map_err(ApiError::compat)?;
     let version = request
         .metadata
         .get("version")

@@ -64,19 +64,20 @@ async fn register(
         .require_write_stored(state.registry(), &id, request.services.iter().map(|s| s.name.as_str()))
         .await?;
     let ttl = request.ttl_ms.map_or(state.config().default_ttl, Duration::from_millis);
+    let address = Address::parse(request.address)?;
     let mut metadata = request.metadata;
     if let Some(check) = &request.check {
         check.validate().map_err(ApiError::invalid)?;
         check.write_to(&mut metadata);
     }
+    caller.require_check_target(&address, &metadata)?;
     // A node a health check holds down stays down, with the reason, until the check passes: the
     // store keeps the verdict as a condition of its write (NodeInfo::keep_check_verdict).
     let status = request.status.unwrap_or_default();
-    let registration =
-        Registration::new(id.clone(), Address::parse(request.address)?, request.services, ttl)?
-            .with_status(status)
-            .with_metadata(metadata)?
-            .with_service_limit(state.config().max_instances_per_service);
+    let registration = Registration::new(id.clone(), address, request.services, ttl)?
+        .with_status(status)
+        .with_metadata(metadata)?
+        .with_service_limit(state.config().max_instances_per_service);
     let outcome = state.registry().heartbeat(registration).await?;
     state.count_registration();
     caller.audit("register", id.as_str());
@@ -166,8 +167,19 @@ pub(crate) async fn update_node(
     let new_services = request.services.iter().flatten().map(|s| s.name.as_str());
     caller.require_write_stored(state.registry(), &id, new_services).await?;
     let mut update = NodeUpdate::new();
-    if let Some(address) = request.address {
-        update = update.address(Address::parse(address)?);
+    let address = request.address.map(Address::parse).transpose()?;
+    // A health check aims at the node's own host unless an admin says otherwise: look at where the
+    // node and its check will be after the update.
+    let new_target = request.metadata.as_ref().is_some_and(|m| m.contains_key("check.target"));
+    if !caller.is_unrestricted()
+        && (new_target || address.is_some())
+        && let Some(stored) = state.registry().get(&id).await?
+    {
+        let at = address.as_ref().unwrap_or(&stored.address);
+        caller.require_check_target(at, request.metadata.as_ref().unwrap_or(&stored.metadata))?;
+    }
+    if let Some(address) = address {
+        update = update.address(address);
     }
     if let Some(services) = request.services {
         update = update.services(services)?;

@@ -780,3 +780,48 @@ async fn a_revoked_token_ends_its_streams_and_blocking_queries() {
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), blocking).await.unwrap().unwrap();
     assert_eq!(status, 401, "{body}");
 }
+
+/// A writer's health checks reach the node's own host only: a check of another host needs admin
+/// (registration, seed-003 registration, or an update of the metadata or the address); the
+/// refusals change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_other_hosts_need_admin() {
+    let server = memory_server(acl_config()).await;
+    let (_, boot) = call(&server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
+    let admin = boot["secret"].as_str().unwrap().to_owned();
+    let writer =
+        create_token(&server, &admin, "web-writer", json!([{"services": "web", "access": "write"}])).await;
+    let with_check = |target: &str| {
+        json!({"address": "127.0.0.1:9000", "services": [{"name": "web"}], "ttlMs": 600_000,
+               "check": {"type": "tcp", "target": target, "intervalMs": 60_000}})
+    };
+    let (status, body) =
+        call(&server, Some(&writer), Method::PUT, "/v1/nodes/web-1", with_check("10.9.9.9:22")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("10.9.9.9:22"), "{body}");
+    let (status, _) = call(&server, Some(&admin), Method::GET, "/v1/nodes/web-1", Value::Null).await;
+    assert_eq!(status, 404, "the refusal changed nothing");
+    let (status, body) =
+        call(&server, Some(&writer), Method::PUT, "/v1/nodes/web-1", with_check("127.0.0.1:9001")).await;
+    assert_eq!(status, 201, "its own host, another port: {body}");
+    // Pointing the check elsewhere by metadata, or moving the node away from its check's host.
+    let elsewhere = json!({"metadata": {"check.type": "tcp", "check.target": "10.9.9.9:22"}});
+    let (status, body) =
+        call(&server, Some(&writer), Method::PATCH, "/v1/nodes/web-1", elsewhere.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    let moved = json!({"address": "10.1.1.1:9000"});
+    let (status, body) = call(&server, Some(&writer), Method::PATCH, "/v1/nodes/web-1", moved).await;
+    assert_eq!(status, 403, "{body}");
+    let (_, node) = call(&server, Some(&admin), Method::GET, "/v1/nodes/web-1", Value::Null).await;
+    assert_eq!(
+        (node["address"].as_str(), node["metadata"]["check.target"].as_str()),
+        (Some("127.0.0.1:9000"), Some("127.0.0.1:9001"))
+    );
+    // The seed-003 registration too.
+    let compat = json!({"name": "web", "ip": "10.0.0.9", "port": 8080, "metadata": {"check.type": "tcp", "check.target": "10.9.9.9:22"}});
+    let (status, body) = call(&server, Some(&writer), Method::POST, "/register", compat).await;
+    assert_eq!(status, 403, "{body}");
+    // An admin may.
+    let (status, body) = call(&server, Some(&admin), Method::PATCH, "/v1/nodes/web-1", elsewhere).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -189,6 +189,37 @@ async fn the_configured_timeout_is_honoured() {
     assert!(output.contains("600ms"), "the reason names the configured timeout: {down}");
 }
 
+/// A check follows no redirect: a health URL answering 302 to a healthy one elsewhere fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_follow_no_redirect() {
+    let server = TestServer::memory().await;
+    let healthy = target().await;
+    let location = format!("http://{}/health", healthy.address);
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let location = location.clone();
+            async move { (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, location)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    send(
+        &server,
+        Method::PUT,
+        "/v1/nodes/moved-1",
+        json!({
+            "address": address, "services": [{"name": "moved"}], "ttlMs": 60_000,
+            "check": check(json!({"failures": 1})),
+        }),
+    )
+    .await;
+    let down = until_status(&server, "moved-1", "DOWN").await;
+    assert!(down["metadata"]["check.output"].as_str().unwrap_or_default().contains("HTTP 302"), "{down}");
+    assert_eq!(healthy.hits.load(Ordering::Relaxed), 0, "the redirect was not followed");
+}
+
 /// Invalid checks are refused with the field named, and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_checks_are_refused() {
