@@ -5,7 +5,9 @@
 //! Each call is one request: `heartbeat` is `PUT /v1/nodes/{id}`, `refresh` is
 //! `PUT /v1/nodes/{id}/heartbeat`, `update` is `PATCH`, `deregister` is `DELETE`, lists and finds
 //! read `GET /v1/nodes`, and `watch` is one `GET /v1/watch` stream (resumed by the caller with
-//! [`WatchStart::After`], which the server answers from its event log or with a resync).
+//! [`WatchStart::After`], which the server answers from its event log or with a resync). A
+//! write's service limit and its condition on the stored node are not carried: the server applies
+//! its own.
 
 use futures::StreamExt;
 use muster_api::v1::{RegisterRequest, UpdateRequest};

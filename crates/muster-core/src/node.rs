@@ -145,6 +145,57 @@ impl NodeInfo {
     }
 }
 
+/// A condition on the stored node at the moment of a write, checked inside the store's atomic
+/// write (like the service limit): what an access decision was made on. When the node changed in
+/// between, the write is refused with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and
+/// changes nothing; the caller decides again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredServices {
+    /// No live node of that id.
+    Absent,
+    /// A live node providing services of exactly these names.
+    Names(std::collections::BTreeSet<String>),
+}
+
+impl StoredServices {
+    /// What `node` (as stored, if any) provides.
+    pub fn of(node: Option<&NodeInfo>) -> Self {
+        match node {
+            None => Self::Absent,
+            Some(node) => Self::Names(node.services.iter().map(|s| s.name.clone()).collect()),
+        }
+    }
+
+    /// True when `node` (as stored now, if any) still matches.
+    pub fn holds_for<'a>(&self, node: Option<impl IntoIterator<Item = &'a str>>) -> bool {
+        match (self, node) {
+            (Self::Absent, None) => true,
+            (Self::Names(names), Some(services)) => {
+                let now: std::collections::BTreeSet<&str> = services.into_iter().collect();
+                now.len() == names.len() && names.iter().all(|n| now.contains(n.as_str()))
+            }
+            _ => false,
+        }
+    }
+
+    /// The wire form the Redis scripts compare: `-` for absent, else the names sorted and joined
+    /// by `,`.
+    pub fn to_wire(&self) -> String {
+        match self {
+            Self::Absent => "-".to_owned(),
+            Self::Names(names) => names.iter().map(String::as_str).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    /// The refusal when the condition no longer holds.
+    pub fn conflict(node_id: &NodeId) -> crate::Error {
+        crate::Error::new(
+            crate::ErrorKind::Conflict,
+            format!("node `{node_id}` changed while the write was being checked; send it again"),
+        )
+    }
+}
+
 /// A validated register-or-heartbeat request.
 ///
 /// Built only through [`Registration::new`], so a backend receiving one knows every field passed
@@ -165,6 +216,8 @@ pub struct Registration {
     ttl: Duration,
     /// Most nodes a service may have: see [`Registration::with_service_limit`].
     service_limit: Option<usize>,
+    /// The stored node the write was allowed on: see [`Registration::if_stored`].
+    if_stored: Option<StoredServices>,
 }
 
 impl Registration {
@@ -185,6 +238,7 @@ impl Registration {
             metadata: Metadata::new(),
             ttl,
             service_limit: None,
+            if_stored: None,
         })
     }
 
@@ -215,6 +269,19 @@ impl Registration {
     /// The limit set with [`Registration::with_service_limit`].
     pub fn service_limit(&self) -> Option<usize> {
         self.service_limit
+    }
+
+    /// Makes the write conditional on the stored node (see [`StoredServices`]): checked by the
+    /// store inside its atomic write.
+    #[must_use]
+    pub fn if_stored(mut self, condition: StoredServices) -> Self {
+        self.if_stored = Some(condition);
+        self
+    }
+
+    /// The condition set with [`Registration::if_stored`].
+    pub fn stored_condition(&self) -> Option<&StoredServices> {
+        self.if_stored.as_ref()
     }
 
     /// The node id.
@@ -285,6 +352,8 @@ pub struct NodeUpdate {
     service_limit: Option<usize>,
     /// Written by the registry's health check: may lift a check's verdict.
     check_verdict: bool,
+    /// The stored node the write was allowed on: see [`NodeUpdate::if_stored`].
+    if_stored: Option<StoredServices>,
 }
 
 impl NodeUpdate {
@@ -342,6 +411,18 @@ impl NodeUpdate {
     /// The limit set with [`NodeUpdate::with_service_limit`].
     pub fn service_limit(&self) -> Option<usize> {
         self.service_limit
+    }
+
+    /// Makes the update conditional on the stored node (see [`StoredServices`]).
+    #[must_use]
+    pub fn if_stored(mut self, condition: StoredServices) -> Self {
+        self.if_stored = Some(condition);
+        self
+    }
+
+    /// The condition set with [`NodeUpdate::if_stored`].
+    pub fn stored_condition(&self) -> Option<&StoredServices> {
+        self.if_stored.as_ref()
     }
 
     /// The new address, if the update names one.

@@ -333,6 +333,11 @@ impl Registry for MemoryRegistry {
         let id = registration.node_id().clone();
         let mut state = shared.lock();
         shared.expire_if_due(&mut state, &id, now);
+        if let Some(condition) = registration.stored_condition()
+            && !condition.holds_for(state.nodes.get(&id).map(|e| e.node.service_names()))
+        {
+            return Err(muster_core::StoredServices::conflict(&id));
+        }
         state.check_service_limit(&id, registration.services(), registration.service_limit())?;
         if let Some(config) = &shared.options.self_preservation
             && state.nodes.contains_key(&id)
@@ -417,6 +422,11 @@ impl Registry for MemoryRegistry {
     async fn update(&self, node_id: &NodeId, update: NodeUpdate) -> Result<NodeInfo> {
         let shared = self.shared();
         let (mut state, mut node) = shared.lock_active(node_id, Instant::now())?;
+        if let Some(condition) = update.stored_condition()
+            && !condition.holds_for(Some(node.services.iter().map(|s| s.name.as_str())))
+        {
+            return Err(muster_core::StoredServices::conflict(node_id));
+        }
         let before = node.services.clone();
         if !update.apply(&mut node) {
             return Ok(node);

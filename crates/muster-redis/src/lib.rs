@@ -413,10 +413,12 @@ impl Registry for RedisRegistry {
             json(registration.metadata())?,
             self.inner.heartbeat_events_arg(),
             limit_arg(registration.service_limit()),
+            registration.stored_condition().map(muster_core::StoredServices::to_wire).unwrap_or_default(),
         ];
         let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
         match replies::heartbeat(&reply)? {
             HeartbeatReply::Limit(refusal) => Err(refusal.into_error(registration.service_limit())),
+            HeartbeatReply::Conflict => Err(muster_core::StoredServices::conflict(registration.node_id())),
             HeartbeatReply::Written { change, registered_at_ms, revision, timestamp_ms, kept_verdict } => {
                 let mut node = registration.to_node(registered_at_ms, timestamp_ms);
                 if let Some(metadata) = kept_verdict {
@@ -448,9 +450,10 @@ impl Registry for RedisRegistry {
         let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.refresh, &args).await?;
         match replies::stored("refresh", &reply)? {
             StoredReply::NotFound => Err(Error::node_not_found(node_id.as_str())),
-            StoredReply::Limit(_) => {
-                Err(Error::new(ErrorKind::Internal, "the refresh script answered with a limit refusal"))
-            }
+            StoredReply::Conflict | StoredReply::Limit(_) => Err(Error::new(
+                ErrorKind::Internal,
+                "the refresh script answered with a refusal it cannot make",
+            )),
             StoredReply::Node { change, revision, fields } => {
                 Ok(HeartbeatOutcome { change, node: stored_node(node_id, fields)?, revision })
             }
@@ -467,10 +470,12 @@ impl Registry for RedisRegistry {
             update.new_metadata().map(json).transpose()?.unwrap_or_default(),
             limit_arg(update.service_limit()),
             if update.is_check_verdict() { "1" } else { "0" }.to_owned(),
+            update.stored_condition().map(muster_core::StoredServices::to_wire).unwrap_or_default(),
         ];
         let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
         match replies::stored("update", &reply)? {
             StoredReply::NotFound => Err(Error::node_not_found(node_id.as_str())),
+            StoredReply::Conflict => Err(muster_core::StoredServices::conflict(node_id)),
             StoredReply::Limit(refusal) => Err(refusal.into_error(update.service_limit())),
             StoredReply::Node { fields, .. } => stored_node(node_id, fields),
         }

@@ -24,13 +24,15 @@ impl LimitRefusal {
     }
 }
 
-/// The heartbeat script's reply: `{change, registeredAt, revision, expiredRevision, timestamp,
-/// kept}` (`kept`: the metadata written when a health check's verdict was kept — the node is then
+/// The heartbeat script's reply: `{'conflict', ...}` (see `StoredServices`), `{change,
+/// registeredAt, revision, expiredRevision, timestamp, kept}` (`kept`: the metadata written when a health check's verdict was kept — the node is then
 /// `DOWN` — else empty) or `{'limit', service, others, '0', '0', ''}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HeartbeatReply {
     /// The service limit refused the write; nothing changed.
     Limit(LimitRefusal),
+    /// The stored node no longer matches the write's condition; nothing changed.
+    Conflict,
     /// The node is written.
     Written {
         /// What the write changed.
@@ -46,13 +48,15 @@ pub(crate) enum HeartbeatReply {
     },
 }
 
-/// The refresh and update scripts' reply: `{'notfound'}`, `{'limit', service, others}` (update
-/// only), or `{change, revision, address, services, timestamp, registeredAt, status, metadata,
+/// The refresh and update scripts' reply: `{'notfound'}`, `{'conflict'}` and `{'limit', service,
+/// others}` (update only), or `{change, revision, address, services, timestamp, registeredAt, status, metadata,
 /// ttl}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StoredReply {
     /// No live node of that id.
     NotFound,
+    /// The stored node no longer matches the write's condition; nothing changed.
+    Conflict,
     /// The service limit refused the write; nothing changed.
     Limit(LimitRefusal),
     /// The node as stored after the write.
@@ -100,6 +104,9 @@ pub(crate) fn heartbeat(reply: &[String]) -> Result<HeartbeatReply> {
     if outcome == "limit" {
         return Ok(HeartbeatReply::Limit(limit(SCRIPT, reply, second, third)?));
     }
+    if outcome == "conflict" {
+        return Ok(HeartbeatReply::Conflict);
+    }
     Ok(HeartbeatReply::Written {
         change: change(SCRIPT, reply, outcome, &["registered", "updated", "unchanged"])?,
         registered_at_ms: number(SCRIPT, reply, second)?,
@@ -113,6 +120,7 @@ pub(crate) fn heartbeat(reply: &[String]) -> Result<HeartbeatReply> {
 pub(crate) fn stored(script: &'static str, reply: &[String]) -> Result<StoredReply> {
     match reply {
         [outcome] if outcome == "notfound" => Ok(StoredReply::NotFound),
+        [outcome] if outcome == "conflict" => Ok(StoredReply::Conflict),
         [outcome, service, others] if outcome == "limit" => {
             Ok(StoredReply::Limit(limit(script, reply, service, others)?))
         }

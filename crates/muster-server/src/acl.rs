@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use muster_api::ErrorCode;
 use muster_api::acl::{CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenList, TokenView, WhoAmI};
 use muster_core::acl::{Access, DefaultPolicy, Policy, Rule, TokenRecord, TokenStore};
-use muster_core::{Address, Metadata, NodeId, NodeInfo, Registry};
+use muster_core::{Address, Metadata, NodeId, NodeInfo, Registry, StoredServices};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiJson, Refused};
@@ -197,21 +197,51 @@ impl Caller {
     }
 
     /// Fails unless the caller may write the node `id` with `services`, and — when it is stored —
-    /// with the services it provides now (no taking over another service's node).
+    /// with the services it provides now (no taking over another service's node). Returns what the
+    /// decision read of the stored node, for the write to carry as its condition
+    /// ([`StoredServices`]: the store refuses the write if the node changed in between); `None`
+    /// when the decision did not depend on it.
     pub(crate) async fn require_write_stored<'a>(
         &self,
         registry: &dyn Registry,
         id: &NodeId,
         services: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<StoredServices>, ApiError> {
         self.require_write(id.as_str(), services)?;
         if self.is_unrestricted() || self.policy.writes_any_service_of(id.as_str()) {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some(stored) = registry.get(id).await? {
+        let stored = registry.get(id).await?;
+        if let Some(stored) = &stored {
             self.require_write(id.as_str(), stored.services.iter().map(|s| s.name.as_str()))?;
         }
-        Ok(())
+        Ok(Some(StoredServices::of(stored.as_ref())))
+    }
+
+    /// Runs `write` with the access decision on the stored node as its condition (see
+    /// [`Caller::require_write_stored`]), deciding again — at most [`DECIDE_AGAIN`] times — when
+    /// the store refuses it because the node changed in between.
+    pub(crate) async fn write_decided<T, F, Fut>(
+        &self,
+        registry: &dyn Registry,
+        id: &NodeId,
+        services: &[&str],
+        write: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(Option<StoredServices>) -> Fut,
+        Fut: std::future::Future<Output = muster_core::Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let condition = self.require_write_stored(registry, id, services.iter().copied()).await?;
+            match write(condition).await {
+                Err(error) if error.kind() == muster_core::ErrorKind::Conflict && attempt < DECIDE_AGAIN => {
+                    attempt += 1;
+                }
+                other => return other.map_err(ApiError::from),
+            }
+        }
     }
 
     /// Fails unless the caller may have the registry probe where the health check in `metadata`
@@ -246,6 +276,10 @@ impl Caller {
         }
     }
 }
+
+/// How many times a write decided on a stored node is decided again when the node changed in
+/// between (the store refused it with `Conflict`).
+pub(crate) const DECIDE_AGAIN: usize = 3;
 
 /// The request's [`Caller`], as identified by [`authenticate`] (everything allowed when access
 /// control is off).

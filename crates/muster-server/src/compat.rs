@@ -184,16 +184,22 @@ pub(crate) async fn register(
         .filter(|v| muster_core::name::validate_version(v).is_ok());
     let service = ServiceInfo::new(request.name.clone(), version).map_err(compat_error)?;
     let id = instance_id(&request.name, &address);
-    caller
-        .require_write_stored(state.registry(), &id, [request.name.as_str()])
-        .await
-        .map_err(ApiError::compat)?;
     let audit_id = id.clone();
-    let registration = Registration::new(id, address, vec![service], state.config().compat_ttl)
+    let registration = Registration::new(id.clone(), address, vec![service], state.config().compat_ttl)
         .and_then(|r| r.with_metadata(metadata))
         .map_err(compat_error)?
         .with_service_limit(state.config().max_instances_per_service);
-    let outcome = state.registry().heartbeat(registration).await.map_err(compat_error)?;
+    let outcome = caller
+        .write_decided(state.registry(), &id, &[request.name.as_str()], |condition| {
+            let registration = registration.clone();
+            let registration = match condition {
+                Some(condition) => registration.if_stored(condition),
+                None => registration,
+            };
+            state.registry().heartbeat(registration)
+        })
+        .await
+        .map_err(ApiError::compat)?;
     state.count_registration();
     caller.audit("register", audit_id.as_str());
     let mut instance = compat_instance(&outcome.node, true);

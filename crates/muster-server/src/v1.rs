@@ -60,9 +60,6 @@ async fn register(
     id: NodeId,
     request: RegisterRequest,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    caller
-        .require_write_stored(state.registry(), &id, request.services.iter().map(|s| s.name.as_str()))
-        .await?;
     let ttl = request.ttl_ms.map_or(state.config().default_ttl, Duration::from_millis);
     let address = Address::parse(request.address)?;
     let mut metadata = request.metadata;
@@ -74,11 +71,22 @@ async fn register(
     // A node a health check holds down stays down, with the reason, until the check passes: the
     // store keeps the verdict as a condition of its write (NodeInfo::keep_check_verdict).
     let status = request.status.unwrap_or_default();
-    let registration = Registration::new(id.clone(), address, request.services, ttl)?
+    let services: Vec<&str> = request.services.iter().map(|s| s.name.as_str()).collect();
+    let registration = Registration::new(id.clone(), address, request.services.clone(), ttl)?
         .with_status(status)
         .with_metadata(metadata)?
         .with_service_limit(state.config().max_instances_per_service);
-    let outcome = state.registry().heartbeat(registration).await?;
+    // The access decision on the stored node is a condition of the store's write.
+    let outcome = caller
+        .write_decided(state.registry(), &id, &services, |condition| {
+            let registration = registration.clone();
+            let registration = match condition {
+                Some(condition) => registration.if_stored(condition),
+                None => registration,
+            };
+            state.registry().heartbeat(registration)
+        })
+        .await?;
     state.count_registration();
     caller.audit("register", id.as_str());
     let created = outcome.change == Change::Registered;
@@ -164,8 +172,10 @@ pub(crate) async fn update_node(
     ApiJson(request): ApiJson<UpdateRequest>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id = NodeId::new(id)?;
-    let new_services = request.services.iter().flatten().map(|s| s.name.as_str());
-    caller.require_write_stored(state.registry(), &id, new_services).await?;
+    let new_services: Vec<&str> = request.services.iter().flatten().map(|s| s.name.as_str()).collect();
+    // Decided before anything else is read (a refused caller learns nothing), and again as the
+    // write's condition below.
+    caller.require_write_stored(state.registry(), &id, new_services.iter().copied()).await?;
     let mut update = NodeUpdate::new();
     let address = request.address.map(Address::parse).transpose()?;
     // A health check aims at the node's own host unless an admin says otherwise: look at where the
@@ -181,7 +191,7 @@ pub(crate) async fn update_node(
     if let Some(address) = address {
         update = update.address(address);
     }
-    if let Some(services) = request.services {
+    if let Some(services) = request.services.clone() {
         update = update.services(services)?;
     }
     if let Some(metadata) = request.metadata {
@@ -194,7 +204,16 @@ pub(crate) async fn update_node(
         return Err(ApiError::invalid("name at least one of address, services, metadata, status"));
     }
     let update = update.with_service_limit(state.config().max_instances_per_service);
-    let node = state.registry().update(&id, update).await?;
+    let node = caller
+        .write_decided(state.registry(), &id, &new_services, |condition| {
+            let update = update.clone();
+            let update = match condition {
+                Some(condition) => update.if_stored(condition),
+                None => update,
+            };
+            state.registry().update(&id, update)
+        })
+        .await?;
     caller.audit("update", id.as_str());
     Ok(Json(node))
 }

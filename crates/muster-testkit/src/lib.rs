@@ -75,6 +75,7 @@ macro_rules! __with_cases {
             service_limit_is_atomic,
             updates_carry_previous_services,
             check_verdict_holds_against_every_write,
+            writes_conditional_on_the_stored_node,
             agent_defaults_and_overrides,
             agent_start_registers_and_heartbeats,
             agent_stop_deregisters_once,

@@ -33,7 +33,8 @@ async fn remote() -> RemoteRegistry {
 // per-registration service limit (the server applies its own: `service_limit_is_atomic`) and the
 // deregistration reason (always `graceful`: `watch_resumes_after_revision`), and a health check's
 // own update (only the server's checks write one: `check_verdict_holds_against_every_write`,
-// whose HTTP side is tested in muster-server's checks tests).
+// whose HTTP side is tested in muster-server's checks tests), and a write's condition on the stored
+// node (the server sets its own from its access decision: `writes_conditional_on_the_stored_node`).
 muster_testkit::__conformance_cases!(((), remote().await), TIMING, false;
     heartbeats_keep_node_alive,
     silent_node_expires_with_event,

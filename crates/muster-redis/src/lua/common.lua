@@ -65,6 +65,15 @@ local function service_names(services)
   end
   return names
 end
+-- What an access decision was made on (Rust's `StoredServices::to_wire`): '-' for no live node,
+-- else its service names sorted and joined by ','.
+local function stored_names(n)
+  if n == nil then return '-' end
+  local names = {}
+  for name in pairs(service_names(n.services)) do names[#names + 1] = name end
+  table.sort(names)
+  return table.concat(names, ',')
+end
 local function node_json(id, n)
   local metadata = n.metadata
   if not valid_json(metadata) then metadata = '{}' end

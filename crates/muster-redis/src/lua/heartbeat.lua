@@ -5,6 +5,11 @@ local old = read_fields(node_key)
 if hb_alive == nil then hb_alive = redis.call('EXISTS', hb) == 1 end
 local alive = hb_alive and old ~= nil and old.address and old.address ~= ''
   and old.timestamp and old.timestamp ~= '' and (old.services == new.services or valid_json(old.services))
+-- ARGV[14]: the stored node the caller's access was decided on ('' for no condition).
+if ARGV[14] ~= '' and ARGV[14] ~= stored_names(is_valid(old) and old or nil) then
+  if hb_alive == false then redis.call('DEL', hb) end
+  return {'conflict', '', '0', '0', '0', ''}
+end
 local full, others = over_limit(id, new.services, ARGV[13])
 if full then
   -- The fast path set the heartbeat of a node that was not alive: take it back, change nothing.

@@ -1,6 +1,8 @@
 local id = ARGV[4]
 local old = read_fields(key('nodes', id))
 if redis.call('EXISTS', key('heartbeat', id)) == 0 or not is_valid(old) then return {'notfound'} end
+-- ARGV[11]: the stored node the caller's access was decided on ('' for no condition).
+if ARGV[11] ~= '' and ARGV[11] ~= stored_names(old) then return {'conflict'} end
 local new = {address = old.address, services = old.services, timestamp = old.timestamp,
              registeredAt = old.registeredAt or old.timestamp, status = old.status or 'UP',
              metadata = old.metadata or '{}', ttl = old.ttl or '0'}

@@ -425,3 +425,32 @@ pub async fn check_verdict_holds_against_every_write<R: Registry>(registry: R, t
     let outcome = registry.heartbeat(plain).await.unwrap();
     assert_eq!((outcome.node.status, output(&outcome.node)), (NodeStatus::Up, None));
 }
+
+/// A write can carry, as a condition checked inside the store's atomic write, what an access
+/// decision read of the stored node (`StoredServices`): when the node changed in between, the
+/// write is refused with `Conflict` and changes nothing.
+pub async fn writes_conditional_on_the_stored_node<R: Registry>(registry: R, timing: Timing) {
+    use muster_core::{ErrorKind, StoredServices};
+    let long = Timing { ttl: timing.ttl * 20, ..timing };
+    let names = |list: &[&str]| StoredServices::Names(list.iter().map(|s| (*s).to_owned()).collect());
+    // Decided on "absent", but the node exists by now.
+    registry.heartbeat(registration("w1", "h:1", &["web", "db"], long)).await.unwrap();
+    let before = registry.get(&id("w1")).await.unwrap().unwrap();
+    let takeover = registration("w1", "h:2", &["web"], long);
+    let refused = registry.heartbeat(takeover.clone().if_stored(StoredServices::Absent)).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    // Decided on a node providing only `web`, but it provides `db` too.
+    let refused = registry.heartbeat(takeover.clone().if_stored(names(&["web"]))).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    let update = NodeUpdate::new().services(vec![svc("web")]).unwrap();
+    let refused = registry.update(&id("w1"), update.clone().if_stored(names(&["web"]))).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    assert_eq!(registry.get(&id("w1")).await.unwrap().unwrap(), before, "refusals change nothing");
+    // What the decision saw still holds: the writes go through.
+    let node = registry.update(&id("w1"), update.if_stored(names(&["db", "web"]))).await.unwrap();
+    assert_eq!(node.services, vec![svc("web")]);
+    let outcome = registry.heartbeat(takeover.if_stored(names(&["web"]))).await.unwrap();
+    assert_eq!(outcome.node.address.as_str(), "h:2");
+    let fresh = registration("w2", "h:3", &["web"], long).if_stored(StoredServices::Absent);
+    assert_eq!(registry.heartbeat(fresh).await.unwrap().change, Change::Registered);
+}
