@@ -218,27 +218,36 @@ impl Caller {
         Ok(Some(StoredServices::of(stored.as_ref())))
     }
 
-    /// Runs `write` with the access decision on the stored node as its condition (see
+    /// Writes `request` with the access decision on the stored node as its condition (see
     /// [`Caller::require_write_stored`]), deciding again — at most [`DECIDE_AGAIN`] times — when
-    /// the store refuses it because the node changed in between.
-    pub(crate) async fn write_decided<T, F, Fut>(
+    /// the store refuses it because the node changed in between. The request is copied only for
+    /// an attempt that may be followed by another (never without a condition).
+    pub(crate) async fn write_decided<R: Clone, T, F, Fut>(
         &self,
         registry: &dyn Registry,
         id: &NodeId,
         services: &[&str],
+        request: R,
         write: F,
     ) -> Result<T, ApiError>
     where
-        F: Fn(Option<StoredServices>) -> Fut,
+        F: Fn(R, Option<StoredServices>) -> Fut,
         Fut: std::future::Future<Output = muster_core::Result<T>>,
     {
+        let mut request = Some(request);
         let mut attempt = 1;
         loop {
             let condition = self.require_write_stored(registry, id, services.iter().copied()).await?;
-            match write(condition).await {
-                Err(error) if error.kind() == muster_core::ErrorKind::Conflict && attempt < DECIDE_AGAIN => {
-                    attempt += 1;
-                }
+            let may_retry = condition.is_some() && attempt < DECIDE_AGAIN;
+            let this = if may_retry { request.clone() } else { request.take() };
+            let Some(this) = this else {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "a write was attempted after its last attempt",
+                ));
+            };
+            match write(this, condition).await {
+                Err(error) if may_retry && error.kind() == muster_core::ErrorKind::Conflict => attempt += 1,
                 other => return other.map_err(ApiError::from),
             }
         }

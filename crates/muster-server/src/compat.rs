@@ -190,14 +190,19 @@ pub(crate) async fn register(
         .map_err(compat_error)?
         .with_service_limit(state.config().max_instances_per_service);
     let outcome = caller
-        .write_decided(state.registry(), &id, &[request.name.as_str()], |condition| {
-            let registration = registration.clone();
-            let registration = match condition {
-                Some(condition) => registration.if_stored(condition),
-                None => registration,
-            };
-            state.registry().heartbeat(registration)
-        })
+        .write_decided(
+            state.registry(),
+            &id,
+            &[request.name.as_str()],
+            registration,
+            |registration, condition| {
+                let registration = match condition {
+                    Some(condition) => registration.if_stored(condition),
+                    None => registration,
+                };
+                state.registry().heartbeat(registration)
+            },
+        )
         .await
         .map_err(ApiError::compat)?;
     state.count_registration();

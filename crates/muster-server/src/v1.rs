@@ -71,15 +71,20 @@ async fn register(
     // A node a health check holds down stays down, with the reason, until the check passes: the
     // store keeps the verdict as a condition of its write (NodeInfo::keep_check_verdict).
     let status = request.status.unwrap_or_default();
-    let services: Vec<&str> = request.services.iter().map(|s| s.name.as_str()).collect();
-    let registration = Registration::new(id.clone(), address, request.services.clone(), ttl)?
+    // The names the access decision needs (none for an unrestricted caller: no allocation).
+    let names: Vec<String> = if caller.is_unrestricted() {
+        Vec::new()
+    } else {
+        request.services.iter().map(|s| s.name.clone()).collect()
+    };
+    let services: Vec<&str> = names.iter().map(String::as_str).collect();
+    let registration = Registration::new(id.clone(), address, request.services, ttl)?
         .with_status(status)
         .with_metadata(metadata)?
         .with_service_limit(state.config().max_instances_per_service);
     // The access decision on the stored node is a condition of the store's write.
     let outcome = caller
-        .write_decided(state.registry(), &id, &services, |condition| {
-            let registration = registration.clone();
+        .write_decided(state.registry(), &id, &services, registration, |registration, condition| {
             let registration = match condition {
                 Some(condition) => registration.if_stored(condition),
                 None => registration,
@@ -205,8 +210,7 @@ pub(crate) async fn update_node(
     }
     let update = update.with_service_limit(state.config().max_instances_per_service);
     let node = caller
-        .write_decided(state.registry(), &id, &new_services, |condition| {
-            let update = update.clone();
+        .write_decided(state.registry(), &id, &new_services, update, |update, condition| {
             let update = match condition {
                 Some(condition) => update.if_stored(condition),
                 None => update,
