@@ -75,6 +75,17 @@ impl Fleet {
         RedisRegistry::connect(self.config()).await.unwrap()
     }
 
+    /// A Muster process with a sweeper whose full reconciliation passes are a minute away: changes
+    /// are found by hints or by the sweep only.
+    async fn muster_with_far_passes(&self) -> RedisRegistry {
+        let config = RedisConfig {
+            reconcile_interval: Duration::from_secs(60),
+            safety_interval: Duration::from_secs(60),
+            ..self.config()
+        };
+        RedisRegistry::connect(config).await.unwrap()
+    }
+
     /// A read-only inspection (as `muster nodes --redis` runs it).
     async fn inspector(&self) -> RedisRegistry {
         RedisRegistry::connect(RedisConfig { read_only: true, ..self.config() }).await.unwrap()
@@ -410,12 +421,7 @@ async fn agent_follows_titan_peers() {
 /// minute away): through keyspace notifications where the server has them on (any Titan pub/sub
 /// setting), or through Titan's channel messages when its pub/sub is on. Still one event each.
 async fn hinted(fleet: Fleet) {
-    let config = RedisConfig {
-        reconcile_interval: Duration::from_secs(60),
-        safety_interval: Duration::from_secs(60),
-        ..fleet.config()
-    };
-    let muster = RedisRegistry::connect(config).await.unwrap();
+    let muster = fleet.muster_with_far_passes().await;
     let mut watch = muster.watch(WatchStart::Now).await.unwrap();
     // Let the first full pass (at start) go by.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -546,12 +552,7 @@ async fn muster_nodes_speak_titan_on_the_channel(fleet: Fleet) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_titan_stop_found_by_the_sweep_is_graceful() {
     let fleet = Fleet::start(false, false).await;
-    let config = RedisConfig {
-        reconcile_interval: Duration::from_secs(60),
-        safety_interval: Duration::from_secs(60),
-        ..fleet.config()
-    };
-    let muster = RedisRegistry::connect(config).await.unwrap();
+    let muster = fleet.muster_with_far_passes().await;
     let mut watch = muster.watch(WatchStart::Now).await.unwrap();
     let short = TitanOptions { heartbeat_ttl_ms: 800, ..fleet.titan.options.clone() };
     let titan = fleet.titan.with_options(short);

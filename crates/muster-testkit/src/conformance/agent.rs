@@ -342,9 +342,12 @@ pub async fn agent_cache_follows_registry<R: Registry + Clone>(registry: R, timi
     assert!(!client.cache().is_synced(), "a stopped agent's cache is not used");
 }
 
-/// When the watch breaks, the cache stops answering until the agent has resumed, and handlers get
-/// every change made meanwhile.
-pub async fn agent_cache_resyncs_after_broken_watch<R: Registry + Clone>(registry: R, timing: Timing) {
+/// An agent in client mode on `registry` through a fault injector, its handlers recorded, once its
+/// cache is synced.
+async fn synced_client_through_faults<R: Registry + Clone>(
+    registry: &R,
+    timing: Timing,
+) -> (std::sync::Arc<FaultyRegistry<R>>, Agent, Recorder, muster_agent::EventSubscription) {
     let faulty = FaultyRegistry::new(registry.clone());
     let client = Agent::builder_shared(faulty.clone())
         .options(DiscoveryOptions { client_mode: true, ..timing.options() })
@@ -352,9 +355,16 @@ pub async fn agent_cache_resyncs_after_broken_watch<R: Registry + Clone>(registr
         .build()
         .unwrap();
     let seen = Recorder::default();
-    let _sub = client.on_event(seen.handler());
+    let subscription = client.on_event(seen.handler());
     client.start().await.unwrap();
     eventually(timing.event_wait(), "the cache is synced", || async { client.cache().is_synced() }).await;
+    (faulty, client, seen, subscription)
+}
+
+/// When the watch breaks, the cache stops answering until the agent has resumed, and handlers get
+/// every change made meanwhile.
+pub async fn agent_cache_resyncs_after_broken_watch<R: Registry + Clone>(registry: R, timing: Timing) {
+    let (faulty, client, seen, _sub) = synced_client_through_faults(&registry, timing).await;
 
     faulty.fail_watches(3);
     faulty.sever_watches();
@@ -388,16 +398,7 @@ pub async fn agent_cache_resyncs_after_broken_watch<R: Registry + Clone>(registr
 /// cleanly) is a break the agent did not ask for: it resumes, and its cache and handlers follow
 /// the changes made after the end.
 pub async fn agent_follows_after_a_clean_watch_end<R: Registry + Clone>(registry: R, timing: Timing) {
-    let faulty = FaultyRegistry::new(registry.clone());
-    let client = Agent::builder_shared(faulty.clone())
-        .options(DiscoveryOptions { client_mode: true, ..timing.options() })
-        .address(addr("h:1"))
-        .build()
-        .unwrap();
-    let seen = Recorder::default();
-    let _sub = client.on_event(seen.handler());
-    client.start().await.unwrap();
-    eventually(timing.event_wait(), "the cache is synced", || async { client.cache().is_synced() }).await;
+    let (faulty, client, seen, _sub) = synced_client_through_faults(&registry, timing).await;
 
     for round in 0..2 {
         faulty.end_watches();

@@ -324,7 +324,7 @@ async fn inspection_writes_nothing() {
     for (id, address) in [("worker@host-1", "ws://10.8.8.9:9000"), ("v6", "fe80::1:9000")] {
         titan.node(id, address, serde_json::json!([{"name": "users", "version": "1.0.0"}])).heartbeat().await;
     }
-    // Dead (heartbeat gone) and broken (services not a list) nodes, which Titan's reader would delete.
+    // Dead (heartbeat gone) and broken (services not JSON) nodes, which Titan's reader would delete.
     primary.cli(&[
         "hset",
         "titan:discovery:nodes:dead",
@@ -341,7 +341,7 @@ async fn inspection_writes_nothing() {
         "address",
         "h:1",
         "services",
-        "{}",
+        "{not json",
         "timestamp",
         "1",
     ]);
