@@ -101,6 +101,16 @@ impl Registry for RemoteRegistry {
         self.client.deregister(node_id.as_str()).await.map_err(store_error)
     }
 
+    /// The condition is not carried (the server decides on its own, atomically).
+    async fn deregister_if(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        _condition: &muster_core::StoredServices,
+    ) -> Result<bool> {
+        self.deregister(node_id, reason).await
+    }
+
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
         self.client.node(node_id.as_str()).await.map_err(store_error)
     }

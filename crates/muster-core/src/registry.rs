@@ -59,6 +59,16 @@ pub trait Registry: Send + Sync + 'static {
     /// Removes the node. Returns false when it was not there (no event then).
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool>;
 
+    /// [`Registry::deregister`] on a condition checked inside the store's atomic write: the stored
+    /// node still matches what an access decision read of it ([`crate::StoredServices`]);
+    /// otherwise `Conflict`, and nothing changes.
+    async fn deregister_if(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: &crate::StoredServices,
+    ) -> Result<bool>;
+
     /// The node if it is stored, active or not.
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>>;
 
@@ -138,6 +148,14 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     }
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
         (**self).deregister(node_id, reason).await
+    }
+    async fn deregister_if(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: &crate::StoredServices,
+    ) -> Result<bool> {
+        (**self).deregister_if(node_id, reason, condition).await
     }
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
         (**self).get(node_id).await

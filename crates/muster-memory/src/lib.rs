@@ -195,6 +195,35 @@ impl MemoryRegistry {
         }
     }
 
+    /// Removes a node (when `condition`, if any, still holds for it) and publishes the event.
+    fn deregister_when(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: Option<&muster_core::StoredServices>,
+    ) -> Result<bool> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.expire_if_due(&mut state, node_id, Instant::now());
+        if let Some(condition) = condition
+            && !condition.holds_for(state.nodes.get(node_id).map(|e| e.node.service_names()))
+        {
+            return Err(muster_core::StoredServices::conflict(node_id));
+        }
+        match state.remove(node_id) {
+            Some(entry) => {
+                shared.publish(
+                    &mut state,
+                    EventKind::Deregistered,
+                    Some(reason),
+                    entry.node.to_node(node_id),
+                );
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn restore(&self, snapshot: persist::Snapshot) {
         let shared = self.shared();
         let now = Instant::now();
@@ -442,21 +471,16 @@ impl Registry for MemoryRegistry {
     }
 
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
-        let shared = self.shared();
-        let mut state = shared.lock();
-        shared.expire_if_due(&mut state, node_id, Instant::now());
-        match state.remove(node_id) {
-            Some(entry) => {
-                shared.publish(
-                    &mut state,
-                    EventKind::Deregistered,
-                    Some(reason),
-                    entry.node.to_node(node_id),
-                );
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.deregister_when(node_id, reason, None)
+    }
+
+    async fn deregister_if(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: &muster_core::StoredServices,
+    ) -> Result<bool> {
+        self.deregister_when(node_id, reason, Some(condition))
     }
 
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {

@@ -337,6 +337,23 @@ impl Inner {
         }
     }
 
+    /// Removes a node through the deregister script, on `condition` when given.
+    async fn deregister(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: Option<&muster_core::StoredServices>,
+    ) -> Result<bool> {
+        self.writable()?;
+        let condition = condition.map(muster_core::StoredServices::to_wire).unwrap_or_default();
+        let args = vec![node_id.to_string(), reason.as_str().to_owned(), condition];
+        let reply: Vec<String> = self.invoke(&self.scripts.deregister, &args).await?;
+        match replies::deregister(&reply)? {
+            Some(removed) => Ok(removed),
+            None => Err(muster_core::StoredServices::conflict(node_id)),
+        }
+    }
+
     /// Refuses a write on a read-only registry.
     fn writable(&self) -> Result<()> {
         if self.config.read_only {
@@ -482,10 +499,16 @@ impl Registry for RedisRegistry {
     }
 
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
-        self.inner.writable()?;
-        let args = vec![node_id.to_string(), reason.as_str().to_owned()];
-        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.deregister, &args).await?;
-        replies::deregister(&reply)
+        self.inner.deregister(node_id, reason, None).await
+    }
+
+    async fn deregister_if(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: &muster_core::StoredServices,
+    ) -> Result<bool> {
+        self.inner.deregister(node_id, reason, Some(condition)).await
     }
 
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {

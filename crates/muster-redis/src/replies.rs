@@ -133,17 +133,22 @@ pub(crate) fn stored(script: &'static str, reply: &[String]) -> Result<StoredRep
     }
 }
 
-/// Decodes the deregister script's reply `{removed (0 or 1), revision}`: true when a live node
-/// was removed.
-pub(crate) fn deregister(reply: &[String]) -> Result<bool> {
+/// Decodes the deregister script's reply `{removed (0 or 1), revision}`, or `{'conflict'}`: whether
+/// a live node was removed, `None` when the write's condition no longer held.
+pub(crate) fn deregister(reply: &[String]) -> Result<Option<bool>> {
     const SCRIPT: &str = "deregister";
+    if let [outcome] = reply
+        && outcome == "conflict"
+    {
+        return Ok(None);
+    }
     let [removed, rev] = reply else {
         return Err(malformed(SCRIPT, reply, "expected 2 values"));
     };
     revision(SCRIPT, reply, rev)?;
     match removed.as_str() {
-        "1" => Ok(true),
-        "0" => Ok(false),
+        "1" => Ok(Some(true)),
+        "0" => Ok(Some(false)),
         _ => Err(malformed(SCRIPT, reply, "removed is neither 0 nor 1")),
     }
 }
@@ -302,8 +307,9 @@ mod tests {
 
     #[test]
     fn deregister_sweep_and_read_replies() {
-        assert!(deregister(&strings(&["1", "5"])).unwrap());
-        assert!(!deregister(&strings(&["0", "0"])).unwrap());
+        assert_eq!(deregister(&strings(&["1", "5"])).unwrap(), Some(true));
+        assert_eq!(deregister(&strings(&["0", "0"])).unwrap(), Some(false));
+        assert_eq!(deregister(&strings(&["conflict"])).unwrap(), None);
         internal(deregister(&strings(&["2", "5"])));
         internal(deregister(&strings(&["1"])));
         assert_eq!(

@@ -406,10 +406,13 @@ pub(crate) async fn remove_instance(
         .map_err(ApiError::compat)?;
     // Only this service leaves the node; the node goes when it provides nothing else.
     let rest: Vec<ServiceInfo> = node.services.iter().filter(|s| s.name != name).cloned().collect();
+    // The decision was made on `node`: the write holds only if it is still what was read.
+    let decided = muster_core::StoredServices::of(Some(&node));
     let removed = if rest.is_empty() {
-        state.registry().deregister(&node.node_id, DeregisterReason::Evicted).await.map_err(compat_error)?
+        let removal = state.registry().deregister_if(&node.node_id, DeregisterReason::Evicted, &decided);
+        removal.await.map_err(compat_error)?
     } else {
-        let update = NodeUpdate::new().services(rest).map_err(compat_error)?;
+        let update = NodeUpdate::new().services(rest).map_err(compat_error)?.if_stored(decided);
         match state.registry().update(&node.node_id, update).await {
             Ok(_) => true,
             Err(e) if e.is_not_found() => false,

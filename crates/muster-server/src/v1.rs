@@ -232,8 +232,21 @@ pub(crate) async fn deregister_node(
 ) -> Result<StatusCode, ApiError> {
     // Any stored node can be removed by its id, also one a Titan peer wrote.
     let id = NodeId::from_wire(id);
-    caller.require_write_stored(state.registry(), &id, []).await?;
-    if state.registry().deregister(&id, DeregisterReason::Graceful).await? {
+    let registry = state.registry();
+    let removed = caller
+        .write_decided(registry, &id, &[], (), |(), condition| {
+            let id = &id;
+            async move {
+                match condition {
+                    Some(condition) => {
+                        registry.deregister_if(id, DeregisterReason::Graceful, &condition).await
+                    }
+                    None => registry.deregister(id, DeregisterReason::Graceful).await,
+                }
+            }
+        })
+        .await?;
+    if removed {
         caller.audit("deregister", id.as_str());
         Ok(StatusCode::NO_CONTENT)
     } else {

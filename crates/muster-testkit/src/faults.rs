@@ -137,6 +137,14 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
     async fn deregister(&self, node_id: &NodeId, reason: DeregisterReason) -> Result<bool> {
         self.inner.deregister(node_id, reason).await
     }
+    async fn deregister_if(
+        &self,
+        node_id: &NodeId,
+        reason: DeregisterReason,
+        condition: &muster_core::StoredServices,
+    ) -> Result<bool> {
+        self.inner.deregister_if(node_id, reason, condition).await
+    }
     async fn get(&self, node_id: &NodeId) -> Result<Option<NodeInfo>> {
         self.inner.get(node_id).await
     }

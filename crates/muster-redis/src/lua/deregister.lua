@@ -1,4 +1,9 @@
 local id = ARGV[4]
+-- ARGV[6]: the stored node the caller's access was decided on ('' for no condition).
+if ARGV[6] ~= '' then
+  local stored = read_fields(key('nodes', id))
+  if ARGV[6] ~= stored_names(is_valid(stored) and stored or nil) then return {'conflict'} end
+end
 local present = redis.call('EXISTS', key('nodes', id)) == 1 or redis.call('SISMEMBER', K_INDEX, id) == 1
   or redis.call('ZSCORE', K_DEADLINES, id)
 if not present then return {0, '0'} end

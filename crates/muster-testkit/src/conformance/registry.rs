@@ -426,9 +426,9 @@ pub async fn check_verdict_holds_against_every_write<R: Registry>(registry: R, t
     assert_eq!((outcome.node.status, output(&outcome.node)), (NodeStatus::Up, None));
 }
 
-/// A write can carry, as a condition checked inside the store's atomic write, what an access
-/// decision read of the stored node (`StoredServices`): when the node changed in between, the
-/// write is refused with `Conflict` and changes nothing.
+/// A write — registration, update, removal — can carry, as a condition checked inside the store's
+/// atomic write, what an access decision read of the stored node (`StoredServices`): when the node
+/// changed in between, the write is refused with `Conflict` and changes nothing.
 pub async fn writes_conditional_on_the_stored_node<R: Registry>(registry: R, timing: Timing) {
     use muster_core::{ErrorKind, StoredServices};
     let long = Timing { ttl: timing.ttl * 20, ..timing };
@@ -453,4 +453,19 @@ pub async fn writes_conditional_on_the_stored_node<R: Registry>(registry: R, tim
     assert_eq!(outcome.node.address.as_str(), "h:2");
     let fresh = registration("w2", "h:3", &["web"], long).if_stored(StoredServices::Absent);
     assert_eq!(registry.heartbeat(fresh).await.unwrap().change, Change::Registered);
+
+    // Removals too.
+    for stale in [StoredServices::Absent, names(&["web", "db"])] {
+        let refused =
+            registry.deregister_if(&id("w2"), DeregisterReason::Graceful, &stale).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    }
+    assert!(registry.is_active(&id("w2")).await.unwrap(), "a refused removal removes nothing");
+    assert!(registry.deregister_if(&id("w2"), DeregisterReason::Graceful, &names(&["web"])).await.unwrap());
+    assert!(
+        !registry
+            .deregister_if(&id("w2"), DeregisterReason::Graceful, &StoredServices::Absent)
+            .await
+            .unwrap()
+    );
 }
