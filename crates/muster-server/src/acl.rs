@@ -21,7 +21,6 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use muster_api::ErrorCode;
 use muster_api::acl::{CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenList, TokenView, WhoAmI};
@@ -619,16 +618,20 @@ fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// Identifies the caller of every request (401 for an invalid token), applies the caller's rate
 /// limit (by token name, else by address; an invalid token counts against the address), and guards
 /// the routes whose access is a setting (`/metrics`, `/openapi.json`). Route handlers check the rest.
-pub(crate) async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn authenticate<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if matches!(request.uri().path(), "/health" | "/ready" | "/ui" | "/ui/" | "/") {
-        return next.run(request).await;
+        return next(request).await;
     }
     let write = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !write || !state.inner.acl.enabled() {
-        return authenticated(&state, request, next).await.0;
+        return authenticated(state, request, next).await.0;
     }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let (response, token) = authenticated(&state, request, next).await;
+    let (response, token) = authenticated(state, request, next).await;
     // Refused writes are audited like the writes that go through: who, what, why — never a secret.
     if let Some(Refused(reason)) = response.extensions().get::<Refused>() {
         let token = token.as_deref().unwrap_or("anonymous");
@@ -638,7 +641,15 @@ pub(crate) async fn authenticate(State(state): State<AppState>, request: Request
 }
 
 /// [`authenticate`]'s work; also returns the caller's token name, when one was identified.
-async fn authenticated(state: &AppState, mut request: Request, next: Next) -> (Response, Option<Arc<str>>) {
+async fn authenticated<F, Fut>(
+    state: &AppState,
+    mut request: Request,
+    next: F,
+) -> (Response, Option<Arc<str>>)
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let acl = &state.inner.acl;
     let limiter = state.inner.limiter.as_ref();
     let by_address =
@@ -647,7 +658,7 @@ async fn authenticated(state: &AppState, mut request: Request, next: Next) -> (R
         if let Err(wait) = by_address(&request) {
             return (too_many(wait), None);
         }
-        return (next.run(request).await, None);
+        return (next(request).await, None);
     }
     let presented = match acl.presented(request.headers()) {
         Ok(Presented::Known(caller)) => Ok(caller),
@@ -686,7 +697,7 @@ async fn authenticated(state: &AppState, mut request: Request, next: Next) -> (R
         return (error.into_response(), token);
     }
     request.extensions_mut().insert(caller);
-    (next.run(request).await, token)
+    (next(request).await, token)
 }
 
 fn view(

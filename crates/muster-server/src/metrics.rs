@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -130,11 +129,15 @@ impl Metrics {
 }
 
 /// Records the latency and status of every request.
-pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn track<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| intern(m.as_str()));
     let method = method_name(request.method());
     let started = tokio::time::Instant::now();
-    let response = next.run(request).await;
+    let response = next(request).await;
     let status = response.status();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         state.inner.metrics.store_errors.inc();

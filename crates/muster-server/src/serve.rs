@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -121,7 +120,11 @@ pub(crate) async fn serve(
 }
 
 /// Checks the request's size limits and reads its body within `request_timeout`.
-pub(crate) async fn bound_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn bound_request<F, Fut>(state: &AppState, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let config = state.config();
     let target_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > MAX_URI_LEN {
@@ -150,7 +153,7 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
     }
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
     if announced.unwrap_or(0) == 0 && !chunked {
-        return next.run(request).await;
+        return next(request).await;
     }
     let (parts, body) = request.into_parts();
     let limit = config.body_limit;
@@ -169,7 +172,7 @@ pub(crate) async fn bound_request(State(state): State<AppState>, request: Reques
         Ok(bytes)
     };
     match tokio::time::timeout(config.request_timeout, read).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Ok(bytes)) => next(Request::from_parts(parts, Body::from(bytes))).await,
         Ok(Err(error)) => error.into_response(),
         Err(_) => ApiError::new(
             ErrorCode::RequestTimeout,

@@ -15,12 +15,12 @@ use muster_server::{AppState, ServerConfig};
 use tower::ServiceExt;
 
 /// Allocations per request (debug build, as `cargo test` runs it): today's figure (2026-12-06:
-/// resolve 176, seed-003 resolve 298, heartbeat 134, registration 155) plus about 10 %. Lower them
+/// resolve 144, seed-003 resolve 266, heartbeat 102, registration 123) plus about 10 %. Lower them
 /// with every change that saves allocations; `costs_are_counted` prints the figures.
-const RESOLVE_BUDGET: u64 = 195;
-const SEED_RESOLVE_BUDGET: u64 = 330;
-const HEARTBEAT_BUDGET: u64 = 148;
-const REGISTRATION_BUDGET: u64 = 172;
+const RESOLVE_BUDGET: u64 = 158;
+const SEED_RESOLVE_BUDGET: u64 = 292;
+const HEARTBEAT_BUDGET: u64 = 112;
+const REGISTRATION_BUDGET: u64 = 135;
 
 /// Fewest allocations of `runs` sends of the request `make(n)` builds (the first sends warm caches
 /// up; the fewest is the steady state), with the status of the last.
