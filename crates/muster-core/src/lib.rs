@@ -34,9 +34,7 @@ pub use event::{
 };
 pub use log::{EventLog, LogSource, Mirror};
 pub use name::NodeId;
-pub use node::{
-    CHECK_OUTPUT, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices, held_by_check,
-};
+pub use node::{CHECK_OUTPUT, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices};
 pub use options::{Backoff, DiscoveryOptions, Preset, RetryPolicy};
 pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
 pub use service::{Metadata, ServiceInfo, ServiceList, ServiceQuery, VersionQuery};

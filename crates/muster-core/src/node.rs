@@ -103,36 +103,34 @@ pub const CHECK_OUTPUT: &str = "check.output";
 /// The metadata key of a node's health check kind: a node without it asks for no check.
 pub const CHECK_TYPE: &str = "check.type";
 
-/// True when a node of `status` and `metadata` is held down by a health check.
-pub fn held_by_check(status: NodeStatus, metadata: &Metadata) -> bool {
-    status == NodeStatus::Down && metadata.contains_key(CHECK_OUTPUT)
-}
-
 impl NodeInfo {
     /// True when the node provides a service satisfying `query`.
     pub fn provides(&self, query: &crate::service::ServiceQuery) -> bool {
         query.matches_any(&self.services)
     }
 
-    /// True when a health check holds the node down: `DOWN` with the check's failure description
-    /// in its metadata ([`CHECK_OUTPUT`]).
-    pub fn held_by_check(&self) -> bool {
-        held_by_check(self.status, &self.metadata)
+    /// The check's failure description while a health check holds the node down (`DOWN` with
+    /// [`CHECK_OUTPUT`] in its metadata).
+    pub fn check_verdict(&self) -> Option<&String> {
+        (self.status == NodeStatus::Down).then(|| self.metadata.get(CHECK_OUTPUT)).flatten()
     }
 
-    /// Keeps a health check's verdict on a write that would lift it (see [`CHECK_OUTPUT`]): when
-    /// `self`, the node as stored, is held down by a check, `new` stays `DOWN` and keeps the
-    /// check's failure description, as long as `new` still asks for a check. Every store applies it to registrations, heartbeats and
-    /// updates inside its atomic write; only the check's own update
-    /// ([`NodeUpdate::as_check_verdict`]) may lift it.
-    pub fn keep_check_verdict(&self, new: &mut NodeInfo) {
-        if !new.metadata.contains_key(CHECK_TYPE) {
-            // The write drops the check: nothing will lift its verdict, so it goes too.
-            return;
-        }
-        if let Some(output) = self.held_by_check().then(|| self.metadata.get(CHECK_OUTPUT)).flatten() {
-            new.status = NodeStatus::Down;
-            new.metadata.insert(CHECK_OUTPUT.to_owned(), output.clone());
+    /// True when a health check holds the node down (see [`NodeInfo::check_verdict`]).
+    pub fn held_by_check(&self) -> bool {
+        self.check_verdict().is_some()
+    }
+
+    /// Keeps `verdict` — the stored node's [`NodeInfo::check_verdict`] — on this node, which a
+    /// write is about to store: it stays `DOWN` with the check's failure description, as long as it
+    /// still asks for a check. Every store applies it to registrations and updates inside its
+    /// atomic write; only the check's own update ([`NodeUpdate::as_check_verdict`]) may lift it.
+    pub fn keep_check_verdict(&mut self, verdict: Option<&String>) {
+        // A write that drops the check drops its verdict too: nothing would ever lift it.
+        if let Some(output) = verdict
+            && self.metadata.contains_key(CHECK_TYPE)
+        {
+            self.status = NodeStatus::Down;
+            self.metadata.insert(CHECK_OUTPUT.to_owned(), output.clone());
         }
     }
 
@@ -271,11 +269,11 @@ impl Registration {
         self.service_limit
     }
 
-    /// Makes the write conditional on the stored node (see [`StoredServices`]): checked by the
-    /// store inside its atomic write.
+    /// Makes the write conditional on the stored node (see [`StoredServices`]; `None` for no
+    /// condition): checked by the store inside its atomic write.
     #[must_use]
-    pub fn if_stored(mut self, condition: StoredServices) -> Self {
-        self.if_stored = Some(condition);
+    pub fn if_stored(mut self, condition: impl Into<Option<StoredServices>>) -> Self {
+        self.if_stored = condition.into();
         self
     }
 
@@ -413,10 +411,11 @@ impl NodeUpdate {
         self.service_limit
     }
 
-    /// Makes the update conditional on the stored node (see [`StoredServices`]).
+    /// Makes the update conditional on the stored node (see [`StoredServices`]; `None` for no
+    /// condition).
     #[must_use]
-    pub fn if_stored(mut self, condition: StoredServices) -> Self {
-        self.if_stored = Some(condition);
+    pub fn if_stored(mut self, condition: impl Into<Option<StoredServices>>) -> Self {
+        self.if_stored = condition.into();
         self
     }
 
@@ -446,7 +445,6 @@ impl NodeUpdate {
     /// `node` is kept unless this is the check's own update.
     pub fn apply(&self, node: &mut NodeInfo) -> bool {
         let before = node.clone();
-        let held = before.held_by_check() && !self.check_verdict;
         if let Some(a) = &self.address {
             node.address = a.clone();
         }
@@ -459,8 +457,8 @@ impl NodeUpdate {
         if let Some(m) = &self.metadata {
             node.metadata = m.clone();
         }
-        if held {
-            before.keep_check_verdict(node);
+        if !self.check_verdict {
+            node.keep_check_verdict(before.check_verdict());
         }
         node.differs_from(&before)
     }

@@ -124,16 +124,16 @@ impl StoredNode {
             .any(|s| &*s.name == query.name() && query.version().matches(s.version.as_deref()))
     }
 
-    /// True when the parts a watcher cares about (address, services, status, metadata) differ from
-    /// `node`'s ([`NodeInfo::differs_from`] without building a `NodeInfo`).
-    /// The check's failure description when a health check holds the node down.
-    pub(crate) fn held_check_output(&self) -> Option<&String> {
+    /// [`NodeInfo::check_verdict`] without building a `NodeInfo`.
+    pub(crate) fn check_verdict(&self) -> Option<&String> {
         if self.status != NodeStatus::Down {
             return None;
         }
         self.metadata.as_ref()?.get(muster_core::CHECK_OUTPUT)
     }
 
+    /// True when the parts a watcher cares about (address, services, status, metadata) differ from
+    /// `node`'s ([`NodeInfo::differs_from`] without building a `NodeInfo`).
     pub(crate) fn differs_from(&self, node: &NodeInfo) -> bool {
         let empty = Metadata::new();
         let same_services = self.services.len() == node.services.len()

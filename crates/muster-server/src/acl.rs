@@ -196,48 +196,52 @@ impl Caller {
     }
 
     /// Fails unless the caller may write the node `id` with `services`, and — when it is stored —
-    /// with the services it provides now (no taking over another service's node). Returns what the
-    /// decision read of the stored node, for the write to carry as its condition
-    /// ([`StoredServices`]: the store refuses the write if the node changed in between); `None`
-    /// when the decision did not depend on it.
+    /// with the services it provides now (no taking over another service's node). Returns the
+    /// stored node the decision read (also when `read_anyway`, for a check that needs it), for the
+    /// write to carry as its condition; `None` when nothing was read.
     pub(crate) async fn require_write_stored<'a>(
         &self,
         registry: &dyn Registry,
         id: &NodeId,
         services: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Option<StoredServices>, ApiError> {
+        read_anyway: bool,
+    ) -> Result<Option<Decision>, ApiError> {
         self.require_write(id.as_str(), services)?;
-        if self.is_unrestricted() || self.policy.writes_any_service_of(id.as_str()) {
+        let decides_alone = self.is_unrestricted() || self.policy.writes_any_service_of(id.as_str());
+        if decides_alone && !read_anyway {
             return Ok(None);
         }
         let stored = registry.get(id).await?;
-        if let Some(stored) = &stored {
+        if let Some(stored) = stored.as_ref().filter(|_| !decides_alone) {
             self.require_write(id.as_str(), stored.services.iter().map(|s| s.name.as_str()))?;
         }
-        Ok(Some(StoredServices::of(stored.as_ref())))
+        Ok(Some(Decision { stored }))
     }
 
     /// Writes `request` with the access decision on the stored node as its condition (see
     /// [`Caller::require_write_stored`]), deciding again — at most [`DECIDE_AGAIN`] times — when
-    /// the store refuses it because the node changed in between. The request is copied only for
-    /// an attempt that may be followed by another (never without a condition).
+    /// the store refuses it because the node changed in between. `write` may refuse on what the
+    /// decision read before it writes. The request is copied only for an attempt that may be
+    /// followed by another (never without a condition).
     pub(crate) async fn write_decided<R: Clone, T, F, Fut>(
         &self,
         registry: &dyn Registry,
         id: &NodeId,
         services: &[&str],
+        read_anyway: bool,
         request: R,
         write: F,
     ) -> Result<T, ApiError>
     where
-        F: Fn(R, Option<StoredServices>) -> Fut,
+        F: Fn(R, Option<&Decision>) -> Result<Fut, ApiError>,
         Fut: std::future::Future<Output = muster_core::Result<T>>,
     {
         let mut request = Some(request);
         let mut attempt = 1;
         loop {
-            let condition = self.require_write_stored(registry, id, services.iter().copied()).await?;
-            let may_retry = condition.is_some() && attempt < DECIDE_AGAIN;
+            let decision =
+                self.require_write_stored(registry, id, services.iter().copied(), read_anyway).await?;
+            let may_retry = decision.is_some() && attempt < DECIDE_AGAIN;
             let this = if may_retry { request.clone() } else { request.take() };
             let Some(this) = this else {
                 return Err(ApiError::new(
@@ -245,7 +249,7 @@ impl Caller {
                     "a write was attempted after its last attempt",
                 ));
             };
-            match write(this, condition).await {
+            match write(this, decision.as_ref())?.await {
                 Err(error) if may_retry && error.kind() == muster_core::ErrorKind::Conflict => attempt += 1,
                 other => return other.map_err(ApiError::from),
             }
@@ -282,6 +286,24 @@ impl Caller {
         } else {
             tracing::info!(target: "muster::audit", token = %token, action, node_id, "write with a token");
         }
+    }
+}
+
+/// What an access decision read of the stored node (see [`Caller::require_write_stored`]).
+pub(crate) struct Decision {
+    /// The node as stored then (`None`: there was none).
+    stored: Option<NodeInfo>,
+}
+
+impl Decision {
+    /// The node as the decision read it.
+    pub(crate) fn stored(&self) -> Option<&NodeInfo> {
+        self.stored.as_ref()
+    }
+
+    /// The write's condition: the node still provides what the decision saw.
+    pub(crate) fn condition(&self) -> StoredServices {
+        StoredServices::of(self.stored.as_ref())
     }
 }
 
@@ -630,11 +652,13 @@ where
     if !write || !state.inner.acl.enabled() {
         return authenticated(state, request, next).await.0;
     }
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    // Shared, not copied: what the audit line of a refusal names.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let (response, token) = authenticated(state, request, next).await;
     // Refused writes are audited like the writes that go through: who, what, why — never a secret.
     if let Some(Refused(reason)) = response.extensions().get::<Refused>() {
         let token = token.as_deref().unwrap_or("anonymous");
+        let path = uri.path();
         tracing::info!(target: "muster::audit", token, %method, path, status = response.status().as_u16(), %reason, "write refused");
     }
     response

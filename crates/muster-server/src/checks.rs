@@ -31,11 +31,6 @@ const SCAN: Duration = Duration::from_millis(100);
 /// Longest time between two reads of the checks from the mirror when no revision changed.
 const RESCAN: Duration = Duration::from_secs(5);
 
-/// True when a check holds `node` down: it is `DOWN` with the check's failure description.
-pub(crate) fn held_down(node: &NodeInfo) -> bool {
-    node.held_by_check()
-}
-
 /// One node's check state.
 struct Tracked {
     check: Check,
@@ -225,7 +220,7 @@ async fn settle(
             entry.successes = 0;
             entry.failures = entry.failures.saturating_add(1);
             tracing::debug!(node_id = %outcome.node_id, failures = entry.failures, %failure, "health check failed");
-            if entry.failures < entry.check.failures || held_down(&node) {
+            if entry.failures < entry.check.failures || node.held_by_check() {
                 return;
             }
             metadata.insert(CHECK_OUTPUT.into(), truncate(failure));
@@ -235,7 +230,7 @@ async fn settle(
         None => {
             entry.failures = 0;
             entry.successes = entry.successes.saturating_add(1);
-            if !held_down(&node) || entry.successes < entry.check.successes {
+            if !node.held_by_check() || entry.successes < entry.check.successes {
                 return;
             }
             metadata.remove(CHECK_OUTPUT);

@@ -25,7 +25,7 @@ use muster_core::{
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::acl::Auth;
+use crate::acl::{Auth, Decision};
 use crate::error::ApiError;
 
 fn now() -> String {
@@ -194,13 +194,10 @@ pub(crate) async fn register(
             state.registry(),
             &id,
             &[request.name.as_str()],
+            false,
             registration,
-            |registration, condition| {
-                let registration = match condition {
-                    Some(condition) => registration.if_stored(condition),
-                    None => registration,
-                };
-                state.registry().heartbeat(registration)
+            |registration, decision| {
+                Ok(state.registry().heartbeat(registration.if_stored(decision.map(Decision::condition))))
             },
         )
         .await

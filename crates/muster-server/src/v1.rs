@@ -19,7 +19,7 @@ use muster_core::{
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::acl::Auth;
+use crate::acl::{Auth, Decision};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 
 /// Header carrying the registry revision an answer reflects (for blocking queries).
@@ -84,12 +84,8 @@ async fn register(
         .with_service_limit(state.config().max_instances_per_service);
     // The access decision on the stored node is a condition of the store's write.
     let outcome = caller
-        .write_decided(state.registry(), &id, &services, registration, |registration, condition| {
-            let registration = match condition {
-                Some(condition) => registration.if_stored(condition),
-                None => registration,
-            };
-            state.registry().heartbeat(registration)
+        .write_decided(state.registry(), &id, &services, false, registration, |registration, decision| {
+            Ok(state.registry().heartbeat(registration.if_stored(decision.map(Decision::condition))))
         })
         .await?;
     state.count_registration();
@@ -110,7 +106,7 @@ pub(crate) async fn heartbeat(
     body: Bytes,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id = NodeId::new(id)?;
-    caller.require_write_stored(state.registry(), &id, []).await?;
+    caller.require_write_stored(state.registry(), &id, [], false).await?;
     let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
@@ -178,23 +174,9 @@ pub(crate) async fn update_node(
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id = NodeId::new(id)?;
     let new_services: Vec<&str> = request.services.iter().flatten().map(|s| s.name.as_str()).collect();
-    // Decided before anything else is read (a refused caller learns nothing), and again as the
-    // write's condition below.
-    caller.require_write_stored(state.registry(), &id, new_services.iter().copied()).await?;
     let mut update = NodeUpdate::new();
-    let address = request.address.map(Address::parse).transpose()?;
-    // A health check aims at the node's own host unless an admin says otherwise: look at where the
-    // node and its check will be after the update.
-    let new_target = request.metadata.as_ref().is_some_and(|m| m.contains_key("check.target"));
-    if !caller.is_unrestricted()
-        && (new_target || address.is_some())
-        && let Some(stored) = state.registry().get(&id).await?
-    {
-        let at = address.as_ref().unwrap_or(&stored.address);
-        caller.require_check_target(at, request.metadata.as_ref().unwrap_or(&stored.metadata))?;
-    }
-    if let Some(address) = address {
-        update = update.address(address);
+    if let Some(address) = request.address {
+        update = update.address(Address::parse(address)?);
     }
     if let Some(services) = request.services.clone() {
         update = update.services(services)?;
@@ -209,13 +191,18 @@ pub(crate) async fn update_node(
         return Err(ApiError::invalid("name at least one of address, services, metadata, status"));
     }
     let update = update.with_service_limit(state.config().max_instances_per_service);
+    // A health check aims at the node's own host unless an admin says otherwise: where the node and
+    // its check will be after the update, from the node the decision reads.
+    let moves_check = update.new_address().is_some()
+        || update.new_metadata().is_some_and(|m| m.contains_key("check.target"));
+    let read_anyway = moves_check && !caller.is_unrestricted();
     let node = caller
-        .write_decided(state.registry(), &id, &new_services, update, |update, condition| {
-            let update = match condition {
-                Some(condition) => update.if_stored(condition),
-                None => update,
-            };
-            state.registry().update(&id, update)
+        .write_decided(state.registry(), &id, &new_services, read_anyway, update, |update, decision| {
+            if let Some(stored) = decision.and_then(Decision::stored).filter(|_| read_anyway) {
+                let at = update.new_address().unwrap_or(&stored.address);
+                caller.require_check_target(at, update.new_metadata().unwrap_or(&stored.metadata))?;
+            }
+            Ok(state.registry().update(&id, update.if_stored(decision.map(Decision::condition))))
         })
         .await?;
     caller.audit("update", id.as_str());
@@ -234,16 +221,16 @@ pub(crate) async fn deregister_node(
     let id = NodeId::from_wire(id);
     let registry = state.registry();
     let removed = caller
-        .write_decided(registry, &id, &[], (), |(), condition| {
-            let id = &id;
-            async move {
+        .write_decided(registry, &id, &[], false, (), |(), decision| {
+            let (id, condition) = (&id, decision.map(Decision::condition));
+            Ok(async move {
                 match condition {
                     Some(condition) => {
                         registry.deregister_if(id, DeregisterReason::Graceful, &condition).await
                     }
                     None => registry.deregister(id, DeregisterReason::Graceful).await,
                 }
-            }
+            })
         })
         .await?;
     if removed {

@@ -92,6 +92,13 @@ async fn create_token(server: &TestServer, admin: &str, name: &str, rules: Value
     body["secret"].as_str().unwrap().to_owned()
 }
 
+/// The first admin token's secret.
+async fn bootstrap(server: &TestServer) -> String {
+    let (status, body) = call(server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
+    assert_eq!(status, 201, "{body}");
+    body["secret"].as_str().unwrap().to_owned()
+}
+
 async fn setup(server: &TestServer) -> Callers {
     let (status, body) = call(server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
     assert_eq!(status, 201, "{body}");
@@ -608,8 +615,7 @@ impl muster_core::acl::TokenStore for CountingStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_paths_keep_the_access_promises() {
     let server = memory_server(acl_config()).await;
-    let (_, boot) = call(&server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
-    let admin = boot["secret"].as_str().unwrap().to_owned();
+    let admin = bootstrap(&server).await;
     let pay_reader =
         create_token(&server, &admin, "pay-reader", json!([{"services": "pay*", "access": "read"}])).await;
     let web_writer =
@@ -686,8 +692,7 @@ async fn made_up_tokens_are_limited_before_the_store_is_read() {
     let mut config = acl_config();
     config.rate_limit = Some(RateLimit { per_second: 1, burst: 10 });
     let server = TestServer::serve(AppState::with_token_store(registry, config, store.clone())).await;
-    let (_, boot) = call(&server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
-    let admin = boot["secret"].as_str().unwrap().to_owned();
+    let admin = bootstrap(&server).await;
     let made_up = |n: usize| format!("mst_{n:064x}");
 
     let before = store.generation_reads.load(Ordering::SeqCst);
@@ -701,7 +706,8 @@ async fn made_up_tokens_are_limited_before_the_store_is_read() {
     let reads = store.generation_reads.load(Ordering::SeqCst) - before;
     // The bucket (10, then one a second) and the poller (one read a second) bound the reads.
     let seconds = started.elapsed().as_secs() + 1;
-    assert!(limited >= 150, "{limited} of 200 limited");
+    // All but the burst and one a second are limited, however long the run took.
+    assert!(limited as u64 + 10 + seconds >= 200, "{limited} of 200 limited in {seconds} s");
     assert!(reads <= 10 + 2 * seconds, "200 made-up tokens cost {reads} generation reads in {seconds} s");
 
     // Without a limit in the way: one made-up token asked about 100 times reads the store once.
@@ -775,7 +781,7 @@ async fn a_revoked_token_ends_its_streams_and_blocking_queries() {
             "server {n}"
         );
         assert!(event.data["message"].as_str().unwrap().contains("revoked"), "{}", event.data);
-        assert!(stream.try_next(Duration::from_secs(2)).await.is_none(), "server {n}: the stream ended");
+        assert!(stream.ends_within(Duration::from_secs(5)).await, "server {n}: the stream ended");
     }
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), blocking).await.unwrap().unwrap();
     assert_eq!(status, 401, "{body}");
@@ -787,8 +793,7 @@ async fn a_revoked_token_ends_its_streams_and_blocking_queries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_of_other_hosts_need_admin() {
     let server = memory_server(acl_config()).await;
-    let (_, boot) = call(&server, None, Method::POST, "/v1/acl/bootstrap", Value::Null).await;
-    let admin = boot["secret"].as_str().unwrap().to_owned();
+    let admin = bootstrap(&server).await;
     let writer =
         create_token(&server, &admin, "web-writer", json!([{"services": "web", "access": "write"}])).await;
     let with_check = |target: &str| {

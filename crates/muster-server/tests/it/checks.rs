@@ -148,19 +148,22 @@ crate::on_both_stores! {
 }
 
 /// A check's timeout is the one configured, even longer than its interval: a target answering in
-/// 300 ms passes a check with `timeoutMs` 600 run every 200 ms, and one answering in 900 ms fails it
-/// with the configured timeout in the reason.
+/// 400 ms passes a check with `timeoutMs` 2000 run every 200 ms (several checks run, none fails),
+/// and one answering in 4 s fails it with the configured timeout in the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_timeout_is_honoured() {
     let server = TestServer::memory().await;
-    let delay_ms = Arc::new(AtomicU64::new(300));
-    let answer_after = Arc::clone(&delay_ms);
+    let delay_ms = Arc::new(AtomicU64::new(400));
+    let answered = Arc::new(AtomicU64::new(0));
+    let (answer_after, count) = (Arc::clone(&delay_ms), Arc::clone(&answered));
     let app = axum::Router::new().route(
         "/health",
         axum::routing::get(move || {
             let delay = Duration::from_millis(answer_after.load(Ordering::Relaxed));
+            let count = Arc::clone(&count);
             async move {
                 tokio::time::sleep(delay).await;
+                count.fetch_add(1, Ordering::Relaxed);
                 axum::http::StatusCode::OK
             }
         }),
@@ -169,7 +172,7 @@ async fn the_configured_timeout_is_honoured() {
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let slow_check =
-        json!({"type": "http", "intervalMs": 200, "timeoutMs": 600, "failures": 1, "successes": 1});
+        json!({"type": "http", "intervalMs": 200, "timeoutMs": 2000, "failures": 1, "successes": 1});
     let (status, body) = send(
         &server,
         Method::PUT,
@@ -180,13 +183,17 @@ async fn the_configured_timeout_is_honoured() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    // Several checks run (each longer than the interval) and none fails.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(node(&server, "slow-1").await["status"], "UP", "300 ms answers pass a 600 ms timeout");
-    delay_ms.store(900, Ordering::Relaxed);
+    // Three checks answered, each longer than the interval (one failure would have set DOWN).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while answered.load(Ordering::Relaxed) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the checks run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node(&server, "slow-1").await["status"], "UP", "400 ms answers pass a 2 s timeout");
+    delay_ms.store(4_000, Ordering::Relaxed);
     let down = until_status(&server, "slow-1", "DOWN").await;
     let output = down["metadata"]["check.output"].as_str().unwrap_or_default();
-    assert!(output.contains("600ms"), "the reason names the configured timeout: {down}");
+    assert!(output.contains("2s"), "the reason names the configured timeout: {down}");
 }
 
 /// A check follows no redirect: a health URL answering 302 to a healthy one elsewhere fails.

@@ -53,6 +53,19 @@ impl SseClient {
         self.last_id.as_deref().and_then(|id| id.parse().ok()).expect("an event with an id was read")
     }
 
+    /// True when the server ends the stream within `wait` (whatever it sends before); false when
+    /// it is still open then.
+    pub(crate) async fn ends_within(&mut self, wait: Duration) -> bool {
+        let drain = async {
+            while let Some(chunk) = self.stream.next().await {
+                if chunk.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(wait, drain).await.is_ok()
+    }
+
     pub(crate) async fn try_next(&mut self, wait: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
