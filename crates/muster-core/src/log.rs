@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::event::{DeregisterReason, DiscoveryEvent, EventKind, Revision, Snapshot, WatchEvent, WatchStart};
 use crate::name::NodeId;
-use crate::node::NodeInfo;
+use crate::node::{CHECK_TYPE, NodeInfo};
 use crate::registry::WatchStream;
 use crate::service::ServiceQuery;
 use crate::time::now_ms;
@@ -151,6 +151,11 @@ pub struct Mirror {
     nodes: HashMap<NodeId, Arc<NodeInfo>>,
     /// Service name → the nodes listing a service of that name, ordered by node id.
     by_service: HashMap<String, BTreeMap<NodeId, Arc<NodeInfo>>>,
+    /// The nodes whose registration asks for a health check ([`CHECK_TYPE`] in their metadata),
+    /// so that whoever runs the checks reads those and not the whole fleet.
+    checked: BTreeMap<NodeId, Arc<NodeInfo>>,
+    /// Counts the changes to `checked` (a checked node arrived, changed or left).
+    checked_changes: u64,
 }
 
 impl Mirror {
@@ -179,6 +184,22 @@ impl Mirror {
         let mut nodes: Vec<_> = self.nodes.values().cloned().collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         nodes
+    }
+
+    /// Every node, in no particular order, without copying.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
+        self.nodes.values()
+    }
+
+    /// The nodes asking for a health check ([`CHECK_TYPE`] in their metadata), ordered by node id.
+    pub fn checked(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
+        self.checked.values()
+    }
+
+    /// Changes so far to [`Mirror::checked`]: unchanged means the checked nodes are the same, so
+    /// a reader of them need not read them again after a change to other nodes.
+    pub fn checked_changes(&self) -> u64 {
+        self.checked_changes
     }
 
     /// The nodes listing a service named `name`, ordered by node id.
@@ -230,6 +251,10 @@ impl Mirror {
     pub fn replace(&mut self, snapshot: Snapshot) -> Vec<DiscoveryEvent> {
         let old = std::mem::take(&mut self.nodes);
         self.by_service.clear();
+        if !self.checked.is_empty() {
+            self.checked.clear();
+            self.checked_changes += 1;
+        }
         self.revision = snapshot.revision;
         let timestamp_ms = now_ms();
         let event = |kind, reason, node: &NodeInfo| DiscoveryEvent {
@@ -268,11 +293,18 @@ impl Mirror {
                 .or_default()
                 .insert(node.node_id.clone(), Arc::clone(&node));
         }
+        if node.metadata.contains_key(CHECK_TYPE) {
+            self.checked.insert(node.node_id.clone(), Arc::clone(&node));
+            self.checked_changes += 1;
+        }
         self.nodes.insert(node.node_id.clone(), node);
     }
 
     fn remove(&mut self, node_id: &NodeId) {
         let Some(old) = self.nodes.remove(node_id) else { return };
+        if self.checked.remove(node_id).is_some() {
+            self.checked_changes += 1;
+        }
         for service in &old.services {
             if let Some(nodes) = self.by_service.get_mut(&service.name) {
                 nodes.remove(node_id);
@@ -478,6 +510,45 @@ mod tests {
         let snapshot = mirror.snapshot();
         assert_eq!(snapshot.revision, Revision(9));
         assert_eq!(snapshot.nodes.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["n2", "n3"]);
+    }
+
+    #[test]
+    fn mirror_keeps_the_checked_nodes_apart_and_counts_only_their_changes() {
+        let checked = |id: &str| {
+            let mut n = node(id, &["a"]);
+            n.metadata.insert(CHECK_TYPE.to_owned(), "tcp".to_owned());
+            n
+        };
+        let mut mirror = Mirror::default();
+        mirror.apply(&event(1, EventKind::Registered, checked("c1")));
+        let seen = mirror.checked_changes();
+        assert!(seen > 0);
+        for r in 2..1000 {
+            mirror.apply(&event(r, EventKind::Registered, node(&format!("plain-{r}"), &["a"])));
+        }
+        assert_eq!(
+            mirror.checked_changes(),
+            seen,
+            "changes to other nodes leave the checked ones as they were"
+        );
+        mirror.apply(&event(1000, EventKind::Updated, checked("c1")));
+        assert!(mirror.checked_changes() > seen, "a checked node changed");
+        let seen = mirror.checked_changes();
+        mirror.apply(&event(1001, EventKind::Registered, checked("c0")));
+        assert!(mirror.checked_changes() > seen);
+        let ids: Vec<_> = mirror.checked().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["c0", "c1"]);
+        let seen = mirror.checked_changes();
+        mirror.apply(&event(1002, EventKind::Updated, node("c1", &["a"])));
+        assert_eq!(mirror.checked().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["c0"], "check dropped");
+        assert!(mirror.checked_changes() > seen);
+        let seen = mirror.checked_changes();
+        mirror.apply(&event(1003, EventKind::Deregistered, checked("c0")));
+        assert_eq!(mirror.checked().count(), 0);
+        assert!(mirror.checked_changes() > seen);
+        mirror.replace(Snapshot { revision: Revision(2000), nodes: vec![checked("c2"), node("p", &["a"])] });
+        assert_eq!(mirror.checked().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["c2"]);
+        assert_eq!(mirror.iter().count(), 2);
     }
 
     /// A source over a log and a mirror, as the server's fan-out holds them.

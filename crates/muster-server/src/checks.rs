@@ -4,7 +4,9 @@
 //! the reason in `check.output`.
 //!
 //! - The checks to run are the active nodes of the hub's mirror with a check in their metadata
-//!   (see `muster_api::check`); a node that leaves stops being checked at once.
+//!   (see `muster_api::check`); a node that leaves stops being checked at once. The mirror keeps
+//!   those nodes apart ([`Mirror::checked`]) and counts their changes, so the checks are read again
+//!   only when a checked node changed: the cost per registration does not grow with the fleet.
 //! - Each node's first check waits a share of its interval derived from its id, so checks spread
 //!   over the interval instead of starting together.
 //! - On a shared store only the process that leads the fleet's background work (on Redis: the
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_api::check::{CHECK_OUTPUT, Check, CheckKind};
+use muster_core::log::Mirror;
 use muster_core::{NodeId, NodeInfo, NodeStatus, NodeUpdate, Registry};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -67,7 +70,7 @@ pub(crate) async fn run(
     };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let mut tracked: HashMap<NodeId, Tracked> = HashMap::new();
-    let mut scanned: Option<(Instant, muster_core::Revision)> = None;
+    let mut scanned: Option<(Instant, u64)> = None;
     loop {
         // Wake at the next due check (exactly: counts × interval is the time a verdict takes), or
         // after a scan period to notice new checks.
@@ -87,11 +90,11 @@ pub(crate) async fn run(
             continue;
         }
         let now = Instant::now();
-        // The checks to run change only with the registry: read them again after a change (and
-        // at least every few seconds, for changes that come without a revision, like a peer's).
-        let revision = hub.revision();
-        if scanned.is_none_or(|(at, seen)| seen != revision || now.duration_since(at) >= RESCAN) {
-            scanned = Some((now, revision));
+        // The checks to run change only with the checked nodes: read those again after a change
+        // to one of them (and at least every few seconds), never the whole fleet per change.
+        let changes = hub.with_mirror(Mirror::checked_changes);
+        if scanned.is_none_or(|(at, seen)| seen != changes || now.duration_since(at) >= RESCAN) {
+            scanned = Some((now, changes));
             follow(&hub, &mut tracked, now);
         }
         for (node_id, entry) in &mut tracked {
@@ -118,9 +121,8 @@ pub(crate) async fn run(
 fn follow(hub: &Hub, tracked: &mut HashMap<NodeId, Tracked>, now: Instant) {
     let nodes = hub.with_mirror(|mirror| {
         mirror
-            .nodes()
-            .into_iter()
-            .filter_map(|node| Check::read_from(&node.metadata).map(|check| (node, check)))
+            .checked()
+            .filter_map(|node| Check::read_from(&node.metadata).map(|check| (Arc::clone(node), check)))
             .collect::<Vec<_>>()
     });
     let mut present = std::collections::HashSet::with_capacity(nodes.len());

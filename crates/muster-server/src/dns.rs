@@ -282,7 +282,7 @@ impl Zone {
                 let node = self.state.inner.hub.with_mirror(|mirror| {
                     // Node ids are looked up as written, then regardless of case (DNS is not).
                     mirror.get(&muster_core::NodeId::from_wire(id.as_str())).cloned().or_else(|| {
-                        mirror.nodes().into_iter().find(|n| n.node_id.as_str().eq_ignore_ascii_case(id))
+                        mirror.iter().find(|n| n.node_id.as_str().eq_ignore_ascii_case(id)).cloned()
                     })
                 });
                 let Some(node) = node else { return ResponseCode::NXDomain };

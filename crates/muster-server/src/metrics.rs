@@ -158,12 +158,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = &state.inner.metrics;
     metrics.self_preservation.set(i64::from(state.registry().is_preserving()));
     metrics.held_back.set(i64::try_from(state.registry().held_back_total()).unwrap_or(i64::MAX));
-    if let Ok(nodes) = state.registry().list_active().await {
-        let services: std::collections::BTreeSet<&str> =
-            nodes.iter().flat_map(|n| n.services.iter().map(|s| s.name.as_str())).collect();
-        metrics.active_nodes.set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
-        metrics.active_services.set(i64::try_from(services.len()).unwrap_or(i64::MAX));
-    }
+    // Counted from the hub's mirror (the active nodes, indexed by service): a scrape copies nothing.
+    let (nodes, services) =
+        state.inner.hub.with_mirror(|mirror| (mirror.len(), mirror.service_names().count()));
+    metrics.active_nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+    metrics.active_services.set(i64::try_from(services).unwrap_or(i64::MAX));
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &metrics.registry) {
         Ok(()) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
