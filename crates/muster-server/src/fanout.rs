@@ -103,11 +103,6 @@ impl Hub {
         }
     }
 
-    /// The revision of the hub's view.
-    pub(crate) fn revision(&self) -> Revision {
-        *self.shared.revisions.borrow()
-    }
-
     /// Reads the active nodes as the hub knows them now.
     pub(crate) fn with_mirror<T>(&self, read: impl FnOnce(&Mirror) -> T) -> T {
         read(&self.shared.read().mirror)

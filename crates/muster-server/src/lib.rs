@@ -12,6 +12,7 @@ mod compat;
 pub mod dns;
 mod error;
 mod fanout;
+mod front;
 mod limits;
 mod metrics;
 mod openapi;
@@ -231,7 +232,7 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
         .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
         .expose_headers([axum::http::HeaderName::from_static(v1::INDEX_HEADER)]);
-    Router::new()
+    let routes = Router::new()
         .route("/v1/nodes", post(v1::register_generated).get(v1::list_nodes))
         .route(
             "/v1/nodes/{id}",
@@ -260,58 +261,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
-        .layer(DefaultBodyLimit::max(state.config().body_limit))
-        .layer(cors)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::check_host))
-        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
-        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
-        .with_state(state)
-}
-
-/// The server's own steps around every route, as one middleware (one per-request boxing of the
-/// rest of the stack instead of one per step; see tests/costs.rs): metrics outermost (every answer
-/// is timed and counted), then the request bounds (414/431/413/408), then access control.
-async fn edge(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    metrics::track(&state, request, |request| {
-        serve::bound_request(&state, request, |request| {
-            acl::authenticate(&state, request, |request| next.run(request))
-        })
-    })
-    .await
-}
-
-/// Request ids `<random prefix>-<counter>`: unique per server run, without a random-number syscall
-/// per request.
-#[derive(Clone)]
-struct SequentialRequestId {
-    /// Random per process start, so ids of two runs do not collide.
-    prefix: Arc<str>,
-    /// Next sequence number.
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl SequentialRequestId {
-    fn new() -> Self {
-        let prefix = format!("{:08x}", muster_core::time::now_ms() ^ u64::from(std::process::id()) << 20);
-        Self { prefix: prefix.into(), next: Arc::new(std::sync::atomic::AtomicU64::new(1)) }
-    }
-}
-
-impl tower_http::request_id::MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(
-        &mut self,
-        _: &axum::http::Request<B>,
-    ) -> Option<tower_http::request_id::RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
-            .ok()
-            .map(tower_http::request_id::RequestId::new)
-    }
+        .layer(front::EdgeLayer(state.clone()))
+        .with_state(state.clone());
+    let limited = tower::Layer::layer(&DefaultBodyLimit::max(state.config().body_limit), routes);
+    Router::new().fallback_service(front::Front::new(state, cors, limited))
 }
 
 /// `GET /ready`: 200 when the store answers, 503 (an error body) otherwise.

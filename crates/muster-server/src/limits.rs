@@ -15,9 +15,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -103,34 +102,26 @@ pub(crate) fn client_address(request: &Request) -> IpAddr {
         .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(address)| address.ip())
 }
 
-/// Answers 421 to requests for a host name the server does not serve (when a list is set), and
-/// 204 to CORS preflights the CORS layer allowed.
-pub(crate) async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Refuses (421) a request for a host name the server does not serve, when a list is set.
+pub(crate) fn check_host(state: &AppState, request: &Request) -> Result<(), ApiError> {
     let allowed = &state.config().allowed_hosts;
-    if !allowed.is_empty() {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host())
-            .unwrap_or_default();
-        if !host_allowed(allowed, host) {
-            return ApiError::new(
-                ErrorCode::MisdirectedRequest,
-                format!("this server does not answer for host {host:?}; its allowed hosts are a setting (--allowed-hosts)"),
-            )
-            .into_response();
-        }
+    if allowed.is_empty() {
+        return Ok(());
     }
-    let preflight = request.method() == Method::OPTIONS
-        && request.headers().contains_key(header::ORIGIN)
-        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut response = next.run(request).await;
-    if preflight && response.status() == StatusCode::OK {
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or_default();
+    if host_allowed(allowed, host) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::MisdirectedRequest,
+            format!("this server does not answer for host {host:?}; its allowed hosts are a setting (--allowed-hosts)"),
+        ))
     }
-    response
 }
 
 /// Whether `host` (`name`, `name:port`, `[v6]:port`) names one of `allowed` (compared without the
@@ -148,6 +139,7 @@ fn host_allowed(allowed: &[String], host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn hosts_compare_without_port_and_case() {
