@@ -2,6 +2,8 @@
 //! master through Sentinel), or a cluster connection; plus dedicated connections for blocking reads
 //! and pub/sub.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use muster_core::{Error, ErrorKind, Result};
@@ -14,18 +16,26 @@ use tokio::sync::Mutex;
 
 use crate::config::{RedisConfig, Topology};
 
-/// A connection of either kind; cheap to clone (both are handles to a shared pipeline).
+/// A connection of either kind; cheap to clone (both are handles to a shared pipeline). Counts
+/// its round trips (a command, or a pipeline or transaction sent as one) in its pool's counter.
 #[derive(Clone)]
-pub(crate) enum Conn {
+pub(crate) struct Conn {
+    link: Link,
+    round_trips: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+enum Link {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        match &mut self.link {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -35,16 +45,17 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        match &mut self.link {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -66,6 +77,8 @@ pub(crate) struct Pool {
     shared: Mutex<Option<Conn>>,
     /// Per-command timeout.
     response_timeout: Duration,
+    /// Round trips made on every connection of this pool (see [`Pool::round_trips`]).
+    round_trips: Arc<AtomicU64>,
 }
 
 impl Pool {
@@ -102,7 +115,12 @@ impl Pool {
                 nodes.clone(),
             ),
         };
-        Ok(Self { connector, shared: Mutex::new(None), response_timeout: config.response_timeout })
+        Ok(Self {
+            connector,
+            shared: Mutex::new(None),
+            response_timeout: config.response_timeout,
+            round_trips: Arc::default(),
+        })
     }
 
     /// A new connection with the given response timeout.
@@ -110,21 +128,27 @@ impl Pool {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(response_timeout))
             .set_connection_timeout(Some(self.response_timeout));
-        let conn = match &self.connector {
-            Connector::Direct(client) => Conn::Single(
+        let link = match &self.connector {
+            Connector::Direct(client) => Link::Single(
                 client.get_multiplexed_async_connection_with_config(&config).await.map_err(to_error)?,
             ),
             Connector::Sentinel(sentinel) => {
                 let client = sentinel.lock().await.async_get_client().await.map_err(to_error)?;
-                Conn::Single(
+                Link::Single(
                     client.get_multiplexed_async_connection_with_config(&config).await.map_err(to_error)?,
                 )
             }
             Connector::Cluster(client, _) => {
-                Conn::Cluster(client.get_async_connection().await.map_err(to_error)?)
+                Link::Cluster(client.get_async_connection().await.map_err(to_error)?)
             }
         };
-        Ok(conn)
+        Ok(Conn { link, round_trips: Arc::clone(&self.round_trips) })
+    }
+
+    /// Round trips made so far on this pool's connections (shared and dedicated; pub/sub
+    /// connections not counted): the cost of an operation, counted rather than timed.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// The shared connection, connecting if there is none.

@@ -147,6 +147,13 @@ impl RedisRegistry {
         self.inner.publish_failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Round trips to Redis so far (every command, pipeline or transaction sent as one, on the
+    /// shared and the dedicated connections; pub/sub not counted). A steady-state heartbeat costs
+    /// one, a `find` one, an unchanged listing one (its view's header).
+    pub fn round_trips(&self) -> u64 {
+        self.inner.pool.round_trips()
+    }
+
     /// How many messages on the events channel were not discovery events (not JSON, no node id).
     pub fn unreadable_channel_messages(&self) -> u64 {
         self.inner.unreadable_messages.load(std::sync::atomic::Ordering::Relaxed)

@@ -119,7 +119,9 @@ pub(crate) fn check_host(state: &AppState, request: &Request) -> Result<(), ApiE
     } else {
         Err(ApiError::new(
             ErrorCode::MisdirectedRequest,
-            format!("this server does not answer for host {host:?}; its allowed hosts are a setting (--allowed-hosts)"),
+            format!(
+                "this server does not answer for host {host:?}; its allowed hosts are a setting (--allowed-hosts)"
+            ),
         ))
     }
 }

@@ -3,6 +3,7 @@
 //! compatibility; failures (SIGKILL and restart, failover, disconnected watchers).
 
 mod acl_user;
+mod costs;
 mod failures;
 mod mixed;
 mod topologies;
