@@ -348,7 +348,7 @@ pub(crate) async fn instances(
     }
     let (revision, nodes) = state.registry().find_at(&query).await?;
     tracing::debug!(service = %name, found = nodes.len(), %revision, "resolved");
-    let instances = nodes
+    let instances: Vec<InstanceView<'_>> = nodes
         .iter()
         .filter(|node| status.is_none_or(|s| node.status == s))
         .filter(|node| caller.is_unrestricted() || caller.may_read_node(node))
@@ -360,16 +360,17 @@ pub(crate) async fn instances(
         })
         .filter(|instance| metadata.iter().all(|(k, v)| instance.metadata(k) == Some(v.as_str())))
         .collect();
-    let mut response = json_response(&InstanceListView { service: &name, revision, instances });
+    let count = instances.len();
+    let mut response = json_response(&InstanceListView { service: &name, revision, instances }, count);
     insert_index(response.headers_mut(), revision);
     Ok(response)
 }
 
-/// A JSON 200 response written into one buffer sized from the start (the resolve route's hot
-/// path: no regrowth while writing).
-fn json_response(list: &InstanceListView<'_>) -> Response {
-    let mut body = Vec::with_capacity(128 + 512 * list.instances.len());
-    match serde_json::to_writer(&mut body, list) {
+/// A JSON 200 response of `instances` instances written into one buffer sized from the start
+/// (the resolve routes' hot path: no regrowth while writing).
+pub(crate) fn json_response(answer: &impl serde::Serialize, instances: usize) -> Response {
+    let mut body = Vec::with_capacity(128 + 512 * instances);
+    match serde_json::to_writer(&mut body, answer) {
         Ok(()) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(error) => ApiError::new(muster_api::ErrorCode::Internal, error.to_string()).into_response(),
     }
