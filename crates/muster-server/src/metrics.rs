@@ -63,6 +63,7 @@ pub(crate) struct Metrics {
     pub(crate) store_errors: Counter,
     pub(crate) watchers: Gauge,
     pub(crate) refused_connections: Counter,
+    pub(crate) socket_writes: Counter,
     self_preservation: Gauge,
     held_back: Gauge,
     active_nodes: Gauge,
@@ -81,6 +82,7 @@ impl Metrics {
             store_errors: Counter::default(),
             watchers: Gauge::default(),
             refused_connections: Counter::default(),
+            socket_writes: Counter::default(),
             self_preservation: Gauge::default(),
             held_back: Gauge::default(),
             active_nodes: Gauge::default(),
@@ -106,6 +108,11 @@ impl Metrics {
             "refused_connections",
             "Connections closed at once because the server was at its connection limit",
             metrics.refused_connections.clone(),
+        );
+        registry.register(
+            "http_socket_writes",
+            "Writes to client sockets (HTTP, before TLS): one per response on the hot routes",
+            metrics.socket_writes.clone(),
         );
         registry.register(
             "self_preservation",

@@ -409,3 +409,57 @@ async fn cors_allows_configured_origins() {
         client().get(server.url("/health")).header("origin", "http://dash.example").send().await.unwrap();
     assert_eq!(simple.headers()["access-control-allow-origin"], "http://dash.example");
 }
+
+/// A cost budget in socket writes: every response of the hot routes (resolve on both routes,
+/// heartbeat, registration) leaves in one write — head and body together — counted by the
+/// server (`muster_http_socket_writes_total`), not timed.
+#[tokio::test]
+async fn each_response_is_one_socket_write() {
+    let server = TestServer::memory().await;
+    let writes = || async {
+        let text = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("muster_http_socket_writes_total "))
+            .expect("the socket write counter is exported")
+            .parse::<u64>()
+            .unwrap()
+    };
+    for i in 0..10 {
+        let body =
+            format!(r#"{{"address":"10.0.0.{}:80","services":[{{"name":"svc","version":"1.0.0"}}]}}"#, i + 1);
+        let response = client()
+            .put(server.url(&format!("/v1/nodes/n{i}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    const REQUESTS: u64 = 40;
+    let before = writes().await;
+    for n in 0..REQUESTS / 4 {
+        for (method, path) in [
+            ("GET", "/v1/services/svc/instances".to_owned()),
+            ("GET", "/resolve/svc".to_owned()),
+            ("PUT", format!("/v1/nodes/n{n}/heartbeat")),
+            ("PUT", format!("/v1/nodes/fresh-{n}")),
+        ] {
+            let request = client().request(method.parse().unwrap(), server.url(&path));
+            let request = if path.contains("fresh") {
+                request
+                    .header("content-type", "application/json")
+                    .body(r#"{"address":"10.1.0.1:80","services":[{"name":"other"}]}"#)
+            } else {
+                request
+            };
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "{method} {path}: {}", response.status());
+            response.bytes().await.unwrap();
+        }
+    }
+    // The counter read first left in one write too (its value was taken before it was sent).
+    let spent = writes().await - before - 1;
+    assert!(spent >= REQUESTS, "the counter counts: {spent} writes for {REQUESTS} responses");
+    assert!(spent <= REQUESTS, "{spent} socket writes for {REQUESTS} responses; budget: one per response");
+}
