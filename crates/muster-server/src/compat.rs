@@ -9,6 +9,7 @@
 //! without a heartbeat.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -238,7 +239,9 @@ struct ResolveOut<'a> {
     service_name: &'a str,
     instance_count: usize,
     instances: Vec<InstanceOut<'a>>,
-    timestamp: Text<Iso8601>,
+    /// Last; `None` writes the answer without it (the route appends the time of each response).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<Text<Iso8601>>,
 }
 
 /// Serializes a `Display` value as a string without allocating it.
@@ -355,6 +358,7 @@ pub(crate) async fn heartbeat(
 pub(crate) async fn resolve(
     State(state): State<AppState>,
     Auth(caller): Auth,
+    uri: axum::http::Uri,
     Path(name): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let query = ServiceQuery::new(&name).map_err(compat_error)?;
@@ -365,15 +369,33 @@ pub(crate) async fn resolve(
     if nodes.is_empty() {
         return Err(ApiError::not_found(format!("no healthy instances of `{name}`")).compat());
     }
-    let instances: Vec<InstanceOut<'_>> =
-        nodes.iter().map(|node| InstanceOut { node, with_name: false }).collect();
-    let answer = ResolveOut {
-        service_name: &name,
-        instance_count: instances.len(),
-        instances,
-        timestamp: Text(Iso8601(now_ms())),
+    // The answer but its timestamp, kept as bytes while the read is the same (see answers.rs;
+    // the answer carries no revision, so the nodes alone decide).
+    let target = caller.is_unrestricted().then(|| uri.path());
+    let kept = target.and_then(|target| state.inner.answers.get(target, muster_core::Revision::ZERO, &nodes));
+    let head = match kept {
+        Some(head) => head,
+        None => {
+            let instances: Vec<InstanceOut<'_>> =
+                nodes.iter().map(|node| InstanceOut { node, with_name: false }).collect();
+            let answer = ResolveOut {
+                service_name: &name,
+                instance_count: instances.len(),
+                instances,
+                timestamp: None,
+            };
+            let mut head = crate::v1::json_bytes(&answer, nodes.len()).map_err(ApiError::compat)?;
+            head.truncate(head.len().saturating_sub(1)); // the closing brace: the timestamp follows
+            if let Some(target) = target {
+                state.inner.answers.put(target, muster_core::Revision::ZERO, nodes, head.clone());
+            }
+            head
+        }
     };
-    Ok(crate::v1::json_response(&answer, nodes.len()))
+    let mut body = Vec::with_capacity(head.len() + 40);
+    body.extend_from_slice(&head);
+    let _ = write!(body, r#","timestamp":"{}"}}"#, Iso8601(now_ms()));
+    Ok(crate::v1::json_body(body.into()))
 }
 
 #[utoipa::path(get, path = "/services", tag = "seed-003",
@@ -560,7 +582,7 @@ mod tests {
             service_name: "users",
             instance_count: 1,
             instances: vec![InstanceOut { node: &nodes[2], with_name: false }],
-            timestamp: Text(Iso8601(1_764_000_000_000)),
+            timestamp: Some(Text(Iso8601(1_764_000_000_000))),
         };
         let owned = muster_api::compat::ResolveResponse {
             service_name: "users".to_owned(),

@@ -7,6 +7,7 @@
 //! `error.rs` — the JSON error type and extractors.
 
 mod acl;
+mod answers;
 mod checks;
 mod compat;
 pub mod dns;
@@ -119,6 +120,8 @@ pub(crate) struct StateInner {
     acl: Arc<acl::Acl>,
     /// Per-client request rates.
     limiter: Option<Arc<limits::Limiter>>,
+    /// Resolve answers kept as bytes.
+    answers: answers::Answers,
 }
 
 impl AppState {
@@ -170,6 +173,7 @@ impl AppState {
                 hub,
                 acl,
                 limiter,
+                answers: answers::Answers::default(),
             }),
         }
     }

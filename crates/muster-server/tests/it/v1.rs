@@ -463,3 +463,63 @@ async fn each_response_is_one_socket_write() {
     assert!(spent >= REQUESTS, "the counter counts: {spent} writes for {REQUESTS} responses");
     assert!(spent <= REQUESTS, "{spent} socket writes for {REQUESTS} responses; budget: one per response");
 }
+
+/// Resolve answers are kept as bytes only while the store's read is the same: a heartbeat (which
+/// moves no revision) shows in the next answer on both routes, as does a new instance.
+#[tokio::test]
+async fn kept_resolve_answers_follow_heartbeats_and_changes() {
+    let server = TestServer::memory().await;
+    let register = |id: &'static str, address: &'static str| {
+        let url = server.url(&format!("/v1/nodes/{id}"));
+        async move {
+            let body =
+                format!(r#"{{"address":"{address}","services":[{{"name":"svc","version":"1.0.0"}}]}}"#);
+            let response =
+                client().put(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            assert_eq!(response.status(), 201);
+        }
+    };
+    register("a", "10.0.0.1:80").await;
+    let v1 = || async {
+        let body: serde_json::Value = client()
+            .get(server.url("/v1/services/svc/instances"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_owned(), i["lastHeartbeat"].as_u64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let seed = || async {
+        let body: serde_json::Value =
+            client().get(server.url("/resolve/svc")).send().await.unwrap().json().await.unwrap();
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_owned(), i["lastHeartbeat"].as_str().unwrap().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let (first, first_seed) = (v1().await, seed().await);
+    assert_eq!(
+        (v1().await, seed().await),
+        (first.clone(), first_seed.clone()),
+        "an unchanged read, the same answer"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let response = client().put(server.url("/v1/nodes/a/heartbeat")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (after, after_seed) = (v1().await, seed().await);
+    assert!(after[0].1 > first[0].1, "the heartbeat shows: {first:?} then {after:?}");
+    assert_ne!(after_seed[0].1, first_seed[0].1, "the heartbeat shows on the seed route");
+    register("b", "10.0.0.2:80").await;
+    assert_eq!(v1().await.len(), 2);
+    assert_eq!(seed().await.len(), 2);
+}

@@ -1,0 +1,106 @@
+//! Resolve answers kept as bytes: a resolve whose store read returns what the last one returned
+//! sends the bytes written then instead of writing the same JSON again.
+//!
+//! - An answer is reused only when the store's read now is *equal* to the read it was written
+//!   from — the same revision and the same nodes, field by field (last heartbeat included) — so
+//!   the bytes are exactly what writing them again would give. Nothing is assumed about what a
+//!   revision covers (a Titan peer's write on Redis changes nodes before the revision moves).
+//! - Answers are per request target (path and query: the service, its filters) and only for
+//!   callers who may read everything (a restricted caller's answer depends on its rules).
+//! - The nodes the answer was written from are the ones the read returned (moved in, not
+//!   copied); at most [`MAX_ANSWERS`] targets are kept, all forgotten when that is reached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use muster_core::{NodeInfo, Revision};
+
+/// Most request targets whose answers are kept.
+pub(crate) const MAX_ANSWERS: usize = 1024;
+
+/// The kept answers.
+#[derive(Default)]
+pub(crate) struct Answers {
+    entries: Mutex<HashMap<Box<str>, Arc<Answer>>>,
+}
+
+/// One kept answer.
+struct Answer {
+    revision: Revision,
+    nodes: Vec<NodeInfo>,
+    body: Bytes,
+}
+
+impl Answers {
+    /// The answer written for `target` from exactly this read, if one is kept.
+    pub(crate) fn get(&self, target: &str, revision: Revision, nodes: &[NodeInfo]) -> Option<Bytes> {
+        let answer = self.lock().get(target).cloned()?;
+        (answer.revision == revision && answer.nodes == nodes).then(|| answer.body.clone())
+    }
+
+    /// Keeps `body`, written for `target` from the read (`revision`, `nodes`).
+    pub(crate) fn put(&self, target: &str, revision: Revision, nodes: Vec<NodeInfo>, body: Bytes) {
+        let answer = Arc::new(Answer { revision, nodes, body });
+        let mut entries = self.lock();
+        if entries.len() >= MAX_ANSWERS && !entries.contains_key(target) {
+            entries.clear();
+        }
+        entries.insert(target.into(), answer);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Answer>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_core::{Address, NodeId, NodeStatus, ServiceInfo};
+
+    fn node(id: &str, heartbeat: u64) -> NodeInfo {
+        NodeInfo {
+            node_id: NodeId::new(id).unwrap(),
+            address: Address::parse("10.0.0.1:80").unwrap(),
+            services: vec![ServiceInfo::parse("svc@1.0.0").unwrap()],
+            timestamp_ms: heartbeat,
+            registered_at_ms: 1,
+            status: NodeStatus::Up,
+            metadata: Default::default(),
+            ttl_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_reused_only_for_an_equal_read() {
+        let answers = Answers::default();
+        let read = vec![node("a", 10), node("b", 10)];
+        answers.put("/t", Revision(5), read.clone(), Bytes::from_static(b"answer"));
+        assert_eq!(answers.get("/t", Revision(5), &read).as_deref(), Some(&b"answer"[..]));
+        assert!(answers.get("/other", Revision(5), &read).is_none(), "another target");
+        assert!(answers.get("/t", Revision(6), &read).is_none(), "another revision");
+        let heartbeat = vec![node("a", 10), node("b", 11)];
+        assert!(answers.get("/t", Revision(5), &heartbeat).is_none(), "a heartbeat changed a node");
+        assert!(
+            answers.get("/t", Revision(5), &read[..1]).is_none(),
+            "a node is gone (expired, not yet swept)"
+        );
+        let mut titan = read.clone();
+        titan[0].services = vec![ServiceInfo::parse("svc@2.0.0").unwrap()];
+        assert!(answers.get("/t", Revision(5), &titan).is_none(), "a peer's write before the revision moved");
+    }
+
+    #[test]
+    fn kept_answers_are_bounded() {
+        let answers = Answers::default();
+        for n in 0..MAX_ANSWERS + 10 {
+            answers.put(&format!("/t{n}"), Revision(1), Vec::new(), Bytes::new());
+        }
+        assert!(answers.lock().len() <= MAX_ANSWERS);
+        assert!(
+            answers.get(&format!("/t{}", MAX_ANSWERS + 9), Revision(1), &[]).is_some(),
+            "the latest is kept"
+        );
+    }
+}
