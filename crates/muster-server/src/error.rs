@@ -171,10 +171,37 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone)]
 pub(crate) struct Refused(pub(crate) Arc<str>);
 
-/// `Json` whose rejections are [`ApiError`]s.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `Json` whose rejections are [`ApiError`]s. A body that reads is decoded directly; only a body
+/// that does not is decoded again through `axum::Json`, whose message names the field at fault
+/// (tracking the path costs on every request otherwise).
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let plain_json = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !plain_json {
+            // Anything else gets axum's own answer (other JSON media types, or a refusal).
+            let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
+            return Ok(Self(value));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(JsonRejection::from)?;
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Ok(Self(value)),
+            Err(_) => Err(axum::Json::<T>::from_bytes(&bytes)
+                .err()
+                .map_or_else(|| Self::Rejection::invalid("the JSON body does not fit"), ApiError::from)),
+        }
+    }
+}
 
 /// `Query` whose rejections are [`ApiError`]s.
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
