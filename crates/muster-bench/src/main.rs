@@ -646,7 +646,9 @@ fn spawn_server(redis: Option<&RedisServer>) -> Result<(Child, String), Box<dyn 
         );
     }
     let mut command = Command::new(exe);
-    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    // Above the default connection cap (10,000): the fan-out runs 10,000 watchers and blocking
+    // queries besides.
+    command.args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "100000"]);
     if let Some(redis) = redis {
         command.args(["--redis", &redis.url()]);
     }

@@ -156,6 +156,8 @@ pub struct Mirror {
     checked: BTreeMap<NodeId, Arc<NodeInfo>>,
     /// Counts the changes to `checked` (a checked node arrived, changed or left).
     checked_changes: u64,
+    /// Counts every change to the contents (a node arrived, changed or left, a snapshot).
+    changes: u64,
 }
 
 impl Mirror {
@@ -200,6 +202,12 @@ impl Mirror {
     /// a reader of them need not read them again after a change to other nodes.
     pub fn checked_changes(&self) -> u64 {
         self.checked_changes
+    }
+
+    /// Changes so far to the contents: unchanged means every read gives what it gave before, so
+    /// an answer built from the mirror may be kept until it moves.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The nodes listing a service named `name`, ordered by node id.
@@ -251,6 +259,7 @@ impl Mirror {
     pub fn replace(&mut self, snapshot: Snapshot) -> Vec<DiscoveryEvent> {
         let old = std::mem::take(&mut self.nodes);
         self.by_service.clear();
+        self.changes += 1;
         if !self.checked.is_empty() {
             self.checked.clear();
             self.checked_changes += 1;
@@ -287,6 +296,7 @@ impl Mirror {
 
     fn insert(&mut self, node: Arc<NodeInfo>) {
         self.remove(&node.node_id);
+        self.changes += 1;
         for service in &node.services {
             self.by_service
                 .entry(service.name.clone())
@@ -302,6 +312,7 @@ impl Mirror {
 
     fn remove(&mut self, node_id: &NodeId) {
         let Some(old) = self.nodes.remove(node_id) else { return };
+        self.changes += 1;
         if self.checked.remove(node_id).is_some() {
             self.checked_changes += 1;
         }
@@ -546,7 +557,9 @@ mod tests {
         mirror.apply(&event(1003, EventKind::Deregistered, checked("c0")));
         assert_eq!(mirror.checked().count(), 0);
         assert!(mirror.checked_changes() > seen);
+        let changes = mirror.changes();
         mirror.replace(Snapshot { revision: Revision(2000), nodes: vec![checked("c2"), node("p", &["a"])] });
+        assert!(mirror.changes() > changes, "every change to the contents is counted");
         assert_eq!(mirror.checked().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["c2"]);
         assert_eq!(mirror.iter().count(), 2);
     }

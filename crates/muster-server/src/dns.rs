@@ -149,8 +149,8 @@ async fn tcp_connection(mut stream: tokio::net::TcpStream, zone: &Zone) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
-    Udp,
-    Tcp,
+    Udp = 0,
+    Tcp = 1,
 }
 
 /// What a name under the zone asks for.
@@ -170,6 +170,23 @@ struct Zone {
     domain: Name,
     ttl: u32,
     soa: Record,
+    /// Encoded answers kept while the mirror is unchanged, per transport (UDP, TCP), by query.
+    kept: [std::sync::Mutex<std::collections::HashMap<Box<[u8]>, Kept>>; 2],
+}
+
+/// Most queries whose answers are kept (all are forgotten when it is reached).
+const MAX_KEPT: usize = 4096;
+/// Most orders of one answer kept (rotations of one shuffled order, handed out in turn).
+const MAX_ORDERS: usize = 8;
+
+/// The answers to one query (every byte but the id), built at one state of the mirror.
+struct Kept {
+    /// [`muster_core::log::Mirror::changes`] when they were built.
+    changes: u64,
+    /// The encoded answer in each kept order of its records.
+    orders: Vec<Vec<u8>>,
+    /// The order handed out next.
+    next: usize,
 }
 
 impl Zone {
@@ -187,11 +204,27 @@ impl Zone {
             Name::from_ascii("hostmaster").map_err(invalid)?.append_domain(&domain).map_err(invalid)?;
         let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, config.ttl);
         let soa = Record::from_rdata(domain.clone(), config.ttl, RData::SOA(soa));
-        Ok(Self { state, domain, ttl: config.ttl, soa })
+        Ok(Self { state, domain, ttl: config.ttl, soa, kept: Default::default() })
     }
 
     /// The encoded answer to an encoded query (`None`: not a DNS message; dropped).
+    ///
+    /// An answer depends on every byte of the query but its id, the transport and the mirror; so
+    /// answers are kept per query while the mirror is unchanged ([`Kept`]) and only the id is
+    /// written per query. The records of a kept answer come in rotations of one shuffled order,
+    /// handed out in turn, so every instance is first as often as the others.
     fn answer_bytes(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let changes = self.state.inner.hub.with_mirror(muster_core::log::Mirror::changes);
+        let key = query.get(2..).filter(|_| query.len() >= 12);
+        if let Some(key) = key {
+            let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = kept.get_mut(key).filter(|e| e.changes == changes) {
+                let mut answer = entry.orders[entry.next % entry.orders.len()].clone();
+                entry.next = entry.next.wrapping_add(1);
+                answer[..2].copy_from_slice(&query[..2]);
+                return Some(answer);
+            }
+        }
         let request = match Message::from_vec(query) {
             Ok(request) => request,
             Err(_) => {
@@ -204,19 +237,34 @@ impl Zone {
         if request.metadata.message_type != MessageType::Query {
             return None;
         }
-        let mut response = self.answer(&request);
         let limit = match transport {
             Transport::Tcp => usize::from(u16::MAX),
             Transport::Udp => {
                 request.edns.as_ref().map_or(512, |e| usize::from(e.max_payload()).clamp(512, MAX_UDP))
             }
         };
-        let mut bytes = response.to_vec().ok()?;
-        if bytes.len() > limit {
-            response = response.truncate();
-            bytes = response.to_vec().ok()?;
+        let mut response = self.answer(&request);
+        let rotations = response.answers.len().clamp(1, MAX_ORDERS);
+        let mut orders = Vec::with_capacity(rotations);
+        for _ in 0..rotations {
+            let mut bytes = response.to_vec().ok()?;
+            if bytes.len() > limit {
+                bytes = response.clone().truncate().to_vec().ok()?;
+            }
+            orders.push(bytes);
+            if !response.answers.is_empty() {
+                response.answers.rotate_left(1);
+            }
         }
-        Some(bytes)
+        let first = orders[0].clone();
+        if let Some(key) = key {
+            let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() >= MAX_KEPT {
+                kept.clear();
+            }
+            kept.insert(Box::from(key), Kept { changes, orders, next: 1 });
+        }
+        Some(first)
     }
 
     fn answer(&self, request: &Message) -> Message {

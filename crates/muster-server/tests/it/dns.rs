@@ -239,3 +239,34 @@ async fn the_domain_and_ttl_are_settings() {
     assert!(!elsewhere.is_nx_domain(), "the default zone is not answered: {elsewhere}");
     state.shutdown();
 }
+
+/// Answers are kept per query while the registry is unchanged and handed out in rotations: over
+/// as many lookups as there are instances, each instance comes first once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_answers_rotate_so_every_instance_comes_first() {
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let at = dns_of(&state).await;
+    let dns = resolver(at);
+    for i in 1..=3 {
+        register(
+            &registry,
+            &format!("r{i}"),
+            &format!("10.9.0.{i}:80"),
+            vec![service("rot", None, None)],
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    until("all three answer", || async { ips(&dns, "rot.service.muster.").await.len() == 3 }).await;
+    let mut firsts = BTreeSet::new();
+    for _ in 0..3 {
+        let found = dns.lookup_ip("rot.service.muster.").await.unwrap();
+        firsts.insert(found.iter().next().unwrap());
+    }
+    assert_eq!(
+        firsts,
+        set(&["10.9.0.1", "10.9.0.2", "10.9.0.3"]),
+        "each instance first once in three lookups"
+    );
+}
