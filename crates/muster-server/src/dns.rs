@@ -66,7 +66,12 @@ pub async fn start(state: &AppState, config: DnsConfig) -> std::io::Result<DnsSe
     let zone = Arc::new(Zone::new(state.clone(), &config)?);
     let (udp, tcp) = bind(config.listen).await?;
     let local_addr = udp.local_addr()?;
-    tokio::spawn(serve_udp(udp, Arc::clone(&zone), shutdown.clone()));
+    // One reader per core on the one socket: answering is mostly the kernel's send, which then
+    // runs on every core.
+    let udp = Arc::new(udp);
+    for _ in 0..std::thread::available_parallelism().map_or(1, usize::from) {
+        tokio::spawn(serve_udp(Arc::clone(&udp), Arc::clone(&zone), shutdown.clone()));
+    }
     tokio::spawn(serve_tcp(tcp, zone, shutdown));
     Ok(DnsServer { local_addr })
 }
@@ -86,7 +91,7 @@ async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tok
     Err(last.unwrap_or_else(|| std::io::Error::other("no free port for DNS")))
 }
 
-async fn serve_udp(socket: tokio::net::UdpSocket, zone: Arc<Zone>, shutdown: CancellationToken) {
+async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, zone: Arc<Zone>, shutdown: CancellationToken) {
     let mut buffer = vec![0u8; MAX_UDP];
     loop {
         let (len, peer) = tokio::select! {
