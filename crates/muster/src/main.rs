@@ -212,6 +212,13 @@ const ALIASES: &[(&str, &str)] = &[
     ("allowed_origins", "ALLOWED_ORIGINS"),
 ];
 
+/// jemalloc instead of the system allocator: requests are served on whichever worker thread is
+/// free, so memory freed on one thread was allocated on another, which glibc's malloc pays for
+/// with arena locks and consolidation (16 % of a resolve's CPU in `perf`); measured side by side
+/// in docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let matches = match settings(std::env::args_os().collect()) {
         Ok(matches) => matches,
