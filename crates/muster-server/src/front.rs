@@ -4,8 +4,9 @@
 //!
 //! - [`Front`], before routing: the request id (`X-Request-Id`, kept when the client sent one,
 //!   otherwise `<random prefix>-<counter>`, echoed on the response), the `Host` check (421), and
-//!   CORS — only requests that carry an `Origin` go through the CORS layer (others cannot be
-//!   cross-origin), with allowed preflights answered 204.
+//!   CORS — only requests that carry an `Origin` (and every `OPTIONS`) go through the CORS layer
+//!   (others cannot be cross-origin; they get its `Vary` all the same), with allowed preflights
+//!   answered 204.
 //! - [`Edge`], after routing (the route's pattern labels the metrics): metrics outermost (every
 //!   answer is timed and counted), then the request bounds (414/431/413/408), then access control.
 
@@ -27,6 +28,10 @@ use crate::{AppState, acl, limits, metrics, serve};
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The `Vary` the CORS layer puts on its answers, put on the others too.
+const VARY_CORS: HeaderValue =
+    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
 
 /// The steps before routing, around `inner` (the router).
 #[derive(Clone)]
@@ -75,7 +80,8 @@ where
         let preflight = cross_origin
             && request.method() == Method::OPTIONS
             && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        if cross_origin {
+        // The CORS layer answers every OPTIONS itself (with or without an Origin), as it always did.
+        if cross_origin || request.method() == Method::OPTIONS {
             let cors = self.cors.clone();
             Box::pin(async move {
                 let Ok(mut response) = cors.oneshot(request).await;
@@ -91,6 +97,9 @@ where
             let inner = self.inner.clone();
             Box::pin(async move {
                 let Ok(mut response) = inner.oneshot(request).await;
+                // What the CORS layer says on every answer: it depends on these request headers,
+                // so a cache must not hand this one to a cross-origin request.
+                response.headers_mut().append(header::VARY, VARY_CORS);
                 response.headers_mut().entry(REQUEST_ID).or_insert(id);
                 Ok(response)
             })

@@ -408,6 +408,16 @@ async fn cors_allows_configured_origins() {
     let simple =
         client().get(server.url("/health")).header("origin", "http://dash.example").send().await.unwrap();
     assert_eq!(simple.headers()["access-control-allow-origin"], "http://dash.example");
+    // Answers to requests without an Origin skip the CORS layer but say what they vary on, so a
+    // cache never hands one to a cross-origin request; an OPTIONS without Origin is still the
+    // CORS layer's.
+    let plain = client().get(server.url("/health")).send().await.unwrap();
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+    let vary = plain.headers()["vary"].to_str().unwrap();
+    assert!(vary.contains("origin") && vary.contains("access-control-request-method"), "vary: {vary}");
+    let options =
+        client().request(reqwest::Method::OPTIONS, server.url("/v1/nodes/n1")).send().await.unwrap();
+    assert_eq!(options.status(), 200, "as the CORS layer has always answered it");
 }
 
 /// A cost budget in socket writes: every response of the hot routes (resolve on both routes,
