@@ -122,6 +122,8 @@ pub(crate) struct StateInner {
     limiter: Option<Arc<limits::Limiter>>,
     /// Resolve answers kept as bytes.
     answers: answers::Answers,
+    /// Watch events as JSON, written once for every watcher.
+    serialized: watch::Serialized,
 }
 
 impl AppState {
@@ -174,6 +176,7 @@ impl AppState {
                 acl,
                 limiter,
                 answers: answers::Answers::default(),
+                serialized: watch::Serialized::default(),
             }),
         }
     }

@@ -11,6 +11,7 @@
 //! reads the tokens again.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -83,8 +84,10 @@ pub(crate) async fn watch(
         Box::pin(async move { acl.withdrawal(&caller).await })
     };
     // Only what the token may read: events about nodes it may see now or saw before the change.
+    let serialized = std::sync::Arc::clone(&state.inner);
     let events = futures::stream::unfold(Some((stream, filter, guard, withdrawal)), move |state| {
         let caller = std::sync::Arc::clone(&caller);
+        let serialized = std::sync::Arc::clone(&serialized);
         async move {
             let (mut stream, mut filter, guard, mut withdrawal) = state?;
             loop {
@@ -97,9 +100,8 @@ pub(crate) async fn watch(
                     }
                 };
                 let event = match next {
-                    Ok(WatchEvent::Event(e)) => {
-                        (filter.pass(&e) && caller.may_see_event(&e)).then(|| sse_event(&e, true))
-                    }
+                    Ok(WatchEvent::Event(e)) => (filter.pass(&e) && caller.may_see_event(&e))
+                        .then(|| Ok(shared_event(&serialized, &e))),
                     Ok(WatchEvent::Peer(e)) => {
                         (filter.pass(&e) && caller.may_see_event(&e)).then(|| sse_event(&e, false))
                     }
@@ -133,9 +135,97 @@ pub(crate) async fn watch(
     Ok(Sse::new(events.take_until(shutdown)).keep_alive(KeepAlive::new().interval(state.config().keep_alive)))
 }
 
+/// The SSE event of a registry event, from its JSON written once for every watcher (see
+/// [`Serialized`]).
+fn shared_event(state: &crate::StateInner, event: &DiscoveryEvent) -> Event {
+    let written = state.serialized.get(event);
+    Event::default().event(event.kind.as_str()).id(&written.id).data(&written.json)
+}
+
+/// Registry events as JSON, written once and shared by every watcher that sends them (the most
+/// recent [`Serialized::KEPT`]: watchers read the same few recent events). A kept JSON is used only
+/// for an equal event — a revision alone is not trusted to name one event (a store that lost its
+/// data starts its revisions again).
+#[derive(Default)]
+pub(crate) struct Serialized {
+    recent: std::sync::Mutex<std::collections::VecDeque<Arc<Written>>>,
+}
+
+/// One event and what it is written as.
+struct Written {
+    event: DiscoveryEvent,
+    id: String,
+    json: String,
+}
+
+impl Serialized {
+    const KEPT: usize = 256;
+
+    /// The event's id and JSON.
+    fn get(&self, event: &DiscoveryEvent) -> Arc<Written> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(written) = recent.iter().rev().find(|w| w.event == *event) {
+            return Arc::clone(written);
+        }
+        // Compact JSON has no raw newline, so it is one `data:` line.
+        let written = Arc::new(Written {
+            event: event.clone(),
+            id: event.revision.to_string(),
+            json: serde_json::to_string(event).unwrap_or_default(),
+        });
+        if recent.len() >= Self::KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(Arc::clone(&written));
+        written
+    }
+}
+
 fn sse_event(event: &DiscoveryEvent, with_id: bool) -> Result<Event, axum::Error> {
     let name = if with_id { event.kind.as_str() } else { "peer" };
     let sse = Event::default().event(name);
     let sse = if with_id { sse.id(event.revision.to_string()) } else { sse };
     sse.json_data(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_core::{Address, EventKind, NodeId, NodeInfo, NodeStatus, ServiceInfo};
+
+    fn event(revision: u64, node: &str) -> DiscoveryEvent {
+        DiscoveryEvent {
+            revision: Revision(revision),
+            kind: EventKind::Registered,
+            reason: None,
+            node: NodeInfo {
+                node_id: NodeId::new(node).unwrap(),
+                address: Address::parse("10.0.0.1:80").unwrap(),
+                services: vec![ServiceInfo::parse("svc@1.0.0").unwrap()],
+                timestamp_ms: 1,
+                registered_at_ms: 1,
+                status: NodeStatus::Up,
+                metadata: Default::default(),
+                ttl_ms: 1000,
+            },
+            timestamp_ms: 1,
+            previous_services: None,
+        }
+    }
+
+    #[test]
+    fn events_are_written_once_and_only_for_an_equal_event() {
+        let serialized = Serialized::default();
+        let first = serialized.get(&event(7, "a"));
+        assert_eq!(first.json, serde_json::to_string(&event(7, "a")).unwrap());
+        assert_eq!(first.id, "7");
+        assert!(Arc::ptr_eq(&first, &serialized.get(&event(7, "a"))), "written once, shared");
+        // The same revision for another event (a store that started its revisions again).
+        let other = serialized.get(&event(7, "b"));
+        assert!(other.json.contains("\"b\""), "{}", other.json);
+        for r in 0..(Serialized::KEPT as u64 + 10) {
+            serialized.get(&event(100 + r, "c"));
+        }
+        assert!(serialized.recent.lock().unwrap().len() <= Serialized::KEPT);
+    }
 }
