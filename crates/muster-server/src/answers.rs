@@ -8,7 +8,10 @@
 //! - Answers are per request target (path and query: the service, its filters) and only for
 //!   callers who may read everything (a restricted caller's answer depends on its rules).
 //! - The nodes the answer was written from are the ones the read returned (moved in, not
-//!   copied); at most [`MAX_ANSWERS`] targets are kept, all forgotten when that is reached.
+//!   copied). Bounded in count ([`MAX_ANSWERS`] targets) and in size ([`MAX_BYTES`], estimated
+//!   from the bodies and the nodes): all are forgotten when either is reached, and an answer
+//!   larger than an eighth of the size is not kept — so clients varying their query strings
+//!   cannot make the server hold more than that.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,11 +21,20 @@ use muster_core::{NodeInfo, Revision};
 
 /// Most request targets whose answers are kept.
 pub(crate) const MAX_ANSWERS: usize = 1024;
+/// Most bytes the kept answers may hold (estimated).
+pub(crate) const MAX_BYTES: usize = 32 << 20;
 
 /// The kept answers.
 #[derive(Default)]
 pub(crate) struct Answers {
-    entries: Mutex<HashMap<Box<str>, Arc<Answer>>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_target: HashMap<Box<str>, Arc<Answer>>,
+    /// Estimated bytes held.
+    bytes: usize,
 }
 
 /// One kept answer.
@@ -30,28 +42,53 @@ struct Answer {
     revision: Revision,
     nodes: Vec<NodeInfo>,
     body: Bytes,
+    /// Estimated bytes held.
+    size: usize,
 }
 
 impl Answers {
     /// The answer written for `target` from exactly this read, if one is kept.
     pub(crate) fn get(&self, target: &str, revision: Revision, nodes: &[NodeInfo]) -> Option<Bytes> {
-        let answer = self.lock().get(target).cloned()?;
+        let answer = self.lock().by_target.get(target).cloned()?;
         (answer.revision == revision && answer.nodes == nodes).then(|| answer.body.clone())
     }
 
     /// Keeps `body`, written for `target` from the read (`revision`, `nodes`).
     pub(crate) fn put(&self, target: &str, revision: Revision, nodes: Vec<NodeInfo>, body: Bytes) {
-        let answer = Arc::new(Answer { revision, nodes, body });
-        let mut entries = self.lock();
-        if entries.len() >= MAX_ANSWERS && !entries.contains_key(target) {
-            entries.clear();
+        let size = target.len() + body.len() + nodes.iter().map(estimated_size).sum::<usize>();
+        if size > MAX_BYTES / 8 {
+            return;
         }
-        entries.insert(target.into(), answer);
+        let answer = Arc::new(Answer { revision, nodes, body, size });
+        let mut entries = self.lock();
+        if let Some(old) = entries.by_target.remove(target) {
+            entries.bytes -= old.size;
+        }
+        if entries.by_target.len() >= MAX_ANSWERS || entries.bytes + size > MAX_BYTES {
+            entries.by_target.clear();
+            entries.bytes = 0;
+        }
+        entries.bytes += size;
+        entries.by_target.insert(target.into(), answer);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Answer>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Roughly what a node holds in memory (its fields and their text).
+fn estimated_size(node: &NodeInfo) -> usize {
+    let metadata = |m: &muster_core::Metadata| m.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>();
+    std::mem::size_of::<NodeInfo>()
+        + node.node_id.as_str().len()
+        + 32
+        + metadata(&node.metadata)
+        + node
+            .services
+            .iter()
+            .map(|s| 96 + s.name.len() + s.version.as_ref().map_or(0, String::len) + metadata(&s.metadata))
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -97,10 +134,29 @@ mod tests {
         for n in 0..MAX_ANSWERS + 10 {
             answers.put(&format!("/t{n}"), Revision(1), Vec::new(), Bytes::new());
         }
-        assert!(answers.lock().len() <= MAX_ANSWERS);
+        assert!(answers.lock().by_target.len() <= MAX_ANSWERS);
         assert!(
             answers.get(&format!("/t{}", MAX_ANSWERS + 9), Revision(1), &[]).is_some(),
             "the latest is kept"
         );
+    }
+
+    #[test]
+    fn kept_answers_are_bounded_in_size() {
+        let answers = Answers::default();
+        // Large answers for ever new query strings (a client varying a filter's value).
+        let nodes: Vec<NodeInfo> = (0..2000).map(|i| node(&format!("n{i}"), 1)).collect();
+        let body = Bytes::from(vec![b'x'; 500_000]);
+        for n in 0..200 {
+            answers.put(&format!("/t?meta.k={n}"), Revision(1), nodes.clone(), body.clone());
+            let entries = answers.lock();
+            assert!(entries.bytes <= MAX_BYTES, "{} bytes kept", entries.bytes);
+            assert_eq!(entries.bytes, entries.by_target.values().map(|a| a.size).sum::<usize>());
+        }
+        assert!(answers.get("/t?meta.k=199", Revision(1), &nodes).is_some(), "the latest is kept");
+        // One answer over an eighth of the budget is not kept at all.
+        let huge = Bytes::from(vec![b'x'; MAX_BYTES / 8 + 1]);
+        answers.put("/huge", Revision(1), Vec::new(), huge);
+        assert!(answers.get("/huge", Revision(1), &[]).is_none());
     }
 }

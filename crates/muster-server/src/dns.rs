@@ -176,11 +176,23 @@ struct Zone {
     ttl: u32,
     soa: Record,
     /// Encoded answers kept while the mirror is unchanged, per transport (UDP, TCP), by query.
-    kept: [std::sync::Mutex<std::collections::HashMap<Box<[u8]>, Kept>>; 2],
+    kept: [std::sync::Mutex<KeptAnswers>; 2],
 }
 
-/// Most queries whose answers are kept (all are forgotten when it is reached).
+/// Most queries whose answers are kept per transport (all are forgotten when it is reached).
 const MAX_KEPT: usize = 4096;
+/// Most bytes of kept answers per transport (all are forgotten when it is reached; an answer with
+/// its orders over an eighth of it is not kept), so clients varying their queries (the case of a
+/// name, EDNS options) cannot make the server hold more.
+const MAX_KEPT_BYTES: usize = 8 << 20;
+
+/// The kept answers of one transport.
+#[derive(Default)]
+struct KeptAnswers {
+    by_query: std::collections::HashMap<Box<[u8]>, Kept>,
+    /// Bytes of the queries and answers held.
+    bytes: usize,
+}
 /// Most orders of one answer kept (rotations of one shuffled order, handed out in turn).
 const MAX_ORDERS: usize = 8;
 
@@ -223,7 +235,7 @@ impl Zone {
         let key = query.get(2..).filter(|_| query.len() >= 12);
         if let Some(key) = key {
             let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(entry) = kept.get_mut(key).filter(|e| e.changes == changes) {
+            if let Some(entry) = kept.by_query.get_mut(key).filter(|e| e.changes == changes) {
                 let mut answer = entry.orders[entry.next % entry.orders.len()].clone();
                 entry.next = entry.next.wrapping_add(1);
                 answer[..2].copy_from_slice(&query[..2]);
@@ -263,11 +275,19 @@ impl Zone {
         }
         let first = orders[0].clone();
         if let Some(key) = key {
+            let size = key.len() + orders.iter().map(Vec::len).sum::<usize>();
             let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
-            if kept.len() >= MAX_KEPT {
-                kept.clear();
+            if size <= MAX_KEPT_BYTES / 8 {
+                if let Some(old) = kept.by_query.remove(key) {
+                    kept.bytes -= key.len() + old.orders.iter().map(Vec::len).sum::<usize>();
+                }
+                if kept.by_query.len() >= MAX_KEPT || kept.bytes + size > MAX_KEPT_BYTES {
+                    kept.by_query.clear();
+                    kept.bytes = 0;
+                }
+                kept.bytes += size;
+                kept.by_query.insert(Box::from(key), Kept { changes, orders, next: 1 });
             }
-            kept.insert(Box::from(key), Kept { changes, orders, next: 1 });
         }
         Some(first)
     }
@@ -523,5 +543,54 @@ mod tests {
         ] {
             assert_eq!(parse(other), None, "{other}");
         }
+    }
+
+    /// Clients varying their queries (here the case of the name, as DNS 0x20 does) cannot make
+    /// the kept answers hold more than their budget, however large the answers.
+    #[tokio::test]
+    async fn kept_answers_are_bounded_in_bytes() {
+        use muster_core::{Address, NodeId, Registration, Registry, ServiceInfo};
+        let registry = Arc::new(muster_memory::MemoryRegistry::new());
+        let state = AppState::new(Arc::clone(&registry) as Arc<dyn Registry>, crate::ServerConfig::default());
+        for i in 0..300 {
+            let registration = Registration::new(
+                NodeId::new(format!("node-with-a-long-identifier-{i:04}")).unwrap(),
+                Address::parse(format!("10.1.{}.{}:80", i / 250, i % 250 + 1)).unwrap(),
+                vec![ServiceInfo::new("big", None).unwrap()],
+                std::time::Duration::from_secs(600),
+            )
+            .unwrap();
+            registry.heartbeat(registration).await.unwrap();
+        }
+        while state.inner.hub.with_mirror(muster_core::log::Mirror::len) < 300 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let zone = Zone::new(state, &DnsConfig::default()).unwrap();
+        let name = "_big._tcp.service.muster.";
+        let mut largest = 0;
+        for variant in 0..200u32 {
+            // A different case pattern per query: the same question to DNS, another key to us.
+            let mut letter = 0;
+            let cased: String = name
+                .chars()
+                .map(|c| {
+                    if !c.is_ascii_alphabetic() {
+                        return c;
+                    }
+                    letter += 1;
+                    if variant >> (letter - 1) & 1 == 1 { c.to_ascii_uppercase() } else { c }
+                })
+                .collect();
+            let mut query = Message::query();
+            query.add_query(hickory_proto::op::Query::query(
+                Name::from_ascii(&cased).unwrap(),
+                RecordType::SRV,
+            ));
+            let answer = zone.answer_bytes(&query.to_vec().unwrap(), Transport::Tcp).unwrap();
+            largest = largest.max(answer.len());
+            let kept = zone.kept[Transport::Tcp as usize].lock().unwrap();
+            assert!(kept.bytes <= MAX_KEPT_BYTES, "{} bytes kept", kept.bytes);
+        }
+        assert!(largest > 10_000, "the answers are large ({largest} bytes)");
     }
 }
