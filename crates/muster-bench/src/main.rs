@@ -902,27 +902,22 @@ async fn store_memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Resident memory per node: an in-process server on the embedded store, `nodes` registrations
-/// over HTTP (one service each over 100 service names, like a fleet), RSS before and after.
-async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
-    let config = muster_server::ServerConfig { max_instances_per_service: usize::MAX, ..Default::default() };
-    let state = muster_server::AppState::new(registry, config);
-    tokio::spawn(muster_server::run(listener, state, std::future::pending()));
-    muster_client::install_tls_provider();
-    let http = reqwest::Client::new();
-    http.get(format!("{base}/health")).send().await?;
-    let before = own_rss_kib()?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// Registers nodes `start..end` (ids `node-NNNNNN`, one service each over 100 names) over HTTP,
+/// 32 requests in flight.
+async fn register_range(
+    http: &reqwest::Client,
+    base: &str,
+    start: usize,
+    end: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(start));
     let mut workers = Vec::new();
     for _ in 0..32 {
-        let (http, base, next) = (http.clone(), base.clone(), Arc::clone(&next));
+        let (http, base, next) = (http.clone(), base.to_owned(), Arc::clone(&next));
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= nodes {
+                if n >= end {
                     return Ok::<_, reqwest::Error>(());
                 }
                 let body = serde_json::json!({
@@ -940,6 +935,39 @@ async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     }
     for worker in workers {
         worker.await??;
+    }
+    Ok(())
+}
+
+/// Resident memory per node: an in-process server on the embedded store, `nodes` registrations
+/// over HTTP (one service each over 100 service names, like a fleet), RSS before and after.
+async fn memory(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    let config = muster_server::ServerConfig { max_instances_per_service: usize::MAX, ..Default::default() };
+    let state = muster_server::AppState::new(registry, config);
+    tokio::spawn(muster_server::run(listener, state, std::future::pending()));
+    muster_client::install_tls_provider();
+    let http = reqwest::Client::new();
+    http.get(format!("{base}/health")).send().await?;
+    let before = own_rss_kib()?;
+    // Registration throughput is timed twice: 20,000 registrations into a store of 1,000 nodes,
+    // and the last 20,000 (into a store of nearly `nodes`).
+    let window = 20_000.min(nodes / 4);
+    register_range(&http, &base, 0, 1_000.min(nodes)).await?;
+    let started = Instant::now();
+    register_range(&http, &base, 1_000.min(nodes), (1_000 + window).min(nodes)).await?;
+    let small = window as f64 / started.elapsed().as_secs_f64();
+    register_range(&http, &base, (1_000 + window).min(nodes), nodes - window).await?;
+    let started = Instant::now();
+    register_range(&http, &base, nodes - window, nodes).await?;
+    let large = window as f64 / started.elapsed().as_secs_f64();
+    if nodes >= 100_000 {
+        println!(
+            "| Registrations over HTTP (32 in flight): into 1,000 nodes vs into {nodes} | {small:.0} /s vs {large:.0} /s ({:.2}×) |",
+            large / small
+        );
     }
     let after = own_rss_kib()?;
     let per_node = (after.saturating_sub(before) * 1024) as f64 / nodes as f64;
