@@ -192,7 +192,7 @@ impl InstanceView<'_> {
 }
 
 /// Serializes a `Display` value as a string without allocating it.
-struct Text<T>(T);
+pub struct Text<T>(pub T);
 
 impl<T: std::fmt::Display> Serialize for Text<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -24,17 +24,68 @@ pub(crate) const MAX_ANSWERS: usize = 1024;
 /// Most bytes the kept answers may hold (estimated).
 pub(crate) const MAX_BYTES: usize = 32 << 20;
 
-/// The kept answers.
-#[derive(Default)]
-pub(crate) struct Answers {
-    entries: Mutex<Entries>,
+/// Kept values bounded in count and in bytes — the rule every kept answer follows (resolve
+/// answers here, DNS answers in `dns.rs`): a value over an eighth of the byte bound is not kept,
+/// and when either bound would be passed everything is forgotten first (cheap, and a client
+/// varying its queries only empties what it filled).
+pub(crate) struct Bounded<K: ?Sized, V> {
+    entries: HashMap<Box<K>, (V, usize)>,
+    /// Bytes of the entries held (as their `insert` said).
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
 }
 
-#[derive(Default)]
-struct Entries {
-    by_target: HashMap<Box<str>, Arc<Answer>>,
-    /// Estimated bytes held.
-    bytes: usize,
+impl<K: ?Sized + std::hash::Hash + Eq, V> Bounded<K, V> {
+    pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self { entries: HashMap::new(), bytes: 0, max_entries, max_bytes }
+    }
+
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|(value, _)| value)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(value, _)| value)
+    }
+
+    /// Keeps `value`, which holds about `size` bytes, under `key` (see the type's rule).
+    pub(crate) fn insert(&mut self, key: Box<K>, value: V, size: usize) {
+        if size > self.max_bytes / 8 {
+            return;
+        }
+        if let Some((_, old)) = self.entries.remove(&*key) {
+            self.bytes -= old;
+        }
+        if self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.insert(key, (value, size));
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The kept answers.
+pub(crate) struct Answers {
+    entries: Mutex<Bounded<str, Arc<Answer>>>,
+}
+
+impl Default for Answers {
+    fn default() -> Self {
+        Self { entries: Mutex::new(Bounded::new(MAX_ANSWERS, MAX_BYTES)) }
+    }
 }
 
 /// One kept answer.
@@ -42,37 +93,23 @@ struct Answer {
     revision: Revision,
     nodes: Vec<NodeInfo>,
     body: Bytes,
-    /// Estimated bytes held.
-    size: usize,
 }
 
 impl Answers {
     /// The answer written for `target` from exactly this read, if one is kept.
     pub(crate) fn get(&self, target: &str, revision: Revision, nodes: &[NodeInfo]) -> Option<Bytes> {
-        let answer = self.lock().by_target.get(target).cloned()?;
+        let answer = self.lock().get(target).cloned()?;
         (answer.revision == revision && answer.nodes == nodes).then(|| answer.body.clone())
     }
 
     /// Keeps `body`, written for `target` from the read (`revision`, `nodes`).
     pub(crate) fn put(&self, target: &str, revision: Revision, nodes: Vec<NodeInfo>, body: Bytes) {
         let size = target.len() + body.len() + nodes.iter().map(estimated_size).sum::<usize>();
-        if size > MAX_BYTES / 8 {
-            return;
-        }
-        let answer = Arc::new(Answer { revision, nodes, body, size });
-        let mut entries = self.lock();
-        if let Some(old) = entries.by_target.remove(target) {
-            entries.bytes -= old.size;
-        }
-        if entries.by_target.len() >= MAX_ANSWERS || entries.bytes + size > MAX_BYTES {
-            entries.by_target.clear();
-            entries.bytes = 0;
-        }
-        entries.bytes += size;
-        entries.by_target.insert(target.into(), answer);
+        let answer = Arc::new(Answer { revision, nodes, body });
+        self.lock().insert(target.into(), answer, size);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bounded<str, Arc<Answer>>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -134,7 +171,7 @@ mod tests {
         for n in 0..MAX_ANSWERS + 10 {
             answers.put(&format!("/t{n}"), Revision(1), Vec::new(), Bytes::new());
         }
-        assert!(answers.lock().by_target.len() <= MAX_ANSWERS);
+        assert!(answers.lock().len() <= MAX_ANSWERS);
         assert!(
             answers.get(&format!("/t{}", MAX_ANSWERS + 9), Revision(1), &[]).is_some(),
             "the latest is kept"
@@ -150,8 +187,8 @@ mod tests {
         for n in 0..200 {
             answers.put(&format!("/t?meta.k={n}"), Revision(1), nodes.clone(), body.clone());
             let entries = answers.lock();
-            assert!(entries.bytes <= MAX_BYTES, "{} bytes kept", entries.bytes);
-            assert_eq!(entries.bytes, entries.by_target.values().map(|a| a.size).sum::<usize>());
+            assert!(entries.bytes() <= MAX_BYTES, "{} bytes kept", entries.bytes());
+            assert_eq!(entries.bytes(), entries.entries.values().map(|(_, size)| size).sum::<usize>());
         }
         assert!(answers.get("/t?meta.k=199", Revision(1), &nodes).is_some(), "the latest is kept");
         // One answer over an eighth of the budget is not kept at all.

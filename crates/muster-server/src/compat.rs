@@ -18,6 +18,7 @@ use muster_api::compat::{
     CompatInstance, CompatService, HealthResponse, InstanceRequest, InstanceResponse, RemovedResponse,
     ServicesResponse, StatsResponse,
 };
+use muster_api::v1::Text;
 use muster_api::{Iso8601, iso8601};
 use muster_core::{
     Address, DeregisterReason, Metadata, NodeId, NodeInfo, NodeUpdate, Registration, ServiceInfo,
@@ -242,15 +243,6 @@ struct ResolveOut<'a> {
     /// Last; `None` writes the answer without it (the route appends the time of each response).
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<Text<Iso8601>>,
-}
-
-/// Serializes a `Display` value as a string without allocating it.
-struct Text<T>(T);
-
-impl<T: std::fmt::Display> serde::Serialize for Text<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
 }
 
 #[utoipa::path(post, path = "/register", tag = "seed-003", request_body = muster_api::compat::InstanceRequest,

@@ -29,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::answers::Bounded;
 
 /// DNS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +177,7 @@ struct Zone {
     ttl: u32,
     soa: Record,
     /// Encoded answers kept while the mirror is unchanged, per transport (UDP, TCP), by query.
-    kept: [std::sync::Mutex<KeptAnswers>; 2],
+    kept: [std::sync::Mutex<Bounded<[u8], Kept>>; 2],
 }
 
 /// Most queries whose answers are kept per transport (all are forgotten when it is reached).
@@ -186,13 +187,6 @@ const MAX_KEPT: usize = 4096;
 /// name, EDNS options) cannot make the server hold more.
 const MAX_KEPT_BYTES: usize = 8 << 20;
 
-/// The kept answers of one transport.
-#[derive(Default)]
-struct KeptAnswers {
-    by_query: std::collections::HashMap<Box<[u8]>, Kept>,
-    /// Bytes of the queries and answers held.
-    bytes: usize,
-}
 /// Most orders of one answer kept (rotations of one shuffled order, handed out in turn).
 const MAX_ORDERS: usize = 8;
 
@@ -221,7 +215,8 @@ impl Zone {
             Name::from_ascii("hostmaster").map_err(invalid)?.append_domain(&domain).map_err(invalid)?;
         let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, config.ttl);
         let soa = Record::from_rdata(domain.clone(), config.ttl, RData::SOA(soa));
-        Ok(Self { state, domain, ttl: config.ttl, soa, kept: Default::default() })
+        let kept = || std::sync::Mutex::new(Bounded::new(MAX_KEPT, MAX_KEPT_BYTES));
+        Ok(Self { state, domain, ttl: config.ttl, soa, kept: [kept(), kept()] })
     }
 
     /// The encoded answer to an encoded query (`None`: not a DNS message; dropped).
@@ -235,7 +230,7 @@ impl Zone {
         let key = query.get(2..).filter(|_| query.len() >= 12);
         if let Some(key) = key {
             let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(entry) = kept.by_query.get_mut(key).filter(|e| e.changes == changes) {
+            if let Some(entry) = kept.get_mut(key).filter(|e| e.changes == changes) {
                 let mut answer = entry.orders[entry.next % entry.orders.len()].clone();
                 entry.next = entry.next.wrapping_add(1);
                 answer[..2].copy_from_slice(&query[..2]);
@@ -277,17 +272,7 @@ impl Zone {
         if let Some(key) = key {
             let size = key.len() + orders.iter().map(Vec::len).sum::<usize>();
             let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
-            if size <= MAX_KEPT_BYTES / 8 {
-                if let Some(old) = kept.by_query.remove(key) {
-                    kept.bytes -= key.len() + old.orders.iter().map(Vec::len).sum::<usize>();
-                }
-                if kept.by_query.len() >= MAX_KEPT || kept.bytes + size > MAX_KEPT_BYTES {
-                    kept.by_query.clear();
-                    kept.bytes = 0;
-                }
-                kept.bytes += size;
-                kept.by_query.insert(Box::from(key), Kept { changes, orders, next: 1 });
-            }
+            kept.insert(Box::from(key), Kept { changes, orders, next: 1 }, size);
         }
         Some(first)
     }
@@ -589,7 +574,7 @@ mod tests {
             let answer = zone.answer_bytes(&query.to_vec().unwrap(), Transport::Tcp).unwrap();
             largest = largest.max(answer.len());
             let kept = zone.kept[Transport::Tcp as usize].lock().unwrap();
-            assert!(kept.bytes <= MAX_KEPT_BYTES, "{} bytes kept", kept.bytes);
+            assert!(kept.bytes() <= MAX_KEPT_BYTES, "{} bytes kept", kept.bytes());
         }
         assert!(largest > 10_000, "the answers are large ({largest} bytes)");
     }

@@ -124,25 +124,15 @@ impl RequestIds {
     }
 
     fn next(&self) -> HeaderValue {
+        use std::io::Write;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buffer = [0u8; 8 + 1 + 16];
-        let mut len = hex(self.prefix, 8, &mut buffer);
-        buffer[len] = b'-';
-        len += 1;
-        len += hex(n, 1, &mut buffer[len..]);
+        // Formatted into a buffer on the stack: 8 + 1 + 16 hex digits at most.
+        let mut buffer = [0u8; 25];
+        let mut out = &mut buffer[..];
+        let _ = write!(out, "{:08x}-{n:x}", self.prefix);
+        let len = 25 - out.len();
         HeaderValue::from_bytes(&buffer[..len]).expect("hex digits and a dash are a valid header value")
     }
-}
-
-/// Writes `value` in lower-case hex, at least `width` digits, into `out`; returns the length.
-fn hex(value: u64, width: usize, out: &mut [u8]) -> usize {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits = (16 - value.leading_zeros() as usize / 4).max(width);
-    for (i, byte) in out[..digits].iter_mut().enumerate() {
-        let shift = 4 * (digits - 1 - i);
-        *byte = DIGITS[((value >> shift) & 0xf) as usize];
-    }
-    digits
 }
 
 /// Adds [`Edge`] to every route (it needs the matched route, so it runs after routing).

@@ -103,7 +103,7 @@ pub(crate) async fn watch(
                     Ok(WatchEvent::Event(e)) => (filter.pass(&e) && caller.may_see_event(&e))
                         .then(|| Ok(shared_event(&serialized, &e))),
                     Ok(WatchEvent::Peer(e)) => {
-                        (filter.pass(&e) && caller.may_see_event(&e)).then(|| sse_event(&e, false))
+                        (filter.pass(&e) && caller.may_see_event(&e)).then(|| peer_event(&e))
                     }
                     Ok(WatchEvent::Resync(snapshot)) => {
                         let mut nodes = filter.reset(snapshot.nodes);
@@ -181,11 +181,9 @@ impl Serialized {
     }
 }
 
-fn sse_event(event: &DiscoveryEvent, with_id: bool) -> Result<Event, axum::Error> {
-    let name = if with_id { event.kind.as_str() } else { "peer" };
-    let sse = Event::default().event(name);
-    let sse = if with_id { sse.id(event.revision.to_string()) } else { sse };
-    sse.json_data(event)
+/// A Titan peer's channel event: no revision, so no id.
+fn peer_event(event: &DiscoveryEvent) -> Result<Event, axum::Error> {
+    Event::default().event("peer").json_data(event)
 }
 
 #[cfg(test)]
