@@ -213,7 +213,8 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.max)
     }
 
-    /// The delay after `failures` failures in a row (1-based), with jitter.
+    /// The delay after `failures` failures in a row (1-based), with jitter; never over the
+    /// maximum.
     pub fn delay(&self, failures: u32) -> Duration {
         use rand::Rng;
         let factor = if self.jitter > 0.0 {
@@ -221,7 +222,7 @@ impl Backoff {
         } else {
             1.0
         };
-        self.nominal(failures).mul_f64(factor)
+        self.nominal(failures).mul_f64(factor).min(self.max)
     }
 
     /// Counts a failure and returns how long to wait before the next attempt.

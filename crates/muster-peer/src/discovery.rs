@@ -30,6 +30,11 @@ impl Retryable for PeerError {
     }
 }
 
+/// One instance's connection, opened once by whichever call needs it first (the others wait for
+/// that attempt); a failed attempt leaves it empty for the next call, a closed connection is
+/// replaced.
+type Slot = Arc<tokio::sync::OnceCell<RemotePeer>>;
+
 /// The discovery part of a peer.
 pub(crate) struct Discovery {
     agent: Agent,
@@ -38,8 +43,10 @@ pub(crate) struct Discovery {
     /// Interfaces of the instances called by name, by query and node id (looked up without
     /// building a key).
     interfaces: std::sync::Mutex<HashMap<String, HashMap<String, Interface>>>,
-    /// Open connections to other peers, by node id (one each).
-    connections: tokio::sync::Mutex<HashMap<String, RemotePeer>>,
+    /// Connections to other peers, by node id (one each). The map's lock is held only to find or
+    /// add an instance's slot; a connection is opened in its own slot, so an instance that hangs
+    /// holds up only the calls that wait for that instance.
+    connections: std::sync::Mutex<HashMap<String, Slot>>,
     /// Selector and breakers of calls by name.
     failover: Arc<Failover>,
 }
@@ -94,7 +101,7 @@ impl Peer {
             agent,
             generation,
             interfaces: std::sync::Mutex::new(HashMap::new()),
-            connections: tokio::sync::Mutex::new(HashMap::new()),
+            connections: std::sync::Mutex::new(HashMap::new()),
             failover: Arc::new(Failover::new(
                 Box::new(muster_client::select::RoundRobin::default()),
                 BreakerConfig::default(),
@@ -183,7 +190,14 @@ impl Peer {
             if let Err(error) = discovery.agent.stop().await {
                 tracing::warn!(%error, "deregistering failed; the node expires by its TTL");
             }
-            for (_, remote) in discovery.connections.lock().await.drain() {
+            let slots: Vec<Slot> = discovery
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .map(|(_, slot)| slot)
+                .collect();
+            for remote in slots.iter().filter_map(|slot| slot.get()) {
                 remote.disconnect();
             }
         }
@@ -292,15 +306,19 @@ impl NamedService {
 
     /// The connection to the peer behind `instance` (opened once, reused while open).
     async fn remote(&self, instance: &Instance) -> Result<RemotePeer, PeerError> {
-        let mut connections = self.discovery.connections.lock().await;
-        if let Some(remote) = connections.get(&instance.id).filter(|r| r.is_connected()) {
-            return Ok(remote.clone());
-        }
+        let slot = {
+            let mut connections = self.discovery.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = connections.entry(instance.id.clone()).or_default();
+            if slot.get().is_some_and(|remote| !remote.is_connected()) {
+                *slot = Slot::default();
+            }
+            Arc::clone(slot)
+        };
         let host =
             if instance.host.contains(':') { format!("[{}]", instance.host) } else { instance.host.clone() };
-        let remote = self.peer.connect(&format!("ws://{host}:{}", instance.port)).await?;
-        connections.insert(instance.id.clone(), remote.clone());
-        Ok(remote)
+        let url = format!("ws://{host}:{}", instance.port);
+        let remote = slot.get_or_try_init(|| self.peer.connect(&url)).await?;
+        Ok(remote.clone())
     }
 
     /// The interface of the service at `instance`, kept while its connection is open.

@@ -46,7 +46,8 @@ pub struct PeerConfig {
     /// Connections made by [`Peer::connect`] are opened again after they break: at most this many
     /// attempts in a row (`None`: without end; `Some(0)`: never).
     pub max_reconnect_attempts: Option<u32>,
-    /// The first delay before reconnecting; it doubles with each failed attempt, up to 30 s.
+    /// The first delay before reconnecting; it doubles with each failed attempt, up to 30 s, each
+    /// delay spread by ±20 % (jitter).
     pub reconnect_delay: Duration,
 }
 
@@ -458,25 +459,34 @@ async fn open(inner: &Arc<Inner>, url: &str, listeners: Arc<EventBus>) -> Result
     Ok(Connection::start(Arc::clone(inner), socket, remote_id, listeners, HashMap::new()))
 }
 
+/// The longest wait between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Reconnection delays: from `reconnect_delay`, doubling up to 30 s, each within ±20 % so that the
+/// peers a restarted server served do not all come back in the same instant.
+fn reconnect_backoff(config: &PeerConfig) -> muster_core::Backoff {
+    muster_core::Backoff::new(config.reconnect_delay, MAX_RECONNECT_DELAY, 0.2)
+}
+
 /// Opens `remote`'s connection again each time it breaks (unless closed on purpose or the peer
 /// stopped), with exponential backoff, up to the attempt limit.
 async fn reconnect(inner: std::sync::Weak<Inner>, remote: std::sync::Weak<Remote>, url: String) {
-    const MAX_DELAY: Duration = Duration::from_secs(30);
     loop {
         let Some(closed) = remote.upgrade().map(|r| r.current.load().closed.clone()) else { return };
         closed.cancelled().await;
-        let mut attempts: u32 = 0;
+        let Some(config) = inner.upgrade().map(|peer| peer.config.clone()) else { return };
+        let mut backoff = reconnect_backoff(&config);
         loop {
             let (Some(peer), Some(shared)) = (inner.upgrade(), remote.upgrade()) else { return };
             if peer.stopped.is_cancelled() || shared.closed_by_us.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
+            let attempts = backoff.failures();
             if peer.config.max_reconnect_attempts.is_some_and(|max| attempts >= max) {
                 tracing::warn!(%url, attempts, "giving up reconnecting");
                 return;
             }
-            let delay = peer.config.reconnect_delay.saturating_mul(1 << attempts.min(16)).min(MAX_DELAY);
-            attempts += 1;
+            let delay = backoff.failed();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = peer.stopped.cancelled() => return,
@@ -1477,4 +1487,26 @@ fn ws_config(config: &PeerConfig) -> tokio_tungstenite::tungstenite::protocol::W
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(config.limits.max_frame))
         .max_frame_size(Some(config.limits.max_frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reconnections back off as the rest of the project does: doubling from the first delay,
+    /// spread by jitter, never over the maximum.
+    #[test]
+    fn reconnect_delays_double_with_jitter_up_to_the_maximum() {
+        let config = PeerConfig { reconnect_delay: Duration::from_millis(100), ..PeerConfig::default() };
+        let backoff = reconnect_backoff(&config);
+        let firsts: std::collections::HashSet<Duration> = (0..64).map(|_| backoff.delay(1)).collect();
+        assert!(firsts.len() > 1, "the first delay is jittered");
+        for first in &firsts {
+            assert!((80..=120).contains(&first.as_millis()), "{first:?} is within 20 % of 100 ms");
+        }
+        assert_eq!(backoff.nominal(4), Duration::from_millis(800));
+        for _ in 0..64 {
+            assert!(backoff.delay(30) <= MAX_RECONNECT_DELAY, "never over 30 s");
+        }
+    }
 }
