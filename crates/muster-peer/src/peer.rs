@@ -122,8 +122,9 @@ struct Exposed {
 enum Served {
     /// A service of this peer: exposed (`parent` `None`), or returned by a method of `parent`.
     Local { service: Arc<Service>, parent: Option<String> },
-    /// A service another peer exposed here (the `expose_service` task): calls go to it.
-    Proxy(std::sync::Weak<Connection>),
+    /// A service another peer exposed here (the `expose_service` task) under `name`: calls go to
+    /// it.
+    Proxy { exposer: std::sync::Weak<Connection>, name: String },
 }
 
 struct Inner {
@@ -823,7 +824,7 @@ impl Connection {
         }
         let service = self.peer.definitions.read().ok().and_then(|d| match d.get(&text(0)) {
             Some(Served::Local { service, .. }) => Some(service.qualified_name().to_owned()),
-            Some(Served::Proxy(_)) => Some("proxied".to_owned()),
+            Some(Served::Proxy { .. }) => Some("proxied".to_owned()),
             None => None,
         });
         (service.unwrap_or_else(|| "unknown".into()), text(1))
@@ -873,13 +874,17 @@ impl Connection {
         }
     }
 
-    /// Answers one request.
+    /// Answers one request: the middleware first (every kind: calls, reads and writes of
+    /// properties — of this peer's services or of ones proxied here — and tasks, core ones
+    /// included), then the service, the proxied peer or the task.
     async fn serve(self: &Arc<Self>, packet: &Packet) -> Result<Output, JsError> {
         let Value::Array(items) = &packet.data else { return Err(JsError::new("Invalid packet")) };
         let text =
             |i: usize| items.get(i).and_then(Value::as_str).ok_or_else(|| JsError::new("Invalid packet"));
         if packet.kind == PacketType::Task {
-            return self.run_task(text(0)?, items[1..].to_vec()).await.map(Output::Value);
+            let name = text(0)?;
+            self.check(None, "", name, packet.kind, &items[1..])?;
+            return self.run_task(name, items[1..].to_vec()).await.map(Output::Value);
         }
         let (def_id, member) = (text(0)?, text(1)?);
         let served = self
@@ -889,9 +894,14 @@ impl Connection {
             .ok()
             .and_then(|d| d.get(def_id).cloned())
             .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
+        let args = match packet.kind {
+            PacketType::Get => &[][..],
+            _ => items.get(2..).unwrap_or_default(),
+        };
         let service = match served {
             Served::Local { service, .. } => service,
-            Served::Proxy(exposer) => {
+            Served::Proxy { exposer, name } => {
+                self.check(None, &name, member, packet.kind, args)?;
                 // A service another peer exposed here: the request goes to it as it came.
                 let exposer = exposer
                     .upgrade()
@@ -903,32 +913,14 @@ impl Connection {
                 };
             }
         };
-        let args = match packet.kind {
-            PacketType::Get => &[][..],
-            _ => &items[2..],
-        };
-        {
-            // Checks are synchronous: they read the settings in place, nothing is copied per call.
-            let info = crate::middleware::CallInfo {
-                peer_id: &self.remote_id,
-                params: &self.params,
-                service: service.qualified_name(),
-                member,
-                kind: packet.kind,
-                args,
-            };
-            let guards = self.peer.middleware.read();
-            for guard in guards.iter().flat_map(|g| g.iter()).chain(service.middleware()) {
-                guard.check(&info)?;
-            }
-        }
+        self.check(Some(&service), service.qualified_name(), member, packet.kind, args)?;
         let output = match packet.kind {
             PacketType::Get => service.get(member).map(Output::Value)?,
             PacketType::Set => {
                 service.set(member, items.get(2).cloned().unwrap_or(Value::Undefined))?;
                 Output::Value(Value::Undefined)
             }
-            _ => service.call(member, items[2..].to_vec()).await?,
+            _ => service.call(member, args.to_vec()).await?,
         };
         match output {
             Output::Service(returned) => {
@@ -936,6 +928,32 @@ impl Connection {
             }
             other => Ok(other),
         }
+    }
+
+    /// Runs the peer's middleware, then `service`'s own, on one request. Checks are synchronous:
+    /// they read the settings in place, nothing is copied per request.
+    fn check(
+        &self,
+        service: Option<&Service>,
+        name: &str,
+        member: &str,
+        kind: PacketType,
+        args: &[Value],
+    ) -> Result<(), JsError> {
+        let info = crate::middleware::CallInfo {
+            peer_id: &self.remote_id,
+            params: &self.params,
+            service: name,
+            member,
+            kind,
+            args,
+        };
+        let guards = self.peer.middleware.read();
+        let own = service.into_iter().flat_map(Service::middleware);
+        for guard in guards.iter().flat_map(|g| g.iter()).chain(own) {
+            guard.check(&info)?;
+        }
+        Ok(())
     }
 
     /// The definition of a service returned by a method of `parent` (the same for the same
@@ -1090,7 +1108,10 @@ impl Connection {
                     meta,
                 };
                 if let Ok(mut definitions) = self.peer.definitions.write() {
-                    definitions.insert(definition.id.clone(), Served::Proxy(Arc::downgrade(self)));
+                    definitions.insert(
+                        definition.id.clone(),
+                        Served::Proxy { exposer: Arc::downgrade(self), name: name.clone() },
+                    );
                 }
                 exposed.insert(name.clone(), Exposed { definition: definition.clone() });
                 drop(exposed);

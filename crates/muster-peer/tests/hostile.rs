@@ -81,3 +81,72 @@ async fn a_blackholed_instance_does_not_stall_calls_to_others() {
     assert!(!stalled.is_finished(), "the blackholed connection is still hanging");
     stalled.abort();
 }
+
+/// A token middleware guards every kind of request, not only calls: without the token a peer can
+/// neither expose a (proxy) service here, nor subscribe to its events, nor run its tasks, nor
+/// call a service another peer proxied here; the middleware sees each request's kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_guards_tasks_subscriptions_exposures_and_proxies() {
+    use muster_peer::wire::PacketType;
+    let server = Peer::new(PeerConfig::default());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    server.use_middleware(Arc::new(move |call: &muster_peer::CallInfo<'_>| {
+        record.lock().unwrap().push((call.kind, call.member.to_owned()));
+        // The handshake (which lists the services) is public; everything else needs the token.
+        let handshake = call.kind == PacketType::Task && call.member == "abilities";
+        if handshake || call.params.get("token").map(String::as_str) == Some("secret") {
+            Ok(())
+        } else {
+            Err(JsError::new("Unauthorized"))
+        }
+    }));
+    server
+        .add_task(
+            "wipe",
+            muster_peer::TaskOverwrite::Error,
+            muster_peer::listener(|_| async { Ok(Value::Bool(true)) }),
+        )
+        .unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let (with_token, without) = (Peer::new(PeerConfig::default()), Peer::new(PeerConfig::default()));
+    let trusted = with_token.connect(&format!("ws://{address}?token=secret")).await.unwrap();
+    let stranger = without.connect(&format!("ws://{address}")).await.unwrap();
+    let unauthorized = |result: Result<Value, muster_peer::PeerError>, what: &str| match result {
+        Err(muster_peer::PeerError::Remote(error)) => assert_eq!(error.message, "Unauthorized", "{what}"),
+        other => panic!("{what}: {other:?}"),
+    };
+
+    unauthorized(stranger.run_task("wipe", vec![]).await, "a user task");
+    let listener = muster_peer::listener(|_| async { Ok(Value::Undefined) });
+    assert!(stranger.subscribe("service:expose", listener.clone()).await.is_err(), "a subscription");
+    assert!(stranger.expose_service(calculator()).await.is_err(), "an exposure");
+    // A service another peer exposes here is known by its name, as Netron keys it.
+    assert!(!server.has_service("calculator"), "nothing was exposed");
+
+    // The trusted peer may do all of it; a stranger still cannot call what it proxied here.
+    assert_eq!(trusted.run_task("wipe", vec![]).await.unwrap(), Value::Bool(true));
+    trusted.subscribe("service:expose", listener).await.unwrap();
+    trusted.expose_service(calculator()).await.unwrap();
+    assert!(server.has_service("calculator"));
+    let stranger = without.connect(&format!("ws://{address}")).await.unwrap();
+    let proxied = stranger.query_interface("calculator").unwrap();
+    unauthorized(
+        proxied.call("add", vec![Value::Int(1), Value::Int(2)]).await,
+        "a call to a proxied service",
+    );
+    let trusted_again = with_token.connect(&format!("ws://{address}?token=secret")).await.unwrap();
+    let proxied = trusted_again.query_interface("calculator").unwrap();
+    assert_eq!(proxied.call("add", vec![Value::Int(1), Value::Int(2)]).await.unwrap(), Value::Int(3));
+
+    let seen = seen.lock().unwrap();
+    for (kind, member) in [
+        (PacketType::Task, "abilities"),
+        (PacketType::Task, "wipe"),
+        (PacketType::Task, "subscribe"),
+        (PacketType::Task, "expose_service"),
+        (PacketType::Call, "add"),
+    ] {
+        assert!(seen.iter().any(|(k, m)| *k == kind && m == member), "{kind:?} {member} was seen: {seen:?}");
+    }
+}

@@ -585,7 +585,7 @@ async fn a_newer_connection_of_the_same_peer_survives_the_old_ones_end() {
     assert_eq!(event, muster_peer::PeerEvent::Disconnected { peer_id: "twin".into() });
 }
 
-/// Middleware sees every call with the caller's connect-time parameters and may refuse it: a
+/// Middleware sees every request with the caller's connect-time parameters and may refuse it: a
 /// token passed as `?token=` when connecting (seed 004's AuthMiddleware), and a per-service rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn middleware_refuses_calls_before_they_run() {
@@ -607,9 +607,10 @@ async fn middleware_refuses_calls_before_they_run() {
         .build();
     server.expose_service(guarded).unwrap();
     let address = server.listen("127.0.0.1:0").await.unwrap();
-    let anonymous = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
-    match anonymous.query_interface("vault").unwrap().call("open", vec![]).await {
-        Err(PeerError::Remote(error)) => assert_eq!(error.message, "Unauthorized: open needs a token"),
+    // The peer's middleware sees every request, the handshake's `abilities` task included: a
+    // peer without the token cannot even list the services.
+    match Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await {
+        Err(PeerError::Remote(error)) => assert_eq!(error.message, "Unauthorized: abilities needs a token"),
         other => panic!("{other:?}"),
     }
     let trusted =
