@@ -4,7 +4,12 @@
 //! - `netron_calls_total{service, method, status}` and `netron_call_duration_seconds` — requests
 //!   this peer answered (GET, SET, CALL, TASK; `service` is the definition's qualified name, or
 //!   `task` for tasks);
-//! - `netron_connections` — open connections;
+//! - `netron_connections` — open connections; `netron_connections_refused_total` — connections
+//!   closed on arrival because the peer served `max_connections`;
+//! - `netron_slow_peers_disconnected_total` — connections closed because the remote peer did not
+//!   read what it was sent (`max_queued_bytes`);
+//! - `netron_definitions` — service definitions served (exposed, proxied, returned by methods);
+//! - `netron_announcements_dropped_total` — events the local bus's listeners could not keep up with;
 //! - `netron_stream_bytes_total{direction}` — stream chunk frames sent and received;
 //! - `netron_events_total{direction}` — `emit` tasks sent to subscribers and received.
 
@@ -34,6 +39,10 @@ pub(crate) struct Metrics {
     pub(crate) calls: Family<CallLabels, Counter>,
     pub(crate) duration: Histogram,
     pub(crate) connections: Gauge,
+    pub(crate) connections_refused: Counter,
+    pub(crate) slow_peers_disconnected: Counter,
+    pub(crate) definitions: Gauge,
+    pub(crate) announcements_dropped: Counter,
     pub(crate) stream_bytes: Family<Direction, Counter>,
     pub(crate) events: Family<Direction, Counter>,
 }
@@ -47,11 +56,42 @@ impl Metrics {
         registry.register("call_duration_seconds", "Time to answer a request", duration.clone());
         let connections = Gauge::default();
         registry.register("connections", "Open connections", connections.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival: the peer served its maximum",
+            connections_refused.clone(),
+        );
+        let slow_peers_disconnected = Counter::default();
+        registry.register(
+            "slow_peers_disconnected",
+            "Connections closed because the remote peer did not read what it was sent",
+            slow_peers_disconnected.clone(),
+        );
+        let definitions = Gauge::default();
+        registry.register("definitions", "Service definitions served", definitions.clone());
+        let announcements_dropped = Counter::default();
+        registry.register(
+            "announcements_dropped",
+            "Events dropped because the local bus's listeners could not keep up",
+            announcements_dropped.clone(),
+        );
         let stream_bytes = Family::<Direction, Counter>::default();
         registry.register("stream_bytes", "Bytes of stream chunk frames, by direction", stream_bytes.clone());
         let events = Family::<Direction, Counter>::default();
         registry.register("events", "Remote events (emit tasks), by direction", events.clone());
-        Self { registry, calls, duration, connections, stream_bytes, events }
+        Self {
+            registry,
+            calls,
+            duration,
+            connections,
+            connections_refused,
+            slow_peers_disconnected,
+            definitions,
+            announcements_dropped,
+            stream_bytes,
+            events,
+        }
     }
 
     /// The text exposition.

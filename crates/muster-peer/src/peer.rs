@@ -49,6 +49,14 @@ pub struct PeerConfig {
     /// The first delay before reconnecting; it doubles with each failed attempt, up to 30 s, each
     /// delay spread by ±20 % (jitter).
     pub reconnect_delay: Duration,
+    /// Connections [`Peer::listen`] serves at once; more are closed as they arrive (counted in
+    /// `netron_connections_refused_total`). Connections this peer opens are not counted.
+    pub max_connections: usize,
+    /// Bytes of frames one connection may have waiting for its socket. A remote peer that sends
+    /// requests but does not read the answers reaches it and is disconnected (counted in
+    /// `netron_slow_peers_disconnected_total`, logged) instead of growing this peer's memory;
+    /// stream writers wait well below it.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for PeerConfig {
@@ -65,6 +73,8 @@ impl Default for PeerConfig {
             max_concurrent_requests: 1024,
             max_reconnect_attempts: Some(0),
             reconnect_delay: Duration::from_secs(1),
+            max_connections: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -133,10 +143,8 @@ struct Inner {
     ids: PacketIds,
     /// Exposed services by qualified name.
     exposed: RwLock<HashMap<String, Exposed>>,
-    /// Every definition this peer serves, by id.
+    /// Every definition this peer serves, by id (changed through [`Inner::definitions_mut`]).
     definitions: RwLock<HashMap<String, Served>>,
-    /// Definitions of services returned by methods, by the instance (one per instance).
-    stubs: Mutex<HashMap<usize, String>>,
     /// Open connections, by remote peer id.
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     /// Cancelled by [`Peer::stop`].
@@ -145,8 +153,11 @@ struct Inner {
     bus: EventBus,
     /// Typed events.
     events: tokio::sync::broadcast::Sender<PeerEvent>,
-    /// Netron's own events, emitted on the bus one at a time in order.
-    announcements: mpsc::UnboundedSender<(String, Value)>,
+    /// Netron's own events, emitted on the bus one at a time in order; at most [`ANNOUNCEMENTS`]
+    /// wait (a bus listener that cannot keep up loses the excess, counted and logged).
+    announcements: mpsc::Sender<(String, Value)>,
+    /// Permits of the connections [`Peer::listen`] serves (`max_connections`).
+    slots: Arc<tokio::sync::Semaphore>,
     /// Tasks added with [`Peer::add_task`].
     tasks: RwLock<HashMap<String, Listener>>,
     /// Stream ids this peer writes, process-wide like packet ids.
@@ -161,11 +172,39 @@ struct Inner {
     discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
 }
 
+/// Announcements waiting for the bus at most.
+const ANNOUNCEMENTS: usize = 10_000;
+
 impl Inner {
     /// Emits Netron's event `name` with `payload` (in order, after the ones before) and the typed one.
     fn announce(&self, name: &str, payload: Value, event: PeerEvent) {
         let _ = self.events.send(event);
-        let _ = self.announcements.send((name.to_owned(), payload));
+        self.announce_on_bus(name, payload);
+    }
+
+    /// Queues Netron's event `name` for the bus; drops it (counted, logged) when the queue is full.
+    fn announce_on_bus(&self, name: &str, payload: Value) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.announcements.try_send((name.to_owned(), payload))
+        {
+            self.metrics.announcements_dropped.inc();
+            let dropped = self.metrics.announcements_dropped.get();
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    event = name,
+                    dropped,
+                    "the event bus's listeners cannot keep up; events dropped"
+                );
+            }
+        }
+    }
+
+    /// Changes the served definitions, keeping the `netron_definitions` gauge in step.
+    fn definitions_mut<T>(&self, change: impl FnOnce(&mut HashMap<String, Served>) -> T) -> T {
+        let mut definitions = self.definitions.write().unwrap_or_else(|p| p.into_inner());
+        let out = change(&mut definitions);
+        self.metrics.definitions.set(i64::try_from(definitions.len()).unwrap_or(i64::MAX));
+        out
     }
 }
 
@@ -194,19 +233,20 @@ impl Peer {
     /// A peer with `config`.
     pub fn new(config: PeerConfig) -> Self {
         let id = config.id.clone().unwrap_or_else(uuid);
-        let (announcements, mut queue) = mpsc::unbounded_channel::<(String, Value)>();
+        let (announcements, mut queue) = mpsc::channel::<(String, Value)>(ANNOUNCEMENTS);
+        let max_connections = config.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS);
         let inner = Arc::new(Inner {
             id,
             config,
             ids: PacketIds::default(),
             exposed: RwLock::new(HashMap::new()),
             definitions: RwLock::new(HashMap::new()),
-            stubs: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             stopped: CancellationToken::new(),
             bus: EventBus::default(),
             events: tokio::sync::broadcast::channel(256).0,
             announcements,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             tasks: RwLock::new(HashMap::new()),
             stream_ids: PacketIds::default(),
             discovery: Mutex::new(None),
@@ -240,7 +280,7 @@ impl Peer {
 
     /// Emits `name` with `payload` on the bus, in order after the announcements before it.
     pub(crate) fn announce_local(&self, name: &str, payload: Value) {
-        let _ = self.inner.announcements.send((name.to_owned(), payload));
+        self.inner.announce_on_bus(name, payload);
     }
 
     /// The peer's metrics in Prometheus' text format.
@@ -312,9 +352,8 @@ impl Peer {
             peer_id: self.inner.id.clone(),
             meta: service.meta(),
         };
-        if let Ok(mut definitions) = self.inner.definitions.write() {
-            definitions.insert(definition.id.clone(), Served::Local { service, parent: None });
-        }
+        self.inner
+            .definitions_mut(|d| d.insert(definition.id.clone(), Served::Local { service, parent: None }));
         exposed.insert(key.clone(), Exposed { definition: definition.clone() });
         drop(exposed);
         let payload = service_event(&definition, &key, &self.inner.id, None, true);
@@ -328,9 +367,7 @@ impl Peer {
         let Ok(mut exposed) = self.inner.exposed.write() else { return false };
         let Some(gone) = exposed.remove(qualified_name) else { return false };
         drop(exposed);
-        if let Ok(mut definitions) = self.inner.definitions.write() {
-            definitions.remove(&gone.definition.id);
-        }
+        self.inner.definitions_mut(|d| d.remove(&gone.definition.id));
         let payload = service_event(&gone.definition, qualified_name, &self.inner.id, None, false);
         let event = PeerEvent::ServiceConcealed {
             qualified_name: qualified_name.to_owned(),
@@ -372,7 +409,23 @@ impl Peer {
                     },
                     () = inner.stopped.cancelled() => return,
                 };
-                tokio::spawn(accept(Arc::clone(&inner), stream));
+                match Arc::clone(&inner.slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        tokio::spawn(accept(Arc::clone(&inner), stream, slot));
+                    }
+                    Err(_) => {
+                        // Closed at once: the connections served are at `max_connections`.
+                        inner.metrics.connections_refused.inc();
+                        let refused = inner.metrics.connections_refused.get();
+                        if refused.is_power_of_two() {
+                            tracing::warn!(
+                                refused,
+                                max = inner.config.max_connections,
+                                "connection refused: the peer serves its maximum"
+                            );
+                        }
+                    }
+                }
             }
         });
         Ok(bound)
@@ -457,8 +510,11 @@ async fn open(inner: &Arc<Inner>, url: &str, listeners: Arc<EventBus>) -> Result
     let (socket, remote_id) = tokio::time::timeout(inner.config.connect_timeout, handshake)
         .await
         .map_err(|_| PeerError::Connect("the connection and handshake timed out".into()))??;
-    Ok(Connection::start(Arc::clone(inner), socket, remote_id, listeners, HashMap::new()))
+    Ok(Connection::start(Arc::clone(inner), socket, remote_id, listeners, HashMap::new(), None))
 }
+
+/// How long a closing connection's writer may take to send the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
@@ -517,7 +573,7 @@ async fn reconnect(inner: std::sync::Weak<Inner>, remote: std::sync::Weak<Remote
 
 /// The listener's side of a new connection: the WebSocket handshake (the connector's id from
 /// `?id=`), the id frame, then the connection.
-async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
+async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream, slot: tokio::sync::OwnedSemaphorePermit) {
     let mut params = HashMap::new();
     // The signature is tungstenite's handshake callback; its error type is its own.
     #[allow(clippy::result_large_err)]
@@ -541,7 +597,7 @@ async fn accept(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
     if socket.send(Message::text(hello)).await.is_err() {
         return;
     }
-    Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()), params);
+    Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()), params, Some(slot));
 }
 
 type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
@@ -564,6 +620,16 @@ struct Connection {
     streams: Arc<Streams>,
     /// Frames queued for the writer and not sent yet (stream writers wait while it is high).
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Their bytes: over `max_queued_bytes` the remote peer is not reading and is disconnected.
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Definitions of services returned by methods to this remote peer, by instance (one per
+    /// instance); they are served until it unrefs them or the connection closes.
+    stubs: Mutex<HashMap<usize, String>>,
+    /// Definitions of this peer's services exposed on the remote peer through this connection
+    /// ([`RemotePeer::expose_service`]); served until the connection closes.
+    lent: Mutex<Vec<String>>,
+    /// The connection's place among those [`Peer::listen`] serves; released when it closes.
+    slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
     /// Signalled by the writer after each frame.
     drained: Arc<tokio::sync::Notify>,
     /// Requests running now.
@@ -577,6 +643,7 @@ impl Connection {
         remote_id: String,
         remote_listeners: Arc<EventBus>,
         params: HashMap<String, String>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Arc<Self>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -596,6 +663,10 @@ impl Connection {
             counted: std::sync::atomic::AtomicBool::new(true),
             streams: Arc::new(Streams::new(peer.config.stream_buffer, peer.config.max_streams)),
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            queued_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            stubs: Mutex::new(HashMap::new()),
+            lent: Mutex::new(Vec::new()),
+            slot: Mutex::new(slot),
             drained: Arc::new(tokio::sync::Notify::new()),
             running: Arc::new(tokio::sync::Semaphore::new(peer.config.max_concurrent_requests.max(1))),
         });
@@ -606,25 +677,38 @@ impl Connection {
         let payload = Value::object([("peerId", Value::str(&remote_id))]);
         peer.announce("peer:connect", payload, PeerEvent::Connected { peer_id: remote_id });
         let writer_closed = closed.clone();
-        let (queued, drained) = (Arc::clone(&connection.queued), Arc::clone(&connection.drained));
+        let (queued, queued_bytes, drained) = (
+            Arc::clone(&connection.queued),
+            Arc::clone(&connection.queued_bytes),
+            Arc::clone(&connection.drained),
+        );
         tokio::spawn(async move {
             loop {
-                tokio::select! {
+                let message = tokio::select! {
                     message = outgoing.recv() => match message {
-                        Some(message) => {
-                            let sent = sink.send(message).await;
-                            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                            drained.notify_waiters();
-                            if sent.is_err() { break }
-                        }
+                        Some(message) => message,
                         None => break,
                     },
                     () = writer_closed.cancelled() => {
-                        let _ = sink.send(Message::Close(None)).await;
+                        // A remote peer that does not read gets no more than a moment for it.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(None))).await;
                         break;
                     }
+                };
+                let size = message.len();
+                // A write blocked on a peer that does not read ends when the connection closes.
+                let sent = tokio::select! {
+                    sent = sink.send(message) => sent.is_ok(),
+                    () = writer_closed.cancelled() => false,
+                };
+                queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                drained.notify_waiters();
+                if !sent {
+                    break;
                 }
             }
+            // Dropping the queue frees what was still waiting in it.
             writer_closed.cancel();
         });
         let reader = Arc::clone(&connection);
@@ -652,12 +736,22 @@ impl Connection {
         connection
     }
 
-    /// Ends the connection: pending requests fail, its subscriptions end, the peer forgets it.
+    /// Ends the connection: pending requests fail, its subscriptions end, the definitions it was
+    /// handed or lent are no longer served, the peer forgets it.
     fn close(&self) {
         if self.counted.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.peer.metrics.connections.dec();
         }
         self.closed.cancel();
+        drop(self.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handed: Vec<String> =
+            self.stubs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, id)| id).collect();
+        let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
+        self.peer.definitions_mut(|definitions| {
+            for id in handed.iter().chain(&lent) {
+                definitions.remove(id);
+            }
+        });
         if let Ok(mut pending) = self.pending.lock() {
             pending.clear();
         }
@@ -699,10 +793,8 @@ impl Connection {
             .unwrap_or_default();
         for name in gone {
             let removed = self.peer.exposed.write().ok().and_then(|mut e| e.remove(&name));
-            if let Some(exposed) = removed
-                && let Ok(mut definitions) = self.peer.definitions.write()
-            {
-                definitions.remove(&exposed.definition.id);
+            if let Some(exposed) = removed {
+                self.peer.definitions_mut(|d| d.remove(&exposed.definition.id));
             }
         }
     }
@@ -712,14 +804,28 @@ impl Connection {
         self.send_sized(packet);
     }
 
-    /// Queues `packet` for the writer; returns its size in bytes.
+    /// Queues `packet` for the writer; returns its size in bytes. A remote peer with more than
+    /// `max_queued_bytes` waiting for its socket is not reading: it is disconnected.
     fn send_sized(&self, packet: &Packet) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.closed.is_cancelled() {
+            return 0;
+        }
         match packet.encode() {
             Ok(bytes) => {
                 let size = bytes.len();
-                self.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let waiting = self.queued_bytes.fetch_add(size, Relaxed) + size;
+                if waiting > self.peer.config.max_queued_bytes {
+                    self.queued_bytes.fetch_sub(size, Relaxed);
+                    self.peer.metrics.slow_peers_disconnected.inc();
+                    tracing::warn!(remote = %self.remote_id, waiting, "a peer does not read what it is sent; disconnecting it");
+                    self.close();
+                    return 0;
+                }
+                self.queued.fetch_add(1, Relaxed);
                 if self.out.send(Message::binary(bytes)).is_err() {
-                    self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    self.queued.fetch_sub(1, Relaxed);
+                    self.queued_bytes.fetch_sub(size, Relaxed);
                 }
                 size
             }
@@ -841,11 +947,9 @@ impl Connection {
         const HIGH_WATER: usize = 256;
         let mut index = 0u32;
         loop {
-            while self.queued.load(std::sync::atomic::Ordering::Relaxed) > HIGH_WATER
-                && !self.closed.is_cancelled()
-            {
+            while self.backlogged(HIGH_WATER) && !self.closed.is_cancelled() {
                 let drained = self.drained.notified();
-                if self.queued.load(std::sync::atomic::Ordering::Relaxed) <= HIGH_WATER {
+                if !self.backlogged(HIGH_WATER) {
                     break;
                 }
                 drained.await;
@@ -872,6 +976,14 @@ impl Connection {
             }
             index = index.wrapping_add(1);
         }
+    }
+
+    /// More than `frames` frames, or more than a quarter of `max_queued_bytes`, wait for the
+    /// socket: a stream writer waits before queueing more.
+    fn backlogged(&self, frames: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queued.load(Relaxed) > frames
+            || self.queued_bytes.load(Relaxed) > self.peer.config.max_queued_bytes / 4
     }
 
     /// Answers one request: the middleware first (every kind: calls, reads and writes of
@@ -960,10 +1072,7 @@ impl Connection {
     /// instance).
     fn stub(&self, service: Arc<Service>, parent: &str) -> Definition {
         let key = Arc::as_ptr(&service) as *const () as usize;
-        let mut stubs = match self.peer.stubs.lock() {
-            Ok(stubs) => stubs,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut stubs = self.stubs.lock().unwrap_or_else(|p| p.into_inner());
         let meta = service.meta();
         if let Some(id) = stubs.get(&key)
             && self.peer.definitions.read().is_ok_and(|d| d.contains_key(id))
@@ -978,16 +1087,18 @@ impl Connection {
         let definition =
             Definition { id: uuid(), parent_id: parent.to_owned(), peer_id: self.peer.id.clone(), meta };
         stubs.insert(key, definition.id.clone());
-        if let Ok(mut definitions) = self.peer.definitions.write() {
-            definitions
-                .insert(definition.id.clone(), Served::Local { service, parent: Some(parent.to_owned()) });
-        }
+        self.peer.definitions_mut(|d| {
+            d.insert(definition.id.clone(), Served::Local { service, parent: Some(parent.to_owned()) })
+        });
         definition
     }
 
     /// Drops a returned service's definition and those returned from it (never an exposed one).
     fn unref(&self, id: &str) {
-        let Ok(mut definitions) = self.peer.definitions.write() else { return };
+        self.peer.definitions_mut(|definitions| self.unref_in(definitions, id));
+    }
+
+    fn unref_in(&self, definitions: &mut HashMap<String, Served>, id: &str) {
         let mut gone = vec![id.to_owned()];
         let mut i = 0;
         while i < gone.len() {
@@ -1003,9 +1114,7 @@ impl Connection {
             }
             i += 1;
         }
-        if let Ok(mut stubs) = self.peer.stubs.lock() {
-            stubs.retain(|_, stub| definitions.contains_key(stub));
-        }
+        self.stubs.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, stub| definitions.contains_key(stub));
     }
 
     /// The core tasks, then the added ones.
@@ -1107,12 +1216,12 @@ impl Connection {
                     peer_id: self.remote_id.clone(),
                     meta,
                 };
-                if let Ok(mut definitions) = self.peer.definitions.write() {
-                    definitions.insert(
+                self.peer.definitions_mut(|d| {
+                    d.insert(
                         definition.id.clone(),
                         Served::Proxy { exposer: Arc::downgrade(self), name: name.clone() },
-                    );
-                }
+                    )
+                });
                 exposed.insert(name.clone(), Exposed { definition: definition.clone() });
                 drop(exposed);
                 let payload = service_event(&definition, &name, &self.peer.id, Some(&self.remote_id), true);
@@ -1131,9 +1240,7 @@ impl Connection {
                 if let Ok(mut exposed) = self.peer.exposed.write() {
                     exposed.remove(&name);
                 }
-                if let Ok(mut definitions) = self.peer.definitions.write() {
-                    definitions.remove(&definition.id);
-                }
+                self.peer.definitions_mut(|d| d.remove(&definition.id));
                 let payload = service_event(&definition, &name, &self.peer.id, Some(&self.remote_id), false);
                 let event = PeerEvent::ServiceConcealed {
                     qualified_name: name,
@@ -1359,10 +1466,11 @@ impl RemotePeer {
     pub async fn expose_service(&self, service: Arc<Service>) -> Result<Definition, PeerError> {
         match self.run_task("expose_service", vec![service.meta()]).await? {
             Value::Definition(definition) => {
-                let peer = Arc::clone(&self.connection().peer);
-                if let Ok(mut definitions) = peer.definitions.write() {
-                    definitions.insert(definition.id.clone(), Served::Local { service, parent: None });
-                }
+                let connection = self.connection();
+                connection.peer.definitions_mut(|d| {
+                    d.insert(definition.id.clone(), Served::Local { service, parent: None })
+                });
+                connection.lent.lock().unwrap_or_else(|p| p.into_inner()).push(definition.id.clone());
                 Ok(*definition)
             }
             other => Err(PeerError::Protocol(format!("expose_service answered {other:?}"))),
@@ -1372,9 +1480,10 @@ impl RemotePeer {
     /// Withdraws a service published with [`RemotePeer::expose_service`].
     pub async fn unexpose_service(&self, name: &str) -> Result<(), PeerError> {
         let answer = self.run_task("unexpose_service", vec![Value::str(name)]).await?;
-        if let (Some(id), Ok(mut definitions)) = (answer.as_str(), self.connection().peer.definitions.write())
-        {
-            definitions.remove(id);
+        if let Some(id) = answer.as_str() {
+            let connection = self.connection();
+            connection.peer.definitions_mut(|d| d.remove(id));
+            connection.lent.lock().unwrap_or_else(|p| p.into_inner()).retain(|lent| lent != id);
         }
         Ok(())
     }

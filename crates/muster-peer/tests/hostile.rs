@@ -150,3 +150,148 @@ async fn middleware_guards_tasks_subscriptions_exposures_and_proxies() {
         assert!(seen.iter().any(|(k, m)| *k == kind && m == member), "{kind:?} {member} was seen: {seen:?}");
     }
 }
+
+/// A metric's value in the peer's exposition.
+fn metric(peer: &Peer, name: &str) -> f64 {
+    let text = peer.metrics_text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client that sends requests and never reads the answers is disconnected once what waits for
+/// its socket passes `max_queued_bytes`, counted; the peer keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected() {
+    use futures::{SinkExt, StreamExt};
+    use muster_peer::wire::{Packet, PacketType};
+    use tokio_tungstenite::tungstenite::Message;
+    let blob = ServiceBuilder::new("blob", "1.0.0")
+        .unwrap()
+        .method("get", &[], "String", |(): ()| async move { Ok::<_, JsError>("x".repeat(256 * 1024)) })
+        .build();
+    let server = Peer::new(PeerConfig { max_queued_bytes: 4 * 1024 * 1024, ..PeerConfig::default() });
+    let definition = server.expose_service(blob).unwrap();
+    server.expose_service(calculator()).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/?id=deaf")).await.unwrap();
+    let Some(Ok(Message::Text(_))) = socket.next().await else { panic!("no id frame") };
+    // 400 answers of 256 KiB: 100 MiB if the peer queued them all.
+    for id in 1..=400u32 {
+        let call = Packet::request(
+            id,
+            PacketType::Call,
+            Value::Array(vec![Value::str(&definition.id), Value::str("get")]),
+        );
+        if socket.send(Message::binary(call.encode().unwrap())).await.is_err() {
+            break; // Already disconnected.
+        }
+    }
+    eventually("the deaf client was disconnected", || {
+        metric(&server, "netron_slow_peers_disconnected_total") == 1.0
+    })
+    .await;
+    eventually("its connection is gone", || metric(&server, "netron_connections") == 0.0).await;
+    // The client finds its connection ended once it reads what was sent before.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    });
+    ended.await.expect("the connection ended");
+    let other = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+    let calculator = other.query_interface("calculator@1.0.0").unwrap();
+    let sum = calculator.call("add", vec![Value::Int(1), Value::Int(1)]).await;
+    assert_eq!(sum.unwrap(), Value::Int(2), "the peer serves others");
+}
+
+/// Connections beyond `max_connections` are closed on arrival and counted; a place freed by a
+/// closed connection is taken by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused() {
+    let server = Peer::new(PeerConfig { max_connections: 20, ..PeerConfig::default() });
+    server.expose_service(calculator()).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{address}");
+    let client = Peer::new(PeerConfig { connect_timeout: Duration::from_secs(10), ..PeerConfig::default() });
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        match client.connect(&url).await {
+            Ok(remote) => open.push(remote),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(open.len(), 20, "as many as the cap");
+    assert_eq!(refused, 180);
+    assert_eq!(metric(&server, "netron_connections_refused_total"), 180.0);
+    assert_eq!(metric(&server, "netron_connections"), 20.0);
+    open.pop().unwrap().disconnect();
+    eventually("the closed connection's place is free", || metric(&server, "netron_connections") == 19.0)
+        .await;
+    let again = client.connect(&url).await.expect("a freed place is taken");
+    let calculator = again.query_interface("calculator@1.0.0").unwrap();
+    assert_eq!(calculator.call("add", vec![Value::Int(2), Value::Int(2)]).await.unwrap(), Value::Int(4));
+}
+
+/// Services returned by methods are served for the connection they were handed to: a peer that
+/// creates sub-services and disconnects without releasing them leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_services_of_a_closed_connection_are_freed() {
+    let accounts = ServiceBuilder::new("bank", "1.0.0")
+        .unwrap()
+        .service_method("open", &["String"], "Account", |name: String| async move {
+            Ok(ServiceBuilder::new("account", "")
+                .unwrap()
+                .method("owner", &[], "String", move |(): ()| {
+                    let name = name.clone();
+                    async move { Ok::<_, JsError>(name) }
+                })
+                .build())
+        })
+        .build();
+    let server = Peer::new(PeerConfig::default());
+    server.expose_service(accounts).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    assert_eq!(metric(&server, "netron_definitions"), 1.0, "the exposed service");
+    for round in 0..5 {
+        let client = Peer::new(PeerConfig::default());
+        let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+        let bank = remote.query_interface("bank@1.0.0").unwrap();
+        for i in 0..100 {
+            let account =
+                bank.call_interface("open", vec![Value::str(format!("{round}-{i}"))]).await.unwrap();
+            assert_eq!(account.call("owner", vec![]).await.unwrap(), Value::str(format!("{round}-{i}")));
+        }
+        assert_eq!(metric(&server, "netron_definitions"), 101.0, "served while the connection is open");
+        remote.disconnect();
+        eventually("the sub-services are freed", || metric(&server, "netron_definitions") == 1.0).await;
+    }
+}
+
+/// A local bus listener that never finishes holds up the peer's announcements: at most 10,000
+/// wait for it, the rest are dropped and counted rather than queued without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_wait_in_a_bounded_queue() {
+    let peer = Peer::new(PeerConfig::default());
+    peer.bus().subscribe("service:expose", muster_peer::listener(|_| std::future::pending()));
+    let service = calculator();
+    for _ in 0..10_100 {
+        peer.expose_service(Arc::clone(&service)).unwrap();
+        assert!(peer.conceal_service("calculator@1.0.0"));
+    }
+    // 20,200 announcements: one taken by the stuck listener, 10,000 waiting, the rest dropped.
+    let dropped = metric(&peer, "netron_announcements_dropped_total");
+    assert!((10_199.0..=10_200.0).contains(&dropped), "{dropped} dropped");
+}
