@@ -550,9 +550,8 @@ async fn reconnect(inner: std::sync::Weak<Inner>, remote: std::sync::Weak<Remote
             }
             match open(&peer, &url, Arc::clone(&shared.listeners)).await {
                 Ok(connection) => {
-                    shared.current.store(connection);
                     let again = RemotePeer { shared };
-                    match again.initialize(false).await {
+                    match again.initialize_on(connection, false).await {
                         Ok(()) => {
                             tracing::info!(%url, "reconnected");
                             break;
@@ -838,6 +837,10 @@ impl Connection {
 
     /// One frame from the remote peer.
     fn receive(self: &Arc<Self>, frame: &[u8]) {
+        let max = self.peer.config.limits.max_frame;
+        if frame.len() > max {
+            return self.refuse_oversized(frame, max);
+        }
         let packet = match Packet::decode(frame, self.peer.config.limits) {
             Ok(packet) => packet,
             Err(error) => {
@@ -917,6 +920,25 @@ impl Connection {
                 self.streams.fail(id, why.unwrap_or("the stream was closed by its writer").to_owned());
             }
             PacketType::Ping => tracing::debug!(remote = %self.remote_id, "ping ignored, as Netron does"),
+        }
+    }
+
+    /// A frame over `max_frame` (and within what the WebSocket layer reads): a request is answered
+    /// with a Netron error naming the limit, anything else is dropped; the connection stays.
+    fn refuse_oversized(&self, frame: &[u8], max: usize) {
+        let request = Packet::header(frame).filter(|(_, kind, impulse)| {
+            *impulse
+                && matches!(kind, PacketType::Get | PacketType::Set | PacketType::Call | PacketType::Task)
+        });
+        tracing::info!(remote = %self.remote_id, size = frame.len(), max, "a frame over the limit was refused");
+        if let Some((id, kind, _)) = request {
+            let error = JsError::new(format!(
+                "Payload too large: the request is {} bytes, this peer accepts at most {max}",
+                frame.len()
+            ));
+            self.send(
+                &Packet::request(id, kind, Value::Undefined).response(Err(Value::Error(Box::new(error)))),
+            );
         }
     }
 
@@ -1328,9 +1350,17 @@ impl RemotePeer {
     /// After a connection opens: `abilities` (the remote peer's services), following its service
     /// announcements when it allows it, and — after a reconnection — the subscriptions again.
     async fn initialize(&self, first: bool) -> Result<(), PeerError> {
-        let allow = self.connection().peer.config.allow_service_events;
+        self.initialize_on(self.connection(), first).await
+    }
+
+    /// Reads the services of the peer behind `connection` (the `abilities` task), then makes it
+    /// the current connection — so that nobody sees a new connection with the old peer's
+    /// services — and renews the subscriptions (`first`: starts following its exposures).
+    async fn initialize_on(&self, connection: Arc<Connection>, first: bool) -> Result<(), PeerError> {
+        let allow = connection.peer.config.allow_service_events;
         let abilities = Value::object([("allowServiceEvents", Value::Bool(allow))]);
-        let answer = self.run_task("abilities", vec![abilities]).await?;
+        let request = Value::Array(vec![Value::str("abilities"), abilities]);
+        let answer = connection.request(PacketType::Task, request).await?;
         let services = match answer.get("services") {
             Some(Value::Map(entries)) => entries
                 .iter()
@@ -1346,6 +1376,7 @@ impl RemotePeer {
         if let Ok(mut known) = self.shared.services.write() {
             *known = services;
         }
+        self.shared.current.store(connection);
         if !first {
             for pattern in self.shared.listeners.patterns() {
                 self.run_task("subscribe", vec![Value::str(&pattern)]).await?;
@@ -1613,10 +1644,13 @@ fn service_event(
 }
 
 /// WebSocket limits from the peer's settings: no message or frame beyond the packet limit.
+/// The WebSocket layer reads messages up to twice `max_frame`, so that a request over the limit
+/// can still be answered with an error (see [`Limits::max_frame`]).
 fn ws_config(config: &PeerConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let read = config.limits.max_frame.saturating_mul(2);
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(config.limits.max_frame))
-        .max_frame_size(Some(config.limits.max_frame))
+        .max_message_size(Some(read))
+        .max_frame_size(Some(read))
 }
 
 #[cfg(test)]

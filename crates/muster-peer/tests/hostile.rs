@@ -295,3 +295,49 @@ async fn announcements_wait_in_a_bounded_queue() {
     let dropped = metric(&peer, "netron_announcements_dropped_total");
     assert!((10_199.0..=10_200.0).contains(&dropped), "{dropped} dropped");
 }
+
+/// Frames: by default a peer takes what Netron's `ws` takes (a 20 MiB argument is fine); a
+/// request over a lower limit is answered with a Netron error naming it and the connection stays;
+/// a frame over twice the limit closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_answered_with_an_error() {
+    let echo =
+        || {
+            ServiceBuilder::new("echo", "1.0.0")
+                .unwrap()
+                .method("length", &["String"], "Number", |text: String| async move {
+                    Ok::<_, JsError>(text.len())
+                })
+                .build()
+        };
+    let roomy = Peer::new(PeerConfig::default());
+    roomy.expose_service(echo()).unwrap();
+    let address = roomy.listen("127.0.0.1:0").await.unwrap();
+    let client = Peer::new(PeerConfig::default());
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    let length = remote.query_interface("echo@1.0.0").unwrap();
+    let big = "x".repeat(20 * 1024 * 1024);
+    assert_eq!(length.call("length", vec![Value::str(&big)]).await.unwrap(), Value::Int(20 * 1024 * 1024));
+
+    let limits = muster_peer::wire::Limits { max_frame: 1024 * 1024, ..Default::default() };
+    let strict = Peer::new(PeerConfig { limits, ..PeerConfig::default() });
+    strict.expose_service(echo()).unwrap();
+    let address = strict.listen("127.0.0.1:0").await.unwrap();
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    let length = remote.query_interface("echo@1.0.0").unwrap();
+    match length.call("length", vec![Value::str("x".repeat(1536 * 1024))]).await {
+        Err(muster_peer::PeerError::Remote(error)) => {
+            assert!(error.message.starts_with("Payload too large"), "{}", error.message);
+            assert!(error.message.contains("1048576"), "names the limit: {}", error.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        length.call("length", vec![Value::str("abc")]).await.unwrap(),
+        Value::Int(3),
+        "the connection stays"
+    );
+    let closed = length.call("length", vec![Value::str("x".repeat(3 * 1024 * 1024))]).await;
+    assert!(matches!(closed, Err(muster_peer::PeerError::Closed)), "{closed:?}");
+    eventually("the connection is closed", || !remote.is_connected()).await;
+}

@@ -5,5 +5,5 @@ mod packet;
 mod value;
 
 pub use codec::{DecodeError, EncodeError, MAX_DEPTH, decode, decode_with_depth, encode};
-pub use packet::{Limits, Packet, PacketError, PacketIds, PacketType};
+pub use packet::{DEFAULT_MAX_FRAME, Limits, Packet, PacketError, PacketIds, PacketType};
 pub use value::{Definition, ErrorKind, JsError, StreamReference, Value};

@@ -101,15 +101,23 @@ pub enum PacketError {
 /// Limits of [`Packet::decode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest frame, in bytes.
+    /// Largest frame decoded, in bytes ([`DEFAULT_MAX_FRAME`] by default). A peer reads a larger
+    /// request up to twice this, answers it with a Netron error naming the limit, and keeps the
+    /// connection; a frame over twice this closes the connection (as `ws` does).
     pub max_frame: usize,
     /// Deepest nesting of values.
     pub max_depth: usize,
 }
 
+/// The default largest frame: 100 MiB, what Netron's `ws` server and client accept (its
+/// `maxPayload` default), so that any frame a TypeScript peer accepts, this one accepts too. A peer
+/// open to strangers may want less: each connection may make it hold up to twice this (see
+/// [`Limits::max_frame`]).
+pub const DEFAULT_MAX_FRAME: usize = 100 * 1024 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_frame: 16 * 1024 * 1024, max_depth: super::codec::MAX_DEPTH }
+        Self { max_frame: DEFAULT_MAX_FRAME, max_depth: super::codec::MAX_DEPTH }
     }
 }
 
@@ -174,6 +182,15 @@ impl Packet {
             out.extend_from_slice(&index.to_be_bytes());
         }
         Ok(out)
+    }
+
+    /// The id, type and impulse flag of a frame, from its first five bytes, without decoding its
+    /// value: enough to answer a request too large to decode.
+    pub fn header(frame: &[u8]) -> Option<(u32, PacketType, bool)> {
+        let header = frame.get(..5)?;
+        let id = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let kind = PacketType::from_bits(header[4] & 0x0f)?;
+        Some((id, kind, header[4] & IMPULSE != 0))
     }
 
     /// Reads a frame. Bytes after the value of a non-stream packet are ignored, as Netron does.
