@@ -65,7 +65,7 @@ pub fn from_json(json: &serde_json::Value) -> Value {
 /// Typed arguments as a call's argument list: a tuple (or array) gives one argument per item, any
 /// other value one argument.
 fn arguments_of<A: serde::Serialize>(args: A) -> Result<Vec<Value>, crate::PeerError> {
-    let json = serde_json::to_value(args).map_err(|e| crate::PeerError::Local(e.to_string()))?;
+    let json = serde_json::to_value(args).map_err(|e| crate::PeerError::Arguments(e.to_string()))?;
     Ok(match from_json(&json) {
         Value::Array(items) => items,
         single => vec![single],

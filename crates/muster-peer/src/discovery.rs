@@ -71,9 +71,8 @@ impl Peer {
         mut options: DiscoveryOptions,
         address: Option<Address>,
     ) -> Result<(), PeerError> {
-        let local = |e: muster_core::Error| PeerError::Local(e.to_string());
         options.client_mode = address.is_none();
-        let node_id = NodeId::new(self.id()).map_err(local)?;
+        let node_id = NodeId::new(self.id())?;
         // Events about this node too: its own exposures change what its named services resolve.
         let mut builder =
             Agent::builder_shared(registry).options(options).node_id(node_id).filter_own_events(false);
@@ -82,7 +81,7 @@ impl Peer {
         for service in service_infos(self) {
             builder = builder.service(service);
         }
-        let agent = builder.build().map_err(local)?;
+        let agent = builder.build()?;
         // Fleet events on the bus, as seed 004 names them.
         let bus_peer = self.clone();
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
@@ -96,7 +95,7 @@ impl Peer {
                 bus_peer.announce_local(name, payload);
             }
         });
-        agent.start().await.map_err(local)?;
+        agent.start().await?;
         let discovery = Arc::new(Discovery {
             agent,
             generation,
@@ -128,13 +127,13 @@ impl Peer {
     }
 
     fn discovery_or_err(&self) -> Result<Arc<Discovery>, PeerError> {
-        self.discovery().ok_or_else(|| PeerError::Local("discovery is not enabled on this peer".into()))
+        self.discovery().ok_or(PeerError::DiscoveryOff)
     }
 
     /// Active nodes providing a service matching `query` (`name`, `name@1.2.0`, `name@^1`).
     pub async fn find_service(&self, query: &str) -> Result<Vec<Arc<NodeInfo>>, PeerError> {
-        let query = ServiceQuery::parse(query).map_err(|e| PeerError::Local(e.to_string()))?;
-        self.discovery_or_err()?.agent.resolve(&query).await.map_err(|e| PeerError::Local(e.to_string()))
+        let query = ServiceQuery::parse(query).map_err(PeerError::from)?;
+        self.discovery_or_err()?.agent.resolve(&query).await.map_err(PeerError::from)
     }
 
     /// Active nodes providing any version of the service `name`.
@@ -144,7 +143,7 @@ impl Peer {
 
     /// Every active node of the fleet.
     pub async fn get_active_nodes(&self) -> Result<Vec<NodeInfo>, PeerError> {
-        self.discovery_or_err()?.agent.get_active_nodes().await.map_err(|e| PeerError::Local(e.to_string()))
+        self.discovery_or_err()?.agent.get_active_nodes().await.map_err(PeerError::from)
     }
 
     /// The service `query` by name anywhere in the fleet: each call goes to an instance chosen
@@ -173,7 +172,7 @@ impl Peer {
         discovery: Arc<Discovery>,
         failover: Arc<Failover>,
     ) -> Result<NamedService, PeerError> {
-        let parsed = ServiceQuery::parse(query).map_err(|e| PeerError::Local(e.to_string()))?;
+        let parsed = ServiceQuery::parse(query).map_err(PeerError::from)?;
         Ok(NamedService {
             peer: self.clone(),
             discovery,
@@ -295,8 +294,7 @@ impl NamedService {
         if cached.0 == generation && !cached.1.is_empty() {
             return Ok(cached);
         }
-        let nodes =
-            self.discovery.agent.resolve(&self.query).await.map_err(|e| PeerError::Local(e.to_string()))?;
+        let nodes = self.discovery.agent.resolve(&self.query).await.map_err(PeerError::from)?;
         let instances: Vec<Instance> =
             nodes.iter().flat_map(|node| instances_of(node, |s| self.query.matches(s))).collect();
         let fresh = Arc::new((generation, instances));
@@ -404,6 +402,8 @@ fn failover_error(error: FailoverError<PeerError>) -> PeerError {
         FailoverError::NoInstances(service) | FailoverError::AllCircuitsOpen(service) => {
             PeerError::UnknownService(service)
         }
-        FailoverError::Registry(error) => PeerError::Local(error.to_string()),
+        FailoverError::Registry(error) => {
+            PeerError::Registry { kind: muster_core::ErrorKind::Unavailable, message: error.to_string() }
+        }
     }
 }

@@ -1,0 +1,455 @@
+//! One connection: its reader and writer tasks, the frames queued for its socket, the requests it
+//! sends and the responses it waits for.
+
+use super::*;
+
+/// How long a closing connection's writer may take to send the close frame.
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+pub(super) type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
+
+pub(super) struct Connection {
+    pub(super) peer: Arc<Inner>,
+    pub(super) remote_id: String,
+    pub(super) out: mpsc::UnboundedSender<Message>,
+    pub(super) pending: Pending,
+    pub(super) closed: CancellationToken,
+    /// Events the remote peer subscribed to here: the bus listener forwarding each.
+    pub(super) forwarded: Mutex<HashMap<String, SubscriptionId>>,
+    /// Listeners of the remote peer's events (its `emit` tasks); kept across reconnections.
+    pub(super) remote_listeners: Arc<EventBus>,
+    /// The query parameters the remote peer connected with (listener side).
+    pub(super) params: HashMap<String, String>,
+    /// Counted in the open-connections gauge (until closed).
+    pub(super) counted: std::sync::atomic::AtomicBool,
+    /// Streams the remote peer writes to this one.
+    pub(super) streams: Arc<Streams>,
+    /// Frames queued for the writer and not sent yet (stream writers wait while it is high).
+    pub(super) queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Their bytes: over `max_queued_bytes` the remote peer is not reading and is disconnected.
+    pub(super) queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Definitions of services returned by methods to this remote peer, by instance (one per
+    /// instance); they are served until it unrefs them or the connection closes.
+    pub(super) stubs: Mutex<HashMap<usize, String>>,
+    /// Definitions of this peer's services exposed on the remote peer through this connection
+    /// ([`RemotePeer::expose_service`]); served until the connection closes.
+    pub(super) lent: Mutex<Vec<String>>,
+    /// The connection's place among those [`Peer::listen`] serves; released when it closes.
+    pub(super) slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// Signalled by the writer after each frame.
+    pub(super) drained: Arc<tokio::sync::Notify>,
+    /// Requests running now.
+    pub(super) running: Arc<tokio::sync::Semaphore>,
+}
+
+impl Connection {
+    pub(super) fn start<S>(
+        peer: Arc<Inner>,
+        socket: tokio_tungstenite::WebSocketStream<S>,
+        remote_id: String,
+        remote_listeners: Arc<EventBus>,
+        params: HashMap<String, String>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Arc<Self>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sink, mut stream) = socket.split();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let closed = peer.stopped.child_token();
+        let connection = Arc::new(Self {
+            peer: Arc::clone(&peer),
+            remote_id: remote_id.clone(),
+            out,
+            pending: Mutex::new(HashMap::new()),
+            closed: closed.clone(),
+            forwarded: Mutex::new(HashMap::new()),
+            remote_listeners,
+            params,
+            counted: std::sync::atomic::AtomicBool::new(true),
+            streams: Arc::new(Streams::new(peer.config.stream_buffer, peer.config.max_streams)),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            queued_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            stubs: Mutex::new(HashMap::new()),
+            lent: Mutex::new(Vec::new()),
+            slot: Mutex::new(slot),
+            drained: Arc::new(tokio::sync::Notify::new()),
+            running: Arc::new(tokio::sync::Semaphore::new(peer.config.max_concurrent_requests.max(1))),
+        });
+        if let Ok(mut connections) = peer.connections.lock() {
+            connections.insert(remote_id.clone(), Arc::clone(&connection));
+        }
+        peer.metrics.connections.inc();
+        let payload = Value::object([("peerId", Value::str(&remote_id))]);
+        peer.announce("peer:connect", payload, PeerEvent::Connected { peer_id: remote_id });
+        let writer_closed = closed.clone();
+        let (queued, queued_bytes, drained) = (
+            Arc::clone(&connection.queued),
+            Arc::clone(&connection.queued_bytes),
+            Arc::clone(&connection.drained),
+        );
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = outgoing.recv() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    () = writer_closed.cancelled() => {
+                        // A remote peer that does not read gets no more than a moment for it.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(None))).await;
+                        break;
+                    }
+                };
+                let size = message.len();
+                // A write blocked on a peer that does not read ends when the connection closes.
+                let sent = tokio::select! {
+                    sent = sink.send(message) => sent.is_ok(),
+                    () = writer_closed.cancelled() => false,
+                };
+                queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                drained.notify_waiters();
+                if !sent {
+                    break;
+                }
+            }
+            // Dropping the queue frees what was still waiting in it.
+            writer_closed.cancel();
+        });
+        let reader = Arc::clone(&connection);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = stream.next() => message,
+                    () = reader.closed.cancelled() => break,
+                };
+                match message {
+                    Some(Ok(Message::Binary(frame))) => reader.receive(&frame),
+                    Some(Ok(Message::Text(text))) => tracing::debug!(text = %text, "text frame ignored"),
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(error)) => {
+                        // An oversized frame, broken framing, a reset: this connection ends, the
+                        // peer keeps serving the others.
+                        tracing::info!(remote = %reader.remote_id, %error, "closing a peer connection");
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+            reader.close();
+        });
+        connection
+    }
+
+    /// Ends the connection: pending requests fail, its subscriptions end, the definitions it was
+    /// handed or lent are no longer served, the peer forgets it.
+    pub(super) fn close(&self) {
+        if self.counted.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.peer.metrics.connections.dec();
+        }
+        self.closed.cancel();
+        drop(self.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handed: Vec<String> =
+            self.stubs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, id)| id).collect();
+        let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
+        self.peer.definitions_mut(|definitions| {
+            for id in handed.iter().chain(&lent) {
+                definitions.remove(id);
+            }
+        });
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.clear();
+        }
+        self.streams.close_all("the connection closed");
+        self.drop_proxies();
+        self.drained.notify_waiters();
+        if let Ok(mut forwarded) = self.forwarded.lock() {
+            for (_, id) in forwarded.drain() {
+                self.peer.bus.unsubscribe(id);
+            }
+        }
+        // Only this connection's entry: a newer connection of the same peer stays.
+        let known = self.peer.connections.lock().is_ok_and(|mut connections| {
+            let mine = connections.get(&self.remote_id).is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), self));
+            mine && connections.remove(&self.remote_id).is_some()
+        });
+        if known {
+            let payload = Value::object([("peerId", Value::str(&self.remote_id))]);
+            self.peer.announce(
+                "peer:disconnect",
+                payload,
+                PeerEvent::Disconnected { peer_id: self.remote_id.clone() },
+            );
+        }
+    }
+
+    /// Services the remote peer exposed here go with its connection.
+    pub(super) fn drop_proxies(&self) {
+        let gone: Vec<String> = self
+            .peer
+            .exposed
+            .read()
+            .map(|e| {
+                e.iter()
+                    .filter(|(_, x)| x.definition.peer_id == self.remote_id)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in gone {
+            let removed = self.peer.exposed.write().ok().and_then(|mut e| e.remove(&name));
+            if let Some(exposed) = removed {
+                self.peer.definitions_mut(|d| d.remove(&exposed.definition.id));
+            }
+        }
+    }
+
+    /// Queues `packet` for the writer.
+    pub(super) fn send(&self, packet: &Packet) {
+        self.send_sized(packet);
+    }
+
+    /// Queues `packet` for the writer; returns its size in bytes. A remote peer with more than
+    /// `max_queued_bytes` waiting for its socket is not reading: it is disconnected.
+    pub(super) fn send_sized(&self, packet: &Packet) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.closed.is_cancelled() {
+            return 0;
+        }
+        match packet.encode() {
+            Ok(bytes) => {
+                let size = bytes.len();
+                let waiting = self.queued_bytes.fetch_add(size, Relaxed) + size;
+                if waiting > self.peer.config.max_queued_bytes {
+                    self.queued_bytes.fetch_sub(size, Relaxed);
+                    self.peer.metrics.slow_peers_disconnected.inc();
+                    tracing::warn!(remote = %self.remote_id, waiting, "a peer does not read what it is sent; disconnecting it");
+                    self.close();
+                    return 0;
+                }
+                self.queued.fetch_add(1, Relaxed);
+                if self.out.send(Message::binary(bytes)).is_err() {
+                    self.queued.fetch_sub(1, Relaxed);
+                    self.queued_bytes.fetch_sub(size, Relaxed);
+                }
+                size
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a packet cannot be written");
+                0
+            }
+        }
+    }
+
+    /// One frame from the remote peer.
+    pub(super) fn receive(self: &Arc<Self>, frame: &[u8]) {
+        let max = self.peer.config.limits.max_frame;
+        if frame.len() > max {
+            return self.refuse_oversized(frame, max);
+        }
+        let packet = match Packet::decode(frame, self.peer.config.limits) {
+            Ok(packet) => packet,
+            Err(error) => {
+                return tracing::debug!(remote = %self.remote_id, %error, "an undecodable frame was dropped");
+            }
+        };
+        if !packet.impulse {
+            let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&packet.id));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(if packet.error { Err(packet.data) } else { Ok(packet.data) });
+            }
+            return;
+        }
+        match packet.kind {
+            PacketType::Get | PacketType::Set | PacketType::Call | PacketType::Task => {
+                let Ok(permit) = Arc::clone(&self.running).try_acquire_owned() else {
+                    tracing::debug!(remote = %self.remote_id, "too many requests at once; refused");
+                    let busy = JsError::new("Too many concurrent requests; retry later");
+                    return self.send(&packet.response(Err(Value::Error(Box::new(busy)))));
+                };
+                let connection = Arc::clone(self);
+                let (service, method) = self.labels(&packet);
+                let span = tracing::debug_span!("netron.call", %service, %method, peer = %self.remote_id);
+                let task = async move {
+                    let started = tokio::time::Instant::now();
+                    let outcome = connection.serve(&packet).await;
+                    let metrics = &connection.peer.metrics;
+                    metrics.duration.observe(started.elapsed().as_secs_f64());
+                    let status = if outcome.is_ok() { "ok" } else { "error" };
+                    metrics
+                        .calls
+                        .get_or_create(&crate::metrics::CallLabels { service, method, status })
+                        .inc();
+                    match outcome {
+                        Ok(Output::Value(value)) => connection.send(&packet.response(Ok(value))),
+                        Ok(Output::Service(_)) => {
+                            // `serve` turns returned services into definitions; nothing else arrives here.
+                            let error = JsError::new("a service cannot be sent here");
+                            connection.send(&packet.response(Err(Value::Error(Box::new(error)))));
+                        }
+                        Ok(Output::Stream(items)) => {
+                            // The reply names the stream first; the chunks follow it.
+                            let stream_id = connection.peer.stream_ids.next();
+                            let reference = crate::wire::StreamReference {
+                                stream_id,
+                                writable: true,
+                                live: true,
+                                peer_id: connection.remote_id.clone(),
+                            };
+                            connection
+                                .send(&packet.response(Ok(Value::StreamReference(Box::new(reference)))));
+                            drop(permit);
+                            connection.pipe(stream_id, items).await;
+                        }
+                        Err(error) => connection.send(&packet.response(Err(Value::Error(Box::new(error))))),
+                    }
+                };
+                tokio::spawn(tracing::Instrument::instrument(task, span));
+            }
+            PacketType::Stream => {
+                self.peer
+                    .metrics
+                    .stream_bytes
+                    .get_or_create(&crate::metrics::Direction { direction: "received" })
+                    .inc_by(frame.len() as u64);
+                let (id, index) = packet.stream.unwrap_or_default();
+                self.streams.chunk(id, index, packet.data, packet.eos);
+            }
+            PacketType::StreamError | PacketType::StreamClose => {
+                let id = match packet.data.get("streamId") {
+                    Some(Value::Int(id)) => u32::try_from(*id).unwrap_or(0),
+                    Some(Value::Float(id)) => *id as u32,
+                    _ => 0,
+                };
+                let why =
+                    packet.data.get("message").or_else(|| packet.data.get("reason")).and_then(Value::as_str);
+                self.streams.fail(id, why.unwrap_or("the stream was closed by its writer").to_owned());
+            }
+            PacketType::Ping => tracing::debug!(remote = %self.remote_id, "ping ignored, as Netron does"),
+        }
+    }
+
+    /// A frame over `max_frame` (and within what the WebSocket layer reads): a request is answered
+    /// with a Netron error naming the limit, anything else is dropped; the connection stays.
+    pub(super) fn refuse_oversized(&self, frame: &[u8], max: usize) {
+        let request = Packet::header(frame).filter(|(_, kind, impulse)| {
+            *impulse
+                && matches!(kind, PacketType::Get | PacketType::Set | PacketType::Call | PacketType::Task)
+        });
+        tracing::info!(remote = %self.remote_id, size = frame.len(), max, "a frame over the limit was refused");
+        if let Some((id, kind, _)) = request {
+            let error = JsError::new(format!(
+                "Payload too large: the request is {} bytes, this peer accepts at most {max}",
+                frame.len()
+            ));
+            self.send(
+                &Packet::request(id, kind, Value::Undefined).response(Err(Value::Error(Box::new(error)))),
+            );
+        }
+    }
+
+    /// The metric labels of a request: the service's qualified name (`task` for tasks) and the
+    /// member or task name.
+    pub(super) fn labels(&self, packet: &Packet) -> (String, String) {
+        let Value::Array(items) = &packet.data else { return ("unknown".into(), "unknown".into()) };
+        let text = |i: usize| items.get(i).and_then(Value::as_str).unwrap_or("unknown").to_owned();
+        if packet.kind == PacketType::Task {
+            return ("task".into(), text(0));
+        }
+        let service = self.peer.definitions.read().ok().and_then(|d| match d.get(&text(0)) {
+            Some(Served::Local { service, .. }) => Some(service.qualified_name().to_owned()),
+            Some(Served::Proxy { .. }) => Some("proxied".to_owned()),
+            None => None,
+        });
+        (service.unwrap_or_else(|| "unknown".into()), text(1))
+    }
+
+    /// Writes `items` as stream `stream_id`: a chunk per item, then the end; an item that fails
+    /// sends STREAM_ERROR. Waits while many frames are queued for the socket (backpressure inside
+    /// the process; Netron has none on the wire).
+    pub(super) async fn pipe(
+        &self,
+        stream_id: u32,
+        mut items: futures::stream::BoxStream<'static, Result<Value, JsError>>,
+    ) {
+        const HIGH_WATER: usize = 256;
+        let mut index = 0u32;
+        loop {
+            while self.backlogged(HIGH_WATER) && !self.closed.is_cancelled() {
+                let drained = self.drained.notified();
+                if !self.backlogged(HIGH_WATER) {
+                    break;
+                }
+                drained.await;
+            }
+            let next = tokio::select! {
+                next = items.next() => next,
+                () = self.closed.cancelled() => return,
+            };
+            let id = self.peer.ids.next();
+            match next {
+                Some(Ok(value)) => {
+                    let sent = self.send_sized(&Packet::chunk(id, stream_id, index, value, true, false));
+                    let direction = crate::metrics::Direction { direction: "sent" };
+                    self.peer.metrics.stream_bytes.get_or_create(&direction).inc_by(sent as u64);
+                }
+                Some(Err(error)) => {
+                    let data = Value::object([
+                        ("streamId", Value::Int(i64::from(stream_id))),
+                        ("message", Value::str(error.message)),
+                    ]);
+                    return self.send(&Packet::request(id, PacketType::StreamError, data));
+                }
+                None => return self.send(&Packet::chunk(id, stream_id, index, Value::Null, true, true)),
+            }
+            index = index.wrapping_add(1);
+        }
+    }
+
+    /// More than `frames` frames, or more than a quarter of `max_queued_bytes`, wait for the
+    /// socket: a stream writer waits before queueing more.
+    pub(super) fn backlogged(&self, frames: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queued.load(Relaxed) > frames
+            || self.queued_bytes.load(Relaxed) > self.peer.config.max_queued_bytes / 4
+    }
+
+    /// Sends a request and waits for its response.
+    pub(super) async fn request(&self, kind: PacketType, data: Value) -> Result<Value, PeerError> {
+        if self.closed.is_cancelled() {
+            return Err(PeerError::Closed);
+        }
+        let id = self.peer.ids.next();
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        self.send(&Packet::request(id, kind, data));
+        enum Outcome {
+            Answer(Result<Value, Value>),
+            Closed,
+            Timeout,
+        }
+        let outcome = tokio::select! {
+            answer = tokio::time::timeout(self.peer.config.request_timeout, rx) => match answer {
+                Ok(Ok(answer)) => Outcome::Answer(answer),
+                Ok(Err(_)) => Outcome::Closed,
+                Err(_) => Outcome::Timeout,
+            },
+            () = self.closed.cancelled() => Outcome::Closed,
+        };
+        if !matches!(outcome, Outcome::Answer(_))
+            && let Ok(mut pending) = self.pending.lock()
+        {
+            pending.remove(&id);
+        }
+        match outcome {
+            Outcome::Answer(Ok(value)) => Ok(value),
+            Outcome::Answer(Err(Value::Error(error))) => Err(PeerError::Remote(error)),
+            Outcome::Answer(Err(other)) => Err(PeerError::RemoteValue(Box::new(other))),
+            Outcome::Closed => Err(PeerError::Closed),
+            Outcome::Timeout => Err(PeerError::Timeout),
+        }
+    }
+}

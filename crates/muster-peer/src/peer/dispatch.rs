@@ -1,0 +1,137 @@
+//! Answering one request: the middleware, then this peer's service, a proxied peer or a task;
+//! services returned by methods become definitions of the connection they were handed to.
+
+use super::*;
+
+impl Connection {
+    /// Answers one request: the middleware first (every kind: calls, reads and writes of
+    /// properties — of this peer's services or of ones proxied here — and tasks, core ones
+    /// included), then the service, the proxied peer or the task.
+    pub(super) async fn serve(self: &Arc<Self>, packet: &Packet) -> Result<Output, JsError> {
+        let Value::Array(items) = &packet.data else { return Err(JsError::new("Invalid packet")) };
+        let text =
+            |i: usize| items.get(i).and_then(Value::as_str).ok_or_else(|| JsError::new("Invalid packet"));
+        if packet.kind == PacketType::Task {
+            let name = text(0)?;
+            self.check(None, "", name, packet.kind, &items[1..])?;
+            return self.run_task(name, items[1..].to_vec()).await.map(Output::Value);
+        }
+        let (def_id, member) = (text(0)?, text(1)?);
+        let served = self
+            .peer
+            .definitions
+            .read()
+            .ok()
+            .and_then(|d| d.get(def_id).cloned())
+            .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
+        let args = match packet.kind {
+            PacketType::Get => &[][..],
+            _ => items.get(2..).unwrap_or_default(),
+        };
+        let service = match served {
+            Served::Local { service, .. } => service,
+            Served::Proxy { exposer, name } => {
+                self.check(None, &name, member, packet.kind, args)?;
+                // A service another peer exposed here: the request goes to it as it came.
+                let exposer = exposer
+                    .upgrade()
+                    .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
+                return match exposer.request(packet.kind, packet.data.clone()).await {
+                    Ok(value) => Ok(Output::Value(value)),
+                    Err(PeerError::Remote(error)) => Err(*error),
+                    Err(other) => Err(JsError::new(other.to_string())),
+                };
+            }
+        };
+        self.check(Some(&service), service.qualified_name(), member, packet.kind, args)?;
+        let output = match packet.kind {
+            PacketType::Get => service.get(member).map(Output::Value)?,
+            PacketType::Set => {
+                service.set(member, items.get(2).cloned().unwrap_or(Value::Undefined))?;
+                Output::Value(Value::Undefined)
+            }
+            _ => service.call(member, args.to_vec()).await?,
+        };
+        match output {
+            Output::Service(returned) => {
+                Ok(Output::Value(Value::Definition(Box::new(self.stub(returned, def_id)))))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Runs the peer's middleware, then `service`'s own, on one request. Checks are synchronous:
+    /// they read the settings in place, nothing is copied per request.
+    pub(super) fn check(
+        &self,
+        service: Option<&Service>,
+        name: &str,
+        member: &str,
+        kind: PacketType,
+        args: &[Value],
+    ) -> Result<(), JsError> {
+        let info = crate::middleware::CallInfo {
+            peer_id: &self.remote_id,
+            params: &self.params,
+            service: name,
+            member,
+            kind,
+            args,
+        };
+        let guards = self.peer.middleware.read();
+        let own = service.into_iter().flat_map(Service::middleware);
+        for guard in guards.iter().flat_map(|g| g.iter()).chain(own) {
+            guard.check(&info)?;
+        }
+        Ok(())
+    }
+
+    /// The definition of a service returned by a method of `parent` (the same for the same
+    /// instance).
+    pub(super) fn stub(&self, service: Arc<Service>, parent: &str) -> Definition {
+        let key = Arc::as_ptr(&service) as *const () as usize;
+        let mut stubs = self.stubs.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = service.meta();
+        if let Some(id) = stubs.get(&key)
+            && self.peer.definitions.read().is_ok_and(|d| d.contains_key(id))
+        {
+            return Definition {
+                id: id.clone(),
+                parent_id: parent.to_owned(),
+                peer_id: self.peer.id.clone(),
+                meta,
+            };
+        }
+        let definition =
+            Definition { id: uuid(), parent_id: parent.to_owned(), peer_id: self.peer.id.clone(), meta };
+        stubs.insert(key, definition.id.clone());
+        self.peer.definitions_mut(|d| {
+            d.insert(definition.id.clone(), Served::Local { service, parent: Some(parent.to_owned()) })
+        });
+        definition
+    }
+
+    /// Drops a returned service's definition and those returned from it (never an exposed one).
+    pub(super) fn unref(&self, id: &str) {
+        self.peer.definitions_mut(|definitions| self.unref_in(definitions, id));
+    }
+
+    pub(super) fn unref_in(&self, definitions: &mut HashMap<String, Served>, id: &str) {
+        let mut gone = vec![id.to_owned()];
+        let mut i = 0;
+        while i < gone.len() {
+            let current = gone[i].clone();
+            if matches!(definitions.get(&current), Some(Served::Local { parent: Some(_), .. })) {
+                definitions.remove(&current);
+                let children: Vec<String> = definitions
+                    .iter()
+                    .filter(|(_, served)| matches!(served, Served::Local { parent: Some(p), .. } if *p == current))
+                    .map(|(child, _)| child.clone())
+                    .collect();
+                gone.extend(children);
+            }
+            i += 1;
+        }
+        self.stubs.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, stub| definitions.contains_key(stub));
+    }
+}
