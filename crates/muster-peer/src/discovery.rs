@@ -7,6 +7,7 @@
 //! ([`Peer::service`]): instances from the discovery cache, ordered by `muster-client`'s selector,
 //! one connection per remote peer, failing over with its circuit breakers.
 
+use crate::sync::Locked as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -189,13 +190,7 @@ impl Peer {
             if let Err(error) = discovery.agent.stop().await {
                 tracing::warn!(%error, "deregistering failed; the node expires by its TTL");
             }
-            let slots: Vec<Slot> = discovery
-                .connections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain()
-                .map(|(_, slot)| slot)
-                .collect();
+            let slots: Vec<Slot> = discovery.connections.locked().drain().map(|(_, slot)| slot).collect();
             for remote in slots.iter().filter_map(|slot| slot.get()) {
                 remote.disconnect();
             }
@@ -305,7 +300,7 @@ impl NamedService {
     /// The connection to the peer behind `instance` (opened once, reused while open).
     async fn remote(&self, instance: &Instance) -> Result<RemotePeer, PeerError> {
         let slot = {
-            let mut connections = self.discovery.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let mut connections = self.discovery.connections.locked();
             let slot = connections.entry(instance.id.clone()).or_default();
             if slot.get().is_some_and(|remote| !remote.is_connected()) {
                 *slot = Slot::default();
@@ -324,14 +319,16 @@ impl NamedService {
         let known = self
             .discovery
             .interfaces
-            .lock()
-            .ok()
-            .and_then(|i| i.get(&self.text).and_then(|of_query| of_query.get(&instance.id)).cloned());
+            .locked()
+            .get(&self.text)
+            .and_then(|of_query| of_query.get(&instance.id))
+            .cloned();
         if let Some(interface) = known.filter(Interface::is_connected) {
             return Ok(interface);
         }
         let interface = self.remote(instance).await?.query_interface(&self.text)?;
-        if let Ok(mut interfaces) = self.discovery.interfaces.lock() {
+        {
+            let mut interfaces = self.discovery.interfaces.locked();
             let of_query = interfaces.entry(self.text.clone()).or_default();
             of_query.insert(instance.id.clone(), interface.clone());
         }

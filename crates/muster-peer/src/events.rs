@@ -9,6 +9,7 @@
 //! - Remote peers subscribe over the wire (the `subscribe` task); each local emission of a
 //!   subscribed event is then sent to them as an `emit` task.
 
+use crate::sync::ReadWrite as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -49,7 +50,8 @@ impl EventBus {
     /// Adds `listener` for events matching `pattern`.
     pub fn subscribe(&self, pattern: &str, listener: Listener) -> SubscriptionId {
         let id = SubscriptionId(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        if let Ok(mut listeners) = self.listeners.write() {
+        {
+            let mut listeners = self.listeners.writing();
             listeners.push((id, pattern.to_owned(), listener));
         }
         id
@@ -57,7 +59,7 @@ impl EventBus {
 
     /// Removes a subscription; `false` when it was not there.
     pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
-        let Ok(mut listeners) = self.listeners.write() else { return false };
+        let mut listeners = self.listeners.writing();
         let before = listeners.len();
         listeners.retain(|(other, _, _)| *other != id);
         listeners.len() != before
@@ -66,7 +68,8 @@ impl EventBus {
     /// The patterns with listeners, each once, in subscription order.
     pub fn patterns(&self) -> Vec<String> {
         let mut patterns: Vec<String> = Vec::new();
-        if let Ok(listeners) = self.listeners.read() {
+        {
+            let listeners = self.listeners.reading();
             for (_, pattern, _) in listeners.iter() {
                 if !patterns.contains(pattern) {
                     patterns.push(pattern.clone());
@@ -78,7 +81,7 @@ impl EventBus {
 
     /// How many listeners were subscribed with exactly `pattern`.
     pub fn pattern_count(&self, pattern: &str) -> usize {
-        self.listeners.read().map(|l| l.iter().filter(|(_, p, _)| p == pattern).count()).unwrap_or(0)
+        self.listeners.reading().iter().filter(|(_, p, _)| p == pattern).count()
     }
 
     /// How many listeners `event` has.
@@ -88,15 +91,11 @@ impl EventBus {
 
     fn matching(&self, event: &str) -> Vec<Listener> {
         self.listeners
-            .read()
-            .map(|listeners| {
-                listeners
-                    .iter()
-                    .filter(|(_, pattern, _)| muster_core::name::glob_matches(pattern, event))
-                    .map(|(_, _, listener)| Arc::clone(listener))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .reading()
+            .iter()
+            .filter(|(_, pattern, _)| muster_core::name::glob_matches(pattern, event))
+            .map(|(_, _, listener)| Arc::clone(listener))
+            .collect()
     }
 
     /// Runs every listener of `event` at once; their results in subscription order.

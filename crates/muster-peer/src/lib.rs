@@ -24,6 +24,7 @@ pub mod middleware;
 mod peer;
 mod service;
 mod streams;
+mod sync;
 
 pub use convert::{from_json, to_json};
 pub use discovery::NamedService;

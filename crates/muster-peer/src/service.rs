@@ -2,6 +2,7 @@
 //! (`meta`) generated from them. Declared with [`ServiceBuilder`]: each method is a Rust closure
 //! whose arguments and result go through serde — no hand-written dispatch.
 
+use crate::sync::Locked as _;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -305,7 +306,7 @@ impl Service {
     pub fn get(&self, name: &str) -> Result<Value, JsError> {
         let property =
             self.properties.get(name).ok_or_else(|| JsError::new(format!("Unknown property: {name}")))?;
-        Ok(property.value.lock().map_or(Value::Undefined, |v| v.clone()))
+        Ok(property.value.locked().clone())
     }
 
     /// Writes property `name` (refused for read-only ones).
@@ -315,7 +316,8 @@ impl Service {
         if property.readonly {
             return Err(type_error(format!("Cannot assign to read only property '{name}'")));
         }
-        if let Ok(mut slot) = property.value.lock() {
+        {
+            let mut slot = property.value.locked();
             *slot = value;
         }
         Ok(())

@@ -7,6 +7,7 @@
 //! dropped, as Netron destroys a stream past 10,000 buffered chunks. A stream that is not live also
 //! fails after `timeout` without a chunk (Netron's `streamTimeout`, 60 s).
 
+use crate::sync::Locked as _;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -59,7 +60,7 @@ impl Streams {
     }
 
     fn slot(&self, id: u32) -> Option<Arc<Mutex<State>>> {
-        let mut streams = self.streams.lock().ok()?;
+        let mut streams = self.streams.locked();
         if !streams.contains_key(&id) && streams.len() >= self.max_streams {
             return None;
         }
@@ -74,7 +75,7 @@ impl Streams {
         let Some(slot) = self.slot(id) else {
             return tracing::debug!(stream = id, "too many open streams; chunk dropped");
         };
-        let Ok(mut state) = slot.lock() else { return };
+        let mut state = slot.locked();
         if state.failed.is_some() || index < state.next {
             return;
         }
@@ -101,7 +102,8 @@ impl Streams {
     /// STREAM_ERROR or STREAM_CLOSE of stream `id`.
     pub(crate) fn fail(&self, id: u32, message: String) {
         let Some(slot) = self.slot(id) else { return };
-        if let Ok(mut state) = slot.lock() {
+        {
+            let mut state = slot.locked();
             state.failed.get_or_insert(message);
             state.wake();
         }
@@ -120,12 +122,10 @@ impl Streams {
 
     /// Every stream fails (the connection closed).
     pub(crate) fn close_all(&self, why: &str) {
-        let slots: Vec<Arc<Mutex<State>>> =
-            self.streams.lock().map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let slots: Vec<Arc<Mutex<State>>> = self.streams.locked().values().cloned().collect();
         for slot in slots {
-            if let Ok(mut state) = slot.lock()
-                && !state.finished()
-            {
+            let mut state = slot.locked();
+            if !state.finished() {
                 state.failed.get_or_insert_with(|| why.to_owned());
                 state.wake();
             }
@@ -133,7 +133,8 @@ impl Streams {
     }
 
     fn forget(&self, id: u32) {
-        if let Ok(mut streams) = self.streams.lock() {
+        {
+            let mut streams = self.streams.locked();
             streams.remove(&id);
         }
     }
@@ -159,7 +160,7 @@ impl futures::Stream for ReadableStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Ok(mut state) = this.state.lock() else { return Poll::Ready(None) };
+        let mut state = this.state.locked();
         if let Some(value) = state.ready.pop_front() {
             state.active = false;
             if let Some((limit, timer)) = &mut this.timeout {

@@ -2,6 +2,7 @@
 //! sends and the responses it waits for.
 
 use super::*;
+use crate::sync::{Locked as _, ReadWrite as _};
 
 /// How long a closing connection's writer may take to send the close frame.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -76,7 +77,8 @@ impl Connection {
             drained: Arc::new(tokio::sync::Notify::new()),
             running: Arc::new(tokio::sync::Semaphore::new(peer.config.max_concurrent_requests.max(1))),
         });
-        if let Ok(mut connections) = peer.connections.lock() {
+        {
+            let mut connections = peer.connections.locked();
             connections.insert(remote_id.clone(), Arc::clone(&connection));
         }
         peer.metrics.connections.inc();
@@ -149,31 +151,33 @@ impl Connection {
             self.peer.metrics.connections.dec();
         }
         self.closed.cancel();
-        drop(self.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let handed: Vec<String> =
-            self.stubs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, id)| id).collect();
-        let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(self.slot.locked().take());
+        let handed: Vec<String> = self.stubs.locked().drain().map(|(_, id)| id).collect();
+        let lent = std::mem::take(&mut *self.lent.locked());
         self.peer.definitions_mut(|definitions| {
             for id in handed.iter().chain(&lent) {
                 definitions.remove(id);
             }
         });
-        if let Ok(mut pending) = self.pending.lock() {
+        {
+            let mut pending = self.pending.locked();
             pending.clear();
         }
         self.streams.close_all("the connection closed");
         self.drop_proxies();
         self.drained.notify_waiters();
-        if let Ok(mut forwarded) = self.forwarded.lock() {
+        {
+            let mut forwarded = self.forwarded.locked();
             for (_, id) in forwarded.drain() {
                 self.peer.bus.unsubscribe(id);
             }
         }
         // Only this connection's entry: a newer connection of the same peer stays.
-        let known = self.peer.connections.lock().is_ok_and(|mut connections| {
+        let known = {
+            let mut connections = self.peer.connections.locked();
             let mine = connections.get(&self.remote_id).is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), self));
             mine && connections.remove(&self.remote_id).is_some()
-        });
+        };
         if known {
             let payload = Value::object([("peerId", Value::str(&self.remote_id))]);
             self.peer.announce(
@@ -189,16 +193,13 @@ impl Connection {
         let gone: Vec<String> = self
             .peer
             .exposed
-            .read()
-            .map(|e| {
-                e.iter()
-                    .filter(|(_, x)| x.definition.peer_id == self.remote_id)
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+            .reading()
+            .iter()
+            .filter(|(_, x)| x.definition.peer_id == self.remote_id)
+            .map(|(k, _)| k.clone())
+            .collect();
         for name in gone {
-            let removed = self.peer.exposed.write().ok().and_then(|mut e| e.remove(&name));
+            let removed = self.peer.exposed.writing().remove(&name);
             if let Some(exposed) = removed {
                 self.peer.definitions_mut(|d| d.remove(&exposed.definition.id));
             }
@@ -255,7 +256,7 @@ impl Connection {
             }
         };
         if !packet.impulse {
-            let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&packet.id));
+            let waiter = self.pending.locked().remove(&packet.id);
             if let Some(waiter) = waiter {
                 let _ = waiter.send(if packet.error { Err(packet.data) } else { Ok(packet.data) });
             }
@@ -357,11 +358,11 @@ impl Connection {
         if packet.kind == PacketType::Task {
             return ("task".into(), text(0));
         }
-        let service = self.peer.definitions.read().ok().and_then(|d| match d.get(&text(0)) {
+        let service = match self.peer.definitions.reading().get(&text(0)) {
             Some(Served::Local { service, .. }) => Some(service.qualified_name().to_owned()),
             Some(Served::Proxy { .. }) => Some("proxied".to_owned()),
             None => None,
-        });
+        };
         (service.unwrap_or_else(|| "unknown".into()), text(1))
     }
 
@@ -422,7 +423,8 @@ impl Connection {
         }
         let id = self.peer.ids.next();
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = self.pending.lock() {
+        {
+            let mut pending = self.pending.locked();
             pending.insert(id, tx);
         }
         self.send(&Packet::request(id, kind, data));
@@ -439,10 +441,8 @@ impl Connection {
             },
             () = self.closed.cancelled() => Outcome::Closed,
         };
-        if !matches!(outcome, Outcome::Answer(_))
-            && let Ok(mut pending) = self.pending.lock()
-        {
-            pending.remove(&id);
+        if !matches!(outcome, Outcome::Answer(_)) {
+            self.pending.locked().remove(&id);
         }
         match outcome {
             Outcome::Answer(Ok(value)) => Ok(value),

@@ -2,6 +2,7 @@
 //! services returned by methods become definitions of the connection they were handed to.
 
 use super::*;
+use crate::sync::ReadWrite as _;
 
 impl Connection {
     /// Answers one request: the middleware first (every kind: calls, reads and writes of
@@ -20,9 +21,9 @@ impl Connection {
         let served = self
             .peer
             .definitions
-            .read()
-            .ok()
-            .and_then(|d| d.get(def_id).cloned())
+            .reading()
+            .get(def_id)
+            .cloned()
             .ok_or_else(|| JsError::new(format!("Unknown definition: {def_id}.")))?;
         let args = match packet.kind {
             PacketType::Get => &[][..],
@@ -78,9 +79,9 @@ impl Connection {
             kind,
             args,
         };
-        let guards = self.peer.middleware.read();
+        let guards = self.peer.middleware.reading();
         let own = service.into_iter().flat_map(Service::middleware);
-        for guard in guards.iter().flat_map(|g| g.iter()).chain(own) {
+        for guard in guards.iter().chain(own) {
             guard.check(&info)?;
         }
         Ok(())
@@ -90,10 +91,10 @@ impl Connection {
     /// instance).
     pub(super) fn stub(&self, service: Arc<Service>, parent: &str) -> Definition {
         let key = Arc::as_ptr(&service) as *const () as usize;
-        let mut stubs = self.stubs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stubs = self.stubs.locked();
         let meta = service.meta();
         if let Some(id) = stubs.get(&key)
-            && self.peer.definitions.read().is_ok_and(|d| d.contains_key(id))
+            && self.peer.definitions.reading().contains_key(id)
         {
             return Definition {
                 id: id.clone(),
@@ -132,6 +133,6 @@ impl Connection {
             }
             i += 1;
         }
-        self.stubs.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, stub| definitions.contains_key(stub));
+        self.stubs.locked().retain(|_, stub| definitions.contains_key(stub));
     }
 }

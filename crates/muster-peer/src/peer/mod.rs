@@ -26,6 +26,7 @@ pub use config::{PeerConfig, TaskOverwrite};
 pub use error::PeerError;
 pub use remote::{Interface, RemotePeer};
 
+use crate::sync::{Locked as _, ReadWrite as _};
 use connect::{accept, open, reconnect};
 use connection::Connection;
 use remote::Remote;
@@ -125,7 +126,7 @@ impl Inner {
 
     /// Changes the served definitions, keeping the `netron_definitions` gauge in step.
     fn definitions_mut<T>(&self, change: impl FnOnce(&mut HashMap<String, Served>) -> T) -> T {
-        let mut definitions = self.definitions.write().unwrap_or_else(|p| p.into_inner());
+        let mut definitions = self.definitions.writing();
         let out = change(&mut definitions);
         self.metrics.definitions.set(i64::try_from(definitions.len()).unwrap_or(i64::MAX));
         out
@@ -193,13 +194,14 @@ impl Peer {
     }
 
     pub(crate) fn set_discovery(&self, discovery: Arc<crate::discovery::Discovery>) {
-        if let Ok(mut slot) = self.inner.discovery.lock() {
+        {
+            let mut slot = self.inner.discovery.locked();
             *slot = Some(discovery);
         }
     }
 
     pub(crate) fn discovery(&self) -> Option<Arc<crate::discovery::Discovery>> {
-        self.inner.discovery.lock().ok().and_then(|d| d.clone())
+        self.inner.discovery.locked().clone()
     }
 
     /// Emits `name` with `payload` on the bus, in order after the announcements before it.
@@ -225,7 +227,8 @@ impl Peer {
     /// Adds a check that every call to this peer's services passes first (in the order added,
     /// before the service's own).
     pub fn use_middleware(&self, middleware: Arc<dyn crate::middleware::Middleware>) {
-        if let Ok(mut all) = self.inner.middleware.write() {
+        {
+            let mut all = self.inner.middleware.writing();
             all.push(middleware);
         }
     }
@@ -246,7 +249,7 @@ impl Peer {
         if CORE_TASKS.contains(&name) {
             return Err(PeerError::CoreTask(name.to_owned()));
         }
-        let mut tasks = self.inner.tasks.write().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.inner.tasks.writing();
         if tasks.contains_key(name) {
             match overwrite {
                 TaskOverwrite::Skip => return Ok(false),
@@ -266,7 +269,7 @@ impl Peer {
     /// Exposes `service` under its qualified name; returns its definition.
     pub fn expose_service(&self, service: Arc<Service>) -> Result<Definition, PeerError> {
         let key = service.qualified_name().to_owned();
-        let mut exposed = self.inner.exposed.write().unwrap_or_else(|p| p.into_inner());
+        let mut exposed = self.inner.exposed.writing();
         if exposed.contains_key(&key) {
             return Err(PeerError::ServiceExists(key));
         }
@@ -288,7 +291,7 @@ impl Peer {
 
     /// Stops exposing the service `qualified_name`; `false` when it was not exposed.
     pub fn conceal_service(&self, qualified_name: &str) -> bool {
-        let Ok(mut exposed) = self.inner.exposed.write() else { return false };
+        let mut exposed = self.inner.exposed.writing();
         let Some(gone) = exposed.remove(qualified_name) else { return false };
         drop(exposed);
         self.inner.definitions_mut(|d| d.remove(&gone.definition.id));
@@ -303,15 +306,14 @@ impl Peer {
 
     /// The qualified names of the exposed services, sorted.
     pub fn service_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.inner.exposed.read().map(|e| e.keys().cloned().collect()).unwrap_or_default();
+        let mut names: Vec<String> = self.inner.exposed.reading().keys().cloned().collect();
         names.sort();
         names
     }
 
     /// Whether `qualified_name` is exposed.
     pub fn has_service(&self, qualified_name: &str) -> bool {
-        self.inner.exposed.read().is_ok_and(|e| e.contains_key(qualified_name))
+        self.inner.exposed.reading().contains_key(qualified_name)
     }
 
     /// Accepts connections on `address` until [`Peer::stop`]; returns the bound address.
@@ -388,8 +390,7 @@ impl Peer {
         self.stop_discovery().await;
         self.inner.listening.store(false, std::sync::atomic::Ordering::Relaxed);
         self.inner.stopped.cancel();
-        let connections: Vec<Arc<Connection>> =
-            self.inner.connections.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
+        let connections: Vec<Arc<Connection>> = self.inner.connections.locked().values().cloned().collect();
         for connection in connections {
             connection.close();
         }

@@ -2,6 +2,7 @@
 //! `Interface` (one remote service).
 
 use super::*;
+use crate::sync::ReadWrite as _;
 
 /// What a [`RemotePeer`]'s clones share: the current connection (replaced on reconnection), the
 /// remote peer's services, and the listeners of its events.
@@ -60,7 +61,8 @@ impl RemotePeer {
                 .collect(),
             _ => HashMap::new(),
         };
-        if let Ok(mut known) = self.shared.services.write() {
+        {
+            let mut known = self.shared.services.writing();
             *known = services;
         }
         self.shared.current.store(connection);
@@ -81,9 +83,8 @@ impl RemotePeer {
                         weak.upgrade(),
                         payload.and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
                         payload.and_then(|p| p.get("definition")),
-                    ) && let Ok(mut services) = shared.services.write()
-                    {
-                        services.insert(name.to_owned(), (**definition).clone());
+                    ) {
+                        shared.services.writing().insert(name.to_owned(), (**definition).clone());
                     }
                     Ok(Value::Undefined)
                 }
@@ -96,9 +97,8 @@ impl RemotePeer {
                     if let (Some(shared), Some(name)) = (
                         weak.upgrade(),
                         args.first().and_then(|p| p.get("qualifiedName")).and_then(Value::as_str),
-                    ) && let Ok(mut services) = shared.services.write()
-                    {
-                        services.remove(name);
+                    ) {
+                        shared.services.writing().remove(name);
                     }
                     Ok(Value::Undefined)
                 }
@@ -115,8 +115,7 @@ impl RemotePeer {
 
     /// The qualified names of the remote peer's services, sorted.
     pub fn service_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.shared.services.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        let mut names: Vec<String> = self.shared.services.reading().keys().cloned().collect();
         names.sort();
         names
     }
@@ -124,7 +123,7 @@ impl RemotePeer {
     /// The service matching `query`: `name@1.2.3` exactly; `name` — the unversioned one, else the
     /// highest version (as Netron); or `name@^1` — the highest version meeting the requirement.
     pub fn query_interface(&self, query: &str) -> Result<Interface, PeerError> {
-        let services = self.shared.services.read().map_err(|_| PeerError::Closed)?;
+        let services = self.shared.services.reading();
         let unknown = || PeerError::UnknownService(query.to_owned());
         if let Some(definition) = services.get(query) {
             return Ok(self.interface(definition.clone()));
@@ -188,7 +187,7 @@ impl RemotePeer {
                 connection.peer.definitions_mut(|d| {
                     d.insert(definition.id.clone(), Served::Local { service, parent: None })
                 });
-                connection.lent.lock().unwrap_or_else(|p| p.into_inner()).push(definition.id.clone());
+                connection.lent.locked().push(definition.id.clone());
                 Ok(*definition)
             }
             other => Err(PeerError::Protocol(format!("expose_service answered {other:?}"))),
@@ -201,7 +200,7 @@ impl RemotePeer {
         if let Some(id) = answer.as_str() {
             let connection = self.connection();
             connection.peer.definitions_mut(|d| d.remove(id));
-            connection.lent.lock().unwrap_or_else(|p| p.into_inner()).retain(|lent| lent != id);
+            connection.lent.locked().retain(|lent| lent != id);
         }
         Ok(())
     }

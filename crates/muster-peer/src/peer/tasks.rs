@@ -2,6 +2,7 @@
 //! added with `Peer::add_task`.
 
 use super::*;
+use crate::sync::{Locked as _, ReadWrite as _};
 
 /// Netron's core tasks, answered by every peer.
 pub(super) const CORE_TASKS: [&str; 7] =
@@ -12,21 +13,14 @@ impl Connection {
     pub(super) async fn run_task(self: &Arc<Self>, name: &str, args: Vec<Value>) -> Result<Value, JsError> {
         match name {
             "abilities" => {
-                let services = self
+                let mut services: Vec<(Value, Value)> = self
                     .peer
                     .exposed
-                    .read()
-                    .map(|exposed| {
-                        let mut entries: Vec<(Value, Value)> = exposed
-                            .iter()
-                            .map(|(key, e)| {
-                                (Value::str(key), Value::Definition(Box::new(e.definition.clone())))
-                            })
-                            .collect();
-                        entries.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
-                        entries
-                    })
-                    .unwrap_or_default();
+                    .reading()
+                    .iter()
+                    .map(|(key, e)| (Value::str(key), Value::Definition(Box::new(e.definition.clone()))))
+                    .collect();
+                services.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
                 Ok(Value::object([
                     ("services", Value::Map(services)),
                     ("allowServiceEvents", Value::Bool(self.peer.config.allow_service_events)),
@@ -37,7 +31,7 @@ impl Connection {
                     .first()
                     .and_then(Value::as_str)
                     .ok_or_else(|| JsError::new("subscribe: no event name"))?;
-                let mut forwarded = self.forwarded.lock().map_err(|_| JsError::new("poisoned"))?;
+                let mut forwarded = self.forwarded.locked();
                 if !forwarded.contains_key(event) {
                     let weak = Arc::downgrade(self);
                     let name = event.to_owned();
@@ -65,7 +59,7 @@ impl Connection {
             }
             "unsubscribe" => {
                 let event = args.first().and_then(Value::as_str).unwrap_or_default();
-                let removed = self.forwarded.lock().ok().and_then(|mut f| f.remove(event));
+                let removed = self.forwarded.locked().remove(event);
                 if let Some(id) = removed {
                     self.peer.bus.unsubscribe(id);
                 }
@@ -97,7 +91,7 @@ impl Connection {
                 let Some(name) = name.filter(|n| !n.is_empty()) else {
                     return Err(JsError::new("expose_service: the definition has no name"));
                 };
-                let mut exposed = self.peer.exposed.write().map_err(|_| JsError::new("poisoned"))?;
+                let mut exposed = self.peer.exposed.writing();
                 if exposed.contains_key(&name) {
                     return Err(JsError::new(format!("Service already exposed: {name}")));
                 }
@@ -123,12 +117,12 @@ impl Connection {
             }
             "unexpose_service" => {
                 let name = args.first().and_then(Value::as_str).unwrap_or_default().to_owned();
-                let proxied =
-                    self.peer.exposed.read().ok().and_then(|e| e.get(&name).map(|x| x.definition.clone()));
+                let proxied = self.peer.exposed.reading().get(&name).map(|x| x.definition.clone());
                 let Some(definition) = proxied.filter(|d| d.peer_id == self.remote_id) else {
                     return Err(JsError::new(format!("Unknown service: {name}")));
                 };
-                if let Ok(mut exposed) = self.peer.exposed.write() {
+                {
+                    let mut exposed = self.peer.exposed.writing();
                     exposed.remove(&name);
                 }
                 self.peer.definitions_mut(|d| d.remove(&definition.id));
@@ -141,7 +135,7 @@ impl Connection {
                 Ok(Value::str(definition.id))
             }
             other => {
-                let task = self.peer.tasks.read().ok().and_then(|t| t.get(other).cloned());
+                let task = self.peer.tasks.reading().get(other).cloned();
                 match task {
                     Some(task) => task(args).await,
                     None => Err(JsError::new(format!("Task not found: {other}"))),
