@@ -196,11 +196,13 @@ async fn a_client_that_never_reads_is_disconnected() {
             break; // Already disconnected.
         }
     }
+    // Counted once, however many answers found its queue full at the same time.
     eventually("the deaf client was disconnected", || {
-        metric(&server, "netron_slow_peers_disconnected_total") == 1.0
+        metric(&server, "netron_slow_peers_disconnected_total") > 0.0
     })
     .await;
     eventually("its connection is gone", || metric(&server, "netron_connections") == 0.0).await;
+    assert_eq!(metric(&server, "netron_slow_peers_disconnected_total"), 1.0);
     // The client finds its connection ended once it reads what was sent before.
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(Ok(message)) = socket.next().await {

@@ -7,6 +7,32 @@ use crate::sync::{Locked as _, ReadWrite as _};
 /// How long a closing connection's writer may take to send the close frame.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// Frames written to the socket before one flush, at most.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and the frames queued behind it (up to [`WRITE_BATCH`]) with one flush — one
+/// socket write for what was ready together; returns how many frames and bytes, `None` when the
+/// socket failed.
+async fn write_batch<S>(
+    sink: &mut S,
+    outgoing: &mut mpsc::UnboundedReceiver<Message>,
+    first: Message,
+) -> Option<(usize, usize)>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let (mut frames, mut bytes) = (1, first.len());
+    sink.feed(first).await.ok()?;
+    while frames < WRITE_BATCH {
+        let Ok(next) = outgoing.try_recv() else { break };
+        frames += 1;
+        bytes += next.len();
+        sink.feed(next).await.ok()?;
+    }
+    sink.flush().await.ok()?;
+    Some((frames, bytes))
+}
+
 pub(super) type Pending = Mutex<HashMap<u32, oneshot::Sender<Result<Value, Value>>>>;
 
 pub(super) struct Connection {
@@ -91,40 +117,43 @@ impl Connection {
             Arc::clone(&connection.drained),
         );
         tokio::spawn(async move {
+            // One wait for the close, polled again and again (not registered anew per frame).
+            let cancelled = writer_closed.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 let message = tokio::select! {
                     message = outgoing.recv() => match message {
                         Some(message) => message,
                         None => break,
                     },
-                    () = writer_closed.cancelled() => {
+                    () = &mut cancelled => {
                         // A remote peer that does not read gets no more than a moment for it.
                         let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(None))).await;
                         break;
                     }
                 };
-                let size = message.len();
                 // A write blocked on a peer that does not read ends when the connection closes.
-                let sent = tokio::select! {
-                    sent = sink.send(message) => sent.is_ok(),
-                    () = writer_closed.cancelled() => false,
+                let written = tokio::select! {
+                    written = write_batch(&mut sink, &mut outgoing, message) => written,
+                    () = &mut cancelled => None,
                 };
-                queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                let Some((frames, bytes)) = written else { break };
+                queued.fetch_sub(frames, std::sync::atomic::Ordering::Relaxed);
+                queued_bytes.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                 drained.notify_waiters();
-                if !sent {
-                    break;
-                }
             }
             // Dropping the queue frees what was still waiting in it.
             writer_closed.cancel();
         });
         let reader = Arc::clone(&connection);
         tokio::spawn(async move {
+            let closed = reader.closed.clone();
+            let cancelled = closed.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 let message = tokio::select! {
                     message = stream.next() => message,
-                    () = reader.closed.cancelled() => break,
+                    () = &mut cancelled => break,
                 };
                 match message {
                     Some(Ok(Message::Binary(frame))) => reader.receive(&frame),
@@ -146,10 +175,12 @@ impl Connection {
 
     /// Ends the connection: pending requests fail, its subscriptions end, the definitions it was
     /// handed or lent are no longer served, the peer forgets it.
-    pub(super) fn close(&self) {
-        if self.counted.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            self.peer.metrics.connections.dec();
+    /// Returns false when it was closed already.
+    pub(super) fn close(&self) -> bool {
+        if !self.counted.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return false;
         }
+        self.peer.metrics.connections.dec();
         self.closed.cancel();
         drop(self.slot.locked().take());
         let handed: Vec<String> = self.stubs.locked().drain().map(|(_, id)| id).collect();
@@ -186,6 +217,7 @@ impl Connection {
                 PeerEvent::Disconnected { peer_id: self.remote_id.clone() },
             );
         }
+        true
     }
 
     /// Services the remote peer exposed here go with its connection.
@@ -224,9 +256,11 @@ impl Connection {
                 let waiting = self.queued_bytes.fetch_add(size, Relaxed) + size;
                 if waiting > self.peer.config.max_queued_bytes {
                     self.queued_bytes.fetch_sub(size, Relaxed);
-                    self.peer.metrics.slow_peers_disconnected.inc();
-                    tracing::warn!(remote = %self.remote_id, waiting, "a peer does not read what it is sent; disconnecting it");
-                    self.close();
+                    // Requests answered at once may all find the queue full: counted once.
+                    if self.close() {
+                        self.peer.metrics.slow_peers_disconnected.inc();
+                        tracing::warn!(remote = %self.remote_id, waiting, "a peer does not read what it is sent; disconnected");
+                    }
                     return 0;
                 }
                 self.queued.fetch_add(1, Relaxed);
