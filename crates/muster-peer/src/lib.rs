@@ -26,7 +26,7 @@ mod service;
 mod streams;
 mod sync;
 
-pub use convert::{from_json, to_json};
+pub use convert::{from_json, from_tagged_json, to_json};
 pub use discovery::NamedService;
 pub use events::{EventBus, PeerEvent, listener};
 pub use middleware::{CallInfo, Middleware};

@@ -144,9 +144,33 @@ pub(crate) enum ClientCommand {
         service: String,
         /// The method.
         method: String,
-        /// Arguments, each a JSON value (`5`, `"text"`, `[1,2]`, `{"a":1}`).
+        /// Arguments, each a JSON value (`5`, `"text"`, `[1,2]`, `{"a":1}`); Netron's richer types
+        /// in a tagged form: `{"$date":1700000000000}`, `{"$bigint":"123"}`, `{"$map":[[k,v]]}`,
+        /// `{"$set":[1,2]}`, `{"$bytes":[0,255]}`, `{"$undefined":true}`.
         #[arg(allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Read a property of a Netron peer's service: `muster get calculator@1.0.0 version`.
+    Get {
+        #[command(flatten)]
+        source: peer::PeerSource,
+        /// The service: `name`, `name@1.0.0` or `name@^1`.
+        service: String,
+        /// The property.
+        property: String,
+    },
+    /// Write a property of a Netron peer's service: `muster set config@1.0.0 limit 10` (the value
+    /// as JSON, tagged forms as for `call`).
+    Set {
+        #[command(flatten)]
+        source: peer::PeerSource,
+        /// The service: `name`, `name@1.0.0` or `name@^1`.
+        service: String,
+        /// The property.
+        property: String,
+        /// The value, a JSON value.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
     },
     /// List a Netron peer's services with their methods (argument and result types) and properties.
     Describe {
@@ -295,6 +319,10 @@ pub(crate) async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Acl { command } => acl(command).await,
         ClientCommand::Call { source, service, method, args } => {
             peer::call(&source, &service, &method, &args).await
+        }
+        ClientCommand::Get { source, service, property } => peer::get(&source, &service, &property).await,
+        ClientCommand::Set { source, service, property, value } => {
+            peer::set(&source, &service, &property, &value).await
         }
         ClientCommand::Describe { source, service } => peer::describe(&source, service.as_deref()).await,
     };

@@ -1,4 +1,4 @@
-//! `muster call` and `muster describe`: what grpcurl is to gRPC, for Netron peers. A peer is
+//! `muster call`, `get`, `set` and `describe`: what grpcurl is to gRPC, for Netron peers. A peer is
 //! reached at `--peer ws://host:port`, or found by its service through `--redis` (a fleet on
 //! Redis, Netron's keys by default) or `--registry` (a `muster serve`).
 
@@ -33,7 +33,12 @@ pub(crate) struct PeerSource {
 fn from_peer(error: PeerError) -> Failure {
     match error {
         PeerError::Remote(error) => {
-            Failure::error(format!("the service answered {}: {}", error.name, error.message))
+            // The error's own fields (`code`, `details`, ...) as JSON, one per line.
+            let mut text = format!("the service answered {}: {}", error.name, error.message);
+            for (name, value) in &error.fields {
+                text.push_str(&format!("\n  {name}: {}", muster_peer::to_json(value)));
+            }
+            Failure::error(text)
         }
         PeerError::UnknownService(service) => Failure::error(format!("no peer offers {service}")),
         other => Failure::error(other.to_string()),
@@ -106,13 +111,7 @@ pub(crate) async fn call(
     method: &str,
     args: &[String],
 ) -> Result<(), Failure> {
-    let mut values = Vec::new();
-    for arg in args {
-        let json: serde_json::Value = serde_json::from_str(arg).map_err(|e| {
-            Failure::usage(format!("argument {arg:?} is not a JSON value ({e}); quote strings: '\"text\"'"))
-        })?;
-        values.push(muster_peer::from_json(&json));
-    }
+    let values = args.iter().map(|arg| argument(arg)).collect::<Result<Vec<_>, _>>()?;
     let (peer, remote) = remote(source, Some(service)).await?;
     let interface: Interface = remote.query_interface(service).map_err(from_peer)?;
     let result = interface.call(method, values).await.map_err(from_peer)?;
@@ -134,6 +133,39 @@ pub(crate) async fn call(
     } else {
         out(&format!("{}\n", muster_peer::to_json(&result)));
     }
+    peer.stop().await;
+    Ok(())
+}
+
+/// A command-line value: JSON, with Netron's richer types in the tagged form.
+fn argument(arg: &str) -> Result<Value, Failure> {
+    let json: serde_json::Value = serde_json::from_str(arg).map_err(|e| {
+        Failure::usage(format!("argument {arg:?} is not a JSON value ({e}); quote strings: '\"text\"'"))
+    })?;
+    muster_peer::from_tagged_json(&json).map_err(|e| Failure::usage(format!("argument {arg}: {e}")))
+}
+
+/// `muster get SERVICE PROPERTY`.
+pub(crate) async fn get(source: &PeerSource, service: &str, property: &str) -> Result<(), Failure> {
+    let (peer, remote) = remote(source, Some(service)).await?;
+    let interface = remote.query_interface(service).map_err(from_peer)?;
+    let value = interface.get(property).await.map_err(from_peer)?;
+    out(&format!("{}\n", muster_peer::to_json(&value)));
+    peer.stop().await;
+    Ok(())
+}
+
+/// `muster set SERVICE PROPERTY VALUE`.
+pub(crate) async fn set(
+    source: &PeerSource,
+    service: &str,
+    property: &str,
+    value: &str,
+) -> Result<(), Failure> {
+    let value = argument(value)?;
+    let (peer, remote) = remote(source, Some(service)).await?;
+    let interface = remote.query_interface(service).map_err(from_peer)?;
+    interface.set(property, value).await.map_err(from_peer)?;
     peer.stop().await;
     Ok(())
 }

@@ -566,12 +566,18 @@ async fn call_and_describe_netron_peers() {
         .unwrap()
         .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
         .method("fail", &[], "void", |(): ()| async move { Err::<(), _>(JsError::new("on purpose")) })
+        .method("refuse", &[], "void", |(): ()| async move {
+            let details = Value::object([("max", Value::Int(3))]);
+            let fields = vec![("code".to_owned(), Value::str("E_LIMIT")), ("details".to_owned(), details)];
+            Err::<(), _>(JsError { fields, ..JsError::new("over the limit") })
+        })
+        .property("since", "Date", false, Value::Null)
         .stream_method("count", &["Number"], "AsyncGenerator", |n: u32| {
             futures::stream::iter((1..=n).map(Ok::<u32, JsError>))
         })
         .property("version", "String", true, Value::str("1.0.0"))
         .build();
-    peer.expose_service(calculator).unwrap();
+    peer.expose_service(std::sync::Arc::clone(&calculator)).unwrap();
     let address = peer.listen("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{address}");
     let at = ["--peer", url.as_str()];
@@ -585,6 +591,45 @@ async fn call_and_describe_netron_peers() {
     assert_eq!(failed.status.code(), Some(1));
     assert!(text(&failed.stderr).contains("on purpose"), "{}", text(&failed.stderr));
     assert_eq!(with(&["call", "calculator", "add", "five", "3"]).status.code(), Some(2), "not JSON");
+    // An error's own fields are shown.
+    let refused = with(&["call", "calculator", "refuse"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = text(&refused.stderr);
+    assert!(
+        said.contains("over the limit")
+            && said.contains("code: \"E_LIMIT\"")
+            && said.contains(r#"details: {"max":3}"#),
+        "{said}"
+    );
+    // Properties: read, written with Netron's richer types in the tagged form, read-only refused.
+    let version = with(&["get", "calculator@1.0.0", "version"]);
+    assert_eq!(
+        (version.status.code(), text(&version.stdout)),
+        (Some(0), "\"1.0.0\"\n".to_owned()),
+        "{}",
+        text(&version.stderr)
+    );
+    let set = with(&["set", "calculator", "since", r#"{"$date":1700000000000}"#]);
+    assert_eq!(set.status.code(), Some(0), "{}", text(&set.stderr));
+    assert_eq!(calculator.get("since").unwrap(), Value::Date(1_700_000_000_000), "a Date, not a number");
+    assert_eq!(text(&with(&["get", "calculator", "since"]).stdout), "1700000000000\n");
+    let set = with(&[
+        "set",
+        "calculator",
+        "since",
+        r#"{"$map":[[{"$bigint":"12345678901234567890"},{"$set":[1]}]]}"#,
+    ]);
+    assert_eq!(set.status.code(), Some(0), "{}", text(&set.stderr));
+    assert_eq!(
+        calculator.get("since").unwrap(),
+        Value::Map(vec![(Value::BigInt("12345678901234567890".into()), Value::Set(vec![Value::Int(1)]))])
+    );
+    assert_eq!(with(&["set", "calculator", "version", r#""2.0.0""#]).status.code(), Some(1), "read-only");
+    assert_eq!(
+        with(&["set", "calculator", "since", r#"{"$dtae":1}"#]).status.code(),
+        Some(2),
+        "an unknown tag"
+    );
     assert_eq!(with(&["call", "nothing", "add"]).status.code(), Some(1));
     let described = text(&run(&["describe", "--peer", &url]).stdout);
     assert!(described.starts_with("calculator@1.0.0\n"), "{described}");
