@@ -87,11 +87,10 @@ impl Peer {
         let bus_peer = self.clone();
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
         let changed = Arc::clone(&generation);
+        // Its own node's changes too: a listener learns when this peer's exposures reach the
+        // fleet (`service:available` once the registry has them), as other peers learn it.
         agent.on_event(move |event| {
             changed.fetch_add(1, std::sync::atomic::Ordering::Release);
-            if event.node.node_id.as_str() == bus_peer.id() {
-                return;
-            }
             for (name, payload) in fleet_events(event) {
                 bus_peer.announce_local(name, payload);
             }
@@ -372,6 +371,17 @@ impl NamedService {
         self.on_an_instance(|interface| {
             let args = args.clone();
             async move { interface.call_stream(method, args).await }
+        })
+        .await
+    }
+
+    /// Calls `method`, which returns a service, on an instance (failing over like
+    /// [`NamedService::call`] until one answers): the sub-interface lives on the instance that
+    /// answered, over its connection, until released.
+    pub async fn call_interface(&self, method: &str, args: Vec<Value>) -> Result<Interface, PeerError> {
+        self.on_an_instance(|interface| {
+            let args = args.clone();
+            async move { interface.call_interface(method, args).await }
         })
         .await
     }

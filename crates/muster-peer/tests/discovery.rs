@@ -1,0 +1,91 @@
+//! Discovery on the embedded store: a peer's own exposures on its fleet bus, and services returned
+//! by methods reached through a service called by name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_core::{Address, DiscoveryOptions, Registry};
+use muster_peer::wire::{JsError, Value};
+use muster_peer::{Peer, PeerConfig, ServiceBuilder};
+
+fn options() -> DiscoveryOptions {
+    DiscoveryOptions {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_ttl: Duration::from_secs(5),
+        retry_delay: Duration::from_millis(100),
+        ..DiscoveryOptions::default()
+    }
+}
+
+async fn listening(registry: &Arc<dyn Registry>) -> Peer {
+    let peer = Peer::new(PeerConfig::default());
+    let address = peer.listen("127.0.0.1:0").await.unwrap();
+    let address = Address::parse(address.to_string()).unwrap();
+    peer.enable_discovery(Arc::clone(registry), options(), Some(address)).await.unwrap();
+    peer
+}
+
+/// A peer's own exposures reach its fleet bus like any other peer's: `service:available` when
+/// it exposes a service, `service:unavailable` when it conceals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_own_exposures_are_announced_on_its_fleet_bus() {
+    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    let peer = listening(&registry).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for event in ["service:available", "service:unavailable"] {
+        let tx = tx.clone();
+        peer.bus().subscribe(
+            event,
+            muster_peer::listener(move |args| {
+                let service =
+                    args.first().and_then(|p| p.get("service")).and_then(Value::as_str).map(str::to_owned);
+                let _ = tx.send((event, service, args.first().and_then(|p| p.get("nodeId")).cloned()));
+                async { Ok(Value::Undefined) }
+            }),
+        );
+    }
+    let greeter = ServiceBuilder::new("greeter", "1.0.0").unwrap().build();
+    peer.expose_service(greeter).unwrap();
+    let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<_>| {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap()
+    };
+    assert_eq!(
+        next(&mut rx).await,
+        ("service:available", Some("greeter@1.0.0".to_owned()), Some(Value::str(peer.id())))
+    );
+    assert!(peer.conceal_service("greeter@1.0.0"));
+    assert_eq!(next(&mut rx).await.0, "service:unavailable");
+}
+
+/// A method that returns a service, called by name: the sub-interface lives on the instance that
+/// answered and is called like any interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_interfaces_are_reached_through_a_service_called_by_name() {
+    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    let bank = ServiceBuilder::new("bank", "1.0.0")
+        .unwrap()
+        .service_method("open", &["String"], "Account", |owner: String| async move {
+            Ok(ServiceBuilder::new("account", "")
+                .unwrap()
+                .method("owner", &[], "String", move |(): ()| {
+                    let owner = owner.clone();
+                    async move { Ok::<_, JsError>(owner) }
+                })
+                .build())
+        })
+        .build();
+    let server = listening(&registry).await;
+    server.expose_service(bank).unwrap();
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(Arc::clone(&registry), options(), None).await.unwrap();
+    let named = client.service("bank@^1").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while named.instances().await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the bank is found");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let account = named.call_interface("open", vec![Value::str("alice")]).await.unwrap();
+    assert_eq!(account.definition().peer_id, server.id());
+    assert_eq!(account.call("owner", vec![]).await.unwrap(), Value::str("alice"));
+    account.release().await.unwrap();
+}
