@@ -150,6 +150,25 @@ pub fn instances_of(node: &NodeInfo, matches: impl Fn(&ServiceInfo) -> bool) -> 
         .collect()
 }
 
+/// An instance as load balancing sees it (the SDK's failover calls instances of this type).
+impl muster_balance::Endpoint for Instance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    fn weight(&self) -> Option<u32> {
+        self.weight
+    }
+
+    fn is_up(&self) -> bool {
+        self.status == NodeStatus::Up
+    }
+}
+
 /// An [`Instance`] borrowed from a node and one of its services: serializes to exactly the same
 /// JSON without building one (the resolve route's hot path).
 #[derive(Debug, Clone, Copy)]

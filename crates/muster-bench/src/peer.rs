@@ -200,13 +200,7 @@ async fn by_name(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
     let direct = Peer::new(PeerConfig::default())
         .connect(&format!(
             "ws://{}",
-            named
-                .instances()
-                .await?
-                .iter()
-                .map(|i| format!("{}:{}", i.host, i.port))
-                .next()
-                .unwrap_or_default()
+            named.instances().await?.iter().map(|i| i.address.to_string()).next().unwrap_or_default()
         ))
         .await?
         .query_interface("calculator")?;

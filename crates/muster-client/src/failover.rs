@@ -1,57 +1,25 @@
-//! Failover with per-instance circuit breakers.
+//! Failover with per-instance circuit breakers (`muster-balance`), over the instances the
+//! resolver knows.
 //!
 //! [`Client::call_with_failover`] takes the `UP` instances of a service from the resolver, orders
-//! them with the client's [`Selector`], and calls them one after the other until one succeeds. A
-//! retryable error ([`Retryable`]: refused connection, timeout, 5xx) moves on to the next candidate;
-//! any other error is the answer. Each instance has a circuit breaker: after
+//! them with the client's [`Selector`](crate::select::Selector), and calls them one after the other
+//! until one succeeds. A retryable error ([`Retryable`]: refused connection, timeout, 5xx) moves on
+//! to the next candidate; any other error is the answer. Each instance has a circuit breaker: after
 //! [`BreakerConfig::failures`] retryable failures in a row it opens and the instance is skipped;
-//! after [`BreakerConfig::cool_down`] it half-opens and lets one trial call through, which closes it
-//! on success or opens it again on failure.
+//! after [`BreakerConfig::cool_down`] it half-opens and lets one trial call through, which closes
+//! it on success or opens it again on failure.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use muster_api::v1::Instance;
-use muster_core::{NodeStatus, VersionQuery};
-use tokio::time::Instant;
+use muster_core::VersionQuery;
 
-use crate::select::Selector;
+pub use muster_balance::{BreakerConfig, CircuitState, Failover, Retryable};
+
 use crate::{Client, ClientError};
 
-/// Circuit breaker settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerConfig {
-    /// Retryable failures in a row that open the circuit (default 5).
-    pub failures: u32,
-    /// How long an open circuit stays open before one trial call (default 30 s).
-    pub cool_down: Duration,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self { failures: 5, cool_down: Duration::from_secs(30) }
-    }
-}
-
-/// The state of one instance's circuit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    /// Calls go through.
-    Closed,
-    /// Calls are skipped until the cool-down ends.
-    Open,
-    /// The cool-down ended: the next call is a trial.
-    HalfOpen,
-}
-
-/// Errors that say whether another instance may succeed where this one failed.
-pub trait Retryable {
-    /// True when the failure is the instance's (unreachable, timed out, overloaded), so another
-    /// instance may succeed.
-    fn is_retryable(&self) -> bool;
-}
+/// Why [`Client::call_with_failover`] did not succeed (the lookup fails with a [`ClientError`]).
+pub type FailoverError<E> = muster_balance::FailoverError<E, ClientError>;
 
 impl Retryable for ClientError {
     fn is_retryable(&self) -> bool {
@@ -59,256 +27,9 @@ impl Retryable for ClientError {
     }
 }
 
-impl Retryable for std::io::Error {
-    fn is_retryable(&self) -> bool {
-        use std::io::ErrorKind::{
-            BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, NotConnected, TimedOut,
-            UnexpectedEof,
-        };
-        matches!(
-            self.kind(),
-            ConnectionRefused
-                | ConnectionReset
-                | ConnectionAborted
-                | NotConnected
-                | BrokenPipe
-                | TimedOut
-                | UnexpectedEof
-        )
-    }
-}
-
-impl Retryable for reqwest::Error {
-    fn is_retryable(&self) -> bool {
-        self.is_connect()
-            || self.is_timeout()
-            || self.status().is_some_and(|s| matches!(s.as_u16(), 502..=504))
-    }
-}
-
-/// Why [`Client::call_with_failover`] did not succeed.
-#[derive(Debug)]
-pub enum FailoverError<E> {
-    /// The resolver could not answer (the registry was never reachable).
-    Registry(ClientError),
-    /// The service has no `UP` instance.
-    NoInstances(String),
-    /// Every `UP` instance's circuit is open.
-    AllCircuitsOpen(String),
-    /// A call failed with an error that is not retryable.
-    Failed(E),
-    /// Every candidate failed with a retryable error; the last one.
-    Exhausted {
-        /// Instances tried.
-        attempts: usize,
-        /// The last error.
-        last: E,
-    },
-}
-
-impl<E: std::fmt::Display> std::fmt::Display for FailoverError<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Registry(e) => write!(f, "{e}"),
-            Self::NoInstances(s) => write!(f, "no UP instance of {s}"),
-            Self::AllCircuitsOpen(s) => write!(f, "every instance of {s} has an open circuit"),
-            Self::Failed(e) => write!(f, "{e}"),
-            Self::Exhausted { attempts, last } => write!(f, "all {attempts} instances failed; last: {last}"),
-        }
-    }
-}
-
-impl<E: std::error::Error + 'static> std::error::Error for FailoverError<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Registry(e) => Some(e),
-            Self::Failed(e) | Self::Exhausted { last: e, .. } => Some(e),
-            Self::NoInstances(_) | Self::AllCircuitsOpen(_) => None,
-        }
-    }
-}
-
-/// One instance's breaker.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-    /// A half-open trial is in flight.
-    trial: bool,
-}
-
-impl Breaker {
-    pub(crate) fn state(&self, now: Instant) -> CircuitState {
-        match self.open_until {
-            None => CircuitState::Closed,
-            Some(until) if now < until || self.trial => CircuitState::Open,
-            Some(_) => CircuitState::HalfOpen,
-        }
-    }
-
-    /// True when a call may go through now (taking the half-open trial if it is one).
-    #[cfg(test)]
-    pub(crate) fn try_acquire(&mut self, now: Instant) -> bool {
-        self.acquire(now).is_some()
-    }
-
-    /// `Some(trial)` when a call may go through now; `trial` is true when it took the half-open
-    /// trial (which it must give back, one way or another).
-    fn acquire(&mut self, now: Instant) -> Option<bool> {
-        match self.state(now) {
-            CircuitState::Closed => Some(false),
-            CircuitState::Open => None,
-            CircuitState::HalfOpen => {
-                self.trial = true;
-                Some(true)
-            }
-        }
-    }
-
-    pub(crate) fn success(&mut self) {
-        *self = Self::default();
-    }
-
-    pub(crate) fn failure(&mut self, now: Instant, config: &BreakerConfig) {
-        self.failures = self.failures.saturating_add(1);
-        if self.open_until.is_some() || self.failures >= config.failures.max(1) {
-            self.open_until = Some(now + config.cool_down);
-        }
-        self.trial = false;
-    }
-
-    /// A call that neither succeeded nor failed retryably: a trial gives its slot back.
-    pub(crate) fn neutral(&mut self) {
-        self.trial = false;
-    }
-}
-
-/// The client's selector and breakers.
-/// Failover over a list of instances: the selector's order, a circuit breaker per instance. Used
-/// by [`Client::call_with_failover`] and by anything else that calls instances (Netron peers).
-pub struct Failover {
-    selector: Box<dyn Selector>,
-    config: BreakerConfig,
-    /// `service/instance id` → breaker.
-    /// By service, then instance id (looked up without building a key).
-    breakers: Mutex<HashMap<String, HashMap<String, Breaker>>>,
-}
-
-impl std::fmt::Debug for Failover {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Failover").field("config", &self.config).finish_non_exhaustive()
-    }
-}
-
-impl Failover {
-    /// Failover with `selector` and breakers configured by `config`.
-    pub fn new(selector: Box<dyn Selector>, config: BreakerConfig) -> Self {
-        Self { selector, config, breakers: Mutex::new(HashMap::new()) }
-    }
-
-    fn with_breaker<T>(&self, instance: &Instance, f: impl FnOnce(&mut Breaker) -> T) -> T {
-        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(breaker) = breakers.get_mut(&instance.service).and_then(|s| s.get_mut(&instance.id)) {
-            return f(breaker);
-        }
-        let of_service = breakers.entry(instance.service.clone()).or_default();
-        f(of_service.entry(instance.id.clone()).or_default())
-    }
-}
-
-/// One call to one instance in flight: reported to the selector until it ends, and the breaker's
-/// trial (if it took it) given back if the call is abandoned.
-struct Attempt<'a> {
-    failover: &'a Failover,
-    instance: &'a Instance,
-    /// The call took the half-open trial and has not settled the breaker yet.
-    holds_trial: bool,
-}
-
-impl<'a> Attempt<'a> {
-    fn start(failover: &'a Failover, instance: &'a Instance, trial: bool) -> Self {
-        failover.selector.started(instance);
-        Self { failover, instance, holds_trial: trial }
-    }
-
-    /// Records the call's outcome in the breaker.
-    fn settle(mut self, outcome: impl FnOnce(&mut Breaker)) {
-        self.holds_trial = false;
-        self.failover.with_breaker(self.instance, outcome);
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        self.failover.selector.finished(self.instance);
-        if self.holds_trial {
-            self.failover.with_breaker(self.instance, Breaker::neutral);
-        }
-    }
-}
-
-impl Failover {
-    /// Calls `call` on the `UP` instances among `instances` in the selector's order until one
-    /// succeeds, skipping instances whose circuit is open; see [the module](crate::failover).
-    pub async fn call<T, E, F, Fut>(
-        &self,
-        service: &str,
-        instances: &[Instance],
-        mut call: F,
-    ) -> Result<T, FailoverError<E>>
-    where
-        F: FnMut(Instance) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: Retryable,
-    {
-        // Usually every instance is up: order the list as it is, without copying it first.
-        let up: std::borrow::Cow<'_, [Instance]> = if instances.iter().all(|i| i.status == NodeStatus::Up) {
-            std::borrow::Cow::Borrowed(instances)
-        } else {
-            instances.iter().filter(|i| i.status == NodeStatus::Up).cloned().collect::<Vec<_>>().into()
-        };
-        if up.is_empty() {
-            return Err(FailoverError::NoInstances(service.to_owned()));
-        }
-        let mut attempts = 0;
-        let mut last = None;
-        for instance in self.selector.order(&up) {
-            let Some(trial) = self.with_breaker(instance, |b| b.acquire(Instant::now())) else {
-                continue;
-            };
-            attempts += 1;
-            // Settles the breaker and the selector's count even when this future is dropped
-            // mid-call (a caller's timeout): the trial is given back, the call no longer counts.
-            let attempt = Attempt::start(self, instance, trial);
-            match call(instance.clone()).await {
-                Ok(value) => {
-                    attempt.settle(Breaker::success);
-                    return Ok(value);
-                }
-                Err(error) if error.is_retryable() => {
-                    tracing::debug!(service, instance = %attempt.instance.id, "call failed; trying the next instance");
-                    attempt.settle(|b| b.failure(Instant::now(), &self.config));
-                    last = Some(error);
-                }
-                Err(error) => {
-                    attempt.settle(Breaker::neutral);
-                    return Err(FailoverError::Failed(error));
-                }
-            }
-        }
-        match last {
-            Some(last) => Err(FailoverError::Exhausted { attempts, last }),
-            None => Err(FailoverError::AllCircuitsOpen(service.to_owned())),
-        }
-    }
-
-    /// The circuit state of one instance of `service` (closed when never called).
-    pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
-        let breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        breakers
-            .get(service)
-            .and_then(|s| s.get(instance_id))
-            .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+impl From<std::convert::Infallible> for ClientError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 
@@ -325,64 +46,15 @@ impl Client {
         Fut: Future<Output = Result<T, E>>,
         E: Retryable,
     {
-        let resolved = self.instances(service, &VersionQuery::Any).await.map_err(FailoverError::Registry)?;
-        self.inner.failover.call(service, &resolved.instances, call).await
+        let resolved = self
+            .instances(service, &VersionQuery::Any)
+            .await
+            .map_err(muster_balance::FailoverError::Registry)?;
+        self.inner.failover.call(service, &resolved.instances, call).await.map_err(|e| e.lookup_as())
     }
 
     /// The circuit state of one instance of `service` (closed when never called).
     pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
         self.inner.failover.circuit_state(service, instance_id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn breaker_opens_half_opens_and_closes() {
-        let config = BreakerConfig { failures: 3, cool_down: Duration::from_secs(10) };
-        let mut breaker = Breaker::default();
-        for _ in 0..2 {
-            assert!(breaker.try_acquire(Instant::now()));
-            breaker.failure(Instant::now(), &config);
-        }
-        assert_eq!(breaker.state(Instant::now()), CircuitState::Closed, "two failures of three");
-        breaker.failure(Instant::now(), &config);
-        assert_eq!(breaker.state(Instant::now()), CircuitState::Open);
-        assert!(!breaker.try_acquire(Instant::now()));
-
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(breaker.state(Instant::now()), CircuitState::HalfOpen);
-        assert!(breaker.try_acquire(Instant::now()), "one trial");
-        assert!(!breaker.try_acquire(Instant::now()), "only one trial at a time");
-        breaker.failure(Instant::now(), &config);
-        assert_eq!(breaker.state(Instant::now()), CircuitState::Open, "a failed trial opens it again");
-
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.try_acquire(Instant::now()));
-        breaker.success();
-        assert_eq!(breaker.state(Instant::now()), CircuitState::Closed);
-        breaker.failure(Instant::now(), &config);
-        assert_eq!(breaker.state(Instant::now()), CircuitState::Closed, "the count starts again");
-
-        // A non-retryable answer to a trial gives the trial back.
-        let mut breaker = Breaker::default();
-        for _ in 0..3 {
-            breaker.failure(Instant::now(), &config);
-        }
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.try_acquire(Instant::now()));
-        breaker.neutral();
-        assert!(breaker.try_acquire(Instant::now()));
-    }
-
-    #[test]
-    fn io_errors_are_classified() {
-        use std::io::{Error, ErrorKind};
-        assert!(Error::from(ErrorKind::ConnectionRefused).is_retryable());
-        assert!(Error::from(ErrorKind::TimedOut).is_retryable());
-        assert!(!Error::from(ErrorKind::InvalidData).is_retryable());
-        assert!(!Error::from(ErrorKind::PermissionDenied).is_retryable());
     }
 }

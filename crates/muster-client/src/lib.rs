@@ -48,7 +48,8 @@ pub mod failover;
 mod registration;
 mod remote;
 pub mod resolve;
-pub mod select;
+/// Load-balancing selectors (`muster-balance`'s).
+pub use muster_balance::select;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -93,7 +93,8 @@ impl RegistrationSpec {
 
     /// The delay before retry number `failures` (1-based): `retry_delay` doubling `max_retries`
     /// times, never above the heartbeat interval (a registration retries at least as often as it
-    /// heartbeats), with ±50% jitter so that clients failing together do not retry together.
+    /// heartbeats), with ±50% jitter so that clients failing together do not retry together (at
+    /// the ceiling the jitter only shortens: a pause never exceeds it).
     pub fn retry_pause(&self, failures: u32) -> Duration {
         let doubled = Backoff::new(self.retry_delay, Duration::MAX, 0.0).nominal(self.max_retries.max(1));
         let ceiling = doubled.min(self.heartbeat_interval.max(self.retry_delay));
@@ -280,16 +281,15 @@ mod tests {
         for (failures, nominal) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 400.0), (50, 400.0)] {
             let pauses: Vec<f64> =
                 (0..200).map(|_| spec.retry_pause(failures).as_secs_f64() * 1000.0).collect();
-            assert!(
-                pauses.iter().all(|p| *p >= nominal * 0.5 - 0.01 && *p <= nominal * 1.5 + 0.01),
-                "{pauses:?}"
-            );
+            // Jitter spreads a pause by half either way, never over the ceiling (400 ms).
+            let most = (nominal * 1.5_f64).min(400.0);
+            assert!(pauses.iter().all(|p| *p >= nominal * 0.5 - 0.01 && *p <= most + 0.01), "{pauses:?}");
             let distinct: std::collections::BTreeSet<u64> =
                 pauses.iter().map(|p| (*p * 1000.0) as u64).collect();
-            assert!(distinct.len() > 100, "jitter spreads the pauses: {} distinct of 200", distinct.len());
+            assert!(distinct.len() > 50, "jitter spreads the pauses: {} distinct of 200", distinct.len());
         }
         // Never slower than the heartbeat interval.
         let capped = RegistrationSpec { heartbeat_interval: Duration::from_millis(150), ..spec };
-        assert!(capped.retry_pause(10) <= Duration::from_millis(225));
+        assert!((0..200).all(|_| capped.retry_pause(10) <= Duration::from_millis(150)));
     }
 }

@@ -4,7 +4,7 @@
 //! it current as services are exposed and concealed, and deregisters on stop; a crashed peer
 //! expires by TTL. Any peer can then find services, follow the fleet (`node:joined`, `node:left`,
 //! `service:available`, `service:unavailable` on its bus), and call a service by name
-//! ([`Peer::service`]): instances from the discovery cache, ordered by `muster-client`'s selector,
+//! ([`Peer::service`]): instances from the discovery cache, ordered by `muster-balance`'s selector,
 //! one connection per remote peer, failing over with its circuit breakers.
 
 use crate::sync::Locked as _;
@@ -12,11 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use muster_agent::Agent;
-use muster_api::v1::{Instance, instances_of};
-use muster_client::{BreakerConfig, Failover, FailoverError, Retryable};
+use muster_balance::{BreakerConfig, Endpoint, Failover, FailoverError, Retryable};
 use muster_core::{
-    Address, DiscoveryEvent, DiscoveryOptions, EventKind, NodeId, NodeInfo, Registry, ServiceInfo,
-    ServiceQuery,
+    Address, DiscoveryEvent, DiscoveryOptions, EventKind, NodeId, NodeInfo, NodeStatus, Registry,
+    ServiceInfo, ServiceQuery,
 };
 
 use crate::events::PeerEvent;
@@ -28,6 +27,60 @@ impl Retryable for PeerError {
     /// peer does not expose the service (any more). An error the service answered is final.
     fn is_retryable(&self) -> bool {
         matches!(self, Self::Closed | Self::Timeout | Self::Connect(_) | Self::UnknownService(_))
+    }
+}
+
+/// One instance of a service in the fleet: a peer (its node) offering it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The peer's node id (its peer id).
+    pub id: String,
+    /// The service's name.
+    pub service: String,
+    /// The service's version, when it has one.
+    pub version: Option<String>,
+    /// Where the peer listens (`ws://` + this).
+    pub address: Address,
+    /// The service's weight for weighted selection.
+    pub weight: Option<u32>,
+    /// The node's status: only `UP` instances are called.
+    pub status: NodeStatus,
+}
+
+impl Instance {
+    /// The instances of `node` whose service satisfies `query`.
+    fn of<'a>(node: &'a NodeInfo, query: &'a ServiceQuery) -> impl Iterator<Item = Instance> + 'a {
+        node.services.iter().filter(|s| query.matches(s)).map(|service| Instance {
+            id: node.node_id.to_string(),
+            service: service.name.clone(),
+            version: service.version.clone(),
+            address: node.address.clone(),
+            weight: service.weight,
+            status: node.status,
+        })
+    }
+
+    /// The peer's WebSocket URL.
+    fn url(&self) -> String {
+        format!("ws://{}:{}", self.address.host(), self.address.port())
+    }
+}
+
+impl Endpoint for Instance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    fn weight(&self) -> Option<u32> {
+        self.weight
+    }
+
+    fn is_up(&self) -> bool {
+        self.status == NodeStatus::Up
     }
 }
 
@@ -102,7 +155,7 @@ impl Peer {
             interfaces: std::sync::Mutex::new(HashMap::new()),
             connections: std::sync::Mutex::new(HashMap::new()),
             failover: Arc::new(Failover::new(
-                Box::new(muster_client::select::RoundRobin::default()),
+                Box::new(muster_balance::select::RoundRobin::default()),
                 BreakerConfig::default(),
             )),
         });
@@ -155,12 +208,12 @@ impl Peer {
         self.named(query, discovery, failover)
     }
 
-    /// [`Peer::service`] with another of `muster-client`'s selectors (random, smooth weighted,
+    /// [`Peer::service`] with another of `muster-balance`'s selectors (random, smooth weighted,
     /// least outstanding) and breakers of its own.
     pub fn service_with(
         &self,
         query: &str,
-        selector: Box<dyn muster_client::select::Selector>,
+        selector: Box<dyn muster_balance::select::Selector>,
         breakers: BreakerConfig,
     ) -> Result<NamedService, PeerError> {
         self.named(query, self.discovery_or_err()?, Arc::new(Failover::new(selector, breakers)))
@@ -290,7 +343,7 @@ impl NamedService {
         }
         let nodes = self.discovery.agent.resolve(&self.query).await.map_err(PeerError::from)?;
         let instances: Vec<Instance> =
-            nodes.iter().flat_map(|node| instances_of(node, |s| self.query.matches(s))).collect();
+            nodes.iter().flat_map(|node| Instance::of(node, &self.query)).collect();
         let fresh = Arc::new((generation, instances));
         self.cached.store(Arc::clone(&fresh));
         Ok(fresh)
@@ -306,9 +359,7 @@ impl NamedService {
             }
             Arc::clone(slot)
         };
-        let host =
-            if instance.host.contains(':') { format!("[{}]", instance.host) } else { instance.host.clone() };
-        let url = format!("ws://{host}:{}", instance.port);
+        let url = instance.url();
         let remote = slot.get_or_try_init(|| self.peer.connect(&url)).await?;
         Ok(remote.clone())
     }
@@ -335,7 +386,7 @@ impl NamedService {
     }
 
     /// Runs `request` on the interface of one instance after another, in the selector's order,
-    /// until one answers (see [`muster_client::failover`]).
+    /// until one answers (see [`muster_balance::failover`]).
     async fn on_an_instance<T, F, Fut>(&self, request: F) -> Result<T, PeerError>
     where
         F: Fn(Interface) -> Fut,
@@ -396,7 +447,7 @@ impl NamedService {
     }
 
     /// The circuit state of one instance (by node id).
-    pub fn circuit_state(&self, instance_id: &str) -> muster_client::CircuitState {
+    pub fn circuit_state(&self, instance_id: &str) -> muster_balance::CircuitState {
         self.failover.circuit_state(self.query.name(), instance_id)
     }
 }
@@ -409,8 +460,6 @@ fn failover_error(error: FailoverError<PeerError>) -> PeerError {
         FailoverError::NoInstances(service) | FailoverError::AllCircuitsOpen(service) => {
             PeerError::UnknownService(service)
         }
-        FailoverError::Registry(error) => {
-            PeerError::Registry { kind: muster_core::ErrorKind::Unavailable, message: error.to_string() }
-        }
+        FailoverError::Registry(never) => match never {},
     }
 }

@@ -27,7 +27,7 @@ mod streams;
 mod sync;
 
 pub use convert::{from_json, from_tagged_json, to_json};
-pub use discovery::NamedService;
+pub use discovery::{Instance, NamedService};
 pub use events::{EventBus, PeerEvent, listener};
 pub use middleware::{CallInfo, Middleware};
 pub use peer::{Interface, Peer, PeerConfig, PeerError, RemotePeer, TaskOverwrite};

@@ -25,13 +25,13 @@ pub struct PeerConfig {
     pub stream_timeout: Duration,
     /// Requests one connection may have running at once; more are answered with an error.
     pub max_concurrent_requests: usize,
-    /// Connections made by [`Peer::connect`] are opened again after they break: at most this many
+    /// Connections made by [`Peer::connect`](crate::Peer::connect) are opened again after they break: at most this many
     /// attempts in a row (`None`: without end; `Some(0)`: never).
     pub max_reconnect_attempts: Option<u32>,
     /// The first delay before reconnecting; it doubles with each failed attempt, up to 30 s, each
     /// delay spread by ±20 % (jitter).
     pub reconnect_delay: Duration,
-    /// Connections [`Peer::listen`] serves at once; more are closed as they arrive (counted in
+    /// Connections [`Peer::listen`](crate::Peer::listen) serves at once; more are closed as they arrive (counted in
     /// `netron_connections_refused_total`). Connections this peer opens are not counted.
     pub max_connections: usize,
     /// Bytes of frames one connection may have waiting for its socket. A remote peer that sends
@@ -61,7 +61,7 @@ impl Default for PeerConfig {
     }
 }
 
-/// What [`Peer::add_task`] does when a task of that name exists.
+/// What [`Peer::add_task`](crate::Peer::add_task) does when a task of that name exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskOverwrite {
     /// The new function replaces the old one.
