@@ -159,7 +159,7 @@ impl Peer {
                 BreakerConfig::default(),
             )),
         });
-        self.set_discovery(Arc::clone(&discovery));
+        self.set_membership(Arc::clone(&discovery) as Arc<dyn crate::peer::Membership>);
         // Registration follows exposure.
         let mut events = self.events();
         let peer = self.clone();
@@ -236,17 +236,28 @@ impl Peer {
         })
     }
 
-    /// Leaves the fleet: deregisters (when registered) and closes the connections made by name.
-    pub(crate) async fn stop_discovery(&self) {
-        if let Some(discovery) = self.discovery() {
-            if let Err(error) = discovery.agent.stop().await {
+    /// The fleet this peer joined, when it enabled discovery.
+    fn discovery(&self) -> Option<Arc<Discovery>> {
+        self.membership()?.into_any().downcast::<Discovery>().ok()
+    }
+}
+
+impl crate::peer::Membership for Discovery {
+    /// Deregisters (when registered) and closes the connections made by name.
+    fn leave(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.agent.stop().await {
                 tracing::warn!(%error, "deregistering failed; the node expires by its TTL");
             }
-            let slots: Vec<Slot> = discovery.connections.locked().drain().map(|(_, slot)| slot).collect();
+            let slots: Vec<Slot> = self.connections.locked().drain().map(|(_, slot)| slot).collect();
             for remote in slots.iter().filter_map(|slot| slot.get()) {
                 remote.disconnect();
             }
-        }
+        })
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

@@ -93,8 +93,20 @@ struct Inner {
     metrics: Arc<crate::metrics::Metrics>,
     /// The peer accepts connections (for `/ready`).
     listening: Arc<std::sync::atomic::AtomicBool>,
-    /// The fleet this peer belongs to, once discovery is enabled.
-    discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
+    /// The fleet this peer belongs to, once discovery is enabled (held by its trait: this module
+    /// does not depend on discovery's).
+    membership: Mutex<Option<Arc<dyn Membership>>>,
+}
+
+/// The fleet a peer joined (`discovery.rs` implements it). The peer holds it by this trait, so
+/// the dependency runs one way: discovery uses the peer, the peer knows only that it may belong to
+/// a fleet it must leave when it stops.
+pub(crate) trait Membership: Send + Sync + 'static {
+    /// Leaves the fleet: deregisters and closes the connections made by name.
+    fn leave(&self) -> futures::future::BoxFuture<'_, ()>;
+
+    /// Itself, for its owner to downcast.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Announcements waiting for the bus at most.
@@ -174,7 +186,7 @@ impl Peer {
             slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             tasks: RwLock::new(HashMap::new()),
             stream_ids: PacketIds::default(),
-            discovery: Mutex::new(None),
+            membership: Mutex::new(None),
             middleware: RwLock::new(Vec::new()),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             listening: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -193,15 +205,14 @@ impl Peer {
         Self { inner }
     }
 
-    pub(crate) fn set_discovery(&self, discovery: Arc<crate::discovery::Discovery>) {
-        {
-            let mut slot = self.inner.discovery.locked();
-            *slot = Some(discovery);
-        }
+    /// Joins this peer to a fleet (discovery); [`Peer::stop`] leaves it.
+    pub(crate) fn set_membership(&self, membership: Arc<dyn Membership>) {
+        *self.inner.membership.locked() = Some(membership);
     }
 
-    pub(crate) fn discovery(&self) -> Option<Arc<crate::discovery::Discovery>> {
-        self.inner.discovery.locked().clone()
+    /// The fleet this peer joined, if any.
+    pub(crate) fn membership(&self) -> Option<Arc<dyn Membership>> {
+        self.inner.membership.locked().clone()
     }
 
     /// Emits `name` with `payload` on the bus, in order after the announcements before it.
@@ -387,7 +398,9 @@ impl Peer {
     /// Stops listening and closes every connection; calls waiting on them fail with
     /// [`PeerError::Closed`].
     pub async fn stop(&self) {
-        self.stop_discovery().await;
+        if let Some(membership) = self.membership() {
+            membership.leave().await;
+        }
         self.inner.listening.store(false, std::sync::atomic::Ordering::Relaxed);
         self.inner.stopped.cancel();
         let connections: Vec<Arc<Connection>> = self.inner.connections.locked().values().cloned().collect();
