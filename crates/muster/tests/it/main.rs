@@ -3,6 +3,7 @@
 
 mod cli;
 mod faults;
+mod fleet;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -319,7 +319,7 @@ async fn calculator_process(redis: &str) -> (tokio::process::Child, String) {
     let example = profile_dir.join("examples").join("calculator");
     assert!(
         example.exists(),
-        "{} is missing: `cargo test` builds it (or `cargo build -p muster-peer --example calculator`)",
+        "{} is missing: `cargo test` builds it (or `cargo build -p muster --example calculator`)",
         example.display()
     );
     let mut child = tokio::process::Command::new(example)

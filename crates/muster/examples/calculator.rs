@@ -3,8 +3,8 @@
 //! one.
 //!
 //! ```sh
-//! cargo run --release -p muster-peer --example calculator -- --listen 127.0.0.1:8080
-//! cargo run --release -p muster-peer --example calculator -- --connect ws://127.0.0.1:8080
+//! cargo run --release -p muster --example calculator -- --listen 127.0.0.1:8080
+//! cargo run --release -p muster --example calculator -- --connect ws://127.0.0.1:8080
 //! ```
 //!
 //! With `--redis redis://127.0.0.1:6379` the serving peer also registers in that fleet (Netron's
