@@ -299,12 +299,24 @@ async fn follow_once(
     }
     while let Some(item) = stream.next().await {
         let mut revision = shared.apply(item?, target, expiries);
-        while let Some(Some(item)) = stream.next().now_or_never() {
-            revision = shared.apply(item?, target, expiries);
+        // What else is ready, without waiting; a stream that ends here is not polled again.
+        let mut ended = false;
+        loop {
+            match stream.next().now_or_never() {
+                Some(Some(item)) => revision = shared.apply(item?, target, expiries),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
         }
         backoff.succeeded();
         shared.batches.fetch_add(1, Ordering::Relaxed);
         shared.revisions.send_replace(revision);
+        if ended {
+            break;
+        }
         tokio::time::sleep(COALESCE).await;
     }
     Err(Error::unavailable("the registry's watch ended"))
@@ -359,6 +371,41 @@ mod tests {
         assert_eq!(hub.with_mirror(Mirror::len), 200, "every registration applied");
         let batches = hub.shared.batches.load(Ordering::Relaxed) - before;
         assert!(batches <= 2, "200 registrations applied in {batches} batches");
+    }
+
+    /// A store whose change feed ends while the follower is taking what is ready (a shutdown):
+    /// the follower reports the end and is not left polling a finished stream (which panics).
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_that_ends_mid_batch_ends_the_follow() {
+        let store = muster_memory::MemoryRegistry::new();
+        let registry: Arc<dyn Registry> = Arc::new(store.clone());
+        let shared = Shared {
+            state: RwLock::new(HubState {
+                log: EventLog::new(16, Revision::ZERO),
+                mirror: Mirror::default(),
+                ready: false,
+                shutdown: false,
+            }),
+            revisions: watch::Sender::new(Revision::ZERO),
+            batches: AtomicU64::new(0),
+        };
+        for i in 0..3 {
+            let registration = muster_core::Registration::new(
+                muster_core::NodeId::new(format!("n{i}")).unwrap(),
+                muster_core::Address::parse("h:1").unwrap(),
+                vec![],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+            registry.heartbeat(registration).await.unwrap();
+        }
+        // The events are delivered, then the feed ends: all of it ready at once.
+        store.shutdown().await.unwrap();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400), 0.0);
+        let counter = Counter::default();
+        let outcome = follow_once(&*registry, &shared, Revision::ZERO, &counter, &mut backoff).await;
+        assert!(outcome.is_err(), "the end of the feed is reported");
+        assert_eq!(shared.read().mirror.len(), 3, "what came before the end was applied");
     }
 
     #[test]
