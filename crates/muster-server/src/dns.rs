@@ -15,7 +15,8 @@
 //! zone's SOA; a known name without records of the asked type is an empty answer with the SOA.
 //! Queries follow the ACL default policy (DNS carries no token): names the anonymous caller may
 //! not read are REFUSED. Over UDP, an answer larger than the client's buffer (512 bytes, or its
-//! EDNS size up to 4096) is truncated (TC) so the client asks again over TCP.
+//! EDNS size up to 4096) is truncated (TC, so the client asks again over TCP) to as many of its
+//! records as fit.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -200,6 +201,32 @@ struct Kept {
     next: usize,
 }
 
+/// `response` encoded within `limit` bytes: whole when it fits; else truncated (TC set) with as
+/// many of its answer records as fit, in order — a client that never retries over TCP still gets
+/// addresses — and without its authority and additional records. The count is found by halving,
+/// so a large answer is encoded a logarithmic number of times.
+fn fitted(response: &Message, limit: usize) -> Option<Vec<u8>> {
+    let whole = response.to_vec().ok()?;
+    if whole.len() <= limit {
+        return Some(whole);
+    }
+    let mut truncated = response.truncate();
+    let with = |truncated: &mut Message, count: usize| {
+        truncated.answers = response.answers[..count].to_vec();
+        truncated.to_vec().ok()
+    };
+    // The most records that fit: `fits` do, `fails` do not.
+    let (mut fits, mut fails) = (0, response.answers.len());
+    while fails - fits > 1 {
+        let middle = fits + (fails - fits) / 2;
+        match with(&mut truncated, middle) {
+            Some(bytes) if bytes.len() <= limit => fits = middle,
+            _ => fails = middle,
+        }
+    }
+    with(&mut truncated, fits)
+}
+
 impl Zone {
     fn new(state: AppState, config: &DnsConfig) -> std::io::Result<Self> {
         let invalid = |e: hickory_proto::ProtoError| {
@@ -259,11 +286,7 @@ impl Zone {
         let rotations = response.answers.len().clamp(1, MAX_ORDERS);
         let mut orders = Vec::with_capacity(rotations);
         for _ in 0..rotations {
-            let mut bytes = response.to_vec().ok()?;
-            if bytes.len() > limit {
-                bytes = response.clone().truncate().to_vec().ok()?;
-            }
-            orders.push(bytes);
+            orders.push(fitted(&response, limit)?);
             if !response.answers.is_empty() {
                 response.answers.rotate_left(1);
             }

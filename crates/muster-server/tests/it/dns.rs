@@ -173,6 +173,15 @@ async fn dig_over_udp_and_tcp_with_truncation() {
     until("all 60 registered", || async { ips(&resolver, "big.service.muster.").await.len() == 60 }).await;
     let udp = dig(&["big.service.muster.", "A", "+ignore", "+noedns"]);
     assert!(udp.contains(" tc") || udp.contains("tc "), "truncated over UDP: {udp}");
+    // As many records as fit in 512 bytes, not an empty answer: a client that never retries over
+    // TCP still gets addresses (as Consul answers).
+    let kept = udp.lines().filter(|l| l.starts_with("big.service.muster.") && l.contains("\tA\t")).count();
+    assert!((20..60).contains(&kept), "{kept} of 60 records fit in a 512-byte answer: {udp}");
+    let short = dig(&["big.service.muster.", "A", "+ignore", "+short", "+noedns"]);
+    assert_eq!(short.lines().count(), kept, "the truncated answer's records");
+    let roomy = dig(&["big.service.muster.", "A", "+ignore", "+bufsize=1232"]);
+    let more = roomy.lines().filter(|l| l.starts_with("big.service.muster.") && l.contains("\tA\t")).count();
+    assert!(more > kept, "a larger EDNS buffer carries more: {more} vs {kept}");
     let tcp = dig(&["big.service.muster.", "A", "+tcp", "+short"]);
     assert_eq!(tcp.lines().count(), 60, "complete over TCP: {tcp}");
     let retried = dig(&["big.service.muster.", "A", "+short", "+noedns"]);
