@@ -9,7 +9,9 @@
 //! - `_<service>._tcp.service.<domain>` (and the version form under it): SRV with the port and the
 //!   weight, the target `<node-id>.node.<domain>` (its address in the additional section) or the
 //!   host name;
-//! - `<node-id>.node.<domain>`: the node's address.
+//! - `<node-id>.node.<domain>`: the node's address;
+//! - `<domain>`: SOA and NS (`ns.<domain>`); `ns.<domain>`: the DNS server's own address (its listen
+//!   address; the loopback address when it listens on every interface).
 //!
 //! Answers are shuffled; the TTL is a setting. A service no node provides is NXDOMAIN with the
 //! zone's SOA; a known name without records of the asked type is an empty answer with the SOA.
@@ -22,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use muster_core::{NodeInfo, NodeStatus};
 use rand::seq::SliceRandom;
@@ -169,6 +171,8 @@ enum Target {
     Node(String),
     /// The zone's apex.
     Apex,
+    /// `ns.<domain>`: the server itself, which the SOA and NS records name.
+    NameServer,
 }
 
 /// The zone: names under the domain, answered from the hub's mirror.
@@ -177,6 +181,11 @@ struct Zone {
     domain: Name,
     ttl: u32,
     soa: Record,
+    /// The apex's NS record (`ns.<domain>`).
+    ns: Record,
+    /// The address `ns.<domain>` answers with: the DNS listen address, or the loopback address of
+    /// its family when it listens on every interface (it cannot know which one a client used).
+    ns_ip: IpAddr,
     /// Encoded answers kept while the mirror is unchanged, per transport (UDP, TCP), by query.
     kept: [std::sync::Mutex<Bounded<[u8], Kept>>; 2],
 }
@@ -240,10 +249,16 @@ impl Zone {
         let mname = Name::from_ascii("ns").map_err(invalid)?.append_domain(&domain).map_err(invalid)?;
         let rname =
             Name::from_ascii("hostmaster").map_err(invalid)?.append_domain(&domain).map_err(invalid)?;
+        let ns = Record::from_rdata(domain.clone(), config.ttl, RData::NS(NS(mname.clone())));
         let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, config.ttl);
         let soa = Record::from_rdata(domain.clone(), config.ttl, RData::SOA(soa));
+        let ns_ip = match config.listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
         let kept = || std::sync::Mutex::new(Bounded::new(MAX_KEPT, MAX_KEPT_BYTES));
-        Ok(Self { state, domain, ttl: config.ttl, soa, kept: [kept(), kept()] })
+        Ok(Self { state, domain, ttl: config.ttl, soa, ns, ns_ip, kept: [kept(), kept()] })
     }
 
     /// The encoded answer to an encoded query (`None`: not a DNS message; dropped).
@@ -357,6 +372,22 @@ impl Zone {
                 if matches!(kind, RecordType::SOA | RecordType::ANY) {
                     response.add_answer(self.soa.clone());
                 }
+                if matches!(kind, RecordType::NS | RecordType::ANY) {
+                    response.add_answer(self.ns.clone());
+                }
+                ResponseCode::NoError
+            }
+            Target::NameServer => {
+                let rdata = match self.ns_ip {
+                    IpAddr::V4(ip) if matches!(kind, RecordType::A | RecordType::ANY) => {
+                        Some(RData::A(A(ip)))
+                    }
+                    IpAddr::V6(ip) if matches!(kind, RecordType::AAAA | RecordType::ANY) => {
+                        Some(RData::AAAA(AAAA(ip)))
+                    }
+                    _ => None,
+                };
+                response.add_answers(rdata.map(|rdata| Record::from_rdata(owner.clone(), self.ttl, rdata)));
                 ResponseCode::NoError
             }
             Target::Node(id) => {
@@ -484,6 +515,7 @@ fn target(domain: &Name, name: &Name) -> Option<Target> {
         name.iter().take(depth).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
     match labels.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => Some(Target::Apex),
+        ["ns"] => Some(Target::NameServer),
         [id, "node"] => Some(Target::Node((*id).to_owned())),
         [service, "service"] => {
             Some(Target::Service { name: (*service).to_owned(), version: None, srv: false })

@@ -190,6 +190,14 @@ async fn dig_over_udp_and_tcp_with_truncation() {
     assert!(cname.contains("CNAME\tweb.example.com."), "{cname}");
     let soa = dig(&["muster.", "SOA", "+short"]);
     assert!(soa.starts_with("ns.muster. hostmaster.muster."), "{soa}");
+    // The server the SOA names exists: NS at the apex, and `ns.<domain>` is the DNS server's address.
+    assert_eq!(dig(&["muster.", "NS", "+short"]), "ns.muster.\n");
+    assert_eq!(dig(&["ns.muster.", "A", "+short"]), format!("{}\n", at.ip()));
+    let none = dig(&["ns.muster.", "AAAA"]);
+    assert!(
+        none.contains("status: NOERROR") && none.contains("ANSWER: 0"),
+        "an IPv4 server has no AAAA: {none}"
+    );
     let outside = dig(&["example.org.", "A"]);
     assert!(outside.contains("status: REFUSED"), "names outside the zone are refused: {outside}");
     state.shutdown();
