@@ -9,7 +9,8 @@
 //! - `_<service>._tcp.service.<domain>` (and the version form under it): SRV with the port and the
 //!   weight, the target `<node-id>.node.<domain>` (its address in the additional section) or the
 //!   host name;
-//! - `<node-id>.node.<domain>`: the node's address;
+//! - `<node-id>.node.<domain>`: the node's address (whatever its status), and TXT with its status
+//!   and metadata (`status=DOWN`, `zone=eu-1`, ...);
 //! - `<domain>`: SOA and NS (`ns.<domain>`); `ns.<domain>`: the DNS server's own address (its listen
 //!   address; the loopback address when it listens on every interface).
 //!
@@ -24,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use muster_core::{NodeInfo, NodeStatus};
 use rand::seq::SliceRandom;
@@ -402,6 +403,9 @@ impl Zone {
                     return ResponseCode::Refused;
                 }
                 response.add_answers(self.address_records(owner, &node, kind));
+                if matches!(kind, RecordType::TXT | RecordType::ANY) {
+                    response.add_answer(self.node_text(owner, &node));
+                }
                 ResponseCode::NoError
             }
             Target::Service { name, version, srv } => {
@@ -492,6 +496,25 @@ impl Zone {
             let srv = SRV::new(1, weight, node.address.port(), target);
             response.add_answer(Record::from_rdata(owner.clone(), self.ttl, RData::SRV(srv)));
         }
+    }
+
+    /// A node's TXT record: `status=<STATUS>` (a node that is not `UP` still answers by node name
+    /// and says so here), then `key=value` for each metadata entry; each string at most 255 bytes
+    /// (DNS's limit), cut at a character boundary.
+    fn node_text(&self, owner: &Name, node: &NodeInfo) -> Record {
+        let cut = |mut text: String| {
+            let mut end = text.len().min(255);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text
+        };
+        let strings = std::iter::once(format!("status={}", node.status))
+            .chain(node.metadata.iter().map(|(key, value)| format!("{key}={value}")))
+            .map(cut)
+            .collect();
+        Record::from_rdata(owner.clone(), self.ttl, RData::TXT(TXT::new(strings)))
     }
 
     /// The A or AAAA record of a node's IP address, when it has one and `kind` asks for it.

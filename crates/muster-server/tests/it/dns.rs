@@ -186,6 +186,22 @@ async fn dig_over_udp_and_tcp_with_truncation() {
     assert_eq!(tcp.lines().count(), 60, "complete over TCP: {tcp}");
     let retried = dig(&["big.service.muster.", "A", "+short", "+noedns"]);
     assert_eq!(retried.lines().count(), 60, "dig retries a truncated answer over TCP");
+    // A node's TXT: its status, then its metadata; a DOWN node still answers by node name.
+    let down = Registration::new(
+        NodeId::new("db-1").unwrap(),
+        Address::parse("10.2.0.1:5432").unwrap(),
+        vec![service("db", None, None)],
+        long,
+    )
+    .unwrap()
+    .with_status(muster_core::NodeStatus::Down)
+    .with_metadata([("zone".to_owned(), "eu-1".to_owned())].into_iter().collect())
+    .unwrap();
+    registry.heartbeat(down).await.unwrap();
+    until("db-1 is known", || async { !ips(&resolver, "db-1.node.muster.").await.is_empty() }).await;
+    assert_eq!(dig(&["db-1.node.muster.", "TXT", "+short"]), "\"status=DOWN\" \"zone=eu-1\"\n");
+    assert_eq!(dig(&["db-1.node.muster.", "A", "+short"]), "10.2.0.1\n", "a DOWN node answers by name");
+    assert!(dig(&["db.service.muster.", "A", "+short"]).is_empty(), "but not for its service");
     let cname = dig(&["web.service.muster.", "A"]);
     assert!(cname.contains("CNAME\tweb.example.com."), "{cname}");
     let soa = dig(&["muster.", "SOA", "+short"]);
