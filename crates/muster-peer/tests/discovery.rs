@@ -4,18 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_core::{Address, DiscoveryOptions, Registry};
-use muster_peer::wire::{JsError, Value};
+use muster_core::{Address, Registry};
+use muster_peer::wire::Value;
 use muster_peer::{Peer, PeerConfig, ServiceBuilder};
 
-fn options() -> DiscoveryOptions {
-    DiscoveryOptions {
-        heartbeat_interval: Duration::from_millis(100),
-        heartbeat_ttl: Duration::from_secs(5),
-        retry_delay: Duration::from_millis(100),
-        ..DiscoveryOptions::default()
-    }
-}
+mod support;
+use support::options;
 
 async fn listening(registry: &Arc<dyn Registry>) -> Peer {
     let peer = Peer::new(PeerConfig::default());
@@ -62,20 +56,8 @@ async fn a_peers_own_exposures_are_announced_on_its_fleet_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_interfaces_are_reached_through_a_service_called_by_name() {
     let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
-    let bank = ServiceBuilder::new("bank", "1.0.0")
-        .unwrap()
-        .service_method("open", &["String"], "Account", |owner: String| async move {
-            Ok(ServiceBuilder::new("account", "")
-                .unwrap()
-                .method("owner", &[], "String", move |(): ()| {
-                    let owner = owner.clone();
-                    async move { Ok::<_, JsError>(owner) }
-                })
-                .build())
-        })
-        .build();
     let server = listening(&registry).await;
-    server.expose_service(bank).unwrap();
+    server.expose_service(support::bank()).unwrap();
     let client = Peer::new(PeerConfig::default());
     client.enable_discovery(Arc::clone(&registry), options(), None).await.unwrap();
     let named = client.service("bank@^1").unwrap();

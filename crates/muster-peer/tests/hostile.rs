@@ -5,27 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_core::{Address, DiscoveryOptions, NodeId, Registration, Registry, ServiceInfo};
+use muster_core::{Address, NodeId, Registration, Registry, ServiceInfo};
 use muster_peer::wire::{JsError, Value};
 use muster_peer::{Peer, PeerConfig, ServiceBuilder};
 
-fn options() -> DiscoveryOptions {
-    DiscoveryOptions {
-        heartbeat_interval: Duration::from_millis(100),
-        heartbeat_ttl: Duration::from_secs(5),
-        retry_delay: Duration::from_millis(100),
-        ..DiscoveryOptions::default()
-    }
-}
-
-fn calculator() -> Arc<muster_peer::Service> {
-    ServiceBuilder::new("calculator", "1.0.0")
-        .unwrap()
-        .method("add", &["Number", "Number"], "Number", |(a, b): (i64, i64)| async move {
-            Ok::<_, JsError>(a + b)
-        })
-        .build()
-}
+mod support;
+use support::{calculator, options};
 
 /// A TCP listener that accepts connections and never answers: a WebSocket handshake to it hangs.
 async fn blackhole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -251,20 +236,8 @@ async fn connections_beyond_the_cap_are_refused() {
 /// creates sub-services and disconnects without releasing them leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_services_of_a_closed_connection_are_freed() {
-    let accounts = ServiceBuilder::new("bank", "1.0.0")
-        .unwrap()
-        .service_method("open", &["String"], "Account", |name: String| async move {
-            Ok(ServiceBuilder::new("account", "")
-                .unwrap()
-                .method("owner", &[], "String", move |(): ()| {
-                    let name = name.clone();
-                    async move { Ok::<_, JsError>(name) }
-                })
-                .build())
-        })
-        .build();
     let server = Peer::new(PeerConfig::default());
-    server.expose_service(accounts).unwrap();
+    server.expose_service(support::bank()).unwrap();
     let address = server.listen("127.0.0.1:0").await.unwrap();
     assert_eq!(metric(&server, "netron_definitions"), 1.0, "the exposed service");
     for round in 0..5 {
