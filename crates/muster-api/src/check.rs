@@ -111,7 +111,9 @@ impl Check {
 
     /// Writes the check into `metadata` (replacing a previous one).
     pub fn write_to(&self, metadata: &mut Metadata) {
-        metadata.retain(|key, _| !key.starts_with("check.") || key == CHECK_OUTPUT);
+        metadata.retain(|key, _| {
+            !key.starts_with("check.") || key == CHECK_OUTPUT || key == muster_core::CHECK_SINCE
+        });
         let kind = match self.kind {
             CheckKind::Http => "http",
             CheckKind::Tcp => "tcp",

@@ -34,7 +34,9 @@ pub use event::{
 };
 pub use log::{EventLog, LogSource, Mirror};
 pub use name::NodeId;
-pub use node::{CHECK_OUTPUT, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices};
+pub use node::{
+    CHECK_OUTPUT, CHECK_SINCE, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices,
+};
 pub use options::{Backoff, DiscoveryOptions, Preset, RetryPolicy};
 pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
 pub use service::{Metadata, ServiceInfo, ServiceList, ServiceQuery, VersionQuery};

@@ -100,6 +100,10 @@ pub struct NodeInfo {
 /// node `DOWN` (written by the registry's checks; see `muster_api::check`).
 pub const CHECK_OUTPUT: &str = "check.output";
 
+/// The metadata key of when a health check's verdict began holding the node `DOWN` (milliseconds
+/// since the epoch, written with [`CHECK_OUTPUT`] and kept with it).
+pub const CHECK_SINCE: &str = "check.since";
+
 /// The metadata key of a node's health check kind: a node without it asks for no check.
 pub const CHECK_TYPE: &str = "check.type";
 
@@ -120,17 +124,29 @@ impl NodeInfo {
         self.check_verdict().is_some()
     }
 
-    /// Keeps `verdict` — the stored node's [`NodeInfo::check_verdict`] — on this node, which a
-    /// write is about to store: it stays `DOWN` with the check's failure description, as long as it
-    /// still asks for a check. Every store applies it to registrations and updates inside its
-    /// atomic write; only the check's own update ([`NodeUpdate::as_check_verdict`]) may lift it.
-    pub fn keep_check_verdict(&mut self, verdict: Option<&String>) {
+    /// The metadata carrying the check's verdict ([`CHECK_OUTPUT`], [`CHECK_SINCE`]) while a health
+    /// check holds the node down: what [`NodeInfo::keep_check_verdict`] takes.
+    pub fn held_check(&self) -> Option<&Metadata> {
+        self.held_by_check().then_some(&self.metadata)
+    }
+
+    /// Keeps the verdict in `held` — the stored node's [`NodeInfo::held_check`] — on this node,
+    /// which a write is about to store: it stays `DOWN` with the check's failure description and
+    /// the time it began, as long as it still asks for a check. Every store applies it to
+    /// registrations and updates inside its atomic write; only the check's own update
+    /// ([`NodeUpdate::as_check_verdict`]) may lift it.
+    pub fn keep_check_verdict(&mut self, held: Option<&Metadata>) {
         // A write that drops the check drops its verdict too: nothing would ever lift it.
-        if let Some(output) = verdict
+        let Some(held) = held else { return };
+        if let Some(output) = held.get(CHECK_OUTPUT)
             && self.metadata.contains_key(CHECK_TYPE)
         {
             self.status = NodeStatus::Down;
             self.metadata.insert(CHECK_OUTPUT.to_owned(), output.clone());
+            match held.get(CHECK_SINCE) {
+                Some(since) => self.metadata.insert(CHECK_SINCE.to_owned(), since.clone()),
+                None => self.metadata.remove(CHECK_SINCE),
+            };
         }
     }
 
@@ -458,7 +474,7 @@ impl NodeUpdate {
             node.metadata = m.clone();
         }
         if !self.check_verdict {
-            node.keep_check_verdict(before.check_verdict());
+            node.keep_check_verdict(before.held_check());
         }
         node.differs_from(&before)
     }

@@ -124,12 +124,12 @@ impl StoredNode {
             .any(|s| &*s.name == query.name() && query.version().matches(s.version.as_deref()))
     }
 
-    /// [`NodeInfo::check_verdict`] without building a `NodeInfo`.
-    pub(crate) fn check_verdict(&self) -> Option<&String> {
+    /// [`NodeInfo::held_check`] without building a `NodeInfo`.
+    pub(crate) fn held_check(&self) -> Option<&Metadata> {
         if self.status != NodeStatus::Down {
             return None;
         }
-        self.metadata.as_ref()?.get(muster_core::CHECK_OUTPUT)
+        self.metadata.as_deref().filter(|m| m.contains_key(muster_core::CHECK_OUTPUT))
     }
 
     /// True when the parts a watcher cares about (address, services, status, metadata) differ from

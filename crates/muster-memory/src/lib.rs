@@ -379,7 +379,7 @@ impl Registry for MemoryRegistry {
                 state.deadlines.remove(&(old.deadline, id.clone()));
                 let mut node = registration.to_node(old.node.registered_at_ms, now_ms);
                 // A health check's verdict is a condition of the write: a registration keeps it.
-                node.keep_check_verdict(old.node.check_verdict());
+                node.keep_check_verdict(old.node.held_check());
                 state.reindex_services(&id, old.node.service_names(), &node.services);
                 let change = if old.node.differs_from(&node) { Change::Updated } else { Change::Unchanged };
                 let before = (change == Change::Updated).then(|| old.node.to_node(&id).services);

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_api::check::{CHECK_OUTPUT, Check, CheckKind};
+use muster_core::CHECK_SINCE;
 use muster_core::log::Mirror;
 use muster_core::{NodeId, NodeInfo, NodeStatus, NodeUpdate, Registry};
 use prometheus_client::metrics::counter::Counter;
@@ -226,6 +227,7 @@ async fn settle(
                 return;
             }
             metadata.insert(CHECK_OUTPUT.into(), truncate(failure));
+            metadata.insert(CHECK_SINCE.into(), muster_core::time::now_ms().to_string());
             tracing::info!(node_id = %outcome.node_id, %failure, "health check: DOWN");
             NodeUpdate::new().status(NodeStatus::Down).as_check_verdict()
         }
@@ -236,6 +238,7 @@ async fn settle(
                 return;
             }
             metadata.remove(CHECK_OUTPUT);
+            metadata.remove(CHECK_SINCE);
             tracing::info!(node_id = %outcome.node_id, "health check: UP");
             NodeUpdate::new().status(NodeStatus::Up).as_check_verdict()
         }

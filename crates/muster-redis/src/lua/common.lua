@@ -23,8 +23,9 @@ local function held_output(n)
   return nil
 end
 -- Keeps a check's verdict on `new` (a write of the node `old`, which the check holds down with
--- `output`), as long as the new metadata still asks for a check: DOWN, and `check.output` kept. The
--- stored metadata text is kept when the content is the same, so an unchanged write stays unchanged.
+-- `output`), as long as the new metadata still asks for a check: DOWN, `check.output` and
+-- `check.since` kept. The stored metadata text is kept when the content is the same, so an
+-- unchanged write stays unchanged.
 local function keep_verdict(old, new, output)
   local ok, m = pcall(cjson.decode, new.metadata)
   if not ok or type(m) ~= 'table' or m['check.type'] == nil then return end
@@ -32,6 +33,7 @@ local function keep_verdict(old, new, output)
   m['check.output'] = output
   local okold, o = pcall(cjson.decode, old.metadata)
   local same = okold and type(o) == 'table'
+  if same and type(o['check.since']) == 'string' then m['check.since'] = o['check.since'] else m['check.since'] = nil end
   if same then
     for k, v in pairs(m) do if o[k] ~= v then same = false end end
     for k, v in pairs(o) do if m[k] ~= v then same = false end end

@@ -88,6 +88,9 @@ crate::on_both_stores! {
         let down = until_status(&server, "web-1", "DOWN").await;
         let output = down["metadata"]["check.output"].as_str().unwrap_or_default().to_owned();
         assert!(output.contains("HTTP 503") && output.contains("/health"), "{down}");
+        // When the verdict began, for the dashboard's checks panel.
+        let since: u64 = down["metadata"]["check.since"].as_str().and_then(|s| s.parse().ok()).expect("check.since");
+        assert!(since.abs_diff(muster_core::time::now_ms()) < 60_000, "{down}");
         // The node's own heartbeat asking for UP cannot lift the verdict; its registration neither.
         let (status, beat) = send(&server, Method::PUT, "/v1/nodes/web-1/heartbeat", json!({"status": "UP"})).await;
         assert_eq!((status.as_u16(), beat["status"].as_str()), (200, Some("DOWN")), "{beat}");
@@ -98,6 +101,7 @@ crate::on_both_stores! {
         .await;
         assert_eq!(again["node"]["status"], "DOWN", "{again}");
         assert_eq!(again["node"]["metadata"]["check.output"].as_str(), Some(output.as_str()));
+        assert_eq!(again["node"]["metadata"]["check.since"], down["metadata"]["check.since"], "{again}");
         // Nor an update: the verdict is a condition of the store's write, not read from a copy.
         let (status, patched) = send(&server, Method::PATCH, "/v1/nodes/web-1", json!({"status": "UP"})).await;
         assert_eq!((status.as_u16(), patched["status"].as_str()), (200, Some("DOWN")), "{patched}");
@@ -106,6 +110,7 @@ crate::on_both_stores! {
         target.healthy.store(true, Ordering::Relaxed);
         let up = until_status(&server, "web-1", "UP").await;
         assert!(up["metadata"].get("check.output").is_none(), "the reason goes with the failure: {up}");
+        assert!(up["metadata"].get("check.since").is_none(), "{up}");
 
         // The watch saw both changes as `updated` events, the first with the reason.
         let mut statuses = Vec::new();

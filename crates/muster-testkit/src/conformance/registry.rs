@@ -378,13 +378,23 @@ pub async fn check_verdict_holds_against_every_write<R: Registry>(registry: R, t
     registry.heartbeat(asking(&[("zone", "a")])).await.unwrap();
     let down = NodeUpdate::new()
         .status(NodeStatus::Down)
-        .metadata(meta(&[("check.type", "http"), ("zone", "a"), ("check.output", "GET /health: HTTP 503")]))
+        .metadata(meta(&[
+            ("check.type", "http"),
+            ("zone", "a"),
+            ("check.output", "GET /health: HTTP 503"),
+            ("check.since", "1700000000000"),
+        ]))
         .unwrap()
         .as_check_verdict();
     let held = registry.update(&id("c1"), down).await.unwrap();
     assert!(held.held_by_check(), "{held:?}");
-    let output = |node: &muster_core::NodeInfo| node.metadata.get("check.output").cloned();
-    let reason = Some("GET /health: HTTP 503".to_owned());
+    // The failure description, with the time the verdict began.
+    let output = |node: &muster_core::NodeInfo| {
+        node.metadata
+            .get("check.output")
+            .map(|output| format!("{output} since {}", node.metadata.get("check.since").map_or("?", |s| s)))
+    };
+    let reason = Some("GET /health: HTTP 503 since 1700000000000".to_owned());
 
     // A registration asking for UP, with other metadata: still DOWN, reason kept, metadata applied.
     let outcome = registry.heartbeat(asking(&[("zone", "b")])).await.unwrap();
