@@ -6,9 +6,13 @@
 //! - `<service>.service.<domain>`: A/AAAA of the service's `UP` instances (a CNAME to the host
 //!   when no instance has an IP address);
 //! - `v<version with dashes>.<service>.service.<domain>` (`v1-2-0` for `1.2.0`): one exact version;
-//! - `_<service>._tcp.service.<domain>` (and the version form under it): SRV with the port and the
-//!   weight, the target `<node-id>.node.<domain>` (its address in the additional section) or the
-//!   host name;
+//! - `_<service>._<protocol>.service.<domain>` or `_<service>._<protocol>.<domain>` (RFC 2782), and
+//!   `_<service>._<protocol>.v<version>.service.<domain>` for one version: SRV of the instances
+//!   that speak the protocol (a `protocol` metadata list, the service's or else the node's, `tcp`
+//!   when neither says) with the port and the weight, the target `<node-id>.node.<domain>` (its
+//!   address in the additional section) or the host name;
+//! - `<reversed address>.in-addr.arpa.` / `.ip6.arpa.`: PTR `<node-id>.node.<domain>` of every
+//!   node registered at that address (NXDOMAIN when none is);
 //! - `<node-id>.node.<domain>`: the node's address (whatever its status), and TXT with its status
 //!   and metadata (`status=DOWN`, `zone=eu-1`, ...);
 //! - `<domain>`: SOA and NS (`ns.<domain>`); `ns.<domain>`: the DNS server's own address (its listen
@@ -19,13 +23,14 @@
 //! Queries follow the ACL default policy (DNS carries no token): names the anonymous caller may
 //! not read are REFUSED. Over UDP, an answer larger than the client's buffer (512 bytes, or its
 //! EDNS size up to 4096) is truncated (TC, so the client asks again over TCP) to as many of its
-//! records as fit.
+//! records as fit. `/metrics` counts queries by question type, answer code and transport
+//! (`muster_dns_queries_total`), truncations, and the time to answer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use muster_core::{NodeInfo, NodeStatus};
 use rand::seq::SliceRandom;
@@ -166,8 +171,11 @@ enum Transport {
 /// What a name under the zone asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
-    /// A service's instances, optionally of one version (its dashed form); SRV form or not.
-    Service { name: String, version: Option<String>, srv: bool },
+    /// A service's instances, optionally of one version (its dashed form); in the SRV form, the
+    /// protocol asked for (`tcp` for `_tcp`), or the A/AAAA form (`None`).
+    Service { name: String, version: Option<String>, proto: Option<String> },
+    /// A reverse lookup (`<reversed address>.in-addr.arpa.` or `ip6.arpa.`) of a registered address.
+    Reverse(IpAddr),
     /// One node by id.
     Node(String),
     /// The zone's apex.
@@ -205,6 +213,8 @@ const MAX_ORDERS: usize = 8;
 struct Kept {
     /// [`muster_core::log::Mirror::changes`] when they were built.
     changes: u64,
+    /// The question's type, as an index into [`crate::metrics::DNS_TYPES`] (for the metrics).
+    qtype: usize,
     /// The encoded answer in each kept order of its records.
     orders: Vec<Vec<u8>>,
     /// The order handed out next.
@@ -269,6 +279,17 @@ impl Zone {
     /// written per query. The records of a kept answer come in rotations of one shuffled order,
     /// handed out in turn, so every instance is first as often as the others.
     fn answer_bytes(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let started = tokio::time::Instant::now();
+        let (answer, qtype) = self.answer_and_type(query, transport)?;
+        // The answer's code and TC bit, read back from its header.
+        let (rcode, truncated) = (usize::from(answer[3] & 0x0f), answer[2] & 0x02 != 0);
+        self.state.inner.metrics.dns.record(transport as usize, qtype, rcode, truncated, started.elapsed());
+        Some(answer)
+    }
+
+    /// [`Zone::answer_bytes`] with the question's type (an index into
+    /// [`crate::metrics::DNS_TYPES`]).
+    fn answer_and_type(&self, query: &[u8], transport: Transport) -> Option<(Vec<u8>, usize)> {
         let changes = self.state.inner.hub.with_mirror(muster_core::log::Mirror::changes);
         let key = query.get(2..).filter(|_| query.len() >= 12);
         if let Some(key) = key {
@@ -277,18 +298,20 @@ impl Zone {
                 let mut answer = entry.orders[entry.next % entry.orders.len()].clone();
                 entry.next = entry.next.wrapping_add(1);
                 answer[..2].copy_from_slice(&query[..2]);
-                return Some(answer);
+                return Some((answer, entry.qtype));
             }
         }
+        let other = crate::metrics::DNS_TYPES.len() - 1;
         let request = match Message::from_vec(query) {
             Ok(request) => request,
             Err(_) => {
                 // A header we can read gets FORMERR; anything shorter is dropped.
                 let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
                 let refused = Message::error_msg(id, OpCode::Query, ResponseCode::FormErr);
-                return refused.to_vec().ok();
+                return Some((refused.to_vec().ok()?, other));
             }
         };
+        let qtype = request.queries.first().map_or(other, |q| type_index(q.query_type()));
         if request.metadata.message_type != MessageType::Query {
             return None;
         }
@@ -311,9 +334,9 @@ impl Zone {
         if let Some(key) = key {
             let size = key.len() + orders.iter().map(Vec::len).sum::<usize>();
             let mut kept = self.kept[transport as usize].lock().unwrap_or_else(|p| p.into_inner());
-            kept.insert(Box::from(key), Kept { changes, orders, next: 1 }, size);
+            kept.insert(Box::from(key), Kept { changes, qtype, orders, next: 1 }, size);
         }
-        Some(first)
+        Some((first, qtype))
     }
 
     fn answer(&self, request: &Message) -> Message {
@@ -339,7 +362,7 @@ impl Zone {
             return response;
         }
         let name = query.name().to_lowercase();
-        let Some(target) = self.target(&name) else {
+        let Some(target) = target(&self.domain, &name) else {
             response.metadata.response_code =
                 if self.domain.zone_of(&name) { ResponseCode::NXDomain } else { ResponseCode::Refused };
             if response.metadata.response_code == ResponseCode::NXDomain {
@@ -349,14 +372,11 @@ impl Zone {
         };
         let code = self.records(&target, query.name(), query.query_type(), &mut response);
         response.metadata.response_code = code;
-        if response.answers.is_empty() && code != ResponseCode::Refused {
+        // The zone's SOA on an empty answer of its own names (not on a reverse lookup's).
+        if response.answers.is_empty() && code != ResponseCode::Refused && self.domain.zone_of(&name) {
             response.add_authority(self.soa.clone());
         }
         response
-    }
-
-    fn target(&self, name: &Name) -> Option<Target> {
-        target(&self.domain, name)
     }
 
     /// Adds the records of `target` of type `kind` to `response`; the response code.
@@ -408,7 +428,30 @@ impl Zone {
                 }
                 ResponseCode::NoError
             }
-            Target::Service { name, version, srv } => {
+            Target::Reverse(ip) => {
+                // A scan of the active nodes: reverse lookups are rare, and kept answers spare
+                // the repeats.
+                let names: Vec<Name> = self.state.inner.hub.with_mirror(|mirror| {
+                    mirror
+                        .iter()
+                        .filter(|n| n.address.host_unbracketed().parse::<IpAddr>().is_ok_and(|a| a == *ip))
+                        .filter(|n| caller.may_read_node(n))
+                        .filter_map(|n| self.node_name(n))
+                        .collect()
+                });
+                if names.is_empty() {
+                    return ResponseCode::NXDomain;
+                }
+                if matches!(kind, RecordType::PTR | RecordType::ANY) {
+                    response.add_answers(
+                        names
+                            .into_iter()
+                            .map(|name| Record::from_rdata(owner.clone(), self.ttl, RData::PTR(PTR(name)))),
+                    );
+                }
+                ResponseCode::NoError
+            }
+            Target::Service { name, version, proto } => {
                 if !caller.may_read_service(name) {
                     return ResponseCode::Refused;
                 }
@@ -433,7 +476,8 @@ impl Zone {
                                     .as_deref()
                                     .is_some_and(|have| have.replace('.', "-").eq_ignore_ascii_case(v))
                             });
-                            wanted.then(|| (Arc::clone(n), s.weight))
+                            let speaks = proto.as_deref().is_none_or(|proto| declares(n, s, proto));
+                            (wanted && speaks).then(|| (Arc::clone(n), s.weight))
                         })
                         .collect();
                     (true, up)
@@ -442,7 +486,7 @@ impl Zone {
                     return ResponseCode::NXDomain;
                 }
                 up.shuffle(&mut rand::rng());
-                if *srv {
+                if proto.is_some() {
                     if matches!(kind, RecordType::SRV | RecordType::ANY) {
                         self.srv_records(owner, &up, response);
                     }
@@ -482,12 +526,7 @@ impl Zone {
             let target = match host_name(node) {
                 Some(host) => host,
                 None => {
-                    let Ok(label) = Name::from_ascii(node.node_id.as_str()) else { continue };
-                    let Ok(node_name) = Name::from_ascii("node").and_then(|n| n.append_domain(&self.domain))
-                    else {
-                        continue;
-                    };
-                    let Ok(target) = label.append_domain(&node_name) else { continue };
+                    let Some(target) = self.node_name(node) else { continue };
                     response.add_additionals(self.address_records(&target, node, RecordType::ANY));
                     target
                 }
@@ -496,6 +535,12 @@ impl Zone {
             let srv = SRV::new(1, weight, node.address.port(), target);
             response.add_answer(Record::from_rdata(owner.clone(), self.ttl, RData::SRV(srv)));
         }
+    }
+
+    /// `<node-id>.node.<domain>`, when the node id is a DNS label.
+    fn node_name(&self, node: &NodeInfo) -> Option<Name> {
+        let label = Name::from_ascii(node.node_id.as_str()).ok()?;
+        label.append_domain(&Name::from_ascii("node").ok()?.append_domain(&self.domain).ok()?).ok()
     }
 
     /// A node's TXT record: `status=<STATUS>` (a node that is not `UP` still answers by node name
@@ -528,39 +573,70 @@ impl Zone {
     }
 }
 
-/// What `name` (lower case) asks for, when it is one of the zone's forms under `domain`.
+/// What `name` (lower case) asks for, when it is one of the zone's forms under `domain` or a
+/// reverse lookup of an address.
 fn target(domain: &Name, name: &Name) -> Option<Target> {
     if !domain.zone_of(name) {
-        return None;
+        // `<reversed address>.in-addr.arpa.` / `ip6.arpa.`: a whole address, not a network.
+        let net = name.parse_arpa_name().ok()?;
+        return (net.prefix_len() == net.max_prefix_len()).then(|| Target::Reverse(net.addr()));
     }
     let depth = usize::from(name.num_labels()) - usize::from(domain.num_labels());
     let labels: Vec<String> =
         name.iter().take(depth).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    // `_<service>` and `_<protocol>` of an RFC 2782 name.
+    let srv = |service: &str, proto: &str, version: Option<&str>| {
+        Some(Target::Service {
+            name: service.strip_prefix('_')?.to_owned(),
+            version: version.map(ToOwned::to_owned),
+            proto: Some(proto.strip_prefix('_').filter(|p| !p.is_empty())?.to_owned()),
+        })
+    };
     match labels.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => Some(Target::Apex),
         ["ns"] => Some(Target::NameServer),
         [id, "node"] => Some(Target::Node((*id).to_owned())),
         [service, "service"] => {
-            Some(Target::Service { name: (*service).to_owned(), version: None, srv: false })
+            Some(Target::Service { name: (*service).to_owned(), version: None, proto: None })
         }
-        [version, service, "service"] if version.starts_with('v') => Some(Target::Service {
-            name: (*service).to_owned(),
-            version: Some(version[1..].to_owned()),
-            srv: false,
-        }),
-        [service, "_tcp", "service"] => service.strip_prefix('_').map(|name| Target::Service {
-            name: name.to_owned(),
-            version: None,
-            srv: true,
-        }),
-        [service, "_tcp", version, "service"] if version.starts_with('v') => {
-            service.strip_prefix('_').map(|name| Target::Service {
-                name: name.to_owned(),
+        [version, service, "service"] if version.starts_with('v') && !service.starts_with('_') => {
+            Some(Target::Service {
+                name: (*service).to_owned(),
                 version: Some(version[1..].to_owned()),
-                srv: true,
+                proto: None,
             })
         }
+        // RFC 2782: `_<service>._<protocol>.service.<domain>`, or straight under the domain.
+        [service, proto, "service"] | [service, proto] => srv(service, proto, None),
+        [service, proto, version, "service"] if version.starts_with('v') => {
+            srv(service, proto, Some(&version[1..]))
+        }
         _ => None,
+    }
+}
+
+/// True when the instance speaks `proto` (lower case): the service's `protocol` metadata, else the
+/// node's (a list: `tcp`, `udp`, `tcp,udp`, ...), `tcp` when neither says.
+fn declares(node: &NodeInfo, service: &muster_core::ServiceInfo, proto: &str) -> bool {
+    match service.metadata.get("protocol").or_else(|| node.metadata.get("protocol")) {
+        None => proto == "tcp",
+        Some(list) => list.split([',', ' ']).any(|p| p.trim().eq_ignore_ascii_case(proto)),
+    }
+}
+
+/// The index of a question type in [`crate::metrics::DNS_TYPES`].
+fn type_index(kind: RecordType) -> usize {
+    match kind {
+        RecordType::A => 0,
+        RecordType::AAAA => 1,
+        RecordType::SRV => 2,
+        RecordType::TXT => 3,
+        RecordType::PTR => 4,
+        RecordType::NS => 5,
+        RecordType::SOA => 6,
+        RecordType::CNAME => 7,
+        RecordType::ANY => 8,
+        _ => 9,
     }
 }
 
@@ -584,25 +660,40 @@ mod tests {
         target(&domain, &Name::from_ascii(name).unwrap().to_lowercase())
     }
 
-    fn service(name: &str, version: Option<&str>, srv: bool) -> Option<Target> {
-        Some(Target::Service { name: name.into(), version: version.map(Into::into), srv })
+    fn service(name: &str, version: Option<&str>, proto: Option<&str>) -> Option<Target> {
+        Some(Target::Service {
+            name: name.into(),
+            version: version.map(Into::into),
+            proto: proto.map(Into::into),
+        })
     }
 
     #[test]
     fn names_map_to_targets() {
-        assert_eq!(parse("users.service.muster."), service("users", None, false));
-        assert_eq!(parse("USERS.Service.Muster."), service("users", None, false), "case-insensitive");
-        assert_eq!(parse("v1-2-0.users.service.muster."), service("users", Some("1-2-0"), false));
-        assert_eq!(parse("_users._tcp.service.muster."), service("users", None, true));
-        assert_eq!(parse("_users._tcp.v1-2-0.service.muster."), service("users", Some("1-2-0"), true));
+        assert_eq!(parse("users.service.muster."), service("users", None, None));
+        assert_eq!(parse("USERS.Service.Muster."), service("users", None, None), "case-insensitive");
+        assert_eq!(parse("v1-2-0.users.service.muster."), service("users", Some("1-2-0"), None));
+        assert_eq!(parse("_users._tcp.service.muster."), service("users", None, Some("tcp")));
+        assert_eq!(parse("_users._udp.service.muster."), service("users", None, Some("udp")));
+        assert_eq!(
+            parse("_users._tcp.muster."),
+            service("users", None, Some("tcp")),
+            "RFC 2782's short form"
+        );
+        assert_eq!(parse("_users._tcp.v1-2-0.service.muster."), service("users", Some("1-2-0"), Some("tcp")));
         assert_eq!(parse("node-7.node.muster."), Some(Target::Node("node-7".into())));
         assert_eq!(parse("muster."), Some(Target::Apex));
+        assert_eq!(parse("7.0.0.10.in-addr.arpa."), Some(Target::Reverse("10.0.0.7".parse().unwrap())));
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.";
+        assert_eq!(parse(v6), Some(Target::Reverse("::1".parse().unwrap())));
         for other in [
             "users.muster.",
             "a.b.users.service.muster.",
             "users._tcp.service.muster.",
             "users.service.consul.",
             "x1.users.service.muster.",
+            "_users._.service.muster.",
+            "0.10.in-addr.arpa.",
         ] {
             assert_eq!(parse(other), None, "{other}");
         }

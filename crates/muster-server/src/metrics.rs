@@ -53,6 +53,76 @@ fn method_name(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// Labels of the DNS query counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    /// The question's type (`A`, `SRV`, ...; `OTHER` for the rest).
+    qtype: &'static str,
+    /// The answer's code (`NOERROR`, `NXDOMAIN`, ...).
+    rcode: &'static str,
+    /// `udp` or `tcp`.
+    transport: &'static str,
+}
+
+/// The question types counted apart (any other is `OTHER`).
+pub(crate) const DNS_TYPES: [&str; 10] =
+    ["A", "AAAA", "SRV", "TXT", "PTR", "NS", "SOA", "CNAME", "ANY", "OTHER"];
+/// The answer codes counted apart, by their value (0..=5); any other is `OTHER`.
+pub(crate) const DNS_CODES: [&str; 7] =
+    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER"];
+const DNS_TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+
+/// The DNS interface's metrics. A query's counter is found by index in a table filled on first
+/// use, so the answer path takes no lock and hashes no labels.
+pub(crate) struct DnsMetrics {
+    queries: Family<DnsLabels, Counter>,
+    counters: Box<[std::sync::OnceLock<Counter>]>,
+    truncated: Counter,
+    latency: Histogram,
+}
+
+impl DnsMetrics {
+    fn new() -> Self {
+        let cells = DNS_TYPES.len() * DNS_CODES.len() * DNS_TRANSPORTS.len();
+        Self {
+            queries: Family::default(),
+            counters: (0..cells).map(|_| std::sync::OnceLock::new()).collect(),
+            truncated: Counter::default(),
+            latency: Histogram::new(exponential_buckets(0.000_002, 2.0, 16)),
+        }
+    }
+
+    /// Counts one answered query: its transport (0 UDP, 1 TCP), question type and answer code (as
+    /// indexes into [`DNS_TYPES`] and [`DNS_CODES`]), whether it was truncated, and how long the
+    /// answer took to build.
+    pub(crate) fn record(
+        &self,
+        transport: usize,
+        qtype: usize,
+        rcode: usize,
+        truncated: bool,
+        took: std::time::Duration,
+    ) {
+        let (qtype, rcode) = (qtype.min(DNS_TYPES.len() - 1), rcode.min(DNS_CODES.len() - 1));
+        let transport = transport.min(1);
+        let cell = (transport * DNS_TYPES.len() + qtype) * DNS_CODES.len() + rcode;
+        self.counters[cell]
+            .get_or_init(|| {
+                let labels = DnsLabels {
+                    qtype: DNS_TYPES[qtype],
+                    rcode: DNS_CODES[rcode],
+                    transport: DNS_TRANSPORTS[transport],
+                };
+                self.queries.get_or_create(&labels).clone()
+            })
+            .inc();
+        if truncated {
+            self.truncated.inc();
+        }
+        self.latency.observe(took.as_secs_f64());
+    }
+}
+
 /// Every metric the server exports.
 pub(crate) struct Metrics {
     registry: MetricRegistry,
@@ -69,6 +139,7 @@ pub(crate) struct Metrics {
     active_nodes: Gauge,
     active_services: Gauge,
     requests: Family<RequestLabels, Histogram>,
+    pub(crate) dns: DnsMetrics,
 }
 
 impl Metrics {
@@ -88,6 +159,7 @@ impl Metrics {
             active_nodes: Gauge::default(),
             active_services: Gauge::default(),
             requests: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))),
+            dns: DnsMetrics::new(),
             registry: MetricRegistry::default(),
         };
         registry.register("registrations", "Registrations accepted", metrics.registrations.clone());
@@ -130,6 +202,21 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency by route, method and status",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "dns_queries",
+            "DNS queries answered, by question type, answer code and transport",
+            metrics.dns.queries.clone(),
+        );
+        registry.register(
+            "dns_truncated",
+            "DNS answers over UDP truncated to the records that fit (TC set)",
+            metrics.dns.truncated.clone(),
+        );
+        registry.register(
+            "dns_answer_duration_seconds",
+            "Time to build a DNS answer from the received query (kept answers included)",
+            metrics.dns.latency.clone(),
         );
         Self { registry, ..metrics }
     }

@@ -1,6 +1,7 @@
 //! The DNS interface over real sockets: hickory's resolver and `dig` (UDP and TCP), answers that
 //! follow registrations, status changes, deregistrations and expiries at once, truncation with the
-//! TCP retry, and the ACL default policy.
+//! TCP retry, SRV by version and by declared protocol (RFC 2782), reverse lookups, the ACL default
+//! policy, and the DNS metrics on `/metrics`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -66,6 +67,25 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `dig @<at> <args>`'s output (one try, no retry over UDP).
+fn dig(at: SocketAddr, args: &[&str]) -> String {
+    let port = at.port().to_string();
+    let output = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig runs (Debian package dnsutils)");
+    assert!(output.status.success(), "dig {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The lines of `dig +short` output, sorted.
+fn sorted(output: String) -> Vec<String> {
+    let mut lines: Vec<String> = output.lines().map(ToOwned::to_owned).collect();
+    lines.sort();
+    lines
 }
 
 fn set(ips: &[&str]) -> BTreeSet<IpAddr> {
@@ -159,16 +179,7 @@ async fn dig_over_udp_and_tcp_with_truncation() {
         .await;
     }
     register(&registry, "web-1", "web.example.com:80", vec![service("web", None, None)], long).await;
-    let dig = |args: &[&str]| {
-        let port = at.port().to_string();
-        let output = std::process::Command::new("dig")
-            .args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=1"])
-            .args(args)
-            .output()
-            .expect("dig runs (Debian package dnsutils)");
-        assert!(output.status.success(), "dig {args:?}: {output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let dig = |args: &[&str]| dig(at, args);
     let resolver = resolver(at);
     until("all 60 registered", || async { ips(&resolver, "big.service.muster.").await.len() == 60 }).await;
     let udp = dig(&["big.service.muster.", "A", "+ignore", "+noedns"]);
@@ -302,4 +313,136 @@ async fn kept_answers_rotate_so_every_instance_comes_first() {
         set(&["10.9.0.1", "10.9.0.2", "10.9.0.3"]),
         "each instance first once in three lookups"
     );
+}
+
+/// SRV for one exact version; RFC 2782 names for each protocol an instance declares (`protocol`
+/// metadata, `tcp` by default), with and without `.service`; PTR for registered addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_by_version_and_protocol_and_reverse_lookups() {
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let at = dns_of(&state).await;
+    let long = Duration::from_secs(60);
+    let with_metadata = |id: &str, address: &str, services: Vec<ServiceInfo>, pairs: &[(&str, &str)]| {
+        Registration::new(NodeId::new(id).unwrap(), Address::parse(address).unwrap(), services, long)
+            .unwrap()
+            .with_metadata(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+            .unwrap()
+    };
+    register(&registry, "api-1", "10.3.0.1:8080", vec![service("api", Some("1.2.0"), None)], long).await;
+    registry
+        .heartbeat(with_metadata(
+            "api-2",
+            "10.3.0.2:8081",
+            vec![service("api", Some("2.0.0"), None)],
+            &[("protocol", "tcp,udp")],
+        ))
+        .await
+        .unwrap();
+    let mut resolver_service = service("resolver", None, None);
+    resolver_service.metadata.insert("protocol".into(), "udp".into());
+    registry
+        .heartbeat(with_metadata("dns-1", "10.3.0.3:53", vec![resolver_service], &[("protocol", "tcp")]))
+        .await
+        .unwrap();
+    register(&registry, "cache-1", "10.3.0.1:6379", vec![service("cache", None, None)], long).await;
+    until("all four answer", || async { dig(at, &["cache-1.node.muster.", "A", "+short"]) == "10.3.0.1\n" })
+        .await;
+
+    let srv = |name: &str| sorted(dig(at, &[name, "SRV", "+short"]));
+    assert_eq!(
+        srv("_api._tcp.service.muster."),
+        ["1 1 8080 api-1.node.muster.", "1 1 8081 api-2.node.muster."]
+    );
+    assert_eq!(
+        srv("_api._tcp.muster."),
+        srv("_api._tcp.service.muster."),
+        "RFC 2782's form without .service"
+    );
+    assert_eq!(
+        srv("_api._udp.service.muster."),
+        ["1 1 8081 api-2.node.muster."],
+        "only the one declaring udp"
+    );
+    assert_eq!(srv("_api._tcp.v1-2-0.service.muster."), ["1 1 8080 api-1.node.muster."], "one exact version");
+    assert_eq!(srv("_api._udp.v1-2-0.service.muster."), Vec::<String>::new());
+    // The service's own `protocol` wins over the node's.
+    assert_eq!(srv("_resolver._udp.muster."), ["1 1 53 dns-1.node.muster."]);
+    assert_eq!(srv("_resolver._tcp.muster."), Vec::<String>::new());
+    let empty = dig(at, &["_resolver._tcp.service.muster.", "SRV"]);
+    assert!(empty.contains("status: NOERROR") && empty.contains("ANSWER: 0"), "{empty}");
+    let unknown = dig(at, &["_nothing._tcp.service.muster.", "SRV"]);
+    assert!(unknown.contains("status: NXDOMAIN"), "{unknown}");
+
+    // Reverse lookups: every node at the address, by node name.
+    assert_eq!(
+        sorted(dig(at, &["-x", "10.3.0.1", "+short"])),
+        ["api-1.node.muster.", "cache-1.node.muster."]
+    );
+    assert_eq!(dig(at, &["-x", "10.3.0.3", "+short"]), "dns-1.node.muster.\n");
+    let nobody = dig(at, &["-x", "10.9.9.9"]);
+    assert!(nobody.contains("status: NXDOMAIN"), "{nobody}");
+    registry.deregister(&NodeId::new("cache-1").unwrap(), DeregisterReason::Graceful).await.unwrap();
+    until("the reverse lookup follows", || async {
+        dig(at, &["-x", "10.3.0.1", "+short"]) == "api-1.node.muster.\n"
+    })
+    .await;
+    state.shutdown();
+}
+
+/// `/metrics` counts DNS queries by question type, answer code and transport, the truncated
+/// answers, and the time to answer (kept answers included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_metrics_on_the_metrics_page() {
+    let registry = MemoryRegistry::new();
+    let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
+    let at = dns_of(&state).await;
+    let server = crate::TestServer::serve(state.clone()).await;
+    let long = Duration::from_secs(60);
+    for n in 0..60 {
+        register(
+            &registry,
+            &format!("big-{n:02}"),
+            &format!("10.4.0.{n}:80"),
+            vec![service("big", None, None)],
+            long,
+        )
+        .await;
+    }
+    until("the service answers", || async {
+        dig(at, &["big.service.muster.", "A", "+tcp", "+short"]).lines().count() == 60
+    })
+    .await;
+    let scrape = || async {
+        let text = crate::client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        move |series: &str| -> u64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        }
+    };
+    let before = scrape().await;
+    for _ in 0..3 {
+        dig(at, &["big.service.muster.", "A", "+short", "+bufsize=4096"]);
+    }
+    dig(at, &["big.service.muster.", "A", "+ignore", "+noedns"]);
+    dig(at, &["big-01.node.muster.", "TXT", "+short"]);
+    dig(at, &["nothing.service.muster.", "A"]);
+    dig(at, &["example.org.", "A"]);
+    dig(at, &["big.service.muster.", "AAAA", "+tcp"]);
+    let after = scrape().await;
+    let delta = |series: &str| after(series) - before(series);
+    let queries = |qtype: &str, rcode: &str, transport: &str| {
+        delta(&format!(
+            "muster_dns_queries_total{{qtype=\"{qtype}\",rcode=\"{rcode}\",transport=\"{transport}\"}}"
+        ))
+    };
+    assert_eq!(queries("A", "NOERROR", "udp"), 4, "three kept answers and a truncated one");
+    assert_eq!(queries("TXT", "NOERROR", "udp"), 1);
+    assert_eq!(queries("A", "NXDOMAIN", "udp"), 1);
+    assert_eq!(queries("A", "REFUSED", "udp"), 1);
+    assert_eq!(queries("AAAA", "NOERROR", "tcp"), 1);
+    assert_eq!(delta("muster_dns_truncated_total"), 1);
+    assert_eq!(delta("muster_dns_answer_duration_seconds_count"), 8);
+    state.shutdown();
 }
