@@ -591,6 +591,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "muster {} serving on {base} (store: {store})", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "  dashboard: {base}/ui");
         let _ = writeln!(out, "  API:     {base}/v1/nodes  {base}/v1/services");
         let _ = writeln!(out, "  watch:   {base}/v1/watch (server-sent events)");
         let _ = writeln!(out, "  openapi: {base}/openapi.json");
@@ -625,7 +626,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let at = server.local_addr;
         let _ = writeln!(
             std::io::stdout().lock(),
-            "  DNS:     {at} (udp+tcp): dig @{} -p {} <service>.service.{domain}. SRV _<service>._tcp.service.{domain}.",
+            "  DNS:     {at} (udp+tcp): dig @{} -p {} <service>.service.{domain}.  (SRV: _<service>._tcp.service.{domain}.)",
             at.ip(),
             at.port()
         );
