@@ -756,6 +756,55 @@ async fn a_registered_node_shows_in_dns_and_leaves_when_killed() {
         assert!(tokio::time::Instant::now() < deadline, "the check sets it DOWN: {node}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Every DNS form, from the binary: a DOWN node answers by name and says so in TXT; SRV by
+    // version and by declared protocol; reverse lookups; NS; metrics.
+    let (mut udp_node, out) = spawn(&[
+        "register",
+        "--address",
+        "10.9.8.6:5353",
+        "--service",
+        "names@2.1.0",
+        "--id",
+        "names-1",
+        "--meta",
+        "protocol=tcp,udp",
+        "--meta",
+        "zone=eu-1",
+        "--registry",
+        &base,
+    ]);
+    next_line(&out, "register's first line");
+    let dig = |args: &[&str]| {
+        let output = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &dns_port.to_string(), "+short", "+time=1", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("dig runs (Debian package dnsutils)");
+        text(&output.stdout)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dig(&["names.service.muster."]).trim() != "10.9.8.6" {
+        assert!(tokio::time::Instant::now() < deadline, "names-1 answers in DNS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dig(&["v2-1-0.names.service.muster."]), "10.9.8.6\n");
+    assert_eq!(dig(&["_names._udp.service.muster.", "SRV"]), "1 1 5353 names-1.node.muster.\n");
+    assert_eq!(dig(&["_names._tcp.v2-1-0.service.muster.", "SRV"]), "1 1 5353 names-1.node.muster.\n");
+    assert_eq!(dig(&["_names._tcp.muster.", "SRV"]), "1 1 5353 names-1.node.muster.\n");
+    assert_eq!(dig(&["names-1.node.muster.", "TXT"]), "\"status=UP\" \"protocol=tcp,udp\" \"zone=eu-1\"\n");
+    assert_eq!(dig(&["-x", "10.9.8.6"]), "names-1.node.muster.\n");
+    assert_eq!(dig(&["dead-1.node.muster."]), "127.0.0.1\n", "a DOWN node answers by name");
+    assert!(dig(&["dead-1.node.muster.", "TXT"]).starts_with("\"status=DOWN\""), "and says so in TXT");
+    assert!(dig(&["dead.service.muster."]).is_empty(), "but not for its service");
+    assert_eq!(dig(&["muster.", "NS"]), "ns.muster.\n");
+    assert_eq!(dig(&["ns.muster."]), "127.0.0.1\n");
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("muster_dns_queries_total{qtype=\"PTR\",rcode=\"NOERROR\",transport=\"udp\"} 1"),
+        "{metrics}"
+    );
+    let _ = udp_node.kill();
     let _ = dead.kill();
     let _ = server.kill();
     let _ = server.wait();
