@@ -77,6 +77,14 @@ pub struct RedisConfig {
     pub sweeper_lease: Duration,
     /// How long one Redis command may take before it counts as failed.
     pub response_timeout: Duration,
+    /// Replicas every write must reach before it is acknowledged (`WAIT`; 0: off, the default).
+    /// Redis replicates asynchronously: without it, a write acknowledged just before the primary
+    /// fails can be missing on the replica promoted in its place. With it, a write that reached
+    /// fewer replicas within [`RedisConfig::replica_ack_timeout`] fails as unavailable (it may
+    /// still stand; every write is safe to repeat). Standalone or Sentinel.
+    pub replica_acks: u32,
+    /// How long a write waits for [`RedisConfig::replica_acks`] replicas.
+    pub replica_ack_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -101,6 +109,8 @@ impl RedisConfig {
             sweep_interval: Duration::from_millis(250),
             sweeper_lease: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
         }
     }
 
@@ -222,6 +232,17 @@ impl RedisConfig {
         }
         if self.response_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("response timeout", "must be at least 100 ms"));
+        }
+        if self.replica_acks > 0 {
+            if matches!(self.topology, Topology::Cluster { .. }) {
+                return Err(Error::invalid("replica acks", "are not supported on Redis Cluster"));
+            }
+            if self.replica_ack_timeout.is_zero() || self.replica_ack_timeout >= self.response_timeout {
+                return Err(Error::invalid(
+                    "replica ack timeout",
+                    "must be more than 0 and less than the response timeout",
+                ));
+            }
         }
         Ok(())
     }

@@ -79,6 +79,8 @@ pub(crate) struct Pool {
     response_timeout: Duration,
     /// Round trips made on every connection of this pool (see [`Pool::round_trips`]).
     round_trips: Arc<AtomicU64>,
+    /// Shared connections made so far (see [`Pool::generation`]).
+    generation: AtomicU64,
 }
 
 impl Pool {
@@ -120,6 +122,7 @@ impl Pool {
             shared: Mutex::new(None),
             response_timeout: config.response_timeout,
             round_trips: Arc::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -159,7 +162,14 @@ impl Pool {
         }
         let conn = self.connect(self.response_timeout).await?;
         *shared = Some(conn.clone());
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(conn)
+    }
+
+    /// How many shared connections were made so far: it changes whenever the shared connection
+    /// may lead to another server (a reconnect; with Sentinel, to the master it names now).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Forgets the shared connection so the next call reconnects (and, with Sentinel, looks the

@@ -25,9 +25,11 @@ const SEEN: &str = ":index:seen";
 const INFO: &str = ":info";
 /// Muster: the sweeper lease.
 const SWEEPER: &str = ":sweeper";
+/// Muster: the replication id of the primary the revision counter was last carried over to.
+const EPOCH: &str = ":epoch";
 
 /// Every fixed key: its Lua name and its suffix after the prefix.
-const LAYOUT: [(&str, &str); 10] = [
+const LAYOUT: [(&str, &str); 11] = [
     ("K_INDEX", INDEX),
     ("K_REV", REVISION),
     ("K_LOG", LOG),
@@ -38,6 +40,7 @@ const LAYOUT: [(&str, &str); 10] = [
     ("K_SEEN", SEEN),
     ("K_INFO", INFO),
     ("K_SWEEPER", SWEEPER),
+    ("K_EPOCH", EPOCH),
 ];
 
 /// The Lua statement defining one fixed key as a local from the prefix `P`.

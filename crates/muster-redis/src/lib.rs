@@ -44,6 +44,7 @@ pub use reconcile::Reconciled;
 pub use tokens::RedisTokenStore;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use muster_core::{
@@ -103,6 +104,9 @@ pub(crate) struct Inner {
     publish_failures: std::sync::atomic::AtomicU64,
     /// Messages on the channel that were not discovery events (counted, logged at debug).
     unreadable_messages: std::sync::atomic::AtomicU64,
+    /// The pool's [`conn::Pool::generation`] whose server the revision counter was last carried
+    /// over to (`u64::MAX`: none yet).
+    epoch_checked: AtomicU64,
 }
 
 impl RedisRegistry {
@@ -126,6 +130,7 @@ impl RedisRegistry {
             leading: std::sync::atomic::AtomicBool::new(false),
             publish_failures: std::sync::atomic::AtomicU64::new(0),
             unreadable_messages: std::sync::atomic::AtomicU64::new(0),
+            epoch_checked: AtomicU64::new(u64::MAX),
         });
         if inner.config.sweeper && !inner.config.read_only {
             inner.tasks.spawn(sweeper::run(Arc::clone(&inner)));
@@ -187,8 +192,29 @@ impl Inner {
     /// Invokes `script` with the common arguments followed by `args`. A publish the script's
     /// Redis user may not make is logged and counted; the write it accompanied stands.
     async fn invoke<T: FromRedisValue + Send>(&self, script: &Script, args: &[String]) -> Result<T> {
+        self.carry_over_revisions().await?;
+        self.invoke_as(script, args, false).await
+    }
+
+    /// [`Inner::invoke`] for a script that writes what watchers and readers see: with
+    /// [`RedisConfig::replica_acks`], acknowledged only once that many replicas have it.
+    async fn invoke_write<T: FromRedisValue + Send>(&self, script: &Script, args: &[String]) -> Result<T> {
+        self.carry_over_revisions().await?;
+        self.invoke_as(script, args, self.config.replica_acks > 0).await
+    }
+
+    async fn invoke_as<T: FromRedisValue + Send>(
+        &self,
+        script: &Script,
+        args: &[String],
+        replicated: bool,
+    ) -> Result<T> {
         let maxlen = self.config.event_history.to_string();
-        let reply: redis::Value = self
+        let (wanted, wait_ms) = (
+            self.config.replica_acks,
+            u64::try_from(self.config.replica_ack_timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+        );
+        let (reply, acked): (redis::Value, i64) = self
             .pool
             .run(|mut conn| {
                 let mut invocation = script.prepare_invoke();
@@ -196,12 +222,72 @@ impl Inner {
                 for arg in args {
                     invocation.arg(arg);
                 }
-                async move { invocation.invoke_async(&mut conn).await }
+                async move {
+                    let reply = invocation.invoke_async(&mut conn).await?;
+                    if !replicated {
+                        return Ok((reply, 0));
+                    }
+                    // On the same connection, so it counts the replicas that have this write.
+                    let acked: i64 =
+                        redis::cmd("WAIT").arg(wanted).arg(wait_ms).query_async(&mut conn).await?;
+                    Ok((reply, acked))
+                }
             })
             .await?;
+        if replicated && acked < i64::from(wanted) {
+            return Err(Error::unavailable(format!(
+                "the change reached {acked} of {wanted} replicas within {wait_ms} ms: not acknowledged \
+                 (it may stand or be lost if the primary fails now; repeat it)"
+            )));
+        }
         let reply = self.unwrap_publish_failure(reply);
         T::from_redis_value(reply)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("malformed script reply: {e}")))
+    }
+
+    /// Before the first script on a new shared connection: when it leads to a primary promoted
+    /// from a replica (a failover), the revision counter jumps past anything the old one issued
+    /// (the `epoch` script, once per primary), so no revision a watcher saw is issued again for
+    /// another change, and every watcher resyncs. Not in a Cluster (no replication id per
+    /// connection there) nor read-only; skipped, with a warning, for a Redis user that may not
+    /// run `INFO`.
+    async fn carry_over_revisions(&self) -> Result<()> {
+        if self.config.read_only || matches!(self.config.topology, Topology::Cluster { .. }) {
+            return Ok(());
+        }
+        let generation = self.pool.generation();
+        if self.epoch_checked.load(Ordering::SeqCst) == generation {
+            return Ok(());
+        }
+        let info: String = match self.pool.query(redis::cmd("INFO").arg("replication")).await {
+            Ok(info) => info,
+            Err(error) if error.message().contains("NoPerm") || error.message().contains("NOPERM") => {
+                if self.epoch_checked.swap(generation, Ordering::SeqCst) == u64::MAX {
+                    tracing::warn!(%error, "the Redis user may not run INFO: after a failover, watchers may miss \
+                        changes the old primary had not replicated (grant +info to it)");
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let Some(replid) = field("master_replid:") else {
+            // A server without replication ids (not Redis itself): nothing to compare.
+            self.epoch_checked.store(generation, Ordering::SeqCst);
+            return Ok(());
+        };
+        // A promoted replica keeps its old master's id as its second one.
+        let promoted = field("master_replid2:").is_some_and(|id| id.bytes().any(|b| b != b'0'));
+        let args = [replid.to_owned(), if promoted { "1" } else { "0" }.to_owned()];
+        let jumped: i64 = self.invoke_as(&self.scripts.epoch, &args, false).await?;
+        if jumped == 1 {
+            tracing::info!(
+                replid,
+                "a new Redis primary: revisions continue past the old one's; watchers resync"
+            );
+        }
+        self.epoch_checked.store(generation, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The script's own reply; a refused publish reported beside it is logged (at `warn` for the
@@ -335,7 +421,7 @@ impl Inner {
         const BATCH: u64 = 500;
         let mut total = 0;
         loop {
-            let reply: Vec<String> = self.invoke(&self.scripts.sweep, &[BATCH.to_string()]).await?;
+            let reply: Vec<String> = self.invoke_write(&self.scripts.sweep, &[BATCH.to_string()]).await?;
             let swept = replies::sweep(&reply)?;
             total += swept.removed;
             if swept.removed < BATCH {
@@ -354,7 +440,7 @@ impl Inner {
         self.writable()?;
         let condition = condition.map(muster_core::StoredServices::to_wire).unwrap_or_default();
         let args = vec![node_id.to_string(), reason.as_str().to_owned(), condition];
-        let reply: Vec<String> = self.invoke(&self.scripts.deregister, &args).await?;
+        let reply: Vec<String> = self.invoke_write(&self.scripts.deregister, &args).await?;
         match replies::deregister(&reply)? {
             Some(removed) => Ok(removed),
             None => Err(muster_core::StoredServices::conflict(node_id)),
@@ -439,7 +525,7 @@ impl Registry for RedisRegistry {
             limit_arg(registration.service_limit()),
             registration.stored_condition().map(muster_core::StoredServices::to_wire).unwrap_or_default(),
         ];
-        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.heartbeat, &args).await?;
+        let reply: Vec<String> = self.inner.invoke_write(&self.inner.scripts.heartbeat, &args).await?;
         match replies::heartbeat(&reply)? {
             HeartbeatReply::Limit(refusal) => Err(refusal.into_error(registration.service_limit())),
             HeartbeatReply::Conflict => Err(muster_core::StoredServices::conflict(registration.node_id())),
@@ -471,7 +557,7 @@ impl Registry for RedisRegistry {
             status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
             self.inner.heartbeat_events_arg(),
         ];
-        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.refresh, &args).await?;
+        let reply: Vec<String> = self.inner.invoke_write(&self.inner.scripts.refresh, &args).await?;
         match replies::stored("refresh", &reply)? {
             StoredReply::NotFound => Err(Error::node_not_found(node_id.as_str())),
             StoredReply::Conflict | StoredReply::Limit(_) => Err(Error::new(
@@ -496,7 +582,7 @@ impl Registry for RedisRegistry {
             if update.is_check_verdict() { "1" } else { "0" }.to_owned(),
             update.stored_condition().map(muster_core::StoredServices::to_wire).unwrap_or_default(),
         ];
-        let reply: Vec<String> = self.inner.invoke(&self.inner.scripts.update, &args).await?;
+        let reply: Vec<String> = self.inner.invoke_write(&self.inner.scripts.update, &args).await?;
         match replies::stored("update", &reply)? {
             StoredReply::NotFound => Err(Error::node_not_found(node_id.as_str())),
             StoredReply::Conflict => Err(muster_core::StoredServices::conflict(node_id)),

@@ -39,7 +39,7 @@ impl Inner {
             let mut args = vec!["ids".to_owned()];
             args.extend_from_slice(chunk);
             let (adopted, updated, removed): (u64, u64, u64) =
-                self.invoke(&self.scripts.reconcile, &args).await?;
+                self.invoke_write(&self.scripts.reconcile, &args).await?;
             total.adopted += adopted;
             total.updated += updated;
             total.removed += removed;

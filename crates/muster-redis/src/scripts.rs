@@ -84,9 +84,13 @@ const LEASE: &str = include_str!("lua/lease.lua");
 /// Releases the sweeper lease if held. `ARGV[4]`: token.
 const RELEASE: &str = include_str!("lua/release.lua");
 
+/// Carries the revision counter over to a new primary. `ARGV[4]`: its replication id, `ARGV[5]`:
+/// `'1'` when it was promoted from a replica. Returns 1 when the counter jumped (see the script).
+const EPOCH: &str = include_str!("lua/epoch.lua");
+
 /// Every script source, for checks over all of them.
 #[cfg(test)]
-pub(crate) const SOURCES: [&str; 12] = [
+pub(crate) const SOURCES: [&str; 13] = [
     PRELUDE,
     COMMON,
     HEARTBEAT_FAST,
@@ -99,6 +103,7 @@ pub(crate) const SOURCES: [&str; 12] = [
     READ,
     LEASE,
     RELEASE,
+    EPOCH,
 ];
 
 /// The compiled scripts (each knows its SHA1; invocation uses EVALSHA and reloads on NOSCRIPT).
@@ -112,6 +117,7 @@ pub(crate) struct Scripts {
     pub(crate) read: Script,
     pub(crate) lease: Script,
     pub(crate) release: Script,
+    pub(crate) epoch: Script,
 }
 
 impl Scripts {
@@ -136,6 +142,7 @@ impl Scripts {
             read: with_common(READ),
             lease: with_common(LEASE),
             release: with_common(RELEASE),
+            epoch: with_common(EPOCH),
         }
     }
 }

@@ -212,6 +212,14 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.port, args)
     }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process, when running: `STOP` freezes it as a
+    /// stalled machine would be, its connections open and silent.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
+        }
+    }
 }
 
 impl Drop for RedisServer {
@@ -424,5 +432,45 @@ impl SentinelSetup {
     pub fn current_master_port(&self) -> Option<u16> {
         let answer = cli(self.sentinels[0].port, &["sentinel", "get-master-addr-by-name", MASTER_NAME]);
         answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+
+    /// The server the Sentinels do not name as master.
+    pub fn current_replica(&self) -> &RedisServer {
+        if Some(self.master.port) == self.current_master_port() { &self.replica } else { &self.master }
+    }
+
+    /// A failover as a crash causes it: SIGKILLs the current master, waits until the Sentinels
+    /// promote the replica, then restarts the old master (empty: no persistence), which the
+    /// Sentinels turn into a replica of the new one; returns once it has synchronised, so the next
+    /// failover has a replica to promote. Returns how long the promotion took.
+    pub async fn fail_over(&mut self) -> Duration {
+        let old = self.current_master_port().expect("the Sentinels name a master");
+        let (killed, standby) = if self.master.port == old {
+            (&mut self.master, &self.replica)
+        } else {
+            (&mut self.replica, &self.master)
+        };
+        let killed_at = Instant::now();
+        killed.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.current_master_port() == Some(old) || !cli(standby.port, &["role"]).starts_with("master") {
+            assert!(Instant::now() < deadline, "the Sentinels did not promote the replica");
+            sleep(Duration::from_millis(20)).await;
+        }
+        let promoted = killed_at.elapsed();
+        let (killed, standby) = if self.master.port == old {
+            (&mut self.master, &self.replica)
+        } else {
+            (&mut self.replica, &self.master)
+        };
+        // Restarted as a replica of the new master (as the Sentinels would make it anyway).
+        killed.args = vec!["--replicaof".into(), "127.0.0.1".into(), standby.port.to_string()];
+        killed.restart().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !killed.cli(&["info", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the old master did not rejoin as a replica");
+            sleep(Duration::from_millis(50)).await;
+        }
+        promoted
     }
 }

@@ -78,6 +78,14 @@ struct ServeArgs {
     /// (`false`: only for changes).
     #[arg(long, env = "MUSTER_HEARTBEAT_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     heartbeat_events: bool,
+    /// Acknowledge a write only once this many Redis replicas have it (`WAIT`; 0: off). With
+    /// Sentinel, 1 keeps every acknowledged registration and deregistration through a failover;
+    /// a write that reaches fewer replicas in time answers 503 (repeat it).
+    #[arg(long, env = "MUSTER_REDIS_REPLICA_ACKS", default_value_t = 0)]
+    redis_replica_acks: u32,
+    /// How long a write waits for `--redis-replica-acks` replicas.
+    #[arg(long, env = "MUSTER_REDIS_REPLICA_ACK_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    redis_replica_ack_timeout: Duration,
     /// TTL of nodes registered through /v1 without one (e.g. 15s, 500ms).
     #[arg(long, env = "MUSTER_DEFAULT_TTL", default_value = "15s", value_parser = duration)]
     default_ttl: Duration,
@@ -525,6 +533,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 pubsub_channel: args.pubsub_channel.clone().unwrap_or(config.pubsub_channel),
                 pubsub_enabled: args.pubsub || config.pubsub_enabled,
                 heartbeat_events: args.heartbeat_events,
+                replica_acks: args.redis_replica_acks,
+                replica_ack_timeout: args.redis_replica_ack_timeout,
                 ..config
             };
             let registry = muster_redis::RedisRegistry::connect(config)

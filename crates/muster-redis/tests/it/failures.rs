@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use muster_agent::Agent;
-use muster_core::{DiscoveryOptions, EventKind, Registry, ServiceQuery, WatchEvent, WatchStart};
+use muster_core::{
+    DeregisterReason, DiscoveryOptions, EventKind, Registry, ServiceQuery, WatchEvent, WatchStart,
+};
 use muster_redis::{RedisConfig, RedisRegistry};
 use muster_testkit::conformance::{addr, id, next_event, next_item, registration, svc};
 use muster_testkit::redis_server::{RedisServer, SentinelSetup};
@@ -292,4 +294,79 @@ async fn unreadable_log_entry_resyncs() {
         }
         other => panic!("expected a resync in place of the unreadable entry, got {other:?}"),
     }
+}
+
+/// A replica promoted without the primary's last writes (a failover after asynchronous
+/// replication): a registry on the new primary does not issue again a revision the old one issued
+/// (watchers saw it for another change); the counter jumps past it, so watchers resync.
+#[tokio::test]
+async fn a_promoted_replica_does_not_reissue_revisions() {
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::replica_of(&primary).await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let old = registry(&primary.url(), "titan:discovery").await;
+    old.heartbeat(registration("n1", "h:1", &["a"], long)).await.unwrap();
+    let replicated = old.current_revision().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while replica.cli(&["get", "titan:discovery:revision"]) != replicated.0.to_string() {
+        assert!(tokio::time::Instant::now() < deadline, "n1 reached the replica");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replica is promoted; the old primary, not yet told, takes one more write.
+    assert_eq!(replica.cli(&["replicaof", "no", "one"]), "OK");
+    let outcome = old.heartbeat(registration("n2", "h:2", &["a"], long)).await.unwrap();
+    let lost = outcome.revision.expect("n2 got a revision");
+    assert!(lost > replicated);
+    // A registry of the new primary writes next.
+    let new = registry(&replica.url(), "titan:discovery").await;
+    let mut watch = new.watch(WatchStart::After(replicated)).await.unwrap();
+    let outcome = new.heartbeat(registration("n3", "h:3", &["a"], long)).await.unwrap();
+    let next = outcome.revision.expect("n3 got a revision");
+    assert!(next > lost, "revision {} was issued by the old primary for n2; n3 got {}", lost.0, next.0);
+    // A watcher that had followed the old primary resyncs rather than read n3 as the next change.
+    match next_item(&mut watch, Duration::from_secs(5)).await {
+        WatchEvent::Resync(snapshot) => {
+            let ids: Vec<String> = snapshot.nodes.iter().map(|n| n.node_id.to_string()).collect();
+            assert_eq!(ids, ["n1", "n3"], "the new primary's state");
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+}
+
+/// With `replica_acks`, a write is acknowledged only once a replica has it: while the replica is
+/// frozen, writes fail as unavailable within the timeout (and stand once it thaws); without the
+/// setting the same write is acknowledged at once.
+#[tokio::test]
+async fn replica_acks_hold_writes_until_a_replica_has_them() {
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::replica_of(&primary).await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let config = RedisConfig {
+        prefix: "acked".into(),
+        replica_acks: 1,
+        replica_ack_timeout: Duration::from_millis(300),
+        ..RedisConfig::from_url(&primary.url()).unwrap()
+    };
+    let acked = RedisRegistry::connect(config).await.unwrap();
+    let plain = registry(&primary.url(), "plain").await;
+    acked.heartbeat(registration("a1", "h:1", &["a"], long)).await.unwrap();
+    replica.signal("STOP");
+    let refused = acked.heartbeat(registration("a2", "h:2", &["a"], long)).await.unwrap_err();
+    assert_eq!(refused.kind(), muster_core::ErrorKind::Unavailable, "{refused}");
+    assert!(refused.message().contains("0 of 1 replicas"), "{refused}");
+    let refused = acked
+        .deregister(&muster_core::NodeId::new("a1").unwrap(), DeregisterReason::Graceful)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), muster_core::ErrorKind::Unavailable, "{refused}");
+    plain.heartbeat(registration("p1", "h:1", &["a"], long)).await.expect("acknowledged without the setting");
+    replica.signal("CONT");
+    // Every write is safe to repeat: the client's retry is acknowledged.
+    acked.heartbeat(registration("a2", "h:2", &["a"], long)).await.unwrap();
+    let removed =
+        acked.deregister(&muster_core::NodeId::new("a1").unwrap(), DeregisterReason::Graceful).await;
+    assert!(removed.is_ok(), "{removed:?}");
+    let bad =
+        RedisConfig { replica_acks: 1, ..RedisConfig::from_url("redis+cluster://127.0.0.1:1").unwrap() };
+    assert!(bad.validate().is_err(), "not on a cluster");
 }

@@ -327,6 +327,8 @@ fn every_setting_honours_flag_env_and_file() {
         ("pubsub", "true", "false", "true"),
         ("pubsub-channel", "c1", "c2", "c3"),
         ("heartbeat-events", "false", "true", "false"),
+        ("redis-replica-acks", "1", "2", "3"),
+        ("redis-replica-ack-timeout", "100ms", "200ms", "300ms"),
         ("default-ttl", "21s", "22s", "23s"),
         ("compat-ttl", "31s", "32s", "33s"),
         ("cleanup-interval", "4s", "5s", "6s"),
