@@ -371,8 +371,16 @@ pub const MASTER_NAME: &str = "mymaster";
 impl SentinelSetup {
     /// Starts everything and waits until every Sentinel knows the master and the replica.
     pub async fn start() -> Self {
-        let master = RedisServer::start().await;
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
+        // A replica that (re)joins is synchronised at once (no wait for others to batch with).
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).await;
+        let replica = RedisServer::start_with(&[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--replicaof",
+            "127.0.0.1",
+            &master.port.to_string(),
+        ])
+        .await;
         let deadline = Instant::now() + READY_TIMEOUT;
         while !master.cli(&["info", "replication"]).contains("connected_slaves:1") {
             assert!(Instant::now() < deadline, "replica did not attach");
@@ -434,9 +442,9 @@ impl SentinelSetup {
         answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
     }
 
-    /// The server the Sentinels do not name as master.
+    /// The server that is a replica now (by its own `ROLE`).
     pub fn current_replica(&self) -> &RedisServer {
-        if Some(self.master.port) == self.current_master_port() { &self.replica } else { &self.master }
+        if self.master.cli(&["role"]).starts_with("slave") { &self.master } else { &self.replica }
     }
 
     /// A failover as a crash causes it: SIGKILLs the current master, waits until the Sentinels
@@ -464,11 +472,32 @@ impl SentinelSetup {
             (&mut self.replica, &self.master)
         };
         // Restarted as a replica of the new master (as the Sentinels would make it anyway).
-        killed.args = vec!["--replicaof".into(), "127.0.0.1".into(), standby.port.to_string()];
+        killed.args = ["--repl-diskless-sync-delay", "0", "--replicaof", "127.0.0.1", &standby.port.to_string()]
+            .map(String::from)
+            .to_vec();
         killed.restart().await;
+        // Settled: the Sentinels agree on a master, and the other server replicates from it.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !killed.cli(&["info", "replication"]).contains("master_link_status:up") {
-            assert!(Instant::now() < deadline, "the old master did not rejoin as a replica");
+        loop {
+            let named: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|s| {
+                    let answer = cli(s.port, &["sentinel", "get-master-addr-by-name", MASTER_NAME]);
+                    answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
+                })
+                .collect();
+            let agreed = named.windows(2).all(|w| w[0] == w[1]);
+            let linked = [&self.master, &self.replica].iter().any(|s| {
+                Some(s.port) != named[0] && s.cli(&["info", "replication"]).contains("master_link_status:up")
+            });
+            if agreed && linked {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no settled master and replica after the failover: Sentinels name {named:?}"
+            );
             sleep(Duration::from_millis(50)).await;
         }
         promoted

@@ -20,15 +20,26 @@ use super::spawn_serve;
 struct Server {
     port: u16,
     redis_url: String,
+    extra: Vec<String>,
     child: std::process::Child,
 }
 
 impl Server {
     fn start(port: u16, redis_url: &str) -> Self {
+        Self::start_with(port, redis_url, &[])
+    }
+
+    fn start_with(port: u16, redis_url: &str, extra: &[&str]) -> Self {
         let listen = format!("127.0.0.1:{port}");
-        let (child, _, _) =
-            spawn_serve(["--listen", listen.as_str(), "--redis", redis_url, "--log-level", "warn"], &[]);
-        Self { port, redis_url: redis_url.to_owned(), child }
+        let mut args = vec!["--listen", listen.as_str(), "--redis", redis_url, "--log-level", "warn"];
+        args.extend_from_slice(extra);
+        let (child, _, _) = spawn_serve(args, &[]);
+        Self {
+            port,
+            redis_url: redis_url.to_owned(),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            child,
+        }
     }
 
     fn base(&self) -> String {
@@ -42,7 +53,13 @@ impl Server {
 
     fn restart(&mut self) {
         self.kill();
-        *self = Self::start(self.port, &self.redis_url);
+        *self = self.again();
+    }
+
+    /// A new process with the same settings.
+    fn again(&self) -> Self {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Self::start_with(self.port, &self.redis_url, &extra)
     }
 
     /// Stops the server with SIGTERM (it ends its watch streams cleanly and finishes its
@@ -51,7 +68,7 @@ impl Server {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
         let _ = self.child.wait();
-        *self = Self::start(self.port, &self.redis_url);
+        *self = self.again();
     }
 }
 
@@ -148,6 +165,12 @@ async fn run(seed: u64, length: Duration) {
         round += 1;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    judge(seed, harness, &injected, 7).await;
+    drop(servers);
+}
+
+/// Stops the workload, reads the history and checks every promise (the seed in every message).
+async fn judge(seed: u64, harness: Harness, injected: &[&str], kinds: usize) {
     let history = harness.finish(Duration::from_secs(1)).await;
     let acked = history.ops.iter().filter(|op| op.acked_ms.is_some()).count();
     let events: usize = history
@@ -161,7 +184,7 @@ async fn run(seed: u64, length: Duration) {
         history.watches.len()
     );
     assert!(acked > 100, "the workload ran: {acked} acknowledged operations");
-    assert!(injected.len() >= 7, "every fault kind ran: {injected:?}");
+    assert!(injected.len() >= kinds, "every fault kind ran: {injected:?}");
     assert_eq!(
         history.caught_up(),
         history.watches.len(),
@@ -173,5 +196,106 @@ async fn run(seed: u64, length: Duration) {
         "seed {seed} (replay with MUSTER_FAULT_SEEDS={seed}):\n{}",
         violations.iter().map(ToString::to_string).collect::<String>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_sentinel_failovers_keep_every_promise() {
+    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    for seed in seeds().into_iter().take(1) {
+        eprintln!("sentinel fault run: seed {seed} ({seconds} s); replay with MUSTER_FAULT_SEEDS={seed}");
+        run_sentinel(seed, Duration::from_secs(seconds)).await;
+    }
+}
+
+/// The same workload on Redis Sentinel (a master, a replica, three Sentinels; the servers with
+/// `--redis-replica-acks 1`, the setting the promise needs): the master SIGKILLed under load and
+/// the replica promoted; the replica frozen (SIGSTOP) for 1.5 s, so writes cannot be
+/// acknowledged; a server SIGKILLed; a server stopped gracefully; the clients' network to a server
+/// blackholed. How long the servers took to take writes again after each master was killed is
+/// printed.
+async fn run_sentinel(seed: u64, length: Duration) {
+    let mut sentinel = muster_testkit::redis_server::SentinelSetup::start().await;
+    let url = sentinel.url();
+    let acks = ["--redis-replica-acks", "1", "--redis-replica-ack-timeout", "500ms"];
+    let mut servers: Vec<Server> = (0..2).map(|_| Server::start_with(free_port(), &url, &acks)).collect();
+    let front = FaultProxy::start(format!("127.0.0.1:{}", servers[0].port).parse().unwrap()).await;
+    let urls = vec![format!("http://{}", front.address()), servers[1].base()];
+    let workload =
+        Workload { seed, clients: 4, nodes_per_client: 5, watchers: 3, ttl: Duration::from_secs(2) };
+    let harness = Harness::start(urls, workload);
+    let started = tokio::time::Instant::now();
+    let mut round = 0u32;
+    let mut injected = Vec::new();
+    let mut promotions = Vec::new();
+    let mut followed = Vec::new();
+    while started.elapsed() < length {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let fault = harness.fault();
+        match round % 5 {
+            0 => {
+                // Writes through every server, from just after the kill until each takes one.
+                let bases: Vec<String> = servers.iter().map(Server::base).collect();
+                let probe = tokio::spawn(async move {
+                    let killed = tokio::time::Instant::now();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let mut took = Vec::new();
+                    for (n, base) in bases.iter().enumerate() {
+                        let client = reqwest::Client::new();
+                        let body = serde_json::json!({"address": "10.9.9.9:1", "services": [{"name": "probe"}], "ttlMs": 2000});
+                        let deadline = killed + Duration::from_secs(60);
+                        loop {
+                            let sent =
+                                client.put(format!("{base}/v1/nodes/probe-{n}")).json(&body).send().await;
+                            if sent.is_ok_and(|r| r.status().is_success()) {
+                                took.push(killed.elapsed());
+                                break;
+                            }
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "{base} never took a write after the failover"
+                            );
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    took
+                });
+                promotions.push(sentinel.fail_over().await);
+                followed.push(probe.await.unwrap());
+                injected.push("master SIGKILL, replica promoted, old master back as replica");
+            }
+            4 => {
+                let replica = sentinel.current_replica();
+                replica.signal("STOP");
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                replica.signal("CONT");
+                injected.push("replica frozen 1.5 s (writes not acknowledged meanwhile)");
+            }
+            1 => {
+                let victim = (round as usize / 5) % servers.len();
+                servers[victim].kill();
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+                servers[victim].restart();
+                injected.push("muster serve SIGKILL + restart");
+            }
+            2 => {
+                front.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
+                injected.push("clients-server blackhole, healed");
+            }
+            _ => {
+                let victim = (round as usize / 5 + 1) % servers.len();
+                servers[victim].restart_gracefully();
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+                injected.push("muster serve SIGTERM + restart (watch streams end cleanly)");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(fault);
+        round += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "seed {seed}: promotions took {promotions:?}; the servers took writes again after {followed:?}"
+    );
+    judge(seed, harness, &injected, 5).await;
     drop(servers);
 }
