@@ -3,6 +3,13 @@
 //! processes, and SSE watchers that resume on another server when theirs fails — everything
 //! recorded as a [`History`] for the checker. Faults are the caller's: it injects them while the
 //! workload runs and marks their windows with [`Harness::fault`].
+//!
+//! Faults are placed by operation count, not by the clock: [`schedule`] derives from the seed at
+//! which operation each fault comes and which kind it is, and [`Harness::until_ops`] waits for
+//! that count, so a printed seed gives a failing run's faults in the same order at the same points
+//! of the workload. [`Lockstep`] goes further: one operation at a time, the client and node chosen
+//! by the seed, so against a store whose faults act on operations (not on time) the same seed
+//! gives the same operations with the same outcomes — a failing history replays.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -16,6 +23,25 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::history::{History, Op, OpKind, Seen, WatchLog, now_ms};
+
+/// Where the faults of a run come, derived from its seed: `count` faults, each as `(operation
+/// count, kind)` with `kind < kinds`; the gaps between them are drawn from `gap`, and the kinds go
+/// round in an order drawn from the seed (every kind once before any repeats).
+pub fn schedule(seed: u64, kinds: usize, count: usize, gap: std::ops::Range<usize>) -> Vec<(usize, usize)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17);
+    let mut order: Vec<usize> = (0..kinds).collect();
+    // Fisher-Yates with the seeded generator.
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let mut at = 0;
+    (0..count)
+        .map(|n| {
+            at += rng.random_range(gap.clone());
+            (at, order[n % kinds.max(1)])
+        })
+        .collect()
+}
 
 /// What the clients and watchers do.
 #[derive(Debug, Clone)]
@@ -88,16 +114,8 @@ impl Harness {
         let clients = (0..workload.clients)
             .map(|n| {
                 let rng = StdRng::seed_from_u64(workload.seed.wrapping_add(n as u64));
-                let nodes: Vec<String> =
-                    (0..workload.nodes_per_client).map(|i| format!("s{}-c{n}-n{i}", workload.seed)).collect();
-                tokio::spawn(client(
-                    servers.clone(),
-                    nodes,
-                    workload.ttl,
-                    rng,
-                    Arc::clone(&ops),
-                    stop_clients.clone(),
-                ))
+                let state = ClientState::new(&servers, node_names(&workload, n), workload.ttl, rng);
+                tokio::spawn(client(state, Arc::clone(&ops), stop_clients.clone()))
             })
             .collect();
         Self {
@@ -116,6 +134,18 @@ impl Harness {
     /// True once an operation on `node` was acknowledged.
     pub fn acknowledged(&self, node: &str) -> bool {
         lock(&self.ops).iter().any(|op| op.node == node && op.acked_ms.is_some())
+    }
+
+    /// Operations recorded so far.
+    pub fn ops(&self) -> usize {
+        lock(&self.ops).len()
+    }
+
+    /// Waits until `count` operations are recorded (polled; the clients run meanwhile).
+    pub async fn until_ops(&self, count: usize) {
+        while self.ops() < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Marks a fault from now until the returned guard drops.
@@ -183,34 +213,34 @@ enum Belief {
     Registered,
 }
 
-async fn client(
-    servers: Vec<String>,
+/// One client: its nodes, what it believes of them, its seeded choices.
+struct ClientState {
+    clients: Vec<Client>,
     nodes: Vec<String>,
+    beliefs: Vec<Belief>,
     ttl: Duration,
-    mut rng: StdRng,
-    ops: Arc<Mutex<Vec<Op>>>,
-    stop: CancellationToken,
-) {
-    let clients: Vec<Client> = servers.iter().map(|s| client_of(s)).collect();
-    let mut beliefs = vec![Belief::Absent; nodes.len()];
-    // Each node heartbeats about four times per TTL.
-    let pause = ttl / 4 / u32::try_from(nodes.len().max(1)).unwrap_or(1);
-    while !stop.is_cancelled() {
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = stop.cancelled() => return,
-        }
-        let index = rng.random_range(0..nodes.len());
-        let node = &nodes[index];
-        let client = &clients[rng.random_range(0..clients.len())];
-        let roll: u32 = rng.random_range(0..100);
-        let kind = match beliefs[index] {
+    rng: StdRng,
+}
+
+impl ClientState {
+    fn new(servers: &[String], nodes: Vec<String>, ttl: Duration, rng: StdRng) -> Self {
+        let beliefs = vec![Belief::Absent; nodes.len()];
+        Self { clients: servers.iter().map(|s| client_of(s)).collect(), nodes, beliefs, ttl, rng }
+    }
+
+    /// Chooses and performs one operation; `None` when the choice was to abandon a node (a crash:
+    /// it expires), which sends nothing.
+    async fn step(&mut self) -> Option<Op> {
+        let index = self.rng.random_range(0..self.nodes.len());
+        let node = self.nodes[index].clone();
+        let client = &self.clients[self.rng.random_range(0..self.clients.len())];
+        let roll: u32 = self.rng.random_range(0..100);
+        let kind = match self.beliefs[index] {
             Belief::Absent => OpKind::Register,
             Belief::Registered if roll < 4 => OpKind::Deregister,
             Belief::Registered if roll < 8 => {
-                // A crash: the node is abandoned without a word and expires.
-                beliefs[index] = Belief::Absent;
-                continue;
+                self.beliefs[index] = Belief::Absent;
+                return None;
             }
             Belief::Registered if roll < 12 => OpKind::Register,
             Belief::Registered => OpKind::Heartbeat,
@@ -219,25 +249,89 @@ async fn client(
         let outcome = match kind {
             OpKind::Register => {
                 let spec = RegistrationSpec {
-                    ttl: Some(ttl),
+                    ttl: Some(self.ttl),
                     ..RegistrationSpec::new(format!("10.0.{}.{}:80", index / 250, index % 250))
                         .service("svc", Some("1.0.0"))
                         .id(node.clone())
                 };
                 client.register_once(&spec, NodeStatus::Up).await.map(drop)
             }
-            OpKind::Heartbeat => client.heartbeat(node, NodeStatus::Up).await,
-            OpKind::Deregister => client.deregister(node).await.map(drop),
+            OpKind::Heartbeat => client.heartbeat(&node, NodeStatus::Up).await,
+            OpKind::Deregister => client.deregister(&node).await.map(drop),
         };
         let acked_ms = outcome.as_ref().ok().map(|()| now_ms());
         match (&outcome, kind) {
-            (Ok(()), OpKind::Deregister) => beliefs[index] = Belief::Absent,
-            (Ok(()), _) => beliefs[index] = Belief::Registered,
+            (Ok(()), OpKind::Deregister) => self.beliefs[index] = Belief::Absent,
+            (Ok(()), _) => self.beliefs[index] = Belief::Registered,
             // Expired meanwhile (the registry said so): register again next time.
-            (Err(error), OpKind::Heartbeat) if error.is_not_found() => beliefs[index] = Belief::Absent,
+            (Err(error), OpKind::Heartbeat) if error.is_not_found() => self.beliefs[index] = Belief::Absent,
             (Err(_), _) => {}
         }
-        lock(&ops).push(Op { node: node.clone(), kind, sent_ms, acked_ms });
+        Some(Op { node, kind, sent_ms, acked_ms })
+    }
+}
+
+fn node_names(workload: &Workload, client: usize) -> Vec<String> {
+    (0..workload.nodes_per_client).map(|i| format!("s{}-c{client}-n{i}", workload.seed)).collect()
+}
+
+async fn client(mut state: ClientState, ops: Arc<Mutex<Vec<Op>>>, stop: CancellationToken) {
+    // Each node heartbeats about four times per TTL.
+    let pause = state.ttl / 4 / u32::try_from(state.nodes.len().max(1)).unwrap_or(1);
+    while !stop.is_cancelled() {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.cancelled() => return,
+        }
+        if let Some(op) = state.step().await {
+            lock(&ops).push(op);
+        }
+    }
+}
+
+/// The workload one operation at a time: each step, the seed chooses a client, which chooses and
+/// performs one operation and waits for its outcome before the next step; watchers run beside it.
+/// The caller injects faults between steps (see the module's documentation).
+pub struct Lockstep {
+    harness: Harness,
+    states: Vec<ClientState>,
+    order: StdRng,
+}
+
+impl Lockstep {
+    /// Starts the watchers against `servers`; the clients act only through [`Lockstep::step`].
+    pub fn start(servers: Vec<String>, workload: Workload) -> Self {
+        let mut harness = Harness::start(servers.clone(), Workload { clients: 0, ..workload.clone() });
+        harness.workload = workload.clone();
+        let states = (0..workload.clients)
+            .map(|n| {
+                let rng = StdRng::seed_from_u64(workload.seed.wrapping_add(n as u64));
+                ClientState::new(&servers, node_names(&workload, n), workload.ttl, rng)
+            })
+            .collect();
+        Self { harness, states, order: StdRng::seed_from_u64(workload.seed ^ 0x0bde_7000) }
+    }
+
+    /// One operation (steps that abandon a node send nothing and are not counted): recorded, and
+    /// returned.
+    pub async fn step(&mut self) -> Op {
+        loop {
+            let client = self.order.random_range(0..self.states.len());
+            if let Some(op) = self.states[client].step().await {
+                lock(&self.harness.ops).push(op.clone());
+                return op;
+            }
+        }
+    }
+
+    /// The harness (fault windows, [`Harness::finish`]).
+    pub fn harness(&self) -> &Harness {
+        &self.harness
+    }
+
+    /// Stops the watchers once they caught up and returns the history (see [`Harness::finish`]).
+    pub async fn finish(self, expiry_bound: Duration) -> History {
+        self.harness.finish(expiry_bound).await
     }
 }
 

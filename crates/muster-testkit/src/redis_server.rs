@@ -472,9 +472,10 @@ impl SentinelSetup {
             (&mut self.replica, &self.master)
         };
         // Restarted as a replica of the new master (as the Sentinels would make it anyway).
-        killed.args = ["--repl-diskless-sync-delay", "0", "--replicaof", "127.0.0.1", &standby.port.to_string()]
-            .map(String::from)
-            .to_vec();
+        killed.args =
+            ["--repl-diskless-sync-delay", "0", "--replicaof", "127.0.0.1", &standby.port.to_string()]
+                .map(String::from)
+                .to_vec();
         killed.restart().await;
         // Settled: the Sentinels agree on a master, and the other server replicates from it.
         let deadline = Instant::now() + Duration::from_secs(30);

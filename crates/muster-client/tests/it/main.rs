@@ -95,8 +95,16 @@ async fn register_heartbeat_status_reregister_deregister() {
     let users = client.fetch_instances("users", &[]).await.unwrap();
     assert_eq!((users.len(), users[0].version.as_deref()), (1, Some("1.2.0")));
 
-    // Heartbeats keep it alive well past its TTL.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Heartbeats keep it alive past its TTL: the server sees its heartbeat time move on, three
+    // times, and the node is never gone in between (an ordering, not a duration).
+    let mut last = registry.get(&id).await.unwrap().expect("registered").timestamp_ms;
+    for _ in 0..3 {
+        until("a heartbeat arrives", async || {
+            registry.get(&id).await.unwrap().expect("kept alive by its heartbeats").timestamp_ms > last
+        })
+        .await;
+        last = registry.get(&id).await.unwrap().expect("kept alive by its heartbeats").timestamp_ms;
+    }
     assert!(registry.is_active(&id).await.unwrap());
 
     // The status goes out with the next heartbeat.
@@ -555,7 +563,8 @@ async fn clients_retry_with_jitter_not_in_lockstep() {
             arrivals.iter().filter(|(id, _)| *id == format!("n{n}")).map(|(_, t)| *t).collect();
         assert!(times.len() >= 3, "n{n} kept retrying: {} attempts", times.len());
         let pause = (times[1] - times[0]).as_secs_f64() * 1000.0;
-        assert!((95.0..=400.0).contains(&pause), "pause {pause} ms is 200 ms ± 50% (and scheduling)");
+        // A sleep never ends early; how late it ends is the machine's load, not asserted.
+        assert!(pause >= 95.0, "pause {pause} ms is at least 200 ms - 50%");
         pauses.push(pause);
     }
     let spread =

@@ -1,13 +1,14 @@
 //! The history checker on in-process servers: a run with severed and cleanly ended watch feeds and failing
 //! heartbeats keeps every promise, and a seeded bug — a store that acknowledges a registration it
-//! never keeps — is caught and shown.
+//! never keeps — is caught and shown, and replays from its seed with the same history.
 
 use std::time::Duration;
 
 use muster_memory::MemoryRegistry;
 use muster_server::ServerConfig;
 use muster_testkit::faults::FaultyRegistry;
-use muster_testkit::harness::{Harness, Workload};
+use muster_testkit::harness::{Harness, Lockstep, Workload, schedule};
+use muster_testkit::history::OpKind;
 
 use crate::TestServer;
 
@@ -78,4 +79,84 @@ async fn the_checker_catches_a_seeded_bug() {
         });
     let shown = caught.to_string();
     assert!(shown.contains("Register") && shown.contains("acked"), "the history that shows it:\n{shown}");
+}
+
+/// What a run leaves to compare with its replay: the faults (operation count, kind), every
+/// operation (node, kind, acknowledged) and the violations found (invariant and the nodes named).
+type Replay = (Vec<(usize, usize)>, Vec<(String, OpKind, bool)>, Vec<String>);
+
+/// A failing run replays from its seed: in lockstep (one operation at a time, chosen by the seed)
+/// against an in-process store whose faults act on operations — watch feeds severed or ended,
+/// heartbeats failed, and a seeded bug (a registration acknowledged and not kept) — two runs of
+/// one seed have the same faults at the same operations, the same operations with the same
+/// outcomes, and the same violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_run_replays_from_its_seed() {
+    let seed = 3;
+    let first = replay(seed).await;
+    assert!(
+        first.2.iter().any(|v| v.starts_with("acknowledged registrations")),
+        "the seeded bug is caught: {:?}",
+        first.2
+    );
+    let second = replay(seed).await;
+    assert_eq!(first.0, second.0, "the same faults at the same operations");
+    assert_eq!(first.1, second.1, "the same operations with the same outcomes");
+    assert_eq!(first.2, second.2, "the same violation");
+    assert!(first.1.len() > 20, "the run did something: {:?}", first.1);
+}
+
+async fn replay(seed: u64) -> Replay {
+    // A TTL far above the run's length: no outcome depends on how fast the steps go.
+    let workload =
+        Workload { clients: 3, nodes_per_client: 3, ttl: Duration::from_secs(30), ..workload(seed) };
+    let nodes: Vec<String> = (0..3).flat_map(|c| (0..3).map(move |n| format!("s{seed}-c{c}-n{n}"))).collect();
+    let store = FaultyRegistry::new(MemoryRegistry::new());
+    let servers = [
+        TestServer::start(store.clone(), ServerConfig::default()).await,
+        TestServer::start(store.clone(), ServerConfig::default()).await,
+    ];
+    let mut run = Lockstep::start(servers.iter().map(|s| s.base.clone()).collect(), workload);
+    let plan = schedule(seed, 4, 8, 5..15);
+    let mut pending = plan.iter().peekable();
+    let mut victim: Option<&String> = None;
+    // Whether each node's last acknowledged operation left it registered.
+    let mut registered: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+    for step in 0..400 {
+        while let Some(&(_, kind)) = pending.next_if(|(at, _)| *at == step) {
+            match kind {
+                0 => store.sever_watches(),
+                1 => store.end_watches(),
+                2 => store.fail_heartbeats(3),
+                _ => {
+                    // The seeded bug: the next registration of a node not in the store now (its
+                    // last acknowledged word took it out, or it never had one) is lost.
+                    let absent: Vec<&String> =
+                        nodes.iter().filter(|n| !registered.get(*n).copied().unwrap_or(false)).collect();
+                    let chosen = absent.get(step % absent.len().max(1)).copied().unwrap_or(&nodes[0]);
+                    store.lose_next_registration_of(chosen);
+                    victim = Some(chosen);
+                }
+            }
+        }
+        let op = run.step().await;
+        if op.acked_ms.is_some() {
+            registered.insert(op.node.clone(), op.kind != OpKind::Deregister);
+        }
+        // Stopped once the lost registration is acknowledged: before its owner learns of the loss.
+        if victim == Some(&op.node) && op.kind == OpKind::Register && op.acked_ms.is_some() {
+            break;
+        }
+    }
+    let history = run.finish(Duration::from_secs(1)).await;
+    let ops = history.ops.iter().map(|op| (op.node.clone(), op.kind, op.acked_ms.is_some())).collect();
+    let violations = history
+        .check()
+        .iter()
+        .map(|v| {
+            let named: Vec<&String> = nodes.iter().filter(|n| v.detail.contains(n.as_str())).collect();
+            format!("{} {named:?}", v.invariant)
+        })
+        .collect();
+    (plan, ops, violations)
 }
