@@ -168,6 +168,28 @@ async fn run(duration: Duration) -> muster_core::Result<()> {
     drop(registry);
     drop(server);
 
+    // The cost of `replica_acks`: the same heartbeats on a primary with one replica, without and
+    // with each write waiting for the replica (`WAIT 1`).
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::replica_of(&primary).await;
+    for acks in [0u32, 1] {
+        let config = RedisConfig {
+            sweeper: false,
+            prefix: format!("acks{acks}"),
+            replica_acks: acks,
+            ..RedisConfig::from_url(&primary.url())?
+        };
+        let registry = RedisRegistry::connect(config).await?;
+        let (rate, latency) = heartbeat_rate(&registry, 10_000, duration).await?;
+        println!(
+            "| Muster heartbeat, 10,000 nodes, primary + 1 replica, replica acks {acks} | {rate:.0} calls/s; p50 {}, p99 {} |",
+            fmt(latency.p50),
+            fmt(latency.p99)
+        );
+    }
+    drop(replica);
+    drop(primary);
+
     // Uncached reads with 1,000 and 10,000 nodes.
     for total in [1_000usize, 10_000] {
         let server = RedisServer::start().await;

@@ -70,6 +70,10 @@ enum Connector {
     Cluster(ClusterClient, Vec<String>),
 }
 
+/// Runs on each new shared connection before anything else may use it (see [`Pool::on_connect`]).
+pub(crate) type OnConnect =
+    Box<dyn Fn(Conn) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+
 /// Hands out connections and replaces the shared one after failures.
 pub(crate) struct Pool {
     connector: Connector,
@@ -79,8 +83,8 @@ pub(crate) struct Pool {
     response_timeout: Duration,
     /// Round trips made on every connection of this pool (see [`Pool::round_trips`]).
     round_trips: Arc<AtomicU64>,
-    /// Shared connections made so far (see [`Pool::generation`]).
-    generation: AtomicU64,
+    /// Runs on each new shared connection first (see [`Pool::on_connect`]).
+    on_connect: std::sync::OnceLock<OnConnect>,
 }
 
 impl Pool {
@@ -122,7 +126,7 @@ impl Pool {
             shared: Mutex::new(None),
             response_timeout: config.response_timeout,
             round_trips: Arc::default(),
-            generation: AtomicU64::new(0),
+            on_connect: std::sync::OnceLock::new(),
         })
     }
 
@@ -161,15 +165,22 @@ impl Pool {
             return Ok(conn.clone());
         }
         let conn = self.connect(self.response_timeout).await?;
+        // While the lock is held: nothing uses the connection before the hook is done with it
+        // (a retry after a failure included, which reconnects through here).
+        if let Some(hook) = self.on_connect.get() {
+            hook(conn.clone()).await?;
+        }
         *shared = Some(conn.clone());
-        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(conn)
     }
 
-    /// How many shared connections were made so far: it changes whenever the shared connection
-    /// may lead to another server (a reconnect; with Sentinel, to the master it names now).
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    /// Sets what runs on each new shared connection before anything else may use it — a new
+    /// connection may lead to another server (a reconnect; with Sentinel, to the master it names
+    /// now). Set once; the connection made before it was set is dropped, so the next call makes
+    /// one the hook sees.
+    pub(crate) async fn on_connect(&self, hook: OnConnect) {
+        let _ = self.on_connect.set(hook);
+        self.invalidate().await;
     }
 
     /// Forgets the shared connection so the next call reconnects (and, with Sentinel, looks the

@@ -44,7 +44,7 @@ pub use reconcile::Reconciled;
 pub use tokens::RedisTokenStore;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use muster_core::{
@@ -104,9 +104,6 @@ pub(crate) struct Inner {
     publish_failures: std::sync::atomic::AtomicU64,
     /// Messages on the channel that were not discovery events (counted, logged at debug).
     unreadable_messages: std::sync::atomic::AtomicU64,
-    /// The pool's [`conn::Pool::generation`] whose server the revision counter was last carried
-    /// over to (`u64::MAX`: none yet).
-    epoch_checked: AtomicU64,
 }
 
 impl RedisRegistry {
@@ -130,8 +127,10 @@ impl RedisRegistry {
             leading: std::sync::atomic::AtomicBool::new(false),
             publish_failures: std::sync::atomic::AtomicU64::new(0),
             unreadable_messages: std::sync::atomic::AtomicU64::new(0),
-            epoch_checked: AtomicU64::new(u64::MAX),
         });
+        if let Some(hook) = carry_over_revisions(&inner) {
+            inner.pool.on_connect(hook).await;
+        }
         if inner.config.sweeper && !inner.config.read_only {
             inner.tasks.spawn(sweeper::run(Arc::clone(&inner)));
         }
@@ -188,18 +187,69 @@ impl RedisRegistry {
     }
 }
 
+/// What runs on each new shared connection before any script may use it: when it leads to a
+/// primary promoted from a replica (a failover), the revision counter is moved past anything the
+/// old primary issued (`lua/epoch.lua`, once per primary), so no revision a watcher saw is issued
+/// again for another change, and every watcher resyncs. `None` in a Cluster (its client follows a
+/// failover inside, with no new connection to hook) or read-only. A Redis user that may not run
+/// `INFO` gets a warning, once, and no carry-over.
+fn carry_over_revisions(inner: &Inner) -> Option<conn::OnConnect> {
+    if inner.config.read_only || matches!(inner.config.topology, Topology::Cluster { .. }) {
+        return None;
+    }
+    let script = inner.scripts.epoch.clone();
+    let common =
+        [inner.keys.prefix.clone(), inner.channel_arg.clone(), inner.config.event_history.to_string()];
+    let index = inner.keys.index.clone();
+    let warned = Arc::new(AtomicBool::new(false));
+    Some(Box::new(move |mut conn| {
+        let (script, common, index, warned) =
+            (script.clone(), common.clone(), index.clone(), Arc::clone(&warned));
+        Box::pin(async move {
+            let info: String = match redis::cmd("INFO").arg("replication").query_async(&mut conn).await {
+                Ok(info) => info,
+                Err(error) if error.to_string().to_ascii_lowercase().contains("noperm") => {
+                    if !warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, "the Redis user may not run INFO: after a failover, watchers \
+                            may miss changes the old primary had not replicated (grant +info to it)");
+                    }
+                    return Ok(());
+                }
+                Err(error) => return Err(conn::to_error(error)),
+            };
+            let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+            // A server without replication ids (not Redis itself): nothing to compare.
+            let Some(replid) = field("master_replid:") else { return Ok(()) };
+            // A promoted replica keeps its old master's id as its second one.
+            let promoted = field("master_replid2:").is_some_and(|id| id.bytes().any(|b| b != b'0'));
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&index);
+            for arg in &common {
+                invocation.arg(arg);
+            }
+            invocation.arg(replid).arg(if promoted { "1" } else { "0" });
+            let jumped: i64 = invocation.invoke_async(&mut conn).await.map_err(conn::to_error)?;
+            if jumped == 1 {
+                tracing::info!(
+                    replid,
+                    "a new Redis primary: revisions continue past the old one's; watchers resync"
+                );
+            }
+            Ok(())
+        })
+    }))
+}
+
 impl Inner {
     /// Invokes `script` with the common arguments followed by `args`. A publish the script's
     /// Redis user may not make is logged and counted; the write it accompanied stands.
     async fn invoke<T: FromRedisValue + Send>(&self, script: &Script, args: &[String]) -> Result<T> {
-        self.carry_over_revisions().await?;
         self.invoke_as(script, args, false).await
     }
 
     /// [`Inner::invoke`] for a script that writes what watchers and readers see: with
     /// [`RedisConfig::replica_acks`], acknowledged only once that many replicas have it.
     async fn invoke_write<T: FromRedisValue + Send>(&self, script: &Script, args: &[String]) -> Result<T> {
-        self.carry_over_revisions().await?;
         self.invoke_as(script, args, self.config.replica_acks > 0).await
     }
 
@@ -243,51 +293,6 @@ impl Inner {
         let reply = self.unwrap_publish_failure(reply);
         T::from_redis_value(reply)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("malformed script reply: {e}")))
-    }
-
-    /// Before the first script on a new shared connection: when it leads to a primary promoted
-    /// from a replica (a failover), the revision counter jumps past anything the old one issued
-    /// (the `epoch` script, once per primary), so no revision a watcher saw is issued again for
-    /// another change, and every watcher resyncs. Not in a Cluster (no replication id per
-    /// connection there) nor read-only; skipped, with a warning, for a Redis user that may not
-    /// run `INFO`.
-    async fn carry_over_revisions(&self) -> Result<()> {
-        if self.config.read_only || matches!(self.config.topology, Topology::Cluster { .. }) {
-            return Ok(());
-        }
-        let generation = self.pool.generation();
-        if self.epoch_checked.load(Ordering::SeqCst) == generation {
-            return Ok(());
-        }
-        let info: String = match self.pool.query(redis::cmd("INFO").arg("replication")).await {
-            Ok(info) => info,
-            Err(error) if error.message().contains("NoPerm") || error.message().contains("NOPERM") => {
-                if self.epoch_checked.swap(generation, Ordering::SeqCst) == u64::MAX {
-                    tracing::warn!(%error, "the Redis user may not run INFO: after a failover, watchers may miss \
-                        changes the old primary had not replicated (grant +info to it)");
-                }
-                return Ok(());
-            }
-            Err(error) => return Err(error),
-        };
-        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-        let Some(replid) = field("master_replid:") else {
-            // A server without replication ids (not Redis itself): nothing to compare.
-            self.epoch_checked.store(generation, Ordering::SeqCst);
-            return Ok(());
-        };
-        // A promoted replica keeps its old master's id as its second one.
-        let promoted = field("master_replid2:").is_some_and(|id| id.bytes().any(|b| b != b'0'));
-        let args = [replid.to_owned(), if promoted { "1" } else { "0" }.to_owned()];
-        let jumped: i64 = self.invoke_as(&self.scripts.epoch, &args, false).await?;
-        if jumped == 1 {
-            tracing::info!(
-                replid,
-                "a new Redis primary: revisions continue past the old one's; watchers resync"
-            );
-        }
-        self.epoch_checked.store(generation, Ordering::SeqCst);
-        Ok(())
     }
 
     /// The script's own reply; a refused publish reported beside it is logged (at `warn` for the
