@@ -135,11 +135,7 @@ async fn run(seed: u64, length: Duration) {
                 injected.push("redis SIGKILL + restart");
             }
             1 => {
-                let victim = (round / 8) % servers.len();
-                servers[victim].kill();
-                tokio::time::sleep(Duration::from_millis(1_000)).await;
-                servers[victim].restart();
-                injected.push("muster serve SIGKILL + restart");
+                injected.push(kill_and_restart(&mut servers[(round / 8) % SERVERS]).await);
             }
             2 => {
                 let victim = &proxies[(round / 8) % proxies.len()];
@@ -171,11 +167,7 @@ async fn run(seed: u64, length: Duration) {
                 injected.push("an unreadable event-log entry");
             }
             _ => {
-                // Watch streams that end cleanly: the watchers must take the end as a break.
-                let victim = (round / 8 + 1) % servers.len();
-                servers[victim].restart_gracefully();
-                tokio::time::sleep(Duration::from_millis(1_000)).await;
-                injected.push("muster serve SIGTERM + restart (watch streams end cleanly)");
+                injected.push(stop_and_restart(&mut servers[(round / 8 + 1) % SERVERS]).await);
             }
         }
         // Let the fleet settle before the window closes (expiries delayed by the fault count in it).
@@ -185,6 +177,25 @@ async fn run(seed: u64, length: Duration) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     judge(seed, harness, &injected, 8).await;
     drop(servers);
+}
+
+/// `muster serve` processes in a run.
+const SERVERS: usize = 2;
+
+/// A server SIGKILLed and started again a second later on the same port.
+async fn kill_and_restart(server: &mut Server) -> &'static str {
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    server.restart();
+    "muster serve SIGKILL + restart"
+}
+
+/// A server stopped with SIGTERM (its watch streams end cleanly: the watchers must take the end
+/// as a break) and started again.
+async fn stop_and_restart(server: &mut Server) -> &'static str {
+    server.restart_gracefully();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    "muster serve SIGTERM + restart (watch streams end cleanly)"
 }
 
 /// The faults of a run, by operation count and kind, drawn from the seed (every kind once in an
@@ -250,7 +261,8 @@ async fn run_sentinel(seed: u64, length: Duration) {
     let mut sentinel = muster_testkit::redis_server::SentinelSetup::start().await;
     let url = sentinel.url();
     let acks = ["--redis-replica-acks", "1", "--redis-replica-ack-timeout", "500ms"];
-    let mut servers: Vec<Server> = (0..2).map(|_| Server::start_with(free_port(), &url, &acks)).collect();
+    let mut servers: Vec<Server> =
+        (0..SERVERS).map(|_| Server::start_with(free_port(), &url, &acks)).collect();
     let front = FaultProxy::start(format!("127.0.0.1:{}", servers[0].port).parse().unwrap()).await;
     let urls = vec![format!("http://{}", front.address()), servers[1].base()];
     let workload =
@@ -307,21 +319,14 @@ async fn run_sentinel(seed: u64, length: Duration) {
                 injected.push("replica frozen 1.5 s (writes not acknowledged meanwhile)");
             }
             1 => {
-                let victim = (round / 5) % servers.len();
-                servers[victim].kill();
-                tokio::time::sleep(Duration::from_millis(1_000)).await;
-                servers[victim].restart();
-                injected.push("muster serve SIGKILL + restart");
+                injected.push(kill_and_restart(&mut servers[(round / 5) % SERVERS]).await);
             }
             2 => {
                 front.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
                 injected.push("clients-server blackhole, healed");
             }
             _ => {
-                let victim = (round / 5 + 1) % servers.len();
-                servers[victim].restart_gracefully();
-                tokio::time::sleep(Duration::from_millis(1_000)).await;
-                injected.push("muster serve SIGTERM + restart (watch streams end cleanly)");
+                injected.push(stop_and_restart(&mut servers[(round / 5 + 1) % SERVERS]).await);
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
