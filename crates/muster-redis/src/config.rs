@@ -81,7 +81,8 @@ pub struct RedisConfig {
     /// Redis replicates asynchronously: without it, a write acknowledged just before the primary
     /// fails can be missing on the replica promoted in its place. With it, a write that reached
     /// fewer replicas within [`RedisConfig::replica_ack_timeout`] fails as unavailable (it may
-    /// still stand; every write is safe to repeat). Standalone or Sentinel.
+    /// still stand; every write is safe to repeat). Any topology: in a Cluster, the replicas of the
+    /// master of the prefix's slot.
     pub replica_acks: u32,
     /// How long a write waits for [`RedisConfig::replica_acks`] replicas.
     pub replica_ack_timeout: Duration,
@@ -233,16 +234,13 @@ impl RedisConfig {
         if self.response_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("response timeout", "must be at least 100 ms"));
         }
-        if self.replica_acks > 0 {
-            if matches!(self.topology, Topology::Cluster { .. }) {
-                return Err(Error::invalid("replica acks", "are not supported on Redis Cluster"));
-            }
-            if self.replica_ack_timeout.is_zero() || self.replica_ack_timeout >= self.response_timeout {
-                return Err(Error::invalid(
-                    "replica ack timeout",
-                    "must be more than 0 and less than the response timeout",
-                ));
-            }
+        if self.replica_acks > 0
+            && (self.replica_ack_timeout.is_zero() || self.replica_ack_timeout >= self.response_timeout)
+        {
+            return Err(Error::invalid(
+                "replica ack timeout",
+                "must be more than 0 and less than the response timeout",
+            ));
         }
         Ok(())
     }

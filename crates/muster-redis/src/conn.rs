@@ -60,6 +60,34 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// `WAIT replicas timeout_ms` where this connection's last write went: the number of replicas
+    /// that have every write made on it so far. In a Cluster, the write went to the master of
+    /// `key`'s slot, so the command goes there too (on the same per-node connection), not to
+    /// every master as the cluster client would send a keyless WAIT.
+    pub(crate) async fn wait_for_replicas(
+        &mut self,
+        replicas: u32,
+        timeout_ms: u64,
+        key: &str,
+    ) -> redis::RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match &mut self.link {
+            Link::Single(_) => wait.query_async(self).await,
+            Link::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let value = c
+                    .route_command(wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))
+                    .await?;
+                redis::FromRedisValue::from_redis_value(value).map_err(Into::into)
+            }
+        }
+    }
+}
+
 /// How new connections are made.
 enum Connector {
     /// A fixed server.

@@ -118,7 +118,7 @@ impl RedisRegistry {
         let inner = Arc::new(Inner {
             pool,
             keys: Keys::new(config.key_prefix()),
-            scripts: Scripts::new(),
+            scripts: Scripts::new(matches!(config.topology, Topology::Cluster { .. }) && !config.read_only),
             channel_arg: if config.pubsub_enabled { config.pubsub_channel.clone() } else { String::new() },
             config,
             cancel: cancel.clone(),
@@ -191,7 +191,8 @@ impl RedisRegistry {
 /// primary promoted from a replica (a failover), the revision counter is moved past anything the
 /// old primary issued (`lua/epoch.lua`, once per primary), so no revision a watcher saw is issued
 /// again for another change, and every watcher resyncs. `None` in a Cluster (its client follows a
-/// failover inside, with no new connection to hook) or read-only. A Redis user that may not run
+/// failover inside, with no new connection to hook: there the scripts check the node they run on,
+/// `check_primary` in `lua/common.lua`) or read-only. A Redis user that may not run
 /// `INFO` gets a warning, once, and no carry-over.
 fn carry_over_revisions(inner: &Inner) -> Option<conn::OnConnect> {
     if inner.config.read_only || matches!(inner.config.topology, Topology::Cluster { .. }) {
@@ -278,8 +279,7 @@ impl Inner {
                         return Ok((reply, 0));
                     }
                     // On the same connection, so it counts the replicas that have this write.
-                    let acked: i64 =
-                        redis::cmd("WAIT").arg(wanted).arg(wait_ms).query_async(&mut conn).await?;
+                    let acked = conn.wait_for_replicas(wanted, wait_ms, &self.keys.index).await?;
                     Ok((reply, acked))
                 }
             })

@@ -84,8 +84,9 @@ const LEASE: &str = include_str!("lua/lease.lua");
 /// Releases the sweeper lease if held. `ARGV[4]`: token.
 const RELEASE: &str = include_str!("lua/release.lua");
 
-/// Carries the revision counter over to a new primary. `ARGV[4]`: its replication id, `ARGV[5]`:
-/// `'1'` when it was promoted from a replica. Returns 1 when the counter jumped (see the script).
+/// Carries the revision counter over to a new primary (`carry_over` in [`COMMON`]). `ARGV[4]`: its
+/// replication id, `ARGV[5]`: `'1'` when it was promoted from a replica. Returns 1 when the counter
+/// jumped.
 const EPOCH: &str = include_str!("lua/epoch.lua");
 
 /// Every script source, for checks over all of them.
@@ -121,8 +122,11 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
-        let keys = crate::keys::lua_locals();
+    /// `check_primary`: every script that issues a revision first checks whether the node it runs
+    /// on is a primary the prefix has not met (a Cluster's, whose failovers no new connection
+    /// reveals; see `carry_over` in `lua/common.lua`).
+    pub(crate) fn new(check_primary: bool) -> Self {
+        let keys = format!("{}local CHECK_PRIMARY = {check_primary}\n", crate::keys::lua_locals());
         // The body runs as a function so that its reply, whichever `return` gives it, passes
         // through `finish` (which reports a refused publish beside it).
         let script = |body: String| {

@@ -79,8 +79,8 @@ struct ServeArgs {
     #[arg(long, env = "MUSTER_HEARTBEAT_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     heartbeat_events: bool,
     /// Acknowledge a write only once this many Redis replicas have it (`WAIT`; 0: off). With
-    /// Sentinel, 1 keeps every acknowledged registration and deregistration through a failover;
-    /// a write that reaches fewer replicas in time answers 503 (repeat it).
+    /// Sentinel or Cluster, 1 keeps every acknowledged registration and deregistration through a
+    /// failover; a write that reaches fewer replicas in time answers 503 (repeat it).
     #[arg(long, env = "MUSTER_REDIS_REPLICA_ACKS", default_value_t = 0)]
     redis_replica_acks: u32,
     /// How long a write waits for `--redis-replica-acks` replicas.

@@ -86,7 +86,41 @@ local function node_json(id, n)
     ',"ttlMs":' .. digits(n.ttl, '0') .. '}'
 end
 local TITAN = {registered = 'NODE_REGISTERED', updated = 'NODE_UPDATED', deregistered = 'NODE_DEREGISTERED'}
+-- Carries the revision counter over to a primary this prefix has not met before (`id`: its
+-- replication id, or in a Cluster its node id; remembered in K_EPOCH; once per primary). When it
+-- was promoted from a replica (a failover: `promoted`), the revisions the old primary issued last
+-- may not have reached it, and reissuing one for another change would show watchers two changes
+-- under one revision. So the counter jumps past anything issued before (to the server's time in
+-- ms x 1000, as a fresh counter starts), and every watcher, finding the next revision is not the
+-- one after its last, resyncs. A primary that restarted on its own files keeps its counter (what
+-- it lost with them, a fresh counter notices). Returns 1 when the counter jumped.
+local function carry_over(id, promoted)
+  if redis.call('GET', K_EPOCH) == id then return 0 end
+  redis.call('SET', K_EPOCH, id)
+  if not promoted then return 0 end
+  local rev = tonumber(redis.call('GET', K_REV) or '0')
+  if rev and rev > 0 and NOW * 1000 > rev then
+    redis.call('SET', K_REV, fmt(NOW * 1000))
+    return 1
+  end
+  return 0
+end
+-- In a Cluster (`CHECK_PRIMARY`) the client follows a failover inside, with no new connection on
+-- which to check the primary first; so a script that issues a revision checks, once, which node
+-- it runs on (`CLUSTER MYID`, about a microsecond; `INFO replication` costs ten). Another node
+-- than the last one means the slot changed hands — a replica promoted, or the slot migrated with
+-- its keys — and either way the counter jumps (a migration costs watchers one needless resync). A
+-- master restarted keeps its node id (and a fresh counter covers the data it lost). A Redis user
+-- that may not run the command skips the check.
+local primary_checked = not CHECK_PRIMARY
+local function check_primary()
+  if primary_checked then return end
+  primary_checked = true
+  local id = redis.pcall('CLUSTER', 'MYID')
+  if type(id) == 'string' then carry_over('node:' .. id, true) end
+end
 local function next_revision()
+  check_primary()
   local rev = redis.call('INCR', K_REV)
   local first = '0'
   if rev == 1 then

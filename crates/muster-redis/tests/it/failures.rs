@@ -10,7 +10,7 @@ use muster_core::{
 };
 use muster_redis::{RedisConfig, RedisRegistry};
 use muster_testkit::conformance::{addr, id, next_event, next_item, registration, svc};
-use muster_testkit::redis_server::{RedisServer, SentinelSetup};
+use muster_testkit::redis_server::{RedisCluster, RedisServer, SentinelSetup};
 use tokio::time::{Instant, sleep};
 
 use crate::{TIMING, registry};
@@ -366,7 +366,109 @@ async fn replica_acks_hold_writes_until_a_replica_has_them() {
     let removed =
         acked.deregister(&muster_core::NodeId::new("a1").unwrap(), DeregisterReason::Graceful).await;
     assert!(removed.is_ok(), "{removed:?}");
-    let bad =
-        RedisConfig { replica_acks: 1, ..RedisConfig::from_url("redis+cluster://127.0.0.1:1").unwrap() };
-    assert!(bad.validate().is_err(), "not on a cluster");
+}
+
+/// `offset` of a server's `INFO replication` (`master_repl_offset`: what it has written or
+/// received).
+fn replication_offset(server: &RedisServer) -> u64 {
+    let info = server.cli(&["info", "replication"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// [`a_promoted_replica_does_not_reissue_revisions`] on a Cluster, whose client follows a failover
+/// inside (no new connection to check first): the master of the prefix's slot takes a write its
+/// replica never gets (the replica frozen and its link cut), is SIGKILLed, and the
+/// cluster promotes the replica. The next change through the same registry gets a revision past
+/// the lost one, and a watcher resyncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_cluster_replica_does_not_reissue_revisions() {
+    let mut cluster = RedisCluster::start_with_replicas().await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let registry = registry(&cluster.url(), "titan:discovery").await;
+    registry.heartbeat(registration("n1", "h:1", &["a"], long)).await.unwrap();
+    let replicated = registry.current_revision().await.unwrap();
+    let (master, replica) = cluster.owner("{titan:discovery}:revision");
+    let replica = replica.expect("a replica");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replication_offset(&cluster.servers[replica]) < replication_offset(&cluster.servers[master]) {
+        assert!(Instant::now() < deadline, "n1 reached the replica");
+        sleep(Duration::from_millis(20)).await;
+    }
+    // The replica, frozen, loses its link to the master (closed by the master, with nothing
+    // unsent in it); the master takes one more write and dies.
+    cluster.servers[replica].signal("STOP");
+    assert_eq!(cluster.servers[master].cli(&["client", "kill", "type", "replica"]), "1");
+    let outcome = registry.heartbeat(registration("n2", "h:2", &["a"], long)).await.unwrap();
+    let lost = outcome.revision.expect("n2 got a revision");
+    assert!(lost > replicated);
+    cluster.servers[master].kill();
+    cluster.servers[replica].signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.servers[replica].cli(&["role"]).starts_with("master") {
+        assert!(Instant::now() < deadline, "the cluster promoted the replica");
+        sleep(Duration::from_millis(20)).await;
+    }
+    // The same registry writes next, on the promoted replica.
+    let outcome = loop {
+        match registry.heartbeat(registration("n3", "h:3", &["a"], long)).await {
+            Ok(outcome) => break outcome,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "no write after the failover: {error}");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let next = outcome.revision.expect("n3 got a revision");
+    assert!(next > lost, "revision {} was issued by the old master for n2; n3 got {}", lost.0, next.0);
+    let mut watch = registry.watch(WatchStart::After(replicated)).await.unwrap();
+    match next_item(&mut watch, Duration::from_secs(5)).await {
+        WatchEvent::Resync(snapshot) => {
+            let ids: Vec<String> = snapshot.nodes.iter().map(|n| n.node_id.to_string()).collect();
+            assert_eq!(ids, ["n1", "n3"], "the new master's state");
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+}
+
+/// `replica_acks` on a Cluster: a write waits for the replica of the master of the prefix's slot,
+/// that one only (another master that lost its replica does not hold it up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acks_on_a_cluster_wait_for_the_slot_owners_replica() {
+    let mut cluster = RedisCluster::start_with_replicas().await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let config = RedisConfig {
+        prefix: "acked".into(),
+        replica_acks: 1,
+        replica_ack_timeout: Duration::from_millis(300),
+        ..RedisConfig::from_url(&cluster.url()).unwrap()
+    };
+    let acked = RedisRegistry::connect(config).await.unwrap();
+    acked.heartbeat(registration("a1", "h:1", &["a"], long)).await.unwrap();
+    let (master, replica) = cluster.owner("{acked}:revision");
+    let replica = replica.expect("a replica");
+    // Another master's replica dies: that master has none left.
+    let other = (0..cluster.servers.len())
+        .find(|&i| i != master && i != replica && cluster.servers[i].cli(&["role"]).starts_with("slave"))
+        .expect("another master's replica");
+    let other_master: u16 = cluster.servers[other].cli(&["role"]).lines().nth(2).unwrap().parse().unwrap();
+    cluster.servers[other].kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !muster_testkit::redis_server::cli(other_master, &["info", "replication"])
+        .contains("connected_slaves:0")
+    {
+        assert!(Instant::now() < deadline, "the other master noticed its replica gone");
+        sleep(Duration::from_millis(20)).await;
+    }
+    let outcome = acked.heartbeat(registration("a2", "h:2", &["a"], long)).await;
+    assert!(outcome.is_ok(), "another master's replica does not hold the write: {outcome:?}");
+    let replica = &cluster.servers[replica];
+    replica.signal("STOP");
+    let refused = acked.heartbeat(registration("a3", "h:3", &["a"], long)).await.unwrap_err();
+    replica.signal("CONT");
+    assert_eq!(refused.kind(), muster_core::ErrorKind::Unavailable, "{refused}");
+    assert!(refused.message().contains("0 of 1 replicas"), "{refused}");
+    acked.heartbeat(registration("a3", "h:3", &["a"], long)).await.expect("the retry is acknowledged");
 }
