@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::history::{History, Op, OpKind, Seen, WatchLog, now_ms};
+use crate::history::{History, Observed, Op, OpKind, Seen, WatchLog, now_ms};
 
 /// Where the faults of a run come, derived from its seed: `count` faults, each as `(operation
 /// count, kind)` with `kind < kinds`; the gaps between them are drawn from `gap`, and the kinds go
@@ -58,6 +58,17 @@ pub struct Workload {
     pub ttl: Duration,
 }
 
+/// An observer's view of the registry (the active node ids), read on demand; `None` when it
+/// cannot say now (not started, or its source is down).
+pub type View = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<BTreeSet<String>>> + Send + Sync>;
+
+/// An observer apart from the watchers, and how long it took to converge after each fault.
+struct Observer {
+    name: String,
+    view: View,
+    convergence_ms: Vec<Option<u64>>,
+}
+
 /// A running workload.
 pub struct Harness {
     servers: Vec<String>,
@@ -69,6 +80,7 @@ pub struct Harness {
     clients: Vec<tokio::task::JoinHandle<()>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
     workload: Workload,
+    observers: Vec<Observer>,
 }
 
 /// Marks a fault window until dropped.
@@ -128,7 +140,60 @@ impl Harness {
             clients,
             watchers,
             workload,
+            observers: Vec::new(),
         }
+    }
+
+    /// Adds an observer apart from the watchers (an embedded agent's cache, an SDK resolver, a
+    /// peer's discovery): [`Harness::converge`] and [`Harness::finish`] compare its view with the
+    /// registry's (invariant 8).
+    pub fn observe(&mut self, name: impl Into<String>, view: View) {
+        self.observers.push(Observer { name: name.into(), view, convergence_ms: Vec::new() });
+    }
+
+    /// After a fault healed: waits until every observer's view equals the registry's (its active
+    /// nodes, read from the servers just before and just after the view, so a change between the
+    /// two reads does not count against it), at most `bound`; records how long each took, or that
+    /// it did not converge. The workload goes on meanwhile.
+    pub async fn converge(&mut self, bound: Duration) {
+        let started = tokio::time::Instant::now();
+        let mut pending: Vec<usize> = (0..self.observers.len()).collect();
+        while !pending.is_empty() {
+            let before = self.active_nodes().await;
+            let mut views = Vec::new();
+            for &n in &pending {
+                views.push((self.observers[n].view)().await);
+            }
+            let after = self.active_nodes().await;
+            let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let mut still = Vec::new();
+            for (n, view) in pending.into_iter().zip(views) {
+                let agrees = view.is_some_and(|v| Some(&v) == before.as_ref() || Some(&v) == after.as_ref());
+                if agrees {
+                    self.observers[n].convergence_ms.push(Some(elapsed));
+                } else {
+                    still.push(n);
+                }
+            }
+            pending = still;
+            if started.elapsed() >= bound {
+                for &n in &pending {
+                    self.observers[n].convergence_ms.push(None);
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The registry's active nodes as one server that answers says now.
+    async fn active_nodes(&self) -> Option<BTreeSet<String>> {
+        for base in &self.servers {
+            if let Ok(list) = client_of(base).nodes(false).await {
+                return Some(list.nodes.iter().map(|n| n.node_id.to_string()).collect());
+            }
+        }
+        None
     }
 
     /// True once an operation on `node` was acknowledged.
@@ -174,6 +239,22 @@ impl Harness {
         for watcher in std::mem::take(&mut self.watchers) {
             let _ = watcher.await;
         }
+        let mut observers = Vec::new();
+        for observer in std::mem::take(&mut self.observers) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            let final_view = loop {
+                let view = (observer.view)().await.unwrap_or_default();
+                if view == final_nodes || tokio::time::Instant::now() >= deadline {
+                    break view;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            observers.push(Observed {
+                name: observer.name,
+                convergence_ms: observer.convergence_ms,
+                final_view,
+            });
+        }
         History {
             ops: std::mem::take(&mut *lock(&self.ops)),
             watches: self.watches.iter().map(|w| lock(w).clone()).collect(),
@@ -182,6 +263,7 @@ impl Harness {
             faults: std::mem::take(&mut *lock(&self.faults)),
             final_nodes,
             final_revision,
+            observers,
         }
     }
 

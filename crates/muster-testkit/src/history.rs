@@ -17,7 +17,10 @@
 //!    deregistration is not in the final state;
 //! 7. **expiry timing** — an expiry comes no earlier than the TTL after the last acknowledged
 //!    heartbeat was sent, and (outside fault windows, with no unacknowledged operation since) no
-//!    later than that heartbeat's acknowledgement plus the TTL plus the stated bound.
+//!    later than that heartbeat's acknowledgement plus the TTL plus the stated bound;
+//! 8. **observers converge** — every observer apart from the watchers (an embedded agent's cache,
+//!    an SDK resolver, a peer's discovery) held the registry's view within the run's bound after
+//!    each fault healed, and holds the final state at the end.
 //!
 //! A violation carries the part of the history that shows it.
 
@@ -108,6 +111,22 @@ pub struct History {
     pub final_nodes: BTreeSet<String>,
     /// The revision of `final_nodes`.
     pub final_revision: u64,
+    /// Observers apart from the watchers.
+    pub observers: Vec<Observed>,
+}
+
+/// What an observer apart from the watchers (an agent's cache, an SDK resolver, a peer's
+/// discovery) showed: how long its view (the active node ids) took to equal the registry's after
+/// each fault healed, and its view at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Which observer.
+    pub name: String,
+    /// After each fault healed, in order: milliseconds until its view equalled the registry's, or
+    /// `None` when it did not within the run's bound.
+    pub convergence_ms: Vec<Option<u64>>,
+    /// Its view once the clients stopped and it had time to catch up.
+    pub final_view: BTreeSet<String>,
 }
 
 /// A broken promise and the history that shows it.
@@ -137,7 +156,37 @@ impl History {
         let mut violations = Vec::new();
         self.check_watches(&mut violations);
         self.check_nodes(&mut violations);
+        self.check_observers(&mut violations);
         violations
+    }
+
+    /// Invariant 8.
+    fn check_observers(&self, violations: &mut Vec<Violation>) {
+        for observed in &self.observers {
+            if let Some(round) = observed.convergence_ms.iter().position(Option::is_none) {
+                violations.push(Violation {
+                    invariant: "observers converge",
+                    detail: format!(
+                        "{} did not hold the registry's view within the bound after fault {}",
+                        observed.name,
+                        round + 1
+                    ),
+                    evidence: vec![format!(
+                        "convergence after each fault (ms): {:?}",
+                        observed.convergence_ms
+                    )],
+                });
+            }
+            if observed.final_view != self.final_nodes {
+                let missing: Vec<&String> = self.final_nodes.difference(&observed.final_view).collect();
+                let extra: Vec<&String> = observed.final_view.difference(&self.final_nodes).collect();
+                violations.push(Violation {
+                    invariant: "observers converge",
+                    detail: format!("{} ends with another view than the registry's", observed.name),
+                    evidence: vec![format!("missing {missing:?}, extra {extra:?}")],
+                });
+            }
+        }
     }
 
     /// How many watchers reached the final revision (those are the ones replayed).
@@ -476,6 +525,11 @@ mod tests {
             faults: Vec::new(),
             final_nodes: ["b".to_owned()].into(),
             final_revision: 13,
+            observers: vec![Observed {
+                name: "resolver".into(),
+                convergence_ms: vec![Some(40)],
+                final_view: ["b".to_owned()].into(),
+            }],
         }
     }
 
@@ -524,6 +578,13 @@ mod tests {
             ),
             ("expiry timing", Box::new(|h| expire_at(h, 2_500))),
             ("expiry timing", Box::new(|h| expire_at(h, 9_000))),
+            ("observers converge", Box::new(|h| h.observers[0].convergence_ms.push(None))),
+            (
+                "observers converge",
+                Box::new(|h| {
+                    h.observers[0].final_view.insert("a".into());
+                }),
+            ),
         ];
         for (invariant, break_it) in cases {
             let mut history = good();
