@@ -7,8 +7,10 @@
 //!
 //! Faults come at operation counts drawn from the seed (`harness::schedule`), each kind once in a
 //! seeded order and then again, with an unreadable event-log entry among the kinds. The same
-//! workload runs on Redis Sentinel (`--redis-replica-acks 1`): the master SIGKILLed and the
-//! replica promoted, the replica frozen, servers killed or stopped, clients cut off.
+//! workload runs on Redis Sentinel and on Redis Cluster (`--redis-replica-acks 1`): the registry's
+//! primary SIGKILLed and its replica promoted (also after the replica was cut off, losing the
+//! primary's last writes), that replica frozen, servers killed or stopped, clients cut off, and on
+//! a Cluster another master's failover.
 //!
 //! The seeds are printed; `MUSTER_FAULT_SEEDS=1,2` replays chosen ones (the same faults in the
 //! same order at the same operation counts) and `MUSTER_FAULT_SECONDS` makes each run longer (the
@@ -16,11 +18,82 @@
 
 use std::time::Duration;
 
+use muster_redis::RedisConfig;
 use muster_testkit::harness::{Harness, Workload};
 use muster_testkit::proxy::{Fault, FaultProxy};
-use muster_testkit::redis_server::{RedisServer, free_port};
+use muster_testkit::redis_server::{RedisCluster, RedisServer, free_port};
 
 use super::spawn_serve;
+
+/// The observers apart from the SSE watchers, each with its own view of the fleet: an SDK
+/// resolver (its watch through `registry_url`, the server the clients reach through a fault
+/// proxy), an embedded agent in client mode on the store itself (its cache, fed by the store's
+/// own watch), and a Netron peer's discovery on the store (what `find_service` answers). Their
+/// views must equal the registry's within [`CONVERGENCE`] after each fault heals, and at the end.
+/// The returned value keeps them running.
+async fn observe(harness: &mut Harness, registry_url: &str, store: muster_redis::RedisConfig) -> Observers {
+    use muster_core::Registry;
+    let ids = |ids: Vec<String>| Some(ids.into_iter().collect::<std::collections::BTreeSet<String>>());
+    let config = muster_client::ClientConfig { registry_url: registry_url.to_owned(), ..Default::default() };
+    let resolver = std::sync::Arc::new(muster_client::Client::with_config(config).unwrap());
+    let client = std::sync::Arc::clone(&resolver);
+    harness.observe(
+        "SDK resolver",
+        std::sync::Arc::new(move || {
+            let client = std::sync::Arc::clone(&client);
+            Box::pin(async move {
+                let found = client.instances("svc", &muster_core::VersionQuery::Any).await.ok()?;
+                ids(found.instances.iter().map(|i| i.id.clone()).collect())
+            })
+        }),
+    );
+    let options = muster_core::DiscoveryOptions { client_mode: true, ..Default::default() };
+    let registry: std::sync::Arc<dyn Registry> =
+        std::sync::Arc::new(muster_redis::RedisRegistry::connect(store.clone()).await.unwrap());
+    let agent = std::sync::Arc::new(
+        muster_agent::Agent::builder_shared(registry)
+            .options(options.clone())
+            .node_id(muster_core::NodeId::new("observer-agent").unwrap())
+            .address(muster_core::Address::parse("127.0.0.1:1").unwrap())
+            .build()
+            .unwrap(),
+    );
+    agent.start().await.unwrap();
+    let cache = std::sync::Arc::clone(&agent);
+    harness.observe(
+        "embedded agent's cache",
+        std::sync::Arc::new(move || {
+            let nodes = cache.cache().nodes().ok().map(|n| n.iter().map(|n| n.node_id.to_string()).collect());
+            Box::pin(async move { ids(nodes?) })
+        }),
+    );
+    let peer = muster_peer::Peer::new(muster_peer::PeerConfig::default());
+    let registry: std::sync::Arc<dyn Registry> =
+        std::sync::Arc::new(muster_redis::RedisRegistry::connect(store).await.unwrap());
+    peer.enable_discovery(registry, options, None).await.unwrap();
+    let discovery = peer.clone();
+    harness.observe(
+        "Netron peer's discovery",
+        std::sync::Arc::new(move || {
+            let peer = discovery.clone();
+            Box::pin(async move {
+                let found = peer.find_service("svc").await.ok()?;
+                ids(found.iter().map(|n| n.node_id.to_string()).collect())
+            })
+        }),
+    );
+    Observers { _resolver: resolver, _agent: agent, _peer: peer }
+}
+
+/// How soon after a fault heals every observer must hold the registry's view.
+const CONVERGENCE: Duration = Duration::from_secs(5);
+
+/// Keeps the observers of [`observe`] running until dropped.
+struct Observers {
+    _resolver: std::sync::Arc<muster_client::Client>,
+    _agent: std::sync::Arc<muster_agent::Agent>,
+    _peer: muster_peer::Peer,
+}
 
 /// A `muster serve` on a fixed port (so a restart comes back at the same address).
 struct Server {
@@ -117,7 +190,8 @@ async fn run(seed: u64, length: Duration) {
     let urls = vec![format!("http://{}", front.address()), servers[1].base()];
     let workload =
         Workload { seed, clients: 4, nodes_per_client: 5, watchers: 3, ttl: Duration::from_secs(2) };
-    let harness = Harness::start(urls, workload);
+    let mut harness = Harness::start(urls.clone(), workload);
+    let _observers = observe(&mut harness, &urls[0], RedisConfig::from_url(&redis.url()).unwrap()).await;
     let started = tokio::time::Instant::now();
     let mut injected = Vec::new();
     for &(at, kind) in &plan(seed, 8) {
@@ -173,6 +247,7 @@ async fn run(seed: u64, length: Duration) {
         // Let the fleet settle before the window closes (expiries delayed by the fault count in it).
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(fault);
+        harness.converge(CONVERGENCE).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     judge(seed, harness, &injected, 8).await;
@@ -227,7 +302,20 @@ async fn judge(seed: u64, harness: Harness, injected: &[&str], kinds: usize) {
         history.ops.len(),
         history.watches.len()
     );
+    for observed in &history.observers {
+        let mut took: Vec<u64> = observed.convergence_ms.iter().flatten().copied().collect();
+        took.sort_unstable();
+        eprintln!(
+            "seed {seed}: {} converged after {} faults, median {} ms, max {} ms (bound {} ms)",
+            observed.name,
+            took.len(),
+            took.get(took.len() / 2).copied().unwrap_or(0),
+            took.last().copied().unwrap_or(0),
+            CONVERGENCE.as_millis()
+        );
+    }
     assert!(acked > 100, "the workload ran: {acked} acknowledged operations");
+    assert_eq!(history.observers.len(), 3, "every observer was checked");
     assert!(injected.len() >= kinds, "every fault kind ran: {injected:?}");
     assert_eq!(
         history.caught_up(),
@@ -247,19 +335,103 @@ async fn histories_under_sentinel_failovers_keep_every_promise() {
     let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
     for seed in seeds().into_iter().take(1) {
         eprintln!("sentinel fault run: seed {seed} ({seconds} s); replay with MUSTER_FAULT_SEEDS={seed}");
-        run_sentinel(seed, Duration::from_secs(seconds)).await;
+        let store = Replicated::Sentinel(muster_testkit::redis_server::SentinelSetup::start().await);
+        run_replicated(seed, Duration::from_secs(seconds), store).await;
     }
 }
 
-/// The same workload on Redis Sentinel (a master, a replica, three Sentinels; the servers with
-/// `--redis-replica-acks 1`, the setting the promise needs): the master SIGKILLed under load and
-/// the replica promoted; the replica frozen (SIGSTOP) for 1.5 s, so writes cannot be
-/// acknowledged; a server SIGKILLed; a server stopped gracefully; the clients' network to a server
-/// blackholed. How long the servers took to take writes again after each master was killed is
-/// printed.
-async fn run_sentinel(seed: u64, length: Duration) {
-    let mut sentinel = muster_testkit::redis_server::SentinelSetup::start().await;
-    let url = sentinel.url();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_cluster_failovers_keep_every_promise() {
+    let seconds: u64 = std::env::var("MUSTER_FAULT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    for seed in seeds().into_iter().take(1) {
+        eprintln!("cluster fault run: seed {seed} ({seconds} s); replay with MUSTER_FAULT_SEEDS={seed}");
+        let store = Replicated::Cluster(RedisCluster::start_with_replicas().await);
+        run_replicated(seed, Duration::from_secs(seconds), store).await;
+    }
+}
+
+/// A replicated store whose primary can fail over.
+enum Replicated {
+    /// A master, a replica, three Sentinels.
+    Sentinel(muster_testkit::redis_server::SentinelSetup),
+    /// Three masters with a replica each; every key of the registry is in one slot.
+    Cluster(RedisCluster),
+}
+
+/// A key in the slot that holds the registry's keys in a Cluster (the default prefix, hash-tagged).
+const REGISTRY_SLOT_KEY: &str = "{titan:discovery}:revision";
+
+impl Replicated {
+    fn url(&self) -> String {
+        match self {
+            Self::Sentinel(sentinel) => sentinel.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Fault kinds: the Cluster has one more (a master that holds none of the registry's keys
+    /// fails over).
+    fn kinds(&self) -> usize {
+        match self {
+            Self::Sentinel(_) => 6,
+            Self::Cluster(_) => 7,
+        }
+    }
+
+    /// The registry's primary SIGKILLed; returns how long the promotion of its replica took.
+    /// `losing`: the replica is cut off for that long first, so the writes the primary takes
+    /// meanwhile (refused for want of a replica, but applied and seen by watchers) are lost.
+    async fn fail_over(&mut self, losing: Option<Duration>) -> Duration {
+        match (self, losing) {
+            (Self::Sentinel(sentinel), None) => sentinel.fail_over().await,
+            (Self::Sentinel(sentinel), Some(lag)) => sentinel.fail_over_losing_writes(lag).await,
+            (Self::Cluster(cluster), None) => cluster.fail_over(REGISTRY_SLOT_KEY).await,
+            (Self::Cluster(cluster), Some(lag)) => {
+                cluster.fail_over_losing_writes(REGISTRY_SLOT_KEY, lag).await
+            }
+        }
+    }
+
+    /// The replica the registry's writes wait for, frozen for a while.
+    async fn freeze_replica(&self, length: Duration) {
+        let replica = match self {
+            Self::Sentinel(sentinel) => sentinel.current_replica(),
+            Self::Cluster(cluster) => {
+                &cluster.servers
+                    [cluster.owner(REGISTRY_SLOT_KEY).1.expect("the registry's master has a replica")]
+            }
+        };
+        replica.signal("STOP");
+        tokio::time::sleep(length).await;
+        replica.signal("CONT");
+    }
+
+    /// In a Cluster, a master that holds none of the registry's keys fails over (a failover the
+    /// registry must ride through untouched).
+    async fn fail_over_elsewhere(&mut self) {
+        if let Self::Cluster(cluster) = self {
+            let (owner, _) = cluster.owner(REGISTRY_SLOT_KEY);
+            // One key per master; the first whose slot another master holds.
+            let other = (0..64)
+                .map(|n| format!("elsewhere-{n}"))
+                .find(|key| cluster.owner(key).0 != owner)
+                .expect("a key on another master");
+            cluster.fail_over(&other).await;
+        }
+    }
+}
+
+/// The same workload on a replicated Redis whose primary fails over — Sentinel (a master, a replica,
+/// three Sentinels) or Cluster (three masters with a replica each), the servers with
+/// `--redis-replica-acks 1`, the setting the promise needs: the registry's primary SIGKILLed under
+/// load and its replica promoted; that replica frozen (SIGSTOP) for 1.5 s, so writes cannot be
+/// acknowledged; the replica cut off for 0.7 s and then the primary killed, so the writes it took
+/// meanwhile (refused, yet applied and seen by watchers under their revisions) are lost; a server
+/// SIGKILLed; a server stopped gracefully; the clients' network to a server blackholed; on a
+/// Cluster, also another master's failover. How long the servers took to take
+/// writes again after each primary was killed is printed.
+async fn run_replicated(seed: u64, length: Duration, mut store: Replicated) {
+    let url = store.url();
     let acks = ["--redis-replica-acks", "1", "--redis-replica-ack-timeout", "500ms"];
     let mut servers: Vec<Server> =
         (0..SERVERS).map(|_| Server::start_with(free_port(), &url, &acks)).collect();
@@ -267,12 +439,19 @@ async fn run_sentinel(seed: u64, length: Duration) {
     let urls = vec![format!("http://{}", front.address()), servers[1].base()];
     let workload =
         Workload { seed, clients: 4, nodes_per_client: 5, watchers: 3, ttl: Duration::from_secs(2) };
-    let harness = Harness::start(urls, workload);
+    let mut harness = Harness::start(urls.clone(), workload);
+    let config = RedisConfig {
+        replica_acks: 1,
+        replica_ack_timeout: Duration::from_millis(500),
+        ..RedisConfig::from_url(&url).unwrap()
+    };
+    let _observers = observe(&mut harness, &urls[0], config).await;
     let started = tokio::time::Instant::now();
+    let kinds = store.kinds();
     let mut injected = Vec::new();
     let mut promotions = Vec::new();
     let mut followed = Vec::new();
-    for &(at, kind) in &plan(seed, 5) {
+    for &(at, kind) in &plan(seed, kinds) {
         if started.elapsed() >= length {
             break;
         }
@@ -281,61 +460,66 @@ async fn run_sentinel(seed: u64, length: Duration) {
         let fault = harness.fault();
         match kind {
             0 => {
-                // Writes through every server, from just after the kill until each takes one.
-                let bases: Vec<String> = servers.iter().map(Server::base).collect();
-                let probe = tokio::spawn(async move {
-                    let killed = tokio::time::Instant::now();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let mut took = Vec::new();
-                    for (n, base) in bases.iter().enumerate() {
-                        let client = reqwest::Client::new();
-                        let body = serde_json::json!({"address": "10.9.9.9:1", "services": [{"name": "probe"}], "ttlMs": 2000});
-                        let deadline = killed + Duration::from_secs(60);
-                        loop {
-                            let sent =
-                                client.put(format!("{base}/v1/nodes/probe-{n}")).json(&body).send().await;
-                            if sent.is_ok_and(|r| r.status().is_success()) {
-                                took.push(killed.elapsed());
-                                break;
-                            }
-                            assert!(
-                                tokio::time::Instant::now() < deadline,
-                                "{base} never took a write after the failover"
-                            );
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                    took
-                });
-                promotions.push(sentinel.fail_over().await);
+                let probe = tokio::spawn(took_writes_again(servers.iter().map(Server::base).collect()));
+                promotions.push(store.fail_over(None).await);
                 followed.push(probe.await.unwrap());
-                injected.push("master SIGKILL, replica promoted, old master back as replica");
+                injected.push("primary SIGKILL, replica promoted, old primary back as replica");
             }
             4 => {
-                let replica = sentinel.current_replica();
-                replica.signal("STOP");
-                tokio::time::sleep(Duration::from_millis(1_500)).await;
-                replica.signal("CONT");
+                store.freeze_replica(Duration::from_millis(1_500)).await;
                 injected.push("replica frozen 1.5 s (writes not acknowledged meanwhile)");
             }
+            5 => {
+                store.fail_over(Some(Duration::from_millis(700))).await;
+                injected.push("replica cut off 0.7 s, then the primary SIGKILLed: its last writes lost");
+            }
+            6 => {
+                store.fail_over_elsewhere().await;
+                injected.push("another master SIGKILLed and its replica promoted");
+            }
             1 => {
-                injected.push(kill_and_restart(&mut servers[(round / 5) % SERVERS]).await);
+                injected.push(kill_and_restart(&mut servers[(round / kinds) % SERVERS]).await);
             }
             2 => {
                 front.spell(Fault::Blackhole, Duration::from_millis(2_500)).await;
                 injected.push("clients-server blackhole, healed");
             }
             _ => {
-                injected.push(stop_and_restart(&mut servers[(round / 5 + 1) % SERVERS]).await);
+                injected.push(stop_and_restart(&mut servers[(round / kinds + 1) % SERVERS]).await);
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(fault);
+        harness.converge(CONVERGENCE).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!(
         "seed {seed}: promotions took {promotions:?}; the servers took writes again after {followed:?}"
     );
-    judge(seed, harness, &injected, 5).await;
+    judge(seed, harness, &injected, kinds).await;
     drop(servers);
+}
+
+/// From just after a primary is killed, a write tried through every server every 20 ms until each
+/// takes one: how long each took.
+async fn took_writes_again(bases: Vec<String>) -> Vec<Duration> {
+    let killed = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut took = Vec::new();
+    for (n, base) in bases.iter().enumerate() {
+        let client = reqwest::Client::new();
+        let body =
+            serde_json::json!({"address": "10.9.9.9:1", "services": [{"name": "probe"}], "ttlMs": 2000});
+        let deadline = killed + Duration::from_secs(60);
+        loop {
+            let sent = client.put(format!("{base}/v1/nodes/probe-{n}")).json(&body).send().await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                took.push(killed.elapsed());
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{base} never took a write after the failover");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    took
 }
