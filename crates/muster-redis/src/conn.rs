@@ -113,6 +113,10 @@ pub(crate) struct Pool {
     round_trips: Arc<AtomicU64>,
     /// Runs on each new shared connection first (see [`Pool::on_connect`]).
     on_connect: std::sync::OnceLock<OnConnect>,
+    /// Bumped each time the shared connection is dropped (a failure, or Sentinel naming another
+    /// master): a dedicated connection made before may lead to a server that is no longer the
+    /// primary (see [`Pool::generation`]).
+    generation: AtomicU64,
 }
 
 impl Pool {
@@ -155,6 +159,7 @@ impl Pool {
             response_timeout: config.response_timeout,
             round_trips: Arc::default(),
             on_connect: std::sync::OnceLock::new(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -215,6 +220,15 @@ impl Pool {
     /// master up again).
     pub(crate) async fn invalidate(&self) {
         self.shared.lock().await.take();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the shared connection was dropped. A holder of a dedicated connection
+    /// compares it with the value when its connection was made: a change means the primary may
+    /// have moved (a Sentinel switch leaves the old master alive, demoted, and a connection to it
+    /// open and silent), so it connects again.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// A connection of its own, for blocking reads that must not hold up shared traffic.

@@ -38,8 +38,8 @@ const HINT_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 type XReadReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
 
 pub(crate) async fn open(inner: Arc<Inner>, start: WatchStart) -> Result<WatchStream> {
-    let block = block_time(&inner.config);
-    let conn = inner.pool.dedicated(block + inner.config.response_timeout).await?;
+    let generation = inner.pool.generation();
+    let conn = inner.pool.dedicated(reader_timeout(&inner)).await?;
     let (tx, rx) = mpsc::channel(BUFFER);
     let cursor = match start {
         WatchStart::Now => inner.revision().await?.unwrap_or_default(),
@@ -62,8 +62,13 @@ pub(crate) async fn open(inner: Arc<Inner>, start: WatchStart) -> Result<WatchSt
         mirror.replace(inner.snapshot().await?);
         inner.tasks.spawn(follow_unswept(Arc::clone(&inner), mirror, hints, Arc::clone(&cursor), tx.clone()));
     }
-    inner.tasks.clone().spawn(read_log(inner, conn, cursor, tx));
+    inner.tasks.clone().spawn(read_log(inner, (conn, generation), cursor, tx));
     Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+}
+
+/// A log reader's response timeout: a blocking read's wait plus the usual allowance.
+fn reader_timeout(inner: &Inner) -> std::time::Duration {
+    block_time(&inner.config) + inner.config.response_timeout
 }
 
 /// Takes a snapshot and queues it as a resync; returns its revision.
@@ -74,16 +79,36 @@ async fn send_resync(inner: &Inner, tx: &mpsc::Sender<Result<WatchEvent>>) -> Re
     Ok(revision)
 }
 
-/// Reads the log from the cursor until the consumer goes away or the connection fails.
+/// Reads the log from the cursor until the consumer goes away or the connection fails. `conn`:
+/// the reader's own connection and the pool's [generation](crate::conn::Pool::generation) when it
+/// was made; when the shared connection was dropped since (a failure, or Sentinel naming another
+/// master), the reader connects again before its next read, so it never stays on a demoted
+/// master that no longer takes the writes.
 async fn read_log(
     inner: Arc<Inner>,
-    mut conn: Conn,
+    (mut conn, mut generation): (Conn, u64),
     cursor: Arc<AtomicU64>,
     tx: mpsc::Sender<Result<WatchEvent>>,
 ) {
     let block_ms = u64::try_from(block_time(&inner.config).as_millis()).unwrap_or(1000);
     let outcome: Result<()> = async {
         loop {
+            if inner.pool.generation() != generation {
+                generation = inner.pool.generation();
+                conn = inner.pool.dedicated(reader_timeout(&inner)).await?;
+                // As a watch resuming from its cursor does: past the counter means the log went
+                // back (the new primary lacks the last changes), so resync.
+                let current = inner.revision().await?.unwrap_or_default();
+                let position = cursor.load(Ordering::SeqCst);
+                if current.0 < position {
+                    tracing::info!(
+                        position,
+                        current = current.0,
+                        "the new primary's log is behind; resyncing"
+                    );
+                    cursor.store(send_resync(&inner, &tx).await?.0, Ordering::SeqCst);
+                }
+            }
             let position = cursor.load(Ordering::SeqCst);
             let mut command = redis::cmd("XREAD");
             command
