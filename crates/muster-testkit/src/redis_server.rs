@@ -85,6 +85,13 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
 }
 
+/// The last `lines` lines of a file (empty when it cannot be read).
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Lines sorted (a dump of a hash or set, whose order Redis does not fix).
 fn sorted(text: String) -> String {
     let mut lines: Vec<&str> = text.lines().collect();
@@ -208,6 +215,11 @@ impl RedisServer {
         self.kill();
         self.spawn();
         wait_until_ready(self.port).await;
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.dir.0.join("redis.log"), lines)
     }
 
     /// Runs `redis-cli` against this server.
@@ -529,7 +541,7 @@ impl SentinelSetup {
             let child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
-                .stdout(Stdio::null())
+                .stdout(Stdio::from(std::fs::File::create(dir.0.join("sentinel.log")).expect("log file")))
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start redis-server --sentinel (install redis-sentinel)");
@@ -562,6 +574,17 @@ impl SentinelSetup {
     pub fn current_master_port(&self) -> Option<u16> {
         let answer = cli(self.sentinels[0].port, &["sentinel", "get-master-addr-by-name", MASTER_NAME]);
         answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+
+    /// The Sentinels' ports.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    /// The last `lines` lines of each Sentinel's log (what it saw and did, for a failure's
+    /// evidence).
+    pub fn sentinel_logs(&self, lines: usize) -> Vec<String> {
+        self.sentinels.iter().map(|s| tail(&s._dir.0.join("sentinel.log"), lines)).collect()
     }
 
     /// The server that is a replica now (by its own `ROLE`).

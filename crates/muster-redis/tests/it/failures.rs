@@ -472,3 +472,119 @@ async fn replica_acks_on_a_cluster_wait_for_the_slot_owners_replica() {
     assert!(refused.message().contains("0 of 1 replicas"), "{refused}");
     acked.heartbeat(registration("a3", "h:3", &["a"], long)).await.expect("the retry is acknowledged");
 }
+
+/// A failover that loses the primary's last writes (the replica cut off first, so changes the
+/// watchers saw never reach it): an agent's cache, watching through it, holds the registry's view
+/// again within seconds of each failover, while a writer keeps moving nodes to other ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_follow_failovers_that_lose_writes() {
+    let mut setup = SentinelSetup::start().await;
+    let acked = || RedisConfig {
+        replica_acks: 1,
+        replica_ack_timeout: Duration::from_millis(500),
+        ..RedisConfig::from_url(&setup.url()).unwrap()
+    };
+    let writer = RedisRegistry::connect(acked()).await.unwrap();
+    let observed = RedisRegistry::connect(acked()).await.unwrap();
+    let cache = Agent::builder(observed)
+        .options(DiscoveryOptions { client_mode: true, ..options() })
+        .node_id(id("observer"))
+        .address(addr("127.0.0.1:9000"))
+        .build()
+        .unwrap();
+    cache.start().await.unwrap();
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let moving = writer.clone();
+    let writes = tokio::spawn(async move {
+        for n in 0u32.. {
+            let node = format!("n{}", n % 8);
+            let _ =
+                moving.heartbeat(registration(&node, &format!("10.0.0.1:{}", 1000 + n), &["a"], long)).await;
+            sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let view = |nodes: Vec<std::sync::Arc<muster_core::NodeInfo>>| -> Vec<String> {
+        nodes.iter().map(|n| format!("{} {}", n.node_id, n.address)).collect()
+    };
+    for round in 0..6 {
+        if round % 2 == 0 {
+            setup.fail_over_losing_writes(Duration::from_millis(700)).await;
+        } else {
+            setup.fail_over().await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = writer.list_active().await.map(|n| n.into_iter().map(std::sync::Arc::new).collect());
+            let held = cache.cache().nodes().map(view);
+            let after = writer.list_active().await.map(|n| n.into_iter().map(std::sync::Arc::new).collect());
+            if let (Ok(held), Ok(before), Ok(after)) = (&held, before.map(view), after.map(view))
+                && (held == &before || held == &after)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: the cache holds {held:?}");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    writes.abort();
+    cache.stop().await.unwrap();
+}
+
+/// A switchover (`SENTINEL FAILOVER`: the master demoted, alive) while a watch reads the log: the
+/// reader follows the new master rather than staying on the old one, which — here made to take
+/// no more replication, as a demoted master cut off would — never sees the next change. (The fault
+/// runs found it: a Sentinel switch with the old master alive left every watch of a process
+/// silent for as long as the old master was cut off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_a_switchover_to_another_master() {
+    let setup = SentinelSetup::start().await;
+    let config = RedisConfig {
+        response_timeout: Duration::from_secs(10),
+        ..RedisConfig::from_url(&setup.url()).unwrap()
+    };
+    let registry = RedisRegistry::connect(config).await.unwrap();
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    registry.heartbeat(registration("before", "h:1", &["a"], long)).await.unwrap();
+    let mut watch = registry.watch(WatchStart::Now).await.unwrap();
+    let old = setup.current_master_port().unwrap();
+    let sentinel = setup.sentinel_ports()[0];
+    assert_eq!(muster_testkit::redis_server::cli(sentinel, &["sentinel", "failover", "mymaster"]), "OK");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.current_master_port() == Some(old) {
+        assert!(Instant::now() < deadline, "the Sentinels switched masters");
+        sleep(Duration::from_millis(20)).await;
+    }
+    // Writes reach the new master (the registry followed the switch)...
+    let new = setup.current_master_port().unwrap();
+    loop {
+        let written = registry.heartbeat(registration("probe", "h:3", &["a"], long)).await;
+        if written.is_ok()
+            && muster_testkit::redis_server::cli(new, &["sismember", "titan:discovery:index:nodes", "probe"])
+                == "1"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the registry writes on the new master");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the old master, demoted, takes no more replication (it stands alone until the
+    // Sentinels notice, seconds later): a reader left on it would see nothing more.
+    assert_eq!(muster_testkit::redis_server::cli(old, &["replicaof", "no", "one"]), "OK");
+    let outcome = registry.heartbeat(registration("after", "h:2", &["a"], long)).await.unwrap();
+    assert!(outcome.revision.is_some());
+    let seen = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match next_item(&mut watch, Duration::from_secs(10)).await {
+                WatchEvent::Event(event) if event.node.node_id.as_str() == "after" => return,
+                WatchEvent::Resync(snapshot)
+                    if snapshot.nodes.iter().any(|n| n.node_id.as_str() == "after") =>
+                {
+                    return;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch never saw the change made on the new master");
+}
