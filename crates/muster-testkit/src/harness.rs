@@ -58,15 +58,50 @@ pub struct Workload {
     pub ttl: Duration,
 }
 
-/// An observer's view of the registry (the active node ids), read on demand; `None` when it
-/// cannot say now (not started, or its source is down).
+/// An observer's view of the registry, read on demand: an entry per active node, [`entry`] of its
+/// id and address (the workload moves a node to another port at every registration, so a view
+/// that stopped following differs soon); `None` when it cannot say now (not started, or its
+/// source is down).
 pub type View = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<BTreeSet<String>>> + Send + Sync>;
+
+/// One node in a [`View`]: `<id> <address>`.
+pub fn entry(id: &str, address: &str) -> String {
+    format!("{id} {address}")
+}
+
+/// The view of an SDK resolver: the instances of `service` (any version) its cache holds, `None`
+/// when it has none to give (it never reached its registry).
+pub fn resolver_view(client: Arc<Client>, service: &str) -> View {
+    let service = service.to_owned();
+    Arc::new(move || {
+        let (client, service) = (Arc::clone(&client), service.clone());
+        Box::pin(async move {
+            let found = client.instances(&service, &muster_core::VersionQuery::Any).await.ok()?;
+            Some(found.instances.iter().map(|i| entry(&i.id, &format!("{}:{}", i.host, i.port))).collect())
+        })
+    })
+}
 
 /// An observer apart from the watchers, and how long it took to converge after each fault.
 struct Observer {
     name: String,
     view: View,
     convergence_ms: Vec<Option<u64>>,
+    /// How its view differed from the registry's each time it did not converge in time.
+    evidence: Vec<String>,
+}
+
+/// How an observer's view differs from the registry's, for a violation's evidence.
+fn difference(view: Option<&BTreeSet<String>>, registry: Option<&BTreeSet<String>>) -> String {
+    match (view, registry) {
+        (None, _) => "the observer had no view to give".to_owned(),
+        (_, None) => "no server answered for the registry's view".to_owned(),
+        (Some(view), Some(registry)) => format!(
+            "missing {:?}, extra {:?}",
+            registry.difference(view).collect::<Vec<_>>(),
+            view.difference(registry).collect::<Vec<_>>()
+        ),
+    }
 }
 
 /// A running workload.
@@ -148,7 +183,12 @@ impl Harness {
     /// peer's discovery): [`Harness::converge`] and [`Harness::finish`] compare its view with the
     /// registry's (invariant 8).
     pub fn observe(&mut self, name: impl Into<String>, view: View) {
-        self.observers.push(Observer { name: name.into(), view, convergence_ms: Vec::new() });
+        self.observers.push(Observer {
+            name: name.into(),
+            view,
+            convergence_ms: Vec::new(),
+            evidence: Vec::new(),
+        });
     }
 
     /// After a fault healed: waits until every observer's view equals the registry's (its active
@@ -167,18 +207,25 @@ impl Harness {
             let after = self.active_nodes().await;
             let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let mut still = Vec::new();
+            let mut differences = Vec::new();
             for (n, view) in pending.into_iter().zip(views) {
-                let agrees = view.is_some_and(|v| Some(&v) == before.as_ref() || Some(&v) == after.as_ref());
+                let agrees =
+                    view.as_ref().is_some_and(|v| Some(v) == before.as_ref() || Some(v) == after.as_ref());
                 if agrees {
                     self.observers[n].convergence_ms.push(Some(elapsed));
                 } else {
                     still.push(n);
+                    differences.push(difference(view.as_ref(), after.as_ref()));
                 }
             }
             pending = still;
             if started.elapsed() >= bound {
-                for &n in &pending {
+                for (&n, difference) in pending.iter().zip(differences) {
+                    let round = self.observers[n].convergence_ms.len() + 1;
                     self.observers[n].convergence_ms.push(None);
+                    self.observers[n]
+                        .evidence
+                        .push(format!("after fault {round}, at the bound: {difference}"));
                 }
                 return;
             }
@@ -186,11 +233,13 @@ impl Harness {
         }
     }
 
-    /// The registry's active nodes as one server that answers says now.
+    /// The registry's active nodes as one server that answers says now, as [`View`] entries.
     async fn active_nodes(&self) -> Option<BTreeSet<String>> {
         for base in &self.servers {
             if let Ok(list) = client_of(base).nodes(false).await {
-                return Some(list.nodes.iter().map(|n| n.node_id.to_string()).collect());
+                return Some(
+                    list.nodes.iter().map(|n| entry(n.node_id.as_str(), n.address.as_str())).collect(),
+                );
             }
         }
         None
@@ -239,20 +288,26 @@ impl Harness {
         for watcher in std::mem::take(&mut self.watchers) {
             let _ = watcher.await;
         }
+        // Each observer's final view against the registry's as read around it (nodes abandoned
+        // at the end expire meanwhile), until they agree or 15 s passed.
         let mut observers = Vec::new();
         for observer in std::mem::take(&mut self.observers) {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            let final_view = loop {
+            let (final_view, registry_view) = loop {
+                let before = self.active_nodes().await.unwrap_or_default();
                 let view = (observer.view)().await.unwrap_or_default();
-                if view == final_nodes || tokio::time::Instant::now() >= deadline {
-                    break view;
+                let after = self.active_nodes().await.unwrap_or_default();
+                if view == before || view == after || tokio::time::Instant::now() >= deadline {
+                    break (view.clone(), if view == before { before } else { after });
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             observers.push(Observed {
                 name: observer.name,
                 convergence_ms: observer.convergence_ms,
+                evidence: observer.evidence,
                 final_view,
+                registry_view,
             });
         }
         History {
@@ -302,12 +357,21 @@ struct ClientState {
     beliefs: Vec<Belief>,
     ttl: Duration,
     rng: StdRng,
+    /// Registrations sent so far (each gives the node another port).
+    registrations: u64,
 }
 
 impl ClientState {
     fn new(servers: &[String], nodes: Vec<String>, ttl: Duration, rng: StdRng) -> Self {
         let beliefs = vec![Belief::Absent; nodes.len()];
-        Self { clients: servers.iter().map(|s| client_of(s)).collect(), nodes, beliefs, ttl, rng }
+        Self {
+            clients: servers.iter().map(|s| client_of(s)).collect(),
+            nodes,
+            beliefs,
+            ttl,
+            rng,
+            registrations: 0,
+        }
     }
 
     /// Chooses and performs one operation; `None` when the choice was to abandon a node (a crash:
@@ -330,9 +394,13 @@ impl ClientState {
         let sent_ms = now_ms();
         let outcome = match kind {
             OpKind::Register => {
+                // Another port at every registration: a registration of a live node changes it
+                // (an update), so observers that stopped following soon differ.
+                self.registrations += 1;
+                let port = 1_000 + self.registrations % 60_000;
                 let spec = RegistrationSpec {
                     ttl: Some(self.ttl),
-                    ..RegistrationSpec::new(format!("10.0.{}.{}:80", index / 250, index % 250))
+                    ..RegistrationSpec::new(format!("10.0.{}.{}:{port}", index / 250, index % 250))
                         .service("svc", Some("1.0.0"))
                         .id(node.clone())
                 };
@@ -439,7 +507,11 @@ async fn watch(servers: Vec<String>, log: Arc<Mutex<WatchLog>>, mut rng: StdRng,
                 Some(Ok(WatchEvent::Resync(snapshot))) => {
                     after = Some(snapshot.revision);
                     let nodes = snapshot.nodes.iter().map(|n| n.node_id.to_string()).collect();
-                    lock(&log).seen.push(Seen::Snapshot { revision: snapshot.revision.0, nodes });
+                    lock(&log).seen.push(Seen::Snapshot {
+                        revision: snapshot.revision.0,
+                        nodes,
+                        at_ms: now_ms(),
+                    });
                 }
                 Some(Ok(WatchEvent::Event(event))) => {
                     after = Some(event.revision);

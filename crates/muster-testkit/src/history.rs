@@ -12,7 +12,9 @@
 //! 4. **replay** — replaying a watcher's last snapshot and the events after it gives the final
 //!    state;
 //! 5. **acknowledged registrations** — a node whose last acknowledged operation registered or
-//!    heartbeated it is in the final state, or a watcher saw it leave after that operation began;
+//!    heartbeated it is in the final state, or a watcher saw it leave after that operation began —
+//!    an event, or a resync's snapshot without it once it could have expired (a TTL after the
+//!    operation was sent; a snapshot without it sooner shows it lost);
 //! 6. **acknowledged deregistrations** — a node whose last operation was an acknowledged
 //!    deregistration is not in the final state;
 //! 7. **expiry timing** — an expiry comes no earlier than the TTL after the last acknowledged
@@ -67,6 +69,8 @@ pub enum Seen {
         revision: u64,
         /// The node ids.
         nodes: BTreeSet<String>,
+        /// When the watcher received it.
+        at_ms: u64,
     },
     /// One change.
     Event {
@@ -116,8 +120,8 @@ pub struct History {
 }
 
 /// What an observer apart from the watchers (an agent's cache, an SDK resolver, a peer's
-/// discovery) showed: how long its view (the active node ids) took to equal the registry's after
-/// each fault healed, and its view at the end.
+/// discovery) showed: how long its view (the active nodes, each with its address) took to equal the
+/// registry's after each fault healed, and its view at the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     /// Which observer.
@@ -125,8 +129,12 @@ pub struct Observed {
     /// After each fault healed, in order: milliseconds until its view equalled the registry's, or
     /// `None` when it did not within the run's bound.
     pub convergence_ms: Vec<Option<u64>>,
-    /// Its view once the clients stopped and it had time to catch up.
+    /// How its view differed from the registry's each time it did not converge in time.
+    pub evidence: Vec<String>,
+    /// Its view once the clients stopped and it had time to catch up (`<id> <address>` per node).
     pub final_view: BTreeSet<String>,
+    /// The registry's view it was compared with (read just before or after it).
+    pub registry_view: BTreeSet<String>,
 }
 
 /// A broken promise and the history that shows it.
@@ -171,15 +179,17 @@ impl History {
                         observed.name,
                         round + 1
                     ),
-                    evidence: vec![format!(
+                    evidence: std::iter::once(format!(
                         "convergence after each fault (ms): {:?}",
                         observed.convergence_ms
-                    )],
+                    ))
+                    .chain(observed.evidence.iter().cloned())
+                    .collect(),
                 });
             }
-            if observed.final_view != self.final_nodes {
-                let missing: Vec<&String> = self.final_nodes.difference(&observed.final_view).collect();
-                let extra: Vec<&String> = observed.final_view.difference(&self.final_nodes).collect();
+            if observed.final_view != observed.registry_view {
+                let missing: Vec<&String> = observed.registry_view.difference(&observed.final_view).collect();
+                let extra: Vec<&String> = observed.final_view.difference(&observed.registry_view).collect();
                 violations.push(Violation {
                     invariant: "observers converge",
                     detail: format!("{} ends with another view than the registry's", observed.name),
@@ -245,7 +255,7 @@ impl History {
         let mut spans: Vec<Span<'_>> = Vec::new();
         for seen in &watch.seen {
             match seen {
-                Seen::Snapshot { revision, nodes } => spans.push((*revision, nodes.clone(), Vec::new())),
+                Seen::Snapshot { revision, nodes, .. } => spans.push((*revision, nodes.clone(), Vec::new())),
                 Seen::Event { revision, kind, node, .. } => match spans.last_mut() {
                     Some(span) => span.2.push((*revision, kind, node)),
                     None => violations.push(Violation {
@@ -356,6 +366,18 @@ impl History {
                 }
             }
         }
+        // When a watcher's snapshot (a resync) did not list a node: a leaving seen that way, when
+        // its event fell inside the resync's gap (a new primary's jump, a trimmed log).
+        let mut absent: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for watch in &self.watches {
+            for seen in &watch.seen {
+                if let Seen::Snapshot { nodes, at_ms, .. } = seen {
+                    for node in ops.keys().filter(|n| !nodes.contains(**n)) {
+                        absent.entry(node).or_default().push(*at_ms);
+                    }
+                }
+            }
+        }
         for (node, list) in &mut ops {
             list.sort_by_key(|op| op.sent_ms);
             let evidence = |extra: Vec<String>| -> Vec<String> {
@@ -402,7 +424,10 @@ impl History {
             {
                 let later_deregister =
                     list.iter().any(|o| o.kind == OpKind::Deregister && o.sent_ms >= op.sent_ms);
-                let seen_leaving = left.get(node).is_some_and(|l| l.iter().any(|(at, _)| *at >= op.sent_ms));
+                // Absent from a snapshot only counts once the node could have expired: a TTL after
+                // the acknowledged operation was sent (before that, it was lost).
+                let seen_leaving = left.get(node).is_some_and(|l| l.iter().any(|(at, _)| *at >= op.sent_ms))
+                    || absent.get(node).is_some_and(|a| a.iter().any(|at| *at >= op.sent_ms + self.ttl_ms));
                 if !later_deregister && !seen_leaving {
                     violations.push(Violation {
                         invariant: "acknowledged registrations",
@@ -475,7 +500,7 @@ mod tests {
     }
 
     fn snapshot(revision: u64, nodes: &[&str]) -> Seen {
-        Seen::Snapshot { revision, nodes: nodes.iter().map(|n| (*n).to_owned()).collect() }
+        Seen::Snapshot { revision, nodes: nodes.iter().map(|n| (*n).to_owned()).collect(), at_ms: 0 }
     }
 
     fn op(node: &str, kind: OpKind, sent_ms: u64, acked_ms: Option<u64>) -> Op {
@@ -528,9 +553,36 @@ mod tests {
             observers: vec![Observed {
                 name: "resolver".into(),
                 convergence_ms: vec![Some(40)],
-                final_view: ["b".to_owned()].into(),
+                evidence: Vec::new(),
+                final_view: ["b 10.0.0.2:1001".to_owned()].into(),
+                registry_view: ["b 10.0.0.2:1001".to_owned()].into(),
             }],
         }
+    }
+
+    /// A watcher that resynced across a node's expiry (its event in the gap) saw it leave through
+    /// the snapshot, once the node could have expired; a snapshot without it sooner shows it lost.
+    #[test]
+    fn a_leaving_seen_only_in_a_snapshot_counts_after_the_ttl() {
+        let mut history = good();
+        // b's expiry event is not seen; a resync without b comes instead.
+        let resync = |at_ms| Seen::Snapshot { revision: 20, nodes: BTreeSet::new(), at_ms };
+        history.final_nodes.clear();
+        history.final_revision = 20;
+        for watch in &mut history.watches {
+            watch.seen.push(resync(3_600));
+        }
+        let found = history.check();
+        assert!(found.iter().all(|v| v.invariant != "acknowledged registrations"), "{found:?}");
+        for watch in &mut history.watches {
+            watch.seen.pop();
+            watch.seen.push(resync(3_000));
+        }
+        let found = history.check();
+        assert!(
+            found.iter().any(|v| v.invariant == "acknowledged registrations" && v.detail.starts_with("b ")),
+            "lost within its TTL (last heartbeat sent at 1,500, TTL 2,000): {found:?}"
+        );
     }
 
     #[test]
@@ -582,7 +634,7 @@ mod tests {
             (
                 "observers converge",
                 Box::new(|h| {
-                    h.observers[0].final_view.insert("a".into());
+                    h.observers[0].final_view = ["b 10.0.0.2:1000".to_owned()].into();
                 }),
             ),
         ];

@@ -1,6 +1,7 @@
 //! The history checker on in-process servers: a run with severed and cleanly ended watch feeds and failing
 //! heartbeats keeps every promise, and a seeded bug — a store that acknowledges a registration it
-//! never keeps — is caught and shown, and replays from its seed with the same history.
+//! never keeps — is caught and shown, and replays from its seed with the same history; an observer
+//! that stops following is caught too.
 
 use std::time::Duration;
 
@@ -48,6 +49,48 @@ async fn a_run_with_faults_keeps_every_promise() {
         violations.is_empty(),
         "seed {seed}:\n{}",
         violations.iter().map(ToString::to_string).collect::<String>()
+    );
+}
+
+/// An observer that stops following — an SDK resolver whose server became unreachable (its network
+/// blackholed for good), left with its last list — is caught: it does not converge after the
+/// fault, and ends with another view than the registry's; a resolver with a working network
+/// converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_that_stops_following_is_caught() {
+    use muster_testkit::proxy::{Fault, FaultProxy};
+    use std::sync::Arc;
+    let server = TestServer::memory().await;
+    let mut harness = Harness::start(vec![server.base.clone()], workload(11));
+    let proxy = FaultProxy::start(server.base.trim_start_matches("http://").parse().unwrap()).await;
+    for (name, base) in
+        [("following", server.base.clone()), ("cut off", format!("http://{}", proxy.address()))]
+    {
+        let config = muster_client::ClientConfig { registry_url: base, ..Default::default() };
+        let client = Arc::new(muster_client::Client::with_config(config).unwrap());
+        harness.observe(name, muster_testkit::harness::resolver_view(client, "svc"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    harness.converge(Duration::from_secs(2)).await;
+    let fault = harness.fault();
+    proxy.set(Fault::Blackhole);
+    // Nodes come and go meanwhile (TTL 1 s, some abandoned, some deregistered).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    drop(fault);
+    harness.converge(Duration::from_secs(2)).await;
+    let history = harness.finish(Duration::from_secs(1)).await;
+    let violations = history.check();
+    let about = |name: &str| {
+        violations
+            .iter()
+            .filter(|v| v.invariant == "observers converge" && v.detail.starts_with(name))
+            .count()
+    };
+    assert_eq!(about("following"), 0, "{violations:?}");
+    assert_eq!(about("cut off"), 2, "not converged after the fault, another view at the end: {violations:?}");
+    assert!(
+        history.observers.iter().all(|o| o.convergence_ms[0].is_some()),
+        "both converged before the fault"
     );
 }
 
