@@ -530,7 +530,7 @@ impl SentinelSetup {
                 format!(
                     "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 2000\n\
                      sentinel failover-timeout {MASTER_NAME} 4000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n",
                     dir.0.display(),

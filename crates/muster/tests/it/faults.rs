@@ -33,19 +33,15 @@ use super::spawn_serve;
 /// The returned value keeps them running.
 async fn observe(harness: &mut Harness, registry_url: &str, store: muster_redis::RedisConfig) -> Observers {
     use muster_core::Registry;
-    let ids = |ids: Vec<String>| Some(ids.into_iter().collect::<std::collections::BTreeSet<String>>());
+    use muster_testkit::harness::entry;
+    let entries = |nodes: &[std::sync::Arc<muster_core::NodeInfo>]| {
+        nodes.iter().map(|n| entry(n.node_id.as_str(), n.address.as_str())).collect()
+    };
     let config = muster_client::ClientConfig { registry_url: registry_url.to_owned(), ..Default::default() };
     let resolver = std::sync::Arc::new(muster_client::Client::with_config(config).unwrap());
-    let client = std::sync::Arc::clone(&resolver);
     harness.observe(
         "SDK resolver",
-        std::sync::Arc::new(move || {
-            let client = std::sync::Arc::clone(&client);
-            Box::pin(async move {
-                let found = client.instances("svc", &muster_core::VersionQuery::Any).await.ok()?;
-                ids(found.instances.iter().map(|i| i.id.clone()).collect())
-            })
-        }),
+        muster_testkit::harness::resolver_view(std::sync::Arc::clone(&resolver), "svc"),
     );
     let options = muster_core::DiscoveryOptions { client_mode: true, ..Default::default() };
     let registry: std::sync::Arc<dyn Registry> =
@@ -63,8 +59,8 @@ async fn observe(harness: &mut Harness, registry_url: &str, store: muster_redis:
     harness.observe(
         "embedded agent's cache",
         std::sync::Arc::new(move || {
-            let nodes = cache.cache().nodes().ok().map(|n| n.iter().map(|n| n.node_id.to_string()).collect());
-            Box::pin(async move { ids(nodes?) })
+            let view = cache.cache().nodes().ok().map(|nodes| entries(&nodes));
+            Box::pin(async move { view })
         }),
     );
     let peer = muster_peer::Peer::new(muster_peer::PeerConfig::default());
@@ -78,7 +74,7 @@ async fn observe(harness: &mut Harness, registry_url: &str, store: muster_redis:
             let peer = discovery.clone();
             Box::pin(async move {
                 let found = peer.find_service("svc").await.ok()?;
-                ids(found.iter().map(|n| n.node_id.to_string()).collect())
+                Some(entries(&found))
             })
         }),
     );
@@ -250,7 +246,7 @@ async fn run(seed: u64, length: Duration) {
         harness.converge(CONVERGENCE).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    judge(seed, harness, &injected, 8).await;
+    judge(seed, harness, &injected, 8, "").await;
     drop(servers);
 }
 
@@ -289,7 +285,7 @@ async fn at_op(harness: &Harness, count: usize) {
 }
 
 /// Stops the workload, reads the history and checks every promise (the seed in every message).
-async fn judge(seed: u64, harness: Harness, injected: &[&str], kinds: usize) {
+async fn judge(seed: u64, harness: Harness, injected: &[&str], kinds: usize, store: &str) {
     let history = harness.finish(Duration::from_secs(1)).await;
     let acked = history.ops.iter().filter(|op| op.acked_ms.is_some()).count();
     let events: usize = history
@@ -325,7 +321,7 @@ async fn judge(seed: u64, harness: Harness, injected: &[&str], kinds: usize) {
     let violations = history.check();
     assert!(
         violations.is_empty(),
-        "seed {seed} (replay with MUSTER_FAULT_SEEDS={seed}):\n{}",
+        "seed {seed} (replay with MUSTER_FAULT_SEEDS={seed}):\n{}{store}",
         violations.iter().map(ToString::to_string).collect::<String>()
     );
 }
@@ -404,6 +400,38 @@ impl Replicated {
         replica.signal("STOP");
         tokio::time::sleep(length).await;
         replica.signal("CONT");
+    }
+
+    /// Each server's role and what it replicates, as the run ends (shown with a failure).
+    fn describe(&self) -> String {
+        let servers: Vec<&RedisServer> = match self {
+            Self::Sentinel(sentinel) => vec![&sentinel.master, &sentinel.replica],
+            Self::Cluster(cluster) => cluster.servers.iter().collect(),
+        };
+        let mut lines = vec!["the store at the end:".to_owned()];
+        for server in servers {
+            let role = server.cli(&["role"]).replace('\n', " ");
+            let info = server.cli(&["info", "replication"]);
+            let link = info.lines().find(|l| l.starts_with("master_link_status")).unwrap_or("");
+            let replicas = info.lines().find(|l| l.starts_with("connected_slaves")).unwrap_or("");
+            lines.push(format!("  {}: {role} {link} {replicas}", server.port()));
+        }
+        if let Self::Sentinel(sentinel) = self {
+            for (port, log) in sentinel.sentinel_ports().into_iter().zip(sentinel.sentinel_logs(40)) {
+                let named = muster_testkit::redis_server::cli(
+                    port,
+                    &["sentinel", "get-master-addr-by-name", "mymaster"],
+                );
+                lines.push(format!(
+                    "  sentinel {port} names {}; its log ends:\n{log}",
+                    named.replace('\n', ":")
+                ));
+            }
+            for server in [&sentinel.master, &sentinel.replica] {
+                lines.push(format!("  redis {} log ends:\n{}", server.port(), server.log_tail(30)));
+            }
+        }
+        lines.join("\n")
     }
 
     /// In a Cluster, a master that holds none of the registry's keys fails over (a failover the
@@ -496,7 +524,7 @@ async fn run_replicated(seed: u64, length: Duration, mut store: Replicated) {
     eprintln!(
         "seed {seed}: promotions took {promotions:?}; the servers took writes again after {followed:?}"
     );
-    judge(seed, harness, &injected, kinds).await;
+    judge(seed, harness, &injected, kinds, &store.describe()).await;
     drop(servers);
 }
 
