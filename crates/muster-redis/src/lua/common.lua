@@ -107,11 +107,11 @@ local function carry_over(id, promoted)
 end
 -- In a Cluster (`CHECK_PRIMARY`) the client follows a failover inside, with no new connection on
 -- which to check the primary first; so a script that issues a revision checks, once, which node
--- it runs on (`CLUSTER MYID`, about a microsecond; `INFO replication` costs ten). Another node
--- than the last one means the slot changed hands — a replica promoted, or the slot migrated with
--- its keys — and either way the counter jumps (a migration costs watchers one needless resync). A
--- master restarted keeps its node id (and a fresh counter covers the data it lost). A Redis user
--- that may not run the command skips the check.
+-- it runs on (`CLUSTER MYID`: about a microsecond, where `INFO replication` costs eight or nine).
+-- Another node than the last one means the slot changed hands — a replica promoted, or the slot
+-- migrated with its keys — and either way the counter jumps (a migration costs watchers one
+-- needless resync). A master restarted keeps its node id (and a fresh counter covers the data it
+-- lost). A Redis user that may not run the command skips the check.
 local primary_checked = not CHECK_PRIMARY
 local function check_primary()
   if primary_checked then return end
