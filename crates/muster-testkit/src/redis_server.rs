@@ -438,8 +438,8 @@ impl RedisCluster {
     }
 
     /// [`RedisCluster::fail_over`] that loses the master's last writes: the replica is cut off
-    /// first (see [`cut_off`]) for `lag`, so what the master takes meanwhile never reaches the
-    /// replica promoted in its place.
+    /// first for `lag` (frozen, then its link closed by the master), so what the master takes
+    /// meanwhile never reaches the replica promoted in its place.
     pub async fn fail_over_losing_writes(&mut self, key: &str, lag: Duration) -> Duration {
         self.fail_over_after(key, Some(lag)).await
     }
@@ -601,8 +601,8 @@ impl SentinelSetup {
     }
 
     /// [`SentinelSetup::fail_over`] that loses the master's last writes: the replica is cut off
-    /// first (see [`cut_off`]) for `lag`, so what the master takes meanwhile never reaches the
-    /// replica promoted in its place.
+    /// first for `lag` (frozen, then its link closed by the master), so what the master takes
+    /// meanwhile never reaches the replica promoted in its place.
     pub async fn fail_over_losing_writes(&mut self, lag: Duration) -> Duration {
         self.fail_over_after(Some(lag)).await
     }
