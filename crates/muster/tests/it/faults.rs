@@ -81,8 +81,10 @@ async fn observe(harness: &mut Harness, registry_url: &str, store: muster_redis:
     Observers { _resolver: resolver, _agent: agent, _peer: peer }
 }
 
-/// How soon after a fault heals every observer must hold the registry's view.
-const CONVERGENCE: Duration = Duration::from_secs(5);
+/// How soon after a fault heals every observer must hold the registry's view: a promise, checked
+/// on the wall clock, so with room for a loaded machine (the 20-minute runs saw at most 3.8 s; the
+/// median is the first comparison, about 0.1 s).
+const CONVERGENCE: Duration = Duration::from_secs(10);
 
 /// Keeps the observers of [`observe`] running until dropped.
 struct Observers {
