@@ -12,8 +12,10 @@
 //! outage, or a watcher that fell behind) the cache is rebuilt from a snapshot and handlers receive
 //! the net changes, so no change goes unseen.
 //!
-//! Layout: `lib.rs` holds the agent and its lifecycle, `cache.rs` the local cache, `handlers.rs` the
-//! event-handler registry.
+//! Layout: `lib.rs` holds the agent and its lifecycle; `builder.rs` the builder (identity, services,
+//! options, validated once); `tasks.rs` the background work (heartbeats with retries, the watch loop
+//! feeding the cache and handlers); `cache.rs` the local cache; `handlers.rs` the event-handler
+//! registry.
 
 mod builder;
 mod cache;

@@ -19,14 +19,19 @@
 //! # Layout
 //!
 //! - `config.rs` — [`RedisConfig`], [`Topology`], URL parsing.
-//! - `keys.rs` — key names.
-//! - `scripts.rs` — the Lua scripts: every write is one atomic script call (EVALSHA, reloaded on
-//!   NOSCRIPT), deciding inside Redis whether anything changed.
-//! - `conn.rs` — connections: standalone, Sentinel (follows the master after failover), Cluster.
+//! - `keys.rs` — the key layout, written once for Rust and Lua.
+//! - `scripts.rs` + `lua/*.lua` — the Lua scripts: every write is one atomic script call (EVALSHA,
+//!   reloaded on NOSCRIPT), deciding inside Redis whether anything changed; `replies.rs` — one
+//!   typed decoder per script's reply.
+//! - `conn.rs` — connections: standalone, Sentinel (follows the master after failover), Cluster;
+//!   the hook that carries the revision counter over to a new primary; `WAIT` where the write went.
 //! - `codec.rs` — parsing script output, log entries and Titan channel messages.
 //! - `watch.rs` — watch streams: blocking `XREAD` on the log from a revision, resync on gaps,
-//!   Titan peers' channel events merged in.
-//! - `sweeper.rs` — observable expiry under a lease, and adoption of Titan-written nodes.
+//!   readers that follow a master switch, Titan peers' changes for an unswept inspection.
+//! - `sweeper.rs` — observable expiry under a lease; `reconcile.rs` — finding what Titan peers
+//!   wrote; `hints.rs` — channel messages and keyspace notifications as hints of which nodes to
+//!   look at first.
+//! - `tokens.rs` — ACL tokens shared by every server on one Redis.
 
 mod codec;
 mod config;

@@ -2,9 +2,24 @@
 //! [`Registry`], [`run`] serves it on a bound listener until a shutdown
 //! future completes. The `muster` binary only parses configuration and calls these.
 //!
-//! Layout: `v1.rs` — Muster's API under `/v1` (nodes, services, instances with blocking queries);
-//! `watch.rs` — `GET /v1/watch` as server-sent events; `compat.rs` — the seed-003 routes;
-//! `error.rs` — the JSON error type and extractors.
+//! Layout:
+//! - `v1.rs` — Muster's API under `/v1` (nodes, services, instances with blocking queries);
+//! - `watch.rs` — `GET /v1/watch` as server-sent events;
+//! - `compat.rs` — the seed-003 routes;
+//! - `fanout.rs` — one upstream watch per process, fanned out to SSE clients, blocking queries and
+//!   DNS (the hub and its mirror);
+//! - `answers.rs` — resolve answers kept as bytes while the store's answer is unchanged;
+//! - `dns.rs` — the DNS interface (A, AAAA, SRV, TXT, PTR, NS over UDP and TCP);
+//! - `checks.rs` — active health checks (HTTP or TCP) that set nodes `DOWN` and back `UP`;
+//! - `acl.rs` — tokens, callers and the `/v1/acl` routes;
+//! - `front.rs` — what every request passes through (ACL, limits, metrics) as two services;
+//! - `limits.rs` — per-client rates, the `Host` check, CORS preflights;
+//! - `serve.rs` — the connection layer (connection cap, request deadlines);
+//! - `tls.rs` — TLS and mutual TLS, certificates reloaded when their files change;
+//! - `metrics.rs` — the Prometheus page;
+//! - `openapi.rs` — the OpenAPI document, with the limits the annotations cannot state;
+//! - `error.rs` — the JSON error type and extractors;
+//! - `ui/index.html` — the dashboard, one page served at `/ui`.
 
 mod acl;
 mod answers;

@@ -3,6 +3,10 @@
 //!
 //! Exit codes: 0 done (and, for `find`, something found), 1 nothing found or an error, 2 usage.
 //! Tables by default, `--json` for scripts (`watch --json` prints one JSON object per line).
+//!
+//! Layout: this file holds the registry commands (`register`, `deregister`, `nodes`, `services`,
+//! `find`, `watch`, `health`) and `acl` (token management); `peer.rs` the Netron peer commands
+//! (`call`, `get`, `set`, `describe`); `output.rs` how results print.
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The `muster` command. The everyday commands (`register`, `deregister`, `nodes`, `services`,
-//! `find`, `watch`, `health`) live in [`cmd`]. `muster serve` runs the registry server: configuration is read once, here,
+//! `find`, `watch`, `health`, `acl`) and the Netron peer commands (`call`, `get`, `set`,
+//! `describe`) live in [`cmd`]. `muster serve` runs the registry server: configuration is read once, here,
 //! from flags, `MUSTER_*` environment variables and the seed-003 variables (`PORT`,
 //! `HEARTBEAT_TIMEOUT_SECONDS`, `CLEANUP_INTERVAL_SECONDS`, `MAX_INSTANCES_PER_SERVICE`,
 //! `ALLOWED_ORIGINS`) as aliases, validated, and handed to `muster_server::run`.
