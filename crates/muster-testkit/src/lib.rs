@@ -52,11 +52,41 @@ macro_rules! conformance_sequence {
     };
 }
 
+/// The name of every conformance case, for a suite that runs only some of them to check that it
+/// names each of the others as left out, with the reason (so a new case is never skipped
+/// silently).
+pub const CONFORMANCE_CASES: &[&str] = __with_cases!(__case_names!());
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __case_names {
+    (; $($case:ident),* $(,)?) => {
+        &[$(stringify!($case)),*]
+    };
+}
+
+/// Checks a partial run of the conformance suite: every case is in exactly one of `run` and
+/// `left_out` (each left-out case with its reason, which may not be empty), and both name only
+/// cases that exist.
+pub fn check_partial_conformance(run: &[&str], left_out: &[(&str, &str)]) {
+    for case in CONFORMANCE_CASES {
+        let runs = run.contains(case);
+        let left = left_out.iter().any(|(name, _)| name == case);
+        assert!(runs != left, "conformance case {case}: run it, or name it as left out with the reason");
+    }
+    for name in run.iter().chain(left_out.iter().map(|(name, _)| name)) {
+        assert!(CONFORMANCE_CASES.contains(name), "{name} is not a conformance case");
+    }
+    for (name, why) in left_out {
+        assert!(!why.trim().is_empty(), "{name} is left out without a reason");
+    }
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __with_cases {
     ($callback:ident!($($args:tt)*)) => {
-        $crate::$callback!($($args)*;
+        $crate::$callback! { $($args)*;
             registration_round_trip,
             unchanged_heartbeat_publishes_nothing,
             heartbeats_keep_node_alive,
@@ -89,7 +119,7 @@ macro_rules! __with_cases {
             agent_cache_resyncs_after_broken_watch,
             agent_follows_after_a_clean_watch_end,
             agent_operations_on_other_nodes,
-        );
+        }
     };
 }
 
