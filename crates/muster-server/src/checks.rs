@@ -58,6 +58,7 @@ pub(crate) async fn run(
     hub: Hub,
     shutdown: CancellationToken,
     checks_run: Counter,
+    tasks: tokio_util::task::TaskTracker,
 ) {
     // HTTPS checks use rustls with ring, as the server's own TLS does (installing twice is harmless).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -104,7 +105,7 @@ pub(crate) async fn run(
                 // From the due time, not from now: checks do not drift by the wake-up delay.
                 entry.next = (entry.next + entry.check.interval()).max(now);
                 checks_run.inc();
-                tokio::spawn(probe(
+                tasks.spawn(probe(
                     http.clone(),
                     node_id.clone(),
                     entry.check.clone(),

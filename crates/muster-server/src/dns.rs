@@ -49,11 +49,19 @@ pub struct DnsConfig {
     pub domain: String,
     /// The TTL of every answer, in seconds.
     pub ttl: u32,
+    /// Most TCP connections open at once; one more is closed at once (a client then retries or
+    /// asks over UDP).
+    pub max_tcp_connections: usize,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8600)), domain: "muster.".into(), ttl: 5 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8600)),
+            domain: "muster.".into(),
+            ttl: 5,
+            max_tcp_connections: 256,
+        }
     }
 }
 
@@ -79,10 +87,12 @@ pub async fn start(state: &AppState, config: DnsConfig) -> std::io::Result<DnsSe
     // One reader per core on the one socket: answering is mostly the kernel's send, which then
     // runs on every core.
     let udp = Arc::new(udp);
+    let tasks = &state.inner.tasks;
     for _ in 0..std::thread::available_parallelism().map_or(1, usize::from) {
-        tokio::spawn(serve_udp(Arc::clone(&udp), Arc::clone(&zone), shutdown.clone()));
+        tasks.spawn(serve_udp(Arc::clone(&udp), Arc::clone(&zone), shutdown.clone()));
     }
-    tokio::spawn(serve_tcp(tcp, zone, shutdown));
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_tcp_connections.max(1)));
+    tasks.spawn(serve_tcp(tcp, zone, permits, shutdown, tasks.clone()));
     Ok(DnsServer { local_addr })
 }
 
@@ -122,7 +132,13 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, zone: Arc<Zone>, shutdown
     }
 }
 
-async fn serve_tcp(listener: tokio::net::TcpListener, zone: Arc<Zone>, shutdown: CancellationToken) {
+async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    zone: Arc<Zone>,
+    permits: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -135,13 +151,19 @@ async fn serve_tcp(listener: tokio::net::TcpListener, zone: Arc<Zone>, shutdown:
             },
             () = shutdown.cancelled() => return,
         };
+        // At the cap, the connection is closed at once rather than left waiting.
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!("DNS connection closed: at the TCP connection limit");
+            continue;
+        };
         let zone = Arc::clone(&zone);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 () = tcp_connection(stream, &zone) => {}
                 () = shutdown.cancelled() => {}
             }
+            drop(permit);
         });
     }
 }

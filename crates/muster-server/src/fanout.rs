@@ -68,7 +68,12 @@ struct HubState {
 
 impl Hub {
     /// Starts following `registry` until `shutdown`; counts expiry events in `expiries`.
-    pub(crate) fn start(registry: Arc<dyn Registry>, shutdown: CancellationToken, expiries: Counter) -> Self {
+    pub(crate) fn start(
+        registry: Arc<dyn Registry>,
+        shutdown: CancellationToken,
+        expiries: Counter,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: RwLock::new(HubState {
                 log: EventLog::new(HISTORY, Revision::ZERO),
@@ -79,7 +84,7 @@ impl Hub {
             revisions: watch::Sender::new(Revision::ZERO),
             batches: AtomicU64::new(0),
         });
-        tokio::spawn(follow(Arc::clone(&registry), Arc::clone(&shared), shutdown, expiries));
+        tasks.spawn(follow(Arc::clone(&registry), Arc::clone(&shared), shutdown, expiries));
         Self { shared, registry }
     }
 
@@ -353,7 +358,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_follower_wakes_per_batch_not_per_event() {
         let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
-        let hub = Hub::start(Arc::clone(&registry), CancellationToken::new(), Counter::default());
+        let hub = Hub::start(
+            Arc::clone(&registry),
+            CancellationToken::new(),
+            Counter::default(),
+            &tokio_util::task::TaskTracker::new(),
+        );
         hub.ready().await.unwrap();
         let before = hub.shared.batches.load(Ordering::Relaxed);
         for i in 0..200 {

@@ -46,6 +46,7 @@ use axum::http::{HeaderValue, Method};
 use axum::routing::{delete, get, post, put};
 use muster_core::Registry;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use acl::{AclConfig, DeclaredToken, hash_secret};
@@ -129,6 +130,10 @@ pub(crate) struct StateInner {
     metrics: metrics::Metrics,
     /// Cancelled at shutdown: ends watch streams and the change feed.
     shutdown: CancellationToken,
+    /// Every task the server starts (the change feed, health checks, token and rate-limit upkeep,
+    /// DNS, connections): [`run`] waits for them after the shutdown, so nothing still writes to
+    /// the store when the caller shuts it down.
+    tasks: TaskTracker,
     /// The one upstream watch, fanned out to SSE clients and blocking queries.
     hub: fanout::Hub,
     /// Access control.
@@ -165,20 +170,23 @@ impl AppState {
     ) -> Self {
         let metrics = metrics::Metrics::new();
         let shutdown = CancellationToken::new();
-        let hub = fanout::Hub::start(Arc::clone(&registry), shutdown.clone(), metrics.expiries.clone());
-        tokio::spawn(checks::run(
+        let tasks = TaskTracker::new();
+        let hub =
+            fanout::Hub::start(Arc::clone(&registry), shutdown.clone(), metrics.expiries.clone(), &tasks);
+        tasks.spawn(checks::run(
             Arc::clone(&registry),
             hub.clone(),
             shutdown.clone(),
             metrics.health_checks.clone(),
+            tasks.clone(),
         ));
         let acl = Arc::new(acl::Acl::new(config.acl.clone(), tokens));
         if acl.enabled() {
-            tokio::spawn(Arc::clone(&acl).follow(shutdown.clone()));
+            tasks.spawn(Arc::clone(&acl).follow(shutdown.clone()));
         }
         let limiter = config.rate_limit.and_then(limits::Limiter::new);
         if let Some(limiter) = &limiter {
-            tokio::spawn(Arc::clone(limiter).prune(shutdown.clone()));
+            tasks.spawn(Arc::clone(limiter).prune(shutdown.clone()));
         }
         Self {
             inner: Arc::new(StateInner {
@@ -187,6 +195,7 @@ impl AppState {
                 started: tokio::time::Instant::now(),
                 metrics,
                 shutdown,
+                tasks,
                 hub,
                 acl,
                 limiter,

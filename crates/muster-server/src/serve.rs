@@ -45,7 +45,7 @@ pub(crate) async fn serve(
     let tls = match &config.tls {
         Some(tls) => {
             let tls = Arc::new(Tls::load(tls.clone()).map_err(std::io::Error::other)?);
-            tokio::spawn(Arc::clone(&tls).watch(state.inner.shutdown.clone()));
+            state.inner.tasks.spawn(Arc::clone(&tls).watch(state.inner.shutdown.clone()));
             Some(tls)
         }
         None => None,
@@ -91,7 +91,7 @@ pub(crate) async fn serve(
         match &tls {
             None => {
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
+                state.inner.tasks.spawn(async move {
                     let _ = connection.await;
                     drop(permit);
                 });
@@ -100,7 +100,7 @@ pub(crate) async fn serve(
                 // The handshake runs in the connection's task, bounded like a request head.
                 let acceptor = tls.acceptor();
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
-                tokio::spawn(async move {
+                state.inner.tasks.spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let _ =
@@ -117,8 +117,17 @@ pub(crate) async fn serve(
     drop(listener);
     state.shutdown();
     graceful.shutdown().await;
+    // Every other task of the server ends on the shutdown token: wait for them, so that nothing
+    // (a health check's verdict, a token reload) still writes to the store once this returns.
+    state.inner.tasks.close();
+    if tokio::time::timeout(TASKS_GRACE, state.inner.tasks.wait()).await.is_err() {
+        tracing::warn!(left = state.inner.tasks.len(), "server tasks still running after the shutdown");
+    }
     Ok(())
 }
+
+/// How long [`serve`] waits for the server's tasks after its connections closed.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
 
 /// Checks the request's size limits and reads its body within `request_timeout`.
 pub(crate) async fn bound_request<F, Fut>(state: &AppState, request: Request, next: F) -> Response

@@ -627,8 +627,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let state = AppState::with_token_store(Arc::clone(&registry), config, tokens);
     if let Some(listen) = args.dns {
-        let dns =
-            muster_server::dns::DnsConfig { listen, domain: args.dns_domain.clone(), ttl: args.dns_ttl };
+        let dns = muster_server::dns::DnsConfig {
+            listen,
+            domain: args.dns_domain.clone(),
+            ttl: args.dns_ttl,
+            ..Default::default()
+        };
         let server = muster_server::dns::start(&state, dns)
             .await
             .with_context(|| format!("cannot answer DNS on {listen}"))?;

@@ -269,7 +269,12 @@ async fn dns_follows_the_acl_default_policy() {
 async fn the_domain_and_ttl_are_settings() {
     let registry = MemoryRegistry::new();
     let state = AppState::new(Arc::new(registry.clone()), ServerConfig::default());
-    let config = DnsConfig { listen: "127.0.0.1:0".parse().unwrap(), domain: "corp".into(), ttl: 42 };
+    let config = DnsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: "corp".into(),
+        ttl: 42,
+        ..DnsConfig::default()
+    };
     let at = start(&state, config).await.unwrap().local_addr;
     register(&registry, "a-1", "10.0.0.1:80", vec![service("a", None, None)], Duration::from_secs(60)).await;
     let dns = resolver(at);
@@ -445,4 +450,77 @@ async fn dns_metrics_on_the_metrics_page() {
     assert_eq!(delta("muster_dns_truncated_total"), 1);
     assert_eq!(delta("muster_dns_answer_duration_seconds_count"), 8);
     state.shutdown();
+}
+
+/// DNS over TCP takes at most `max_tcp_connections` connections at once: one more is closed at
+/// once, and a place freed by a closed connection is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let registry = Arc::new(MemoryRegistry::new());
+    let state = AppState::new(registry.clone(), ServerConfig::default());
+    let config =
+        DnsConfig { listen: "127.0.0.1:0".parse().unwrap(), max_tcp_connections: 2, ..DnsConfig::default() };
+    let at = start(&state, config).await.unwrap().local_addr;
+    register(&registry, "web-1", "10.0.0.1:80", vec![service("web", None, None)], Duration::from_secs(60))
+        .await;
+    // Two idle connections hold both places (each answered once, so each is surely accepted).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(at).await.unwrap();
+        assert!(tcp_query(&mut stream).await, "a connection within the cap is answered");
+        held.push(stream);
+    }
+    let mut refused = tokio::net::TcpStream::connect(at).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the third connection is closed at once: {read:?}");
+    drop(held.pop());
+    until("a freed place is taken again", || async {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(at).await else { return false };
+        tcp_query(&mut stream).await
+    })
+    .await;
+}
+
+/// Sends one A query for `web.service.muster.` over a TCP connection; true when an answer came.
+async fn tcp_query(stream: &mut tokio::net::TcpStream) -> bool {
+    use hickory_resolver::proto::op::{Message, Query};
+    use hickory_resolver::proto::rr::Name;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut message = Message::query();
+    message.add_query(Query::query(Name::from_ascii("web.service.muster.").unwrap(), RecordType::A));
+    let bytes = message.to_vec().unwrap();
+    let len = u16::try_from(bytes.len()).unwrap();
+    if stream.write_u16(len).await.is_err() || stream.write_all(&bytes).await.is_err() {
+        return false;
+    }
+    let answer = async {
+        let len = stream.read_u16().await?;
+        let mut body = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(5), answer).await, Ok(Ok(body)) if !body.is_empty())
+}
+
+/// When `run` returns, every task the server started has ended — the change feed, health checks,
+/// DNS and its open TCP connections — so the caller may shut the store down with nothing still
+/// writing to it: the store's handle is held by the caller alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_returns_once_every_server_task_ended() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let state = AppState::new(Arc::clone(&registry), ServerConfig::default());
+    let at = dns_of(&state).await;
+    // An open, idle DNS connection: its task lives until the shutdown.
+    let mut idle = tokio::net::TcpStream::connect(at).await.unwrap();
+    assert!(tcp_query(&mut idle).await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(muster_server::run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert_eq!(Arc::strong_count(&registry), 1, "a task of the server still holds the store");
 }
