@@ -49,18 +49,30 @@ pub(crate) struct Hub {
     registry: Arc<dyn Registry>,
 }
 
+/// What the follower task and every reader share.
 struct Shared {
+    /// The log and the mirror, under one lock so that a reader sees them at one revision (a
+    /// snapshot and the events after it must join up). A std `RwLock`, never held across an
+    /// `.await`: the follower writes once per batch, readers (SSE cursors, blocking queries, DNS)
+    /// take it briefly and in parallel.
     state: RwLock<HubState>,
-    /// Told every new revision, readiness and shutdown.
+    /// Told every new revision, readiness and shutdown: how waiting readers wake without polling
+    /// or holding the lock (a `watch` channel keeps only the latest value, so a slow reader skips
+    /// to it and reads the log from its own cursor).
     revisions: watch::Sender<Revision>,
-    /// Batches of upstream events applied (each one wake of the follower and of the watchers).
+    /// Batches of upstream events applied (each one wake of the follower and of the watchers),
+    /// outside the lock: read by the tests that count wakes.
     batches: AtomicU64,
 }
 
+/// The hub's view of the store, written by the follower alone.
 struct HubState {
+    /// The recent events, for cursors to read at their own pace and to resume from.
     log: EventLog,
+    /// The active nodes, for snapshots, resyncs, DNS and health checks.
     mirror: Mirror,
-    /// Caught up with the store once.
+    /// Caught up with the store once: until then readers wait (a client that wrote and then
+    /// watches must see its write).
     ready: bool,
     /// The server is shutting down: streams end.
     shutdown: bool,

@@ -62,15 +62,26 @@ enum Served {
     Proxy { exposer: std::sync::Weak<Connection>, name: String },
 }
 
+/// What every clone of a [`Peer`] and every connection task shares. The locks are std's, each
+/// guarding one map and never held across an `.await` (a guard is taken, the map read or changed,
+/// the guard dropped before any I/O), so a slow remote peer never holds up another's calls; the
+/// maps are split so that the hot path — a call looking up its definition — contends only with
+/// exposures and concealments, not with connections coming and going.
 struct Inner {
+    /// The peer's id, sent in every handshake.
     id: String,
     config: PeerConfig,
+    /// Request ids this peer writes (process-wide, so ids from two peers in one process differ).
     ids: PacketIds,
-    /// Exposed services by qualified name.
+    /// Exposed services by qualified name. An `RwLock`: read for the service names (a peer's
+    /// registration, `has_service`) and remote unexposures, written only when a service is exposed
+    /// or concealed.
     exposed: RwLock<HashMap<String, Exposed>>,
-    /// Every definition this peer serves, by id (changed through [`Inner::definitions_mut`]).
+    /// Every definition this peer serves, by id (changed through [`Inner::definitions_mut`]). An
+    /// `RwLock`: read by every incoming call, written when services come and go.
     definitions: RwLock<HashMap<String, Served>>,
-    /// Open connections, by remote peer id.
+    /// Open connections, by remote peer id. A `Mutex`: every use changes or copies the map
+    /// (connect, disconnect, stop), none is a read worth sharing.
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     /// Cancelled by [`Peer::stop`].
     stopped: CancellationToken,
@@ -94,7 +105,7 @@ struct Inner {
     /// The peer accepts connections (for `/ready`).
     listening: Arc<std::sync::atomic::AtomicBool>,
     /// The fleet this peer belongs to, once discovery is enabled (held by its trait: this module
-    /// does not depend on discovery's).
+    /// does not depend on discovery's). A `Mutex` around an `Option`: set once, taken at `stop`.
     membership: Mutex<Option<Arc<dyn Membership>>>,
 }
 
