@@ -11,7 +11,7 @@
 //! - `answers.rs` — resolve answers kept as bytes while the store's answer is unchanged;
 //! - `dns.rs` — the DNS interface (A, AAAA, SRV, TXT, PTR, NS over UDP and TCP);
 //! - `checks.rs` — active health checks (HTTP or TCP) that set nodes `DOWN` and back `UP`;
-//! - `acl.rs` — tokens, callers and the `/v1/acl` routes;
+//! - `acl/` — callers and their decisions, the tokens this server knows, the `/v1/acl` routes;
 //! - `front.rs` — what every request passes through (ACL, limits, metrics) as two services;
 //! - `limits.rs` — per-client rates, the `Host` check, CORS preflights;
 //! - `serve.rs` — the connection layer (connection cap, request deadlines);
@@ -273,10 +273,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(v1::list_services))
         .route("/v1/services/{name}/instances", get(v1::instances))
         .route("/v1/watch", get(watch::watch))
-        .route("/v1/acl/bootstrap", post(acl::bootstrap))
-        .route("/v1/acl/tokens", post(acl::create_token).get(acl::list_tokens))
-        .route("/v1/acl/tokens/{name}", delete(acl::delete_token))
-        .route("/v1/acl/whoami", get(acl::whoami))
+        .route("/v1/acl/bootstrap", post(acl::routes::bootstrap))
+        .route("/v1/acl/tokens", post(acl::routes::create_token).get(acl::routes::list_tokens))
+        .route("/v1/acl/tokens/{name}", delete(acl::routes::delete_token))
+        .route("/v1/acl/whoami", get(acl::routes::whoami))
         .route("/register", post(compat::register))
         .route("/heartbeat", post(compat::heartbeat))
         .route("/resolve/{name}", get(compat::resolve))
@@ -331,11 +331,11 @@ async fn ready(State(state): State<AppState>) -> Result<axum::Json<muster_api::v
         v1::list_services,
         v1::instances,
         watch::watch,
-        acl::bootstrap,
-        acl::create_token,
-        acl::list_tokens,
-        acl::delete_token,
-        acl::whoami,
+        acl::routes::bootstrap,
+        acl::routes::create_token,
+        acl::routes::list_tokens,
+        acl::routes::delete_token,
+        acl::routes::whoami,
         compat::register,
         compat::heartbeat,
         compat::resolve,
