@@ -9,7 +9,7 @@
 //! - `fanout.rs` — one upstream watch per process, fanned out to SSE clients, blocking queries and
 //!   DNS (the hub and its mirror);
 //! - `answers.rs` — resolve answers kept as bytes while the store's answer is unchanged;
-//! - `dns.rs` — the DNS interface (A, AAAA, SRV, TXT, PTR, NS over UDP and TCP);
+//! - `dns/` — the DNS interface (A, AAAA, SRV, TXT, PTR, NS over UDP and TCP);
 //! - `checks.rs` — active health checks (HTTP or TCP) that set nodes `DOWN` and back `UP`;
 //! - `acl/` — callers and their decisions, the tokens this server knows, the `/v1/acl` routes;
 //! - `front.rs` — what every request passes through (ACL, limits, metrics) as two services;

@@ -1,32 +1,8 @@
-//! The DNS interface (`muster serve --dns 127.0.0.1:8600`): any program finds a service with a
-//! DNS lookup, answered from the server's live view of the registry (the fan-out hub's mirror, so
-//! a registration or an expiry shows in the next answer).
-//!
-//! Names, under the domain (`muster.` by default):
-//! - `<service>.service.<domain>`: A/AAAA of the service's `UP` instances (a CNAME to the host
-//!   when no instance has an IP address);
-//! - `v<version with dashes>.<service>.service.<domain>` (`v1-2-0` for `1.2.0`): one exact version;
-//! - `_<service>._<protocol>.service.<domain>` or `_<service>._<protocol>.<domain>` (RFC 2782), and
-//!   `_<service>._<protocol>.v<version>.service.<domain>` for one version: SRV of the instances
-//!   that speak the protocol (a `protocol` metadata list, the service's or else the node's, `tcp`
-//!   when neither says) with the port and the weight, the target `<node-id>.node.<domain>` (its
-//!   address in the additional section) or the host name;
-//! - `<reversed address>.in-addr.arpa.` / `.ip6.arpa.`: PTR `<node-id>.node.<domain>` of every
-//!   node registered at that address (NXDOMAIN when none is);
-//! - `<node-id>.node.<domain>`: the node's address (whatever its status), and TXT with its status
-//!   and metadata (`status=DOWN`, `zone=eu-1`, ...);
-//! - `<domain>`: SOA and NS (`ns.<domain>`); `ns.<domain>`: the DNS server's own address (its listen
-//!   address; the loopback address when it listens on every interface).
-//!
-//! Answers are shuffled; the TTL is a setting. A service no node provides is NXDOMAIN with the
-//! zone's SOA; a known name without records of the asked type is an empty answer with the SOA.
-//! Queries follow the ACL default policy (DNS carries no token): names the anonymous caller may
-//! not read are REFUSED. Over UDP, an answer larger than the client's buffer (512 bytes, or its
-//! EDNS size up to 4096) is truncated (TC, so the client asks again over TCP) to as many of its
-//! records as fit. `/metrics` counts queries by question type, answer code and transport
-//! (`muster_dns_queries_total`), truncations, and the time to answer.
+//! Answers: the zone reads the hub's mirror for each question, builds the records (shuffled),
+//! fits a UDP answer to the client's buffer, and keeps encoded answers while the mirror is
+//! unchanged (bounded in count and bytes).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
@@ -34,180 +10,14 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use muster_core::{NodeInfo, NodeStatus};
 use rand::seq::SliceRandom;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
+use super::names::{Target, declares, host_name, target};
+use super::{DnsConfig, MAX_UDP, Transport};
 use crate::AppState;
 use crate::answers::Bounded;
 
-/// DNS settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Where to answer (UDP and TCP on the same port).
-    pub listen: SocketAddr,
-    /// The zone answered, e.g. `muster.` (a trailing dot is added when missing).
-    pub domain: String,
-    /// The TTL of every answer, in seconds.
-    pub ttl: u32,
-    /// Most TCP connections open at once; one more is closed at once (a client then retries or
-    /// asks over UDP).
-    pub max_tcp_connections: usize,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8600)),
-            domain: "muster.".into(),
-            ttl: 5,
-            max_tcp_connections: 256,
-        }
-    }
-}
-
-/// Largest UDP answer, whatever a client's EDNS buffer says.
-const MAX_UDP: usize = 4096;
-/// Longest a TCP client may take to send a query.
-const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The DNS server, bound.
-#[derive(Debug)]
-pub struct DnsServer {
-    /// The address answered on (UDP and TCP).
-    pub local_addr: SocketAddr,
-}
-
-/// Binds UDP and TCP on `config.listen` (port 0: a free port, the same for both) and answers
-/// until the server shuts down.
-pub async fn start(state: &AppState, config: DnsConfig) -> std::io::Result<DnsServer> {
-    let shutdown = state.inner.shutdown.clone();
-    let zone = Arc::new(Zone::new(state.clone(), &config)?);
-    let (udp, tcp) = bind(config.listen).await?;
-    let local_addr = udp.local_addr()?;
-    // One reader per core on the one socket: answering is mostly the kernel's send, which then
-    // runs on every core.
-    let udp = Arc::new(udp);
-    let tasks = &state.inner.tasks;
-    for _ in 0..std::thread::available_parallelism().map_or(1, usize::from) {
-        tasks.spawn(serve_udp(Arc::clone(&udp), Arc::clone(&zone), shutdown.clone()));
-    }
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_tcp_connections.max(1)));
-    tasks.spawn(serve_tcp(tcp, zone, permits, shutdown, tasks.clone()));
-    Ok(DnsServer { local_addr })
-}
-
-/// A UDP socket and a TCP listener on one port.
-async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let mut last = None;
-    for _ in 0..20 {
-        let udp = tokio::net::UdpSocket::bind(listen).await?;
-        match tokio::net::TcpListener::bind(udp.local_addr()?).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            // Port 0 gave a UDP port whose TCP twin is taken: try another.
-            Err(error) if listen.port() == 0 => last = Some(error),
-            Err(error) => return Err(error),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free port for DNS")))
-}
-
-async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, zone: Arc<Zone>, shutdown: CancellationToken) {
-    let mut buffer = vec![0u8; MAX_UDP];
-    loop {
-        let (len, peer) = tokio::select! {
-            received = socket.recv_from(&mut buffer) => match received {
-                Ok(received) => received,
-                Err(error) => {
-                    tracing::debug!(%error, "DNS receive failed");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        if let Some(answer) = zone.answer_bytes(&buffer[..len], Transport::Udp)
-            && let Err(error) = socket.send_to(&answer, peer).await
-        {
-            tracing::debug!(%error, %peer, "DNS send failed");
-        }
-    }
-}
-
-async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    zone: Arc<Zone>,
-    permits: Arc<tokio::sync::Semaphore>,
-    shutdown: CancellationToken,
-    tasks: tokio_util::task::TaskTracker,
-) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::debug!(%error, "DNS accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        // At the cap, the connection is closed at once rather than left waiting.
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::debug!("DNS connection closed: at the TCP connection limit");
-            continue;
-        };
-        let zone = Arc::clone(&zone);
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = tcp_connection(stream, &zone) => {}
-                () = shutdown.cancelled() => {}
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Length-prefixed queries on one connection, answered in order, until the client stops.
-async fn tcp_connection(mut stream: tokio::net::TcpStream, zone: &Zone) {
-    loop {
-        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return };
-        let mut query = vec![0u8; usize::from(len)];
-        if !matches!(tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await, Ok(Ok(_))) {
-            return;
-        }
-        let Some(answer) = zone.answer_bytes(&query, Transport::Tcp) else { return };
-        let Ok(len) = u16::try_from(answer.len()) else { return };
-        if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
-            return;
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Udp = 0,
-    Tcp = 1,
-}
-
-/// What a name under the zone asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Target {
-    /// A service's instances, optionally of one version (its dashed form); in the SRV form, the
-    /// protocol asked for (`tcp` for `_tcp`), or the A/AAAA form (`None`).
-    Service { name: String, version: Option<String>, proto: Option<String> },
-    /// A reverse lookup (`<reversed address>.in-addr.arpa.` or `ip6.arpa.`) of a registered address.
-    Reverse(IpAddr),
-    /// One node by id.
-    Node(String),
-    /// The zone's apex.
-    Apex,
-    /// `ns.<domain>`: the server itself, which the SOA and NS records name.
-    NameServer,
-}
-
 /// The zone: names under the domain, answered from the hub's mirror.
-struct Zone {
+pub(super) struct Zone {
     state: AppState,
     domain: Name,
     ttl: u32,
@@ -270,7 +80,7 @@ fn fitted(response: &Message, limit: usize) -> Option<Vec<u8>> {
 }
 
 impl Zone {
-    fn new(state: AppState, config: &DnsConfig) -> std::io::Result<Self> {
+    pub(super) fn new(state: AppState, config: &DnsConfig) -> std::io::Result<Self> {
         let invalid = |e: hickory_proto::ProtoError| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -300,7 +110,7 @@ impl Zone {
     /// answers are kept per query while the mirror is unchanged ([`Kept`]) and only the id is
     /// written per query. The records of a kept answer come in rotations of one shuffled order,
     /// handed out in turn, so every instance is first as often as the others.
-    fn answer_bytes(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub(super) fn answer_bytes(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let started = tokio::time::Instant::now();
         let (answer, qtype) = self.answer_and_type(query, transport)?;
         // The answer's code and TC bit, read back from its header.
@@ -595,57 +405,6 @@ impl Zone {
     }
 }
 
-/// What `name` (lower case) asks for, when it is one of the zone's forms under `domain` or a
-/// reverse lookup of an address.
-fn target(domain: &Name, name: &Name) -> Option<Target> {
-    if !domain.zone_of(name) {
-        // `<reversed address>.in-addr.arpa.` / `ip6.arpa.`: a whole address, not a network.
-        let net = name.parse_arpa_name().ok()?;
-        return (net.prefix_len() == net.max_prefix_len()).then(|| Target::Reverse(net.addr()));
-    }
-    let depth = usize::from(name.num_labels()) - usize::from(domain.num_labels());
-    let labels: Vec<String> =
-        name.iter().take(depth).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
-    // `_<service>` and `_<protocol>` of an RFC 2782 name.
-    let srv = |service: &str, proto: &str, version: Option<&str>| {
-        Some(Target::Service {
-            name: service.strip_prefix('_')?.to_owned(),
-            version: version.map(ToOwned::to_owned),
-            proto: Some(proto.strip_prefix('_').filter(|p| !p.is_empty())?.to_owned()),
-        })
-    };
-    match labels.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] => Some(Target::Apex),
-        ["ns"] => Some(Target::NameServer),
-        [id, "node"] => Some(Target::Node((*id).to_owned())),
-        [service, "service"] => {
-            Some(Target::Service { name: (*service).to_owned(), version: None, proto: None })
-        }
-        [version, service, "service"] if version.starts_with('v') && !service.starts_with('_') => {
-            Some(Target::Service {
-                name: (*service).to_owned(),
-                version: Some(version[1..].to_owned()),
-                proto: None,
-            })
-        }
-        // RFC 2782: `_<service>._<protocol>.service.<domain>`, or straight under the domain.
-        [service, proto, "service"] | [service, proto] => srv(service, proto, None),
-        [service, proto, version, "service"] if version.starts_with('v') => {
-            srv(service, proto, Some(&version[1..]))
-        }
-        _ => None,
-    }
-}
-
-/// True when the instance speaks `proto` (lower case): the service's `protocol` metadata, else the
-/// node's (a list: `tcp`, `udp`, `tcp,udp`, ...), `tcp` when neither says.
-fn declares(node: &NodeInfo, service: &muster_core::ServiceInfo, proto: &str) -> bool {
-    match service.metadata.get("protocol").or_else(|| node.metadata.get("protocol")) {
-        None => proto == "tcp",
-        Some(list) => list.split([',', ' ']).any(|p| p.trim().eq_ignore_ascii_case(proto)),
-    }
-}
-
 /// The index of a question type in [`crate::metrics::DNS_TYPES`].
 fn type_index(kind: RecordType) -> usize {
     match kind {
@@ -662,64 +421,9 @@ fn type_index(kind: RecordType) -> usize {
     }
 }
 
-/// The node's host as a DNS name, when its address is a host name rather than an IP.
-fn host_name(node: &NodeInfo) -> Option<Name> {
-    let host = node.address.host_unbracketed();
-    if host.parse::<IpAddr>().is_ok() {
-        return None;
-    }
-    let mut name = Name::from_ascii(host).ok()?;
-    name.set_fqdn(true);
-    Some(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(name: &str) -> Option<Target> {
-        let domain = Name::from_ascii("muster.").unwrap();
-        target(&domain, &Name::from_ascii(name).unwrap().to_lowercase())
-    }
-
-    fn service(name: &str, version: Option<&str>, proto: Option<&str>) -> Option<Target> {
-        Some(Target::Service {
-            name: name.into(),
-            version: version.map(Into::into),
-            proto: proto.map(Into::into),
-        })
-    }
-
-    #[test]
-    fn names_map_to_targets() {
-        assert_eq!(parse("users.service.muster."), service("users", None, None));
-        assert_eq!(parse("USERS.Service.Muster."), service("users", None, None), "case-insensitive");
-        assert_eq!(parse("v1-2-0.users.service.muster."), service("users", Some("1-2-0"), None));
-        assert_eq!(parse("_users._tcp.service.muster."), service("users", None, Some("tcp")));
-        assert_eq!(parse("_users._udp.service.muster."), service("users", None, Some("udp")));
-        assert_eq!(
-            parse("_users._tcp.muster."),
-            service("users", None, Some("tcp")),
-            "RFC 2782's short form"
-        );
-        assert_eq!(parse("_users._tcp.v1-2-0.service.muster."), service("users", Some("1-2-0"), Some("tcp")));
-        assert_eq!(parse("node-7.node.muster."), Some(Target::Node("node-7".into())));
-        assert_eq!(parse("muster."), Some(Target::Apex));
-        assert_eq!(parse("7.0.0.10.in-addr.arpa."), Some(Target::Reverse("10.0.0.7".parse().unwrap())));
-        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.";
-        assert_eq!(parse(v6), Some(Target::Reverse("::1".parse().unwrap())));
-        for other in [
-            "users.muster.",
-            "a.b.users.service.muster.",
-            "users._tcp.service.muster.",
-            "users.service.consul.",
-            "x1.users.service.muster.",
-            "_users._.service.muster.",
-            "0.10.in-addr.arpa.",
-        ] {
-            assert_eq!(parse(other), None, "{other}");
-        }
-    }
 
     /// Clients varying their queries (here the case of the name, as DNS 0x20 does) cannot make
     /// the kept answers hold more than their budget, however large the answers.
