@@ -527,17 +527,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         },
         Some(url) => {
-            let config =
-                muster_redis::RedisConfig::from_url(url).context("--redis")?.with_preset(args.preset);
-            let config = muster_redis::RedisConfig {
-                prefix: args.prefix.clone().unwrap_or(config.prefix),
-                pubsub_channel: args.pubsub_channel.clone().unwrap_or(config.pubsub_channel),
-                pubsub_enabled: args.pubsub || config.pubsub_enabled,
-                heartbeat_events: args.heartbeat_events,
-                replica_acks: args.redis_replica_acks,
-                replica_ack_timeout: args.redis_replica_ack_timeout,
-                ..config
-            };
+            let config = redis_config(&args, url)?;
             let registry = muster_redis::RedisRegistry::connect(config)
                 .await
                 .with_context(|| format!("cannot use Redis at {url}"))?;
@@ -554,43 +544,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
-    let listen_host = args.listen.rsplit_once(':').map_or("", |(host, _)| host);
-    let config =
-        ServerConfig {
-            acl: muster_server::AclConfig {
-                enabled: args.acl,
-                default_policy: args
-                    .acl_default_policy
-                    .parse()
-                    .map_err(|e: muster_core::Error| anyhow::anyhow!("{e}"))?,
-                public_metrics: args.public_metrics,
-                public_openapi: args.public_openapi,
-                tokens: declared,
-            },
-            tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert, key)| {
-                muster_server::TlsConfig { cert, key, client_ca: args.tls_client_ca.clone() }
-            }),
-            rate_limit: (args.rate_limit > 0)
-                .then_some(muster_server::RateLimit { per_second: args.rate_limit, burst: args.rate_burst }),
-            allowed_hosts: allowed_hosts(&args.allowed_hosts, listen_host),
-            default_ttl: args.default_ttl,
-            compat_ttl: args.compat_ttl,
-            cleanup_interval: args.cleanup_interval,
-            max_instances_per_service: args.max_instances_per_service,
-            body_limit: args.body_limit,
-            header_read_timeout: args.header_read_timeout,
-            request_timeout: args.request_timeout,
-            max_connections: args.max_connections,
-            max_wait: args.max_wait,
-            allowed_origins: args
-                .allowed_origins
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(String::from)
-                .collect(),
-            ..ServerConfig::default()
-        };
+    let config = server_config(&args, declared)?;
     let listener = tokio::net::TcpListener::bind(args.listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {} (is another server running there?)", args.listen))?;
@@ -653,6 +607,66 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Redis store's settings from `--redis <url>` and the flags that shape it (preset, prefix,
+/// channel, pub/sub, replica acks).
+fn redis_config(args: &ServeArgs, url: &str) -> anyhow::Result<muster_redis::RedisConfig> {
+    let config = muster_redis::RedisConfig::from_url(url).context("--redis")?.with_preset(args.preset);
+    Ok(muster_redis::RedisConfig {
+        prefix: args.prefix.clone().unwrap_or(config.prefix),
+        pubsub_channel: args.pubsub_channel.clone().unwrap_or(config.pubsub_channel),
+        pubsub_enabled: args.pubsub || config.pubsub_enabled,
+        heartbeat_events: args.heartbeat_events,
+        replica_acks: args.redis_replica_acks,
+        replica_ack_timeout: args.redis_replica_ack_timeout,
+        ..config
+    })
+}
+
+/// The server's settings from the validated flags and the tokens the configuration file declares.
+fn server_config(
+    args: &ServeArgs,
+    declared: Vec<muster_server::DeclaredToken>,
+) -> anyhow::Result<ServerConfig> {
+    let listen_host = args.listen.rsplit_once(':').map_or("", |(host, _)| host);
+    Ok(ServerConfig {
+        acl: muster_server::AclConfig {
+            enabled: args.acl,
+            default_policy: args
+                .acl_default_policy
+                .parse()
+                .map_err(|e: muster_core::Error| anyhow::anyhow!("{e}"))?,
+            public_metrics: args.public_metrics,
+            public_openapi: args.public_openapi,
+            tokens: declared,
+        },
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert, key)| muster_server::TlsConfig {
+            cert,
+            key,
+            client_ca: args.tls_client_ca.clone(),
+        }),
+        rate_limit: (args.rate_limit > 0)
+            .then_some(muster_server::RateLimit { per_second: args.rate_limit, burst: args.rate_burst }),
+        allowed_hosts: allowed_hosts(&args.allowed_hosts, listen_host),
+        default_ttl: args.default_ttl,
+        compat_ttl: args.compat_ttl,
+        cleanup_interval: args.cleanup_interval,
+        max_instances_per_service: args.max_instances_per_service,
+        body_limit: args.body_limit,
+        header_read_timeout: args.header_read_timeout,
+        request_timeout: args.request_timeout,
+        max_connections: args.max_connections,
+        max_wait: args.max_wait,
+        allowed_origins: args
+            .allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect(),
+        ..ServerConfig::default()
+    })
+}
+
 /// The `--allowed-hosts` list: `auto` allows the loopback names when listening on loopback (and
 /// any host otherwise), `*` any host.
 fn allowed_hosts(setting: &str, listen_host: &str) -> Vec<String> {
@@ -698,6 +712,87 @@ async fn shutdown_signal() {
 
 /// `--config` files from random and mutated TOML: a setting or an error naming the file, never a
 /// panic.
+/// The flags → settings mapping, without starting anything.
+#[cfg(test)]
+mod mapping {
+    use super::*;
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let argv = ["muster", "serve"].into_iter().chain(flags.iter().copied());
+        match Cli::try_parse_from(argv).expect("the flags parse").command {
+            Command::Serve(args) => args,
+            Command::Client(_) => unreachable!("muster serve"),
+        }
+    }
+
+    #[test]
+    fn flags_map_onto_the_server_settings() {
+        let args = serve_args(&[
+            "--listen",
+            "127.0.0.1:4000",
+            "--acl",
+            "--acl-default-policy",
+            "read",
+            "--rate-limit",
+            "50",
+            "--rate-burst",
+            "10",
+            "--allowed-origins",
+            " http://a.example, ,http://b.example",
+            "--max-connections",
+            "7",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        let declared = vec![muster_server::DeclaredToken {
+            name: "ops".into(),
+            secret_hash: muster_server::hash_secret("s3cret"),
+            rules: Vec::new(),
+        }];
+        let config = server_config(&args, declared.clone()).unwrap();
+        assert!(config.acl.enabled);
+        assert_eq!(config.acl.default_policy, muster_core::acl::DefaultPolicy::Read);
+        assert_eq!(config.acl.tokens, declared);
+        assert_eq!(config.rate_limit, Some(muster_server::RateLimit { per_second: 50, burst: 10 }));
+        assert_eq!(config.allowed_origins, ["http://a.example", "http://b.example"]);
+        assert_eq!(config.max_connections, 7);
+        let tls = config.tls.expect("TLS from the cert and key");
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str(), tls.client_ca),
+            (Some("c.pem"), Some("k.pem"), None)
+        );
+        assert_eq!(config.allowed_hosts, allowed_hosts("auto", "127.0.0.1"), "loopback names only");
+        let plain = server_config(&serve_args(&[]), Vec::new()).unwrap();
+        assert!(!plain.acl.enabled && plain.rate_limit.is_none() && plain.tls.is_none());
+        assert_eq!(plain.max_connections, ServerConfig::default().max_connections);
+    }
+
+    #[test]
+    fn flags_map_onto_the_redis_settings() {
+        let url = "redis://127.0.0.1:6390/0";
+        let args = serve_args(&[
+            "--redis",
+            url,
+            "--prefix",
+            "fleet",
+            "--pubsub",
+            "--redis-replica-acks",
+            "1",
+            "--redis-replica-ack-timeout",
+            "200ms",
+        ]);
+        let config = redis_config(&args, url).unwrap();
+        assert_eq!(config.prefix, "fleet");
+        assert!(config.pubsub_enabled);
+        assert_eq!((config.replica_acks, config.replica_ack_timeout), (1, Duration::from_millis(200)));
+        let titan = redis_config(&serve_args(&["--redis", url]), url).unwrap();
+        assert_eq!((titan.prefix.as_str(), titan.replica_acks), ("titan:discovery", 0), "Titan's defaults");
+        assert!(redis_config(&serve_args(&[]), "http://not-redis").is_err(), "a bad URL is an error");
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     use proptest::prelude::*;
