@@ -27,6 +27,14 @@ pub fn detect_address(lookup: impl Fn(&str) -> Option<String>) -> Result<Address
     Address::from_parts(&host, port)
 }
 
+/// How the agent reopens its watch: from 100 ms (or the heartbeat interval, if shorter) doubling
+/// up to the heartbeat interval, ±20 %.
+fn reconnect_backoff(heartbeat_interval: std::time::Duration) -> Result<muster_core::Backoff> {
+    let base = std::time::Duration::from_millis(100).min(heartbeat_interval);
+    muster_core::Backoff::try_new(base, heartbeat_interval, 0.2)
+        .map_err(|e| Error::invalid("heartbeat interval", e))
+}
+
 /// Configures and builds an [`Agent`].
 #[must_use]
 pub struct AgentBuilder {
@@ -127,7 +135,8 @@ impl AgentBuilder {
         let cancel = CancellationToken::new();
         let inner = Arc::new(Inner {
             registry: self.registry,
-            retry: self.options.retry_policy(),
+            retry: self.options.retry_policy()?,
+            reconnect: reconnect_backoff(self.options.heartbeat_interval)?,
             options: self.options,
             filter_own_events: self.filter_own_events,
             own: RwLock::new(OwnNode {
@@ -167,5 +176,16 @@ mod tests {
         assert_eq!(detect_address(env(&[("HOST", "::1")])).unwrap().as_str(), "[::1]:3000");
         assert!(detect_address(env(&[("PORT", "http")])).unwrap_err().is_invalid_input());
         assert!(detect_address(env(&[("PORT", "0")])).is_err());
+    }
+
+    #[test]
+    fn the_watch_reconnects_within_one_heartbeat_interval() {
+        let ms = std::time::Duration::from_millis;
+        let backoff = reconnect_backoff(ms(5000)).unwrap();
+        assert_eq!((backoff.base(), backoff.max()), (ms(100), ms(5000)));
+        let short = reconnect_backoff(ms(40)).unwrap();
+        assert_eq!((short.base(), short.max()), (ms(40), ms(40)));
+        let error = reconnect_backoff(std::time::Duration::from_micros(500)).unwrap_err();
+        assert!(error.is_invalid_input() && error.to_string().contains("heartbeat interval"), "{error}");
     }
 }

@@ -84,6 +84,9 @@ struct Inner {
     options: DiscoveryOptions,
     /// Backoff for heartbeat and deregistration retries.
     retry: RetryPolicy,
+    /// Backoff for reopening the watch: from 100 ms (or the heartbeat interval, if shorter) up to
+    /// the heartbeat interval, so the cache is never behind by much more than one interval.
+    reconnect: muster_core::Backoff,
     /// Whether handlers skip events about our own node.
     filter_own_events: bool,
     /// Our node; read by the synchronous getters, written under `write_lock`.

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures::StreamExt;
 use muster_core::{
@@ -101,8 +100,7 @@ impl Inner {
     pub(crate) async fn watch_loop(self: Arc<Self>, mut opened_by_start: Option<muster_core::WatchStream>) {
         let mut start = WatchStart::Snapshot;
         let mut first_snapshot = true;
-        let mut reconnect =
-            muster_core::Backoff::new(Duration::from_millis(100), self.options.heartbeat_interval, 0.2);
+        let mut reconnect = self.reconnect.clone();
         loop {
             let opened = match opened_by_start.take() {
                 Some(stream) => Ok(stream),

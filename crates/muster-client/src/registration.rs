@@ -91,14 +91,24 @@ impl RegistrationSpec {
         }
     }
 
-    /// The delay before retry number `failures` (1-based): `retry_delay` doubling `max_retries`
-    /// times, never above the heartbeat interval (a registration retries at least as often as it
-    /// heartbeats), with ±50% jitter so that clients failing together do not retry together (at
-    /// the ceiling the jitter only shortens: a pause never exceeds it).
-    pub fn retry_pause(&self, failures: u32) -> Duration {
-        let doubled = Backoff::new(self.retry_delay, Duration::MAX, 0.0).nominal(self.max_retries.max(1));
-        let ceiling = doubled.min(self.heartbeat_interval.max(self.retry_delay));
-        Backoff::new(self.retry_delay, ceiling, 0.5).delay(failures)
+    /// The pauses between retries: `retry_delay` doubling `max_retries` times, never above the
+    /// heartbeat interval (a registration retries at least as often as it heartbeats), with ±50 %
+    /// jitter so that clients failing together do not retry together (at the ceiling the jitter
+    /// only shortens: a pause never exceeds it).
+    ///
+    /// Refused (invalid input) when `retry_delay` or `heartbeat_interval` is under 1 ms: either
+    /// would send requests in a tight loop.
+    pub fn retry_backoff(&self) -> Result<Backoff, ClientError> {
+        let invalid =
+            |field: &str, e: &dyn std::fmt::Display| ClientError::InvalidInput(format!("{field}: {e}"));
+        if self.heartbeat_interval < Duration::from_millis(1) {
+            return Err(invalid("heartbeat interval", &"must be at least 1 ms"));
+        }
+        let doubling =
+            Backoff::try_new(self.retry_delay, Duration::MAX, 0.0).map_err(|e| invalid("retry delay", &e))?;
+        let ceiling =
+            doubling.nominal(self.max_retries.max(1)).min(self.heartbeat_interval.max(self.retry_delay));
+        Backoff::try_new(self.retry_delay, ceiling, 0.5).map_err(|e| invalid("retry delay", &e))
     }
 }
 
@@ -141,6 +151,7 @@ impl Client {
     /// Retryable failures (unreachable registry, 5xx) are retried `max_retries` times with backoff
     /// and jitter before the error is returned; invalid input is returned at once.
     pub async fn register(&self, spec: RegistrationSpec) -> Result<Registration, ClientError> {
+        let backoff = spec.retry_backoff()?;
         let mut failures = 0;
         let answer = loop {
             match self.register_once(&spec, NodeStatus::Up).await {
@@ -148,7 +159,7 @@ impl Client {
                 Err(error) if error.is_retryable() && failures < spec.max_retries => {
                     failures += 1;
                     tracing::warn!(%error, failures, "registration failed; retrying");
-                    tokio::time::sleep(spec.retry_pause(failures)).await;
+                    tokio::time::sleep(backoff.delay(failures)).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -160,7 +171,7 @@ impl Client {
             health: tokio::sync::watch::Sender::new(health),
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(keep_alive(self.clone(), spec, Arc::clone(&shared), cancel.clone()));
+        let task = tokio::spawn(keep_alive(self.clone(), spec, backoff, Arc::clone(&shared), cancel.clone()));
         Ok(Registration { client: self.clone(), id: answer.id, shared, cancel: cancel.drop_guard(), task })
     }
 }
@@ -217,7 +228,13 @@ impl Registration {
 
 /// Heartbeats at once and then every interval; re-registers on 404; retries failures with backoff
 /// and jitter, never giving up.
-async fn keep_alive(client: Client, spec: RegistrationSpec, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn keep_alive(
+    client: Client,
+    spec: RegistrationSpec,
+    backoff: Backoff,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let id = spec.id.clone().unwrap_or_default();
     let mut failures: u32 = 0;
     let mut pause = Duration::ZERO;
@@ -260,7 +277,7 @@ async fn keep_alive(client: Client, spec: RegistrationSpec, shared: Arc<Shared>,
                     h.failures = failures;
                     h.last_error = Some(error.to_string());
                 });
-                spec.retry_pause(failures)
+                backoff.delay(failures)
             }
         };
     }
@@ -278,9 +295,9 @@ mod tests {
             heartbeat_interval: Duration::from_secs(30),
             ..RegistrationSpec::new("h:1")
         };
+        let backoff = spec.retry_backoff().unwrap();
         for (failures, nominal) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 400.0), (50, 400.0)] {
-            let pauses: Vec<f64> =
-                (0..200).map(|_| spec.retry_pause(failures).as_secs_f64() * 1000.0).collect();
+            let pauses: Vec<f64> = (0..200).map(|_| backoff.delay(failures).as_secs_f64() * 1000.0).collect();
             // Jitter spreads a pause by half either way, never over the ceiling (400 ms).
             let most = (nominal * 1.5_f64).min(400.0);
             assert!(pauses.iter().all(|p| *p >= nominal * 0.5 - 0.01 && *p <= most + 0.01), "{pauses:?}");
@@ -289,7 +306,15 @@ mod tests {
             assert!(distinct.len() > 50, "jitter spreads the pauses: {} distinct of 200", distinct.len());
         }
         // Never slower than the heartbeat interval.
-        let capped = RegistrationSpec { heartbeat_interval: Duration::from_millis(150), ..spec };
-        assert!((0..200).all(|_| capped.retry_pause(10) <= Duration::from_millis(150)));
+        let capped = RegistrationSpec { heartbeat_interval: Duration::from_millis(150), ..spec.clone() };
+        let capped = capped.retry_backoff().unwrap();
+        assert!((0..200).all(|_| capped.delay(10) <= Duration::from_millis(150)));
+        // A zero delay or interval would loop without pause: refused before any request.
+        for bad in [
+            RegistrationSpec { retry_delay: Duration::ZERO, ..spec.clone() },
+            RegistrationSpec { heartbeat_interval: Duration::ZERO, ..spec },
+        ] {
+            assert!(matches!(bad.retry_backoff(), Err(ClientError::InvalidInput(_))), "{bad:?}");
+        }
     }
 }

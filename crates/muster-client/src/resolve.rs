@@ -262,7 +262,7 @@ enum Ended {
 
 impl WatchTask {
     async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400), 0.5);
+        let mut backoff = Backoff::default();
         loop {
             let ended = tokio::select! {
                 () = cancel.cancelled() => Ended::Cancelled,

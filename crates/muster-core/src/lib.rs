@@ -8,7 +8,8 @@
 //! - [`service`] — [`ServiceInfo`], and the exact and semver queries that find services.
 //! - [`node`] — [`NodeInfo`] as stored, [`Registration`] and [`NodeUpdate`] as written.
 //! - [`event`] — [`DiscoveryEvent`]s, [`Revision`]s and watch items.
-//! - [`options`] — the Titan discovery options with their defaults, and retry backoff.
+//! - [`options`] — the Titan discovery options with their defaults, and the agent's retry policy.
+//! - [`backoff`] — the exponential backoff with jitter every retry and reconnect loop uses.
 //! - [`registry`] — the [`Registry`] trait.
 //! - [`acl`] — token policies (read, write, admin by service and node patterns) and token stores.
 //! - [`error`] — one classified [`Error`] type.
@@ -16,6 +17,7 @@
 
 pub mod acl;
 pub mod address;
+pub mod backoff;
 pub mod error;
 pub mod event;
 pub mod log;
@@ -28,6 +30,7 @@ pub mod service;
 pub mod time;
 
 pub use address::{Address, AddressUrl};
+pub use backoff::{Backoff, InvalidBackoff};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{
     DeregisterReason, DiscoveryEvent, EventKind, Revision, ServiceFilter, Snapshot, WatchEvent, WatchStart,
@@ -37,6 +40,6 @@ pub use name::NodeId;
 pub use node::{
     CHECK_OUTPUT, CHECK_SINCE, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices,
 };
-pub use options::{Backoff, DiscoveryOptions, Preset, RetryPolicy};
+pub use options::{DiscoveryOptions, Preset, RetryPolicy};
 pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
 pub use service::{Metadata, ServiceInfo, ServiceList, ServiceQuery, VersionQuery};

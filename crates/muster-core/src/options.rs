@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::node::{MAX_TTL, MIN_TTL};
 
@@ -127,6 +128,7 @@ impl DiscoveryOptions {
         if self.max_retries == 0 {
             return Err(Error::invalid("max retries", "must be at least 1 (it counts attempts)"));
         }
+        self.retry_policy()?;
         if self.retry_delay > self.heartbeat_ttl {
             return Err(Error::invalid("retry delay", "must not exceed the heartbeat ttl"));
         }
@@ -149,120 +151,40 @@ impl DiscoveryOptions {
         Ok(warnings)
     }
 
-    /// The retry policy these options describe.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy { max_attempts: self.max_retries, base_delay: self.retry_delay, jitter: 0.2 }
+    /// The retry policy these options describe: from `retry_delay` doubling, ±20 %; refused when
+    /// `retry_delay` is under 1 ms.
+    pub fn retry_policy(&self) -> Result<RetryPolicy> {
+        let backoff = Backoff::try_new(self.retry_delay, Duration::MAX, 0.2)
+            .map_err(|e| Error::invalid("retry delay", e))?;
+        Ok(RetryPolicy { max_attempts: self.max_retries, backoff })
     }
 }
 
-/// Exponential backoff with jitter: attempt `n` (1-based) waits `base * 2^(n-1)` before the next,
-/// scaled by a random factor in `1 ± jitter` so many nodes do not retry in lockstep.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the agent retries a failed heartbeat: attempt `n` (1-based) waits `base * 2^(n-1)` before
+/// the next, spread by the backoff's jitter so many nodes do not retry in lockstep.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first.
     pub max_attempts: u32,
-    /// Wait after the first failed attempt.
-    pub base_delay: Duration,
-    /// Relative spread of the random factor, 0.0–1.0.
-    pub jitter: f64,
+    /// The delays between attempts.
+    pub backoff: Backoff,
 }
 
 impl RetryPolicy {
     /// The delay after failed attempt `attempt` (1-based), without jitter.
     pub fn nominal_delay(&self, attempt: u32) -> Duration {
-        self.backoff(Duration::MAX).nominal(attempt)
+        self.backoff.nominal(attempt)
     }
 
     /// The delay after failed attempt `attempt` (1-based), with jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
-        self.backoff(Duration::MAX).delay(attempt)
-    }
-
-    /// This policy's delays as a [`Backoff`] that never waits longer than `max`.
-    pub fn backoff(&self, max: Duration) -> Backoff {
-        Backoff::new(self.base_delay, max, self.jitter)
-    }
-}
-
-/// Exponential backoff with jitter and a ceiling: the one used by every retry and reconnect loop
-/// (the agent, the SDK's registrations and resolver, the Redis connection, hints and sweeper, the
-/// server's change feed).
-///
-/// After `n` failures in a row it waits `base * 2^(n-1)`, at most `max`, scaled by a random factor
-/// in `1 ± jitter` so that many clients failing together do not retry in lockstep.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    jitter: f64,
-    failures: u32,
-}
-
-impl Backoff {
-    /// A backoff from `base` (at least 1 ms) doubling up to `max` (at least `base`), with `jitter`
-    /// clamped to 0–1.
-    pub fn new(base: Duration, max: Duration, jitter: f64) -> Self {
-        let base = base.max(Duration::from_millis(1));
-        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
-        Self { base, max: max.max(base), jitter, failures: 0 }
-    }
-
-    /// The delay after `failures` failures in a row (1-based), without jitter.
-    pub fn nominal(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.saturating_sub(1).min(16);
-        self.base.saturating_mul(factor).min(self.max)
-    }
-
-    /// The delay after `failures` failures in a row (1-based), with jitter; never over the
-    /// maximum.
-    pub fn delay(&self, failures: u32) -> Duration {
-        use rand::Rng;
-        let factor = if self.jitter > 0.0 {
-            rand::rng().random_range(1.0 - self.jitter..=1.0 + self.jitter)
-        } else {
-            1.0
-        };
-        self.nominal(failures).mul_f64(factor).min(self.max)
-    }
-
-    /// Counts a failure and returns how long to wait before the next attempt.
-    pub fn failed(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        self.delay(self.failures)
-    }
-
-    /// Counts a success: the next failure waits `base` again.
-    pub fn succeeded(&mut self) {
-        self.failures = 0;
-    }
-
-    /// Failures in a row so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
+        self.backoff.delay(attempt)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(450), 0.5);
-        for (n, nominal) in [(1, 100), (2, 200), (3, 400), (4, 450), (40, 450)] {
-            assert_eq!(backoff.nominal(n), Duration::from_millis(nominal));
-        }
-        let delays: Vec<Duration> = (0..100).map(|_| backoff.delay(2)).collect();
-        assert!(delays.iter().all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_millis(300)));
-        assert!(delays.iter().any(|d| *d != delays[0]), "jittered");
-        assert!(backoff.failed() <= Duration::from_millis(150));
-        backoff.failed();
-        assert_eq!(backoff.failures(), 2);
-        backoff.succeeded();
-        assert_eq!(backoff.failures(), 0);
-        let odd = Backoff::new(Duration::ZERO, Duration::ZERO, f64::NAN);
-        assert_eq!(odd.delay(5), Duration::from_millis(1), "validated: at least 1 ms, no jitter");
-    }
 
     #[test]
     fn defaults_are_titans() {
@@ -296,6 +218,7 @@ mod tests {
             DiscoveryOptions { pubsub_channel: "a b".into(), ..Default::default() },
             DiscoveryOptions { heartbeat_ttl: Duration::from_secs(100_000), ..Default::default() },
             DiscoveryOptions { retry_delay: Duration::from_secs(60), ..Default::default() },
+            DiscoveryOptions { retry_delay: Duration::ZERO, ..Default::default() },
         ];
         for o in bad {
             assert!(o.validate().unwrap_err().is_invalid_input(), "{o:?}");
@@ -304,7 +227,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_bounded_jitter() {
-        let p = DiscoveryOptions::default().retry_policy();
+        let p = DiscoveryOptions::default().retry_policy().unwrap();
         assert_eq!(p.nominal_delay(1), Duration::from_millis(1000));
         assert_eq!(p.nominal_delay(2), Duration::from_millis(2000));
         assert_eq!(p.nominal_delay(3), Duration::from_millis(4000));

@@ -217,10 +217,10 @@ impl RedisConfig {
         if self.event_history == 0 {
             return Err(Error::invalid("event history", "must be at least 1"));
         }
-        if self.sweep_interval.is_zero() || self.sweeper_lease <= self.sweep_interval {
+        if self.sweep_interval < Duration::from_millis(1) || self.sweeper_lease <= self.sweep_interval {
             return Err(Error::invalid(
                 "sweeper",
-                "the lease must be longer than the (non-zero) sweep interval",
+                "the lease must be longer than the sweep interval (at least 1 ms)",
             ));
         }
         if self.reconcile_interval < Duration::from_millis(10)

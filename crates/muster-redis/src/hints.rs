@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use futures::StreamExt;
 use muster_core::{Backoff, Error, Result};
@@ -76,7 +75,7 @@ async fn listen(
     keyspace: Arc<AtomicBool>,
     tx: mpsc::Sender<String>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400), 0.2);
+    let mut backoff = Backoff::default();
     loop {
         let outcome = tokio::select! {
             () = inner.cancel.cancelled() => return,

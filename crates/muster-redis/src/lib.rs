@@ -676,7 +676,7 @@ impl Registry for RedisRegistry {
 /// call goes to the new master instead of first failing against the old one. (Connection errors
 /// and `READONLY` replies trigger the same lookup; this only makes it earlier.)
 async fn follow_master_switches(inner: Arc<Inner>) {
-    let mut backoff = muster_core::Backoff::new(Duration::from_millis(200), Duration::from_millis(6400), 0.2);
+    let mut backoff = muster_core::Backoff::default();
     loop {
         let subscribed = async {
             let mut pubsub =

@@ -33,7 +33,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let mut hints = hints::spawn(&inner);
     let mut state = PassState { last_reconcile: None, holding: false };
-    let mut backoff = muster_core::Backoff::new(inner.config.sweep_interval, MAX_BACKOFF, 0.2);
+    // From the sweep interval (validated at least 1 ms) up to 5 s or the interval, if longer.
+    let interval = inner.config.sweep_interval;
+    let mut backoff =
+        muster_core::Backoff::try_new(interval, MAX_BACKOFF.max(interval), 0.2).unwrap_or_default();
     let mut keyspace_before = false;
     loop {
         let keyspace = hints.keyspace.load(Ordering::SeqCst);

@@ -277,7 +277,7 @@ async fn follow(
     shutdown: CancellationToken,
     expiries: Counter,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400), 0.5);
+    let mut backoff = Backoff::default();
     loop {
         let after = shared.read().log.revision();
         let outcome = tokio::select! {
@@ -423,7 +423,8 @@ mod tests {
         }
         // The events are delivered, then the feed ends: all of it ready at once.
         store.shutdown().await.unwrap();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400), 0.0);
+        let mut backoff =
+            Backoff::try_new(Duration::from_millis(100), Duration::from_millis(6400), 0.0).unwrap();
         let counter = Counter::default();
         let outcome = follow_once(&*registry, &shared, Revision::ZERO, &counter, &mut backoff).await;
         assert!(outcome.is_err(), "the end of the feed is reported");

@@ -554,7 +554,8 @@ async fn clients_retry_with_jitter_not_in_lockstep() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(handles);
 
-    // The pause between a node's first and second failed heartbeat is 200 ms ± 50%: with jitter
+    // The pause between a node's first and second failed heartbeat is at the ceiling (200 ms: the
+    // heartbeat interval is shorter than the retry delay), spread over 100–200 ms by the jitter:
     // the eight clients' pauses spread out instead of all being 200 ms.
     let arrivals = arrivals.lock().unwrap().clone();
     let mut pauses = Vec::new();

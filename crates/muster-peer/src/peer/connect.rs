@@ -53,18 +53,24 @@ pub(super) const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
 /// Reconnection delays: from `reconnect_delay`, doubling up to 30 s, each within ±20 % so that the
 /// peers a restarted server served do not all come back in the same instant.
-pub(super) fn reconnect_backoff(config: &PeerConfig) -> muster_core::Backoff {
-    muster_core::Backoff::new(config.reconnect_delay, MAX_RECONNECT_DELAY, 0.2)
+/// A `reconnect_delay` under 1 ms or over 30 s is refused.
+pub(super) fn reconnect_backoff(config: &PeerConfig) -> Result<muster_core::Backoff, PeerError> {
+    muster_core::Backoff::try_new(config.reconnect_delay, MAX_RECONNECT_DELAY, 0.2)
+        .map_err(|e| PeerError::Config(format!("reconnect delay: {e}")))
 }
 
 /// Opens `remote`'s connection again each time it breaks (unless closed on purpose or the peer
 /// stopped), with exponential backoff, up to the attempt limit.
-pub(super) async fn reconnect(inner: std::sync::Weak<Inner>, remote: std::sync::Weak<Remote>, url: String) {
+pub(super) async fn reconnect(
+    inner: std::sync::Weak<Inner>,
+    remote: std::sync::Weak<Remote>,
+    url: String,
+    first: muster_core::Backoff,
+) {
     loop {
         let Some(closed) = remote.upgrade().map(|r| r.current.load().closed.clone()) else { return };
         closed.cancelled().await;
-        let Some(config) = inner.upgrade().map(|peer| peer.config.clone()) else { return };
-        let mut backoff = reconnect_backoff(&config);
+        let mut backoff = first.clone();
         loop {
             let (Some(peer), Some(shared)) = (inner.upgrade(), remote.upgrade()) else { return };
             if peer.stopped.is_cancelled() || shared.closed_by_us.load(std::sync::atomic::Ordering::Relaxed) {
@@ -154,7 +160,7 @@ mod tests {
     #[test]
     fn reconnect_delays_double_with_jitter_up_to_the_maximum() {
         let config = PeerConfig { reconnect_delay: Duration::from_millis(100), ..PeerConfig::default() };
-        let backoff = reconnect_backoff(&config);
+        let backoff = reconnect_backoff(&config).unwrap();
         let firsts: std::collections::HashSet<Duration> = (0..64).map(|_| backoff.delay(1)).collect();
         assert!(firsts.len() > 1, "the first delay is jittered");
         for first in &firsts {
@@ -163,6 +169,10 @@ mod tests {
         assert_eq!(backoff.nominal(4), Duration::from_millis(800));
         for _ in 0..64 {
             assert!(backoff.delay(30) <= MAX_RECONNECT_DELAY, "never over 30 s");
+        }
+        for refused in [Duration::ZERO, Duration::from_secs(31)] {
+            let config = PeerConfig { reconnect_delay: refused, ..PeerConfig::default() };
+            assert!(matches!(reconnect_backoff(&config), Err(PeerError::Config(_))), "{refused:?}");
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum PeerError {
         /// What it said.
         message: String,
     },
+    /// A setting of the peer's configuration is refused (e.g. a `reconnect_delay` under 1 ms or
+    /// over the 30 s ceiling).
+    #[error("invalid peer configuration: {0}")]
+    Config(String),
     /// Arguments that cannot be written as Netron values (a typed call's serialization failed).
     #[error("the arguments cannot be sent: {0}")]
     Arguments(String),

@@ -27,7 +27,7 @@ pub use error::PeerError;
 pub use remote::{Interface, RemotePeer};
 
 use crate::sync::{Locked as _, ReadWrite as _};
-use connect::{accept, open, reconnect};
+use connect::{accept, open, reconnect, reconnect_backoff};
 use connection::Connection;
 use remote::Remote;
 use tasks::CORE_TASKS;
@@ -385,6 +385,8 @@ impl Peer {
     /// `reconnect_delay`, doubling up to 30 s), its subscriptions renewed; calls in flight when it
     /// broke fail with [`PeerError::Closed`].
     pub async fn connect(&self, url: &str) -> Result<RemotePeer, PeerError> {
+        let reconnecting = self.inner.config.max_reconnect_attempts != Some(0);
+        let backoff = if reconnecting { Some(reconnect_backoff(&self.inner.config)?) } else { None };
         let listeners = Arc::new(EventBus::default());
         let connection = open(&self.inner, url, Arc::clone(&listeners)).await?;
         let remote = RemotePeer {
@@ -396,11 +398,12 @@ impl Peer {
             }),
         };
         remote.initialize(true).await?;
-        if self.inner.config.max_reconnect_attempts != Some(0) {
+        if let Some(backoff) = backoff {
             tokio::spawn(reconnect(
                 Arc::downgrade(&self.inner),
                 Arc::downgrade(&remote.shared),
                 url.to_owned(),
+                backoff,
             ));
         }
         Ok(remote)
