@@ -41,5 +41,5 @@ pub use node::{
     CHECK_OUTPUT, CHECK_SINCE, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices,
 };
 pub use options::{DiscoveryOptions, Preset, RetryPolicy};
-pub use registry::{Change, HeartbeatOutcome, Registry, WatchStream};
+pub use registry::{Change, FleetLeadership, HeartbeatOutcome, Registry, SelfPreservation, WatchStream};
 pub use service::{Metadata, ServiceInfo, ServiceList, ServiceQuery, VersionQuery};

@@ -108,21 +108,17 @@ pub trait Registry: Send + Sync + 'static {
     /// The revision of the latest event.
     async fn current_revision(&self) -> Result<Revision>;
 
-    /// True while the backend has paused expiry to protect the registry (self-preservation).
-    fn is_preserving(&self) -> bool {
-        false
+    /// The backend's self-preservation, if it has one (the embedded store does); `None`: expiry
+    /// is never paused.
+    fn self_preservation(&self) -> Option<&dyn SelfPreservation> {
+        None
     }
 
-    /// How many nodes self-preservation has held back from expiring so far.
-    fn held_back_total(&self) -> u64 {
-        0
-    }
-
-    /// True when this process should run the fleet's background work (active health checks):
-    /// always for a store of its own; on a shared store, only while this process leads it (on
-    /// Redis: holds the sweeper lease), so the work runs once per fleet.
-    fn leads_fleet_tasks(&self) -> bool {
-        true
+    /// How the processes sharing this backend elect the one that runs the fleet's background work,
+    /// if they can share it (Redis does); `None`: the store is this process's own, which always
+    /// leads.
+    fn fleet(&self) -> Option<&dyn FleetLeadership> {
+        None
     }
 
     /// A stream of changes from `start`; see [`WatchStart`].
@@ -190,13 +186,26 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     async fn shutdown(&self) -> Result<()> {
         (**self).shutdown().await
     }
-    fn is_preserving(&self) -> bool {
-        (**self).is_preserving()
+    fn self_preservation(&self) -> Option<&dyn SelfPreservation> {
+        (**self).self_preservation()
     }
-    fn held_back_total(&self) -> u64 {
-        (**self).held_back_total()
+    fn fleet(&self) -> Option<&dyn FleetLeadership> {
+        (**self).fleet()
     }
-    fn leads_fleet_tasks(&self) -> bool {
-        (**self).leads_fleet_tasks()
-    }
+}
+
+/// A backend that pauses expiry when many nodes stop heartbeating at once (a network partition
+/// rather than a fleet of crashes), so the registry keeps them instead of emptying itself.
+pub trait SelfPreservation: Send + Sync {
+    /// True while expiry is paused.
+    fn is_preserving(&self) -> bool;
+    /// How many nodes were held back from expiring so far (each counted once per pause).
+    fn held_back_total(&self) -> u64;
+}
+
+/// A backend several processes share: one of them at a time leads and runs the fleet's
+/// background work (active health checks), so it runs once per fleet, not once per process.
+pub trait FleetLeadership: Send + Sync {
+    /// True while this process leads (on Redis: holds the sweeper lease).
+    fn leads_fleet_tasks(&self) -> bool;
 }

@@ -352,6 +352,16 @@ impl Shared {
     }
 }
 
+impl muster_core::SelfPreservation for MemoryRegistry {
+    fn is_preserving(&self) -> bool {
+        MemoryRegistry::is_preserving(self)
+    }
+
+    fn held_back_total(&self) -> u64 {
+        MemoryRegistry::held_back_total(self)
+    }
+}
+
 #[async_trait::async_trait]
 impl Registry for MemoryRegistry {
     async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
@@ -536,12 +546,8 @@ impl Registry for MemoryRegistry {
         Ok(self.shared().read().log.revision())
     }
 
-    fn is_preserving(&self) -> bool {
-        MemoryRegistry::is_preserving(self)
-    }
-
-    fn held_back_total(&self) -> u64 {
-        MemoryRegistry::held_back_total(self)
+    fn self_preservation(&self) -> Option<&dyn muster_core::SelfPreservation> {
+        Some(self)
     }
 
     async fn shutdown(&self) -> Result<()> {

@@ -516,6 +516,13 @@ fn stored_node(node_id: &NodeId, fields: Vec<String>) -> Result<NodeInfo> {
     }
 }
 
+impl muster_core::FleetLeadership for RedisRegistry {
+    /// True while this process holds the sweeper lease.
+    fn leads_fleet_tasks(&self) -> bool {
+        self.inner.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[async_trait::async_trait]
 impl Registry for RedisRegistry {
     async fn heartbeat(&self, registration: Registration) -> Result<HeartbeatOutcome> {
@@ -649,9 +656,8 @@ impl Registry for RedisRegistry {
         self.inner.pool.query(redis::cmd("SCARD").arg(self.inner.keys.of("index:services", name))).await
     }
 
-    /// True while this process holds the sweeper lease.
-    fn leads_fleet_tasks(&self) -> bool {
-        self.inner.leading.load(std::sync::atomic::Ordering::Relaxed)
+    fn fleet(&self) -> Option<&dyn muster_core::FleetLeadership> {
+        Some(self)
     }
 
     async fn current_revision(&self) -> Result<Revision> {

@@ -10,7 +10,7 @@
 //! - Each node's first check waits a share of its interval derived from its id, so checks spread
 //!   over the interval instead of starting together.
 //! - On a shared store only the process that leads the fleet's background work (on Redis: the
-//!   sweeper lease holder) runs them ([`Registry::leads_fleet_tasks`]); another takes over with the
+//!   sweeper lease holder) runs them ([`Registry::fleet`]); another takes over with the
 //!   lease.
 //! - While a check holds a node `DOWN`, a heartbeat, registration or update asking for `UP` keeps
 //!   it `DOWN`: every store keeps the verdict as a condition of its atomic write
@@ -86,7 +86,7 @@ pub(crate) async fn run(
             }
             () = tokio::time::sleep_until(wake) => {}
         }
-        if !registry.leads_fleet_tasks() {
+        if registry.fleet().is_some_and(|fleet| !fleet.leads_fleet_tasks()) {
             tracked.clear();
             scanned = None;
             continue;

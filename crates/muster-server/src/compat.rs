@@ -448,7 +448,7 @@ pub(crate) async fn stats(
         uptime: state.uptime_secs(),
         heartbeat_timeout: format!("{}s", state.config().compat_ttl.as_secs()),
         cleanup_interval: format!("{}s", state.config().cleanup_interval.as_secs()),
-        self_preservation: state.registry().is_preserving(),
+        self_preservation: state.preserving(),
         timestamp: now(),
     }))
 }

@@ -209,6 +209,11 @@ impl AppState {
         &*self.inner.registry
     }
 
+    /// True while the store pauses expiry (self-preservation); false for stores without it.
+    fn preserving(&self) -> bool {
+        self.registry().self_preservation().is_some_and(|p| p.is_preserving())
+    }
+
     fn config(&self) -> &ServerConfig {
         &self.inner.config
     }
@@ -312,7 +317,7 @@ async fn ready(State(state): State<AppState>) -> Result<axum::Json<muster_api::v
     Ok(axum::Json(muster_api::v1::ReadyResponse {
         status: "ready".into(),
         revision,
-        self_preservation: state.registry().is_preserving(),
+        self_preservation: state.preserving(),
     }))
 }
 

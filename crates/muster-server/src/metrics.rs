@@ -250,8 +250,10 @@ where
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let metrics = &state.inner.metrics;
-    metrics.self_preservation.set(i64::from(state.registry().is_preserving()));
-    metrics.held_back.set(i64::try_from(state.registry().held_back_total()).unwrap_or(i64::MAX));
+    let preservation = state.registry().self_preservation();
+    metrics.self_preservation.set(i64::from(preservation.is_some_and(|p| p.is_preserving())));
+    let held_back = preservation.map_or(0, |p| p.held_back_total());
+    metrics.held_back.set(i64::try_from(held_back).unwrap_or(i64::MAX));
     // Counted from the hub's mirror (the active nodes, indexed by service): a scrape copies nothing.
     let (nodes, services) =
         state.inner.hub.with_mirror(|mirror| (mirror.len(), mirror.service_names().count()));

@@ -163,8 +163,11 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
     async fn find(&self, query: &ServiceQuery) -> Result<Vec<NodeInfo>> {
         self.inner.find(query).await
     }
-    fn is_preserving(&self) -> bool {
-        self.inner.is_preserving()
+    fn self_preservation(&self) -> Option<&dyn muster_core::SelfPreservation> {
+        self.inner.self_preservation()
+    }
+    fn fleet(&self) -> Option<&dyn muster_core::FleetLeadership> {
+        self.inner.fleet()
     }
     async fn count_service(&self, name: &str) -> Result<usize> {
         self.inner.count_service(name).await

@@ -1,5 +1,6 @@
 //! `/v1` routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_core::Registry;
@@ -248,6 +249,44 @@ crate::on_both_stores! {
             StatusCode::BAD_REQUEST
         );
 }
+}
+
+/// The embedded store's self-preservation (a capability the store exposes, not part of the
+/// registry contract) shows through the server: `/ready` says it is on, `/metrics` counts the
+/// nodes it held back.
+#[tokio::test(start_paused = true)]
+async fn self_preservation_shows_on_ready_and_metrics() {
+    use muster_memory::{MemoryOptions, MemoryRegistry, SelfPreservation};
+    use muster_testkit::conformance::{Timing, registration};
+    let preserve = SelfPreservation {
+        threshold: 0.5,
+        min_nodes: 10,
+        window: Duration::from_secs(15),
+        max_pause: Duration::from_secs(120),
+    };
+    let registry = MemoryRegistry::with_options(MemoryOptions {
+        self_preservation: Some(preserve),
+        ..MemoryOptions::default()
+    });
+    // 20 nodes, of which 15 stop heartbeating at once: a partition, not 15 crashes.
+    let timing = Timing::default();
+    for i in 0..20 {
+        registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], timing)).await.unwrap();
+    }
+    for _ in 0..6 {
+        tokio::time::sleep(timing.interval).await;
+        for i in 0..5 {
+            registry.heartbeat(registration(&format!("n{i}"), "h:1", &["a"], timing)).await.unwrap();
+        }
+    }
+    assert!(registry.is_preserving());
+    tokio::time::resume();
+    let server = TestServer::start(Arc::new(registry.clone()), ServerConfig::default()).await;
+    let (status, body) = get(&server, "/ready").await;
+    assert_eq!((status, body["selfPreservation"].clone()), (StatusCode::OK, json!(true)));
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("muster_self_preservation 1\n"), "{metrics}");
+    assert!(metrics.contains("muster_self_preservation_held_back 15\n"), "{metrics}");
 }
 
 #[tokio::test]
