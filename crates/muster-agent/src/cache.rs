@@ -109,20 +109,7 @@ impl DiscoveryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use muster_core::{Address, ServiceInfo};
-
-    fn node(id: &str, services: &[&str]) -> NodeInfo {
-        NodeInfo {
-            node_id: NodeId::new(id).unwrap(),
-            address: Address::parse("h:1").unwrap(),
-            services: services.iter().map(|s| ServiceInfo::parse(s).unwrap()).collect(),
-            timestamp_ms: 0,
-            registered_at_ms: 0,
-            status: Default::default(),
-            metadata: Default::default(),
-            ttl_ms: 1000,
-        }
-    }
+    use muster_testkit::conformance::node_info as node;
 
     fn ids(nodes: &[Arc<NodeInfo>]) -> Vec<&str> {
         nodes.iter().map(|n| n.node_id.as_str()).collect()

@@ -425,6 +425,8 @@ mod tests {
     use super::*;
     use crate::{Address, ServiceInfo};
 
+    /// `muster_testkit::conformance::node_info`, written again: a unit test of this crate that used
+    /// the test kit would link a second copy of this crate, whose `NodeInfo` is another type.
     fn node(id: &str, services: &[&str]) -> NodeInfo {
         NodeInfo {
             node_id: NodeId::new(id).unwrap(),

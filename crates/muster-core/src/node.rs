@@ -210,6 +210,55 @@ impl StoredServices {
     }
 }
 
+/// What a store checks inside a write's atomic step — a service limit and the stored node the
+/// write was allowed on — so that concurrent writers cannot slip between the check and the write;
+/// a write that fails one changes nothing. Held by [`Registration`] and [`NodeUpdate`] alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct WriteConditions {
+    /// Most nodes a service may have.
+    service_limit: Option<usize>,
+    /// The stored node the write was allowed on.
+    if_stored: Option<StoredServices>,
+}
+
+/// The builder and getters of [`WriteConditions`] on a write type with a `conditions` field.
+macro_rules! write_conditions {
+    ($write:ident) => {
+        impl $write {
+            /// Refuses the write with `LimitExceeded`, changing nothing, when it would add the node
+            /// to a service that already has `max` other nodes. The store checks inside the write
+            /// itself, so concurrent writers never push a service past the limit; a node already
+            /// providing the service may always heartbeat, re-register and update.
+            #[must_use]
+            pub fn with_service_limit(mut self, max: usize) -> Self {
+                self.conditions.service_limit = Some(max);
+                self
+            }
+
+            /// The limit set with `with_service_limit`.
+            pub fn service_limit(&self) -> Option<usize> {
+                self.conditions.service_limit
+            }
+
+            /// Makes the write conditional on the stored node (see [`StoredServices`]; `None` for
+            /// no condition): checked by the store inside its atomic write.
+            #[must_use]
+            pub fn if_stored(mut self, condition: impl Into<Option<StoredServices>>) -> Self {
+                self.conditions.if_stored = condition.into();
+                self
+            }
+
+            /// The condition set with `if_stored`.
+            pub fn stored_condition(&self) -> Option<&StoredServices> {
+                self.conditions.if_stored.as_ref()
+            }
+        }
+    };
+}
+
+write_conditions!(Registration);
+write_conditions!(NodeUpdate);
+
 /// A validated register-or-heartbeat request.
 ///
 /// Built only through [`Registration::new`], so a backend receiving one knows every field passed
@@ -228,10 +277,8 @@ pub struct Registration {
     metadata: Metadata,
     /// How long the node stays active without another heartbeat.
     ttl: Duration,
-    /// Most nodes a service may have: see [`Registration::with_service_limit`].
-    service_limit: Option<usize>,
-    /// The stored node the write was allowed on: see [`Registration::if_stored`].
-    if_stored: Option<StoredServices>,
+    /// What the store checks inside the write.
+    conditions: WriteConditions,
 }
 
 impl Registration {
@@ -251,8 +298,7 @@ impl Registration {
             status: NodeStatus::Up,
             metadata: Metadata::new(),
             ttl,
-            service_limit: None,
-            if_stored: None,
+            conditions: WriteConditions::default(),
         })
     }
 
@@ -268,34 +314,6 @@ impl Registration {
         validate_metadata(&metadata)?;
         self.metadata = metadata;
         Ok(self)
-    }
-
-    /// Refuses the write with `LimitExceeded`, changing nothing, when it would add the node to a
-    /// service that already has `max` other nodes. The store checks inside the write itself, so
-    /// concurrent writers never push a service past the limit; a node already providing the service
-    /// may always heartbeat and re-register.
-    #[must_use]
-    pub fn with_service_limit(mut self, max: usize) -> Self {
-        self.service_limit = Some(max);
-        self
-    }
-
-    /// The limit set with [`Registration::with_service_limit`].
-    pub fn service_limit(&self) -> Option<usize> {
-        self.service_limit
-    }
-
-    /// Makes the write conditional on the stored node (see [`StoredServices`]; `None` for no
-    /// condition): checked by the store inside its atomic write.
-    #[must_use]
-    pub fn if_stored(mut self, condition: impl Into<Option<StoredServices>>) -> Self {
-        self.if_stored = condition.into();
-        self
-    }
-
-    /// The condition set with [`Registration::if_stored`].
-    pub fn stored_condition(&self) -> Option<&StoredServices> {
-        self.if_stored.as_ref()
     }
 
     /// The node id.
@@ -362,12 +380,10 @@ pub struct NodeUpdate {
     status: Option<NodeStatus>,
     /// New node-level metadata (replaces the old map).
     metadata: Option<Metadata>,
-    /// Most nodes a service may have: see [`Registration::with_service_limit`].
-    service_limit: Option<usize>,
     /// Written by the registry's health check: may lift a check's verdict.
     check_verdict: bool,
-    /// The stored node the write was allowed on: see [`NodeUpdate::if_stored`].
-    if_stored: Option<StoredServices>,
+    /// What the store checks inside the write.
+    conditions: WriteConditions,
 }
 
 impl NodeUpdate {
@@ -400,15 +416,6 @@ impl NodeUpdate {
         Ok(self)
     }
 
-    /// Refuses the update with `LimitExceeded`, changing nothing, when its services would add the
-    /// node to a service that already has `max` other nodes (see
-    /// [`Registration::with_service_limit`]).
-    #[must_use]
-    pub fn with_service_limit(mut self, max: usize) -> Self {
-        self.service_limit = Some(max);
-        self
-    }
-
     /// Marks the update as a health check's verdict: the one write that may lift a check's
     /// `DOWN` (every other keeps it, see [`NodeInfo::keep_check_verdict`]).
     #[must_use]
@@ -420,24 +427,6 @@ impl NodeUpdate {
     /// True for a health check's verdict ([`NodeUpdate::as_check_verdict`]).
     pub fn is_check_verdict(&self) -> bool {
         self.check_verdict
-    }
-
-    /// The limit set with [`NodeUpdate::with_service_limit`].
-    pub fn service_limit(&self) -> Option<usize> {
-        self.service_limit
-    }
-
-    /// Makes the update conditional on the stored node (see [`StoredServices`]; `None` for no
-    /// condition).
-    #[must_use]
-    pub fn if_stored(mut self, condition: impl Into<Option<StoredServices>>) -> Self {
-        self.if_stored = condition.into();
-        self
-    }
-
-    /// The condition set with [`NodeUpdate::if_stored`].
-    pub fn stored_condition(&self) -> Option<&StoredServices> {
-        self.if_stored.as_ref()
     }
 
     /// The new address, if the update names one.

@@ -131,19 +131,10 @@ fn estimated_size(node: &NodeInfo) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use muster_core::{Address, NodeId, NodeStatus, ServiceInfo};
+    use muster_core::ServiceInfo;
 
     fn node(id: &str, heartbeat: u64) -> NodeInfo {
-        NodeInfo {
-            node_id: NodeId::new(id).unwrap(),
-            address: Address::parse("10.0.0.1:80").unwrap(),
-            services: vec![ServiceInfo::parse("svc@1.0.0").unwrap()],
-            timestamp_ms: heartbeat,
-            registered_at_ms: 1,
-            status: NodeStatus::Up,
-            metadata: Default::default(),
-            ttl_ms: 1000,
-        }
+        NodeInfo { timestamp_ms: heartbeat, ..muster_testkit::conformance::node_info(id, &["svc@1.0.0"]) }
     }
 
     #[test]

@@ -247,7 +247,6 @@ struct ResolveOut<'a> {
 
 #[utoipa::path(post, path = "/register", tag = "seed-003", request_body = muster_api::compat::InstanceRequest,
     responses((status = 201, description = "Registered", body = muster_api::compat::InstanceResponse),
-        (status = 400, description = "Invalid input", body = muster_api::ErrorBody),
         (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody)))]
 pub(crate) async fn register(
     State(state): State<AppState>,
@@ -299,7 +298,6 @@ pub(crate) async fn register(
 
 #[utoipa::path(post, path = "/heartbeat", tag = "seed-003", request_body = muster_api::compat::InstanceRequest,
     responses((status = 200, description = "Heartbeat updated", body = muster_api::compat::InstanceResponse),
-        (status = 400, description = "Invalid input", body = muster_api::ErrorBody),
         (status = 404, description = "No such instance: register again", body = muster_api::ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
@@ -474,7 +472,6 @@ pub(crate) struct InstanceAddress {
 #[utoipa::path(delete, path = "/services/{name}/instances", tag = "seed-003",
     params(("name" = String, Path, description = "Service name"), ("ip" = String, Query, description = "Instance IP"), ("port" = u16, Query, description = "Instance port")),
     responses((status = 200, description = "Removed", body = muster_api::compat::RemovedResponse),
-        (status = 400, description = "Invalid input", body = muster_api::ErrorBody),
         (status = 404, description = "No such instance", body = muster_api::ErrorBody)))]
 pub(crate) async fn remove_instance(
     State(state): State<AppState>,

@@ -305,8 +305,7 @@ pub fn router(state: AppState) -> Router {
 
 /// `GET /ready`: 200 when the store answers, 503 (an error body) otherwise.
 #[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, description = "The store answers", body = muster_api::v1::ReadyResponse),
-        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+    responses((status = 200, description = "The store answers", body = muster_api::v1::ReadyResponse)))]
 async fn ready(State(state): State<AppState>) -> Result<axum::Json<muster_api::v1::ReadyResponse>, ApiError> {
     let revision = state.registry().current_revision().await.map_err(|error| {
         ApiError::new(

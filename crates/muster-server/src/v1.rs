@@ -27,9 +27,7 @@ pub(crate) const INDEX_HEADER: &str = "x-muster-index";
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "v1", request_body = muster_api::v1::RegisterRequest,
     responses((status = 201, description = "Registered with a generated id", body = muster_api::v1::RegisterResponse),
-        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody),
-        (status = 413, description = "Body too large", body = muster_api::ErrorBody),
-        (status = 415, description = "Not JSON", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody)))]
 pub(crate) async fn register_generated(
     State(state): State<AppState>,
     auth: Auth,
@@ -42,9 +40,7 @@ pub(crate) async fn register_generated(
     request_body = muster_api::v1::RegisterRequest,
     responses((status = 201, description = "Registered", body = muster_api::v1::RegisterResponse),
         (status = 200, description = "Already registered: refreshed", body = muster_api::v1::RegisterResponse),
-        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody),
-        (status = 413, description = "Body too large", body = muster_api::ErrorBody),
-        (status = 415, description = "Not JSON", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 409, description = "The service is at its instance limit", body = muster_api::ErrorBody)))]
 pub(crate) async fn register_with_id(
     State(state): State<AppState>,
     auth: Auth,
@@ -98,7 +94,7 @@ async fn register(
 #[utoipa::path(put, path = "/v1/nodes/{id}/heartbeat", tag = "v1", params(("id" = String, Path, description = "Node id")),
     request_body(content = muster_api::v1::HeartbeatRequest, description = "Optional: the current status"),
     responses((status = 200, description = "Heartbeat recorded", body = muster_core::NodeInfo),
-        (status = 404, description = "Unknown id: register again", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 404, description = "Unknown id: register again", body = muster_api::ErrorBody)))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -144,7 +140,7 @@ pub(crate) async fn refresh(
 
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
     responses((status = 200, description = "The node", body = muster_core::NodeInfo),
-        (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 404, description = "Not registered", body = muster_api::ErrorBody)))]
 pub(crate) async fn get_node(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -165,7 +161,7 @@ pub(crate) async fn get_node(
 #[utoipa::path(patch, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
     request_body = muster_api::v1::UpdateRequest,
     responses((status = 200, description = "The updated node", body = muster_core::NodeInfo),
-        (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 404, description = "Not registered", body = muster_api::ErrorBody)))]
 pub(crate) async fn update_node(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -211,7 +207,7 @@ pub(crate) async fn update_node(
 
 #[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "v1", params(("id" = String, Path, description = "Node id")),
     responses((status = 204, description = "Deregistered"),
-        (status = 404, description = "Not registered", body = muster_api::ErrorBody), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 404, description = "Not registered", body = muster_api::ErrorBody)))]
 pub(crate) async fn deregister_node(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -251,7 +247,7 @@ pub(crate) struct ListParams {
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "v1",
     params(("all" = Option<bool>, Query, description = "Include nodes whose TTL ran out but that were not removed yet")),
-    responses((status = 200, description = "Nodes ordered by id", body = muster_api::v1::NodeList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+    responses((status = 200, description = "Nodes ordered by id", body = muster_api::v1::NodeList)))]
 pub(crate) async fn list_nodes(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -268,7 +264,7 @@ pub(crate) async fn list_nodes(
 }
 
 #[utoipa::path(get, path = "/v1/services", tag = "v1",
-    responses((status = 200, description = "Services with versions and instance counts", body = muster_api::v1::ServiceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+    responses((status = 200, description = "Services with versions and instance counts", body = muster_api::v1::ServiceList)))]
 pub(crate) async fn list_services(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -308,7 +304,7 @@ pub(crate) async fn list_services(
         ("meta.<key>" = Option<String>, Query, description = "Metadata equality, e.g. meta.zone=eu"),
         ("index" = Option<u64>, Query, description = "Blocking query: wait for a revision after this one (0 answers at once)"),
         ("wait" = Option<String>, Query, description = "Longest wait of a blocking query, e.g. 30s")),
-    responses((status = 200, description = "Matching instances; header X-Muster-Index carries the revision", body = muster_api::v1::InstanceList), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+    responses((status = 200, description = "Matching instances; header X-Muster-Index carries the revision", body = muster_api::v1::InstanceList)))]
 pub(crate) async fn instances(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -44,7 +44,7 @@ pub(crate) struct WatchParams {
         ("service" = Option<String>, Query, description = "Only events about this service"),
         ("snapshot" = Option<bool>, Query, description = "Start with a resync carrying the current state"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this revision")),
-    responses((status = 200, description = "Server-sent events: registered, updated, deregistered (data: DiscoveryEvent), resync (data: ResyncData), peer, error", content_type = "text/event-stream", body = muster_core::DiscoveryEvent), (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody), (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+    responses((status = 200, description = "Server-sent events: registered, updated, deregistered (data: DiscoveryEvent), resync (data: ResyncData), peer, error", content_type = "text/event-stream", body = muster_core::DiscoveryEvent)))]
 pub(crate) async fn watch(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -64,6 +64,11 @@ impl TitanOptions {
 }
 
 /// A connection to a standalone server or a Cluster.
+///
+/// `muster-redis` has the same two-armed enum (`conn::Link`); it is written again here on purpose:
+/// this emulator stands in for the TypeScript peer, so it shares no code with the backend it is
+/// checked against, and using that crate's type would make the test kit depend on `muster-redis`,
+/// whose own tests would then link two copies of it.
 #[derive(Clone)]
 enum Connection {
     Single(MultiplexedConnection),

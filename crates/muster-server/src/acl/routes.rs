@@ -26,8 +26,7 @@ fn view(
 /// `POST /v1/acl/bootstrap`: the first admin token, once, when no token is stored yet.
 #[utoipa::path(post, path = "/v1/acl/bootstrap", tag = "acl",
     responses((status = 201, description = "The first admin token (its secret is shown only now)", body = muster_api::acl::CreatedToken),
-        (status = 409, description = "Bootstrap already happened, or access control is off", body = muster_api::ErrorBody),
-        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 409, description = "Bootstrap already happened, or access control is off", body = muster_api::ErrorBody)))]
 pub(crate) async fn bootstrap(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
@@ -77,9 +76,7 @@ async fn create(
     responses((status = 201, description = "Created (its secret is shown only now)", body = muster_api::acl::CreatedToken),
         (status = 401, description = "No valid token", body = muster_api::ErrorBody),
         (status = 403, description = "Not an admin token", body = muster_api::ErrorBody),
-        (status = 409, description = "The name is taken", body = muster_api::ErrorBody),
-        (status = 400, description = "Invalid input (the message names the field)", body = muster_api::ErrorBody),
-        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 409, description = "The name is taken", body = muster_api::ErrorBody)))]
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -98,8 +95,7 @@ pub(crate) async fn create_token(
 #[utoipa::path(get, path = "/v1/acl/tokens", tag = "acl",
     responses((status = 200, description = "Every token, without secrets", body = muster_api::acl::TokenList),
         (status = 401, description = "No valid token", body = muster_api::ErrorBody),
-        (status = 403, description = "Not an admin token", body = muster_api::ErrorBody),
-        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 403, description = "Not an admin token", body = muster_api::ErrorBody)))]
 pub(crate) async fn list_tokens(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -122,8 +118,7 @@ pub(crate) async fn list_tokens(
         (status = 401, description = "No valid token", body = muster_api::ErrorBody),
         (status = 403, description = "Not an admin token", body = muster_api::ErrorBody),
         (status = 404, description = "No such token", body = muster_api::ErrorBody),
-        (status = 409, description = "Declared in the configuration", body = muster_api::ErrorBody),
-        (status = 503, description = "The store is unreachable", body = muster_api::ErrorBody)))]
+        (status = 409, description = "Declared in the configuration", body = muster_api::ErrorBody)))]
 pub(crate) async fn delete_token(
     State(state): State<AppState>,
     Auth(caller): Auth,

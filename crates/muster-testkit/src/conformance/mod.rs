@@ -86,6 +86,13 @@ pub fn registration(node: &str, address: &str, services: &[&str], timing: Timing
         .expect("valid test registration")
 }
 
+/// A node as a store holds it: at `h:1`, `UP`, providing `services` (`name@version`), its times
+/// zero and a 1 s TTL — the fixture of unit tests that need a `NodeInfo` without a store.
+pub fn node_info(node: &str, services: &[&str]) -> NodeInfo {
+    registration(node, "h:1", services, Timing { ttl: Duration::from_secs(1), ..Timing::default() })
+        .to_node(0, 0)
+}
+
 pub(crate) fn ids(nodes: &[NodeInfo]) -> Vec<&str> {
     nodes.iter().map(|n| n.node_id.as_str()).collect()
 }
