@@ -43,8 +43,8 @@ enum Command {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    let matches = match settings::settings(std::env::args_os().collect()) {
-        Ok(matches) => matches,
+    let settings::Read { matches, tokens } = match settings::settings(std::env::args_os().collect()) {
+        Ok(read) => read,
         Err(Settings::Clap(error)) => error.exit(),
         Err(Settings::File(message)) => {
             eprintln!("error: {message}");
@@ -76,7 +76,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::SUCCESS;
         }
     }
-    match runtime.block_on(serve::serve(args)) {
+    match runtime.block_on(serve::serve(args, tokens)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

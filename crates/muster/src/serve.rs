@@ -8,7 +8,7 @@ use anyhow::Context;
 use muster_core::Registry;
 use muster_server::{AppState, ServerConfig};
 
-use crate::settings::{declared_tokens, preset};
+use crate::settings::preset;
 use crate::{init_logging, shutdown_signal};
 
 #[derive(Debug, clap::Args)]
@@ -224,7 +224,8 @@ pub(crate) fn validate(args: &ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Runs the server with the flags and the tokens the `--config` file declared (read with them).
+pub(crate) async fn serve(args: ServeArgs, declared: Vec<muster_server::DeclaredToken>) -> anyhow::Result<()> {
     init_logging(&args.log_format, &args.log_level);
     let memory_options = muster_memory::MemoryOptions {
         self_preservation: (args.self_preservation > 0.0).then(|| muster_memory::SelfPreservation {
@@ -264,15 +265,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let tokens = Arc::new(registry.token_store());
             (Arc::new(registry), format!("redis ({url})"), tokens)
         }
-    };
-    let declared = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
-            let table: toml::Table = text.parse().with_context(|| format!("--config {}", path.display()))?;
-            declared_tokens(&table).map_err(anyhow::Error::msg)?
-        }
-        None => Vec::new(),
     };
     let config = server_config(&args, declared)?;
     let listener = tokio::net::TcpListener::bind(args.listen.as_str())

@@ -26,17 +26,27 @@ pub(crate) enum Settings {
     File(String),
 }
 
+/// What the command line and the `--config` file hold.
+pub(crate) struct Read {
+    /// Every setting, layered.
+    pub(crate) matches: clap::ArgMatches,
+    /// The file's `[[acl.tokens]]` (none without a file).
+    pub(crate) tokens: Vec<muster_server::DeclaredToken>,
+}
+
 /// The command line parsed with every layer: flags > `MUSTER_*` variables > the `--config` TOML
 /// file > built-in defaults. The file's values become the arguments' defaults, so clap validates
-/// them exactly like flags and any setting added to [`ServeArgs`] is read from all three.
-pub(crate) fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMatches, Settings> {
+/// them exactly like flags and any setting added to [`ServeArgs`] is read from all three. The file
+/// is read once: its tokens come back with the settings.
+pub(crate) fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<Read, Settings> {
     // `muster help --help` asks for help too: the help subcommand takes no flags of its own.
     if argv.get(1).is_some_and(|a| a == "help") {
         argv.retain(|a| a != "--help" && a != "-h");
     }
     let first = Cli::command().try_get_matches_from(&argv).map_err(Settings::Clap)?;
-    let Some(("serve", serve)) = first.subcommand() else { return Ok(first) };
-    let Some(path) = serve.get_one::<std::path::PathBuf>("config") else { return Ok(first) };
+    let alone = |matches| Ok(Read { matches, tokens: Vec::new() });
+    let Some(("serve", serve)) = first.subcommand() else { return alone(first) };
+    let Some(path) = serve.get_one::<std::path::PathBuf>("config") else { return alone(first) };
     let file = |message: String| Settings::File(format!("--config {}: {message}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file(e.to_string()))?;
@@ -59,7 +69,7 @@ pub(crate) fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMat
             _ => entries.push((key.clone(), value)),
         }
     }
-    declared_tokens(&table).map_err(file)?;
+    let tokens = declared_tokens(&table).map_err(file)?;
     for (key, value) in &entries {
         let id = key.replace('-', "_");
         let known = command
@@ -77,10 +87,11 @@ pub(crate) fn settings(mut argv: Vec<std::ffi::OsString>) -> Result<clap::ArgMat
         };
         command = command.mut_subcommand("serve", |serve| serve.mut_arg(id, |arg| arg.default_value(value)));
     }
-    command.try_get_matches_from(&argv).map_err(|error| {
+    let matches = command.try_get_matches_from(&argv).map_err(|error| {
         // A bad value from the file is reported as the setting's; say where it came from.
         file(error.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned())
-    })
+    })?;
+    Ok(Read { matches, tokens })
 }
 
 /// A token of the configuration file's `[[acl.tokens]]`.
@@ -97,7 +108,7 @@ struct TokenEntry {
 }
 
 /// The tokens declared in a configuration file.
-pub(crate) fn declared_tokens(table: &toml::Table) -> Result<Vec<muster_server::DeclaredToken>, String> {
+fn declared_tokens(table: &toml::Table) -> Result<Vec<muster_server::DeclaredToken>, String> {
     let Some(tokens) = table.get("acl").and_then(|acl| acl.get("tokens")) else { return Ok(Vec::new()) };
     let entries: Vec<TokenEntry> =
         tokens.clone().try_into().map_err(|e: toml::de::Error| format!("[[acl.tokens]]: {}", e.message()))?;
@@ -239,6 +250,11 @@ mod fuzz {
         std::fs::write(&path, VALID).unwrap();
         let argv =
             ["muster", "serve", "--config", path.to_str().unwrap()].map(std::ffi::OsString::from).to_vec();
-        assert!(super::settings(argv).is_ok());
+        let Ok(read) = super::settings(argv) else { panic!("the valid file is refused") };
+        // The tokens come from the one read of the file, with the settings.
+        assert_eq!(read.tokens.len(), 1);
+        assert_eq!(read.tokens[0].name, "ops");
+        let serve = read.matches.subcommand_matches("serve").unwrap();
+        assert_eq!(serve.get_one::<String>("listen").map(String::as_str), Some("127.0.0.1:3100"));
     }
 }

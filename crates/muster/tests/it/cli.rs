@@ -662,7 +662,7 @@ async fn call_and_describe_netron_peers() {
     let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0"], &[]);
     muster_client::install_tls_provider();
     let body = serde_json::json!({"address": address.to_string(), "services": [{"name": "calculator", "version": "1.0.0"}]});
-    let put = reqwest::Client::new().put(format!("{base}/v1/nodes/calc-1")).json(&body).send().await.unwrap();
+    let put = crate::http().put(format!("{base}/v1/nodes/calc-1")).json(&body).send().await.unwrap();
     assert_eq!(put.status(), 201);
     let by_registry = run(&["call", "--registry", &base, "calculator@^1", "add", "1", "1"]);
     assert_eq!(text(&by_registry.stdout), "2\n", "{}", text(&by_registry.stderr));
@@ -679,7 +679,7 @@ async fn a_registered_node_shows_in_dns_and_leaves_when_killed() {
     let dns = format!("127.0.0.1:{dns_port}");
     let (mut server, base, _) = spawn_serve(["--listen", "127.0.0.1:0", "--dns", dns.as_str()], &[]);
     muster_client::install_tls_provider();
-    let page = reqwest::get(format!("{base}/ui")).await.unwrap();
+    let page = crate::http().get(format!("{base}/ui")).send().await.unwrap();
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     assert!(page.text().await.unwrap().contains("<title>Muster</title>"), "the dashboard is served");
     let dig = || {
@@ -722,7 +722,7 @@ async fn a_registered_node_shows_in_dns_and_leaves_when_killed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let nodes: serde_json::Value =
-        reqwest::get(format!("{base}/v1/nodes")).await.unwrap().json().await.unwrap();
+        crate::http().get(format!("{base}/v1/nodes")).send().await.unwrap().json().await.unwrap();
     assert_eq!(nodes["nodes"], serde_json::json!([]), "and the registry (what the dashboard shows)");
 
     // The binary runs health checks: a node nothing listens for is set DOWN.
@@ -745,7 +745,7 @@ async fn a_registered_node_shows_in_dns_and_leaves_when_killed() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let node: serde_json::Value =
-            reqwest::get(format!("{base}/v1/nodes/dead-1")).await.unwrap().json().await.unwrap();
+            crate::http().get(format!("{base}/v1/nodes/dead-1")).send().await.unwrap().json().await.unwrap();
         if node["status"] == "DOWN" {
             assert!(
                 node["metadata"]["check.output"].as_str().is_some_and(|o| o.contains("127.0.0.1:1")),
@@ -799,7 +799,7 @@ async fn a_registered_node_shows_in_dns_and_leaves_when_killed() {
     assert!(dig(&["dead.service.muster."]).is_empty(), "but not for its service");
     assert_eq!(dig(&["muster.", "NS"]), "ns.muster.\n");
     assert_eq!(dig(&["ns.muster."]), "127.0.0.1\n");
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = crate::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains("muster_dns_queries_total{qtype=\"PTR\",rcode=\"NOERROR\",transport=\"udp\"} 1"),
         "{metrics}"

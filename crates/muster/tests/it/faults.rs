@@ -537,7 +537,7 @@ async fn took_writes_again(bases: Vec<String>) -> Vec<Duration> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut took = Vec::new();
     for (n, base) in bases.iter().enumerate() {
-        let client = reqwest::Client::new();
+        let client = crate::http();
         let body =
             serde_json::json!({"address": "10.9.9.9:1", "services": [{"name": "probe"}], "ttlMs": 2000});
         let deadline = killed + Duration::from_secs(60);

@@ -9,6 +9,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// An HTTP client for the tests' own requests. The TLS provider is process-wide: installing it
+/// here, not relying on whichever test happened to build a client first, keeps each test
+/// runnable alone.
+pub(crate) fn http() -> reqwest::Client {
+    muster_client::install_tls_provider();
+    reqwest::Client::new()
+}
+
 fn muster() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_muster"));
     for alias in [
@@ -65,7 +73,7 @@ async fn serve_answers_and_stops_on_sigterm() {
         spawn_serve(["--listen", "127.0.0.1:0"], &[("HEARTBEAT_TIMEOUT_SECONDS", "30")]);
     assert!(first.contains("store: embedded memory"), "{first}");
     muster_client::install_tls_provider();
-    let client = reqwest::Client::new();
+    let client = crate::http();
     let health: serde_json::Value =
         client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "healthy");
@@ -168,7 +176,7 @@ async fn data_dir_survives_a_restart() {
         assert!(child.wait().unwrap().success());
     };
     muster_client::install_tls_provider();
-    let client = reqwest::Client::new();
+    let client = crate::http();
     let (child, base) = start();
     let response = client
         .put(format!("{base}/v1/nodes/kept"))
@@ -233,7 +241,7 @@ async fn config_file() {
     let args =
         [std::ffi::OsStr::new("--cleanup-interval"), "9s".as_ref(), "--config".as_ref(), file.as_os_str()];
     let (mut child, base, _) = spawn_serve(args, &[]);
-    let stats: serde_json::Value = reqwest::get(format!("{base}/stats")).await.unwrap().json().await.unwrap();
+    let stats: serde_json::Value = crate::http().get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["heartbeatTimeout"], "42s", "taken from the file");
     assert_eq!(stats["cleanupInterval"], "9s", "the flag wins over the file");
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -299,7 +307,7 @@ async fn serve_follows_titan_peers() {
         (instance.id.as_str(), instance.host.as_str(), instance.port),
         ("worker@host-1", "10.8.8.9", 9000)
     );
-    let get = reqwest::get(format!("{base}/v1/nodes/worker@host-1")).await.unwrap();
+    let get = crate::http().get(format!("{base}/v1/nodes/worker@host-1")).send().await.unwrap();
     assert_eq!(get.status(), 200, "a node is read by the id it was written with");
 
     node.update_services(serde_json::json!([{"name": "users", "version": "2.0.0"}])).await;
@@ -463,7 +471,7 @@ fn every_setting_honours_flag_env_and_file() {
 async fn lifecycle_is_logged_plainly() {
     let (child, base, _) = spawn_serve_with(["--listen", "127.0.0.1:0"], &[], Stdio::piped());
     muster_client::install_tls_provider();
-    let client = reqwest::Client::new();
+    let client = crate::http();
     let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "logged"}], "ttlMs": 1000});
     assert_eq!(client.put(format!("{base}/v1/nodes/log-1")).json(&body).send().await.unwrap().status(), 201);
     assert_eq!(client.put(format!("{base}/v1/nodes/log-2")).json(&body).send().await.unwrap().status(), 201);
@@ -506,7 +514,7 @@ async fn writes_with_a_token_are_audited_without_the_secret() {
     let (child, base, _) =
         spawn_serve_with(["--listen", "127.0.0.1:0", "--config", config], &[], Stdio::piped());
     muster_client::install_tls_provider();
-    let client = reqwest::Client::new();
+    let client = crate::http();
     let body = serde_json::json!({"address": "10.0.0.9:80", "services": [{"name": "web"}]});
     let put = client.put(format!("{base}/v1/nodes/web-1")).bearer_auth(secret).json(&body);
     assert_eq!(put.send().await.unwrap().status(), 201);
