@@ -89,7 +89,10 @@ impl AgentBuilder {
         self.node_id_prefix = prefix.into();
         self
     }
-    /// The address this node is reached at.
+    /// The address this node is reached at (required). Titan's rule — `HOST` and `PORT` from the
+    /// environment, `localhost:3000` by default — is [`detect_address`], which the application
+    /// calls: `.address(detect_address(|k| std::env::var(k).ok())?)`. The library reads no
+    /// environment of its own.
     pub fn address(mut self, address: Address) -> Self {
         self.address = Some(address);
         self
@@ -118,19 +121,19 @@ impl AgentBuilder {
     }
 
     /// Validates everything and builds the agent. Logs a warning for risky but legal options.
-    ///
-    /// Without an explicit address, reads `HOST` and `PORT` from the environment (see
-    /// [`detect_address`]).
+    /// Refused (invalid input) without an [`address`](Self::address).
     pub fn build(self) -> Result<Agent> {
         for OptionsWarning(warning) in self.options.validate()? {
             tracing::warn!("{warning}");
         }
         muster_core::service::validate_services(&self.services)?;
         muster_core::service::validate_metadata(&self.metadata)?;
-        let address = match self.address {
-            Some(address) => address,
-            None => detect_address(|key| std::env::var(key).ok())?,
-        };
+        let address = self.address.ok_or_else(|| {
+            Error::invalid(
+                "address",
+                "missing: set it with .address(); detect_address() reads Titan's HOST and PORT",
+            )
+        })?;
         let node_id = self.node_id.unwrap_or_else(|| NodeId::generate(&self.node_id_prefix));
         let cancel = CancellationToken::new();
         let inner = Arc::new(Inner {

@@ -39,7 +39,7 @@ pub use cache::DiscoveryCache;
 pub use handlers::EventSubscription;
 use handlers::Handlers;
 
-/// Address used when neither configuration nor `HOST`/`PORT` give one (Titan's default).
+/// The address [`detect_address`] gives when neither `HOST` nor `PORT` is set (Titan's default).
 pub const DEFAULT_ADDRESS: &str = "localhost:3000";
 /// Prefix of generated node ids.
 pub const DEFAULT_NODE_ID_PREFIX: &str = "muster";

@@ -225,7 +225,10 @@ pub(crate) fn validate(args: &ServeArgs) -> Result<(), String> {
 }
 
 /// Runs the server with the flags and the tokens the `--config` file declared (read with them).
-pub(crate) async fn serve(args: ServeArgs, declared: Vec<muster_server::DeclaredToken>) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    args: ServeArgs,
+    declared: Vec<muster_server::DeclaredToken>,
+) -> anyhow::Result<()> {
     init_logging(&args.log_format, &args.log_level);
     let memory_options = muster_memory::MemoryOptions {
         self_preservation: (args.self_preservation > 0.0).then(|| muster_memory::SelfPreservation {

@@ -38,6 +38,17 @@ async fn retry_backoff_doubles() {
     agent.stop().await.unwrap();
 }
 
+/// The library reads no environment: an agent without an address is refused, whatever `HOST` and
+/// `PORT` say; the application passes Titan's rule explicitly.
+#[tokio::test]
+async fn an_address_is_given_not_read_from_the_environment() {
+    let error = Agent::builder(MemoryRegistry::new()).node_id(id("n1")).build().err().expect("refused");
+    assert!(error.is_invalid_input() && error.to_string().contains("address"), "{error}");
+    let titan = muster_agent::detect_address(|key| (key == "PORT").then(|| "7000".to_owned())).unwrap();
+    let agent = Agent::builder(MemoryRegistry::new()).node_id(id("n1")).address(titan).build().unwrap();
+    assert_eq!(agent.address().as_str(), "localhost:7000");
+}
+
 /// Dropping every handle without `stop` behaves like a crash: no deregistration, the node expires.
 #[tokio::test(start_paused = true)]
 async fn dropped_agent_expires_like_a_crash() {

@@ -241,7 +241,8 @@ async fn config_file() {
     let args =
         [std::ffi::OsStr::new("--cleanup-interval"), "9s".as_ref(), "--config".as_ref(), file.as_os_str()];
     let (mut child, base, _) = spawn_serve(args, &[]);
-    let stats: serde_json::Value = crate::http().get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
+    let stats: serde_json::Value =
+        crate::http().get(format!("{base}/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["heartbeatTimeout"], "42s", "taken from the file");
     assert_eq!(stats["cleanupInterval"], "9s", "the flag wins over the file");
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
