@@ -84,8 +84,7 @@ fn mirror_applies_in_order_and_reindexes() {
 #[test]
 fn mirror_replace_reports_the_difference() {
     let mut mirror = Mirror::default();
-    mirror
-        .replace(Snapshot { revision: Revision(1), nodes: vec![node("n1", &["a"]), node("n2", &["a"])] });
+    mirror.replace(Snapshot { revision: Revision(1), nodes: vec![node("n1", &["a"]), node("n2", &["a"])] });
     let changes = mirror
         .replace(Snapshot { revision: Revision(9), nodes: vec![node("n3", &["a"]), node("n2", &["b"])] });
     let got: Vec<_> = changes.iter().map(|e| (e.kind, e.node.node_id.to_string(), e.reason)).collect();
@@ -117,11 +116,7 @@ fn mirror_keeps_the_checked_nodes_apart_and_counts_only_their_changes() {
     for r in 2..1000 {
         mirror.apply(&event(r, EventKind::Registered, node(&format!("plain-{r}"), &["a"])));
     }
-    assert_eq!(
-        mirror.checked_changes(),
-        seen,
-        "changes to other nodes leave the checked ones as they were"
-    );
+    assert_eq!(mirror.checked_changes(), seen, "changes to other nodes leave the checked ones as they were");
     mirror.apply(&event(1000, EventKind::Updated, checked("c1")));
     assert!(mirror.checked_changes() > seen, "a checked node changed");
     let seen = mirror.checked_changes();
