@@ -30,6 +30,10 @@ use crate::AppState;
 use crate::acl::{Auth, Decision};
 use crate::error::ApiError;
 
+mod output;
+
+use output::*;
+
 fn now() -> String {
     iso8601(now_ms())
 }
@@ -130,119 +134,6 @@ fn metadata_from_request(sent: &serde_json::Map<String, serde_json::Value>) -> R
         metadata.insert(JSON_KEYS.to_owned(), serde_json::to_string(&json_keys).unwrap_or_default());
     }
     Ok(metadata)
-}
-
-/// Node metadata back as seed-003 metadata (see [`metadata_from_request`]).
-fn metadata_for_response(metadata: &Metadata) -> serde_json::Map<String, serde_json::Value> {
-    let json_keys: Vec<String> =
-        metadata.get(JSON_KEYS).and_then(|keys| serde_json::from_str(keys).ok()).unwrap_or_default();
-    metadata
-        .iter()
-        .filter(|(key, _)| key.as_str() != JSON_KEYS)
-        .map(|(key, value)| {
-            let value = json_keys
-                .contains(key)
-                .then(|| serde_json::from_str(value).ok())
-                .flatten()
-                .unwrap_or_else(|| serde_json::Value::String(value.clone()));
-            (key.clone(), value)
-        })
-        .collect()
-}
-
-fn compat_instance(node: &NodeInfo, with_name: bool) -> CompatInstance {
-    let mut metadata = metadata_for_response(&node.metadata);
-    if let Some(version) = node.services.first().and_then(|s| s.version.clone()) {
-        metadata.entry("version").or_insert(serde_json::Value::String(version));
-    }
-    CompatInstance {
-        id: node.node_id.to_string(),
-        name: if with_name { node.services.first().map(|s| s.name.clone()) } else { None },
-        ip: node.address.host_unbracketed().to_owned(),
-        port: node.address.port(),
-        status: if node.status.is_healthy() { "healthy" } else { "unhealthy" }.to_owned(),
-        registered_at: Some(iso8601(node.registered_at_ms)),
-        last_heartbeat: Some(iso8601(node.timestamp_ms)),
-        metadata: Some(metadata),
-    }
-}
-
-/// [`compat_instance`] as a borrowed view: the same JSON, written straight from the node (the
-/// resolve route's hot path: no owned instance, no metadata map, no time strings per instance).
-struct InstanceOut<'a> {
-    node: &'a NodeInfo,
-    with_name: bool,
-}
-
-impl serde::Serialize for InstanceOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let node = self.node;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("id", node.node_id.as_str())?;
-        if self.with_name
-            && let Some(service) = node.services.first()
-        {
-            map.serialize_entry("name", &service.name)?;
-        }
-        map.serialize_entry("ip", node.address.host_unbracketed())?;
-        map.serialize_entry("port", &node.address.port())?;
-        map.serialize_entry("status", if node.status.is_healthy() { "healthy" } else { "unhealthy" })?;
-        map.serialize_entry("registeredAt", &Text(Iso8601(node.registered_at_ms)))?;
-        map.serialize_entry("lastHeartbeat", &Text(Iso8601(node.timestamp_ms)))?;
-        map.serialize_entry("metadata", &MetadataOut(node))?;
-        map.end()
-    }
-}
-
-/// [`metadata_for_response`] plus the first service's version, as a borrowed view (keys in order,
-/// as the owned map has them).
-struct MetadataOut<'a>(&'a NodeInfo);
-
-impl serde::Serialize for MetadataOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let metadata = &self.0.metadata;
-        let json_keys: Vec<String> =
-            metadata.get(JSON_KEYS).and_then(|keys| serde_json::from_str(keys).ok()).unwrap_or_default();
-        let mut version = self
-            .0
-            .services
-            .first()
-            .and_then(|s| s.version.as_deref())
-            .filter(|_| !metadata.contains_key("version"));
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in metadata.iter().filter(|(key, _)| key.as_str() != JSON_KEYS) {
-            if let Some(v) = version.filter(|_| key.as_str() > "version") {
-                map.serialize_entry("version", v)?;
-                version = None;
-            }
-            match json_keys
-                .contains(key)
-                .then(|| serde_json::from_str::<serde_json::Value>(value).ok())
-                .flatten()
-            {
-                Some(json) => map.serialize_entry(key, &json)?,
-                None => map.serialize_entry(key, value)?,
-            }
-        }
-        if let Some(v) = version {
-            map.serialize_entry("version", v)?;
-        }
-        map.end()
-    }
-}
-
-/// The answer of `GET /resolve/{name}` ([`muster_api::compat::ResolveResponse`]) as a borrowed view.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResolveOut<'a> {
-    service_name: &'a str,
-    instance_count: usize,
-    instances: Vec<InstanceOut<'a>>,
-    /// Last; `None` writes the answer without it (the route appends the time of each response).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<Text<Iso8601>>,
 }
 
 #[utoipa::path(post, path = "/register", tag = "seed-003", request_body = muster_api::compat::InstanceRequest,
@@ -526,59 +417,4 @@ pub(crate) async fn remove_instance(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use muster_core::{Address, NodeId, NodeStatus};
-
-    fn node(metadata: &[(&str, &str)], version: Option<&str>, status: NodeStatus) -> NodeInfo {
-        NodeInfo {
-            node_id: NodeId::new("users-10.0.0.1-8080").unwrap(),
-            address: Address::parse("[::1]:8080").unwrap(),
-            services: vec![ServiceInfo::new("users".to_owned(), version).unwrap()],
-            timestamp_ms: 1_764_000_000_123,
-            registered_at_ms: 1_763_999_000_000,
-            status,
-            metadata: metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-            ttl_ms: 30_000,
-        }
-    }
-
-    /// The borrowed view writes exactly the owned instance's JSON, whatever the metadata holds:
-    /// keys before and after `version`, a `version` of its own, values kept as JSON.
-    #[test]
-    fn the_borrowed_view_writes_what_the_owned_instance_writes() {
-        let nodes = [
-            node(&[], None, NodeStatus::Up),
-            node(&[], Some("1.2.0"), NodeStatus::Down),
-            node(&[("alpha", "a"), ("zone", "z\"q")], Some("1.2.0"), NodeStatus::Up),
-            node(&[("version", "9.9.9"), ("a", "b")], Some("1.2.0"), NodeStatus::Starting),
-            node(
-                &[("weight", "5"), ("tags", "[\"x\",1]"), (JSON_KEYS, "[\"tags\",\"weight\"]")],
-                Some("2.0.0"),
-                NodeStatus::Up,
-            ),
-            node(&[("broken", "{"), (JSON_KEYS, "[\"broken\"]"), ("v", "1")], Some("3.0.0"), NodeStatus::Up),
-            node(&[(JSON_KEYS, "not json"), ("x", "1")], None, NodeStatus::Up),
-        ];
-        for node in &nodes {
-            for with_name in [false, true] {
-                let owned = serde_json::to_string(&compat_instance(node, with_name)).unwrap();
-                let view = serde_json::to_string(&InstanceOut { node, with_name }).unwrap();
-                assert_eq!(view, owned, "metadata {:?}", node.metadata);
-            }
-        }
-        let answer = ResolveOut {
-            service_name: "users",
-            instance_count: 1,
-            instances: vec![InstanceOut { node: &nodes[2], with_name: false }],
-            timestamp: Some(Text(Iso8601(1_764_000_000_000))),
-        };
-        let owned = muster_api::compat::ResolveResponse {
-            service_name: "users".to_owned(),
-            instance_count: 1,
-            instances: vec![compat_instance(&nodes[2], false)],
-            timestamp: iso8601(1_764_000_000_000),
-        };
-        assert_eq!(serde_json::to_string(&answer).unwrap(), serde_json::to_string(&owned).unwrap());
-    }
-}
+mod tests;
