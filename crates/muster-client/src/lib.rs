@@ -42,7 +42,13 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Layout: `lib.rs` — [`Client`] and its plain calls; `config.rs` — [`ClientConfig`];
+//! `registration.rs` — registration handles; `resolve.rs` — the watched cache behind lookups;
+//! `failover.rs` — calls with failover and circuit breakers; `remote.rs` — [`RemoteRegistry`], the
+//! `Registry` contract over HTTP; `error.rs` — [`ClientError`].
 
+mod config;
 mod error;
 pub mod failover;
 mod registration;
@@ -59,148 +65,13 @@ use muster_api::v1::{HeartbeatRequest, Instance, InstanceList, NodeList, Registe
 use muster_core::{NodeInfo, NodeStatus};
 use reqwest::StatusCode;
 
+use config::check_url;
+pub use config::{ClientConfig, Token};
 pub use error::{ClientError, Source};
 pub use failover::{BreakerConfig, CircuitState, Failover, FailoverError, Retryable};
 pub use registration::{Health, Registration, RegistrationSpec};
 pub use remote::RemoteRegistry;
 pub use resolve::{Resolved, WatchOptions};
-
-/// Client settings. [`ClientConfig::default`] has the defaults of the registry SDK's documentation;
-/// [`ClientConfig::from_env`] reads its environment variables.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// `SERVICE_REGISTRY_URL` (default `http://127.0.0.1:3100`, where `muster serve` listens).
-    pub registry_url: String,
-    /// `SERVICE_REGISTRY_HEARTBEAT_INTERVAL` in milliseconds (default 30,000).
-    pub heartbeat_interval: Duration,
-    /// `SERVICE_REGISTRY_RETRY_DELAY` in milliseconds: the first retry delay (default 10,000).
-    pub retry_delay: Duration,
-    /// `SERVICE_REGISTRY_MAX_RETRIES` (default 5): how many times the delay doubles, and how many
-    /// times a first registration is retried before [`Client::register`] gives up.
-    pub max_retries: u32,
-    /// `HOST`: this service's host name (default `localhost`).
-    pub host: String,
-    /// `PORT`: this service's port (default 3000).
-    pub port: u16,
-    /// Timeout of one HTTP request to the registry (default 10 s).
-    pub request_timeout: Duration,
-    /// How long a service's last non-empty instance list outlives a resync that would empty it
-    /// (default 90 s, the default TTL). See [`resolve`].
-    pub empty_protection: Duration,
-    /// Circuit breakers of [`Client::call_with_failover`].
-    pub breaker: BreakerConfig,
-    /// `MUSTER_TOKEN`: the ACL token sent with every request (`Authorization: Bearer`).
-    pub token: Option<Token>,
-    /// `MUSTER_CA_CERT`: a PEM file of certificate authorities trusted for `https://` besides the
-    /// system's roots.
-    pub ca_cert: Option<std::path::PathBuf>,
-    /// `MUSTER_CLIENT_CERT`: a PEM file with this client's certificate chain and private key, for
-    /// registries that require mutual TLS.
-    pub client_identity: Option<std::path::PathBuf>,
-}
-
-/// An ACL token: sent with requests, never printed (its `Debug` shows `Token(..)`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    /// A token from its secret (surrounding white space removed).
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into().trim().to_owned())
-    }
-
-    /// The secret.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(..)")
-    }
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            registry_url: muster_api::DEFAULT_REGISTRY_URL.to_owned(),
-            heartbeat_interval: Duration::from_secs(30),
-            retry_delay: Duration::from_secs(10),
-            max_retries: 5,
-            host: "localhost".to_owned(),
-            port: 3000,
-            request_timeout: Duration::from_secs(10),
-            empty_protection: Duration::from_secs(90),
-            breaker: BreakerConfig::default(),
-            token: None,
-            ca_cert: None,
-            client_identity: None,
-        }
-    }
-}
-
-impl ClientConfig {
-    /// The defaults overridden by the process environment.
-    pub fn from_env() -> Result<Self, ClientError> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// The defaults overridden by `lookup` (a variable name to its value); every value is checked.
-    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ClientError> {
-        fn parse<T: std::str::FromStr>(name: &str, value: &str, what: &str) -> Result<T, ClientError> {
-            value
-                .trim()
-                .parse()
-                .map_err(|_| ClientError::InvalidInput(format!("{name}={value:?} is not {what}")))
-        }
-        let millis = |name: &str, value: &str| -> Result<Duration, ClientError> {
-            let ms: u64 = parse(name, value, "a number of milliseconds")?;
-            if ms == 0 {
-                return Err(ClientError::InvalidInput(format!("{name} must be above 0")));
-            }
-            Ok(Duration::from_millis(ms))
-        };
-        let mut config = Self::default();
-        if let Some(url) = lookup("SERVICE_REGISTRY_URL") {
-            check_url(&url).map_err(|m| ClientError::InvalidInput(format!("SERVICE_REGISTRY_URL: {m}")))?;
-            config.registry_url = url;
-        }
-        if let Some(v) = lookup("SERVICE_REGISTRY_HEARTBEAT_INTERVAL") {
-            config.heartbeat_interval = millis("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", &v)?;
-        }
-        if let Some(v) = lookup("SERVICE_REGISTRY_RETRY_DELAY") {
-            config.retry_delay = millis("SERVICE_REGISTRY_RETRY_DELAY", &v)?;
-        }
-        if let Some(v) = lookup("SERVICE_REGISTRY_MAX_RETRIES") {
-            config.max_retries = parse("SERVICE_REGISTRY_MAX_RETRIES", &v, "a whole number")?;
-        }
-        if let Some(v) = lookup("HOST") {
-            if v.trim().is_empty() {
-                return Err(ClientError::InvalidInput("HOST is empty".to_owned()));
-            }
-            config.host = v.trim().to_owned();
-        }
-        if let Some(v) = lookup("PORT") {
-            config.port = parse("PORT", &v, "a port (1-65535)")?;
-            if config.port == 0 {
-                return Err(ClientError::InvalidInput("PORT must be 1-65535".to_owned()));
-            }
-        }
-        config.token = lookup("MUSTER_TOKEN").filter(|t| !t.trim().is_empty()).map(Token::new);
-        config.ca_cert = lookup("MUSTER_CA_CERT").filter(|p| !p.is_empty()).map(Into::into);
-        config.client_identity = lookup("MUSTER_CLIENT_CERT").filter(|p| !p.is_empty()).map(Into::into);
-        Ok(config)
-    }
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(format!("{url:?} is not an http:// or https:// URL"))
-    }
-}
 
 /// Makes rustls's ring provider the process default, as every HTTP client of this crate does
 /// before it is built; a program that builds its own `reqwest` clients beside Muster's calls it
@@ -518,56 +389,4 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
-    }
-
-    #[test]
-    fn environment_defaults_are_the_documented_ones() {
-        let config = ClientConfig::from_vars(|_| None).unwrap();
-        assert_eq!(config.registry_url, "http://127.0.0.1:3100", "where `muster serve` listens");
-        assert_eq!(config.heartbeat_interval, Duration::from_millis(30_000));
-        assert_eq!(config.retry_delay, Duration::from_millis(10_000));
-        assert_eq!(config.max_retries, 5);
-        assert_eq!((config.host.as_str(), config.port), ("localhost", 3000));
-    }
-
-    #[test]
-    fn environment_overrides_and_is_checked() {
-        let config = ClientConfig::from_vars(vars(&[
-            ("SERVICE_REGISTRY_URL", "http://10.0.0.1:3100"),
-            ("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", "5000"),
-            ("SERVICE_REGISTRY_RETRY_DELAY", "250"),
-            ("SERVICE_REGISTRY_MAX_RETRIES", "3"),
-            ("HOST", "users-1.internal"),
-            ("PORT", "8080"),
-            ("MUSTER_TOKEN", " mst_secret-value "),
-            ("MUSTER_CA_CERT", "/etc/muster/ca.pem"),
-        ]))
-        .unwrap();
-        assert_eq!(config.token.as_ref().map(Token::secret), Some("mst_secret-value"));
-        assert!(!format!("{config:?}").contains("mst_secret-value"), "a token is never printed");
-        assert_eq!(config.ca_cert.as_deref(), Some(std::path::Path::new("/etc/muster/ca.pem")));
-        assert_eq!(config.registry_url, "http://10.0.0.1:3100");
-        assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
-        assert_eq!(config.retry_delay, Duration::from_millis(250));
-        assert_eq!(config.max_retries, 3);
-        assert_eq!(RegistrationSpec::from_config(&config).address, "users-1.internal:8080");
-        for (name, value) in [
-            ("SERVICE_REGISTRY_URL", "localhost:3011"),
-            ("SERVICE_REGISTRY_URL", "ftp://registry.internal:3100"),
-            ("SERVICE_REGISTRY_HEARTBEAT_INTERVAL", "30s"),
-            ("SERVICE_REGISTRY_RETRY_DELAY", "0"),
-            ("SERVICE_REGISTRY_MAX_RETRIES", "-1"),
-            ("PORT", "70000"),
-            ("PORT", "0"),
-            ("HOST", " "),
-        ] {
-            let error = ClientConfig::from_vars(vars(&[(name, value)])).unwrap_err();
-            assert!(error.to_string().contains(name), "{error}");
-        }
-    }
-}
+mod tests;
