@@ -1,4 +1,4 @@
-//! Discovery options with the Titan defaults, their validation, and retry backoff.
+//! Discovery options with the Titan defaults, their validation, and the agent's retry policy.
 
 use std::time::Duration;
 
