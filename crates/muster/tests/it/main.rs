@@ -4,6 +4,7 @@
 mod cli;
 mod faults;
 mod fleet;
+mod map;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,0 +1,61 @@
+//! ARCHITECTURE.md's map stays true: every source file of every crate has its row under its
+//! crate's heading, and every row names a file that exists.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The files of `crates/<crate>/src` as the map names them (unit-test files left out).
+fn files(src: &Path, at: &Path, found: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(at).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(src, &path, found);
+            continue;
+        }
+        let relative = path.strip_prefix(src).unwrap().to_string_lossy().into_owned();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name == "tests.rs" || relative == "serve/mapping.rs" {
+            continue;
+        }
+        if relative.starts_with("lua/") {
+            found.insert("lua/*.lua".to_owned());
+        } else if name.ends_with(".rs") || name.ends_with(".html") {
+            found.insert(relative);
+        }
+    }
+}
+
+#[test]
+fn the_architecture_map_lists_every_source_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut mismatches = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let krate = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let src = dir.join("src");
+        if !src.is_dir() || krate == "muster-peer-macros" {
+            continue;
+        }
+        let mut on_disk = BTreeSet::new();
+        files(&src, &src, &mut on_disk);
+        // The rows under `### `<crate>`` up to the next heading.
+        let Some(start) = map.find(&format!("### `{krate}`")) else {
+            mismatches.push(format!("{krate}: no section"));
+            continue;
+        };
+        let section = &map[start..];
+        let section = &section[3..section[3..].find("\n#").map_or(section.len(), |end| end + 3)];
+        let in_map: BTreeSet<String> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split('`').next().map(str::to_owned))
+            .collect();
+        for missing in on_disk.difference(&in_map) {
+            mismatches.push(format!("{krate}: {missing} is not in the map"));
+        }
+        for gone in in_map.difference(&on_disk) {
+            mismatches.push(format!("{krate}: the map lists {gone}, which does not exist"));
+        }
+    }
+    assert!(mismatches.is_empty(), "ARCHITECTURE.md is out of date:\n{}", mismatches.join("\n"));
+}
