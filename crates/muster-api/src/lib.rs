@@ -3,6 +3,8 @@
 //! - [`v1`] — Muster's own API under `/v1` (camelCase JSON, unknown fields rejected).
 //! - [`compat`] — the seed-003 registry routes (`/register`, `/heartbeat`, `/resolve/{name}`, ...),
 //!   with their exact JSON shapes.
+//! - [`acl`] — the access-control routes under `/v1/acl`: bootstrap, tokens, `whoami`.
+//! - [`check`] — active health checks a registration asks the registry to run.
 //! - [`ErrorBody`] — the one error shape: `{"error": {"code", "message"}}`, plus `timestamp` on the
 //!   seed-003 routes.
 

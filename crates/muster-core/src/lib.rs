@@ -10,7 +10,9 @@
 //! - [`event`] — [`DiscoveryEvent`]s, [`Revision`]s and watch items.
 //! - [`options`] — the Titan discovery options with their defaults, and the agent's retry policy.
 //! - [`backoff`] — the exponential backoff with jitter every retry and reconnect loop uses.
-//! - [`registry`] — the [`Registry`] trait.
+//! - [`registry`] — the [`Registry`] trait and the capabilities a backend may expose.
+//! - [`log`] — the watch component: the event log, the mirror of active nodes, watch streams.
+//! - [`schema`] — the validation rules as JSON Schema patterns for the API's document.
 //! - [`acl`] — token policies (read, write, admin by service and node patterns) and token stores.
 //! - [`error`] — one classified [`Error`] type.
 //! - [`time`] — wall-clock milliseconds that follow tokio's (pausable) clock.

@@ -2,17 +2,21 @@
 //! `../shared/NETRON-PROTOCOL.md`) so that TypeScript Netron peers and Muster peers can call each
 //! other's services.
 //!
-//! This crate is built bottom-up; today it holds the wire layer:
-//!
-//! - [`wire::Value`] — every value Netron's MessagePack dialect carries: JSON-like values,
-//!   `undefined`, and the extension types (errors, dates, maps, sets, big integers, regular
-//!   expressions, longs, and Netron's `Definition`, `Reference`, `StreamReference`).
-//! - [`wire::encode`] / [`wire::decode`] — the dialect, byte for byte as Netron writes it, and a
-//!   decoder that returns an error — never panics, never allocates beyond the input's size — on
-//!   any bytes, with a nesting-depth limit.
-//! - [`wire::Packet`] — one WebSocket frame: id, flags (type, end of stream, live, impulse, error),
-//!   one value, and the stream trailer; [`wire::PacketIds`], the one id counter with Netron's
-//!   wraparound.
+//! - [`wire`] — Netron's MessagePack dialect, byte for byte as Netron writes it (`codec.rs` writes,
+//!   `codec/decode.rs` reads: never a panic, never an allocation beyond the input's size, a nesting
+//!   limit), every value it carries ([`wire::Value`]) and its packets ([`wire::Packet`]).
+//! - `service.rs` — services a peer exposes ([`ServiceBuilder`], or `#[service]` on an `impl`
+//!   block) and their definitions.
+//! - `peer/` — [`Peer`]: listening and connecting (`connect.rs`), one connection's reader and
+//!   writer (`connection.rs`), answering a request (`dispatch.rs`), Netron's core tasks
+//!   (`tasks.rs`), the caller's side ([`RemotePeer`], [`Interface`] in `remote.rs`), settings and
+//!   errors.
+//! - [`events`] — the event bus with Netron's emit semantics, and the peer's typed events.
+//! - `streams.rs` — Netron streams on the receiving side.
+//! - `discovery.rs` — peers in a fleet through a Muster registry, and calls by service name.
+//! - [`middleware`] — checks that see each request before it runs.
+//! - `metrics.rs` — Prometheus metrics and the optional probe endpoint; `convert.rs` — wire values
+//!   to and from JSON; `sync.rs` — locks that survive a panic.
 
 pub mod wire;
 

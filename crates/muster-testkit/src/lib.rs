@@ -7,6 +7,10 @@
 //!   to test retries and reconnects without mocking the store.
 //! - [`redis_server`] — real `redis-server` processes (standalone, Cluster, Sentinel) on free ports.
 //! - [`titan`] — a Titan discovery peer emulated from seed 001's wire operations, for mixed fleets.
+//! - [`fuzz`] — the mutation strategy of the property tests that stand in for fuzzing.
+//! - [`history`] — the history checker: what clients did and watchers saw, against the promises.
+//! - [`harness`] — the fault runs' workload (seeded clients, watchers, observers) over `muster serve`.
+//! - [`proxy`] — a TCP fault proxy: latency, dropped connections, blackholes, partitions.
 
 pub mod certs;
 pub mod conformance;
