@@ -98,7 +98,19 @@ async fn main() {
     }
     if args.first().map(String::as_str) == Some("peer") {
         let seconds = flag("--seconds").unwrap_or(5u64);
-        if let Err(error) = peer::run(seconds).await {
+        let text = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+        let connections = usize::try_from(flag("--connections").unwrap_or(8u64)).unwrap_or(8);
+        let outcome = if let Some(address) = text("--listen") {
+            peer::listen(&address).await
+        } else if let Some(url) = text("--connect") {
+            let server_pid = flag("--server-pid").and_then(|pid: u64| u32::try_from(pid).ok());
+            peer::connect(&url, seconds, connections, server_pid).await
+        } else if args.iter().any(|a| a == "--separate") {
+            peer::separate(seconds, connections).await
+        } else {
+            peer::run(seconds).await
+        };
+        if let Err(error) = outcome {
             eprintln!("error: {error}");
             std::process::exit(1);
         }
