@@ -117,6 +117,34 @@ async fn requests_time_out_and_stop_fails_pending_calls() {
     server.stop().await;
 }
 
+/// A method that panics leaves its own request unanswered (the caller times out), nothing else:
+/// the connection and the peer go on serving — also when the request ran on the connection's
+/// reader (a method that finishes at once is answered there, without a task of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_that_panics_fails_only_its_own_call() {
+    let server = Peer::new(PeerConfig::default());
+    let fragile = ServiceBuilder::new("fragile", "1.0.0")
+        .unwrap()
+        .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+        .method("boom", &[], "Number", |(): ()| async move {
+            if std::hint::black_box(true) {
+                panic!("a bug in the method");
+            }
+            Ok(0)
+        })
+        .build();
+    server.expose_service(fragile).unwrap();
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    let client = Peer::new(PeerConfig { request_timeout: Duration::from_millis(300), ..PeerConfig::default() });
+    let remote = client.connect(&format!("ws://{address}")).await.unwrap();
+    let fragile = remote.query_interface("fragile").unwrap();
+    assert_eq!(fragile.call("boom", vec![]).await, Err(PeerError::Timeout));
+    assert!(remote.is_connected(), "the connection outlives the panic");
+    assert_eq!(fragile.call("add", vec![Value::Int(2), Value::Int(2)]).await.unwrap(), Value::Int(4));
+    client.stop().await;
+    server.stop().await;
+}
+
 /// What a TypeScript Netron client sends, byte for byte: `?id=`, then the text id frame back,
 /// then the abilities task (the protocol document's frame 1), then a CALL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -335,12 +335,33 @@ impl Connection {
                             connection
                                 .send(&packet.response(Ok(Value::StreamReference(Box::new(reference)))));
                             drop(permit);
+                            // A stream is written from a task of its own, never from the reader
+                            // (the request may have been polled there first, see below).
+                            tokio::task::yield_now().await;
                             connection.pipe(stream_id, items).await;
                         }
                         Err(error) => connection.send(&packet.response(Err(Value::Error(Box::new(error))))),
                     }
                 };
-                tokio::spawn(tracing::Instrument::instrument(task, span));
+                // Most requests (a method that answers at once) are done on their first poll: they
+                // are answered here, on the reader, and only one that waits gets a task of its own
+                // — a spawn and a task switch per call were a large share of a call's server CPU.
+                // Polling once with a waker that ignores wakes is sound: the spawned task polls
+                // again first thing, seeing whatever happened meanwhile.
+                let mut task = Box::pin(tracing::Instrument::instrument(task, span));
+                let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    std::future::Future::poll(task.as_mut(), &mut context)
+                }));
+                match polled {
+                    Ok(std::task::Poll::Ready(())) => {}
+                    Ok(std::task::Poll::Pending) => {
+                        tokio::spawn(task);
+                    }
+                    // As a spawned task's panic would: this request is not answered; the
+                    // connection and the peer go on.
+                    Err(_) => tracing::warn!(remote = %self.remote_id, "a request's handler panicked"),
+                }
             }
             PacketType::Stream => {
                 self.peer
