@@ -197,7 +197,11 @@ struct Measured {
 
 impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.0}/s, p50 {:.2?}, p99 {:.2?}, CPU per op: client {:.2?}", self.rate, self.p50, self.p99, self.cpu.0)?;
+        write!(
+            f,
+            "{:.0}/s, p50 {:.2?}, p99 {:.2?}, CPU per op: client {:.2?}",
+            self.rate, self.p50, self.p99, self.cpu.0
+        )?;
         match self.cpu.1 {
             Some(server) => write!(f, ", server {server:.2?}"),
             None => Ok(()),
@@ -220,7 +224,10 @@ where
         rate,
         p50,
         p99,
-        cpu: (per(client_before, cpu_time(own)).unwrap_or_default(), per(server_before, server_pid.and_then(cpu_time))),
+        cpu: (
+            per(client_before, cpu_time(own)).unwrap_or_default(),
+            per(server_before, server_pid.and_then(cpu_time)),
+        ),
     }
 }
 
@@ -234,7 +241,8 @@ pub(crate) async fn connect(
     connections: usize,
     server_pid: Option<u32>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let open = || async { Peer::new(PeerConfig::default()).connect(url).await?.query_interface("calculator") };
+    let open =
+        || async { Peer::new(PeerConfig::default()).connect(url).await?.query_interface("calculator") };
     let one = open().await?;
     println!("| scenario | result |");
     println!("|---|---|");
@@ -288,7 +296,12 @@ pub(crate) async fn connect(
             (events as f64 / start.elapsed().as_secs_f64(), Duration::ZERO, Duration::ZERO, events)
         })
         .await;
-        println!("| remote events (`emit`, each acknowledged), 64 emitters | {:.0} events/s, CPU per event: client {:.2?}{} |", result.rate, result.cpu.0, result.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default());
+        println!(
+            "| remote events (`emit`, each acknowledged), 64 emitters | {:.0} events/s, CPU per event: client {:.2?}{} |",
+            result.rate,
+            result.cpu.0,
+            result.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default()
+        );
     }
     if functions.iter().any(|m| m == "chunks") {
         let chunks = 16_384u64;
@@ -305,7 +318,12 @@ pub(crate) async fn connect(
             (bytes as f64 / start.elapsed().as_secs_f64(), Duration::ZERO, Duration::ZERO, bytes / 65_536)
         })
         .await;
-        println!("| stream of {chunks} chunks of 64 KiB | {:.0} MB/s, CPU per chunk: client {:.2?}{} |", result.rate / 1e6, result.cpu.0, result.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default());
+        println!(
+            "| stream of {chunks} chunks of 64 KiB | {:.0} MB/s, CPU per chunk: client {:.2?}{} |",
+            result.rate / 1e6,
+            result.cpu.0,
+            result.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default()
+        );
     }
     Ok(())
 }

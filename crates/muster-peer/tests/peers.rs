@@ -135,7 +135,8 @@ async fn a_method_that_panics_fails_only_its_own_call() {
         .build();
     server.expose_service(fragile).unwrap();
     let address = server.listen("127.0.0.1:0").await.unwrap();
-    let client = Peer::new(PeerConfig { request_timeout: Duration::from_millis(300), ..PeerConfig::default() });
+    let client =
+        Peer::new(PeerConfig { request_timeout: Duration::from_millis(300), ..PeerConfig::default() });
     let remote = client.connect(&format!("ws://{address}")).await.unwrap();
     let fragile = remote.query_interface("fragile").unwrap();
     assert_eq!(fragile.call("boom", vec![]).await, Err(PeerError::Timeout));

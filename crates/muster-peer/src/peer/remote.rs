@@ -237,7 +237,8 @@ impl Interface {
 
     /// Calls `method` with `args`.
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, PeerError> {
-        let mut data = vec![Value::str(&self.definition.id), Value::str(method)];
+        let mut data = Vec::with_capacity(2 + args.len());
+        data.extend([Value::str(&self.definition.id), Value::str(method)]);
         data.extend(args);
         self.remote.connection().request(PacketType::Call, Value::Array(data)).await
     }

@@ -1,0 +1,94 @@
+//! What a call costs, counted where a loaded machine cannot fool it: the heap allocations per
+//! `add(5, 3)` call on the caller's side and on the serving side, each side on a thread and a
+//! single-threaded runtime of its own, so everything a side does for a call — encoding, queueing,
+//! the socket, decoding, dispatch, the answer — runs and is counted on its thread. Each budget sits
+//! a little above today's figure: a change that allocates more fails here. Speed itself is
+//! measured in docs/BENCHMARKS.md (`muster-bench peer --separate`), never asserted in tests.
+//!
+//! A binary of its own: the counting allocator replaces the global one for the whole binary.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use muster_peer::wire::Value;
+use muster_peer::{Peer, PeerConfig, ServiceBuilder};
+
+/// Allocations per call (debug build, as `cargo test` runs it), today's figures (2026-12-07):
+/// caller 7 (8 before the request's array was sized at once), server 12; plus about 10 %. Lower
+/// them with every change that saves allocations; `calls_cost_what_their_budgets_say` prints the
+/// figures.
+const CALLER_BUDGET: u64 = 8;
+const SERVER_BUDGET: u64 = 13;
+
+const CALLS: u64 = 200;
+
+fn single_threaded() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn calls_cost_what_their_budgets_say() {
+    // The serving side: it runs (and allocates) only while its thread is inside `block_on`, which
+    // it enters on `start` and leaves when the caller says its calls are answered.
+    let (address_tx, address_rx) = mpsc::channel();
+    let (start_tx, start_rx) = mpsc::channel::<Arc<tokio::sync::Notify>>();
+    let (count_tx, count_rx) = mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let runtime = single_threaded();
+        let peer = runtime.block_on(async {
+            let peer = Peer::new(PeerConfig::default());
+            let calculator = ServiceBuilder::new("calculator", "1.0.0")
+                .unwrap()
+                .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+                .build();
+            peer.expose_service(calculator).unwrap();
+            address_tx.send(peer.listen("127.0.0.1:0").await.unwrap()).unwrap();
+            peer
+        });
+        for done in start_rx {
+            let info = allocation_counter::measure(|| runtime.block_on(done.notified()));
+            count_tx.send(info.count_total).unwrap();
+        }
+        runtime.block_on(peer.stop());
+    });
+
+    let runtime = single_threaded();
+    let address = address_rx.recv().unwrap();
+    // Connecting needs the serving side running too: a phase of its own, not counted.
+    let connected = Arc::new(tokio::sync::Notify::new());
+    start_tx.send(Arc::clone(&connected)).unwrap();
+    let calculator = runtime.block_on(async {
+        let remote = Peer::new(PeerConfig::default()).connect(&format!("ws://{address}")).await.unwrap();
+        remote.query_interface("calculator").unwrap()
+    });
+    connected.notify_one();
+    count_rx.recv().unwrap();
+    let (mut caller, mut serving) = (u64::MAX, u64::MAX);
+    // The first rounds warm caches up; the fewest is the steady state.
+    for _ in 0..5 {
+        let done = Arc::new(tokio::sync::Notify::new());
+        start_tx.send(Arc::clone(&done)).unwrap();
+        let info = allocation_counter::measure(|| {
+            runtime.block_on(async {
+                for _ in 0..CALLS {
+                    let sum = calculator.call("add", vec![Value::Int(5), Value::Int(3)]).await.unwrap();
+                    assert_eq!(sum, Value::Int(8));
+                }
+            })
+        });
+        done.notify_one();
+        caller = caller.min(info.count_total / CALLS);
+        serving = serving.min(count_rx.recv().unwrap() / CALLS);
+    }
+    drop(start_tx);
+    server.join().unwrap();
+    println!("allocations per call: caller {caller}, server {serving}");
+    assert!(
+        caller <= CALLER_BUDGET,
+        "a call costs the caller {caller} allocations; the budget is {CALLER_BUDGET}"
+    );
+    assert!(
+        serving <= SERVER_BUDGET,
+        "a call costs the server {serving} allocations; the budget is {SERVER_BUDGET}"
+    );
+}
