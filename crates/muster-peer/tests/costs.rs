@@ -82,7 +82,7 @@ fn calls_cost_what_their_budgets_say() {
     }
     drop(start_tx);
     server.join().unwrap();
-    println!("allocations per call: caller {caller}, server {serving}");
+    eprintln!("allocations per call: caller {caller}, server {serving}");
     assert!(
         caller <= CALLER_BUDGET,
         "a call costs the caller {caller} allocations; the budget is {CALLER_BUDGET}"
