@@ -482,19 +482,24 @@ impl Connection {
             let mut pending = self.pending.locked();
             pending.insert(id, tx);
         }
+        // `close` cancels, then clears `pending` (dropping every waiting sender, which ends the
+        // wait below with `Closed`). Checked after the insert: a close that cancelled before it
+        // is seen here; one that cancels after it clears the map after it too. So a request
+        // never waits on a closed connection, without a wait for the close per call.
+        if self.closed.is_cancelled() {
+            self.pending.locked().remove(&id);
+            return Err(PeerError::Closed);
+        }
         self.send(&Packet::request(id, kind, data));
         enum Outcome {
             Answer(Result<Value, Value>),
             Closed,
             Timeout,
         }
-        let outcome = tokio::select! {
-            answer = tokio::time::timeout(self.peer.config.request_timeout, rx) => match answer {
-                Ok(Ok(answer)) => Outcome::Answer(answer),
-                Ok(Err(_)) => Outcome::Closed,
-                Err(_) => Outcome::Timeout,
-            },
-            () = self.closed.cancelled() => Outcome::Closed,
+        let outcome = match tokio::time::timeout(self.peer.config.request_timeout, rx).await {
+            Ok(Ok(answer)) => Outcome::Answer(answer),
+            Ok(Err(_)) => Outcome::Closed,
+            Err(_) => Outcome::Timeout,
         };
         if !matches!(outcome, Outcome::Answer(_)) {
             self.pending.locked().remove(&id);

@@ -98,7 +98,7 @@ struct Server {
     port: u16,
     redis_url: String,
     extra: Vec<String>,
-    child: std::process::Child,
+    child: crate::Killed,
 }
 
 impl Server {

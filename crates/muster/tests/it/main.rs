@@ -36,8 +36,41 @@ fn muster() -> Command {
     command
 }
 
+/// A child process that is killed when dropped: a test that fails (panics) leaves no server
+/// behind to hold its ports and CPU.
+pub(crate) struct Killed(Option<std::process::Child>);
+
+impl Killed {
+    /// The process, no longer killed on drop (to wait for its output).
+    pub(crate) fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("a process")
+    }
+}
+
+impl std::ops::Deref for Killed {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a process")
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("a process")
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `muster serve` with `args`; returns the process, its base URL and its first output line.
-fn spawn_serve<I, S>(args: I, env: &[(&str, &str)]) -> (std::process::Child, String, String)
+fn spawn_serve<I, S>(args: I, env: &[(&str, &str)]) -> (Killed, String, String)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -46,7 +79,7 @@ where
 }
 
 /// [`spawn_serve`] keeping the server's log (its stderr) for the test to read, for `Stdio::piped()`.
-fn spawn_serve_with<I, S>(args: I, env: &[(&str, &str)], log: Stdio) -> (std::process::Child, String, String)
+fn spawn_serve_with<I, S>(args: I, env: &[(&str, &str)], log: Stdio) -> (Killed, String, String)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -56,7 +89,7 @@ where
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().unwrap();
+    let mut child = Killed(Some(command.spawn().unwrap()));
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let base = first
@@ -172,7 +205,7 @@ async fn data_dir_survives_a_restart() {
         assert!(first.contains("persisted in"), "{first}");
         (child, base)
     };
-    let stop = |mut child: std::process::Child| {
+    let stop = |mut child: Killed| {
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(child.wait().unwrap().success());
     };
@@ -481,7 +514,7 @@ async fn lifecycle_is_logged_plainly() {
     assert_eq!(client.delete(format!("{base}/v1/nodes/log-1")).send().await.unwrap().status(), 204);
     tokio::time::sleep(Duration::from_millis(1500)).await; // log-2 expires
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = child.into_inner().wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(!log.contains('\u{1b}'), "no colour codes off a terminal:\n{log}");
     let line = |needle: &str, id: &str| {
@@ -530,7 +563,7 @@ async fn writes_with_a_token_are_audited_without_the_secret() {
     let delete = client.delete(format!("{base}/v1/nodes/web-1")).header("x-muster-token", secret);
     assert_eq!(delete.send().await.unwrap().status(), 204);
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = child.into_inner().wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     let audited = |action: &str| {
         log.lines().any(|l| {
