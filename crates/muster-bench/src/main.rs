@@ -26,6 +26,11 @@
 
 #![allow(clippy::print_stdout)]
 
+/// With `--features jemalloc`, the allocator of the `muster` binary.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod backend;
 mod fanout;
 mod measure;
