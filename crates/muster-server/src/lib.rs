@@ -19,7 +19,7 @@
 //! - `metrics.rs` — the Prometheus page;
 //! - `openapi.rs` — the OpenAPI document, with the limits the annotations cannot state;
 //! - `error.rs` — the JSON error type and extractors;
-//! - `ui/index.html` — the dashboard, one page served at `/ui`.
+//! - `ui/page.html`, `ui/model.js`, `ui/render.js` — the dashboard, one page served at `/ui`.
 
 mod acl;
 mod answers;
@@ -255,9 +255,20 @@ async fn ui() -> impl axum::response::IntoResponse {
             ),
             (axum::http::header::CACHE_CONTROL, "no-cache"),
         ],
-        include_str!("ui/index.html"),
+        DASHBOARD,
     )
 }
+
+/// The dashboard: one document, its CSS inline in `ui/page.html` and its script in two files —
+/// `ui/model.js` (the live model, the URL, filters and tables) and `ui/render.js` (the views, the
+/// watch, the figures) — joined at compile time.
+const DASHBOARD: &str = concat!(
+    include_str!("ui/page.html"),
+    "<script>\n",
+    include_str!("ui/model.js"),
+    include_str!("ui/render.js"),
+    "</script>\n</body>\n</html>\n"
+);
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {

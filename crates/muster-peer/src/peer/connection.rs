@@ -303,65 +303,7 @@ impl Connection {
                     let busy = JsError::new("Too many concurrent requests; retry later");
                     return self.send(&packet.response(Err(Value::Error(Box::new(busy)))));
                 };
-                let connection = Arc::clone(self);
-                let (service, method) = self.labels(&packet);
-                let span = tracing::debug_span!("netron.call", %service, %method, peer = %self.remote_id);
-                let task = async move {
-                    let started = tokio::time::Instant::now();
-                    let outcome = connection.serve(&packet).await;
-                    let metrics = &connection.peer.metrics;
-                    metrics.duration.observe(started.elapsed().as_secs_f64());
-                    let status = if outcome.is_ok() { "ok" } else { "error" };
-                    metrics
-                        .calls
-                        .get_or_create(&crate::metrics::CallLabels { service, method, status })
-                        .inc();
-                    match outcome {
-                        Ok(Output::Value(value)) => connection.send(&packet.response(Ok(value))),
-                        Ok(Output::Service(_)) => {
-                            // `serve` turns returned services into definitions; nothing else arrives here.
-                            let error = JsError::new("a service cannot be sent here");
-                            connection.send(&packet.response(Err(Value::Error(Box::new(error)))));
-                        }
-                        Ok(Output::Stream(items)) => {
-                            // The reply names the stream first; the chunks follow it.
-                            let stream_id = connection.peer.stream_ids.next();
-                            let reference = crate::wire::StreamReference {
-                                stream_id,
-                                writable: true,
-                                live: true,
-                                peer_id: connection.remote_id.clone(),
-                            };
-                            connection
-                                .send(&packet.response(Ok(Value::StreamReference(Box::new(reference)))));
-                            drop(permit);
-                            // A stream is written from a task of its own, never from the reader
-                            // (the request may have been polled there first, see below).
-                            tokio::task::yield_now().await;
-                            connection.pipe(stream_id, items).await;
-                        }
-                        Err(error) => connection.send(&packet.response(Err(Value::Error(Box::new(error))))),
-                    }
-                };
-                // Most requests (a method that answers at once) are done on their first poll: they
-                // are answered here, on the reader, and only one that waits gets a task of its own
-                // — a spawn and a task switch per call were a large share of a call's server CPU.
-                // Polling once with a waker that ignores wakes is sound: the spawned task polls
-                // again first thing, seeing whatever happened meanwhile.
-                let mut task = Box::pin(tracing::Instrument::instrument(task, span));
-                let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    std::future::Future::poll(task.as_mut(), &mut context)
-                }));
-                match polled {
-                    Ok(std::task::Poll::Ready(())) => {}
-                    Ok(std::task::Poll::Pending) => {
-                        tokio::spawn(task);
-                    }
-                    // As a spawned task's panic would: this request is not answered; the
-                    // connection and the peer go on.
-                    Err(_) => tracing::warn!(remote = %self.remote_id, "a request's handler panicked"),
-                }
+                self.answer(packet, permit);
             }
             PacketType::Stream => {
                 self.peer

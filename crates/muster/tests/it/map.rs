@@ -19,7 +19,7 @@ fn files(src: &Path, at: &Path, found: &mut BTreeSet<String>) {
         }
         if relative.starts_with("lua/") {
             found.insert("lua/*.lua".to_owned());
-        } else if name.ends_with(".rs") || name.ends_with(".html") {
+        } else if name.ends_with(".rs") || name.ends_with(".html") || name.ends_with(".js") {
             found.insert(relative);
         }
     }
