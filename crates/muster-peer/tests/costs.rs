@@ -80,6 +80,10 @@ fn calls_cost_what_their_budgets_say() {
         caller = caller.min(info.count_total / CALLS);
         serving = serving.min(count_rx.recv().unwrap() / CALLS);
     }
+    // An interface is cloned into every task that calls through it: a clone shares the
+    // definition instead of copying it.
+    let clone = allocation_counter::measure(|| drop(std::hint::black_box(calculator.clone())));
+    assert_eq!(clone.count_total, 0, "cloning an interface allocates");
     drop(start_tx);
     server.join().unwrap();
     eprintln!("allocations per call: caller {caller}, server {serving}");

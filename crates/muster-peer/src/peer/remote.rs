@@ -146,7 +146,7 @@ impl RemotePeer {
     }
 
     pub(super) fn interface(&self, definition: Definition) -> Interface {
-        Interface { remote: self.clone(), definition }
+        Interface { remote: self.clone(), definition: Arc::new(definition) }
     }
 
     /// Runs task `name` on the remote peer.
@@ -221,7 +221,9 @@ impl RemotePeer {
 #[derive(Clone, Debug)]
 pub struct Interface {
     remote: RemotePeer,
-    definition: Definition,
+    /// Shared: an interface is cloned into every task that calls through it, and a definition
+    /// (the whole `meta` tree) is far larger than a pointer.
+    definition: Arc<Definition>,
 }
 
 impl Interface {
@@ -278,7 +280,7 @@ impl Interface {
     pub async fn call_interface(&self, method: &str, args: Vec<Value>) -> Result<Interface, PeerError> {
         match self.call(method, args).await? {
             Value::Definition(definition) => {
-                Ok(Interface { remote: self.remote.clone(), definition: *definition })
+                Ok(Interface { remote: self.remote.clone(), definition: Arc::from(definition) })
             }
             other => Err(PeerError::Protocol(format!("{method} answered {other:?}, not a service"))),
         }
