@@ -21,9 +21,12 @@ fn interrupt(child: &Child) {
     assert!(status.success());
 }
 
-/// Spawns a long-running command; returns it with a reader of its stdout lines.
-fn spawn(args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = muster().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// Spawns a long-running command (killed when dropped); returns it with a reader of its stdout
+/// lines.
+fn spawn(args: &[&str]) -> (crate::Killed, std::sync::mpsc::Receiver<String>) {
+    let mut child = crate::Killed::new(
+        muster().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -41,6 +41,11 @@ fn muster() -> Command {
 pub(crate) struct Killed(Option<std::process::Child>);
 
 impl Killed {
+    /// Kills `child` when dropped.
+    pub(crate) fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
     /// The process, no longer killed on drop (to wait for its output).
     pub(crate) fn into_inner(mut self) -> std::process::Child {
         self.0.take().expect("a process")
@@ -89,7 +94,7 @@ where
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = Killed(Some(command.spawn().unwrap()));
+    let mut child = Killed::new(command.spawn().unwrap());
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let base = first
