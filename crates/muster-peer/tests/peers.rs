@@ -135,14 +135,32 @@ async fn a_method_that_panics_fails_only_its_own_call() {
         .build();
     server.expose_service(fragile).unwrap();
     let address = server.listen("127.0.0.1:0").await.unwrap();
-    let client =
-        Peer::new(PeerConfig { request_timeout: Duration::from_millis(300), ..PeerConfig::default() });
+    // The default request timeout (5 s): the call after the panic must not be cut short by load.
+    let client = Peer::new(PeerConfig::default());
     let remote = client.connect(&format!("ws://{address}")).await.unwrap();
     let fragile = remote.query_interface("fragile").unwrap();
-    assert_eq!(fragile.call("boom", vec![]).await, Err(PeerError::Timeout));
+    let unanswered = tokio::time::timeout(Duration::from_millis(300), fragile.call("boom", vec![])).await;
+    assert!(unanswered.is_err(), "a panicking method answers nothing: {unanswered:?}");
     assert!(remote.is_connected(), "the connection outlives the panic");
     assert_eq!(fragile.call("add", vec![Value::Int(2), Value::Int(2)]).await.unwrap(), Value::Int(4));
     client.stop().await;
+    server.stop().await;
+}
+
+/// A reconnect delay the backoff cannot use is refused by `connect`, not clamped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reconnect_delay_is_refused_at_connect() {
+    let server = Peer::new(PeerConfig::default());
+    let address = server.listen("127.0.0.1:0").await.unwrap();
+    for delay in [Duration::ZERO, Duration::from_secs(31)] {
+        let client = Peer::new(PeerConfig {
+            reconnect_delay: delay,
+            max_reconnect_attempts: None,
+            ..PeerConfig::default()
+        });
+        let refused = client.connect(&format!("ws://{address}")).await.err();
+        assert!(matches!(refused, Some(PeerError::Config(_))), "{delay:?}: {refused:?}");
+    }
     server.stop().await;
 }
 

@@ -415,9 +415,6 @@ impl Connection {
 
     /// Sends a request and waits for its response.
     pub(super) async fn request(&self, kind: PacketType, data: Value) -> Result<Value, PeerError> {
-        if self.closed.is_cancelled() {
-            return Err(PeerError::Closed);
-        }
         let id = self.peer.ids.next();
         let (tx, rx) = oneshot::channel();
         {
