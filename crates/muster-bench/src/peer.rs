@@ -65,16 +65,78 @@ async fn calls(interfaces: Vec<Interface>, in_flight: usize, seconds: u64) -> (f
     .await
 }
 
-pub(crate) async fn run(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+/// The bench service (what `run` and `--listen` serve): `add`, `chunks(n)` (a stream of n 64 KiB chunks) and `tick(n)`
+/// (n `tick` events emitted to subscribers, each acknowledged, before it answers).
+fn bench_service(peer: &Peer) -> Result<Arc<muster_peer::Service>, Box<dyn std::error::Error>> {
     const CHUNK: usize = 64 * 1024;
-    let server = Peer::new(PeerConfig { max_concurrent_requests: 4096, ..PeerConfig::default() });
-    let calculator = ServiceBuilder::new("calculator", "1.0.0")?
+    let emitter = peer.clone();
+    Ok(ServiceBuilder::new("calculator", "1.0.0")?
         .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
         .value_stream_method("chunks", &["Number"], "AsyncGenerator", |n: u64| {
             futures::stream::iter((0..n).map(|_| Ok::<Value, JsError>(Value::Bin(vec![7u8; CHUNK]))))
         })
-        .build();
-    server.expose_service(calculator)?;
+        .method("tick", &["Number"], "Number", move |n: u64| {
+            let emitter = emitter.clone();
+            async move {
+                for _ in 0..n {
+                    emitter.bus().emit_parallel("tick", vec![Value::Int(1)]).await;
+                }
+                Ok(n)
+            }
+        })
+        .build())
+}
+
+/// A peer connected to `url` that counts the `tick` events it receives (each acknowledged).
+async fn counting_subscriber(
+    url: &str,
+) -> Result<(muster_peer::RemotePeer, Arc<AtomicU64>), Box<dyn std::error::Error>> {
+    let subscriber = Peer::new(PeerConfig::default()).connect(url).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&received);
+    subscriber
+        .subscribe(
+            "tick",
+            muster_peer::listener(move |_| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { Ok(Value::Undefined) }
+            }),
+        )
+        .await?;
+    Ok((subscriber, received))
+}
+
+/// Reads the stream of `chunks(n)` to its end; returns the bytes received.
+async fn read_stream(interface: &Interface, chunks: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut stream = interface.call_stream("chunks", vec![Value::Int(i64::try_from(chunks)?)]).await?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        if let Value::Bin(data) = chunk? {
+            bytes += data.len() as u64;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Starts this binary with `args` and waits (10 s at most) for its first line of output.
+async fn bench_process(args: &[&str]) -> Result<(tokio::process::Child, String), Box<dyn std::error::Error>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+        Ok(Ok(Some(line))) => Ok((child, line)),
+        other => Err(format!("`{}` did not start: {other:?}", args.join(" ")).into()),
+    }
+}
+
+pub(crate) async fn run(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let server = Peer::new(PeerConfig { max_concurrent_requests: 4096, ..PeerConfig::default() });
+    server.expose_service(bench_service(&server)?)?;
     let address = server.listen("127.0.0.1:0").await?;
     let url = format!("ws://{address}");
     println!("# Netron peers on loopback (client and server in one process, {seconds} s per run)\n");
@@ -97,18 +159,7 @@ pub(crate) async fn run(seconds: u64) -> Result<(), Box<dyn std::error::Error>> 
     );
 
     // Events: the client subscribes; the server emits from 64 tasks, each emission acknowledged.
-    let subscriber = Peer::new(PeerConfig::default()).connect(&url).await?;
-    let received = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&received);
-    subscriber
-        .subscribe(
-            "tick",
-            muster_peer::listener(move |_| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                async { Ok(Value::Undefined) }
-            }),
-        )
-        .await?;
+    let (_subscriber, received) = counting_subscriber(&url).await?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut emitters = Vec::new();
@@ -129,13 +180,7 @@ pub(crate) async fn run(seconds: u64) -> Result<(), Box<dyn std::error::Error>> 
     // Streams: 64 KiB chunks, read as fast as they come.
     let chunks = 16_384u64; // 1 GiB
     let start = Instant::now();
-    let mut stream = one.call_stream("chunks", vec![Value::Int(i64::try_from(chunks)?)]).await?;
-    let mut bytes = 0usize;
-    while let Some(chunk) = stream.next().await {
-        if let Value::Bin(data) = chunk? {
-            bytes += data.len();
-        }
-    }
+    let bytes = read_stream(&one, chunks).await?;
     let elapsed = start.elapsed().as_secs_f64();
     println!(
         "| stream of {chunks} chunks of 64 KiB ({:.0} MiB) | {:.0} MB/s |",
@@ -242,17 +287,9 @@ fn failover_options() -> muster_core::DiscoveryOptions {
 
 /// Starts `muster-bench peer-instance` (this binary) and waits until it serves.
 async fn instance_process(registry_url: &str) -> Result<tokio::process::Child, Box<dyn std::error::Error>> {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["peer-instance", "--registry", registry_url])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
-        Ok(Ok(Some(line))) if line == "serving" => Ok(child),
-        other => Err(format!("the instance process did not start: {other:?}").into()),
+    match bench_process(&["peer-instance", "--registry", registry_url]).await? {
+        (child, line) if line == "serving" => Ok(child),
+        (_, line) => Err(format!("the instance process printed {line:?}").into()),
     }
 }
 

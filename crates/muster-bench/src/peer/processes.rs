@@ -3,28 +3,6 @@
 
 use super::*;
 
-/// The service `--listen` serves: `add`, `chunks(n)` (a stream of n 64 KiB chunks) and `tick(n)`
-/// (n `tick` events emitted to subscribers, each acknowledged, before it answers).
-fn bench_service(peer: &Peer) -> Result<Arc<muster_peer::Service>, Box<dyn std::error::Error>> {
-    const CHUNK: usize = 64 * 1024;
-    let emitter = peer.clone();
-    Ok(ServiceBuilder::new("calculator", "1.0.0")?
-        .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
-        .value_stream_method("chunks", &["Number"], "AsyncGenerator", |n: u64| {
-            futures::stream::iter((0..n).map(|_| Ok::<Value, JsError>(Value::Bin(vec![7u8; CHUNK]))))
-        })
-        .method("tick", &["Number"], "Number", move |n: u64| {
-            let emitter = emitter.clone();
-            async move {
-                for _ in 0..n {
-                    emitter.bus().emit_parallel("tick", vec![Value::Int(1)]).await;
-                }
-                Ok(n)
-            }
-        })
-        .build())
-}
-
 /// CPU time a process has used so far (every thread's, from `/proc/PID/task/*/schedstat`).
 fn cpu_time(pid: u32) -> Option<Duration> {
     let mut total = 0u64;
@@ -56,17 +34,17 @@ struct Measured {
     cpu: (Duration, Option<Duration>),
 }
 
+impl Measured {
+    /// `CPU per <operation>: client …[, server …]`.
+    fn cpu_per(&self, operation: &str) -> String {
+        let server = self.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default();
+        format!("CPU per {operation}: client {:.2?}{server}", self.cpu.0)
+    }
+}
+
 impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:.0}/s, p50 {:.2?}, p99 {:.2?}, CPU per op: client {:.2?}",
-            self.rate, self.p50, self.p99, self.cpu.0
-        )?;
-        match self.cpu.1 {
-            Some(server) => write!(f, ", server {server:.2?}"),
-            None => Ok(()),
-        }
+        write!(f, "{:.0}/s, p50 {:.2?}, p99 {:.2?}, {}", self.rate, self.p50, self.p99, self.cpu_per("op"))
     }
 }
 
@@ -125,18 +103,7 @@ pub(crate) async fn connect(
         _ => Vec::new(),
     };
     if functions.iter().any(|m| m == "tick") {
-        let subscriber = Peer::new(PeerConfig::default()).connect(url).await?;
-        let received = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&received);
-        subscriber
-            .subscribe(
-                "tick",
-                muster_peer::listener(move |_| {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    async { Ok(Value::Undefined) }
-                }),
-            )
-            .await?;
+        let (subscriber, received) = counting_subscriber(url).await?;
         let ticks = subscriber.query_interface("calculator")?;
         let result = measured(server_pid, async {
             let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -158,32 +125,26 @@ pub(crate) async fn connect(
         })
         .await;
         println!(
-            "| remote events (`emit`, each acknowledged), 64 emitters | {:.0} events/s, CPU per event: client {:.2?}{} |",
+            "| remote events (`emit`, each acknowledged), 64 emitters | {:.0} events/s, {} |",
             result.rate,
-            result.cpu.0,
-            result.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default()
+            result.cpu_per("event")
         );
     }
     if functions.iter().any(|m| m == "chunks") {
         let chunks = 16_384u64;
         let result = measured(server_pid, async {
             let start = Instant::now();
-            let mut bytes = 0u64;
-            if let Ok(mut stream) = one.call_stream("chunks", vec![Value::Int(16_384)]).await {
-                while let Some(Ok(chunk)) = stream.next().await {
-                    if let Value::Bin(data) = chunk {
-                        bytes += data.len() as u64;
-                    }
-                }
-            }
+            let bytes = read_stream(&one, chunks).await.unwrap_or_else(|error| {
+                eprintln!("the stream failed: {error}");
+                0
+            });
             (bytes as f64 / start.elapsed().as_secs_f64(), Duration::ZERO, Duration::ZERO, bytes / 65_536)
         })
         .await;
         println!(
-            "| stream of {chunks} chunks of 64 KiB | {:.0} MB/s, CPU per chunk: client {:.2?}{} |",
+            "| stream of {chunks} chunks of 64 KiB | {:.0} MB/s, {} |",
             result.rate / 1e6,
-            result.cpu.0,
-            result.cpu.1.map(|s| format!(", server {s:.2?}")).unwrap_or_default()
+            result.cpu_per("chunk")
         );
     }
     Ok(())
@@ -192,18 +153,9 @@ pub(crate) async fn connect(
 /// `muster-bench peer --separate`: `--listen` in a process of its own, driven by `--connect`
 /// from this one, with the server's CPU read from its pid.
 pub(crate) async fn separate(seconds: u64, connections: usize) -> Result<(), Box<dyn std::error::Error>> {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["peer", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let url = match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
-        Ok(Ok(Some(line))) => line.strip_prefix("listening ").ok_or("unexpected output")?.to_owned(),
-        other => return Err(format!("the server process did not start: {other:?}").into()),
-    };
+    let (mut child, line) = bench_process(&["peer", "--listen", "127.0.0.1:0"]).await?;
+    let url =
+        line.strip_prefix("listening ").ok_or_else(|| format!("the server printed {line:?}"))?.to_owned();
     println!("# Netron peers in two processes on loopback ({seconds} s per run; server {url})\n");
     connect(&url, seconds, connections, child.id()).await?;
     child.start_kill()?;
