@@ -297,6 +297,9 @@ mod tests {
         assert!(RedisConfig { prefix: "{x}".into(), ..ok.clone() }.validate().is_err());
         assert!(RedisConfig { event_history: 0, ..ok.clone() }.validate().is_err());
         assert!(RedisConfig { sweeper_lease: ok.sweep_interval, ..ok.clone() }.validate().is_err());
+        // Under 1 ms the sweeper's backoff could not start: refused here, not clamped there.
+        let sub_millisecond = Duration::from_micros(500);
+        assert!(RedisConfig { sweep_interval: sub_millisecond, ..ok.clone() }.validate().is_err());
         assert!(RedisConfig { reconcile_interval: Duration::ZERO, ..ok.clone() }.validate().is_err());
         let tagged = RedisConfig { hash_tag: Some(true), ..ok.clone() };
         assert_eq!(tagged.key_prefix(), "{titan:discovery}");

@@ -511,6 +511,7 @@ async fn least_outstanding_sees_the_calls_of_call_with_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_retry_with_jitter_not_in_lockstep() {
+    const CLIENTS: usize = 16;
     // A real server behind a switch that makes heartbeats fail with 503, recording when each
     // node's heartbeats arrive.
     let registry = MemoryRegistry::new();
@@ -547,7 +548,7 @@ async fn clients_retry_with_jitter_not_in_lockstep() {
         ..RegistrationSpec::new("10.0.0.7:8080").service("users", None)
     };
     let mut handles = Vec::new();
-    for n in 0..8 {
+    for n in 0..CLIENTS {
         handles.push(client.register(spec.clone().id(format!("n{n}"))).await.unwrap());
     }
     failing.store(true, Ordering::SeqCst);
@@ -556,10 +557,11 @@ async fn clients_retry_with_jitter_not_in_lockstep() {
 
     // The pause between a node's first and second failed heartbeat is at the ceiling (200 ms: the
     // heartbeat interval is shorter than the retry delay), spread over 100–200 ms by the jitter:
-    // the eight clients' pauses spread out instead of all being 200 ms.
+    // the clients' pauses spread out instead of all being 200 ms. Sixteen of them: a spread under
+    // 30 ms by chance alone is then about one in six million (eight: one in eight hundred).
     let arrivals = arrivals.lock().unwrap().clone();
     let mut pauses = Vec::new();
-    for n in 0..8 {
+    for n in 0..CLIENTS {
         let times: Vec<_> =
             arrivals.iter().filter(|(id, _)| *id == format!("n{n}")).map(|(_, t)| *t).collect();
         assert!(times.len() >= 3, "n{n} kept retrying: {} attempts", times.len());
