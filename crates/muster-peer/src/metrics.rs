@@ -11,7 +11,9 @@
 //! - `netron_definitions` — service definitions served (exposed, proxied, returned by methods);
 //! - `netron_announcements_dropped_total` — events the local bus's listeners could not keep up with;
 //! - `netron_stream_bytes_total{direction}` — stream chunk frames sent and received;
-//! - `netron_events_total{direction}` — `emit` tasks sent to subscribers and received.
+//! - `netron_events_total{direction}` — `emit` tasks sent to subscribers and received;
+//! - `netron_frames_written_total` and `netron_socket_writes_total` — frames sent and the socket
+//!   writes that carried them (frames ready together go in one write: their ratio is the batching).
 
 use std::sync::Arc;
 
@@ -45,6 +47,8 @@ pub(crate) struct Metrics {
     pub(crate) announcements_dropped: Counter,
     pub(crate) stream_bytes: Family<Direction, Counter>,
     pub(crate) events: Family<Direction, Counter>,
+    pub(crate) frames_written: Counter,
+    pub(crate) socket_writes: Counter,
 }
 
 impl Metrics {
@@ -80,6 +84,14 @@ impl Metrics {
         registry.register("stream_bytes", "Bytes of stream chunk frames, by direction", stream_bytes.clone());
         let events = Family::<Direction, Counter>::default();
         registry.register("events", "Remote events (emit tasks), by direction", events.clone());
+        let frames_written = Counter::default();
+        registry.register("frames_written", "Frames written to sockets", frames_written.clone());
+        let socket_writes = Counter::default();
+        registry.register(
+            "socket_writes",
+            "Socket writes (flushes), each carrying the frames that were ready together",
+            socket_writes.clone(),
+        );
         Self {
             registry,
             calls,
@@ -91,6 +103,8 @@ impl Metrics {
             announcements_dropped,
             stream_bytes,
             events,
+            frames_written,
+            socket_writes,
         }
     }
 

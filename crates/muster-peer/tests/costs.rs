@@ -96,3 +96,71 @@ fn calls_cost_what_their_budgets_say() {
         "a call costs the server {serving} allocations; the budget is {SERVER_BUDGET}"
     );
 }
+
+/// The value of counter `name` in a peer's metrics text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{metrics}"))
+}
+
+/// Socket writes per call on the caller's side, with 64 calls in flight on one connection: the
+/// frames the callers queue together leave in one write. The callers run on tokio's
+/// multi-threaded runtime (one worker), which runs a task as soon as another wakes it: unless the
+/// writer lets the other ready callers queue first, it wakes on the first frame and writes it
+/// alone — a write (a system call, and a wake of the other side) per call.
+#[test]
+fn calls_in_flight_share_socket_writes() {
+    const CALLERS: u64 = 64;
+    const ROUNDS: u64 = 40;
+    let (address_tx, address_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        single_threaded().block_on(async {
+            let peer = Peer::new(PeerConfig::default());
+            let calculator = ServiceBuilder::new("calculator", "1.0.0")
+                .unwrap()
+                .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+                .build();
+            peer.expose_service(calculator).unwrap();
+            address_tx.send(peer.listen("127.0.0.1:0").await.unwrap()).unwrap();
+            let _ = stop_rx.await;
+            peer.stop().await;
+        });
+    });
+    let address = address_rx.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (frames, writes) = runtime.block_on(async {
+        let peer = Peer::new(PeerConfig::default());
+        let calculator =
+            peer.connect(&format!("ws://{address}")).await.unwrap().query_interface("calculator").unwrap();
+        let before = peer.metrics_text();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let calculator = calculator.clone();
+                tokio::spawn(async move {
+                    for _ in 0..ROUNDS {
+                        let sum = calculator.call("add", vec![Value::Int(5), Value::Int(3)]).await.unwrap();
+                        assert_eq!(sum, Value::Int(8));
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+        let after = peer.metrics_text();
+        let delta = |name| counter(&after, name) - counter(&before, name);
+        (delta("netron_frames_written_total"), delta("netron_socket_writes_total"))
+    });
+    let _ = stop_tx.send(());
+    server.join().unwrap();
+    let calls = CALLERS * ROUNDS;
+    eprintln!("{calls} calls: {frames} frames in {writes} socket writes");
+    assert!(frames >= calls, "every call is a frame: {frames} frames for {calls} calls");
+    assert!(
+        writes * 4 <= calls,
+        "{writes} socket writes for {calls} calls in flight 64 at a time: more than one per 4 calls"
+    );
+}

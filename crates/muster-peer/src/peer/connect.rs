@@ -115,6 +115,11 @@ pub(super) async fn accept(
     stream: tokio::net::TcpStream,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
+    // Answers go out when written, not held back for the previous one's acknowledgement
+    // (the connector's side does the same).
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "TCP_NODELAY could not be set");
+    }
     let mut params = HashMap::new();
     // The signature is tungstenite's handshake callback; its error type is its own.
     #[allow(clippy::result_large_err)]
@@ -141,7 +146,7 @@ pub(super) async fn accept(
     Connection::start(inner, socket, remote_id, Arc::new(EventBus::default()), params, Some(slot));
 }
 
-/// WebSocket limits from the peer's settings: no message or frame beyond the packet limit.
+/// WebSocket settings from the peer's: no message or frame beyond the packet limit.
 /// The WebSocket layer reads messages up to twice `max_frame`, so that a request over the limit
 /// can still be answered with an error (see [`Limits::max_frame`]).
 pub(super) fn ws_config(config: &PeerConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
@@ -149,7 +154,13 @@ pub(super) fn ws_config(config: &PeerConfig) -> tokio_tungstenite::tungstenite::
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(read))
         .max_frame_size(Some(read))
+        .read_buffer_size(READ_BUFFER)
 }
+
+/// Bytes read from the socket at once. The WebSocket layer zeroes this much before each read
+/// (its default, 128 KiB, cost more zeroing than a busy connection reads at once: 9 % of a
+/// server's CPU on small calls); a 64 KiB stream chunk still takes two reads.
+const READ_BUFFER: usize = 32 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,13 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Frames written to the socket before one flush, at most.
 const WRITE_BATCH: usize = 64;
 
+/// Frames the reader handles before it lets the tasks they woke run (and the writer send what
+/// they queued). Requests answered on the reader and callers woken by responses queue frames
+/// for the writer; handing over every few frames sends them in waves, so both ends of a busy
+/// connection work at once — without it a whole window of calls crossed as one batch and each
+/// side waited for the other's (a third fewer calls per second on one connection).
+const READ_WAVE: usize = 16;
+
 /// Writes `first` and the frames queued behind it (up to [`WRITE_BATCH`]) with one flush — one
 /// socket write for what was ready together; returns how many frames and bytes, `None` when the
 /// socket failed.
@@ -111,10 +118,11 @@ impl Connection {
         let payload = Value::object([("peerId", Value::str(&remote_id))]);
         peer.announce("peer:connect", payload, PeerEvent::Connected { peer_id: remote_id });
         let writer_closed = closed.clone();
-        let (queued, queued_bytes, drained) = (
+        let (queued, queued_bytes, drained, metrics) = (
             Arc::clone(&connection.queued),
             Arc::clone(&connection.queued_bytes),
             Arc::clone(&connection.drained),
+            Arc::clone(&peer.metrics),
         );
         tokio::spawn(async move {
             // One wait for the close, polled again and again (not registered anew per frame).
@@ -132,12 +140,19 @@ impl Connection {
                         break;
                     }
                 };
+                // Let the tasks that are ready run first: each that queues a frame joins this
+                // batch. The task that woke the writer would otherwise run it at once (tokio
+                // runs a woken task next) and every frame would cost a socket write of its own
+                // (a caller's CPU per call 4.0 → 2.8 µs).
+                tokio::task::yield_now().await;
                 // A write blocked on a peer that does not read ends when the connection closes.
                 let written = tokio::select! {
                     written = write_batch(&mut sink, &mut outgoing, message) => written,
                     () = &mut cancelled => None,
                 };
                 let Some((frames, bytes)) = written else { break };
+                metrics.frames_written.inc_by(frames as u64);
+                metrics.socket_writes.inc();
                 queued.fetch_sub(frames, std::sync::atomic::Ordering::Relaxed);
                 queued_bytes.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                 drained.notify_waiters();
@@ -150,7 +165,12 @@ impl Connection {
             let closed = reader.closed.clone();
             let cancelled = closed.cancelled();
             tokio::pin!(cancelled);
+            let mut frames = 0usize;
             loop {
+                frames += 1;
+                if frames.is_multiple_of(READ_WAVE) {
+                    tokio::task::yield_now().await;
+                }
                 let message = tokio::select! {
                     message = stream.next() => message,
                     () = &mut cancelled => break,

@@ -172,7 +172,13 @@ impl Packet {
 
     /// The frame's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, PacketError> {
-        let mut out = Vec::with_capacity(64);
+        // Room for the payload of a chunk at once: growing to it copies it once or twice more.
+        let payload = match &self.data {
+            Value::Bin(bytes) => bytes.len(),
+            Value::Str(text) => text.len(),
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(64 + payload);
         out.extend_from_slice(&self.id.to_be_bytes());
         out.push(self.flags());
         encode(&self.data, &mut out)?;
