@@ -19,7 +19,9 @@
 //! `cargo run --release -p muster-bench -- peer [--seconds N]` — Netron peers on loopback: RPC calls
 //! per second (64 in flight, on 1 and on 8 connections) with p50/p99, remote events per second,
 //! stream throughput in 64 KiB chunks; calls by name and the failover time after SIGKILL of an instance
-//! process (`peer-instance`, started by `peer` itself).
+//! process (`peer-instance`, started by `peer` itself). `peer --separate [--workers W]` runs the
+//! client and the server as two processes (W runtime worker threads each; tokio's default, one per
+//! core, without it); `--listen ADDR` and `--connect URL` are the two halves.
 //! `cargo run --release -p muster-bench -- soak [--nodes N] [--seconds S] [--redis] [--svg FILE]` — N
 //! nodes heartbeating every second on a `muster serve` process for S seconds with watchers and
 //! resolvers: memory, heartbeat latency, false expiries every 10 s, and an SVG plot.
@@ -111,7 +113,8 @@ async fn main() {
             let server_pid = flag("--server-pid").and_then(|pid: u64| u32::try_from(pid).ok());
             peer::connect(&url, seconds, connections, server_pid).await
         } else if args.iter().any(|a| a == "--separate") {
-            peer::separate(seconds, connections).await
+            let workers = flag("--workers").and_then(|w: u64| usize::try_from(w).ok()).filter(|w| *w > 0);
+            peer::separate(seconds, connections, workers).await
         } else {
             peer::run(seconds).await
         };

@@ -118,14 +118,24 @@ async fn read_stream(interface: &Interface, chunks: u64) -> Result<u64, Box<dyn 
     Ok(bytes)
 }
 
+/// This binary with `args`; with `workers`, its runtime has that many worker threads.
+fn bench_command(args: &[&str], workers: Option<usize>) -> std::io::Result<tokio::process::Command> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.args(args).kill_on_drop(true);
+    if let Some(workers) = workers {
+        // Read by `#[tokio::main]`'s runtime builder.
+        command.env("TOKIO_WORKER_THREADS", workers.to_string());
+    }
+    Ok(command)
+}
+
 /// Starts this binary with `args` and waits (10 s at most) for its first line of output.
-async fn bench_process(args: &[&str]) -> Result<(tokio::process::Child, String), Box<dyn std::error::Error>> {
+async fn bench_process(
+    args: &[&str],
+    workers: Option<usize>,
+) -> Result<(tokio::process::Child, String), Box<dyn std::error::Error>> {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = bench_command(args, workers)?.stdout(std::process::Stdio::piped()).spawn()?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
@@ -287,7 +297,7 @@ fn failover_options() -> muster_core::DiscoveryOptions {
 
 /// Starts `muster-bench peer-instance` (this binary) and waits until it serves.
 async fn instance_process(registry_url: &str) -> Result<tokio::process::Child, Box<dyn std::error::Error>> {
-    match bench_process(&["peer-instance", "--registry", registry_url]).await? {
+    match bench_process(&["peer-instance", "--registry", registry_url], None).await? {
         (child, line) if line == "serving" => Ok(child),
         (_, line) => Err(format!("the instance process printed {line:?}").into()),
     }

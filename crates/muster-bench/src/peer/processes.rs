@@ -150,15 +150,40 @@ pub(crate) async fn connect(
     Ok(())
 }
 
-/// `muster-bench peer --separate`: `--listen` in a process of its own, driven by `--connect`
-/// from this one, with the server's CPU read from its pid.
-pub(crate) async fn separate(seconds: u64, connections: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let (mut child, line) = bench_process(&["peer", "--listen", "127.0.0.1:0"]).await?;
+/// `muster-bench peer --separate [--workers W]`: `--listen` and `--connect` in two child
+/// processes (W runtime worker threads each, or tokio's default), the client reading the server's
+/// CPU from its pid.
+pub(crate) async fn separate(
+    seconds: u64,
+    connections: usize,
+    workers: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (mut server, line) = bench_process(&["peer", "--listen", "127.0.0.1:0"], workers).await?;
     let url =
         line.strip_prefix("listening ").ok_or_else(|| format!("the server printed {line:?}"))?.to_owned();
-    println!("# Netron peers in two processes on loopback ({seconds} s per run; server {url})\n");
-    connect(&url, seconds, connections, child.id()).await?;
-    child.start_kill()?;
-    let _ = child.wait().await;
+    let threads = workers
+        .map_or_else(|| "tokio's default worker threads".to_owned(), |w| format!("{w} worker thread(s)"));
+    println!(
+        "# Netron peers in two processes on loopback ({seconds} s per run, {threads} each; server {url})\n"
+    );
+    let pid = server.id().ok_or("the server exited")?.to_string();
+    let (seconds, connections) = (seconds.to_string(), connections.to_string());
+    let args = [
+        "peer",
+        "--connect",
+        &url,
+        "--seconds",
+        &seconds,
+        "--connections",
+        &connections,
+        "--server-pid",
+        &pid,
+    ];
+    let status = bench_command(&args, workers)?.status().await?;
+    server.start_kill()?;
+    let _ = server.wait().await;
+    if !status.success() {
+        return Err(format!("the client ended with {status}").into());
+    }
     Ok(())
 }
