@@ -155,7 +155,15 @@ pub(super) fn ws_config(config: &PeerConfig) -> tokio_tungstenite::tungstenite::
         .max_message_size(Some(read))
         .max_frame_size(Some(read))
         .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
 }
+
+/// Bytes of frames the WebSocket layer gathers before it writes them to the socket (a flush
+/// writes the rest). Its default, 128 KiB, wrote every second 64 KiB stream chunk on its own:
+/// with 512 KiB a stream's server spends 24–25 µs per chunk instead of 34–46 and the stream runs at
+/// 2.4–2.6 GB/s instead of 1.4–1.8 (one worker thread per process). Calls flush per batch of ready
+/// frames, far below it.
+const WRITE_BUFFER: usize = 512 * 1024;
 
 /// Bytes read from the socket at once. The WebSocket layer zeroes this much before each read
 /// (its default, 128 KiB, cost more zeroing than a busy connection reads at once: 9 % of a
