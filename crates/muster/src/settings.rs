@@ -233,9 +233,8 @@ mod fuzz {
 
         #[test]
         fn config_files_never_panic(text in prop_oneof![muster_testkit::fuzz::mutated(VALID), any::<String>()]) {
-            let dir = std::env::temp_dir().join(format!("muster-fuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("config.toml");
+            let dir = muster_testkit::redis_server::TempDir::new("fuzz");
+            let path = dir.path().join("config.toml");
             std::fs::write(&path, &text).unwrap();
             let argv = ["muster", "serve", "--config", path.to_str().unwrap()].map(std::ffi::OsString::from).to_vec();
             let _ = super::settings(argv);
@@ -244,9 +243,8 @@ mod fuzz {
 
     #[test]
     fn the_valid_file_is_read() {
-        let dir = std::env::temp_dir().join(format!("muster-fuzz-valid-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.toml");
+        let dir = muster_testkit::redis_server::TempDir::new("fuzz-valid");
+        let path = dir.path().join("config.toml");
         std::fs::write(&path, VALID).unwrap();
         let argv =
             ["muster", "serve", "--config", path.to_str().unwrap()].map(std::ffi::OsString::from).to_vec();

@@ -11,10 +11,9 @@ use muster_testkit::certs::TestPki;
 
 use crate::TestServer;
 
-fn pki_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("muster-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A directory for a test's certificates, removed when the test ends.
+fn pki_dir(name: &str) -> muster_testkit::redis_server::TempDir {
+    muster_testkit::redis_server::TempDir::new(&format!("tls-{name}"))
 }
 
 async fn tls_server(pki: &TestPki, client_ca: bool) -> TestServer {
@@ -50,7 +49,8 @@ async fn register_and_list(client: &Client) -> Result<usize, muster_client::Clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_speaks_https_with_a_trusted_ca_only() {
-    let pki = TestPki::generate(&pki_dir("https"));
+    let dir = pki_dir("https");
+    let pki = TestPki::generate(dir.path());
     let server = tls_server(&pki, false).await;
     assert!(server.base.starts_with("https://"));
     assert_eq!(register_and_list(&sdk(&server, Some(&pki.ca), None)).await.unwrap(), 1);
@@ -66,7 +66,8 @@ async fn the_sdk_speaks_https_with_a_trusted_ca_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_requires_a_client_certificate() {
-    let pki = TestPki::generate(&pki_dir("mtls"));
+    let dir = pki_dir("mtls");
+    let pki = TestPki::generate(dir.path());
     let server = tls_server(&pki, true).await;
     let error = register_and_list(&sdk(&server, Some(&pki.ca), None)).await.unwrap_err();
     assert!(error.status().is_none(), "refused during the handshake, not by an HTTP answer: {error}");
@@ -87,11 +88,11 @@ async fn mutual_tls_requires_a_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_certificate_is_served_without_a_restart() {
     let dir = pki_dir("reload");
-    let first = TestPki::generate(&dir.join("first"));
+    let first = TestPki::generate(&dir.path().join("first"));
     let server = tls_server(&first, false).await;
     assert!(register_and_list(&sdk(&server, Some(&first.ca), None)).await.is_ok());
     // A renewal from another CA lands on the same paths.
-    let second = TestPki::generate(&dir.join("second"));
+    let second = TestPki::generate(&dir.path().join("second"));
     std::fs::copy(&second.server_key, &first.server_key).unwrap();
     std::fs::copy(&second.server_cert, &first.server_cert).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -108,7 +109,8 @@ async fn a_replaced_certificate_is_served_without_a_restart() {
 
 #[test]
 fn unusable_tls_files_are_named() {
-    let pki = TestPki::generate(&pki_dir("broken"));
+    let dir = pki_dir("broken");
+    let pki = TestPki::generate(dir.path());
     let config = TlsConfig { cert: pki.server_cert.clone(), key: pki.ca.clone(), client_ca: None };
     let error = muster_server::check_tls(&config).unwrap_err();
     assert!(error.contains("ca.pem"), "{error}");

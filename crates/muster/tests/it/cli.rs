@@ -434,9 +434,8 @@ async fn commands_say_what_happened() {
 /// registration with it, a forbidden write refused, anonymous reads refused, a revoked token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_down_registry_over_mutual_tls() {
-    let dir = std::env::temp_dir().join(format!("muster-cli-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let pki = muster_testkit::certs::TestPki::generate(&dir);
+    let dir = muster_testkit::redis_server::TempDir::new("cli-tls");
+    let pki = muster_testkit::certs::TestPki::generate(dir.path());
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (cert, key, ca, client) =
         (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca), path(&pki.client));
