@@ -261,15 +261,16 @@ impl Drop for Attempt<'_> {
 impl Failover {
     /// Calls `call` on the `UP` instances among `instances` in the selector's order until one
     /// succeeds, skipping instances whose circuit is open; see [the module](crate::failover).
-    pub async fn call<I, T, E, F, Fut>(
+    /// `call` borrows the instance it is given: a call copies none of them.
+    pub async fn call<'a, I, T, E, F, Fut>(
         &self,
         service: &str,
-        instances: &[I],
+        instances: &'a [I],
         mut call: F,
     ) -> Result<T, FailoverError<E>>
     where
-        I: Endpoint + Clone,
-        F: FnMut(I) -> Fut,
+        I: Endpoint,
+        F: FnMut(&'a I) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: Retryable,
     {
@@ -290,7 +291,7 @@ impl Failover {
             // Settles the breaker and the selector's count even when this future is dropped
             // mid-call (a caller's timeout): the trial is given back, the call no longer counts.
             let attempt = Attempt::start(self, instance, trial);
-            match call(owned.clone()).await {
+            match call(owned).await {
                 Ok(value) => {
                     attempt.settle(Breaker::success);
                     return Ok(value);

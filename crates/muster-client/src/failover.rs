@@ -39,7 +39,7 @@ impl Client {
     pub async fn call_with_failover<T, E, F, Fut>(
         &self,
         service: &str,
-        call: F,
+        mut call: F,
     ) -> Result<T, FailoverError<E>>
     where
         F: FnMut(Instance) -> Fut,
@@ -50,7 +50,11 @@ impl Client {
             .instances(service, &VersionQuery::Any)
             .await
             .map_err(muster_balance::FailoverError::Registry)?;
-        self.inner.failover.call(service, &resolved.instances, call).await.map_err(|e| e.lookup_as())
+        self.inner
+            .failover
+            .call(service, &resolved.instances, |instance| call(instance.clone()))
+            .await
+            .map_err(|e| e.lookup_as())
     }
 
     /// The circuit state of one instance of `service` (closed when never called).

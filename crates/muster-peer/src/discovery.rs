@@ -230,9 +230,11 @@ impl Peer {
             peer: self.clone(),
             discovery,
             failover,
-            query: parsed,
-            text: query.to_owned(),
-            cached: Arc::new(arc_swap::ArcSwap::from_pointee((0, Vec::new()))),
+            named: Arc::new(Named {
+                query: parsed,
+                text: query.to_owned(),
+                cached: arc_swap::ArcSwap::from_pointee((0, Vec::new())),
+            }),
         })
     }
 
@@ -327,15 +329,22 @@ pub struct NamedService {
     peer: Peer,
     discovery: Arc<Discovery>,
     failover: Arc<Failover>,
+    /// Shared: a named service is cloned into every task that calls through it, and its query
+    /// (a name and a version range) and text would otherwise be copied each time.
+    named: Arc<Named>,
+}
+
+/// What a [`NamedService`] and its clones share.
+struct Named {
     query: ServiceQuery,
     text: String,
     /// The instances as of a discovery generation (read again after any change).
-    cached: Arc<arc_swap::ArcSwap<(u64, Vec<Instance>)>>,
+    cached: arc_swap::ArcSwap<(u64, Vec<Instance>)>,
 }
 
 impl std::fmt::Debug for NamedService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NamedService").field("query", &self.text).finish_non_exhaustive()
+        f.debug_struct("NamedService").field("query", &self.named.text).finish_non_exhaustive()
     }
 }
 
@@ -348,15 +357,15 @@ impl NamedService {
     /// The instance list, read again only when discovery saw a change since.
     async fn current(&self) -> Result<Arc<(u64, Vec<Instance>)>, PeerError> {
         let generation = self.discovery.generation.load(std::sync::atomic::Ordering::Acquire);
-        let cached = self.cached.load_full();
+        let cached = self.named.cached.load_full();
         if cached.0 == generation && !cached.1.is_empty() {
             return Ok(cached);
         }
-        let nodes = self.discovery.agent.resolve(&self.query).await.map_err(PeerError::from)?;
+        let nodes = self.discovery.agent.resolve(&self.named.query).await.map_err(PeerError::from)?;
         let instances: Vec<Instance> =
-            nodes.iter().flat_map(|node| Instance::of(node, &self.query)).collect();
+            nodes.iter().flat_map(|node| Instance::of(node, &self.named.query)).collect();
         let fresh = Arc::new((generation, instances));
-        self.cached.store(Arc::clone(&fresh));
+        self.named.cached.store(Arc::clone(&fresh));
         Ok(fresh)
     }
 
@@ -381,16 +390,16 @@ impl NamedService {
             .discovery
             .interfaces
             .locked()
-            .get(&self.text)
+            .get(&self.named.text)
             .and_then(|of_query| of_query.get(&instance.id))
             .cloned();
         if let Some(interface) = known.filter(Interface::is_connected) {
             return Ok(interface);
         }
-        let interface = self.remote(instance).await?.query_interface(&self.text)?;
+        let interface = self.remote(instance).await?.query_interface(&self.named.text)?;
         {
             let mut interfaces = self.discovery.interfaces.locked();
-            let of_query = interfaces.entry(self.text.clone()).or_default();
+            let of_query = interfaces.entry(self.named.text.clone()).or_default();
             of_query.insert(instance.id.clone(), interface.clone());
         }
         Ok(interface)
@@ -407,8 +416,8 @@ impl NamedService {
         let request = &request;
         let outcome = self
             .failover
-            .call(self.query.name(), &current.1, |instance| async move {
-                request(self.interface(&instance).await?).await
+            .call(self.named.query.name(), &current.1, |instance| async move {
+                request(self.interface(instance).await?).await
             })
             .await;
         outcome.map_err(failover_error)
@@ -459,7 +468,7 @@ impl NamedService {
 
     /// The circuit state of one instance (by node id).
     pub fn circuit_state(&self, instance_id: &str) -> muster_balance::CircuitState {
-        self.failover.circuit_state(self.query.name(), instance_id)
+        self.failover.circuit_state(self.named.query.name(), instance_id)
     }
 }
 

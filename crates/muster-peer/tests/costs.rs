@@ -164,3 +164,71 @@ fn calls_in_flight_share_socket_writes() {
         "{writes} socket writes for {calls} calls in flight 64 at a time: more than one per 4 calls"
     );
 }
+
+/// What calling by name adds to a direct call, in allocations per call (both sides on one
+/// runtime, debug build): today 23 against 19 — the list of `UP` instances and its view for the
+/// selector, the selector's order, the arguments kept for a retry. It was 8 more (27) while a
+/// failover attempt copied the instance it called (its id, service, version and address). And a
+/// named service, cloned into every task that calls through it like an interface, shares its query
+/// and instance cache: a clone allocates nothing (it copied the query and its text before).
+const BY_NAME_EXTRA_BUDGET: u64 = 5;
+
+#[test]
+fn calls_by_name_cost_little_more_than_direct_calls() {
+    let runtime = single_threaded();
+    let (server, client, named, direct) = runtime.block_on(async {
+        let registry: Arc<dyn muster_core::Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+        let options = muster_core::DiscoveryOptions::default();
+        let server = Peer::new(PeerConfig::default());
+        let calculator = ServiceBuilder::new("calculator", "1.2.0")
+            .unwrap()
+            .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+            .build();
+        server.expose_service(calculator).unwrap();
+        let address = server.listen("127.0.0.1:0").await.unwrap();
+        let listed = muster_core::Address::parse(address.to_string()).unwrap();
+        server.enable_discovery(Arc::clone(&registry), options.clone(), Some(listed)).await.unwrap();
+        let client = Peer::new(PeerConfig::default());
+        client.enable_discovery(registry, options, None).await.unwrap();
+        let named = client.service("calculator@^1.2").unwrap();
+        while named.instances().await.unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let direct =
+            client.connect(&format!("ws://{address}")).await.unwrap().query_interface("calculator").unwrap();
+        (server, client, named, direct)
+    });
+    let clone = allocation_counter::measure(|| drop(std::hint::black_box(named.clone())));
+    assert_eq!(clone.count_total, 0, "cloning a named service allocates");
+
+    // Both sides run on this thread inside `block_on`: each count is a whole call's.
+    let per_call = |by_name: bool| {
+        let info = allocation_counter::measure(|| {
+            runtime.block_on(async {
+                for _ in 0..CALLS {
+                    let args = vec![Value::Int(5), Value::Int(3)];
+                    let sum =
+                        if by_name { named.call("add", args).await } else { direct.call("add", args).await };
+                    assert_eq!(sum.unwrap(), Value::Int(8));
+                }
+            })
+        });
+        info.count_total / CALLS
+    };
+    let (mut by_name, mut direct_cost) = (u64::MAX, u64::MAX);
+    // The first rounds warm caches up (the named service's instance list and interface among
+    // them); the fewest is the steady state.
+    for _ in 0..5 {
+        by_name = by_name.min(per_call(true));
+        direct_cost = direct_cost.min(per_call(false));
+    }
+    eprintln!("allocations per call, both sides: by name {by_name}, direct {direct_cost}");
+    assert!(
+        by_name <= direct_cost + BY_NAME_EXTRA_BUDGET,
+        "a call by name costs {by_name} allocations, a direct one {direct_cost}: more than {BY_NAME_EXTRA_BUDGET} extra"
+    );
+    runtime.block_on(async {
+        client.stop().await;
+        server.stop().await;
+    });
+}
