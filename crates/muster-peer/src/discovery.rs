@@ -339,7 +339,33 @@ struct Named {
     query: ServiceQuery,
     text: String,
     /// The instances as of a discovery generation (read again after any change).
-    cached: arc_swap::ArcSwap<(u64, Vec<Instance>)>,
+    cached: arc_swap::ArcSwap<(u64, Vec<Listed>)>,
+}
+
+/// An instance of a named service's list, with the interface last called on it: a call finds it
+/// here, with no lock or lookup (the peer-wide map behind [`NamedService::interface`] is the slow
+/// path, for a new list or a closed connection).
+struct Listed {
+    instance: Instance,
+    interface: arc_swap::ArcSwapOption<Interface>,
+}
+
+impl Endpoint for Listed {
+    fn id(&self) -> &str {
+        self.instance.id()
+    }
+
+    fn service(&self) -> &str {
+        self.instance.service()
+    }
+
+    fn weight(&self) -> Option<u32> {
+        self.instance.weight()
+    }
+
+    fn is_up(&self) -> bool {
+        self.instance.is_up()
+    }
 }
 
 impl std::fmt::Debug for NamedService {
@@ -351,19 +377,22 @@ impl std::fmt::Debug for NamedService {
 impl NamedService {
     /// The instances that may answer now.
     pub async fn instances(&self) -> Result<Vec<Instance>, PeerError> {
-        Ok(self.current().await?.1.clone())
+        Ok(self.current().await?.1.iter().map(|listed| listed.instance.clone()).collect())
     }
 
     /// The instance list, read again only when discovery saw a change since.
-    async fn current(&self) -> Result<Arc<(u64, Vec<Instance>)>, PeerError> {
+    async fn current(&self) -> Result<Arc<(u64, Vec<Listed>)>, PeerError> {
         let generation = self.discovery.generation.load(std::sync::atomic::Ordering::Acquire);
         let cached = self.named.cached.load_full();
         if cached.0 == generation && !cached.1.is_empty() {
             return Ok(cached);
         }
         let nodes = self.discovery.agent.resolve(&self.named.query).await.map_err(PeerError::from)?;
-        let instances: Vec<Instance> =
-            nodes.iter().flat_map(|node| Instance::of(node, &self.named.query)).collect();
+        let instances: Vec<Listed> = nodes
+            .iter()
+            .flat_map(|node| Instance::of(node, &self.named.query))
+            .map(|instance| Listed { instance, interface: arc_swap::ArcSwapOption::empty() })
+            .collect();
         let fresh = Arc::new((generation, instances));
         self.named.cached.store(Arc::clone(&fresh));
         Ok(fresh)
@@ -405,6 +434,18 @@ impl NamedService {
         Ok(interface)
     }
 
+    /// The interface of `listed`: the one last called on it while its connection is open.
+    async fn listed_interface(&self, listed: &Listed) -> Result<Interface, PeerError> {
+        if let Some(interface) = &*listed.interface.load()
+            && interface.is_connected()
+        {
+            return Ok(Interface::clone(interface));
+        }
+        let interface = self.interface(&listed.instance).await?;
+        listed.interface.store(Some(Arc::new(interface.clone())));
+        Ok(interface)
+    }
+
     /// Runs `request` on the interface of one instance after another, in the selector's order,
     /// until one answers (see [`muster_balance::failover`]).
     async fn on_an_instance<T, F, Fut>(&self, request: F) -> Result<T, PeerError>
@@ -417,7 +458,7 @@ impl NamedService {
         let outcome = self
             .failover
             .call(self.named.query.name(), &current.1, |instance| async move {
-                request(self.interface(instance).await?).await
+                request(self.listed_interface(instance).await?).await
             })
             .await;
         outcome.map_err(failover_error)
