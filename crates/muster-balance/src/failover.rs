@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -200,9 +200,10 @@ impl Breaker {
 pub struct Failover {
     selector: Box<dyn Selector>,
     config: BreakerConfig,
-    /// `service/instance id` → breaker.
-    /// By service, then instance id (looked up without building a key).
-    breakers: Mutex<HashMap<String, HashMap<String, Breaker>>>,
+    /// By service, then instance id (looked up without building a key). Read-mostly: an
+    /// instance's breaker is added once, then a call looks it up once under the read lock and
+    /// settles it through its own lock — calls to different instances never wait for each other.
+    breakers: RwLock<HashMap<String, HashMap<String, Shared>>>,
 }
 
 impl std::fmt::Debug for Failover {
@@ -214,38 +215,58 @@ impl std::fmt::Debug for Failover {
 impl Failover {
     /// Failover with `selector` and breakers configured by `config`.
     pub fn new(selector: Box<dyn Selector>, config: BreakerConfig) -> Self {
-        Self { selector, config, breakers: Mutex::new(HashMap::new()) }
+        Self { selector, config, breakers: RwLock::new(HashMap::new()) }
     }
 
-    fn with_breaker<T>(&self, instance: &dyn Endpoint, f: impl FnOnce(&mut Breaker) -> T) -> T {
-        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(breaker) = breakers.get_mut(instance.service()).and_then(|s| s.get_mut(instance.id())) {
-            return f(breaker);
+    /// `instance`'s breaker (added closed the first time).
+    fn breaker(&self, instance: &dyn Endpoint) -> Arc<Mutex<Breaker>> {
+        {
+            let breakers = self.breakers.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(breaker) = breakers.get(instance.service()).and_then(|s| s.get(instance.id())) {
+                return Arc::clone(breaker);
+            }
         }
+        let mut breakers = self.breakers.write().unwrap_or_else(|p| p.into_inner());
         let of_service = breakers.entry(instance.service().to_owned()).or_default();
-        f(of_service.entry(instance.id().to_owned()).or_default())
+        Arc::clone(of_service.entry(instance.id().to_owned()).or_default())
     }
 }
+
+/// A breaker as the table and the calls to its instance hold it.
+type Shared = Arc<Mutex<Breaker>>;
+
+/// Runs `f` on a breaker under its lock.
+fn with<T>(breaker: &Mutex<Breaker>, f: impl FnOnce(&mut Breaker) -> T) -> T {
+    f(&mut breaker.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+impl Failover {}
 
 /// One call to one instance in flight: reported to the selector until it ends, and the breaker's
 /// trial (if it took it) given back if the call is abandoned.
 struct Attempt<'a> {
     failover: &'a Failover,
     instance: &'a dyn Endpoint,
+    breaker: Arc<Mutex<Breaker>>,
     /// The call took the half-open trial and has not settled the breaker yet.
     holds_trial: bool,
 }
 
 impl<'a> Attempt<'a> {
-    fn start(failover: &'a Failover, instance: &'a dyn Endpoint, trial: bool) -> Self {
+    fn start(
+        failover: &'a Failover,
+        instance: &'a dyn Endpoint,
+        breaker: Arc<Mutex<Breaker>>,
+        trial: bool,
+    ) -> Self {
         failover.selector.started(instance);
-        Self { failover, instance, holds_trial: trial }
+        Self { failover, instance, breaker, holds_trial: trial }
     }
 
     /// Records the call's outcome in the breaker.
     fn settle(mut self, outcome: impl FnOnce(&mut Breaker)) {
         self.holds_trial = false;
-        self.failover.with_breaker(self.instance, outcome);
+        with(&self.breaker, outcome);
     }
 }
 
@@ -253,7 +274,7 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.failover.selector.finished(self.instance);
         if self.holds_trial {
-            self.failover.with_breaker(self.instance, Breaker::neutral);
+            with(&self.breaker, Breaker::neutral);
         }
     }
 }
@@ -284,13 +305,14 @@ impl Failover {
         let mut last = None;
         for index in self.selector.order(&endpoints) {
             let (instance, owned) = (endpoints[index], up[index]);
-            let Some(trial) = self.with_breaker(instance, |b| b.acquire(Instant::now())) else {
+            let breaker = self.breaker(instance);
+            let Some(trial) = with(&breaker, |b| b.acquire(Instant::now())) else {
                 continue;
             };
             attempts += 1;
             // Settles the breaker and the selector's count even when this future is dropped
             // mid-call (a caller's timeout): the trial is given back, the call no longer counts.
-            let attempt = Attempt::start(self, instance, trial);
+            let attempt = Attempt::start(self, instance, breaker, trial);
             match call(owned).await {
                 Ok(value) => {
                     attempt.settle(Breaker::success);
@@ -315,11 +337,11 @@ impl Failover {
 
     /// The circuit state of one instance of `service` (closed when never called).
     pub fn circuit_state(&self, service: &str, instance_id: &str) -> CircuitState {
-        let breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let breakers = self.breakers.read().unwrap_or_else(|p| p.into_inner());
         breakers
             .get(service)
             .and_then(|s| s.get(instance_id))
-            .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+            .map_or(CircuitState::Closed, |b| with(b, |b| b.state(Instant::now())))
     }
 }
 
