@@ -22,6 +22,14 @@ const SERVER_BUDGET: u64 = 13;
 
 const CALLS: u64 = 200;
 
+/// The service every test here serves: `calculator` 1.2.0 with `add(a, b)`.
+fn calculator() -> Arc<muster_peer::Service> {
+    ServiceBuilder::new("calculator", "1.2.0")
+        .unwrap()
+        .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
+        .build()
+}
+
 fn single_threaded() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -37,11 +45,7 @@ fn calls_cost_what_their_budgets_say() {
         let runtime = single_threaded();
         let peer = runtime.block_on(async {
             let peer = Peer::new(PeerConfig::default());
-            let calculator = ServiceBuilder::new("calculator", "1.0.0")
-                .unwrap()
-                .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
-                .build();
-            peer.expose_service(calculator).unwrap();
+            peer.expose_service(calculator()).unwrap();
             address_tx.send(peer.listen("127.0.0.1:0").await.unwrap()).unwrap();
             peer
         });
@@ -119,11 +123,7 @@ fn calls_in_flight_share_socket_writes() {
     let server = std::thread::spawn(move || {
         single_threaded().block_on(async {
             let peer = Peer::new(PeerConfig::default());
-            let calculator = ServiceBuilder::new("calculator", "1.0.0")
-                .unwrap()
-                .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
-                .build();
-            peer.expose_service(calculator).unwrap();
+            peer.expose_service(calculator()).unwrap();
             address_tx.send(peer.listen("127.0.0.1:0").await.unwrap()).unwrap();
             let _ = stop_rx.await;
             peer.stop().await;
@@ -180,11 +180,7 @@ fn calls_by_name_cost_little_more_than_direct_calls() {
         let registry: Arc<dyn muster_core::Registry> = Arc::new(muster_memory::MemoryRegistry::new());
         let options = muster_core::DiscoveryOptions::default();
         let server = Peer::new(PeerConfig::default());
-        let calculator = ServiceBuilder::new("calculator", "1.2.0")
-            .unwrap()
-            .method("add", &["Number", "Number"], "Number", |(a, b): (f64, f64)| async move { Ok(a + b) })
-            .build();
-        server.expose_service(calculator).unwrap();
+        server.expose_service(calculator()).unwrap();
         let address = server.listen("127.0.0.1:0").await.unwrap();
         let listed = muster_core::Address::parse(address.to_string()).unwrap();
         server.enable_discovery(Arc::clone(&registry), options.clone(), Some(listed)).await.unwrap();
@@ -231,4 +227,13 @@ fn calls_by_name_cost_little_more_than_direct_calls() {
         client.stop().await;
         server.stop().await;
     });
+}
+
+/// A stream chunk's packet is encoded into one buffer allocated at its size: growing to a 64 KiB
+/// payload reallocated (and copied) it twice more.
+#[test]
+fn a_chunk_is_encoded_in_one_allocation() {
+    let chunk = muster_peer::wire::Packet::chunk(1, 2, 3, Value::Bin(vec![7; 64 * 1024]), true, false);
+    let info = allocation_counter::measure(|| drop(std::hint::black_box(chunk.encode().unwrap())));
+    assert_eq!(info.count_total, 1, "encoding a 64 KiB chunk allocates {} times", info.count_total);
 }
