@@ -187,9 +187,16 @@ fn calls_by_name_cost_little_more_than_direct_calls() {
         let client = Peer::new(PeerConfig::default());
         client.enable_discovery(registry, options, None).await.unwrap();
         let named = client.service("calculator@^1.2").unwrap();
-        while named.instances().await.unwrap().is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // A bound against hanging, not a measured margin: discovery sees the node on its first
+        // read of the store.
+        let found = async {
+            while named.instances().await.unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), found)
+            .await
+            .expect("the client's discovery finds the serving peer");
         let direct =
             client.connect(&format!("ws://{address}")).await.unwrap().query_interface("calculator").unwrap();
         (server, client, named, direct)
