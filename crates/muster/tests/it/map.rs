@@ -59,3 +59,32 @@ fn the_architecture_map_lists_every_source_file() {
     }
     assert!(mismatches.is_empty(), "ARCHITECTURE.md is out of date:\n{}", mismatches.join("\n"));
 }
+
+/// Every source file, as `files` finds them, with its path from the workspace root.
+fn every_source_file(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if src.is_dir() {
+            let mut found = BTreeSet::new();
+            files(&src, &src, &mut found);
+            all.extend(found.into_iter().filter(|file| file.ends_with(".rs")).map(|file| src.join(file)));
+        }
+    }
+    all
+}
+
+/// A reader never has to scroll past 500 lines of one file to find what it holds (unit-test files
+/// aside: they sit beside the code they test).
+#[test]
+fn no_source_file_is_over_500_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let long: Vec<String> = every_source_file(&root)
+        .into_iter()
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+            (lines > 500).then(|| format!("{} ({lines} lines)", path.strip_prefix(&root).unwrap().display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these by responsibility:\n{}", long.join("\n"));
+}
