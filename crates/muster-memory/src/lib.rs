@@ -157,9 +157,16 @@ impl MemoryRegistry {
     /// node gets one full TTL from now to heartbeat again, so a restart neither empties the
     /// registry nor expires it at once) and keeps writing it after changes.
     ///
-    /// Fails when the directory cannot be created or the snapshot cannot be read; a corrupt
+    /// One registry at a time per directory: an open waits up to 5 s for the registry that holds
+    /// it (one just dropped writes its final snapshot first), then fails with
+    /// [`ErrorKind::Conflict`](muster_core::ErrorKind::Conflict) naming the holder's process.
+    /// Fails too when the directory cannot be created or the snapshot cannot be read; a corrupt
     /// snapshot is never overwritten silently.
     pub async fn open(memory: MemoryOptions, options: PersistOptions) -> Result<Self> {
+        tokio::fs::create_dir_all(&options.dir)
+            .await
+            .map_err(|e| persist::io_error("cannot create data directory", &options.dir, e))?;
+        let lock = persist::lock(&options.dir).await?;
         let snapshot = persist::load(&options.dir).await?;
         let registry = Self::with_options(memory);
         if let Some(snapshot) = snapshot {
@@ -168,7 +175,7 @@ impl MemoryRegistry {
             tracing::info!(restored, dir = %options.dir.display(), "registry restored");
         }
         let _ = registry.inner.persist_dir.set(options.dir.clone());
-        let writer = persist::Writer::new(options, registry.shared());
+        let writer = persist::Writer::new(options, registry.shared(), lock);
         let task =
             tokio::spawn(writer.run(Arc::clone(registry.shared()), registry.inner.persist_done.clone()));
         *registry.inner.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);

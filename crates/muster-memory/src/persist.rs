@@ -13,6 +13,16 @@ use crate::Shared;
 /// The snapshot file inside the data directory.
 const FILE: &str = "registry.json";
 
+/// The file whose lock keeps a data directory to one registry at a time: two registries writing
+/// one directory would each overwrite the other's snapshot (and share its temporary file). The
+/// kernel lets the lock go when its holder exits, however it exits; the file holds the holder's
+/// process id, for the message of a refused open.
+const LOCK: &str = "registry.lock";
+
+/// How long [`lock`] waits for the directory before refusing: a registry that was just dropped
+/// still writes its final snapshot, and a reopen (or a restart) should follow it, not fail.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Where and how often the registry is persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersistOptions {
@@ -55,7 +65,6 @@ pub(crate) fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error 
 
 /// Reads the snapshot in `dir`, if there is one.
 pub(crate) async fn load(dir: &Path) -> Result<Option<Snapshot>> {
-    tokio::fs::create_dir_all(dir).await.map_err(|e| io_error("cannot create data directory", dir, e))?;
     let path = dir.join(FILE);
     let bytes = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,
@@ -68,6 +77,51 @@ pub(crate) async fn load(dir: &Path) -> Result<Option<Snapshot>> {
             format!("{} is not a registry snapshot ({e}); move it away to start empty", path.display()),
         )
     })
+}
+
+/// Takes `dir` for this registry (see [`LOCK`]); the directory is held until the returned file is
+/// dropped. Refused, naming the holder, while another registry holds it for longer than
+/// [`LOCK_WAIT`].
+pub(crate) async fn lock(dir: &Path) -> Result<std::fs::File> {
+    use std::io::Write as _;
+    let path = dir.join(LOCK);
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .await
+        .map_err(|e| io_error("cannot open", &path, e))?
+        .into_std()
+        .await;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { String::new() } else { format!(" (process {holder})") };
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "data directory {} is in use by another registry{holder}; stop it or choose another directory",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(io_error("cannot lock", &path, error)),
+        }
+    }
+    let mut writer = &file;
+    file.set_len(0)
+        .and_then(|()| writer.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(|e| io_error("cannot write", &path, e))?;
+    Ok(file)
 }
 
 /// Writes the snapshot atomically: a temporary file, fsync, rename.
@@ -95,18 +149,20 @@ pub(crate) struct Writer {
     changes: tokio::sync::watch::Receiver<Revision>,
     /// The revision on disk when the registry was opened (restored, or zero).
     written: Revision,
+    /// The data directory's lock ([`lock`]), let go when the task ends: after the final snapshot.
+    _lock: std::fs::File,
 }
 
 impl Writer {
-    pub(crate) fn new(options: PersistOptions, shared: &Shared) -> Self {
+    pub(crate) fn new(options: PersistOptions, shared: &Shared, lock: std::fs::File) -> Self {
         let mut changes = shared.revision_tx.subscribe();
         let written = *changes.borrow_and_update();
-        Self { options, changes, written }
+        Self { options, changes, written, _lock: lock }
     }
 
     /// Runs until told to stop; returns the outcome of the final snapshot's write.
     pub(crate) async fn run(self, shared: Arc<Shared>, done: Arc<Notify>) -> Result<()> {
-        let Self { options, mut changes, mut written } = self;
+        let Self { options, mut changes, mut written, _lock } = self;
         loop {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return Ok(()) },

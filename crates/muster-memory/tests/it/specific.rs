@@ -198,11 +198,45 @@ mod persistence {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drop(registry);
+        // Reopened at once: the dropped registry still writes its final snapshot; the new one
+        // waits for it (they shared the temporary file, and one's rename took the other's away).
         let again = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
         let mut watch = again.watch(WatchStart::Snapshot).await.unwrap();
         assert!(
             matches!(next_item(&mut watch, Duration::from_secs(1)).await, WatchEvent::Resync(s) if s.nodes.len() == 1)
         );
+        again.shutdown().await.expect("the final snapshot is written");
+    }
+
+    /// A data directory serves one registry at a time: a second open is refused with a conflict
+    /// naming the directory and the holder, writes nothing, and succeeds once the first shut down.
+    #[tokio::test(start_paused = true)]
+    async fn a_data_directory_serves_one_registry_at_a_time() {
+        let dir = TempDir::new("persist");
+        let registry = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        registry.heartbeat(registration("n1", "h:1", &["a"], Timing::default())).await.unwrap();
+        // The background writer's snapshot, after which nothing changes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = std::fs::read(dir.path().join("registry.json")).unwrap();
+
+        let error = match MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await {
+            Ok(_) => panic!("a second registry opened the same directory"),
+            Err(error) => error,
+        };
+        let text = error.to_string();
+        assert_eq!(error.kind(), muster_core::ErrorKind::Conflict, "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains(&format!("process {}", std::process::id())), "{text}");
+        assert_eq!(
+            std::fs::read(dir.path().join("registry.json")).unwrap(),
+            before,
+            "refused, changed nothing"
+        );
+
+        registry.shutdown().await.unwrap();
+        let again = MemoryRegistry::open(MemoryOptions::default(), options(&dir)).await.unwrap();
+        assert_eq!(again.list_active().await.unwrap().len(), 1);
+        again.shutdown().await.unwrap();
     }
 
     /// Snapshot writes never race: flushes while the background writer runs all succeed, and

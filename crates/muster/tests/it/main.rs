@@ -224,6 +224,13 @@ async fn data_dir_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    // A second server on the same directory is refused (it would overwrite the first one's
+    // snapshots), naming the process that holds it.
+    let second =
+        muster().args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("in use by another registry (process {})", child.id())), "{stderr}");
     let revision = client
         .get(format!("{base}/v1/nodes"))
         .send()
