@@ -88,3 +88,69 @@ fn no_source_file_is_over_500_lines() {
         .collect();
     assert!(long.is_empty(), "split these by responsibility:\n{}", long.join("\n"));
 }
+
+/// Each invariant ARCHITECTURE.md lists names the tests that check it, and each test it names
+/// exists (a renamed or deleted test would leave the invariant unchecked while the map still
+/// claimed it).
+#[test]
+fn every_invariant_names_tests_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let invariants = &map[map.find("## Invariants").expect("an Invariants section")..];
+    let mut functions = BTreeSet::new();
+    let mut pending = vec![root.join("crates")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                functions.extend(text.split("fn ").skip(1).filter_map(|rest| {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    (!name.is_empty()).then_some(name)
+                }));
+            }
+        }
+    }
+    // The numbered items: "1. **...", each up to the next.
+    let mut items: Vec<String> = Vec::new();
+    for line in invariants.lines() {
+        let numbered = line
+            .split_once(". **")
+            .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if numbered {
+            items.push(String::new());
+        }
+        if let Some(item) = items.last_mut() {
+            item.push_str(line);
+            item.push('\n');
+        }
+    }
+    assert!(items.len() >= 10, "the invariants were not found: {}", items.len());
+    let mut problems = Vec::new();
+    for item in &items {
+        let named: Vec<&str> = item
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|word| {
+                word.contains('_')
+                    && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+            .collect();
+        let title = item.lines().next().unwrap_or_default();
+        if named.is_empty() {
+            problems.push(format!("names no test: {title}"));
+        }
+        for name in named {
+            if !functions.contains(name) {
+                problems.push(format!("names `{name}`, which no source file defines: {title}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
