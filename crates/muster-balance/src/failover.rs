@@ -240,8 +240,6 @@ fn with<T>(breaker: &Mutex<Breaker>, f: impl FnOnce(&mut Breaker) -> T) -> T {
     f(&mut breaker.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-impl Failover {}
-
 /// One call to one instance in flight: reported to the selector until it ends, and the breaker's
 /// trial (if it took it) given back if the call is abandoned.
 struct Attempt<'a> {
