@@ -6,7 +6,9 @@
 //! any other error is the answer. Each instance has a circuit breaker: after
 //! [`BreakerConfig::failures`] retryable failures in a row it opens and the instance is skipped;
 //! after [`BreakerConfig::cool_down`] it half-opens and lets one trial call through, which closes it
-//! on success or opens it again on failure.
+//! on success or opens it again on failure. A breaker no call asked for in five minutes (and whose
+//! circuit is not open) is forgotten, so the table follows a fleet whose ids change instead of
+//! keeping every id it ever met.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -147,6 +149,8 @@ pub(crate) struct Breaker {
     open_until: Option<Instant>,
     /// A half-open trial is in flight.
     trial: bool,
+    /// When a call last asked to go through (`None`: never).
+    last_asked: Option<Instant>,
 }
 
 impl Breaker {
@@ -167,6 +171,7 @@ impl Breaker {
     /// `Some(trial)` when a call may go through now; `trial` is true when it took the half-open
     /// trial (which it must give back, one way or another).
     fn acquire(&mut self, now: Instant) -> Option<bool> {
+        self.last_asked = Some(now);
         match self.state(now) {
             CircuitState::Closed => Some(false),
             CircuitState::Open => None,
@@ -178,7 +183,15 @@ impl Breaker {
     }
 
     pub(crate) fn success(&mut self) {
-        *self = Self::default();
+        *self = Self { last_asked: self.last_asked, ..Self::default() };
+    }
+
+    /// Whether the table may forget it: no call asked for it over [`IDLE`], no trial is in flight
+    /// and its circuit is not open — forgotten, it would come back closed, as it would be by
+    /// now for any call.
+    fn forgettable(&self, now: Instant) -> bool {
+        let idle = self.last_asked.is_none_or(|asked| now.saturating_duration_since(asked) >= IDLE);
+        idle && !self.trial && self.open_until.is_none_or(|until| now >= until)
     }
 
     pub(crate) fn failure(&mut self, now: Instant, config: &BreakerConfig) {
@@ -204,6 +217,9 @@ pub struct Failover {
     /// instance's breaker is added once, then a call looks it up once under the read lock and
     /// settles it through its own lock — calls to different instances never wait for each other.
     breakers: RwLock<HashMap<String, HashMap<String, Shared>>>,
+    /// Breakers in the table after its last sweep of forgettable ones: the next sweep comes when
+    /// it has doubled, so sweeping costs a constant per breaker added.
+    swept: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Failover {
@@ -215,7 +231,7 @@ impl std::fmt::Debug for Failover {
 impl Failover {
     /// Failover with `selector` and breakers configured by `config`.
     pub fn new(selector: Box<dyn Selector>, config: BreakerConfig) -> Self {
-        Self { selector, config, breakers: RwLock::new(HashMap::new()) }
+        Self { selector, config, breakers: RwLock::new(HashMap::new()), swept: 0.into() }
     }
 
     /// `instance`'s breaker (added closed the first time).
@@ -227,10 +243,28 @@ impl Failover {
             }
         }
         let mut breakers = self.breakers.write().unwrap_or_else(|p| p.into_inner());
+        let kept: usize = breakers.values().map(HashMap::len).sum();
+        let swept = self.swept.load(std::sync::atomic::Ordering::Relaxed);
+        if kept >= (2 * swept).max(64) {
+            let now = Instant::now();
+            for of_service in breakers.values_mut() {
+                // Held elsewhere: a call is using it.
+                of_service.retain(|_, breaker| {
+                    Arc::strong_count(breaker) > 1 || !with(breaker, |b| b.forgettable(now))
+                });
+            }
+            breakers.retain(|_, of_service| !of_service.is_empty());
+            let left = breakers.values().map(HashMap::len).sum();
+            self.swept.store(left, std::sync::atomic::Ordering::Relaxed);
+        }
         let of_service = breakers.entry(instance.service().to_owned()).or_default();
         Arc::clone(of_service.entry(instance.id().to_owned()).or_default())
     }
 }
+
+/// How long a breaker no call asked for is kept: instances come and go (a fleet's ids change at
+/// every deployment), and a table that kept every id it ever met would grow without end.
+const IDLE: Duration = Duration::from_secs(300);
 
 /// A breaker as the table and the calls to its instance hold it.
 type Shared = Arc<Mutex<Breaker>>;
@@ -383,6 +417,46 @@ mod tests {
         assert!(breaker.try_acquire(Instant::now()));
         breaker.neutral();
         assert!(breaker.try_acquire(Instant::now()));
+    }
+
+    /// Instances come and go: the table forgets the breakers no call asked for over `IDLE`
+    /// (closed, or open with its cool-down over), so it stays bounded while ids churn, and keeps an
+    /// open circuit and every recently used breaker.
+    #[tokio::test(start_paused = true)]
+    async fn breakers_of_instances_long_gone_are_forgotten() {
+        struct Node(String);
+        impl Endpoint for Node {
+            fn id(&self) -> &str {
+                &self.0
+            }
+            fn service(&self) -> &str {
+                "api"
+            }
+            fn is_up(&self) -> bool {
+                true
+            }
+        }
+        let config = BreakerConfig { failures: 1, cool_down: Duration::from_secs(3600) };
+        let failover = Failover::new(Box::new(crate::select::RoundRobin::default()), config);
+        let refused = || async { Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) };
+        // One instance whose circuit opens for an hour, then 20,000 that each answer once, 10
+        // new ones a second.
+        let broken = [Node("broken".to_owned())];
+        assert!(failover.call("api", &broken, |_| refused()).await.is_err());
+        let mut largest = 0;
+        for n in 0..20_000 {
+            let node = [Node(format!("n{n}"))];
+            assert!(failover.call("api", &node, |_| async { Ok::<_, std::io::Error>(()) }).await.is_ok());
+            largest = largest.max(failover.breakers.read().unwrap().values().map(HashMap::len).sum());
+            if n % 10 == 9 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+        }
+        // The ids of the last 300 s (3,000 at this pace) are kept, and the table sweeps when it
+        // has doubled: about 6,000 at most, of the 20,001 met.
+        assert!(largest <= 2 * 3_000 + 20, "the table grew to {largest}");
+        assert_eq!(failover.circuit_state("api", "broken"), CircuitState::Open, "an open circuit is kept");
+        assert!(failover.breakers.read().unwrap()["api"].contains_key("n19999"), "a recent one is kept");
     }
 
     #[test]
