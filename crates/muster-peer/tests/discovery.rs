@@ -71,3 +71,47 @@ async fn sub_interfaces_are_reached_through_a_service_called_by_name() {
     assert_eq!(account.call("owner", vec![]).await.unwrap(), Value::str("alice"));
     account.release().await.unwrap();
 }
+
+/// A connection opened for calls by name ends when its peer leaves the fleet: kept, it would be
+/// reopened again and again after the peer's process is gone (reconnection is on by default), and
+/// a caller meeting thousands of instances over a fleet's life would hold one for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_name_connections_end_when_their_peer_leaves_the_fleet() {
+    let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
+    // The instance heartbeats rarely: deregistered below, it stays out of the fleet meanwhile.
+    let instance = Peer::new(PeerConfig::default());
+    let address = instance.listen("127.0.0.1:0").await.unwrap();
+    let address = Address::parse(address.to_string()).unwrap();
+    let rare = muster_core::DiscoveryOptions {
+        heartbeat_interval: Duration::from_secs(60),
+        heartbeat_ttl: Duration::from_secs(180),
+        ..options()
+    };
+    instance.enable_discovery(Arc::clone(&registry), rare, Some(address)).await.unwrap();
+    instance.expose_service(support::calculator()).unwrap();
+    let mut instance_events = instance.events();
+
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(Arc::clone(&registry), options(), None).await.unwrap();
+    let named = client.service("calculator@^1").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while named.instances().await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the instance is found");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(named.call("add", vec![Value::Int(2), Value::Int(3)]).await.unwrap(), Value::Int(5));
+
+    let id = muster_core::NodeId::new(instance.id()).unwrap();
+    assert!(registry.deregister(&id, muster_core::DeregisterReason::Evicted).await.unwrap());
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match instance_events.recv().await {
+                Ok(muster_peer::PeerEvent::Disconnected { peer_id }) if peer_id == client.id() => return,
+                Ok(_) => {}
+                Err(error) => panic!("the instance's events ended: {error}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the client kept its connection to a peer that left the fleet");
+}

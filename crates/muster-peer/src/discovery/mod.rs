@@ -108,6 +108,21 @@ pub(crate) struct Discovery {
     failover: Arc<Failover>,
 }
 
+impl Discovery {
+    /// A node left the fleet: the connection opened to it for calls by name is closed (kept, it
+    /// would be opened again and again once the peer's process is gone) and its interfaces are
+    /// forgotten. Named services read their instance lists again after the change.
+    fn forget(&self, node_id: &str) {
+        let slot = self.connections.locked().remove(node_id);
+        if let Some(remote) = slot.as_deref().and_then(tokio::sync::OnceCell::get) {
+            remote.disconnect();
+        }
+        for of_query in self.interfaces.locked().values_mut() {
+            of_query.remove(node_id);
+        }
+    }
+}
+
 fn service_infos(peer: &Peer) -> Vec<ServiceInfo> {
     peer.service_names()
         .iter()
@@ -143,10 +158,18 @@ impl Peer {
         let bus_peer = self.clone();
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
         let changed = Arc::clone(&generation);
+        // Set once the discovery below exists (the handler is registered before it is built).
+        let this: Arc<std::sync::OnceLock<std::sync::Weak<Discovery>>> = Arc::default();
+        let of_handler = Arc::clone(&this);
         // Its own node's changes too: a listener learns when this peer's exposures reach the
         // fleet (`service:available` once the registry has them), as other peers learn it.
         agent.on_event(move |event| {
             changed.fetch_add(1, std::sync::atomic::Ordering::Release);
+            if event.kind == EventKind::Deregistered
+                && let Some(discovery) = of_handler.get().and_then(std::sync::Weak::upgrade)
+            {
+                discovery.forget(event.node.node_id.as_str());
+            }
             for (name, payload) in fleet_events(event) {
                 bus_peer.announce_local(name, payload);
             }
@@ -162,6 +185,7 @@ impl Peer {
                 BreakerConfig::default(),
             )),
         });
+        let _ = this.set(Arc::downgrade(&discovery));
         self.set_membership(Arc::clone(&discovery) as Arc<dyn crate::peer::Membership>);
         // Registration follows exposure.
         let mut events = self.events();
