@@ -43,5 +43,7 @@ pub use node::{
     CHECK_OUTPUT, CHECK_SINCE, CHECK_TYPE, NodeInfo, NodeStatus, NodeUpdate, Registration, StoredServices,
 };
 pub use options::{DiscoveryOptions, Preset, RetryPolicy};
-pub use registry::{Change, FleetLeadership, HeartbeatOutcome, Registry, SelfPreservation, WatchStream};
+pub use registry::{
+    Change, ChangeChannel, FleetLeadership, HeartbeatOutcome, Registry, SelfPreservation, WatchStream,
+};
 pub use service::{Metadata, ServiceInfo, ServiceList, ServiceQuery, VersionQuery};

@@ -121,6 +121,12 @@ pub trait Registry: Send + Sync + 'static {
         None
     }
 
+    /// The pub/sub channel this backend also announces changes on for other processes (Redis:
+    /// Titan's channel), if it has one.
+    fn channel(&self) -> Option<&dyn ChangeChannel> {
+        None
+    }
+
     /// A stream of changes from `start`; see [`WatchStart`].
     async fn watch(&self, start: WatchStart) -> Result<WatchStream>;
 
@@ -192,6 +198,9 @@ impl<R: Registry + ?Sized> Registry for Arc<R> {
     fn fleet(&self) -> Option<&dyn FleetLeadership> {
         (**self).fleet()
     }
+    fn channel(&self) -> Option<&dyn ChangeChannel> {
+        (**self).channel()
+    }
 }
 
 /// A backend that pauses expiry when many nodes stop heartbeating at once (a network partition
@@ -208,4 +217,12 @@ pub trait SelfPreservation: Send + Sync {
 pub trait FleetLeadership: Send + Sync {
     /// True while this process leads (on Redis: holds the sweeper lease).
     fn leads_fleet_tasks(&self) -> bool;
+}
+
+/// A backend that also announces each change on a pub/sub channel other processes read (Redis:
+/// Titan's `titan:discovery:events`). An announcement can be refused while the write stands (a
+/// Redis user without `PUBLISH`, as Titan tolerates it); readers of the channel then hear nothing.
+pub trait ChangeChannel: Send + Sync {
+    /// Changes written but not announced on the channel, since this process started.
+    fn publish_failures_total(&self) -> u64;
 }

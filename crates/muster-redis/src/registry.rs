@@ -37,6 +37,12 @@ pub(crate) fn stored_node(node_id: &NodeId, fields: Vec<String>) -> Result<NodeI
     }
 }
 
+impl muster_core::ChangeChannel for RedisRegistry {
+    fn publish_failures_total(&self) -> u64 {
+        self.publish_failures()
+    }
+}
+
 impl muster_core::FleetLeadership for RedisRegistry {
     /// True while this process holds the sweeper lease.
     fn leads_fleet_tasks(&self) -> bool {
@@ -179,6 +185,10 @@ impl Registry for RedisRegistry {
 
     fn fleet(&self) -> Option<&dyn muster_core::FleetLeadership> {
         Some(self)
+    }
+
+    fn channel(&self) -> Option<&dyn muster_core::ChangeChannel> {
+        self.inner.config.pubsub_enabled.then_some(self as &dyn muster_core::ChangeChannel)
     }
 
     async fn current_revision(&self) -> Result<Revision> {

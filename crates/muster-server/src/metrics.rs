@@ -136,6 +136,8 @@ pub(crate) struct Metrics {
     pub(crate) socket_writes: Counter,
     self_preservation: Gauge,
     held_back: Gauge,
+    /// Follows the store's own total (read at each scrape).
+    channel_publish_failures: Counter,
     active_nodes: Gauge,
     active_services: Gauge,
     requests: Family<RequestLabels, Histogram>,
@@ -156,6 +158,7 @@ impl Metrics {
             socket_writes: Counter::default(),
             self_preservation: Gauge::default(),
             held_back: Gauge::default(),
+            channel_publish_failures: Counter::default(),
             active_nodes: Gauge::default(),
             active_services: Gauge::default(),
             requests: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))),
@@ -195,6 +198,11 @@ impl Metrics {
             "self_preservation_held_back",
             "Nodes whose expiry self-preservation held back so far (each once per pause)",
             metrics.held_back.clone(),
+        );
+        registry.register(
+            "store_channel_publish_failures",
+            "Changes the store wrote but could not announce on its pub/sub channel (Redis: a user without PUBLISH); the writes stand, readers of the channel missed them",
+            metrics.channel_publish_failures.clone(),
         );
         registry.register("active_nodes", "Active nodes", metrics.active_nodes.clone());
         registry.register("active_services", "Services with active nodes", metrics.active_services.clone());
@@ -254,6 +262,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     metrics.self_preservation.set(i64::from(preservation.is_some_and(|p| p.is_preserving())));
     let held_back = preservation.map_or(0, |p| p.held_back_total());
     metrics.held_back.set(i64::try_from(held_back).unwrap_or(i64::MAX));
+    let refused = state.registry().channel().map_or(0, |c| c.publish_failures_total());
+    metrics.channel_publish_failures.inner().fetch_max(refused, std::sync::atomic::Ordering::Relaxed);
     // Counted from the hub's mirror (the active nodes, indexed by service): a scrape copies nothing.
     let (nodes, services) =
         state.inner.hub.with_mirror(|mirror| (mirror.len(), mirror.service_names().count()));

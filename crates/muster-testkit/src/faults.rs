@@ -169,6 +169,9 @@ impl<R: Registry> Registry for FaultyRegistry<R> {
     fn fleet(&self) -> Option<&dyn muster_core::FleetLeadership> {
         self.inner.fleet()
     }
+    fn channel(&self) -> Option<&dyn muster_core::ChangeChannel> {
+        self.inner.channel()
+    }
     async fn count_service(&self, name: &str) -> Result<usize> {
         self.inner.count_service(name).await
     }

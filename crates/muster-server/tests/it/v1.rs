@@ -289,6 +289,42 @@ async fn self_preservation_shows_on_ready_and_metrics() {
     assert!(metrics.contains("muster_self_preservation_held_back 15\n"), "{metrics}");
 }
 
+/// Events a Redis store wrote but could not announce on its pub/sub channel (a Redis user
+/// without `PUBLISH`: the writes stand, as Titan's do) are counted on `/metrics`, where an
+/// operator sees that agents reading the channel hear nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_channel_publishes_show_on_metrics() {
+    let redis = muster_testkit::redis_server::RedisServer::start().await;
+    let answer = redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "quiet",
+        "on",
+        ">quiet-secret-1",
+        "~titan:discovery:*",
+        "&titan:discovery:*",
+        "+@all",
+        "-@dangerous",
+        "-publish",
+    ]);
+    assert_eq!(answer.trim(), "OK");
+    let url = format!("redis://quiet:quiet-secret-1@127.0.0.1:{}", redis.port());
+    let config = muster_redis::RedisConfig {
+        pubsub_enabled: true,
+        ..muster_redis::RedisConfig::from_url(&url).unwrap()
+    };
+    let registry = muster_redis::RedisRegistry::connect(config).await.unwrap();
+    let server = TestServer::start(Arc::new(registry), ServerConfig::default()).await;
+    let metrics =
+        || async { client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    assert!(metrics().await.contains("muster_store_channel_publish_failures_total 0\n"));
+    let node = json!({"address": "10.0.0.1:80", "services": [{"name": "billing"}], "ttlMs": 30000});
+    assert_eq!(put(&server, "/v1/nodes/p1", node.clone()).await.0, StatusCode::CREATED);
+    assert_eq!(send(&server, Method::DELETE, "/v1/nodes/p1", Value::Null).await.0, StatusCode::NO_CONTENT);
+    let text = metrics().await;
+    assert!(text.contains("muster_store_channel_publish_failures_total 2\n"), "{text}");
+}
+
 #[tokio::test]
 async fn ready_and_health() {
     let server = TestServer::memory().await;
