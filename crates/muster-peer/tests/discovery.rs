@@ -11,6 +11,20 @@ use muster_peer::{Peer, PeerConfig, ServiceBuilder};
 mod support;
 use support::options;
 
+/// A peer in client mode on `registry`, and the named service `query` once discovery finds an
+/// instance of it.
+async fn client_finding(registry: &Arc<dyn Registry>, query: &str) -> (Peer, muster_peer::NamedService) {
+    let client = Peer::new(PeerConfig::default());
+    client.enable_discovery(Arc::clone(registry), options(), None).await.unwrap();
+    let named = client.service(query).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while named.instances().await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{query} is found");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (client, named)
+}
+
 async fn listening(registry: &Arc<dyn Registry>) -> Peer {
     let peer = Peer::new(PeerConfig::default());
     let address = peer.listen("127.0.0.1:0").await.unwrap();
@@ -58,14 +72,7 @@ async fn sub_interfaces_are_reached_through_a_service_called_by_name() {
     let registry: Arc<dyn Registry> = Arc::new(muster_memory::MemoryRegistry::new());
     let server = listening(&registry).await;
     server.expose_service(support::bank()).unwrap();
-    let client = Peer::new(PeerConfig::default());
-    client.enable_discovery(Arc::clone(&registry), options(), None).await.unwrap();
-    let named = client.service("bank@^1").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while named.instances().await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the bank is found");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (_client, named) = client_finding(&registry, "bank@^1").await;
     let account = named.call_interface("open", vec![Value::str("alice")]).await.unwrap();
     assert_eq!(account.definition().peer_id, server.id());
     assert_eq!(account.call("owner", vec![]).await.unwrap(), Value::str("alice"));
@@ -91,14 +98,7 @@ async fn by_name_connections_end_when_their_peer_leaves_the_fleet() {
     instance.expose_service(support::calculator()).unwrap();
     let mut instance_events = instance.events();
 
-    let client = Peer::new(PeerConfig::default());
-    client.enable_discovery(Arc::clone(&registry), options(), None).await.unwrap();
-    let named = client.service("calculator@^1").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while named.instances().await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the instance is found");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (client, named) = client_finding(&registry, "calculator@^1").await;
     assert_eq!(named.call("add", vec![Value::Int(2), Value::Int(3)]).await.unwrap(), Value::Int(5));
 
     let id = muster_core::NodeId::new(instance.id()).unwrap();

@@ -233,6 +233,19 @@ impl RedisServer {
         cli(self.port, args)
     }
 
+    /// A Redis user `quiet` that may do everything with Titan's keys and channel except publish
+    /// (as an operator's ACL may leave it); returns its URL.
+    pub fn user_without_publish(&self) -> String {
+        let rules =
+            ["on", ">quiet-secret-1", "~titan:discovery:*", "&titan:discovery:*", "+@all", "-@dangerous"];
+        let mut args = vec!["ACL", "SETUSER", "quiet"];
+        args.extend(rules);
+        args.push("-publish");
+        let answer = self.cli(&args);
+        assert_eq!(answer.trim(), "OK", "ACL SETUSER quiet");
+        format!("redis://quiet:quiet-secret-1@127.0.0.1:{}", self.port)
+    }
+
     /// Sends a signal (`STOP`, `CONT`, ...) to the process, when running: `STOP` freezes it as a
     /// stalled machine would be, its connections open and silent.
     pub fn signal(&self, name: &str) {

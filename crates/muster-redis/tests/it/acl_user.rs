@@ -134,20 +134,7 @@ async fn the_agents_redis_user_cannot_touch_the_token_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_publish_never_fails_a_stored_write() {
     let server = RedisServer::start().await;
-    let answer = server.cli(&[
-        "ACL",
-        "SETUSER",
-        "quiet",
-        "on",
-        ">quiet-secret-1",
-        "~titan:discovery:*",
-        "&titan:discovery:*",
-        "+@all",
-        "-@dangerous",
-        "-publish",
-    ]);
-    assert_eq!(answer.trim(), "OK");
-    let url = format!("redis://quiet:quiet-secret-1@127.0.0.1:{}", server.port());
+    let url = server.user_without_publish();
     let config = muster_redis::RedisConfig {
         pubsub_enabled: true,
         ..muster_redis::RedisConfig::from_url(&url).unwrap()

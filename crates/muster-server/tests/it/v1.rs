@@ -295,20 +295,7 @@ async fn self_preservation_shows_on_ready_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_channel_publishes_show_on_metrics() {
     let redis = muster_testkit::redis_server::RedisServer::start().await;
-    let answer = redis.cli(&[
-        "ACL",
-        "SETUSER",
-        "quiet",
-        "on",
-        ">quiet-secret-1",
-        "~titan:discovery:*",
-        "&titan:discovery:*",
-        "+@all",
-        "-@dangerous",
-        "-publish",
-    ]);
-    assert_eq!(answer.trim(), "OK");
-    let url = format!("redis://quiet:quiet-secret-1@127.0.0.1:{}", redis.port());
+    let url = redis.user_without_publish();
     let config = muster_redis::RedisConfig {
         pubsub_enabled: true,
         ..muster_redis::RedisConfig::from_url(&url).unwrap()
