@@ -102,11 +102,23 @@ enum Connector {
 pub(crate) type OnConnect =
     Box<dyn Fn(Conn) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
+/// Connections for writes that wait for replicas ([`RedisConfig::replica_acks`]), beside the
+/// shared one. Redis blocks a connection in `WAIT` until the replicas answer or the timeout
+/// passes, and every command pipelined behind it waits too: on the shared connection one write's
+/// wait held up every read and heartbeat of the process (about two writes a second while no
+/// replica answered). On lanes of their own, waits hold up only the writes that wait, and up to
+/// this many overlap.
+const ACK_LANES: usize = 8;
+
 /// Hands out connections and replaces the shared one after failures.
 pub(crate) struct Pool {
     connector: Connector,
-    /// The shared connection, made on first use and dropped after a connection-level failure.
-    shared: Mutex<Option<Conn>>,
+    /// The shared connection (lane 0), then with replica acks the [`ACK_LANES`] connections of
+    /// acknowledged writes: each made on first use and dropped after a connection-level failure
+    /// (all of them together: a failure may mean the primary moved).
+    lanes: Vec<Mutex<Option<Conn>>>,
+    /// The next acknowledged write's lane.
+    next_lane: std::sync::atomic::AtomicUsize,
     /// Per-command timeout.
     response_timeout: Duration,
     /// Round trips made on every connection of this pool (see [`Pool::round_trips`]).
@@ -155,7 +167,10 @@ impl Pool {
         };
         Ok(Self {
             connector,
-            shared: Mutex::new(None),
+            lanes: (0..if config.replica_acks > 0 { 1 + ACK_LANES } else { 1 })
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next_lane: std::sync::atomic::AtomicUsize::new(0),
             response_timeout: config.response_timeout,
             round_trips: Arc::default(),
             on_connect: std::sync::OnceLock::new(),
@@ -191,9 +206,9 @@ impl Pool {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    /// The shared connection, connecting if there is none.
-    pub(crate) async fn get(&self) -> Result<Conn> {
-        let mut shared = self.shared.lock().await;
+    /// The connection of lane `index` (0: the shared one), connecting if there is none.
+    async fn lane(&self, index: usize) -> Result<Conn> {
+        let mut shared = self.lanes[index].lock().await;
         if let Some(conn) = shared.as_ref() {
             return Ok(conn.clone());
         }
@@ -219,7 +234,9 @@ impl Pool {
     /// Forgets the shared connection so the next call reconnects (and, with Sentinel, looks the
     /// master up again).
     pub(crate) async fn invalidate(&self) {
-        self.shared.lock().await.take();
+        for lane in &self.lanes {
+            lane.lock().await.take();
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -296,13 +313,37 @@ impl Pool {
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.get().await?;
+        self.run_on(0, op).await
+    }
+
+    /// [`Pool::run`] for a write followed by `WAIT`: on a lane of its own when there are any (see
+    /// [`ACK_LANES`]), taken in turn.
+    pub(crate) async fn run_acknowledged<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let lanes = self.lanes.len() - 1;
+        let lane = if lanes == 0 {
+            0
+        } else {
+            1 + self.next_lane.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % lanes
+        };
+        self.run_on(lane, op).await
+    }
+
+    async fn run_on<T, F, Fut>(&self, lane: usize, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.lane(lane).await?;
         match op(conn).await {
             Ok(value) => Ok(value),
             Err(error) if needs_reconnect(&error) => {
                 tracing::debug!(%error, "redis connection failed; reconnecting");
                 self.invalidate().await;
-                let conn = self.get().await.inspect_err(|_| ())?;
+                let conn = self.lane(lane).await.inspect_err(|_| ())?;
                 match op(conn).await {
                     Ok(value) => Ok(value),
                     Err(error) => {

@@ -224,25 +224,24 @@ impl Inner {
             self.config.replica_acks,
             u64::try_from(self.config.replica_ack_timeout.as_millis()).unwrap_or(u64::MAX).max(1),
         );
-        let (reply, acked): (redis::Value, i64) = self
-            .pool
-            .run(|mut conn| {
-                let mut invocation = script.prepare_invoke();
-                invocation.key(&self.keys.index).arg(&self.keys.prefix).arg(&self.channel_arg).arg(&maxlen);
-                for arg in args {
-                    invocation.arg(arg);
+        let op = |mut conn: conn::Conn| {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&self.keys.index).arg(&self.keys.prefix).arg(&self.channel_arg).arg(&maxlen);
+            for arg in args {
+                invocation.arg(arg);
+            }
+            async move {
+                let reply = invocation.invoke_async(&mut conn).await?;
+                if !replicated {
+                    return Ok((reply, 0));
                 }
-                async move {
-                    let reply = invocation.invoke_async(&mut conn).await?;
-                    if !replicated {
-                        return Ok((reply, 0));
-                    }
-                    // On the same connection, so it counts the replicas that have this write.
-                    let acked = conn.wait_for_replicas(wanted, wait_ms, &self.keys.index).await?;
-                    Ok((reply, acked))
-                }
-            })
-            .await?;
+                // On the same connection, so it counts the replicas that have this write.
+                let acked = conn.wait_for_replicas(wanted, wait_ms, &self.keys.index).await?;
+                Ok((reply, acked))
+            }
+        };
+        let (reply, acked): (redis::Value, i64) =
+            if replicated { self.pool.run_acknowledged(op).await? } else { self.pool.run(op).await? };
         if replicated && acked < i64::from(wanted) {
             return Err(Error::unavailable(format!(
                 "the change reached {acked} of {wanted} replicas within {wait_ms} ms: not acknowledged \

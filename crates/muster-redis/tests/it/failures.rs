@@ -1,6 +1,7 @@
 //! Failures: Redis killed and restarted, Sentinel failover, watchers that disconnect, trimmed
 //! history, and several sweepers competing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -366,6 +367,45 @@ async fn replica_acks_hold_writes_until_a_replica_has_them() {
     let removed =
         acked.deregister(&muster_core::NodeId::new("a1").unwrap(), DeregisterReason::Graceful).await;
     assert!(removed.is_ok(), "{removed:?}");
+}
+
+/// With replica acks, a write's `WAIT` does not hold up the process's other traffic: reads (and
+/// writes without the setting's wait) go on while a write waits for a replica that is frozen.
+/// The shared connection is a pipeline; a `WAIT` on it blocked everything behind it until the
+/// replica answered or the timeout passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_for_a_replica_holds_up_no_read() {
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::replica_of(&primary).await;
+    let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
+    let config = RedisConfig {
+        prefix: "acked".into(),
+        replica_acks: 1,
+        replica_ack_timeout: Duration::from_secs(30),
+        response_timeout: Duration::from_secs(40),
+        ..RedisConfig::from_url(&primary.url()).unwrap()
+    };
+    let acked = Arc::new(RedisRegistry::connect(config).await.unwrap());
+    acked.heartbeat(registration("a1", "h:1", &["a"], long)).await.unwrap();
+    replica.signal("STOP");
+    let writing = {
+        let acked = Arc::clone(&acked);
+        tokio::spawn(async move { acked.heartbeat(registration("a2", "h:2", &["a"], long)).await })
+    };
+    // The write is in its WAIT once the primary holds a2 (the script ran; the replica cannot ack).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary.cli(&["exists", "acked:nodes:a2"]).trim() != "1" {
+        assert!(Instant::now() < deadline, "the write reached the primary");
+        sleep(Duration::from_millis(10)).await;
+    }
+    // Reads answer while the write still waits (its timeout is 30 s; the hang guard is 20 s).
+    let read = tokio::time::timeout(Duration::from_secs(20), acked.list_active()).await;
+    let still_waiting = !writing.is_finished();
+    replica.signal("CONT");
+    let nodes = read.expect("a read waited behind the write's WAIT").unwrap();
+    assert!(still_waiting, "the read answered only after the write's wait ended");
+    assert!(nodes.iter().any(|n| n.node_id.as_str() == "a1"), "{nodes:?}");
+    writing.await.unwrap().expect("acknowledged once the replica is back");
 }
 
 /// `offset` of a server's `INFO replication` (`master_repl_offset`: what it has written or
