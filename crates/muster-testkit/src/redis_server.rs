@@ -236,12 +236,18 @@ impl RedisServer {
     /// A Redis user `quiet` that may do everything with Titan's keys and channel except publish
     /// (as an operator's ACL may leave it); returns its URL.
     pub fn user_without_publish(&self) -> String {
-        let rules =
-            ["on", ">quiet-secret-1", "~titan:discovery:*", "&titan:discovery:*", "+@all", "-@dangerous"];
-        let mut args = vec!["ACL", "SETUSER", "quiet"];
-        args.extend(rules);
-        args.push("-publish");
-        let answer = self.cli(&args);
+        let answer = self.cli(&[
+            "ACL",
+            "SETUSER",
+            "quiet",
+            "on",
+            ">quiet-secret-1",
+            "~titan:discovery:*",
+            "&titan:discovery:*",
+            "+@all",
+            "-@dangerous",
+            "-publish",
+        ]);
         assert_eq!(answer.trim(), "OK", "ACL SETUSER quiet");
         format!("redis://quiet:quiet-secret-1@127.0.0.1:{}", self.port)
     }

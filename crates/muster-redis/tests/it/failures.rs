@@ -342,13 +342,7 @@ async fn replica_acks_hold_writes_until_a_replica_has_them() {
     let primary = RedisServer::start().await;
     let replica = RedisServer::replica_of(&primary).await;
     let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
-    let config = RedisConfig {
-        prefix: "acked".into(),
-        replica_acks: 1,
-        replica_ack_timeout: Duration::from_millis(300),
-        ..RedisConfig::from_url(&primary.url()).unwrap()
-    };
-    let acked = RedisRegistry::connect(config).await.unwrap();
+    let acked = acked_registry(&primary, Duration::from_millis(300)).await;
     let plain = registry(&primary.url(), "plain").await;
     acked.heartbeat(registration("a1", "h:1", &["a"], long)).await.unwrap();
     replica.signal("STOP");
@@ -369,23 +363,30 @@ async fn replica_acks_hold_writes_until_a_replica_has_them() {
     assert!(removed.is_ok(), "{removed:?}");
 }
 
-/// With replica acks, a write's `WAIT` does not hold up the process's other traffic: reads (and
-/// writes without the setting's wait) go on while a write waits for a replica that is frozen.
-/// The shared connection is a pipeline; a `WAIT` on it blocked everything behind it until the
-/// replica answered or the timeout passed.
+/// A registry under the prefix `acked` on `primary` whose writes wait up to `wait` for one replica.
+async fn acked_registry(primary: &RedisServer, wait: Duration) -> RedisRegistry {
+    let base = RedisConfig::from_url(&primary.url()).unwrap();
+    let config = RedisConfig {
+        prefix: "acked".into(),
+        replica_acks: 1,
+        replica_ack_timeout: wait,
+        response_timeout: base.response_timeout.max(wait * 2),
+        ..base
+    };
+    RedisRegistry::connect(config).await.unwrap()
+}
+
+/// With replica acks, a write's `WAIT` does not hold up the process's other traffic: reads go on
+/// while a write waits for a replica that is frozen. The shared connection is a pipeline; a `WAIT`
+/// on it blocked everything behind it until the replica answered or the timeout passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_waiting_for_a_replica_holds_up_no_read() {
     let primary = RedisServer::start().await;
     let replica = RedisServer::replica_of(&primary).await;
     let long = muster_testkit::conformance::Timing { ttl: Duration::from_secs(60), ..TIMING };
-    let config = RedisConfig {
-        prefix: "acked".into(),
-        replica_acks: 1,
-        replica_ack_timeout: Duration::from_secs(30),
-        response_timeout: Duration::from_secs(40),
-        ..RedisConfig::from_url(&primary.url()).unwrap()
-    };
-    let acked = Arc::new(RedisRegistry::connect(config).await.unwrap());
+    // The write waits far longer than any read may take on a loaded machine: it ends only when the
+    // replica thaws (below), so "the read answered first" is an ordering, not a margin.
+    let acked = Arc::new(acked_registry(&primary, Duration::from_secs(600)).await);
     acked.heartbeat(registration("a1", "h:1", &["a"], long)).await.unwrap();
     replica.signal("STOP");
     let writing = {
@@ -398,7 +399,7 @@ async fn a_write_waiting_for_a_replica_holds_up_no_read() {
         assert!(Instant::now() < deadline, "the write reached the primary");
         sleep(Duration::from_millis(10)).await;
     }
-    // Reads answer while the write still waits (its timeout is 30 s; the hang guard is 20 s).
+    // Reads answer while the write still waits (the 20 s bound only turns a hang into a failure).
     let read = tokio::time::timeout(Duration::from_secs(20), acked.list_active()).await;
     let still_waiting = !writing.is_finished();
     replica.signal("CONT");
