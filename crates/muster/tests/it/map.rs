@@ -2,16 +2,29 @@
 //! crate's heading, and every row names a file that exists.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The workspace's root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every file under `dir`, at any depth.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { pending.push(path) } else { found.push(path) }
+        }
+    }
+    found
+}
 
 /// The files of `crates/<crate>/src` as the map names them (unit-test files left out).
-fn files(src: &Path, at: &Path, found: &mut BTreeSet<String>) {
-    for entry in std::fs::read_dir(at).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files(src, &path, found);
-            continue;
-        }
+fn files(src: &Path, found: &mut BTreeSet<String>) {
+    for path in walk(src) {
         let relative = path.strip_prefix(src).unwrap().to_string_lossy().into_owned();
         let name = path.file_name().unwrap().to_string_lossy();
         if name == "tests.rs" || relative == "serve/mapping.rs" {
@@ -27,7 +40,7 @@ fn files(src: &Path, at: &Path, found: &mut BTreeSet<String>) {
 
 #[test]
 fn the_architecture_map_lists_every_source_file() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root();
     let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
     let mut mismatches = Vec::new();
     for entry in std::fs::read_dir(root.join("crates")).unwrap() {
@@ -38,7 +51,7 @@ fn the_architecture_map_lists_every_source_file() {
             continue;
         }
         let mut on_disk = BTreeSet::new();
-        files(&src, &src, &mut on_disk);
+        files(&src, &mut on_disk);
         // The rows under `### `<crate>`` up to the next heading.
         let Some(start) = map.find(&format!("### `{krate}`")) else {
             mismatches.push(format!("{krate}: no section"));
@@ -61,13 +74,13 @@ fn the_architecture_map_lists_every_source_file() {
 }
 
 /// Every source file, as `files` finds them, with its path from the workspace root.
-fn every_source_file(root: &Path) -> Vec<std::path::PathBuf> {
+fn every_source_file(root: &Path) -> Vec<PathBuf> {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(root.join("crates")).unwrap() {
         let src = entry.unwrap().path().join("src");
         if src.is_dir() {
             let mut found = BTreeSet::new();
-            files(&src, &src, &mut found);
+            files(&src, &mut found);
             all.extend(found.into_iter().filter(|file| file.ends_with(".rs")).map(|file| src.join(file)));
         }
     }
@@ -78,7 +91,7 @@ fn every_source_file(root: &Path) -> Vec<std::path::PathBuf> {
 /// aside: they sit beside the code they test).
 #[test]
 fn no_source_file_is_over_500_lines() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root();
     let long: Vec<String> = every_source_file(&root)
         .into_iter()
         .filter_map(|path| {
@@ -94,27 +107,19 @@ fn no_source_file_is_over_500_lines() {
 /// claimed it).
 #[test]
 fn every_invariant_names_tests_that_exist() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root();
     let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
     let invariants = &map[map.find("## Invariants").expect("an Invariants section")..];
     let mut functions = BTreeSet::new();
-    let mut pending = vec![root.join("crates")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                functions.extend(text.split("fn ").skip(1).filter_map(|rest| {
-                    let name: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                        .collect();
-                    (!name.is_empty()).then_some(name)
-                }));
-            }
-        }
+    for path in walk(&root.join("crates")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "rs")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        functions.extend(text.split("fn ").skip(1).filter_map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        }));
     }
     // The numbered items: "1. **...", each up to the next.
     let mut items: Vec<String> = Vec::new();
