@@ -1,6 +1,6 @@
 //! Connections: one shared multiplexed connection (re-established after failures, re-resolving the
-//! master through Sentinel), or a cluster connection; plus dedicated connections for blocking reads
-//! and pub/sub.
+//! master through Sentinel), or a cluster connection; with replica acks, lanes of their own for the
+//! writes that wait for replicas; plus dedicated connections for blocking reads and pub/sub.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
